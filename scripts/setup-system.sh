@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs the Debian packages sdbox builds, tests and demonstrates against.
+# Idempotent: a machine that already has everything installs nothing.
+# Tiers can be chosen (default: all) so that a developer working only on the
+# card does not have to pull QEMU: scripts/setup-system.sh card session ...
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    exec sudo --preserve-env=DEBIAN_FRONTEND "$0" "$@"
+fi
+export DEBIAN_FRONTEND=noninteractive
+
+# FreeRDP 3 only exists in bookworm-backports.
+backports=/etc/apt/sources.list.d/bookworm-backports.list
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" > "$backports"
+    apt_updated=""
+fi
+
+declare -A tier
+tier[base]="python3 python3-venv python3-dev build-essential pkg-config git make"
+# pyscard builds from source (swig, pcsclite headers); pcscd with the vpcd
+# reader driver is the real PC/SC stack the emulated card plugs into.
+tier[card]="pcscd libpcsclite-dev swig vsmartcard-vpcd opensc opensc-pkcs11 pcsc-tools openssl"
+tier[session]="freerdp3-x11 freerdp3-sdl freerdp3-shadow-x11 winpr3-utils virt-viewer qemu-system-x86 xvfb x11-apps imagemagick xdotool"
+tier[kiosk]="python3-gi gir1.2-gtk-4.0 cage grim xwayland dbus libsystemd-dev gettext"
+tier[identity]="swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools"
+tier[biometric]="gir1.2-fprint-2.0 libfprint-2-2"
+
+tiers=("$@")
+[ ${#tiers[@]} -gt 0 ] || tiers=(base card session kiosk identity biometric)
+
+wanted=()
+for t in "${tiers[@]}"; do
+    [ -n "${tier[$t]+x}" ] || { echo "setup-system: unknown tier '$t' (known: ${!tier[*]})" >&2; exit 2; }
+    # shellcheck disable=SC2206
+    wanted+=(${tier[$t]})
+done
+
+missing=()
+for p in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "setup-system: all packages present (${tiers[*]})"
+    exit 0
+fi
+echo "setup-system: installing ${missing[*]}"
+apt-get update -qq
+# Packages that exist only in backports (FreeRDP 3) are picked from there by
+# apt itself; everything else stays on bookworm's own versions.
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,10 @@
+"""`sdbox card` commands."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def card() -> None:
+    """card commands."""

@@ -1,0 +1,1 @@
+"""Sessions: hardened RDP (FreeRDP 3) and SPICE (remote-viewer) launchers."""

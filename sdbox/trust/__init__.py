@@ -1,0 +1,1 @@
+"""Trust: the PKI model, chain and revocation validation, possession proofs."""
