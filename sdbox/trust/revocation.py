@@ -61,16 +61,22 @@ class IndexedCrl:
         self.issuer = crl.issuer
         self.this_update = crl.last_update_utc
         self.next_update = crl.next_update_utc
-        self.number = _crl_number(crl)
-        self.usable, self.scope = _scope(crl)
+        try:
+            self.number = _crl_number(crl)
+            self.usable, self.scope = _scope(crl)
+        except ValueError as exc:  # an extension that does not parse
+            raise MalformedCertificate("revocation list", str(exc)[:160]) from exc
         # Entries stay unparsed until hit: only serials are read up front,
         # which is what keeps loading 100,000 entries well under a second.
         self._index: dict[int, x509.RevokedCertificate] = {}
         duplicates = False
-        for revoked in crl:
-            serial = revoked.serial_number
-            duplicates |= serial in self._index
-            self._index[serial] = revoked
+        try:
+            for revoked in crl:
+                serial = revoked.serial_number
+                duplicates |= serial in self._index
+                self._index[serial] = revoked
+        except ValueError as exc:
+            raise MalformedCertificate("revocation list", str(exc)[:160]) from exc
         self.has_duplicates = duplicates
         self._verified_keys: set[bytes] = set()
 

@@ -119,22 +119,20 @@ def _eku_validator(wanted: x509.ObjectIdentifier):  # type: ignore[no-untyped-de
 
 def _builder(purpose: Purpose, anchors: Sequence[x509.Certificate], at: datetime) -> PolicyBuilder:
     builder = PolicyBuilder().store(Store(list(anchors))).time(at).max_chain_depth(_MAX_CHAIN_DEPTH)
-    if purpose is Purpose.DIRECTORY_SIGNING:
-        # The client verifier wants clientAuth; the directory signer has our own
-        # EKU instead, so the leaf's EKU rule is replaced, the rest kept.
-        ee = (
-            ExtensionPolicy.webpki_defaults_ee()
-            .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-            .require_present(
-                x509.ExtendedKeyUsage,
-                Criticality.AGNOSTIC,
-                _eku_validator(oids.EKU_DIRECTORY_SIGNING),
-            )
+    if purpose in _SERVER_PURPOSES:
+        return builder  # the webpki server profile as it is: serverAuth and the name
+    # Client certificates: the webpki rules, except that (1) a subjectAltName
+    # is optional (PIV holder and directory-signer certificates have none) and
+    # (2) the EKU required is the purpose's, which for the directory signer is
+    # our own OID rather than clientAuth.
+    ee = (
+        ExtensionPolicy.webpki_defaults_ee()
+        .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+        .require_present(
+            x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_validator(_RULES[purpose].eku)
         )
-        builder = builder.extension_policies(
-            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee
-        )
-    return builder
+    )
+    return builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
 
 
 def _utc(at: datetime) -> datetime:

@@ -1,0 +1,70 @@
+"""Loading certificates and CRLs from bytes that may be anything.
+
+Bytes come from a card, a cache file or the network: PEM or DER, possibly
+truncated, mislabelled or hostile. Every failure becomes
+:class:`~sdbox.trust.errors.MalformedCertificate`; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+
+from sdbox.trust.errors import MalformedCertificate
+
+_PEM_MARK = b"-----BEGIN "
+# A certificate on a PIV card fits in a few kilobytes; a CRL of 100,000
+# entries is about 4 MB. Anything far larger is refused before parsing.
+MAX_CERTIFICATE_BYTES = 64 * 1024
+MAX_CRL_BYTES = 64 * 1024 * 1024
+
+
+def _is_pem(data: bytes) -> bool:
+    return data.lstrip()[: len(_PEM_MARK)] == _PEM_MARK
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """One certificate from PEM or DER bytes."""
+    if not data:
+        raise MalformedCertificate("certificate", "it is empty")
+    if len(data) > MAX_CERTIFICATE_BYTES:
+        raise MalformedCertificate("certificate", f"{len(data)} bytes is far too large")
+    try:
+        if _is_pem(data):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except (ValueError, TypeError, IndexError, OverflowError) as exc:
+        raise MalformedCertificate("certificate", _short(exc)) from exc
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle, or the one certificate of DER bytes."""
+    if _is_pem(data):
+        if len(data) > MAX_CRL_BYTES:
+            raise MalformedCertificate("certificate bundle", "it is far too large")
+        try:
+            return x509.load_pem_x509_certificates(data)
+        except (ValueError, TypeError) as exc:
+            raise MalformedCertificate("certificate bundle", _short(exc)) from exc
+    return [load_certificate(data)]
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    """One CRL from PEM or DER bytes."""
+    if not data:
+        raise MalformedCertificate("revocation list", "it is empty")
+    if len(data) > MAX_CRL_BYTES:
+        raise MalformedCertificate("revocation list", f"{len(data)} bytes is far too large")
+    try:
+        crl = x509.load_pem_x509_crl(data) if _is_pem(data) else x509.load_der_x509_crl(data)
+        # Parsing is lazy in places: touch what validation reads, so that a
+        # damaged list fails here with a typed error, not in the middle of a
+        # check. (Entries are read when the list is indexed: IndexedCrl.)
+        _ = crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.extensions
+    except (ValueError, TypeError, IndexError, OverflowError) as exc:
+        raise MalformedCertificate("revocation list", _short(exc)) from exc
+    return crl
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

@@ -1,0 +1,233 @@
+"""validate(): each refusal a researcher can meet comes out as its own typed error."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sdbox.trust import Purpose, validate
+from sdbox.trust.errors import (
+    BadSignature,
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateRevoked,
+    CrlMissing,
+    CrlStale,
+    ProjectMismatch,
+    ServerNameMismatch,
+    UnknownIssuer,
+    WrongPurpose,
+)
+from sdbox.trust.pki import Pki
+
+from .conftest import T0
+
+AT = T0 + timedelta(days=30)
+
+
+def _key() -> ec.EllipticCurvePublicKey:
+    return ec.generate_private_key(ec.SECP256R1()).public_key()
+
+
+def _crls(pki: Pki, *, now: datetime = AT) -> list[x509.CertificateRevocationList]:
+    return [pki.crl(name, now=now) for name in ("root", "project-ca", "server-ca", "box-ca")]
+
+
+def _project(pki: Pki, project: str = "alpha", **kw: datetime) -> x509.Certificate:
+    return pki.issue_project(project, _key(), subject_cn="Ada", not_before=T0, **kw)
+
+
+def test_a_valid_project_credential_names_its_project(pki: Pki) -> None:
+    cert = _project(pki)
+    result = validate(
+        cert,
+        pki.intermediates,
+        [pki.root.cert],
+        at=AT,
+        purpose=Purpose.PROJECT,
+        crls=_crls(pki),
+        project="alpha",
+    )
+    assert result.projects == ("alpha",)
+    assert result.chain == (cert, pki.project_ca.cert, pki.root.cert)
+    assert result.revocation_checked
+
+
+def test_project_mismatch_says_which_project_the_certificate_is_for(pki: Pki) -> None:
+    with pytest.raises(ProjectMismatch, match="'beta'") as caught:
+        validate(
+            _project(pki),
+            pki.intermediates,
+            [pki.root.cert],
+            at=AT,
+            purpose=Purpose.PROJECT,
+            crls=_crls(pki),
+            project="beta",
+        )
+    assert caught.value.found == ["alpha"]
+
+
+def test_expired_leaf_and_not_yet_valid_leaf(pki: Pki) -> None:
+    old = _project(pki, not_after=T0 + timedelta(days=1))
+    with pytest.raises(CertificateExpired, match="expired on 2030-01-02"):
+        validate(old, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=None)
+    future = pki.issue_project("alpha", _key(), subject_cn="Ada", not_before=AT + timedelta(1))
+    with pytest.raises(CertificateNotYetValid):
+        validate(
+            future, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=None
+        )
+
+
+def test_revoked_leaf_reports_reason_and_date(pki: Pki) -> None:
+    cert = _project(pki)
+    pki.revoke(cert, x509.ReasonFlags.affiliation_changed, when=T0 + timedelta(days=2))
+    with pytest.raises(CertificateRevoked, match="affiliation changed") as caught:
+        validate(
+            cert,
+            pki.intermediates,
+            [pki.root.cert],
+            at=AT,
+            purpose=Purpose.PROJECT,
+            crls=_crls(pki),
+        )
+    assert caught.value.revoked_at == T0 + timedelta(days=2)
+
+
+def test_revoked_intermediate_refuses_every_leaf_under_it(pki: Pki) -> None:
+    cert = _project(pki)
+    pki.revoke(pki.project_ca.cert, x509.ReasonFlags.ca_compromise, when=T0 + timedelta(days=1))
+    with pytest.raises(CertificateRevoked, match="Project Credentials CA"):
+        validate(
+            cert,
+            pki.intermediates,
+            [pki.root.cert],
+            at=AT,
+            purpose=Purpose.PROJECT,
+            crls=_crls(pki),
+        )
+
+
+def test_stale_crl_is_a_refusal_unless_within_grace(pki: Pki) -> None:
+    cert = _project(pki)
+    crls = _crls(pki, now=AT - timedelta(days=8))  # nextUpdate = AT - 1 day
+    with pytest.raises(CrlStale, match="out of date"):
+        validate(
+            cert, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=crls
+        )
+    validate(
+        cert,
+        pki.intermediates,
+        [pki.root.cert],
+        at=AT,
+        purpose=Purpose.PROJECT,
+        crls=crls,
+        crl_grace=timedelta(days=2),
+    )
+
+
+def test_missing_crl_is_a_refusal(pki: Pki) -> None:
+    with pytest.raises(CrlMissing, match="Project Credentials CA"):
+        validate(
+            _project(pki),
+            pki.intermediates,
+            [pki.root.cert],
+            at=AT,
+            purpose=Purpose.PROJECT,
+            crls=[pki.crl("root", now=AT)],
+        )
+
+
+def test_crl_signed_by_the_wrong_key_is_a_bad_signature(pki: Pki) -> None:
+    rogue = ec.generate_private_key(ec.SECP256R1())
+    forged = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.project_ca.cert.subject)
+        .last_update(AT)
+        .next_update(AT + timedelta(days=1))
+        .sign(rogue, hashes.SHA256())
+    )
+    with pytest.raises(BadSignature, match="revocation list"):
+        validate(
+            _project(pki),
+            pki.intermediates,
+            [pki.root.cert],
+            at=AT,
+            purpose=Purpose.PROJECT,
+            crls=[pki.crl("root", now=AT), forged],
+        )
+
+
+def test_a_server_certificate_is_the_wrong_purpose_for_a_project(pki: Pki) -> None:
+    server = pki.issue_server("bubble.example", _key(), not_before=T0)
+    with pytest.raises(WrongPurpose):
+        validate(
+            server, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=None
+        )
+
+
+def test_holder_certificate_cannot_stand_in_for_a_project(pki: Pki) -> None:
+    holder = pki.issue_holder(_key(), subject_cn="Ada", not_before=T0)
+    with pytest.raises(WrongPurpose, match="key agreement"):
+        validate(
+            holder, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=None
+        )
+    validate(holder, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.HOLDER, crls=None)
+
+
+def test_box_ca_cannot_issue_a_project_credential(pki: Pki) -> None:
+    # A box certificate has clientAuth too; the role policy keeps them apart.
+    box = pki.issue_box(_key(), box_id="b1", not_before=T0)
+    with pytest.raises(WrongPurpose):
+        validate(box, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.HOLDER, crls=None)
+    validate(box, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.BOX, crls=None)
+
+
+def test_server_name_is_checked(pki: Pki) -> None:
+    server = pki.issue_server("bubble.example", _key(), not_before=T0)
+    validate(
+        server,
+        pki.intermediates,
+        [pki.root.cert],
+        at=AT,
+        purpose=Purpose.SERVER,
+        crls=_crls(pki),
+        hostname="bubble.example",
+    )
+    with pytest.raises(ServerNameMismatch, match=r"not for evil\.example"):
+        validate(
+            server,
+            pki.intermediates,
+            [pki.root.cert],
+            at=AT,
+            purpose=Purpose.SERVER,
+            crls=None,
+            hostname="evil.example",
+        )
+
+
+def test_tampered_certificate_is_a_bad_signature(pki: Pki) -> None:
+    cert = _project(pki)
+    der = bytearray(cert.public_bytes(serialization.Encoding.DER))
+    der[-1] ^= 0x01  # last byte of the signature
+    tampered = x509.load_der_x509_certificate(bytes(der))
+    with pytest.raises((BadSignature, UnknownIssuer)) as caught:
+        validate(
+            tampered, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=None
+        )
+    assert isinstance(caught.value, BadSignature)
+
+
+def test_naive_times_are_refused_rather_than_guessed(pki: Pki) -> None:
+    with pytest.raises(ValueError, match="timezone"):
+        validate(
+            _project(pki),
+            pki.intermediates,
+            [pki.root.cert],
+            at=datetime(2030, 2, 1),
+            purpose=Purpose.PROJECT,
+            crls=None,
+        )
