@@ -11,6 +11,7 @@ import secrets
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def big_crl(
     entries: int,
     now: datetime,
     number: int,
-    extra: list[int] = [],  # noqa: B006
+    extra: Sequence[int] = (),
 ) -> tuple[x509.CertificateRevocationList, list[int]]:
     """A CRL of ``ca`` listing ``entries`` random serials (plus ``extra``)."""
     assert ca.key is not None
