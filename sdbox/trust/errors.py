@@ -171,3 +171,14 @@ class ClockWrong(TrustError):
 
 class PkiError(TrustError):
     """The development PKI directory is missing, incomplete or misused."""
+
+
+class PossessionFailed(TrustError):
+    """The card answered, but not with the key its certificate names."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(
+            f"The card does not hold the key of the certificate of {subject}: "
+            "the certificate may have been copied from another card."
+        )
+        self.subject = subject
