@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
@@ -196,6 +197,8 @@ def validate(
             raise
         raise MalformedCertificate("certificate", str(exc)) from exc
 
+    _check_leaf_key(leaf)
+    _check_eku(leaf, rules)
     _check_key_usage(leaf, rules)
     if rules.role is not None:
         _check_role(chain, rules.role)
@@ -249,6 +252,40 @@ def _subject(hostname: str) -> x509.DNSName | x509.IPAddress:
         return x509.IPAddress(ipaddress.ip_address(hostname))
     except ValueError:
         return x509.DNSName(hostname)
+
+
+_MIN_RSA_BITS = 2048
+_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
+def _check_leaf_key(leaf: x509.Certificate) -> None:
+    # cryptography's verifier holds issuers' keys to 2048-bit RSA and the
+    # NIST curves, but not the leaf's own key; the profile wants the same floor.
+    key = leaf.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < _MIN_RSA_BITS:
+            raise WrongPurpose(
+                subject_of(leaf),
+                f"its RSA key has {key.key_size} bits, fewer than the {_MIN_RSA_BITS} required",
+            )
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in _CURVES:
+            raise WrongPurpose(subject_of(leaf), f"its key uses the curve {key.curve.name}")
+    else:
+        raise WrongPurpose(subject_of(leaf), "its key type is not RSA or EC")
+
+
+def _check_eku(leaf: x509.Certificate, rules: _Rules) -> None:
+    # The server verifier accepts a leaf without EKU (webpki reads it as "any");
+    # the profile names the purpose explicitly in every leaf.
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        raise WrongPurpose(
+            subject_of(leaf), "it does not say what it may be used for (no EKU)"
+        ) from None
+    if rules.eku not in usages:
+        raise WrongPurpose(subject_of(leaf), "its extended key usage does not allow this use")
 
 
 def _check_key_usage(leaf: x509.Certificate, rules: _Rules) -> None:
