@@ -121,6 +121,23 @@ class IndexedCrl:
 class _Scope:
     only_users: bool = False
     only_cas: bool = False
+    # The distribution point the list is scoped to (IDP); None: the whole CA.
+    point: frozenset[x509.GeneralName] | None = None
+    relative: bool = False  # scoped by a relative name, which we do not resolve
+
+    def covers(self, cert: x509.Certificate, is_ca: bool) -> bool:
+        """Whether this list is authoritative for ``cert`` (RFC 5280 6.3.3 (b))."""
+        if (self.only_cas and not is_ca) or (self.only_users and is_ca):
+            return False
+        if self.relative:
+            return False
+        if self.point is None:
+            return True
+        try:
+            points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        except x509.ExtensionNotFound:
+            return False  # a partitioned list, and the certificate names no partition
+        return any(self.point & frozenset(dp.full_name or ()) for dp in points)
 
 
 def _scope(crl: x509.CertificateRevocationList) -> tuple[bool, _Scope]:
@@ -134,7 +151,12 @@ def _scope(crl: x509.CertificateRevocationList) -> tuple[bool, _Scope]:
             assert isinstance(idp, x509.IssuingDistributionPoint)
             if idp.indirect_crl or idp.only_some_reasons or idp.only_contains_attribute_certs:
                 return False, scope  # partial lists: not supported by this profile
-            scope = _Scope(idp.only_contains_user_certs, idp.only_contains_ca_certs)
+            scope = _Scope(
+                idp.only_contains_user_certs,
+                idp.only_contains_ca_certs,
+                frozenset(idp.full_name) if idp.full_name else None,
+                idp.relative_name is not None,
+            )
         elif ext.critical and ext.oid not in _KNOWN_CRL_EXTENSIONS:
             return False, scope
     return True, scope
@@ -206,6 +228,9 @@ def check_certificate(
 ) -> None:
     """Refuse ``cert`` if it is revoked or its status cannot be known."""
     issuer_name = describe(issuer.subject)
+    if not _may_sign_crls(issuer):
+        # A list signed by a key not certified for it is no list (RFC 5280 6.3.3 (f)).
+        raise CrlMissing(issuer_name)
     is_ca = _is_ca(cert)
     candidates = [c for c in source.crls_for(cert.issuer) if c.usable]
     if not candidates:
@@ -213,11 +238,7 @@ def check_certificate(
     signed = [c for c in candidates if c.verify_signature(issuer)]
     if not signed:
         raise BadSignature(f"the revocation list of {issuer_name}")
-    covering = [
-        c
-        for c in signed
-        if not (c.scope.only_cas and not is_ca) and not (c.scope.only_users and is_ca)
-    ]
+    covering = [c for c in signed if c.scope.covers(cert, is_ca)]
     if not covering:
         raise CrlMissing(issuer_name)
     crl = covering[0]  # newest first
@@ -230,6 +251,13 @@ def check_certificate(
         return
     reason = None if entry.reason is None else _REASON_WORDS.get(entry.reason, entry.reason.value)
     raise CertificateRevoked(subject_of(cert), entry.revoked_at, reason)
+
+
+def _may_sign_crls(issuer: x509.Certificate) -> bool:
+    try:
+        return issuer.extensions.get_extension_for_class(x509.KeyUsage).value.crl_sign
+    except x509.ExtensionNotFound:
+        return True  # no key usage: no restriction
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

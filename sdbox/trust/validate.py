@@ -59,6 +59,9 @@ class Purpose(enum.Enum):
     """Any TLS client certificate (clientAuth), no sdbox role rules: foreign PKIs, tests."""
     TLS_SERVER = "tls-server"
     """Any TLS server certificate (serverAuth, name), no sdbox role rules."""
+    PATH = "path"
+    """The path and revocation only, no purpose (EKU, key usage) rules: for
+    conformance suites such as NIST PKITS. The box never validates for it."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ _RULES = {
     Purpose.TLS_SERVER: _Rules(
         ExtendedKeyUsageOID.SERVER_AUTH, ("digital_signature", "key_encipherment"), None
     ),
+    Purpose.PATH: _Rules(ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE, (), None),
 }
 _SERVER_PURPOSES = (Purpose.SERVER, Purpose.TLS_SERVER)
 
@@ -126,13 +130,15 @@ def _builder(purpose: Purpose, anchors: Sequence[x509.Certificate], at: datetime
     # is optional (PIV holder and directory-signer certificates have none) and
     # (2) the EKU required is the purpose's, which for the directory signer is
     # our own OID rather than clientAuth.
-    ee = (
-        ExtensionPolicy.webpki_defaults_ee()
-        .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-        .require_present(
+    ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+    if purpose is Purpose.PATH:
+        ee = ee.may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, None)
+    else:
+        ee = ee.require_present(
             x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_validator(_RULES[purpose].eku)
         )
-    )
     return builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
 
 
@@ -198,8 +204,9 @@ def validate(
         raise MalformedCertificate("certificate", str(exc)) from exc
 
     _check_leaf_key(leaf)
-    _check_eku(leaf, rules)
-    _check_key_usage(leaf, rules)
+    if purpose is not Purpose.PATH:
+        _check_eku(leaf, rules)
+        _check_key_usage(leaf, rules)
     if rules.role is not None:
         _check_role(chain, rules.role)
     projects = tuple(
