@@ -8,6 +8,7 @@ truncated, mislabelled or hostile. Every failure becomes
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from sdbox.trust.errors import MalformedCertificate
 
@@ -16,6 +17,11 @@ _PEM_MARK = b"-----BEGIN "
 # entries is about 4 MB. Anything far larger is refused before parsing.
 MAX_CERTIFICATE_BYTES = 64 * 1024
 MAX_CRL_BYTES = 64 * 1024 * 1024
+
+
+# What cryptography raises on damaged input. KeyError included: a name
+# attribute whose string tag is unknown raises it (found by the property test).
+_PARSE_ERRORS = (ValueError, TypeError, IndexError, OverflowError, KeyError, UnsupportedAlgorithm)
 
 
 def _is_pem(data: bytes) -> bool:
@@ -30,10 +36,15 @@ def load_certificate(data: bytes) -> x509.Certificate:
         raise MalformedCertificate("certificate", f"{len(data)} bytes is far too large")
     try:
         if _is_pem(data):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except (ValueError, TypeError, IndexError, OverflowError) as exc:
+            cert = x509.load_pem_x509_certificate(data)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+        # Names and extensions are decoded lazily; decode them now so that
+        # damage surfaces here, typed (see _PARSE_ERRORS).
+        _ = cert.subject, cert.issuer, cert.extensions, cert.public_key()
+    except _PARSE_ERRORS as exc:
         raise MalformedCertificate("certificate", _short(exc)) from exc
+    return cert
 
 
 def load_certificates(data: bytes) -> list[x509.Certificate]:
@@ -60,7 +71,7 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
         # damaged list fails here with a typed error, not in the middle of a
         # check. (Entries are read when the list is indexed: IndexedCrl.)
         _ = crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.extensions
-    except (ValueError, TypeError, IndexError, OverflowError) as exc:
+    except _PARSE_ERRORS as exc:
         raise MalformedCertificate("revocation list", _short(exc)) from exc
     return crl
 

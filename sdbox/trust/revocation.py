@@ -64,7 +64,7 @@ class IndexedCrl:
         try:
             self.number = _crl_number(crl)
             self.usable, self.scope = _scope(crl)
-        except ValueError as exc:  # an extension that does not parse
+        except (ValueError, KeyError) as exc:  # an extension that does not parse
             raise MalformedCertificate("revocation list", str(exc)[:160]) from exc
         # Entries stay unparsed until hit: only serials are read up front,
         # which is what keeps loading 100,000 entries well under a second.
@@ -75,7 +75,7 @@ class IndexedCrl:
                 serial = revoked.serial_number
                 duplicates |= serial in self._index
                 self._index[serial] = revoked
-        except ValueError as exc:
+        except (ValueError, KeyError) as exc:
             raise MalformedCertificate("revocation list", str(exc)[:160]) from exc
         self.has_duplicates = duplicates
         self._verified_keys: set[bytes] = set()

@@ -92,7 +92,7 @@ def test_pem_and_der_both_load(samples: tuple[bytes, bytes]) -> None:
     assert load_crl(x509.load_der_x509_crl(crl_der).public_bytes(serialization.Encoding.PEM))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=2048))
 def test_any_bytes_load_or_fail_typed(data: bytes) -> None:
     for loader in (load_certificate, load_crl, load_certificates):
@@ -100,7 +100,7 @@ def test_any_bytes_load_or_fail_typed(data: bytes) -> None:
             loader(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.data())
 def test_mutated_real_objects_load_or_fail_typed(
     samples: tuple[bytes, bytes], data: st.DataObject
