@@ -188,6 +188,10 @@ class VirtualCard:
 def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
     buf = bytearray()
     while len(buf) < size:
+        # vpcd writes the length and the payload separately; with Nagle on its
+        # side, a delayed ACK on ours would stall every APDU for ~40 ms. Linux
+        # clears QUICKACK after use, so it is set before every read.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         chunk = sock.recv(size - len(buf))
         if not chunk:
             return None
