@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -177,7 +177,10 @@ class SignedDirectory:
         not a trusted directory signer (chain, purpose, revocation): that is
         the trust layer's decision, and every error it raises propagates.
         """
-        key = self.signer.public_key()
+        try:
+            key = self.signer.public_key()
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise DirectoryError(f"the directory signer's public key is unusable: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise DirectoryError("the directory signer's key is not an EC key")
         digest: hashes.HashAlgorithm = (

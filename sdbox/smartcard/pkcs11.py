@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pkcs11
+import pkcs11.types
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
@@ -79,6 +80,8 @@ class Pkcs11Card:
         try:
             with self._token.open(user_pin=pin) as session:
                 key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=HOLDER_KEY_ID)
+                if not isinstance(key, pkcs11.types.SignMixin):
+                    raise Pkcs11Error("the token's holder key cannot sign")
                 if key.key_type == KeyType.EC:
                     raw = key.sign(message, mechanism=Mechanism.ECDSA_SHA256)
                     half = len(raw) // 2

@@ -59,7 +59,7 @@ class InsertedCard:
 
     def remove(self) -> None:
         """Pull the card and wait until pcscd has seen it."""
-        self.virtual.remove()
+        self.virtual.remove()  # a no-op when a fault already pulled it
         assert wait_for_card(self.reader, present=False), "pcscd did not see the removal"
 
     def insert(self) -> None:
@@ -68,19 +68,24 @@ class InsertedCard:
         assert wait_for_card(self.reader, present=True), "pcscd did not see the insertion"
 
 
-def insert_card(state: CardState, pki: Pki, index: int = 0, latency_ms: float = 0.0) -> InsertedCard:
+def insert_card(
+    state: CardState, pki: Pki, index: int = 0, latency_ms: float = 0.0
+) -> InsertedCard:
     """Plug ``state`` into reader ``index`` and wait for pcscd to see it."""
     virtual = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index, latency_ms=latency_ms)
     card = InsertedCard(reader_name(index), state, virtual, pki)
+    # a card pulled by a fault in the previous test may not be gone for pcscd yet
+    assert wait_for_card(card.reader, present=False), "the reader still holds another card"
     card.insert()
     return card
 
 
 @pytest.fixture
-def demo_card(pcscd: PcscDaemon, pki: Pki, demo_profile: CardProfile, tmp_path: Path) -> Iterator[InsertedCard]:
+def demo_card(
+    pcscd: PcscDaemon, pki: Pki, demo_profile: CardProfile, tmp_path: Path
+) -> Iterator[InsertedCard]:
     """A freshly issued demo card in 'Virtual PCD 00 00'."""
     state = issue_card(demo_profile, pki, state_path=tmp_path / "card.json", keygen_seed=b"test")
     card = insert_card(state, pki)
     yield card
-    if card.virtual.inserted:
-        card.remove()
+    card.remove()

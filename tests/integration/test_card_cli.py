@@ -16,7 +16,12 @@ from tests.integration.conftest import InsertedCard
 
 def sdbox(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sdbox", *args], input=stdin, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "sdbox", *args],
+        input=stdin,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -26,7 +31,9 @@ def test_readers_lists_the_virtual_reader_with_its_card(demo_card: InsertedCard)
     assert f"{demo_card.reader}: card present, ATR 3B88" in out.stdout
 
 
-def test_info_json_lists_the_demo_projects_with_a_verified_directory(demo_card: InsertedCard) -> None:
+def test_info_json_lists_the_demo_projects_with_a_verified_directory(
+    demo_card: InsertedCard,
+) -> None:
     out = sdbox("card", "info", "--json", "--anchors", str(demo_card.anchors))
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
@@ -102,7 +109,9 @@ def test_no_card_is_a_clear_error(pcscd: PcscDaemon) -> None:
     assert "Traceback" not in out.stderr
 
 
-def test_emulate_card_command_inserts_and_removes(pcscd: PcscDaemon, pki: Pki, tmp_path: Path) -> None:
+def test_emulate_card_command_inserts_and_removes(
+    pcscd: PcscDaemon, pki: Pki, tmp_path: Path
+) -> None:
     state = tmp_path / "card.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sdbox", "emulate", "card", "--profile", "demo", "--reader-index", "1",
@@ -111,7 +120,15 @@ def test_emulate_card_command_inserts_and_removes(pcscd: PcscDaemon, pki: Pki, t
     )  # fmt: skip
     try:
         assert wait_for_card(reader_name(1), present=True, timeout_s=30)
-        out = sdbox("card", "info", "--json", "--reader", reader_name(1), "--anchors", str(pki.path / "root.pem"))
+        out = sdbox(
+            "card",
+            "info",
+            "--json",
+            "--reader",
+            reader_name(1),
+            "--anchors",
+            str(pki.path / "root.pem"),
+        )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["directory_verified"] is True
         assert state.exists()

@@ -27,16 +27,20 @@ def pkcs11_tool(*args: str, pin: str | None = None) -> subprocess.CompletedProce
         extra = ["--login", "--pin", "env:SDBOX_TEST_PIN"]
     return subprocess.run(
         ["pkcs11-tool", "--module", str(OPENSC_MODULE), *extra, *args],
-        capture_output=True, text=True, timeout=60, env=env,
+        check=False, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
 
 
 def _cert(card: InsertedCard, slot: int) -> x509.Certificate:
-    return x509.load_der_x509_certificate(decode_certificate(card.state.objects[certificate_object(slot)]))
+    return x509.load_der_x509_certificate(
+        decode_certificate(card.state.objects[certificate_object(slot)])
+    )
 
 
 def test_opensc_tool_lists_the_reader_with_a_card(demo_card: InsertedCard) -> None:
-    out = subprocess.run(["opensc-tool", "--list-readers"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["opensc-tool", "--list-readers"], check=False, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if demo_card.reader in line)
     assert "Yes" in line
@@ -51,7 +55,9 @@ def test_pkcs11_tool_lists_holder_and_project_certificates(demo_card: InsertedCa
         assert f"CN=Dr Ada Lovelace ({project})" in out.stdout
 
 
-def test_pkcs11_tool_signature_verifies_with_the_holder_certificate(demo_card: InsertedCard, tmp_path: Path) -> None:
+def test_pkcs11_tool_signature_verifies_with_the_holder_certificate(
+    demo_card: InsertedCard, tmp_path: Path
+) -> None:
     message = tmp_path / "challenge.bin"
     message.write_bytes(b"a fresh challenge from the broker")
     signature = tmp_path / "sig.der"
@@ -73,10 +79,23 @@ def test_pkcs11_tool_derive_matches_ecdh_with_the_project_certificate(
     ephemeral = ec.generate_private_key(project_key.curve)
     peer = tmp_path / "peer.der"
     peer.write_bytes(
-        ephemeral.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ephemeral.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     shared = tmp_path / "shared.bin"
-    out = pkcs11_tool("--derive", "--id", "06", "-m", "ECDH1-DERIVE", "-i", str(peer), "-o", str(shared), pin=DEMO_PIN)
+    out = pkcs11_tool(
+        "--derive",
+        "--id",
+        "06",
+        "-m",
+        "ECDH1-DERIVE",
+        "-i",
+        str(peer),
+        "-o",
+        str(shared),
+        pin=DEMO_PIN,
+    )
     assert out.returncode == 0, out.stderr
     assert shared.read_bytes() == ephemeral.exchange(ec.ECDH(), project_key)
 

@@ -61,7 +61,9 @@ def test_endless_61xx_is_a_protocol_error_not_a_hang() -> None:
             return b"\x00", 0x6101
 
     with pytest.raises(CardProtocolError, match="never ended"):
-        ApduStack(Endless([]), extended=False).send(Apdu(0, 0xCB, 0x3F, 0xFF, b"\x5c\x01\x7e", le=256))
+        ApduStack(Endless([]), extended=False).send(
+            Apdu(0, 0xCB, 0x3F, 0xFF, b"\x5c\x01\x7e", le=256)
+        )
 
 
 def test_sensitive_command_data_is_redacted_in_logs() -> None:
