@@ -120,7 +120,7 @@ def test_untrusted_signer_is_reported_with_the_trust_error(applet: PivApplet) ->
     def refuse(_signer: object, _intermediates: object) -> None:
         raise SdboxError("signer not trusted")
 
-    summary = BioSsoSession(Direct(applet)).read_summary(refuse)  # type: ignore[arg-type]
+    summary = BioSsoSession(Direct(applet)).read_summary(refuse)
     assert summary.directory is None
     assert str(summary.directory_error) == "signer not trusted"
 
