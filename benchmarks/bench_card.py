@@ -19,7 +19,7 @@ from sdbox.smartcard import pcsc
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile
-from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, wait_for_card
+from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.smartcard.profile import Slot
 from sdbox.trust import validate_directory_signer
@@ -54,29 +54,32 @@ def run() -> dict[str, object]:
     """Run the listing benchmark; print and return its figures."""
     daemon = PcscDaemon()
     daemon.start()
-    virtual: VirtualCard | None = None
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, reserve_reader() as index:
             pki = Pki.init(Path(tmp) / "pki")
-            state = issue_card(load_profile("demo"), pki)
-            virtual = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT, latency_ms=LATENCY_MS)
+            profile = load_profile("demo")
+            state = issue_card(profile, pki)
+            virtual = VirtualCard(
+                PivApplet(state), port=VPCD_BASE_PORT + index, latency_ms=LATENCY_MS
+            )
             virtual.insert()
-            reader = reader_name(0)
-            wait_for_card(reader, present=True)
-            anchors = [pki.root.cert]
-            projects = len(load_profile("demo").projects)
-            results: dict[str, object] = {"latency_ms_per_apdu": LATENCY_MS, "projects": projects}
-            for name, everything in (("listing", False), ("listing_and_all_certificates", True)):
-                runs = [
-                    _measure(reader, anchors, all_certificates=everything) for _ in range(ROUNDS)
-                ]
-                apdus = runs[0][0]
-                median = statistics.median(t for _n, t in runs)
-                results[name] = {"apdus": apdus, "median_s": round(median, 4), "rounds": ROUNDS}
-                target = " (target: <= 6 APDUs, <= 0.150 s)" if name == "listing" else ""
-                print(f"{name:30} {apdus:3d} APDUs  median {median * 1000:7.1f} ms{target}")
-            return results
+            try:
+                reader = reader_name(index)
+                wait_for_card(reader, present=True)
+                return _run_rounds(reader, [pki.root.cert], len(profile.projects))
+            finally:
+                virtual.remove()
     finally:
-        if virtual is not None:
-            virtual.remove()
         daemon.cleanup()
+
+
+def _run_rounds(reader: str, anchors: list[x509.Certificate], projects: int) -> dict[str, object]:
+    results: dict[str, object] = {"latency_ms_per_apdu": LATENCY_MS, "projects": projects}
+    for name, everything in (("listing", False), ("listing_and_all_certificates", True)):
+        runs = [_measure(reader, anchors, all_certificates=everything) for _ in range(ROUNDS)]
+        apdus = runs[0][0]
+        median = statistics.median(t for _n, t in runs)
+        results[name] = {"apdus": apdus, "median_s": round(median, 4), "rounds": ROUNDS}
+        target = " (target: <= 6 APDUs, <= 0.150 s)" if name == "listing" else ""
+        print(f"{name:30} {apdus:3d} APDUs  median {median * 1000:7.1f} ms{target}")
+    return results

@@ -8,6 +8,7 @@ summary is written to build/demo/summary.json. Everything started is stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile
-from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, wait_for_card
+from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.smartcard.profile import KeyRef
 from sdbox.trust.pki import Pki
@@ -38,6 +39,7 @@ def main() -> int:
 
     daemon = PcscDaemon()
     virtual: VirtualCard | None = None
+    hold = contextlib.ExitStack()
     try:
         t = time.perf_counter()
         daemon.start()
@@ -49,13 +51,15 @@ def main() -> int:
         step("issue the demo card under a fresh test PKI", True, t)
 
         t = time.perf_counter()
-        virtual = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT)
+        index = hold.enter_context(reserve_reader())
+        reader = reader_name(index)
+        virtual = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index)
         virtual.insert()
-        step("insert the card", wait_for_card(reader_name(0), present=True), t)
+        step(f"insert the card into '{reader}'", wait_for_card(reader, present=True), t)
 
         t = time.perf_counter()
         info = subprocess.run(
-            [sys.executable, "-m", "sdbox", "card", "info", "--anchors", str(pki.path / "root.pem")],
+            [sys.executable, "-m", "sdbox", "card", "info", "--reader", reader, "--anchors", str(pki.path / "root.pem")],
             check=False, text=True, capture_output=True, timeout=60,
         )  # fmt: skip
         print(info.stdout + info.stderr, flush=True)
@@ -66,7 +70,7 @@ def main() -> int:
         probe = OUT / "finger-primary.bin"  # what the emulated sensor would capture
         probe.write_bytes(reference)
         verify = subprocess.run(
-            [sys.executable, "-m", "sdbox", "card", "verify", "--finger-template", str(probe)],
+            [sys.executable, "-m", "sdbox", "card", "verify", "--reader", reader, "--finger-template", str(probe)],
             check=False, text=True, capture_output=True, timeout=60,
         )  # fmt: skip
         print(verify.stdout + verify.stderr, flush=True)
@@ -75,6 +79,7 @@ def main() -> int:
         t = time.perf_counter()
         if virtual is not None:
             virtual.remove()
+        hold.close()
         daemon.cleanup()
         step("remove the card and stop pcscd", True, t)
         summary = {"steps": steps, "screenshots": []}

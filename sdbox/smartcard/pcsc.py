@@ -8,9 +8,10 @@ and re-establishes its context when pcscd restarts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -226,6 +227,23 @@ class PcscConnection:
         hresult, _reader, _state, _protocol, atr = scard.SCardStatus(self._card)
         _check(hresult, "reading the card's ATR")
         return bytes(atr)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the card for a sequence of commands nobody may interleave with."""
+        doing = "reserving the card for a transaction"
+        for attempt in range(_SHARING_RETRIES):
+            hresult = scard.SCardBeginTransaction(self._card)
+            if hresult == scard.SCARD_E_SHARING_VIOLATION and attempt < _SHARING_RETRIES - 1:
+                time.sleep(_SHARING_DELAY_S)
+                continue
+            _check(hresult, doing)
+            break
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # the card may be gone: nothing to end then
+                scard.SCardEndTransaction(self._card, scard.SCARD_LEAVE_CARD)
 
     def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
         """Transmit one APDU; card removal mid-command raises :class:`CardRemoved`."""

@@ -46,7 +46,11 @@ def encode_tag(tag: int) -> bytes:
     # The first byte announces more bytes (low five bits all set) exactly when
     # there are more; every byte but the last has bit 8 set.
     multi = raw[0] & 0x1F == 0x1F
-    if multi != (length > 1) or any(not b & 0x80 for b in raw[1:-1]) or (raw[-1] & 0x80 and length > 1):
+    if (
+        multi != (length > 1)
+        or any(not b & 0x80 for b in raw[1:-1])
+        or (raw[-1] & 0x80 and length > 1)
+    ):
         raise ValueError(f"{tag:X} is not a valid BER-TLV tag")
     return raw
 

@@ -11,7 +11,7 @@ import pytest
 
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import CardProfile, issue_card, load_profile
-from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, wait_for_card
+from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.emulator.state import CardState
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.trust.pki import Pki
@@ -81,11 +81,18 @@ def insert_card(
 
 
 @pytest.fixture
+def free_reader(pcscd: PcscDaemon) -> Iterator[int]:
+    """A vpcd reader index held for this test (other sdbox runs on the machine wait)."""
+    with reserve_reader() as index:
+        yield index
+
+
+@pytest.fixture
 def demo_card(
-    pcscd: PcscDaemon, pki: Pki, demo_profile: CardProfile, tmp_path: Path
+    free_reader: int, pki: Pki, demo_profile: CardProfile, tmp_path: Path
 ) -> Iterator[InsertedCard]:
-    """A freshly issued demo card in 'Virtual PCD 00 00'."""
+    """A freshly issued demo card in a reserved vpcd reader."""
     state = issue_card(demo_profile, pki, state_path=tmp_path / "card.json", keygen_seed=b"test")
-    card = insert_card(state, pki)
+    card = insert_card(state, pki, free_reader)
     yield card
     card.remove()

@@ -13,7 +13,7 @@ from sdbox.smartcard import pcsc
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import parse_signed_directory
 from sdbox.smartcard.emulator.faults import parse_fault
-from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, wait_for_card
+from sdbox.smartcard.emulator.stack import PcscDaemon, wait_for_card
 from sdbox.smartcard.emulator.state import CardState, deterministic_key
 from sdbox.smartcard.errors import (
     ApduError,
@@ -67,7 +67,7 @@ def test_card_pulled_mid_listing_in_the_cli_exits_3_without_traceback(
 ) -> None:
     demo_card.virtual.add_fault(parse_fault(f"remove:ins=cb,object={ObjectTag.DIRECTORY:x}"))
     out = subprocess.run(
-        [sys.executable, "-m", "sdbox", "card", "info", "--anchors", str(demo_card.anchors)],
+        [sys.executable, "-m", "sdbox", "card", "info", "--reader", demo_card.reader, "--anchors", str(demo_card.anchors)],
         check=False, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 3, out.stderr
@@ -264,8 +264,8 @@ def test_sign_and_ecdh_after_finger(demo_card: InsertedCard, session: BioSsoSess
 def test_pcscd_restart_is_reported_and_the_next_connection_works(
     demo_card: InsertedCard, pcscd: PcscDaemon
 ) -> None:
-    if not pcscd.owned:
-        pytest.skip("pcscd was already running (not ours to restart)")
+    if not pcscd.owned or pcscd.shared:
+        pytest.skip("pcscd was already running or is shared with another run: not ours to restart")
     conn = pcsc.connect(demo_card.reader)
     session = BioSsoSession(conn)
     session.piv.select()
@@ -277,11 +277,22 @@ def test_pcscd_restart_is_reported_and_the_next_connection_works(
     demo_card.insert()
     context = pcsc.PcscContext()
     try:
-        assert reader_name(0) in context.list_readers()
+        assert demo_card.reader in context.list_readers()
     finally:
         context.release()
     conn = pcsc.connect(demo_card.reader)
     try:
         BioSsoSession(conn).piv.select()
+    finally:
+        conn.close()
+
+
+def test_transaction_keeps_a_command_sequence_together(demo_card: InsertedCard) -> None:
+    conn = pcsc.connect(demo_card.reader)
+    try:
+        with conn.transaction():
+            session = BioSsoSession(conn)
+            session.piv.select()
+            assert session.piv.pin_tries_left() == 3
     finally:
         conn.close()

@@ -8,6 +8,8 @@ its own and stopped by its pid.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -15,7 +17,9 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from sdbox.errors import SdboxError
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT
@@ -26,6 +30,18 @@ _log = logging.getLogger(__name__)
 
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 READER_PREFIX = "Virtual PCD"
+VPCD_READERS = 2  # vpcd's default configuration: "Virtual PCD 00 00" and "00 01"
+# pcscd is one per machine (it ignores PCSCLITE_CSOCK_NAME), so test runs,
+# the demo and benchmarks on one machine share it: users hold a shared lock,
+# and the one that started it stops it only when nobody else holds one.
+LOCK_DIR = Path(
+    os.environ.get("SDBOX_LOCK_DIR", "/run/lock" if os.access("/run/lock", os.W_OK) else "/tmp")
+)  # noqa: S108  (lock files hold no data)
+
+
+def _lock_file(name: str) -> IO[bytes]:
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    return (LOCK_DIR / f"sdbox-{name}.lock").open("ab")
 
 
 class StackError(SdboxError):
@@ -55,6 +71,19 @@ class PcscDaemon:
         self.process: subprocess.Popen[bytes] | None = None
         self._confdir: Path | None = None
         self.log_path: Path | None = None
+        self._users: IO[bytes] | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether another user (test run, demo) holds the daemon too."""
+        if self._users is None:
+            return False
+        try:
+            fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._users, fcntl.LOCK_SH)
+        return False
 
     @property
     def owned(self) -> bool:
@@ -63,6 +92,9 @@ class PcscDaemon:
 
     def start(self, timeout_s: float = 15.0) -> None:
         """Reuse a running pcscd that has vpcd readers, or start one."""
+        if self._users is None:
+            self._users = _lock_file(f"pcscd-{self.port}")
+            fcntl.flock(self._users, fcntl.LOCK_SH)
         if _virtual_readers():
             _log.info("reusing the running pcscd")
             return
@@ -107,7 +139,10 @@ class PcscDaemon:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        """Stop the daemon if this object started it."""
+        """Stop the daemon if this object started it and nobody else uses it."""
+        if self.process is not None and self.shared:
+            _log.info("pcscd is in use by another sdbox run: leaving it running")
+            self.process = None
         process, self.process = self.process, None
         if process is None:
             return
@@ -121,14 +156,19 @@ class PcscDaemon:
 
     def restart(self) -> None:
         """Stop and start again (fault tests: pcscd restarted under a client)."""
-        if not self.owned:
-            raise StackError("this pcscd was not started by us: refusing to restart it")
+        if not self.owned or self.shared:
+            raise StackError(
+                "this pcscd was not started by us, or is shared: refusing to restart it"
+            )
         self.stop()
         self.start()
 
     def cleanup(self) -> None:
         """Stop and remove the temporary configuration."""
         self.stop()
+        if self._users is not None:
+            self._users.close()
+            self._users = None
         if self._confdir is not None:
             shutil.rmtree(self._confdir, ignore_errors=True)
             self._confdir = None
@@ -149,3 +189,25 @@ def wait_for_card(reader: str, *, present: bool, timeout_s: float = 10.0) -> boo
             context.wait_for_change(states, min(remaining, 1.0))
     finally:
         context.release()
+
+
+@contextlib.contextmanager
+def reserve_reader(timeout_s: float = 600.0) -> Iterator[int]:
+    """Hold one vpcd reader index for the duration (other runs wait for it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for index in range(VPCD_READERS):
+            handle = _lock_file(f"vpcd-reader-{index}")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield index
+            finally:
+                handle.close()
+            return
+        if time.monotonic() > deadline:
+            raise StackError("every vpcd reader is held by another sdbox run")
+        time.sleep(0.2)
