@@ -36,7 +36,7 @@ VPCD_READERS = 2  # vpcd's default configuration: "Virtual PCD 00 00" and "00 01
 # and the one that started it stops it only when nobody else holds one.
 LOCK_DIR = Path(
     os.environ.get("SDBOX_LOCK_DIR", "/run/lock" if os.access("/run/lock", os.W_OK) else "/tmp")
-)  # noqa: S108  (lock files hold no data)
+)
 
 
 def _lock_file(name: str) -> IO[bytes]:
