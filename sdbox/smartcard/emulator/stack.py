@@ -34,8 +34,11 @@ VPCD_READERS = 2  # vpcd's default configuration: "Virtual PCD 00 00" and "00 01
 # pcscd is one per machine (it ignores PCSCLITE_CSOCK_NAME), so test runs,
 # the demo and benchmarks on one machine share it: users hold a shared lock,
 # and the one that started it stops it only when nobody else holds one.
+_FALLBACK_LOCK_DIR = "/tmp"  # noqa: S108  (lock files hold no data; /run/lock is preferred)
 LOCK_DIR = Path(
-    os.environ.get("SDBOX_LOCK_DIR", "/run/lock" if os.access("/run/lock", os.W_OK) else "/tmp")
+    os.environ.get(
+        "SDBOX_LOCK_DIR", "/run/lock" if os.access("/run/lock", os.W_OK) else _FALLBACK_LOCK_DIR
+    )
 )
 
 
