@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check sdbox tests benchmarks hwtests
+	$(VENV)/bin/ruff check sdbox tests benchmarks scripts
 
 typecheck: venv
-	$(VENV)/bin/mypy sdbox tests benchmarks
+	$(VENV)/bin/mypy sdbox tests benchmarks scripts
 
 test: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -39,7 +39,7 @@ integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m sdbox.demo
+	$(PY) scripts/demo.py
 
 bench: setup
 	$(PY) -m benchmarks

@@ -1,0 +1,197 @@
+"""The BIO SSO session: what the box does with a card, on top of PIV.
+
+:meth:`BioSsoSession.read_summary` is the project picker's listing: SELECT,
+discovery, CHUID (the card's identity), the signed directory and the
+primary finger's counter, five APDUs with extended length, independent of the
+number of projects. Holder verification, signatures and ECDH go through the
+PIV session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from sdbox.errors import SdboxError
+from sdbox.smartcard.connection import ApduStack, SmartCardConnection
+from sdbox.smartcard.directory import Directory, SignedDirectory, parse_signed_directory
+from sdbox.smartcard.errors import (
+    CardProtocolError,
+    DirectoryError,
+    FingerNotEnrolled,
+    NotSupported,
+)
+from sdbox.smartcard.piv import FileNotFoundOnCard, PivSession, public_key_digest_algorithm
+from sdbox.smartcard.profile import (
+    Algorithm,
+    Discovery,
+    FingerBit,
+    KeyRef,
+    ObjectTag,
+    Slot,
+    certificate_object,
+    chuid_guid,
+    decode_certificate,
+    parse_bit_group,
+    parse_key_history,
+)
+
+SignerValidator = Callable[[x509.Certificate, list[x509.Certificate]], None]
+
+
+@dataclass(frozen=True)
+class CardSummary:
+    """What the picker needs: identity, OCC support, the verified directory."""
+
+    guid: bytes
+    occ: bool
+    directory: Directory | None
+    directory_error: SdboxError | None
+    finger_primary_tries: int | None
+
+    @property
+    def directory_verified(self) -> bool:
+        """Whether the directory's signature, card binding and signer all verified."""
+        return self.directory is not None
+
+
+@dataclass(frozen=True)
+class TriesLeft:
+    """Retry counters (None: that reference does not exist on the card; -1: verified)."""
+
+    pin: int | None
+    finger_primary: int | None
+    finger_secondary: int | None
+
+
+class BioSsoSession:
+    """One card, spoken to as a BIO SSO card."""
+
+    def __init__(self, connection: SmartCardConnection, *, extended: bool = True) -> None:
+        self.stack = ApduStack(connection, extended=extended)
+        self.piv = PivSession(self.stack)
+        self._guid: bytes | None = None
+
+    @property
+    def guid(self) -> bytes:
+        """The card's GUID (read once per session)."""
+        if self._guid is None:
+            self._guid = chuid_guid(self.piv.get_object(ObjectTag.CHUID))
+        return self._guid
+
+    def read_summary(self, validate_signer: SignerValidator) -> CardSummary:
+        """The picker's listing (see the module docstring)."""
+        self.piv.select()
+        discovery = Discovery.parse(self.piv.get_object(ObjectTag.DISCOVERY))
+        guid = self.guid
+        directory: Directory | None = None
+        error: SdboxError | None = None
+        try:
+            directory = self.read_directory(validate_signer)
+        except SdboxError as exc:  # a bad directory is reported, the card is still listed
+            error = exc
+        tries: int | None = None
+        if discovery.occ:
+            try:
+                tries = self.piv.finger_tries_left(KeyRef.FINGER_PRIMARY)
+            except FingerNotEnrolled:
+                tries = None
+        return CardSummary(guid, discovery.occ, directory, error, tries)
+
+    def read_signed_directory(self) -> SignedDirectory:
+        """The directory object as stored (not yet verified)."""
+        try:
+            value = self.piv.get_object(ObjectTag.DIRECTORY)
+        except FileNotFoundOnCard as exc:
+            raise DirectoryError(
+                "this card has no project directory: it was not issued for sdbox; "
+                "take it to your card office"
+            ) from exc
+        except CardProtocolError as exc:
+            raise DirectoryError(f"the project directory could not be read: {exc}") from exc
+        return parse_signed_directory(value)
+
+    def read_directory(self, validate_signer: SignerValidator) -> Directory:
+        """The verified directory (signature, card binding, trusted signer)."""
+        return self.read_signed_directory().verify(
+            card_guid=self.guid, validate_signer=validate_signer
+        )
+
+    def tries_left(self) -> TriesLeft:
+        """Every retry counter; spends no tries."""
+
+        def status(ref: int) -> int | None:
+            try:
+                return self.piv._status(ref)
+            except (FingerNotEnrolled, NotSupported):
+                return None
+
+        return TriesLeft(
+            status(KeyRef.PIN), status(KeyRef.FINGER_PRIMARY), status(KeyRef.FINGER_SECONDARY)
+        )
+
+    def finger_bits(self) -> list[FingerBit]:
+        """The fingers the card compares, and the probe sizes it accepts."""
+        try:
+            return parse_bit_group(self.piv.get_object(ObjectTag.BIT_GROUP))
+        except FileNotFoundOnCard:
+            return []
+
+    def certificate(self, slot: int) -> x509.Certificate:
+        """The certificate stored for ``slot``."""
+        der = decode_certificate(self.piv.get_object(certificate_object(slot)))
+        try:
+            return x509.load_der_x509_certificate(der)
+        except ValueError as exc:
+            raise CardProtocolError(
+                f"the certificate of slot {slot:02X} is malformed: {exc}"
+            ) from exc
+
+    def key_history_count(self) -> int:
+        """Retired keys with on-card certificates (contiguous from 82)."""
+        try:
+            return parse_key_history(self.piv.get_object(ObjectTag.KEY_HISTORY))
+        except FileNotFoundOnCard:
+            return 0
+
+    # -- operations after holder verification -------------------------------
+
+    def sign(
+        self,
+        message: bytes,
+        *,
+        slot: int = Slot.AUTHENTICATION,
+        certificate: x509.Certificate | None = None,
+    ) -> bytes:
+        """Sign ``message`` with the holder key; the signature verifies with its certificate.
+
+        EC keys give DER ECDSA (SHA-256, or SHA-384 for P-384); RSA keys give
+        PKCS#1 v1.5 with SHA-256.
+        """
+        cert = certificate or self.certificate(slot)
+        key = cert.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            algo = public_key_digest_algorithm(key)
+            digest = hashlib.new(algo.name, message).digest()
+            piv_alg = Algorithm.ECCP256 if key.curve.key_size == 256 else Algorithm.ECCP384
+            return self.piv.sign_digest(slot, digest, piv_alg)
+        if isinstance(key, rsa.RSAPublicKey):
+            return self.piv.sign_raw_rsa(slot, _pkcs1_v15_block(message, key.key_size // 8))
+        raise NotSupported("the holder key is neither EC nor RSA")
+
+    def ecdh(self, slot: int, peer: ec.EllipticCurvePublicKey) -> bytes:
+        """ECDH of the project key in ``slot`` with ``peer`` (possession proof)."""
+        return self.piv.ecdh(slot, peer)
+
+
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+def _pkcs1_v15_block(message: bytes, size: int) -> bytes:
+    """EMSA-PKCS1-v1_5 encoding of SHA-256(message) for a ``size``-byte modulus."""
+    t = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
+    return b"\x00\x01" + b"\xff" * (size - len(t) - 3) + b"\x00" + t

@@ -1,0 +1,138 @@
+"""The transport contract and the APDU processor stack.
+
+A transport implements one call, :meth:`SmartCardConnection.send_and_receive`
+(raw command bytes in, response data and status word out). Above it, small
+processors each add one ISO/IEC 7816-4 mechanism: extended length or command
+chaining (``CLA | 0x10``) for long commands, and response chaining (``61XX``
+answered by GET RESPONSE). The session classes only see :class:`ApduStack`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sdbox.logging import TRACE
+from sdbox.smartcard.apdu import (
+    CLA_CHAINING,
+    SHORT_MAX_DATA,
+    SHORT_MAX_LE,
+    Apdu,
+    Ins,
+    Sw,
+)
+from sdbox.smartcard.errors import CardProtocolError
+
+_log = logging.getLogger(__name__)
+
+# Commands whose data may carry a PIN, a template, a key or an authentication
+# witness: their data never reaches a log, only its length.
+_SENSITIVE_INS = frozenset(
+    {Ins.VERIFY, Ins.CHANGE_REFERENCE, Ins.RESET_RETRY, Ins.GENERAL_AUTHENTICATE, Ins.PUT_DATA}
+)
+_MAX_RESPONSE_CHAIN = 1024  # 256 KiB of GET RESPONSE: far beyond any PIV object
+
+
+class SmartCardConnection(Protocol):
+    """A connection to one card (PC/SC, or an in-process emulator in unit tests)."""
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        """Send one raw command APDU; return (response data, status word)."""
+        ...
+
+    def close(self) -> None:
+        """Release the card."""
+        ...
+
+
+@dataclass
+class ApduStats:
+    """APDUs exchanged with the card and the time spent, for benchmarks and `card info`."""
+
+    apdus: int = 0
+    seconds: float = 0.0
+    by_ins: dict[str, int] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        """Start counting afresh."""
+        self.apdus, self.seconds = 0, 0.0
+        self.by_ins.clear()
+
+
+def redacted(apdu: Apdu) -> str:
+    """A log-safe rendering of a command."""
+    head = f"{apdu.cla:02X}{apdu.ins:02X}{apdu.p1:02X}{apdu.p2:02X}"
+    if apdu.ins in _SENSITIVE_INS and apdu.data:
+        return f"{head} <{len(apdu.data)} bytes redacted>"
+    return f"{head} {apdu.data.hex().upper()}" + (f" Le={apdu.le}" if apdu.le is not None else "")
+
+
+class ApduStack:
+    """Sends :class:`Apdu` objects over a connection with chaining as needed.
+
+    ``extended``: use extended-length APDUs (one exchange for a large object)
+    when the card supports them; otherwise long commands are split by command
+    chaining and long answers are gathered by response chaining.
+    """
+
+    def __init__(self, connection: SmartCardConnection, *, extended: bool = True) -> None:
+        self.connection = connection
+        self.extended = extended
+        self.stats = ApduStats()
+
+    def _exchange(self, apdu: Apdu, *, extended: bool) -> tuple[bytes, int]:
+        raw = apdu.encode(extended=extended)
+        if _log.isEnabledFor(TRACE):
+            _log.log(TRACE, "> %s", redacted(apdu))
+        start = time.perf_counter()
+        try:
+            data, sw = self.connection.send_and_receive(raw)
+        finally:
+            self.stats.apdus += 1
+            self.stats.seconds += time.perf_counter() - start
+            name = apdu.name()
+            self.stats.by_ins[name] = self.stats.by_ins.get(name, 0) + 1
+        if _log.isEnabledFor(TRACE):
+            shown = "<redacted>" if apdu.ins == Ins.GENERAL_AUTHENTICATE else data.hex().upper()
+            _log.log(TRACE, "< %s %04X", shown, sw)
+        return data, sw
+
+    def send(self, apdu: Apdu) -> tuple[bytes, int]:
+        """Send ``apdu``; return the complete response data and final status word."""
+        needs_extended = len(apdu.data) > SHORT_MAX_DATA or (apdu.le or 0) > SHORT_MAX_LE
+        if self.extended and needs_extended:
+            data, sw = self._exchange(apdu, extended=True)
+        else:
+            data, sw = self._send_short(apdu)
+        return self._gather(apdu, data, sw)
+
+    def _send_short(self, apdu: Apdu) -> tuple[bytes, int]:
+        le = None if apdu.le is None else min(apdu.le, SHORT_MAX_LE)
+        chunks = [
+            apdu.data[i : i + SHORT_MAX_DATA] for i in range(0, len(apdu.data), SHORT_MAX_DATA)
+        ]
+        if len(chunks) <= 1:
+            return self._exchange(
+                Apdu(apdu.cla, apdu.ins, apdu.p1, apdu.p2, apdu.data, le), extended=False
+            )
+        for chunk in chunks[:-1]:
+            part = Apdu(apdu.cla | CLA_CHAINING, apdu.ins, apdu.p1, apdu.p2, chunk)
+            data, sw = self._exchange(part, extended=False)
+            if sw != Sw.OK:
+                return data, sw
+        last = Apdu(apdu.cla, apdu.ins, apdu.p1, apdu.p2, chunks[-1], le)
+        return self._exchange(last, extended=False)
+
+    def _gather(self, apdu: Apdu, data: bytes, sw: int) -> tuple[bytes, int]:
+        parts = [data]
+        rounds = 0
+        while sw & 0xFF00 == Sw.BYTES_REMAINING_00:
+            rounds += 1
+            if rounds > _MAX_RESPONSE_CHAIN:
+                raise CardProtocolError(f"{apdu.name()}: the card never ended its answer (61XX)")
+            more = sw & 0xFF or SHORT_MAX_LE
+            data, sw = self._exchange(Apdu(0x00, Ins.GET_RESPONSE, 0, 0, le=more), extended=False)
+            parts.append(data)
+        return b"".join(parts), sw

@@ -1,0 +1,118 @@
+"""Real PIV tooling reads and uses the emulated BIO SSO card (OpenSC, python-pkcs11)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sdbox.smartcard.errors import VerificationError
+from sdbox.smartcard.pkcs11 import OPENSC_MODULE, Pkcs11Card
+from sdbox.smartcard.profile import ObjectTag, certificate_object, decode_certificate
+from tests.integration.conftest import InsertedCard
+
+DEMO_PIN = "123456"  # the demo profile's published test PIN
+
+
+def pkcs11_tool(*args: str, pin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    extra: list[str] = []
+    if pin is not None:  # through the environment, never on the command line
+        env["SDBOX_TEST_PIN"] = pin
+        extra = ["--login", "--pin", "env:SDBOX_TEST_PIN"]
+    return subprocess.run(
+        ["pkcs11-tool", "--module", str(OPENSC_MODULE), *extra, *args],
+        check=False, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+
+
+def _cert(card: InsertedCard, slot: int) -> x509.Certificate:
+    return x509.load_der_x509_certificate(
+        decode_certificate(card.state.objects[certificate_object(slot)])
+    )
+
+
+def test_opensc_tool_lists_the_reader_with_a_card(demo_card: InsertedCard) -> None:
+    out = subprocess.run(
+        ["opensc-tool", "--list-readers"], check=False, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if demo_card.reader in line)
+    assert "Yes" in line
+
+
+def test_pkcs11_tool_lists_holder_and_project_certificates(demo_card: InsertedCard) -> None:
+    out = pkcs11_tool("--list-objects", "--type", "cert")
+    assert out.returncode == 0, out.stderr
+    assert "Certificate for PIV Authentication" in out.stdout
+    assert "subject:    DN: O=sdbox, CN=Dr Ada Lovelace" in out.stdout
+    for project in ("census-2021", "health-cohort", "genomics-lab"):
+        assert f"CN=Dr Ada Lovelace ({project})" in out.stdout
+
+
+def test_pkcs11_tool_signature_verifies_with_the_holder_certificate(
+    demo_card: InsertedCard, tmp_path: Path
+) -> None:
+    message = tmp_path / "challenge.bin"
+    message.write_bytes(b"a fresh challenge from the broker")
+    signature = tmp_path / "sig.der"
+    out = pkcs11_tool(
+        "--sign", "--id", "01", "-m", "ECDSA-SHA256", "--signature-format", "openssl",
+        "-i", str(message), "-o", str(signature), pin=DEMO_PIN,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    key = _cert(demo_card, 0x9A).public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    key.verify(signature.read_bytes(), message.read_bytes(), ec.ECDSA(hashes.SHA256()))
+
+
+def test_pkcs11_tool_derive_matches_ecdh_with_the_project_certificate(
+    demo_card: InsertedCard, tmp_path: Path
+) -> None:
+    project_key = _cert(demo_card, 0x83).public_key()  # health-cohort, P-256
+    assert isinstance(project_key, ec.EllipticCurvePublicKey)
+    ephemeral = ec.generate_private_key(project_key.curve)
+    peer = tmp_path / "peer.der"
+    peer.write_bytes(
+        ephemeral.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    shared = tmp_path / "shared.bin"
+    out = pkcs11_tool(
+        "--derive",
+        "--id",
+        "06",
+        "-m",
+        "ECDH1-DERIVE",
+        "-i",
+        str(peer),
+        "-o",
+        str(shared),
+        pin=DEMO_PIN,
+    )
+    assert out.returncode == 0, out.stderr
+    assert shared.read_bytes() == ephemeral.exchange(ec.ECDH(), project_key)
+
+
+def test_python_pkcs11_signs_with_the_holder_key(demo_card: InsertedCard) -> None:
+    token = Pkcs11Card(reader=demo_card.reader)
+    assert token.info.reader == demo_card.reader
+    cert = token.holder_certificate()
+    assert cert == _cert(demo_card, 0x9A)
+    signature = token.sign(b"renewal request", DEMO_PIN)
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    key.verify(signature, b"renewal request", ec.ECDSA(hashes.SHA256()))
+
+
+def test_python_pkcs11_wrong_pin_is_a_verification_error(demo_card: InsertedCard) -> None:
+    with pytest.raises(VerificationError, match="wrong PIN"):
+        Pkcs11Card(reader=demo_card.reader).sign(b"x", "999999")
+    assert demo_card.state.pin.tries == 2
+    assert ObjectTag.DIRECTORY in demo_card.state.objects

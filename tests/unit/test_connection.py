@@ -1,0 +1,73 @@
+"""The APDU processor stack, against recorded exchanges: exact bytes on the wire."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdbox.smartcard.apdu import Apdu
+from sdbox.smartcard.connection import ApduStack, redacted
+from sdbox.smartcard.errors import CardProtocolError
+
+
+class Recorded:
+    """A connection that replays recorded answers and records what was sent."""
+
+    def __init__(self, answers: list[tuple[str, int]]) -> None:
+        self.answers = [(bytes.fromhex(d), sw) for d, sw in answers]
+        self.sent: list[str] = []
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        self.sent.append(apdu.hex().upper())
+        return self.answers.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_response_chaining_gathers_61xx_with_get_response() -> None:
+    conn = Recorded([("AA" * 256, 0x6110), ("BB" * 16, 0x9000)])
+    stack = ApduStack(conn, extended=False)
+    data, sw = stack.send(Apdu(0, 0xCB, 0x3F, 0xFF, bytes.fromhex("5C035FC105"), le=256))
+    assert sw == 0x9000
+    assert data == b"\xaa" * 256 + b"\xbb" * 16
+    assert conn.sent == ["00CB3FFF055C035FC10500", "00C0000010"]
+    assert stack.stats.apdus == 2
+
+
+def test_command_chaining_splits_long_commands_when_short_only() -> None:
+    conn = Recorded([("", 0x9000), ("", 0x9000)])
+    stack = ApduStack(conn, extended=False)
+    stack.send(Apdu(0, 0xDB, 0x3F, 0xFF, b"\x01" * 300))
+    assert conn.sent[0].startswith("10DB3FFFFF")
+    assert conn.sent[1] == "00DB3FFF2D" + "01" * 45
+
+
+def test_extended_length_sends_one_command() -> None:
+    conn = Recorded([("", 0x9000)])
+    ApduStack(conn, extended=True).send(Apdu(0, 0xDB, 0x3F, 0xFF, b"\x02" * 300))
+    assert conn.sent == ["00DB3FFF00012C" + "02" * 300]
+
+
+def test_chain_error_stops_at_the_refusing_part() -> None:
+    conn = Recorded([("", 0x6982)])
+    _data, sw = ApduStack(conn, extended=False).send(Apdu(0, 0xDB, 0x3F, 0xFF, b"\x01" * 300))
+    assert sw == 0x6982
+    assert len(conn.sent) == 1
+
+
+def test_endless_61xx_is_a_protocol_error_not_a_hang() -> None:
+    class Endless(Recorded):
+        def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+            return b"\x00", 0x6101
+
+    with pytest.raises(CardProtocolError, match="never ended"):
+        ApduStack(Endless([]), extended=False).send(
+            Apdu(0, 0xCB, 0x3F, 0xFF, b"\x5c\x01\x7e", le=256)
+        )
+
+
+def test_sensitive_command_data_is_redacted_in_logs() -> None:
+    pin_verify = Apdu(0, 0x20, 0, 0x80, b"123456\xff\xff")
+    assert "313233" not in redacted(pin_verify)
+    assert "8 bytes redacted" in redacted(pin_verify)
+    assert "5C" in redacted(Apdu(0, 0xCB, 0x3F, 0xFF, bytes.fromhex("5C017E")))
