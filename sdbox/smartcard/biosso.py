@@ -83,6 +83,10 @@ class BioSsoSession:
             self._guid = chuid_guid(self.piv.get_object(ObjectTag.CHUID))
         return self._guid
 
+    def forget_identity(self) -> None:
+        """Read the GUID again on next use (to notice a swapped card)."""
+        self._guid = None
+
     def read_summary(self, validate_signer: SignerValidator) -> CardSummary:
         """The picker's listing (see the module docstring)."""
         self.piv.select()

@@ -228,6 +228,20 @@ class PcscConnection:
         _check(hresult, "reading the card's ATR")
         return bytes(atr)
 
+    def make_exclusive(self) -> None:
+        """Reconnect in exclusive mode, leaving the card as it is (verification kept)."""
+        if self.exclusive:
+            return
+        hresult, protocol = scard.SCardReconnect(
+            self._card,
+            scard.SCARD_SHARE_EXCLUSIVE,
+            scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1,
+            scard.SCARD_LEAVE_CARD,
+        )
+        _check(hresult, f"taking the card in '{self.reader}' exclusively")
+        self._protocol = protocol
+        self.exclusive = True
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Hold the card for a sequence of commands nobody may interleave with."""

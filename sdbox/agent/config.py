@@ -1,0 +1,158 @@
+"""The agent's configuration (``/etc/sdbox/agent.toml``), declared once.
+
+`sdbox agent --print-config-reference` prints every setting with its default
+and help, generated from these declarations.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sdbox.config import load_file, setting
+
+DEFAULT_PATH = Path("/etc/sdbox/agent.toml")
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _endpoint_patterns(values: list[str]) -> str | None:
+    for value in values:
+        if not re.fullmatch(r"[A-Za-z0-9.*?\[\]-]+:[0-9*]+", value):
+            return f"{value!r} is not HOST:PORT (wildcards * and ? allowed)"
+    return None
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """Where trust comes from."""
+
+    anchors: Path = setting(
+        Path("/etc/sdbox/trust/roots.pem"), help="PEM bundle of trusted root certificates"
+    )
+    crl_dir: Path = setting(Path("/var/lib/sdbox/crl"), help="cached CRLs (and the time floor)")
+    build_time: str = setting(
+        "2026-01-01T00:00:00+00:00", help="the image's build time: the lowest trusted clock"
+    )
+    crl_grace_hours: float = setting(
+        0.0, help="how long past nextUpdate a cached CRL is still accepted"
+    )
+    check_revocation: bool = setting(
+        True, help="refuse when a CRL is missing or stale (never off in production)"
+    )
+
+
+@dataclass(frozen=True)
+class CardConfig:
+    """Which readers to watch."""
+
+    readers: list[str] = setting([], help="reader names to use (empty: every reader)")
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """The fingerprint sensor."""
+
+    kind: Literal["emulated", "file", "none"] = setting(
+        "emulated", help="emulated (seeded synthetic finger), file (ISO/compact template), none"
+    )
+    seed: int = setting(1001, help="emulated: the synthetic finger's identity seed")
+    path: str = setting("", help="file: the template presented")
+    timeout_s: float = setting(30.0, help="how long to wait for a finger", check=_positive)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Where and as whom session clients run."""
+
+    x11_display: str = setting("", help="X11 display of the session clients (empty: use Wayland)")
+    wayland_display: str = setting("wayland-0", help="Wayland display name (when no X11 display)")
+    runtime_dir: str = setting(
+        "/run/sdbox/session", help="XDG_RUNTIME_DIR holding the Wayland socket"
+    )
+    user: str = setting(
+        "sdbox-session",
+        help="unprivileged account the clients run as ('' = the agent's own, tests only)",
+    )
+    connect_timeout_s: float = setting(
+        20.0, help="how long a session may take to connect", check=_positive
+    )
+
+
+@dataclass(frozen=True)
+class CredentialConfig:
+    """Where one-time session credentials come from."""
+
+    provider: Literal["broker", "interactive"] = setting(
+        "broker",
+        help="broker (one-time credential from the centre) or interactive (the bubble's own logon)",
+    )
+    broker_url: str = setting("", help="the centre's broker, reachable through the tunnel")
+    broker_anchors: Path = setting(
+        Path("/etc/sdbox/trust/roots.pem"), help="roots for the broker's TLS certificate"
+    )
+    timeout_s: float = setting(10.0, help="broker request timeout", check=_positive)
+
+
+@dataclass(frozen=True)
+class IdentityConfigSection:
+    """The box's own identity."""
+
+    kind: Literal["tpm", "development"] = setting(
+        "tpm", help="tpm (key in the TPM via PKCS#11) or development (software key; logged as such)"
+    )
+    pkcs11_module: Path = setting(
+        Path("/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so"), help="tpm: PKCS#11 module"
+    )
+    token_label: str = setting("sdbox-box", help="tpm: token label")
+    key_label: str = setting("box-identity", help="tpm: key label")
+    pin_file: Path = setting(
+        Path("/var/lib/sdbox/identity/token-pin"), help="tpm: root-only file with the token PIN"
+    )
+    key_file: Path = setting(
+        Path("/var/lib/sdbox/identity/dev-key.pem"), help="development: software key"
+    )
+    certificate: Path = setting(Path("/var/lib/sdbox/identity/box.pem"), help="the box certificate")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """What the image allows."""
+
+    allowed_endpoints: list[str] = setting(
+        [],
+        help="bubble endpoints a directory may name (HOST:PORT, wildcards)",
+        check=_endpoint_patterns,
+    )
+    renewal_window_days: int = setting(
+        30, help="renew a project certificate this many days before it expires"
+    )
+
+    def endpoint_allowed(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` matches the allow-list (empty list: nothing allowed)."""
+        return any(fnmatch.fnmatchcase(endpoint, pattern) for pattern in self.allowed_endpoints)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole agent configuration."""
+
+    trust: TrustConfig = setting(TrustConfig(), help="trust anchors, CRLs, clock floor")
+    card: CardConfig = setting(CardConfig(), help="card readers")
+    sensor: SensorConfig = setting(SensorConfig(), help="fingerprint sensor")
+    session: SessionConfig = setting(SessionConfig(), help="session clients")
+    credentials: CredentialConfig = setting(CredentialConfig(), help="session credentials")
+    identity: IdentityConfigSection = setting(IdentityConfigSection(), help="the box identity")
+    policy: PolicyConfig = setting(PolicyConfig(), help="image policy")
+    state_dir: Path = setting(Path("/var/lib/sdbox"), help="the agent's state directory")
+    watchdog: bool = setting(True, help="send watchdog keep-alives when systemd asks for them")
+
+
+def load(path: Path = DEFAULT_PATH) -> AgentConfig:
+    """Load and validate the agent configuration."""
+    return load_file(AgentConfig, path)

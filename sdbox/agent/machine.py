@@ -1,0 +1,635 @@
+"""The agent's state machine: from card to session and back.
+
+idle -> reading -> picker -> verifying -> validating -> connecting ->
+running -> (switch | card removed | session ended) -> picker or idle.
+``blocked`` holds a card that cannot be used until it is removed.
+
+Everything the machine talks to is a port given at construction (card,
+sensor, trust, credentials, sessions), so that the same logic runs against
+the real stack (integration tests, the box) and against fakes (unit tests).
+One flow runs at a time; card removal cancels it and kills the session at
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from sdbox.agent.card import CardHandle, ReaderEvent
+from sdbox.agent.events import (
+    AuditEvent,
+    Problem,
+    ProjectView,
+    SessionEndedEvent,
+    Snapshot,
+    State,
+    Transition,
+    audit,
+)
+from sdbox.errors import SdboxError
+from sdbox.smartcard.biosso import BioSsoSession
+from sdbox.smartcard.directory import Directory, Project, SecondFactor
+from sdbox.smartcard.errors import (
+    CardAccessError,
+    FingerBlocked,
+    InvalidTemplate,
+    PinBlocked,
+    VerificationError,
+    WrongFinger,
+    WrongPin,
+)
+from sdbox.smartcard.profile import KeyRef
+from sdbox.trust import errors as trust_errors
+
+_log = logging.getLogger("sdbox.agent")
+
+SIGNER_VALIDATOR = Callable[[x509.Certificate, list[x509.Certificate]], None]
+
+
+class SensorPort(Protocol):
+    """The fingerprint sensor: one capture gives one probe template (compact card format)."""
+
+    async def capture(self) -> bytes:
+        """Wait for a finger; return the probe (cancellable)."""
+        ...
+
+
+class TrustPort(Protocol):
+    """The trust decisions the agent needs (sdbox.trust, bound to anchors and CRLs)."""
+
+    def directory_validator(self) -> SIGNER_VALIDATOR:
+        """A validator for the directory signer, at the current time."""
+        ...
+
+    def check_project(self, certificate: x509.Certificate, project: Project) -> None:
+        """Raise unless the project certificate is valid, unrevoked and names ``project``."""
+        ...
+
+    def check_server(self, certificate: x509.Certificate, project: Project) -> None:
+        """Raise unless the bubble's certificate is valid, unrevoked and names its host."""
+        ...
+
+    async def prove_possession(
+        self, certificate: x509.Certificate, ecdh: Callable[[Any], Awaitable[bytes]]
+    ) -> None:
+        """Raise unless the card proves it holds the certificate's key (fresh ECDH)."""
+        ...
+
+
+class CredentialPort(Protocol):
+    """Obtains the session credential for a project (the broker, or none: interactive)."""
+
+    async def obtain(
+        self, project: Project, certificate: x509.Certificate, card: CardHandle
+    ) -> tuple[str, Any]:
+        """(user, credential) for the bubble."""
+        ...
+
+
+class SessionHandle(Protocol):
+    """A running session client (sdbox.session.Session)."""
+
+    async def start(self) -> None: ...
+    async def wait_connected(self) -> None: ...
+    async def wait_ended(self) -> Any: ...
+    async def kill(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class SessionPort(Protocol):
+    """Opens session clients."""
+
+    def open(
+        self, project: Project, user: str, credential: Any, server: x509.Certificate
+    ) -> SessionHandle:
+        """A session for ``project`` (not started)."""
+        ...
+
+
+class Refusal(SdboxError):
+    """A step refused, with the problem code the greeter shows."""
+
+    def __init__(self, problem: Problem, message: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+@dataclass
+class _Card:
+    handle: CardHandle
+    guid: bytes = b""
+    directory: Directory | None = None
+    verified: bool = False
+
+
+class Agent:
+    """The state machine (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        trust: TrustPort,
+        sensor: SensorPort,
+        credentials: CredentialPort,
+        sessions: SessionPort,
+        endpoint_allowed: Callable[[str], bool],
+        open_card: Callable[[str], CardHandle] = CardHandle,
+        renewal_window_days: int = 30,
+    ) -> None:
+        self.trust = trust
+        self.sensor = sensor
+        self.credentials = credentials
+        self.sessions = sessions
+        self.endpoint_allowed = endpoint_allowed
+        self.open_card = open_card
+        self.renewal_window_days = renewal_window_days
+        self.snapshot = Snapshot()
+        self.listeners: list[Callable[[Transition | SessionEndedEvent], None]] = []
+        self._card: _Card | None = None
+        self._flow: asyncio.Task[None] | None = None
+        self._session: SessionHandle | None = None
+        self._session_project = ""
+        self._watch: asyncio.Task[None] | None = None
+        self._pin: asyncio.Future[str] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # -- publishing -----------------------------------------------------------------
+
+    def _emit(self, event: Transition | SessionEndedEvent) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop the machine
+                _log.exception("event listener failed")
+
+    def _set(
+        self,
+        state: State,
+        *,
+        project: str = "",
+        message: str = "",
+        problem: Problem | None = None,
+        tries_left: int | None = None,
+    ) -> None:
+        snap = self.snapshot
+        snap.state, snap.active_project, snap.message, snap.problem = (
+            state,
+            project,
+            message,
+            problem,
+        )
+        if tries_left is not None:
+            snap.tries_left = tries_left
+        _log.info(
+            "state %s%s%s",
+            state.value,
+            f" [{project}]" if project else "",
+            f": {message}" if message else "",
+        )
+        self._emit(Transition(state, project, message, problem, tries_left))
+
+    # -- reader events ----------------------------------------------------------------
+
+    def on_reader_event(self, event: ReaderEvent) -> None:
+        """Entry point for the reader watcher (runs on the loop)."""
+        coro = (
+            self.card_inserted(event.reader) if event.present else self.card_removed(event.reader)
+        )
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # keep a reference until done (the loop only holds weak ones)
+        task.add_done_callback(self._tasks.discard)
+
+    async def card_inserted(self, reader: str) -> None:
+        """A card arrived: read and verify its directory, then show the picker."""
+        if self._card is not None:
+            if self._card.handle.reader != reader:
+                return  # one card at a time; another reader's card waits
+            await self.card_removed(reader, swapped=True)
+        card = _Card(self.open_card(reader))
+        self._card = card
+        self.snapshot.reader = reader
+        self._set(State.READING)
+        self._start_flow(self._read_card(card))
+
+    async def card_removed(self, reader: str, *, swapped: bool = False) -> None:
+        """The card left (or was swapped): kill the session at once, forget everything."""
+        card = self._card
+        if card is None or card.handle.reader != reader:
+            return
+        self._card = None
+        await self._kill_session()
+        await self._cancel_flow()
+        card.handle.close()
+        audit(
+            AuditEvent.CARD_SWAPPED if swapped else AuditEvent.CARD_REMOVED,
+            "card left the reader",
+            reader=reader,
+            card=card.guid.hex() or None,
+        )
+        self.snapshot = Snapshot()
+        self._set(State.IDLE, message="the card was swapped" if swapped else "")
+
+    # -- flows ------------------------------------------------------------------------
+
+    def _start_flow(self, coro: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except CardAccessError as exc:
+                _log.info("card access failed: %s", exc.message)
+                if self._card is not None:  # removal events follow; show the problem meanwhile
+                    self._set(State.BLOCKED, message=exc.message, problem=Problem.CARD_UNREADABLE)
+            except Exception:
+                _log.exception("agent flow failed")
+                if self._card is not None:
+                    self._set(
+                        State.BLOCKED,
+                        message="internal error: remove the card and try again",
+                        problem=Problem.CARD_UNREADABLE,
+                    )
+
+        self._flow = asyncio.ensure_future(guarded())
+
+    async def _cancel_flow(self) -> None:
+        flow, self._flow = self._flow, None
+        if flow is not None and not flow.done() and flow is not asyncio.current_task():
+            flow.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await flow
+
+    async def _read_card(self, card: _Card) -> None:
+        try:
+            summary = await card.handle.summary(self.trust.directory_validator())
+        except SdboxError as exc:
+            self._set(State.BLOCKED, message=exc.message, problem=Problem.CARD_NOT_RECOGNISED)
+            return
+        card.guid = summary.guid
+        audit(
+            AuditEvent.CARD_INSERTED,
+            "card inserted",
+            reader=card.handle.reader,
+            card=summary.guid.hex(),
+        )
+        if summary.directory is None:
+            message = (
+                summary.directory_error.message
+                if summary.directory_error
+                else "no project directory"
+            )
+            audit(AuditEvent.DIRECTORY_REFUSED, message, card=summary.guid.hex())
+            self._set(State.BLOCKED, message=message, problem=Problem.DIRECTORY_UNTRUSTED)
+            return
+        card.directory = summary.directory
+        audit(
+            AuditEvent.DIRECTORY_VERIFIED,
+            "project directory verified",
+            card=summary.guid.hex(),
+            projects=len(summary.directory.projects),
+            sequence=summary.directory.sequence,
+        )
+        self.snapshot.projects = [self._view(p) for p in summary.directory.projects]
+        for view in self.snapshot.projects:
+            if view.status.startswith("certificate expires"):
+                audit(AuditEvent.RENEWAL_DUE, view.status, project=view.id, card=summary.guid.hex())
+        tries = summary.finger_primary_tries if summary.finger_primary_tries is not None else -1
+        self._set(State.PICKER, tries_left=tries)
+
+    def _view(self, project: Project) -> ProjectView:
+        now = datetime.now(UTC)
+        days = (project.not_after - now).days
+        usable = True
+        if project.not_after <= now:
+            status, usable = "certificate expired", False
+        elif not self.endpoint_allowed(project.endpoint):
+            status, usable = "not allowed on this box", False
+        elif days <= self.renewal_window_days:
+            status = f"certificate expires in {days} day{'s' if days != 1 else ''}"
+        else:
+            status = "ready"
+        return ProjectView(
+            id=project.id, name=project.name, protocol=project.protocol.name.lower(),
+            second_factor=project.second_factor.name.lower(), expires=project.not_after.isoformat(),
+            status=status, usable=usable,
+        )  # fmt: skip
+
+    # -- commands from the greeter ------------------------------------------------------
+
+    async def choose_project(self, project_id: str) -> None:
+        """Start the connection flow for ``project_id`` (from the picker)."""
+        card = self._card
+        if card is None or card.directory is None:
+            raise Refusal(Problem.BUSY, "insert your card first")
+        if self.snapshot.state not in (State.PICKER, State.RUNNING):
+            raise Refusal(Problem.BUSY, f"the box is busy ({self.snapshot.state.value})")
+        project = self._project(card, project_id)
+        audit(AuditEvent.PROJECT_CHOSEN, "project chosen", project=project.id, card=card.guid.hex())
+        await self._cancel_flow()
+        self._start_flow(self._connect(card, project))
+
+    async def switch(self, project_id: str) -> None:
+        """Replace the running session with one for ``project_id`` (holder stays verified)."""
+        card = self._card
+        if card is None or card.directory is None:
+            raise Refusal(Problem.BUSY, "insert your card first")
+        project = self._project(card, project_id)
+        audit(
+            AuditEvent.SWITCH,
+            "switching project",
+            project=project.id,
+            previous=self._session_project or None,
+        )
+        await self._close_session()
+        await self._cancel_flow()
+        self._start_flow(self._connect(card, project))
+
+    async def cancel(self) -> None:
+        """Abandon the current step (or end the running session) and go back to the picker."""
+        await self._close_session()
+        await self._cancel_flow()
+        if self._pin is not None and not self._pin.done():
+            self._pin.cancel()
+        if self._card is not None and self._card.directory is not None:
+            self._set(State.PICKER)
+
+    async def submit_pin(self, pin: str) -> None:
+        """The PIN typed in the greeter, where the chosen project allows it."""
+        if self._pin is None or self._pin.done():
+            raise Refusal(
+                Problem.PIN_NOT_ALLOWED, "this project does not accept the PIN: use your finger"
+            )
+        self._pin.set_result(pin)
+
+    def _project(self, card: _Card, project_id: str) -> Project:
+        assert card.directory is not None
+        for project in card.directory.projects:
+            if project.id == project_id:
+                return project
+        raise Refusal(Problem.UNKNOWN_PROJECT, f"this card has no project '{project_id}'")
+
+    # -- the connection flow ---------------------------------------------------------------
+
+    async def _connect(self, card: _Card, project: Project) -> None:
+        try:
+            if not self.endpoint_allowed(project.endpoint):
+                raise Refusal(
+                    Problem.ENDPOINT_NOT_ALLOWED,
+                    f"project '{project.name}' points to a desktop this box may not reach ({project.endpoint})",
+                )
+            if not card.verified:
+                await self._verify_holder(card, project)
+            self._set(State.VALIDATING, project=project.id)
+            certificate, server = await self._validate(card, project)
+            user, credential = await self._obtain_credential(card, project, certificate)
+            await self._run_session(card, project, user, credential, server)
+        except Refusal as refusal:
+            self._set(
+                State.PICKER, project=project.id, message=refusal.message, problem=refusal.problem
+            )
+
+    async def _verify_holder(self, card: _Card, project: Project) -> None:
+        allow_pin = project.second_factor == SecondFactor.FINGER_OR_PIN
+        while True:
+            tries = self.snapshot.tries_left
+            self._set(
+                State.VERIFYING,
+                project=project.id,
+                message="place your finger" + (" or enter your PIN" if allow_pin else ""),
+                tries_left=tries,
+            )
+            loop = asyncio.get_running_loop()
+            self._pin = loop.create_future() if allow_pin else None
+            capture = asyncio.ensure_future(self.sensor.capture())
+            waiting: set[asyncio.Future[Any]] = {capture} | ({self._pin} if self._pin else set())
+            try:
+                done, _pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                capture.cancel()
+            pin_future, self._pin = self._pin, None
+            try:
+                if pin_future is not None and pin_future in done and not pin_future.cancelled():
+                    await card.handle.run(_verify_pin(pin_future.result()))
+                    method = "pin"
+                else:
+                    await card.handle.run(_verify_finger(capture.result()))
+                    method = "finger"
+            except (WrongFinger, WrongPin) as exc:
+                audit(
+                    AuditEvent.HOLDER_FAILED,
+                    "holder verification failed",
+                    method="finger" if isinstance(exc, WrongFinger) else "pin",
+                    tries_left=exc.tries_left,
+                    card=card.guid.hex(),
+                )
+                problem = (
+                    Problem.WRONG_FINGER if isinstance(exc, WrongFinger) else Problem.WRONG_PIN
+                )
+                self._set(
+                    State.VERIFYING,
+                    project=project.id,
+                    message=exc.message,
+                    problem=problem,
+                    tries_left=exc.tries_left,
+                )
+                continue
+            except InvalidTemplate as exc:
+                self._set(
+                    State.VERIFYING,
+                    project=project.id,
+                    message=exc.message,
+                    problem=Problem.SENSOR_FAILED,
+                )
+                continue
+            except (FingerBlocked, PinBlocked) as exc:
+                audit(
+                    AuditEvent.HOLDER_FAILED,
+                    "holder verification blocked",
+                    method="finger" if isinstance(exc, FingerBlocked) else "pin",
+                    tries_left=0,
+                    card=card.guid.hex(),
+                )
+                problem = (
+                    Problem.FINGER_BLOCKED
+                    if isinstance(exc, FingerBlocked)
+                    else Problem.PIN_BLOCKED
+                )
+                self.snapshot.tries_left = 0
+                raise Refusal(problem, exc.message) from exc
+            except VerificationError as exc:
+                raise Refusal(Problem.SENSOR_FAILED, exc.message) from exc
+            except SdboxError as exc:
+                if isinstance(exc, CardAccessError):
+                    raise
+                raise Refusal(Problem.SENSOR_FAILED, exc.message) from exc
+            card.verified = True
+            self.snapshot.holder_verified = True
+            audit(
+                AuditEvent.HOLDER_VERIFIED, "holder verified", method=method, card=card.guid.hex()
+            )
+            await card.handle.make_exclusive()
+            # another card of the same model swapped in before the exclusive hold would show here
+            if await card.handle.guid(fresh=True) != card.guid:
+                raise CardAccessError("a different card is in the reader: remove it")
+            return
+
+    async def _validate(
+        self, card: _Card, project: Project
+    ) -> tuple[x509.Certificate, x509.Certificate]:
+        certificate = await card.handle.certificate(project.slot)
+        if (
+            hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
+            != project.certificate_sha256
+        ):
+            raise Refusal(
+                Problem.CERTIFICATE_INVALID,
+                f"the certificate in slot {project.slot:02X} is not the one the directory lists",
+            )
+        try:
+            self.trust.check_project(certificate, project)
+            await self.trust.prove_possession(
+                certificate, lambda peer: card.handle.ecdh(project.slot, peer)
+            )
+        except CardAccessError:
+            raise
+        except SdboxError as exc:
+            audit(
+                AuditEvent.CREDENTIALS_REFUSED,
+                exc.message,
+                project=project.id,
+                card=card.guid.hex(),
+            )
+            raise Refusal(_trust_problem(exc), exc.message) from exc
+        try:
+            server = x509.load_der_x509_certificate(project.server_certificate)
+            self.trust.check_server(server, project)
+        except ValueError as exc:
+            raise Refusal(
+                Problem.SERVER_UNTRUSTED, "the directory's server certificate is malformed"
+            ) from exc
+        except SdboxError as exc:
+            audit(
+                AuditEvent.CREDENTIALS_REFUSED,
+                exc.message,
+                project=project.id,
+                server=project.endpoint,
+            )
+            raise Refusal(
+                Problem.SERVER_UNTRUSTED, f"the project's desktop is not trusted: {exc.message}"
+            ) from exc
+        audit(
+            AuditEvent.CREDENTIALS_VALIDATED,
+            "project and server certificates valid, key on the card",
+            project=project.id,
+            card=card.guid.hex(),
+        )
+        return certificate, server
+
+    async def _obtain_credential(
+        self, card: _Card, project: Project, certificate: x509.Certificate
+    ) -> tuple[str, Any]:
+        try:
+            user, credential = await self.credentials.obtain(project, certificate, card.handle)
+        except CardAccessError:
+            raise
+        except SdboxError as exc:
+            problem = (
+                Problem.BROKER_UNREACHABLE
+                if "unreachable" in type(exc).__name__.lower()
+                else Problem.CREDENTIAL_REFUSED
+            )
+            raise Refusal(problem, exc.message) from exc
+        audit(
+            AuditEvent.CREDENTIAL_ISSUED,
+            "one-time session credential obtained",
+            project=project.id,
+            user=user,
+        )
+        return user, credential
+
+    async def _run_session(
+        self, card: _Card, project: Project, user: str, credential: Any, server: x509.Certificate
+    ) -> None:
+        self._set(State.CONNECTING, project=project.id)
+        session = self.sessions.open(project, user, credential, server)
+        self._session, self._session_project = session, project.id
+        try:
+            await session.start()
+            await session.wait_connected()
+        except SdboxError as exc:
+            ended = getattr(exc, "ended", None)
+            self._session = None
+            reason = getattr(getattr(ended, "reason", None), "value", "client_failed")
+            audit(AuditEvent.SESSION_ENDED, exc.message, project=project.id, reason=reason)
+            self._emit(SessionEndedEvent(project.id, reason, exc.message))
+            raise Refusal(Problem.SESSION_FAILED, exc.message) from exc
+        audit(
+            AuditEvent.SESSION_STARTED,
+            "session connected",
+            project=project.id,
+            endpoint=project.endpoint,
+        )
+        self._set(State.RUNNING, project=project.id)
+        ended = await session.wait_ended()
+        if self._session is session:
+            self._session = None
+        reason = getattr(getattr(ended, "reason", None), "value", "ended")
+        message = getattr(ended, "message", "the session ended")
+        audit(AuditEvent.SESSION_ENDED, message, project=project.id, reason=reason)
+        self._emit(SessionEndedEvent(project.id, reason, message))
+        if self._card is card and reason not in ("killed", "closed"):
+            self._set(State.PICKER, project=project.id, message=message)
+
+    async def _kill_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.kill()
+
+    async def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.close()
+
+    async def shutdown(self) -> None:
+        """Stop: kill any session, release the card."""
+        await self._kill_session()
+        await self._cancel_flow()
+        if self._card is not None:
+            self._card.handle.close()
+            self._card = None
+
+
+def _verify_pin(pin: str) -> Callable[[BioSsoSession], None]:
+    def verify(session: BioSsoSession) -> None:
+        session.piv.verify_pin(pin)
+
+    return verify
+
+
+def _verify_finger(probe: bytes) -> Callable[[BioSsoSession], None]:
+    def verify(session: BioSsoSession) -> None:
+        session.piv.verify_finger(KeyRef.FINGER_PRIMARY, probe)
+
+    return verify
+
+
+def _trust_problem(exc: SdboxError) -> Problem:
+    if isinstance(exc, trust_errors.CertificateRevoked):
+        return Problem.CERTIFICATE_REVOKED
+    if isinstance(exc, trust_errors.CertificateExpired | trust_errors.CertificateNotYetValid):
+        return Problem.CERTIFICATE_EXPIRED
+    if isinstance(exc, trust_errors.ClockWrong):
+        return Problem.CLOCK_WRONG
+    return Problem.CERTIFICATE_INVALID
