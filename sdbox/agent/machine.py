@@ -50,6 +50,7 @@ from sdbox.smartcard.errors import (
 )
 from sdbox.smartcard.profile import KeyRef
 from sdbox.trust import errors as trust_errors
+from sdbox.trust.possession import prove_key_agreement
 
 _log = logging.getLogger("sdbox.agent")
 
@@ -77,12 +78,6 @@ class TrustPort(Protocol):
 
     def check_server(self, certificate: x509.Certificate, project: Project) -> None:
         """Raise unless the bubble's certificate is valid, unrevoked and names its host."""
-        ...
-
-    async def prove_possession(
-        self, certificate: x509.Certificate, ecdh: Callable[[Any], Awaitable[bytes]]
-    ) -> None:
-        """Raise unless the card proves it holds the certificate's key (fresh ECDH)."""
         ...
 
 
@@ -497,9 +492,7 @@ class Agent:
             )
         try:
             self.trust.check_project(certificate, project)
-            await self.trust.prove_possession(
-                certificate, lambda peer: card.handle.ecdh(project.slot, peer)
-            )
+            await card.handle.run(_prove_key_agreement(certificate, project.slot))
         except CardAccessError:
             raise
         except SdboxError as exc:
@@ -623,6 +616,15 @@ def _verify_finger(probe: bytes) -> Callable[[BioSsoSession], None]:
         session.piv.verify_finger(KeyRef.FINGER_PRIMARY, probe)
 
     return verify
+
+
+def _prove_key_agreement(
+    certificate: x509.Certificate, slot: int
+) -> Callable[[BioSsoSession], None]:
+    def prove(session: BioSsoSession) -> None:
+        prove_key_agreement(certificate, slot, session.ecdh)
+
+    return prove
 
 
 def _trust_problem(exc: SdboxError) -> Problem:
