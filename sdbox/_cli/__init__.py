@@ -23,6 +23,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.card", "card"),
     ("sdbox._cli.emulate", "emulate"),
     ("sdbox._cli.pki", "pki"),
+    ("sdbox._cli.session", "session"),
 )
 
 

@@ -4,7 +4,8 @@
 that ends, for whatever reason, is not an error by itself: it is reported as a
 :class:`~sdbox.session.outcome.SessionEnded`. It becomes the error
 :class:`SessionFailed` only where a caller waited for something the session
-can no longer give (``wait_connected`` on a session that ended first).
+can no longer give (``wait_connected`` on a session that ended first), or,
+in the CLI, where an abnormal end must give a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ class SessionStartError(SessionError):
 
 
 class SessionFailed(SessionError):
-    """The session ended before it was connected; ``ended`` says why, in plain words."""
+    """The session failed (ended before it was connected, or ended abnormally).
+
+    ``ended`` says why, in plain words (``message``) and for the log (``detail``).
+    """
 
     def __init__(self, ended: SessionEnded) -> None:
         super().__init__(ended.message)
