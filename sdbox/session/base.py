@@ -71,8 +71,12 @@ class Session(ABC):
         *,
         run_as: str | None = DEFAULT_SESSION_USER,
         home_base: Path | None = None,
+        keep_lines: int = 400,
     ) -> None:
+        """``run_as``: the client's account (``None``: the supervisor's own);
+        ``home_base``: where private homes are made; ``keep_lines``: log tail size."""
         self.spec = spec
+        self._keep_lines = keep_lines
         self._run_as = run_as
         self._home_base = home_base
         self._client: ClientProcess | None = None
@@ -127,7 +131,7 @@ class Session(ABC):
         try:
             launch = self.launch(home)
             populate_home(home, launch.home_files, user)
-            tail = LogTail([self.spec.credential.reveal()])
+            tail = LogTail([self.spec.credential.reveal()], max_lines=self._keep_lines)
             self._client = await ClientProcess.spawn(
                 launch.argv,
                 stdin_data=launch.stdin_data,

@@ -12,7 +12,9 @@ Hardening, and why (docs/ARCHITECTURE.md, "Sessions"):
   server (or a man in the middle) choosing it would bypass the pin;
 - ``-clipboard`` (on by default in FreeRDP), no drive/printer/serial/
   parallel/USB/smart card/microphone option is ever given (all off by
-  default), audio output only where the project's policy allows it;
+  default), and the features that make FreeRDP load the device-redirection
+  channel on its own are off: without audio, neither cliprdr nor rdpdr is
+  loaded at all; audio output only where the project's policy allows it;
 - full screen, no Ctrl+Alt+Enter toggle, no decorations, keyboard grabbed;
 - the credential is always given, and stdin is at EOF once the arguments are
   read, so FreeRDP never prompts.
@@ -51,11 +53,12 @@ class RdpSession(Session):
         *,
         run_as: str | None = DEFAULT_SESSION_USER,
         home_base: Path | None = None,
+        keep_lines: int = 400,
         diagnostic_log_filters: tuple[str, ...] = (),
     ) -> None:
         """``diagnostic_log_filters``: extra FreeRDP log filters (``TAG:LEVEL``) for tests
         and diagnosis; never raise the NLA tags, which can dump authentication messages."""
-        super().__init__(spec, run_as=run_as, home_base=home_base)
+        super().__init__(spec, run_as=run_as, home_base=home_base, keep_lines=keep_lines)
         for item in diagnostic_log_filters:
             check_text("log filter", item)
         self._log_filters = (f"{STATE_TAG}:DEBUG", *diagnostic_log_filters)
@@ -80,6 +83,14 @@ class RdpSession(Session):
             "-clipboard",
             "-drives",
             "-home-drive",
+            # FreeRDP turns device redirection (the rdpdr channel) on by itself
+            # whenever network auto-detection, heartbeats or multitransport
+            # are on (all three are by default): turn them off so that no
+            # device channel exists at all. Auto-detection has no switch, only
+            # a settings override.
+            "/tune:FreeRDP_NetworkAutoDetect:false",
+            "-heartbeat",
+            "-multitransport",
             "/f",
             "-toggle-fullscreen",
             "-decorations",
@@ -88,10 +99,10 @@ class RdpSession(Session):
             "/log-filters:" + ",".join(self._log_filters),
         ]
         if spec.policy.audio:
+            # rdpsnd needs rdpdr registered (FreeRDP, and Windows servers):
+            # audio brings an rdpdr channel with no device in it.
             args += ["/sound", "/audio-mode:0"]
         else:
-            # FreeRDP still opens rdpsnd with its "fake" backend (which
-            # discards every sample) so that servers keep the session happy.
             args += ["/audio-mode:2"]
         return args
 
