@@ -37,6 +37,17 @@ for t in "${tiers[@]}"; do
     wanted+=(${tier[$t]})
 done
 
+# Session clients (xfreerdp3, remote-viewer) run as an unprivileged account of
+# their own, never as the agent's (sdbox.session.supervisor). Created even when
+# every package is already present.
+for t in "${tiers[@]}"; do
+    if [ "$t" = session ] && ! getent passwd sdbox-session >/dev/null; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin --comment "sdbox session clients" sdbox-session
+        echo "setup-system: created user sdbox-session"
+    fi
+done
+
 missing=()
 for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

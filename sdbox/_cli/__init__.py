@@ -24,6 +24,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.emulate", "emulate"),
     ("sdbox._cli.pki", "pki"),
     ("sdbox._cli.trust", "trust"),
+    ("sdbox._cli.session", "session"),
 )
 
 

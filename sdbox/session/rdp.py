@@ -1,0 +1,144 @@
+"""RDP sessions on FreeRDP 3 (``xfreerdp3``; ``sdl-freerdp3`` on a Wayland display).
+
+Hardening, and why (docs/ARCHITECTURE.md, "Sessions"):
+
+- every argument goes through ``/args-from:stdin``: the password never appears
+  in ``/proc/PID/cmdline`` or ``environ``;
+- ``/cert:deny,fingerprint:sha256:…`` pins the server; FreeRDP would still
+  accept a certificate that a trusted CA issued for the right name, so the
+  client gets ``SSL_CERT_FILE``/``SSL_CERT_DIR`` pointing at an empty file and
+  an empty directory, and an empty ``OPENSSL_CONF``: there is no CA to trust;
+- ``/sec:rdp:off``: legacy RDP security has no server certificate at all, so a
+  server (or a man in the middle) choosing it would bypass the pin;
+- ``-clipboard`` (on by default in FreeRDP), no drive/printer/serial/
+  parallel/USB/smart card/microphone option is ever given (all off by
+  default), and the features that make FreeRDP load the device-redirection
+  channel on its own are off: without audio, neither cliprdr nor rdpdr is
+  loaded at all; audio output only where the project's policy allows it;
+- full screen, no Ctrl+Alt+Enter toggle, no decorations, keyboard grabbed;
+- the credential is always given, and stdin is at EOF once the arguments are
+  read, so FreeRDP never prompts.
+
+"Connected" is FreeRDP's own connection state machine reaching
+``CONNECTION_STATE_ACTIVE``: the TLS pin, NLA, licensing, capability exchange
+and finalisation have all succeeded, and the server is sending the desktop.
+Only the ``com.freerdp.core.rdp`` tag is raised to DEBUG to see it: the NLA
+tags (which can dump authentication messages) stay at WARN.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sdbox.session.base import Launch, LineEvent, Session
+from sdbox.session.outcome import EndReason, rdp_exit_name, rdp_reason
+from sdbox.session.spec import SessionSpec, check_text
+from sdbox.session.supervisor import DEFAULT_SESSION_USER
+
+X11_CLIENT = "xfreerdp3"
+WAYLAND_CLIENT = "sdl-freerdp3"
+STATE_TAG = "com.freerdp.core.rdp"
+_CONNECTED = re.compile(r"rdp_client_transition_to_state\].*--> CONNECTION_STATE_ACTIVE\s*$")
+_ERRCONNECT = re.compile(r"\b(ERRCONNECT_[A-Z_]+)\b")
+_CERT_REFUSED = re.compile(r"certificate not trusted|Host key verification failed")
+
+
+class RdpSession(Session):
+    """A hardened FreeRDP 3 session."""
+
+    def __init__(
+        self,
+        spec: SessionSpec,
+        *,
+        run_as: str | None = DEFAULT_SESSION_USER,
+        home_base: Path | None = None,
+        keep_lines: int = 400,
+        diagnostic_log_filters: tuple[str, ...] = (),
+    ) -> None:
+        """``diagnostic_log_filters``: extra FreeRDP log filters (``TAG:LEVEL``) for tests
+        and diagnosis; never raise the NLA tags, which can dump authentication messages."""
+        super().__init__(spec, run_as=run_as, home_base=home_base, keep_lines=keep_lines)
+        for item in diagnostic_log_filters:
+            check_text("log filter", item)
+        self._log_filters = (f"{STATE_TAG}:DEBUG", *diagnostic_log_filters)
+        self._last_error = ""
+        self._cert_refused = False
+
+    @property
+    def client(self) -> str:
+        """The FreeRDP binary this session runs."""
+        return X11_CLIENT if self.spec.display.x11 is not None else WAYLAND_CLIENT
+
+    def arguments(self) -> list[str]:
+        """The client's arguments, one per line on its stdin (they include the secret)."""
+        spec = self.spec
+        assert spec.server_fingerprint is not None
+        args = [
+            f"/v:{spec.endpoint.host}:{spec.endpoint.port}",
+            f"/u:{spec.user}",
+            f"/p:{spec.credential.reveal()}",
+            f"/cert:deny,fingerprint:{spec.server_fingerprint}",
+            "/sec:rdp:off",
+            "-clipboard",
+            "-drives",
+            "-home-drive",
+            # FreeRDP turns device redirection (the rdpdr channel) on by itself
+            # whenever network auto-detection, heartbeats or multitransport
+            # are on (all three are by default): turn them off so that no
+            # device channel exists at all. Auto-detection has no switch, only
+            # a settings override.
+            "/tune:FreeRDP_NetworkAutoDetect:false",
+            "-heartbeat",
+            "-multitransport",
+            "/f",
+            "-toggle-fullscreen",
+            "-decorations",
+            "+grab-keyboard",
+            "/log-level:WARN",
+            "/log-filters:" + ",".join(self._log_filters),
+        ]
+        if spec.policy.audio:
+            # rdpsnd needs rdpdr registered (FreeRDP, and Windows servers):
+            # audio brings an rdpdr channel with no device in it.
+            args += ["/sound", "/audio-mode:0"]
+        else:
+            args += ["/audio-mode:2"]
+        return args
+
+    def launch(self, home: Path) -> Launch:
+        """``xfreerdp3 /args-from:stdin`` with an empty trust store in the private home."""
+        payload = "\n".join(self.arguments()) + "\n"
+        return Launch(
+            argv=[self.client, "/args-from:stdin"],
+            stdin_data=payload.encode(),
+            home_files={"empty-ca.pem": "", "empty-ca.d/.keep": "", "openssl.cnf": ""},
+            extra_env={
+                "SSL_CERT_FILE": str(home / "empty-ca.pem"),
+                "SSL_CERT_DIR": str(home / "empty-ca.d"),
+                "OPENSSL_CONF": str(home / "openssl.cnf"),
+            },
+        )
+
+    def classify(self, line: str) -> LineEvent | None:
+        """Connected on ``--> CONNECTION_STATE_ACTIVE``; remembers the last ERRCONNECT."""
+        if _CONNECTED.search(line):
+            return LineEvent(connected=True)
+        found = _ERRCONNECT.search(line)
+        if found:
+            self._last_error = found.group(1)
+        if _CERT_REFUSED.search(line):
+            self._cert_refused = True
+        return None
+
+    def outcome(self, status: int, *, was_connected: bool) -> tuple[EndReason, str]:
+        """Map FreeRDP's exit status (``XF_EXIT_*``) to a reason."""
+        reason = rdp_reason(status, was_connected=was_connected)
+        if status == 143 and not self._cert_refused:
+            # 143 is every TLS failure; without FreeRDP's own "not trusted"
+            # line it was the handshake itself (protocol, ciphers) that failed.
+            reason = EndReason.PROTOCOL_ERROR
+        detail = f"{self.client} exit status {status} ({rdp_exit_name(status)})"
+        if self._last_error:
+            detail += f", last error {self._last_error}"
+        return reason, detail

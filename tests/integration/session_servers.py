@@ -1,0 +1,387 @@
+"""Real servers for the session integration tests, all on loopback.
+
+- Xvfb displays (``-displayfd``: the server picks a free display number, so
+  that parallel work on this machine never collides with ours);
+- ``freerdp-shadow-cli3`` sharing a server-side Xvfb that shows a known test
+  pattern, with a certificate made here (in its config dir) and a SAM file
+  made with ``winpr-hash3``;
+- QEMU's SPICE server (``-nodefaults -S``, no disk, TLS only);
+- certificates made with ``cryptography``.
+
+Every process is started here and stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SCREEN_W, SCREEN_H = 640, 480
+# The test pattern: one colour per quadrant, far apart in RGB so that codec
+# loss cannot turn one into another.
+PATTERN = {
+    "top_left": (255, 0, 0),
+    "top_right": (0, 255, 0),
+    "bottom_left": (0, 0, 255),
+    "bottom_right": (255, 255, 0),
+}
+_QUADRANT_CENTRES = {
+    "top_left": (SCREEN_W // 4, SCREEN_H // 4),
+    "top_right": (3 * SCREEN_W // 4, SCREEN_H // 4),
+    "bottom_left": (SCREEN_W // 4, 3 * SCREEN_H // 4),
+    "bottom_right": (3 * SCREEN_W // 4, 3 * SCREEN_H // 4),
+}
+RDP_USER = "researcher"
+RDP_PASSWORD = "Corr3ct-horse-battery-staple"
+SPICE_PASSWORD = "spice-ticket-4711"
+SPICE_SUBJECT = "C=FR,O=sdbox test,CN=bubble.test"
+
+
+def tool_missing(*names: str) -> str | None:
+    """The first of ``names`` not on PATH, if any."""
+    return next((n for n in names if shutil.which(n) is None), None)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until something listens on 127.0.0.1:port (or the process died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening")
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.connect(("127.0.0.1", port))
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process we started, by its pid."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+@contextlib.contextmanager
+def xvfb() -> Iterator[str]:
+    """An Xvfb on a display number it picks itself; yields ``":N"``."""
+    read_fd, write_fd = os.pipe()
+    process = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{SCREEN_W}x{SCREEN_H}x24",
+         "-nolisten", "tcp", "-noreset"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as pipe:
+            number = pipe.readline().strip()
+        if not number:
+            raise RuntimeError("Xvfb did not report its display")
+        yield f":{number}"
+    finally:
+        stop(process)
+
+
+def screenshot(display: str) -> tuple[int, int, bytes]:
+    """The root window of ``display`` as (width, height, RGB bytes)."""
+    ppm = subprocess.run(
+        ["import", "-silent", "-window", "root", "-depth", "8", "ppm:-"],
+        env={"DISPLAY": display, "PATH": os.environ["PATH"]},
+        capture_output=True, check=True, timeout=30,
+    ).stdout
+    # P6 header: magic, width, height, maxval, each followed by whitespace.
+    fields = ppm.split(maxsplit=4)
+    width, height = int(fields[1]), int(fields[2])
+    return width, height, fields[4][: width * height * 3]
+
+
+def shows_pattern(display: str, tolerance: int = 60) -> bool:
+    """Whether ``display`` shows the test pattern (quadrant centres within tolerance)."""
+    width, _height, pixels = screenshot(display)
+    for quadrant, (x, y) in _QUADRANT_CENTRES.items():
+        offset = (y * width + x) * 3
+        got = pixels[offset : offset + 3]
+        if any(abs(a - b) > tolerance for a, b in zip(got, PATTERN[quadrant], strict=True)):
+            return False
+    return True
+
+
+def paint_pattern(display: str, workdir: Path) -> None:
+    """Make ``display``'s root window show the test pattern."""
+    image = workdir / "pattern.ppm"
+    w, h = SCREEN_W // 2, SCREEN_H // 2
+    rows = []
+    for y in range(SCREEN_H):
+        left = PATTERN["top_left" if y < h else "bottom_left"]
+        right = PATTERN["top_right" if y < h else "bottom_right"]
+        rows.append(bytes(left) * w + bytes(right) * w)
+    image.write_bytes(f"P6 {SCREEN_W} {SCREEN_H} 255\n".encode() + b"".join(rows))
+    # ImageMagick's display sets the root background and exits (status 1
+    # even on success); the screenshot below is the real check.
+    subprocess.run(
+        ["display", "-window", "root", str(image)],
+        env={"DISPLAY": display, "PATH": os.environ["PATH"]},
+        capture_output=True, timeout=30, check=False,
+    )
+    if not shows_pattern(display):
+        raise RuntimeError(f"could not paint the test pattern on {display}")
+
+
+# -- certificates -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and its key, in PEM."""
+
+    cert: x509.Certificate
+    key_pem: bytes
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def fingerprint(self) -> str:
+        return "sha256:" + self.cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _name(subject: str) -> x509.Name:
+    oids = {"C": NameOID.COUNTRY_NAME, "O": NameOID.ORGANIZATION_NAME, "CN": NameOID.COMMON_NAME}
+    parts = [p.split("=", 1) for p in subject.split(",")]
+    return x509.Name([x509.NameAttribute(oids[k.strip()], v.strip()) for k, v in parts])
+
+
+def make_ca(subject: str = "C=FR,O=sdbox test,CN=sdbox test CA") -> Issued:
+    """A self-signed CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(subject))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert, _key_pem(key))
+
+
+def make_server_cert(subject: str, dns_names: list[str], issuer: Issued | None = None) -> Issued:
+    """A TLS server certificate (self-signed when ``issuer`` is None)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    if issuer is None:
+        issuer_name, signing_key = _name(subject), key
+    else:
+        issuer_name = issuer.cert.subject
+        signing_key = serialization.load_pem_private_key(issuer.key_pem, None)  # type: ignore[assignment]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer.cert.public_key()  # type: ignore[arg-type]
+            ),
+            False,
+        )
+    return Issued(builder.sign(signing_key, hashes.SHA256()), _key_pem(key))
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@contextlib.contextmanager
+def trusted_by_system(ca: Issued) -> Iterator[None]:
+    """Put ``ca`` into OpenSSL's default CA directory (the system trust store) for a while.
+
+    A hashed link in ``/etc/ssl/certs`` (OPENSSLDIR/certs) is what OpenSSL's
+    default verify paths read, without rebuilding any bundle.
+    """
+    store = Path("/etc/ssl/certs")
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-noout", "-subject_hash"],
+        input=ca.cert_pem, capture_output=True, check=True, timeout=30,
+    ).stdout.decode().strip()
+    index = 0
+    while (store / f"{subject_hash}.{index}").exists():
+        index += 1
+    link = store / f"{subject_hash}.{index}"
+    link.write_bytes(ca.cert_pem)
+    try:
+        yield
+    finally:
+        link.unlink(missing_ok=True)
+
+
+# -- RDP: freerdp-shadow-cli3 --------------------------------------------------------
+
+
+@dataclass
+class ShadowServer:
+    """A running freerdp-shadow-cli3."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    certificate: Issued
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL, by pid (the "server died" case)."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+@contextlib.contextmanager
+def shadow_server(display: str, workdir: Path, certificate: Issued) -> Iterator[ShadowServer]:
+    """``freerdp-shadow-cli3`` on 127.0.0.1 sharing ``display``, with ``certificate``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "config"
+    # freerdp-shadow-cli3 reads (or else makes) $XDG_CONFIG_HOME/freerdp/shadow/shadow.{crt,key}.
+    certs = config / "freerdp" / "shadow"
+    certs.mkdir(parents=True, exist_ok=True)
+    (certs / "shadow.crt").write_bytes(certificate.cert_pem)
+    (certs / "shadow.key").write_bytes(certificate.key_pem)
+    (certs / "shadow.key").chmod(0o600)
+    sam = workdir / "SAM"
+    hashed = subprocess.run(
+        ["winpr-hash3", "-u", RDP_USER, "-p", RDP_PASSWORD, "-f", "sam"],
+        capture_output=True, check=True, timeout=30,
+    ).stdout.decode()
+    sam.write_text(next(line for line in hashed.splitlines() if line.startswith(RDP_USER)) + "\n")
+    port = free_port()
+    log = workdir / "shadow.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["freerdp-shadow-cli3", f"/port:{port}", "/bind-address:127.0.0.1",
+             f"/sam-file:{sam}", "-may-interact", "/log-level:INFO"],
+            env={"DISPLAY": display, "HOME": str(workdir), "XDG_CONFIG_HOME": str(config),
+                 "PATH": os.environ["PATH"]},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_for_port(port, process)
+        yield ShadowServer(process, port, certificate, log)
+    finally:
+        stop(process)
+
+
+# -- SPICE: QEMU ---------------------------------------------------------------------------
+
+
+@dataclass
+class SpiceServer:
+    """A running QEMU with a TLS-only SPICE server."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    ca: Issued
+    certificate: Issued
+
+    def kill(self) -> None:
+        """SIGKILL, by pid."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+@contextlib.contextmanager
+def spice_server(workdir: Path) -> Iterator[SpiceServer]:
+    """QEMU (``-nodefaults -S``, no disk) with SPICE on a TLS port of 127.0.0.1."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = make_ca()
+    certificate = make_server_cert(SPICE_SUBJECT, ["bubble.test"], issuer=ca)
+    x509_dir = workdir / "x509"
+    x509_dir.mkdir(exist_ok=True)
+    (x509_dir / "ca-cert.pem").write_bytes(ca.cert_pem)
+    (x509_dir / "server-cert.pem").write_bytes(certificate.cert_pem)
+    (x509_dir / "server-key.pem").write_bytes(certificate.key_pem)
+    secret = workdir / "spice-password"
+    secret.write_text(SPICE_PASSWORD)
+    secret.chmod(0o600)
+    port = free_port()
+    process = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-S", "-display", "none",
+         "-object", f"secret,id=spicepw,file={secret}",
+         "-spice", f"tls-port={port},addr=127.0.0.1,x509-dir={x509_dir},password-secret=spicepw"],
+        stdout=subprocess.DEVNULL, stderr=(workdir / "qemu.log").open("wb"),
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, process)
+        yield SpiceServer(process, port, ca, certificate)
+    finally:
+        stop(process)
