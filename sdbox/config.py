@@ -116,7 +116,9 @@ def load_section(cls: type[T], raw: dict[str, Any], where: str, section: str = "
             if not isinstance(raw[name], dict):
                 raise ConfigError(f"{key_where}: expected a table")
             section_name = f"{section}.{name}" if section else name
-            values[name] = load_section(typing.cast(type[Any], hint), raw[name], where, section_name)
+            values[name] = load_section(
+                typing.cast(type[Any], hint), raw[name], where, section_name
+            )
             continue
         value = _coerce(raw[name], hint, key_where)
         check = field.metadata.get("check")

@@ -25,6 +25,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.pki", "pki"),
     ("sdbox._cli.trust", "trust"),
     ("sdbox._cli.session", "session"),
+    ("sdbox._cli.agent", "agent"),
 )
 
 

@@ -46,7 +46,9 @@ def exit_code_for(error: BaseException) -> int:
 def run_guarded(command: click.Command) -> int:
     """Run a click command, turning errors into a message and an exit code."""
     try:
-        command.main(standalone_mode=False)
+        result = command.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:  # ctx.exit(n) / --version / --help
+        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 1
@@ -63,4 +65,5 @@ def run_guarded(command: click.Command) -> int:
         _log.exception("internal error")
         click.echo("sdbox: internal error (details in the log with -vv)", err=True)
         return 70
-    return 0
+    # with standalone_mode=False, click returns the exit code of ctx.exit(n)
+    return result if isinstance(result, int) else 0

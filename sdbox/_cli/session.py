@@ -76,7 +76,9 @@ async def _run(spec: SessionSpec, run_as: str | None) -> SessionEnded:
 @click.option("--server-fingerprint", help="sha256:HEX of the server certificate (the pin).")
 @click.option("--user", default="", help="User name on the bubble.")
 @click.option(
-    "--ca", "ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "--ca",
+    "ca_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="SPICE: PEM file of the CA that issued the server certificate.",
 )
 @click.option("--host-subject", help='SPICE: server certificate subject, "C=..,O=..,CN=..".')
@@ -84,7 +86,9 @@ async def _run(spec: SessionSpec, run_as: str | None) -> SessionEnded:
 @click.option("--audio/--no-audio", default=False, help="Allow audio output (policy).")
 @click.option("--connect-timeout", type=float, default=20.0, show_default=True)
 @click.option(
-    "--run-as", default=DEFAULT_SESSION_USER, show_default=True,
+    "--run-as",
+    default=DEFAULT_SESSION_USER,
+    show_default=True,
     help="Unprivileged user the client runs as ('-' for the current user).",
 )
 def open_(

@@ -35,6 +35,9 @@ class TrustConfig:
     anchors: Path = setting(
         Path("/etc/sdbox/trust/roots.pem"), help="PEM bundle of trusted root certificates"
     )
+    intermediates: Path = setting(
+        Path("/etc/sdbox/trust/intermediates.pem"), help="issuing CA certificates (optional file)"
+    )
     crl_dir: Path = setting(Path("/var/lib/sdbox/crl"), help="cached CRLs (and the time floor)")
     build_time: str = setting(
         "2026-01-01T00:00:00+00:00", help="the image's build time: the lowest trusted clock"

@@ -37,12 +37,16 @@ from sdbox.session.outcome import EndReason, SessionEnded
 CLIENT = "remote-viewer"
 _CONNECTED = re.compile(r"main channel: opened")
 _FAILURES: tuple[tuple[re.Pattern[str], EndReason], ...] = (
-    (re.compile(r"ssl_verify.*verification failed|subject .* verification failed"),
-     EndReason.CERTIFICATE_REJECTED),
+    (
+        re.compile(r"ssl_verify.*verification failed|subject .* verification failed"),
+        EndReason.CERTIFICATE_REJECTED,
+    ),
     (re.compile(r"SSL_connect"), EndReason.CERTIFICATE_REJECTED),
     (re.compile(r"main channel: auth failure"), EndReason.AUTH_FAILED),
-    (re.compile(r"main channel: failed to connect|Unable to connect|Connection refused"),
-     EndReason.UNREACHABLE),
+    (
+        re.compile(r"main channel: failed to connect|Unable to connect|Connection refused"),
+        EndReason.UNREACHABLE,
+    ),
 )
 
 

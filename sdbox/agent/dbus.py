@@ -1,0 +1,153 @@
+"""The agent's D-Bus API (``org.sdbox.Agent1`` on the system bus), documented in docs/agent.md.
+
+The only module of the agent that imports dbus-fast. Refusals become D-Bus
+errors named after their problem code (``org.sdbox.Agent1.Error.finger_blocked``)
+in this one place; the greeter shows their message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from dbus_fast import BusType, DBusError, PropertyAccess
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusInt32, DBusSignature, DBusStr
+from dbus_fast.service import ServiceInterface, dbus_property, method, signal
+
+from sdbox.agent.events import SessionEndedEvent, Transition
+from sdbox.agent.machine import Agent, Refusal
+
+_log = logging.getLogger("sdbox.agent.dbus")
+
+BUS_NAME = "org.sdbox.Agent1"
+OBJECT_PATH = "/org/sdbox/Agent1"
+INTERFACE = "org.sdbox.Agent1"
+ERROR_PREFIX = "org.sdbox.Agent1.Error."
+
+# (id, name, protocol, second factor, expires ISO 8601, status in words, usable)
+ProjectsType = Annotated[
+    list[tuple[str, str, str, str, str, str, bool]], DBusSignature("a(ssssssb)")
+]
+
+
+def _refused(refusal: Refusal) -> DBusError:
+    return DBusError(ERROR_PREFIX + refusal.problem.value, refusal.message)
+
+
+class AgentInterface(ServiceInterface):
+    """org.sdbox.Agent1: state, projects and tries as properties; commands as methods."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(INTERFACE)
+        self.agent = agent
+        agent.listeners.append(self._on_event)
+
+    # -- properties ----------------------------------------------------------
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusStr:  # D-Bus names are CamelCase
+        """idle | reading | picker | verifying | validating | connecting | running | blocked."""
+        return self.agent.snapshot.state.value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Projects(self) -> ProjectsType:
+        """The projects of the inserted card."""
+        return [
+            (p.id, p.name, p.protocol, p.second_factor, p.expires, p.status, p.usable)
+            for p in self.agent.snapshot.projects
+        ]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TriesLeft(self) -> DBusInt32:
+        """Finger tries left (-1: unknown or verified)."""
+        return self.agent.snapshot.tries_left
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ActiveProject(self) -> DBusStr:
+        """The project being connected or running ('' if none)."""
+        return self.agent.snapshot.active_project
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Message(self) -> DBusStr:
+        """The last message in plain words."""
+        return self.agent.snapshot.message
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Problem(self) -> DBusStr:
+        """The last problem code ('' if none)."""
+        problem = self.agent.snapshot.problem
+        return problem.value if problem else ""
+
+    # -- methods ---------------------------------------------------------------
+
+    @method()
+    async def ChooseProject(self, project_id: DBusStr) -> None:
+        """Connect to ``project_id`` (from the picker)."""
+        try:
+            await self.agent.choose_project(project_id)
+        except Refusal as refusal:
+            raise _refused(refusal) from refusal
+
+    @method()
+    async def Switch(self, project_id: DBusStr) -> None:
+        """Replace the running session with ``project_id``."""
+        try:
+            await self.agent.switch(project_id)
+        except Refusal as refusal:
+            raise _refused(refusal) from refusal
+
+    @method()
+    async def SubmitPin(self, pin: DBusStr) -> None:
+        """The PIN, where the chosen project accepts it."""
+        try:
+            await self.agent.submit_pin(pin)
+        except Refusal as refusal:
+            raise _refused(refusal) from refusal
+
+    @method()
+    async def Cancel(self) -> None:
+        """Abandon the current step or end the session; back to the picker."""
+        await self.agent.cancel()
+
+    # -- signals -------------------------------------------------------------------
+
+    @signal()
+    def StateChanged(
+        self, state: str, project: str, message: str, problem: str, tries_left: int
+    ) -> Annotated[tuple[str, str, str, str, int], DBusSignature("ssssi")]:
+        """Every transition."""
+        return (state, project, message, problem, tries_left)
+
+    @signal()
+    def SessionEnded(
+        self, project: str, reason: str, message: str
+    ) -> Annotated[tuple[str, str, str], DBusSignature("sss")]:
+        """A session ended, with its reason code and plain words."""
+        return (project, reason, message)
+
+    def _on_event(self, event: Transition | SessionEndedEvent) -> None:
+        if isinstance(event, Transition):
+            tries = (
+                event.tries_left if event.tries_left is not None else self.agent.snapshot.tries_left
+            )
+            problem = event.problem.value if event.problem else ""
+            self.StateChanged(event.state.value, event.project, event.message, problem, tries)
+            self.emit_properties_changed(
+                {"State": event.state.value, "ActiveProject": event.project, "Message": event.message,
+                 "Problem": problem, "TriesLeft": tries}
+            )  # fmt: skip
+        else:
+            self.SessionEnded(event.project, event.reason, event.message)
+
+
+async def export(agent: Agent, bus_address: str | None = None) -> MessageBus:
+    """Connect to the bus (system bus by default), export the agent, take its name."""
+    if bus_address:
+        bus = MessageBus(bus_address=bus_address)
+    else:
+        bus = MessageBus(bus_type=BusType.SYSTEM)
+    await bus.connect()
+    bus.export(OBJECT_PATH, AgentInterface(agent))
+    await bus.request_name(BUS_NAME)
+    return bus

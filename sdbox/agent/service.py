@@ -1,0 +1,152 @@
+"""`sdbox agent`: the daemon around the state machine.
+
+Wires the configured ports, exports the D-Bus API, watches the readers,
+tells systemd it is ready (``Type=notify``) and keeps the watchdog fed
+from the event loop itself, so a stuck loop is restarted by systemd. On
+SIGTERM it kills any session client first, then leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from sdbox.agent.card import CardHandle, ReaderWatcher
+from sdbox.agent.config import AgentConfig
+from sdbox.agent.machine import Agent
+from sdbox.agent.ports import SessionService, TrustService, make_sensor
+from sdbox.config import ConfigError
+from sdbox.errors import SdboxError
+from sdbox.smartcard.directory import Project
+
+_log = logging.getLogger("sdbox.agent")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Structured journal logging under systemd, plain stderr otherwise."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    handler: logging.Handler
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        from systemd.journal import JournalHandler  # noqa: PLC0415  (only under systemd)
+
+        handler = JournalHandler(SYSLOG_IDENTIFIER="sdbox-agent")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root.handlers[:] = [handler]
+
+
+def notify(state: str) -> bool:
+    """sd_notify(3); False when not under a service manager (NOTIFY_SOCKET unset)."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return False
+    from systemd import daemon  # noqa: PLC0415
+
+    return bool(daemon.notify(state))
+
+
+def watchdog_interval() -> float | None:
+    """Half the watchdog period systemd asked for (WATCHDOG_USEC), or None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 1_000_000 / 2
+
+
+class InteractiveCredentials:
+    """The bubble runs its own logon: no credential from the box."""
+
+    async def obtain(
+        self, project: Project, certificate: x509.Certificate, card: CardHandle
+    ) -> tuple[str, Any]:
+        """Interactive bubbles are not supported by the session launchers yet."""
+        raise SdboxError(
+            f"project '{project.name}' uses its own logon screen, which this box does not offer yet"
+        )
+
+
+def make_credentials(config: AgentConfig) -> Any:
+    """The configured credential provider."""
+    if config.credentials.provider == "interactive":
+        return InteractiveCredentials()
+    from sdbox.agent.credentials import BrokerCredentials  # noqa: PLC0415
+
+    return BrokerCredentials(config)
+
+
+def build_agent(config: AgentConfig, **overrides: Any) -> Agent:
+    """The agent with its real ports (``overrides`` replaces ports, for tests)."""
+    trust = overrides.pop("trust", None) or TrustService(config)
+    ports: dict[str, Any] = {
+        "trust": trust,
+        "sensor": make_sensor(config.sensor),
+        "sessions": SessionService(config.session, trust),
+        "endpoint_allowed": config.policy.endpoint_allowed,
+        "renewal_window_days": config.policy.renewal_window_days,
+    }
+    if "credentials" not in overrides:
+        ports["credentials"] = make_credentials(config)
+    ports.update(overrides)
+    return Agent(**ports)
+
+
+async def run(
+    config: AgentConfig, *, bus_address: str | None = None, agent: Agent | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT."""
+    from sdbox.agent.dbus import export  # noqa: PLC0415  (dbus-fast only in the daemon)
+
+    loop = asyncio.get_running_loop()
+    agent = agent or build_agent(config)
+    bus = await export(agent, bus_address)
+    watcher = ReaderWatcher(loop, agent.on_reader_event, config.card.readers or None)
+    watcher.start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    interval = watchdog_interval() if config.watchdog else None
+    keepalive: asyncio.Task[None] | None = None
+    if interval:
+
+        async def feed() -> None:
+            while True:
+                notify("WATCHDOG=1")
+                await asyncio.sleep(interval)
+
+        keepalive = asyncio.create_task(feed())
+    notify("READY=1\nSTATUS=waiting for a card")
+    _log.info("agent ready")
+    try:
+        await stop.wait()
+    finally:
+        notify("STOPPING=1")
+        await agent.shutdown()
+        watcher.stop()
+        if keepalive is not None:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+        bus.disconnect()
+        _log.info("agent stopped")
+
+
+def main(config_path: Path, bus_address: str | None) -> None:
+    """Entry point of `sdbox agent run`."""
+    from sdbox.agent.config import load  # noqa: PLC0415
+
+    setup_logging()
+    try:
+        config = load(config_path)
+    except ConfigError:
+        raise
+    asyncio.run(run(config, bus_address=bus_address))
