@@ -3,9 +3,11 @@
 The only module of the agent that imports dbus-fast. Refusals become D-Bus
 errors named after their problem code (``org.sdbox.Agent1.Error.finger_blocked``)
 in this one place; the greeter shows their message.
+
+No ``from __future__ import annotations`` here: dbus-fast reads the D-Bus
+signatures from the annotations at class creation.
 """
 
-from __future__ import annotations
 
 import logging
 from typing import Annotated

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -219,6 +220,34 @@ def _write_private(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def _bubble_certificate(pki: Pki, spec: ProjectSpec) -> x509.Certificate:
+    """The bubble's server certificate: the one already issued for it, or a new one.
+
+    A bubble keeps its certificate whatever card is issued next, so cards
+    issued one after the other under one PKI point at the same bubbles.
+    """
+    host = spec.endpoint.rsplit(":", 1)[0]
+    where = bubble_dir(pki.path, spec.id)
+    existing = where / "server.pem"
+    if existing.exists() and (where / "server.key").exists():
+        cert = x509.load_pem_x509_certificate(existing.read_bytes())
+        if cert.not_valid_after_utc > datetime.now(UTC) and host in _san_values(cert):
+            return cert
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    cert = pki.issue_server(host, server_key.public_key())
+    _write_private(where / "server.key", _pem(server_key))
+    existing.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert
+
+
+def _san_values(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(getattr(name, "value", "")) for name in san]
+
+
 def bubble_dir(pki_dir: Path, project_id: str) -> Path:
     """Where the bubble server key and certificate of ``project_id`` are kept."""
     return pki_dir / "bubbles" / project_id
@@ -270,12 +299,7 @@ def issue_card(
         state.keys[slot] = key
         cert_der = cert.public_bytes(der)
         state.objects[certificate_object(slot)] = encode_certificate(cert_der)
-        host = spec.endpoint.rsplit(":", 1)[0]
-        server_key = ec.generate_private_key(ec.SECP256R1())
-        server_cert = pki.issue_server(host, server_key.public_key())
-        where = bubble_dir(pki.path, spec.id)
-        _write_private(where / "server.key", _pem(server_key))
-        (where / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+        server_cert = _bubble_certificate(pki, spec)
         projects.append(
             Project(
                 id=spec.id,

@@ -1,0 +1,197 @@
+"""Bring up an agent on the real stack: pcscd + emulated card, Xvfb + RDP bubble, dbus-daemon.
+
+The credential port here is a stand-in for the broker (it provisions a fresh
+one-time password in the shadow server's SAM file), until the reference
+broker is wired in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import subprocess
+import textwrap
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from sdbox.agent.card import CardHandle
+from sdbox.agent.config import AgentConfig, load
+from sdbox.smartcard.directory import Project
+from sdbox.trust.pki import CA_NAMES, Pki
+from sdbox.trust.store import RevocationStore
+from tests.integration.session_servers import free_port, stop, wait_for_port
+
+RDP_USER = "researcher"
+
+
+@contextlib.contextmanager
+def dbus_daemon(workdir: Path) -> Iterator[str]:
+    """A private bus (these machines have no system bus); yields its address."""
+    socket = workdir / "bus"
+    config = workdir / "bus.conf"
+    config.write_text(textwrap.dedent(f"""\
+        <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+         "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+        <busconfig>
+          <type>session</type>
+          <listen>unix:path={socket}</listen>
+          <auth>EXTERNAL</auth>
+          <policy context="default">
+            <allow send_destination="*" eavesdrop="true"/>
+            <allow eavesdrop="true"/>
+            <allow own="*"/>
+          </policy>
+        </busconfig>
+        """))
+    process = subprocess.Popen(
+        ["dbus-daemon", "--nofork", f"--config-file={config}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            if socket.exists():
+                break
+            threading.Event().wait(0.05)
+        yield f"unix:path={socket}"
+    finally:
+        stop(process)
+
+
+def publish_crls(pki: Pki, crl_dir: Path) -> None:
+    """Give the box fresh CRLs of every CA of the PKI."""
+    store = RevocationStore(crl_dir, build_time=pki.root.cert.not_valid_before_utc)
+    for ca in CA_NAMES:
+        crl = pki.crl(ca)
+        store.accept(crl.public_bytes(serialization.Encoding.DER), pki.authority(ca).cert)
+
+
+def write_config(workdir: Path, pki: Pki, *, display: str, sensor: str = 'kind = "emulated"\nseed = 1001', extra: str = "") -> AgentConfig:
+    """An agent configuration for this test environment."""
+    intermediates = workdir / "intermediates.pem"
+    intermediates.write_bytes(
+        b"".join(pki.authority(ca).cert.public_bytes(serialization.Encoding.PEM) for ca in CA_NAMES[1:])
+    )
+    path = workdir / "agent.toml"
+    path.write_text(textwrap.dedent(f"""\
+        state_dir = "{workdir / 'state'}"
+        [trust]
+        anchors = "{pki.path / 'root.pem'}"
+        intermediates = "{intermediates}"
+        crl_dir = "{workdir / 'crl'}"
+        build_time = "{pki.root.cert.not_valid_before_utc.isoformat()}"
+        [sensor]
+        """) + sensor + textwrap.dedent(f"""
+        [session]
+        x11_display = "{display}"
+        connect_timeout_s = 30.0
+        [credentials]
+        provider = "broker"
+        [policy]
+        allowed_endpoints = ["127.0.0.1:*"]
+        """) + extra)
+    return load(path)
+
+
+@dataclass
+class RdpBubble:
+    """freerdp-shadow-cli3 serving a project's bubble with the PKI's server certificate."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    sam: Path
+    issued: list[str] = field(default_factory=list)
+
+    def provision(self) -> str:
+        """A fresh one-time password for RDP_USER (what the broker does)."""
+        password = secrets.token_urlsafe(18)
+        hashed = subprocess.run(
+            ["winpr-hash3", "-u", RDP_USER, "-p", password, "-f", "sam"],
+            capture_output=True, check=True, timeout=30,
+        ).stdout.decode()  # fmt: skip
+        line = next(x for x in hashed.splitlines() if x.startswith(RDP_USER))
+        tmp = self.sam.with_suffix(".tmp")
+        tmp.write_text(line + "\n")
+        tmp.replace(self.sam)
+        self.issued.append(password)
+        return password
+
+
+@contextlib.contextmanager
+def rdp_bubble(workdir: Path, pki: Pki, project_id: str, display: str, port: int) -> Iterator[RdpBubble]:
+    """The bubble of ``project_id`` on 127.0.0.1:``port``."""
+    from sdbox.smartcard.emulator.profiles import bubble_dir
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "config"
+    certs = config / "freerdp" / "shadow"
+    certs.mkdir(parents=True, exist_ok=True)
+    source = bubble_dir(pki.path, project_id)
+    (certs / "shadow.crt").write_bytes((source / "server.pem").read_bytes())
+    (certs / "shadow.key").write_bytes((source / "server.key").read_bytes())
+    (certs / "shadow.key").chmod(0o600)
+    sam = workdir / "SAM"
+    sam.write_text("")
+    log = workdir / "shadow.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["freerdp-shadow-cli3", f"/port:{port}", "/bind-address:127.0.0.1", f"/sam-file:{sam}",
+             "-may-interact", "/log-level:INFO"],
+            env={"DISPLAY": display, "HOME": str(workdir), "XDG_CONFIG_HOME": str(config), "PATH": os.environ["PATH"]},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for_port(port, process)
+        yield RdpBubble(process, port, sam)
+    finally:
+        stop(process)
+
+
+class StandInBroker:
+    """Provisions a one-time password on the test bubble (stand-in for sdbox broker)."""
+
+    def __init__(self, bubbles: dict[str, RdpBubble]) -> None:
+        self.bubbles = bubbles
+        self.requests: list[str] = []
+
+    async def obtain(self, project: Project, certificate: x509.Certificate, card: CardHandle) -> tuple[str, Any]:
+        self.requests.append(project.id)
+        bubble = self.bubbles[project.id]
+        return RDP_USER, await asyncio.to_thread(bubble.provision)
+
+
+def card_profile(ports: dict[str, int]) -> str:
+    """A card profile whose projects point at this test's bubbles."""
+    return textwrap.dedent(f"""\
+        label = "agent test card"
+        holder = "Dr Test Holder"
+        pin = "123456"
+        puk = "12345678"
+        management_key = "00112233445566778899aabbccddeeff"
+        [[fingers]]
+        reference = "96"
+        subtype = 2
+        identity_seed = 1001
+        [[projects]]
+        id = "census-2021"
+        name = "Census microdata 2021"
+        protocol = "rdp"
+        endpoint = "127.0.0.1:{ports['census-2021']}"
+        second_factor = "finger"
+        [[projects]]
+        id = "health-cohort"
+        name = "Health cohort study"
+        protocol = "rdp"
+        endpoint = "127.0.0.1:{ports['health-cohort']}"
+        second_factor = "finger_or_pin"
+        """)
+
+
+__all__ = ["free_port"]
