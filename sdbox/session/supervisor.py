@@ -239,6 +239,7 @@ class ClientProcess:
             # Raw: no newline translation, no echo, no signal characters.
             tty.setraw(slave, termios.TCSANOW)
             if user is not None and os.geteuid() == 0:
+                # Some programs reopen their terminal by name (ttyname).
                 os.fchown(slave, user.uid, user.gid)
             loop = asyncio.get_running_loop()
             reader = _LineReader(deliver)

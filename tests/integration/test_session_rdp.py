@@ -187,6 +187,7 @@ def test_no_clipboard_or_device_channel_is_loaded(
     assert "drdynvc" in log, "the channel log tags did not reach the log: the check would be blind"
     assert "cliprdr" not in log
     assert "rdpdr" not in log
+    assert "rdpsnd" not in log  # the policy here has no audio
     assert RDP_PASSWORD not in log
 
 
