@@ -281,6 +281,11 @@ class ClientProcess:
             await process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass  # it died at once; its exit status says why
+        except BaseException:
+            # Cancelled (or worse) before anyone supervises it: it must not run on.
+            client.signal_group(signal.SIGKILL)
+            transport.close()
+            raise
         finally:
             process.stdin.close()
         _log.debug("%s started, pid %d", argv[0], process.pid)
