@@ -1,8 +1,9 @@
 """The box's kiosk path: the session client inside cage (headless wlroots), seen through grim.
 
-Two ways in: xfreerdp3 through cage's Xwayland (the default client), and
-sdl-freerdp3 as a native Wayland client. Both must put the server's test
-pattern on the compositor's output.
+Two ways in for RDP: xfreerdp3 through cage's Xwayland (the default client),
+and sdl-freerdp3 as a native Wayland client; both must put the server's test
+pattern on the compositor's output. remote-viewer (GTK) runs as a native
+Wayland client and must connect.
 """
 
 from __future__ import annotations
@@ -23,17 +24,22 @@ from sdbox.session import (
     EndReason,
     RdpSession,
     SessionSpec,
+    SpiceSession,
 )
 from tests.integration.session_servers import (
     RDP_PASSWORD,
     RDP_USER,
+    SPICE_PASSWORD,
+    SPICE_SUBJECT,
     Cage,
     ShadowServer,
     cage,
     make_server_cert,
     paint_pattern,
     pattern_in,
+    pid_alive,
     shadow_server,
+    spice_server,
     tool_missing,
     xvfb,
 )
@@ -105,3 +111,32 @@ def test_sdl_client_as_native_wayland_client_shows_the_desktop(
 ) -> None:
     display = Display(wayland=kiosk.wayland, runtime_dir=kiosk.runtime_dir)
     assert _shows_pattern_in_cage(server, display, kiosk)
+
+
+@pytest.mark.skipif(
+    tool_missing("remote-viewer", "qemu-system-x86_64") is not None,
+    reason="remote-viewer / QEMU missing: run scripts/setup-system.sh session",
+)
+def test_spice_viewer_as_native_wayland_client_connects(kiosk: Cage, tmp_path: Path) -> None:
+    with spice_server(tmp_path / "spice") as server:
+
+        async def scenario() -> tuple[int, EndReason]:
+            spec = SessionSpec(
+                endpoint=Endpoint.parse(f"spice://127.0.0.1:{server.port}"),
+                user="",
+                credential=Credential(SPICE_PASSWORD),
+                display=Display(wayland=kiosk.wayland, runtime_dir=kiosk.runtime_dir),
+                server_fingerprint=server.certificate.fingerprint,
+                ca_pem=server.ca.cert_pem.decode(),
+                host_subject=SPICE_SUBJECT,
+                connect_timeout=60.0,
+            )
+            session = SpiceSession(spec, run_as=DEFAULT_SESSION_USER)
+            await session.start()
+            await session.wait_connected()
+            assert session.pid is not None
+            return session.pid, (await session.kill()).reason
+
+        pid, reason = asyncio.run(scenario())
+    assert reason is EndReason.KILLED
+    assert not pid_alive(pid)
