@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdbox.logging import TRACE
 from sdbox.session.errors import SessionStartError
 
 _log = logging.getLogger("sdbox.session")
@@ -231,7 +232,8 @@ class ClientProcess:
 
         def deliver(raw: bytes) -> None:
             line = tail.add(raw.decode("utf-8", "replace"))
-            _log.debug("%s: %s", argv[0], line)
+            # Below DEBUG: FreeRDP's state tag alone writes a line per PDU.
+            _log.log(TRACE, "%s: %s", argv[0], line)
             on_line(line)
 
         master, slave = os.openpty()
