@@ -120,13 +120,16 @@ class Session(ABC):
         """Start the client; returns once it runs (or raises a :class:`SessionError`)."""
         if self._ended is not None:
             raise SessionError("This session was already started.")
-        self._ended = asyncio.get_running_loop().create_future()
         user = ClientUser.resolve(self._run_as)
+        self._ended = asyncio.get_running_loop().create_future()
         try:
             await self.preflight()
         except SessionFailed as exc:
             self._ended.set_result(exc.ended)
             return
+        except BaseException:
+            self._ended = None  # not started: nothing will ever end
+            raise
         home = make_private_home(user, self._home_base)
         try:
             launch = self.launch(home)
@@ -143,6 +146,7 @@ class Session(ABC):
             )
         except BaseException:
             remove_home(home)
+            self._ended = None
             raise
         if self._failure is not None:  # reported while its stdin was still being written
             self._client.signal_group(signal.SIGKILL)

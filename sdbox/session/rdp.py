@@ -91,7 +91,7 @@ class RdpSession(Session):
             "/tune:FreeRDP_NetworkAutoDetect:false",
             "-heartbeat",
             "-multitransport",
-            "/f",
+            *self._window_arguments(),
             "-toggle-fullscreen",
             "-decorations",
             "+grab-keyboard",
@@ -105,6 +105,19 @@ class RdpSession(Session):
         else:
             args += ["/audio-mode:2"]
         return args
+
+    def _window_arguments(self) -> list[str]:
+        if self.spec.display.x11 is not None:
+            if self.spec.display.xwayland:
+                # Seen with FreeRDP 3.10.3 under cage's Xwayland (pixman
+                # renderer): the GFX pipeline leaves the window black, while
+                # plain bitmap updates draw. Re-check on the box's GPU.
+                return ["/f", "-gfx"]
+            return ["/f"]
+        # Under cage the compositor sizes the one window to the output itself;
+        # sdl-freerdp3 3.10's own full-screen mode fails its pre-connect on a
+        # headless wlroots output (no DPI, no renderer).
+        return []
 
     def launch(self, home: Path) -> Launch:
         """``xfreerdp3 /args-from:stdin`` with an empty trust store in the private home."""

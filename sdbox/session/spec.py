@@ -99,11 +99,16 @@ class Policy:
 
 @dataclass(frozen=True)
 class Display:
-    """Where the client draws: an X11 display, or a Wayland socket in a runtime dir."""
+    """Where the client draws: an X11 display, or a Wayland socket in a runtime dir.
+
+    ``xwayland``: the X11 display is a Wayland compositor's Xwayland (the box's
+    kiosk under cage), where some client paths behave differently.
+    """
 
     x11: str | None = None
     wayland: str | None = None
     runtime_dir: Path | None = None
+    xwayland: bool = False
 
     def __post_init__(self) -> None:
         if (self.x11 is None) == (self.wayland is None):

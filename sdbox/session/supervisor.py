@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdbox.logging import TRACE
 from sdbox.session.errors import SessionStartError
 
 _log = logging.getLogger("sdbox.session")
@@ -231,7 +232,8 @@ class ClientProcess:
 
         def deliver(raw: bytes) -> None:
             line = tail.add(raw.decode("utf-8", "replace"))
-            _log.debug("%s: %s", argv[0], line)
+            # Below DEBUG: FreeRDP's state tag alone writes a line per PDU.
+            _log.log(TRACE, "%s: %s", argv[0], line)
             on_line(line)
 
         master, slave = os.openpty()
@@ -239,6 +241,7 @@ class ClientProcess:
             # Raw: no newline translation, no echo, no signal characters.
             tty.setraw(slave, termios.TCSANOW)
             if user is not None and os.geteuid() == 0:
+                # Some programs reopen their terminal by name (ttyname).
                 os.fchown(slave, user.uid, user.gid)
             loop = asyncio.get_running_loop()
             reader = _LineReader(deliver)
@@ -280,6 +283,11 @@ class ClientProcess:
             await process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass  # it died at once; its exit status says why
+        except BaseException:
+            # Cancelled (or worse) before anyone supervises it: it must not run on.
+            client.signal_group(signal.SIGKILL)
+            transport.close()
+            raise
         finally:
             process.stdin.close()
         _log.debug("%s started, pid %d", argv[0], process.pid)

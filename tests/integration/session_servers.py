@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,22 +115,32 @@ def group_members(pgid: int) -> list[int]:
 
 @contextlib.contextmanager
 def xvfb() -> Iterator[str]:
-    """An Xvfb on a display number it picks itself; yields ``":N"``."""
-    read_fd, write_fd = os.pipe()
-    process = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{SCREEN_W}x{SCREEN_H}x24",
-         "-nolisten", "tcp", "-noreset"],
-        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    os.close(write_fd)
-    try:
-        with os.fdopen(read_fd) as pipe:
-            number = pipe.readline().strip()
-        if not number:
-            raise RuntimeError("Xvfb did not report its display")
-        yield f":{number}"
-    finally:
-        stop(process)
+    """An Xvfb on a free display number of its own; yields ``":N"``.
+
+    Numbers start high: low ones are what people type by hand and what
+    wlroots (cage's Xwayland) takes for itself.
+    """
+    for _ in range(20):
+        number = random.randrange(200, 900)
+        if Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists():
+            continue
+        process = subprocess.Popen(
+            ["Xvfb", f":{number}", "-screen", "0", f"{SCREEN_W}x{SCREEN_H}x24",
+             "-nolisten", "tcp", "-noreset"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        socket_path = Path(f"/tmp/.X11-unix/X{number}")
+        while process.poll() is None and not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process.poll() is None and socket_path.exists():
+            try:
+                yield f":{number}"
+            finally:
+                stop(process)
+            return
+        stop(process)  # lost a race for that number: try another
+    raise RuntimeError("no free X display number found")
 
 
 def screenshot(display: str) -> tuple[int, int, bytes]:
@@ -138,21 +150,46 @@ def screenshot(display: str) -> tuple[int, int, bytes]:
         env={"DISPLAY": display, "PATH": os.environ["PATH"]},
         capture_output=True, check=True, timeout=30,
     ).stdout
-    # P6 header: magic, width, height, maxval, each followed by whitespace.
-    fields = ppm.split(maxsplit=4)
-    width, height = int(fields[1]), int(fields[2])
-    return width, height, fields[4][: width * height * 3]
+    return parse_ppm(ppm)
 
 
 def shows_pattern(display: str, tolerance: int = 60) -> bool:
-    """Whether ``display`` shows the test pattern (quadrant centres within tolerance)."""
-    width, _height, pixels = screenshot(display)
-    for quadrant, (x, y) in _QUADRANT_CENTRES.items():
-        offset = (y * width + x) * 3
+    """Whether X11 ``display`` shows the test pattern (quadrant centres within tolerance)."""
+    return pattern_in(*screenshot(display), tolerance=tolerance)
+
+
+def pattern_in(width: int, height: int, pixels: bytes, tolerance: int = 60) -> bool:
+    """Whether an RGB image shows the test pattern, 1:1, wherever its window was placed.
+
+    The pattern's origin is the first pixel of the top-left colour (a window
+    the compositor did not maximise is placed off the corner).
+    """
+
+    def near(offset: int, colour: tuple[int, int, int]) -> bool:
         got = pixels[offset : offset + 3]
-        if any(abs(a - b) > tolerance for a, b in zip(got, PATTERN[quadrant], strict=True)):
+        return len(got) == 3 and all(
+            abs(a - b) <= tolerance for a, b in zip(got, colour, strict=True)
+        )
+
+    origin = next(
+        (i for i in range(0, width * height * 3, 3) if near(i, PATTERN["top_left"])), None
+    )
+    if origin is None:
+        return False
+    oy, ox = divmod(origin // 3, width)
+    for quadrant, (x, y) in _QUADRANT_CENTRES.items():
+        if ox + x >= width or oy + y >= height:
+            return False
+        if not near(((oy + y) * width + ox + x) * 3, PATTERN[quadrant]):
             return False
     return True
+
+
+def parse_ppm(ppm: bytes) -> tuple[int, int, bytes]:
+    """(width, height, RGB bytes) of a binary PPM with maxval 255."""
+    fields = ppm.split(maxsplit=4)
+    width, height = int(fields[1]), int(fields[2])
+    return width, height, fields[4][: width * height * 3]
 
 
 def paint_pattern(display: str, workdir: Path) -> None:
@@ -385,3 +422,76 @@ def spice_server(workdir: Path) -> Iterator[SpiceServer]:
         yield SpiceServer(process, port, ca, certificate)
     finally:
         stop(process)
+
+
+# -- Wayland: cage ------------------------------------------------------------------
+
+
+@dataclass
+class Cage:
+    """A headless cage: its Wayland socket, its Xwayland display, and how to screenshot it."""
+
+    process: subprocess.Popen[bytes]
+    runtime_dir: Path
+    wayland: str
+    xwayland: str
+    uid: int | None
+    gid: int | None
+
+    def screenshot(self) -> tuple[int, int, bytes]:
+        """The compositor's output, through grim."""
+        ppm = subprocess.run(
+            ["grim", "-t", "ppm", "-"],
+            env={"XDG_RUNTIME_DIR": str(self.runtime_dir), "WAYLAND_DISPLAY": self.wayland,
+                 "PATH": os.environ["PATH"]},
+            user=self.uid, group=self.gid, extra_groups=[] if self.uid is not None else None,
+            capture_output=True, check=True, timeout=30,
+        ).stdout
+        return parse_ppm(ppm)
+
+
+@contextlib.contextmanager
+def cage(workdir: Path, user: str | None) -> Iterator[Cage]:
+    """cage on the headless wlroots backend, run as ``user`` (cage refuses root).
+
+    Its child only records the Xwayland display cage gives it, then waits.
+    """
+    import pwd
+
+    uid = gid = None
+    # Not under workdir: pytest's directories are root's, mode 0700, and the
+    # compositor's user must reach its own runtime dir.
+    runtime = Path(tempfile.mkdtemp(prefix="sdbox-cage-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+        os.chown(runtime, uid, gid)
+    runtime.chmod(0o700)
+    env = {
+        "PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(runtime),
+        "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman", "WLR_LIBINPUT_NO_DEVICES": "1",
+    }
+    child = 'echo "$DISPLAY" > "$XDG_RUNTIME_DIR/xdisplay"; exec sleep 100000'
+    log = (workdir / "cage.log").open("wb")
+    process = subprocess.Popen(
+        ["cage", "--", "sh", "-c", child], env=env, user=uid, group=gid,
+        extra_groups=[] if uid is not None else None,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        marker = runtime / "xdisplay"
+        while not (marker.exists() and marker.read_text().strip()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cage did not start: {(workdir / 'cage.log').read_text()}")
+            time.sleep(0.05)
+        sockets = sorted(p.name for p in runtime.glob("wayland-*") if not p.name.endswith(".lock"))
+        yield Cage(process, runtime, sockets[0], marker.read_text().strip(), uid, gid)
+    finally:
+        # cage ends its child; stopping by pid, then the group for the child.
+        stop(process)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(runtime, ignore_errors=True)

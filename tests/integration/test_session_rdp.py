@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -187,6 +188,7 @@ def test_no_clipboard_or_device_channel_is_loaded(
     assert "drdynvc" in log, "the channel log tags did not reach the log: the check would be blind"
     assert "cliprdr" not in log
     assert "rdpdr" not in log
+    assert "rdpsnd" not in log  # the policy here has no audio
     assert RDP_PASSWORD not in log
 
 
@@ -272,12 +274,18 @@ def test_no_client_survives_its_supervisor(server: ShadowServer, client_display:
         supervisor.stdin.write(RDP_PASSWORD.encode() + b"\n")
         supervisor.stdin.close()
         assert supervisor.stdout.readline().strip() == b"connected"
-        clients = [pid for pid in _children(supervisor.pid)]
+        clients = _children(supervisor.pid)
         assert clients, "no client process under the supervisor"
+        # The client's private HOME is its working directory: nothing secret
+        # may be on disk there (a SIGKILLed supervisor cannot remove it).
+        home = Path(os.readlink(f"/proc/{clients[0]}/cwd"))
+        files = [p for p in home.rglob("*") if p.is_file()]
+        assert all(RDP_PASSWORD.encode() not in p.read_bytes() for p in files)
     finally:
         supervisor.kill()
         supervisor.wait(10)
     assert asyncio.run(until(lambda: not any(pid_alive(p) for p in clients), 20.0))
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _children(parent: int) -> list[int]:
