@@ -37,7 +37,8 @@ def dbus_daemon(workdir: Path) -> Iterator[str]:
     """A private bus (these machines have no system bus); yields its address."""
     socket = workdir / "bus"
     config = workdir / "bus.conf"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
          "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
         <busconfig>
@@ -50,7 +51,8 @@ def dbus_daemon(workdir: Path) -> Iterator[str]:
             <allow own="*"/>
           </policy>
         </busconfig>
-        """))
+        """)
+    )
     process = subprocess.Popen(
         ["dbus-daemon", "--nofork", f"--config-file={config}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -73,30 +75,45 @@ def publish_crls(pki: Pki, crl_dir: Path) -> None:
         store.accept(crl.public_bytes(serialization.Encoding.DER), pki.authority(ca).cert)
 
 
-def write_config(workdir: Path, pki: Pki, *, display: str, sensor: str = 'kind = "emulated"\nseed = 1001', extra: str = "") -> AgentConfig:
+def write_config(
+    workdir: Path,
+    pki: Pki,
+    *,
+    display: str,
+    sensor: str = 'kind = "emulated"\nseed = 1001',
+    provider: str = "broker",
+    extra: str = "",
+) -> AgentConfig:
     """An agent configuration for this test environment."""
     intermediates = workdir / "intermediates.pem"
     intermediates.write_bytes(
-        b"".join(pki.authority(ca).cert.public_bytes(serialization.Encoding.PEM) for ca in CA_NAMES[1:])
+        b"".join(
+            pki.authority(ca).cert.public_bytes(serialization.Encoding.PEM) for ca in CA_NAMES[1:]
+        )
     )
     path = workdir / "agent.toml"
-    path.write_text(textwrap.dedent(f"""\
-        state_dir = "{workdir / 'state'}"
+    path.write_text(
+        textwrap.dedent(f"""\
+        state_dir = "{workdir / "state"}"
         [trust]
-        anchors = "{pki.path / 'root.pem'}"
+        anchors = "{pki.path / "root.pem"}"
         intermediates = "{intermediates}"
-        crl_dir = "{workdir / 'crl'}"
+        crl_dir = "{workdir / "crl"}"
         build_time = "{pki.root.cert.not_valid_before_utc.isoformat()}"
         [sensor]
-        """) + sensor + textwrap.dedent(f"""
+        """)
+        + sensor
+        + textwrap.dedent(f"""
         [session]
         x11_display = "{display}"
         connect_timeout_s = 30.0
         [credentials]
-        provider = "broker"
+        provider = "{provider}"
         [policy]
         allowed_endpoints = ["127.0.0.1:*"]
-        """) + extra)
+        """)
+        + extra
+    )
     return load(path)
 
 
@@ -125,7 +142,9 @@ class RdpBubble:
 
 
 @contextlib.contextmanager
-def rdp_bubble(workdir: Path, pki: Pki, project_id: str, display: str, port: int) -> Iterator[RdpBubble]:
+def rdp_bubble(
+    workdir: Path, pki: Pki, project_id: str, display: str, port: int
+) -> Iterator[RdpBubble]:
     """The bubble of ``project_id`` on 127.0.0.1:``port``."""
     from sdbox.smartcard.emulator.profiles import bubble_dir
 
@@ -161,7 +180,9 @@ class StandInBroker:
         self.bubbles = bubbles
         self.requests: list[str] = []
 
-    async def obtain(self, project: Project, certificate: x509.Certificate, card: CardHandle) -> tuple[str, Any]:
+    async def obtain(
+        self, project: Project, certificate: x509.Certificate, card: CardHandle
+    ) -> tuple[str, Any]:
         self.requests.append(project.id)
         bubble = self.bubbles[project.id]
         return RDP_USER, await asyncio.to_thread(bubble.provision)
@@ -183,13 +204,13 @@ def card_profile(ports: dict[str, int]) -> str:
         id = "census-2021"
         name = "Census microdata 2021"
         protocol = "rdp"
-        endpoint = "127.0.0.1:{ports['census-2021']}"
+        endpoint = "127.0.0.1:{ports["census-2021"]}"
         second_factor = "finger"
         [[projects]]
         id = "health-cohort"
         name = "Health cohort study"
         protocol = "rdp"
-        endpoint = "127.0.0.1:{ports['health-cohort']}"
+        endpoint = "127.0.0.1:{ports["health-cohort"]}"
         second_factor = "finger_or_pin"
         """)
 
