@@ -158,7 +158,7 @@ def describe(cls: type[Any], prefix: str = "") -> list[str]:
             lines.extend(describe(typing.cast(type[Any], hint), f"{prefix}{field.name}."))
             continue
         if field.default is not dataclasses.MISSING:
-            default = repr(field.default)
+            default = repr(str(field.default) if isinstance(field.default, Path) else field.default)
         elif field.default_factory is not dataclasses.MISSING:
             default = repr(field.default_factory())
         else:

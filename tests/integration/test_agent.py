@@ -168,7 +168,7 @@ def test_insert_choose_switch_remove(
             first = agent._session
             assert first is not None
             assert first.pid is not None
-            first_pid = first.pid  # type: ignore[attr-defined]
+            first_pid = first.pid
             assert os.stat(f"/proc/{first_pid}").st_uid != 0  # runs as the session user, not root
             assert await iface.get_active_project() == "census-2021"  # type: ignore[attr-defined]
 
