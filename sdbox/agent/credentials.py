@@ -18,6 +18,10 @@ class BrokerCredentials:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
 
-    async def obtain(self, project: Project, certificate: x509.Certificate, card: CardHandle) -> tuple[str, Any]:
+    async def obtain(
+        self, project: Project, certificate: x509.Certificate, card: CardHandle
+    ) -> tuple[str, Any]:
         """Not available yet: the broker client is being built (issue 6)."""
-        raise SdboxError("this build has no broker client yet: no session credential can be obtained")
+        raise SdboxError(
+            "this build has no broker client yet: no session credential can be obtained"
+        )

@@ -8,7 +8,6 @@ No ``from __future__ import annotations`` here: dbus-fast reads the D-Bus
 signatures from the annotations at class creation.
 """
 
-
 import logging
 from typing import Annotated
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sdbox.smartcard.emulator.applet import PivApplet
+from sdbox.smartcard.emulator.faults import parse_fault
 from sdbox.smartcard.emulator.profiles import CardProfile, issue_card, load_profile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.emulator.state import CardState
@@ -69,10 +70,12 @@ class InsertedCard:
 
 
 def insert_card(
-    state: CardState, pki: Pki, index: int = 0, latency_ms: float = 0.0
+    state: CardState, pki: Pki, index: int = 0, latency_ms: float = 0.0, fault: str | None = None
 ) -> InsertedCard:
-    """Plug ``state`` into reader ``index`` and wait for pcscd to see it."""
+    """Plug ``state`` into reader ``index`` (``fault`` armed) and wait for pcscd to see it."""
     virtual = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index, latency_ms=latency_ms)
+    if fault is not None:
+        virtual.add_fault(parse_fault(fault))
     card = InsertedCard(reader_name(index), state, virtual, pki)
     # a card pulled by a fault in the previous test may not be gone for pcscd yet
     assert wait_for_card(card.reader, present=False), "the reader still holds another card"

@@ -125,9 +125,18 @@ def xvfb() -> Iterator[str]:
         if Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists():
             continue
         process = subprocess.Popen(
-            ["Xvfb", f":{number}", "-screen", "0", f"{SCREEN_W}x{SCREEN_H}x24",
-             "-nolisten", "tcp", "-noreset"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "Xvfb",
+                f":{number}",
+                "-screen",
+                "0",
+                f"{SCREEN_W}x{SCREEN_H}x24",
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         socket_path = Path(f"/tmp/.X11-unix/X{number}")
@@ -148,7 +157,9 @@ def screenshot(display: str) -> tuple[int, int, bytes]:
     ppm = subprocess.run(
         ["import", "-silent", "-window", "root", "-depth", "8", "ppm:-"],
         env={"DISPLAY": display, "PATH": os.environ["PATH"]},
-        capture_output=True, check=True, timeout=30,
+        capture_output=True,
+        check=True,
+        timeout=30,
     ).stdout
     return parse_ppm(ppm)
 
@@ -207,7 +218,9 @@ def paint_pattern(display: str, workdir: Path) -> None:
     subprocess.run(
         ["display", "-window", "root", str(image)],
         env={"DISPLAY": display, "PATH": os.environ["PATH"]},
-        capture_output=True, timeout=30, check=False,
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
     if not shows_pattern(display):
         raise RuntimeError(f"could not paint the test pattern on {display}")
@@ -308,10 +321,17 @@ def trusted_by_system(ca: Issued) -> Iterator[None]:
     default verify paths read, without rebuilding any bundle.
     """
     store = Path("/etc/ssl/certs")
-    subject_hash = subprocess.run(
-        ["openssl", "x509", "-noout", "-subject_hash"],
-        input=ca.cert_pem, capture_output=True, check=True, timeout=30,
-    ).stdout.decode().strip()
+    subject_hash = (
+        subprocess.run(
+            ["openssl", "x509", "-noout", "-subject_hash"],
+            input=ca.cert_pem,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        .stdout.decode()
+        .strip()
+    )
     index = 0
     while (store / f"{subject_hash}.{index}").exists():
         index += 1
@@ -356,18 +376,32 @@ def shadow_server(display: str, workdir: Path, certificate: Issued) -> Iterator[
     sam = workdir / "SAM"
     hashed = subprocess.run(
         ["winpr-hash3", "-u", RDP_USER, "-p", RDP_PASSWORD, "-f", "sam"],
-        capture_output=True, check=True, timeout=30,
+        capture_output=True,
+        check=True,
+        timeout=30,
     ).stdout.decode()
     sam.write_text(next(line for line in hashed.splitlines() if line.startswith(RDP_USER)) + "\n")
     port = free_port()
     log = workdir / "shadow.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            ["freerdp-shadow-cli3", f"/port:{port}", "/bind-address:127.0.0.1",
-             f"/sam-file:{sam}", "-may-interact", "/log-level:INFO"],
-            env={"DISPLAY": display, "HOME": str(workdir), "XDG_CONFIG_HOME": str(config),
-                 "PATH": os.environ["PATH"]},
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "freerdp-shadow-cli3",
+                f"/port:{port}",
+                "/bind-address:127.0.0.1",
+                f"/sam-file:{sam}",
+                "-may-interact",
+                "/log-level:INFO",
+            ],
+            env={
+                "DISPLAY": display,
+                "HOME": str(workdir),
+                "XDG_CONFIG_HOME": str(config),
+                "PATH": os.environ["PATH"],
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_for_port(port, process)
@@ -411,10 +445,21 @@ def spice_server(workdir: Path) -> Iterator[SpiceServer]:
     secret.chmod(0o600)
     port = free_port()
     process = subprocess.Popen(
-        ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-S", "-display", "none",
-         "-object", f"secret,id=spicepw,file={secret}",
-         "-spice", f"tls-port={port},addr=127.0.0.1,x509-dir={x509_dir},password-secret=spicepw"],
-        stdout=subprocess.DEVNULL, stderr=(workdir / "qemu.log").open("wb"),
+        [
+            "qemu-system-x86_64",
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-S",
+            "-display",
+            "none",
+            "-object",
+            f"secret,id=spicepw,file={secret}",
+            "-spice",
+            f"tls-port={port},addr=127.0.0.1,x509-dir={x509_dir},password-secret=spicepw",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "qemu.log").open("wb"),
         start_new_session=True,
     )
     try:
@@ -442,10 +487,17 @@ class Cage:
         """The compositor's output, through grim."""
         ppm = subprocess.run(
             ["grim", "-t", "ppm", "-"],
-            env={"XDG_RUNTIME_DIR": str(self.runtime_dir), "WAYLAND_DISPLAY": self.wayland,
-                 "PATH": os.environ["PATH"]},
-            user=self.uid, group=self.gid, extra_groups=[] if self.uid is not None else None,
-            capture_output=True, check=True, timeout=30,
+            env={
+                "XDG_RUNTIME_DIR": str(self.runtime_dir),
+                "WAYLAND_DISPLAY": self.wayland,
+                "PATH": os.environ["PATH"],
+            },
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[] if self.uid is not None else None,
+            capture_output=True,
+            check=True,
+            timeout=30,
         ).stdout
         return parse_ppm(ppm)
 
@@ -469,15 +521,23 @@ def cage(workdir: Path, user: str | None) -> Iterator[Cage]:
         os.chown(runtime, uid, gid)
     runtime.chmod(0o700)
     env = {
-        "PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(runtime),
-        "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman", "WLR_LIBINPUT_NO_DEVICES": "1",
+        "PATH": os.environ["PATH"],
+        "XDG_RUNTIME_DIR": str(runtime),
+        "WLR_BACKENDS": "headless",
+        "WLR_RENDERER": "pixman",
+        "WLR_LIBINPUT_NO_DEVICES": "1",
     }
     child = 'echo "$DISPLAY" > "$XDG_RUNTIME_DIR/xdisplay"; exec sleep 100000'
     log = (workdir / "cage.log").open("wb")
     process = subprocess.Popen(
-        ["cage", "--", "sh", "-c", child], env=env, user=uid, group=gid,
+        ["cage", "--", "sh", "-c", child],
+        env=env,
+        user=uid,
+        group=gid,
         extra_groups=[] if uid is not None else None,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 30

@@ -109,13 +109,20 @@ async def running_agent(
     *,
     sensor: str | None = None,
     tamper: bool = False,
+    fault: str | None = None,
+    valid_days: int | None = None,
 ) -> AsyncIterator[Running]:
     from sdbox.smartcard.emulator.stack import reader_name
 
+    profile_text = card_profile(bubbles.ports)
+    if valid_days is not None:  # the first project (census-2021) gets this validity
+        profile_text = profile_text.replace(
+            'second_factor = "finger"\n',
+            f'second_factor = "finger"\nvalid_days = {valid_days}\n',
+            1,
+        )
     state = issue_card(
-        parse_profile(card_profile(bubbles.ports), source="test"),
-        pki,
-        state_path=tmp_path / "card.json",
+        parse_profile(profile_text, source="test"), pki, state_path=tmp_path / "card.json"
     )
     if tamper:
         value = state.objects[ObjectTag.DIRECTORY]
@@ -139,7 +146,7 @@ async def running_agent(
             asyncio.get_running_loop(), agent.on_reader_event, [reader_name(free_reader)]
         )
         watcher.start()
-        card = await asyncio.to_thread(insert_card, state, pki, free_reader)
+        card = await asyncio.to_thread(insert_card, state, pki, free_reader, fault=fault)
         try:
             yield Running(agent, card, iface, events, config)
         finally:

@@ -44,8 +44,9 @@ from tests.integration.session_servers import (
     xvfb,
 )
 
-_MISSING = tool_missing("cage", "grim", "Xwayland", "xfreerdp3", "sdl-freerdp3",
-                        "freerdp-shadow-cli3", "Xvfb")
+_MISSING = tool_missing(
+    "cage", "grim", "Xwayland", "xfreerdp3", "sdl-freerdp3", "freerdp-shadow-cli3", "Xvfb"
+)
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(

@@ -146,9 +146,7 @@ def test_right_pin_and_credential_connect_and_show_the_servers_desktop(
     assert ended.was_connected
 
 
-def test_no_credential_in_cmdline_environ_or_log(
-    server: ShadowServer, client_display: str
-) -> None:
+def test_no_credential_in_cmdline_environ_or_log(server: ShadowServer, client_display: str) -> None:
     async def scenario() -> tuple[bytes, bytes, SessionEnded]:
         session = RdpSession(spec_for(server, client_display), run_as=RUN_AS)
         await session.start()
@@ -262,11 +260,27 @@ def test_kill_leaves_no_process_of_the_client_group(
 def test_no_client_survives_its_supervisor(server: ShadowServer, client_display: str) -> None:
     """SIGKILL the supervising process (no cleanup possible): the client dies with it."""
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "sdbox", "session", "open", f"rdp://localhost:{server.port}",
-         "--server-fingerprint", server.certificate.fingerprint, "--user", RDP_USER,
-         "--display", client_display, "--connect-timeout", "60",
-         "--run-as", RUN_AS or "-"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "sdbox",
+            "session",
+            "open",
+            f"rdp://localhost:{server.port}",
+            "--server-fingerprint",
+            server.certificate.fingerprint,
+            "--user",
+            RDP_USER,
+            "--display",
+            client_display,
+            "--connect-timeout",
+            "60",
+            "--run-as",
+            RUN_AS or "-",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert supervisor.stdin is not None

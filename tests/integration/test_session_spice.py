@@ -118,9 +118,7 @@ def test_pinned_fingerprint_connects(server: SpiceServer, display: str) -> None:
     assert ended.was_connected
 
 
-def test_wrong_subject_is_refused_and_the_viewer_is_gone(
-    server: SpiceServer, display: str
-) -> None:
+def test_wrong_subject_is_refused_and_the_viewer_is_gone(server: SpiceServer, display: str) -> None:
     async def scenario() -> tuple[int | None, SessionEnded]:
         spec = spec_for(server, display, subject="C=FR,O=sdbox test,CN=impostor.test")
         session = SpiceSession(spec, run_as=RUN_AS)

@@ -9,7 +9,11 @@ import sys
 def sdbox(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sdbox", *args],
-        input=stdin, capture_output=True, text=True, timeout=60, check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -25,15 +29,24 @@ def test_unknown_protocol_is_a_session_error() -> None:
 
 def test_missing_credential_is_refused_before_any_client_starts() -> None:
     result = sdbox(
-        "session", "open", "rdp://127.0.0.1:1", "--user", "u", "--display", ":9",
-        "--server-fingerprint", "sha256:" + "00" * 32, stdin="\n",
+        "session",
+        "open",
+        "rdp://127.0.0.1:1",
+        "--user",
+        "u",
+        "--display",
+        ":9",
+        "--server-fingerprint",
+        "sha256:" + "00" * 32,
+        stdin="\n",
     )
     assert result.returncode == 6
     assert "No session credential" in result.stderr
 
 
 def test_rdp_without_a_pin_is_refused() -> None:
-    result = sdbox("session", "open", "rdp://127.0.0.1:1", "--user", "u", "--display", ":9",
-                   stdin="pw\n")
+    result = sdbox(
+        "session", "open", "rdp://127.0.0.1:1", "--user", "u", "--display", ":9", stdin="pw\n"
+    )
     assert result.returncode == 6
     assert "pin" in result.stderr

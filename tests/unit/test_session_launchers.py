@@ -102,8 +102,18 @@ def test_rdp_redirects_nothing_and_plays_audio_only_by_policy(tmp_path: Path) ->
     quiet = RdpSession(rdp_spec(), run_as=None).arguments()
     assert "-clipboard" in quiet
     assert "/audio-mode:2" in quiet
-    for forbidden in ("/drive", "+drives", "+home-drive", "/printer", "/serial", "/parallel",
-                      "/usb", "/smartcard", "/microphone", "/sound"):
+    for forbidden in (
+        "/drive",
+        "+drives",
+        "+home-drive",
+        "/printer",
+        "/serial",
+        "/parallel",
+        "/usb",
+        "/smartcard",
+        "/microphone",
+        "/sound",
+    ):
         assert not any(arg.startswith(forbidden) for arg in quiet), forbidden
     loud = RdpSession(rdp_spec(policy=Policy(audio=True)), run_as=None).arguments()
     assert "/sound" in loud
@@ -164,8 +174,13 @@ def test_spice_connection_file_is_tls_only_and_redirects_nothing(tmp_path: Path)
     assert f"password={SECRET}" in vv
     assert "tls-port=5901" in vv
     assert not any(line.startswith("port=") for line in vv)
-    for line in ("secure-channels=all", "enable-usbredir=0", "enable-smartcard=0",
-                 "enable-usb-autoshare=0", "host-subject=C=FR,O=sdbox,CN=bubble.example"):
+    for line in (
+        "secure-channels=all",
+        "enable-usbredir=0",
+        "enable-smartcard=0",
+        "enable-usb-autoshare=0",
+        "host-subject=C=FR,O=sdbox,CN=bubble.example",
+    ):
         assert line in vv
     ca = next(line for line in vv if line.startswith("ca="))
     assert ca == "ca=" + CA_PEM.strip().replace("\n", "\\n")

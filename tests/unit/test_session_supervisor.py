@@ -166,7 +166,7 @@ def test_a_reported_failure_ends_a_client_that_would_stay_up() -> None:
 
 def test_private_home_is_removed_after_the_session() -> None:
     async def scenario() -> str:
-        session = ScriptSession('pwd; echo CONNECTED')
+        session = ScriptSession("pwd; echo CONNECTED")
         await session.start()
         ended = await session.wait_ended()
         return next(line for line in ended.log_tail if line.startswith("/"))

@@ -1,0 +1,73 @@
+"""Configuration: one declaration, errors that name file, section, key and problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdbox.agent.config import AgentConfig, load
+from sdbox.config import ConfigError, describe
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_from_an_empty_file(tmp_path: Path) -> None:
+    config = load(write(tmp_path, ""))
+    assert config.session.user == "sdbox-session"
+    assert config.trust.check_revocation is True
+    assert config.policy.endpoint_allowed("127.0.0.1:3389") is False  # nothing allowed by default
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sesion]\n", r"agent.toml: unknown key 'sesion' \(known: card, "),
+        (
+            '[sensor]\nkind = "usb"\n',
+            r"agent.toml: \[sensor\] kind: must be one of 'emulated', 'file', 'none', not 'usb'",
+        ),
+        (
+            "[session]\nconnect_timeout_s = 0\n",
+            r"\[session\] connect_timeout_s: must be greater than 0",
+        ),
+        (
+            '[session]\nconnect_timeout_s = "20"\n',
+            r"\[session\] connect_timeout_s: expected float, got str",
+        ),
+        (
+            '[policy]\nallowed_endpoints = ["bubble"]\n',
+            r"\[policy\] allowed_endpoints: 'bubble' is not HOST:PORT",
+        ),
+        ("[policy]\nallowed_endpoints = 3\n", r"allowed_endpoints: expected a list"),
+        ("state_dir = \n", r"not valid TOML"),
+        ("[trust]\nanchors = 5\n", r"\[trust\] anchors: expected a path"),
+        ("trust = 1\n", r"trust: expected a table"),
+    ],
+)
+def test_errors_name_the_key_and_problem(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, text))
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.toml")
+
+
+def test_allow_list_wildcards(tmp_path: Path) -> None:
+    config = load(write(tmp_path, '[policy]\nallowed_endpoints = ["*.bubbles.example:3389"]\n'))
+    assert config.policy.endpoint_allowed("census.bubbles.example:3389")
+    assert not config.policy.endpoint_allowed("evil.example:3389")
+    assert not config.policy.endpoint_allowed("census.bubbles.example:22")
+
+
+def test_reference_lists_every_setting() -> None:
+    lines = describe(AgentConfig)
+    assert "[session]" in lines
+    assert any(line.startswith("connect_timeout_s = 20.0  # ") for line in lines)
+    assert any("anchors = '/etc/sdbox/trust/roots.pem'" in line for line in lines)
