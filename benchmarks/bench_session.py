@@ -83,8 +83,11 @@ def run() -> dict[str, object]:
         "runs_as": run_as or "current user",
         "rounds": ROUNDS * 2,
     }
-    with tempfile.TemporaryDirectory(prefix="sdbox-bench-") as tmp, xvfb() as server_display, \
-            xvfb() as client_display:
+    with (
+        tempfile.TemporaryDirectory(prefix="sdbox-bench-") as tmp,
+        xvfb() as server_display,
+        xvfb() as client_display,
+    ):
         work = Path(tmp)
         certificate = make_server_cert("CN=localhost", ["localhost"])
         with shadow_server(server_display, work / "shadow", certificate) as rdp:

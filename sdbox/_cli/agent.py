@@ -36,3 +36,22 @@ def config_reference() -> None:
     """Print every configuration setting with its default and meaning."""
     for line in describe(AgentConfig):
         click.echo(line)
+
+
+@agent.command("bench")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench(as_json: bool) -> None:
+    """Measure insert->session, switch, removal teardown, memory and idle wake-ups.
+
+    Runs from a source checkout (it starts test bubbles, an emulated card and
+    a private bus); `make bench` runs it with the other benchmarks.
+    """
+    import json  # noqa: PLC0415
+
+    try:
+        from benchmarks import bench_agent  # noqa: PLC0415
+    except ImportError as exc:
+        raise click.ClickException("run this from an sdbox source checkout (it needs benchmarks/ and tests/)") from exc
+    figures = bench_agent.run()
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
