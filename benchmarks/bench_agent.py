@@ -33,6 +33,7 @@ from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_read
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.trust.pki import Pki
 from tests.integration.agent_env import (
+    RdpBubble,
     StandInBroker,
     card_profile,
     dbus_daemon,
@@ -60,12 +61,12 @@ async def _rounds(
     pki: Pki,
     display: str,
     ports: dict[str, int],
-    servers: dict[str, object],
+    servers: dict[str, RdpBubble],
     index: int,
 ) -> dict[str, list[float]]:
     publish_crls(pki, work / "crl")
     config = write_config(work, pki, display=display)
-    agent = build_agent(config, credentials=StandInBroker(servers))  # type: ignore[arg-type]
+    agent = build_agent(config, credentials=StandInBroker(servers))
     watcher = ReaderWatcher(asyncio.get_running_loop(), agent.on_reader_event, [reader_name(index)])
     watcher.start()
     times: dict[str, list[float]] = {
