@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
+import socket
 import subprocess
 import textwrap
 import threading
@@ -173,10 +175,70 @@ def rdp_bubble(
         stop(process)
 
 
+@dataclass
+class SpiceBubble:
+    """QEMU's TLS-only SPICE server for a project, tickets set over QMP."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    qmp: Path
+    issued: list[str] = field(default_factory=list)
+
+    def provision(self) -> str:
+        """A fresh ticket, valid for 60 s (what the broker does), set over QMP."""
+        ticket = secrets.token_urlsafe(18)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as qmp:
+            qmp.settimeout(10)
+            qmp.connect(str(self.qmp))
+            reader = qmp.makefile("rb")
+            reader.readline()  # greeting
+            for command in (
+                {"execute": "qmp_capabilities"},
+                {"execute": "set_password", "arguments": {"protocol": "spice", "password": ticket}},
+                {"execute": "expire_password", "arguments": {"protocol": "spice", "time": "+60"}},
+            ):
+                qmp.sendall(json.dumps(command).encode() + b"\n")
+                answer = json.loads(reader.readline())
+                while "event" in answer:
+                    answer = json.loads(reader.readline())
+                if "error" in answer:
+                    raise RuntimeError(f"QMP refused {command['execute']}: {answer['error']}")
+        self.issued.append(ticket)
+        return ticket
+
+
+@contextlib.contextmanager
+def spice_bubble(workdir: Path, pki: Pki, project_id: str, port: int) -> Iterator[SpiceBubble]:
+    """The SPICE bubble of ``project_id`` on 127.0.0.1:``port`` (QEMU, no disk, paused)."""
+    from sdbox.smartcard.emulator.profiles import bubble_dir
+
+    x509_dir = workdir / "x509"
+    x509_dir.mkdir(parents=True, exist_ok=True)
+    source = bubble_dir(pki.path, project_id)
+    (x509_dir / "ca-cert.pem").write_bytes(
+        pki.server_ca.cert.public_bytes(serialization.Encoding.PEM)
+    )
+    (x509_dir / "server-cert.pem").write_bytes((source / "server.pem").read_bytes())
+    (x509_dir / "server-key.pem").write_bytes((source / "server.key").read_bytes())
+    (x509_dir / "server-key.pem").chmod(0o600)
+    qmp = workdir / "qmp.sock"
+    process = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-S", "-display", "none",
+         "-qmp", f"unix:{qmp},server=on,wait=off",
+         "-spice", f"tls-port={port},addr=127.0.0.1,x509-dir={x509_dir},disable-ticketing=off"],
+        stdout=subprocess.DEVNULL, stderr=(workdir / "qemu.log").open("wb"), start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, process)
+        yield SpiceBubble(process, port, qmp)
+    finally:
+        stop(process)
+
+
 class StandInBroker:
     """Provisions a one-time password on the test bubble (stand-in for sdbox broker)."""
 
-    def __init__(self, bubbles: dict[str, RdpBubble]) -> None:
+    def __init__(self, bubbles: dict[str, RdpBubble] | dict[str, RdpBubble | SpiceBubble]) -> None:
         self.bubbles = bubbles
         self.requests: list[str] = []
 
@@ -212,7 +274,19 @@ def card_profile(ports: dict[str, int]) -> str:
         protocol = "rdp"
         endpoint = "127.0.0.1:{ports["health-cohort"]}"
         second_factor = "finger_or_pin"
+        """) + (
+        textwrap.dedent(f"""\
+        [[projects]]
+        id = "genomics-lab"
+        name = "Genomics lab"
+        protocol = "spice"
+        endpoint = "127.0.0.1:{ports.get("genomics-lab", 0)}"
+        second_factor = "finger"
+        curve = "p384"
         """)
+        if "genomics-lab" in ports
+        else ""
+    )
 
 
 __all__ = ["free_port"]
