@@ -39,7 +39,7 @@ integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py
+	PYTHONPATH=. $(PY) scripts/demo.py
 
 bench: setup
 	$(PY) -m benchmarks

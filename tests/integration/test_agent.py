@@ -31,7 +31,7 @@ from sdbox.agent.machine import Agent
 from sdbox.agent.service import build_agent
 from sdbox.smartcard.emulator.faults import parse_fault
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
-from sdbox.smartcard.profile import ObjectTag, certificate_object, decode_certificate
+from sdbox.smartcard.profile import ObjectTag
 from sdbox.trust.pki import Pki
 from tests.integration.agent_env import (
     RdpBubble,
@@ -261,41 +261,6 @@ def test_pin_only_where_the_project_allows_it(
             await _wait(run.agent, State.VERIFYING)
             await run.iface.call_submit_pin("123456")  # type: ignore[attr-defined]
             await _wait(run.agent, State.RUNNING)
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.parametrize("which", ["project", "server"])
-def test_revoked_certificates_are_refused(
-    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path, which: str
-) -> None:
-    async def scenario() -> None:
-        async with running_agent(pki, bubbles, free_reader, tmp_path) as run:
-            await _wait(run.agent, State.PICKER)
-            from cryptography import x509
-
-            from sdbox.smartcard.directory import parse_signed_directory
-
-            directory = parse_signed_directory(
-                run.card.state.objects[ObjectTag.DIRECTORY]
-            ).directory
-            census = directory.project("census-2021")
-            if which == "project":
-                victim = x509.load_der_x509_certificate(
-                    decode_certificate(run.card.state.objects[certificate_object(census.slot)])
-                )
-            else:
-                victim = x509.load_der_x509_certificate(census.server_certificate)
-            pki.revoke(victim, x509.ReasonFlags.key_compromise)
-            publish_crls(pki, run.config.trust.crl_dir)
-            await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
-            await _wait_for(lambda: run.agent.snapshot.problem is not None)
-            assert run.agent.snapshot.state == State.PICKER
-            assert State.VALIDATING in [e.state for e in run.events]
-            problem = await run.iface.get_problem()  # type: ignore[attr-defined]
-            assert problem == ("certificate_revoked" if which == "project" else "server_untrusted")
-            assert "revoked" in (await run.iface.get_message()).lower()  # type: ignore[attr-defined]
-            assert run.agent._session is None
 
     asyncio.run(scenario())
 
