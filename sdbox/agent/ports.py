@@ -165,7 +165,7 @@ class SessionService:
     def display(self) -> Display:
         """Where the clients draw."""
         if self.config.x11_display:
-            return Display(x11=self.config.x11_display)
+            return Display(x11=self.config.x11_display, xwayland=self.config.xwayland)
         return Display(
             wayland=self.config.wayland_display, runtime_dir=Path(self.config.runtime_dir)
         )

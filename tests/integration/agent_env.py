@@ -108,6 +108,7 @@ def write_config(
         + textwrap.dedent(f"""
         [session]
         x11_display = "{display}"
+        xwayland = false
         connect_timeout_s = 30.0
         [credentials]
         provider = "{provider}"
