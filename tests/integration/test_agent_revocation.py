@@ -60,5 +60,3 @@ def test_revoked_certificates_are_refused(
             assert run.agent._session is None
 
     asyncio.run(scenario())
-
-
