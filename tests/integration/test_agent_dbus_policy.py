@@ -9,6 +9,7 @@ import tempfile
 import textwrap
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from tests.integration.session_servers import stop
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dbus-daemon") is None
-    or subprocess.run(["id", "sdbox-greeter"], capture_output=True, check=False).returncode,
+    or subprocess.run(["id", "sdbox-greeter"], capture_output=True, check=False).returncode != 0,
     reason="needs dbus-daemon and the sdbox-greeter user (make setup)",
 )
 
@@ -84,14 +85,14 @@ def test_only_the_greeter_user_reaches_the_agent() -> None:
     bus, address = _system_like_bus(workdir)
 
     async def scenario() -> None:
-        idle: object = _Idle()
+        idle: Any = _Idle()
         agent = Agent(
             trust=idle,
             sensor=idle,
             credentials=idle,
             sessions=idle,
             endpoint_allowed=lambda _e: False,
-        )  # type: ignore[arg-type]
+        )
         service = await export(agent, address)
         try:
             get_state = (
