@@ -111,6 +111,7 @@ async def running_agent(
     tamper: bool = False,
     fault: str | None = None,
     valid_days: int | None = None,
+    sensor_port: Any = None,
 ) -> AsyncIterator[Running]:
     from sdbox.smartcard.emulator.stack import reader_name
 
@@ -132,7 +133,10 @@ async def running_agent(
     if sensor is not None:
         kwargs["sensor"] = sensor
     config = write_config(tmp_path, pki, **kwargs)
-    agent = build_agent(config, credentials=StandInBroker(bubbles.servers))
+    overrides: dict[str, Any] = {"credentials": StandInBroker(bubbles.servers)}
+    if sensor_port is not None:
+        overrides["sensor"] = sensor_port
+    agent = build_agent(config, **overrides)
     events: list[Transition] = []
     agent.listeners.append(lambda e: events.append(e) if isinstance(e, Transition) else None)
     with dbus_daemon(tmp_path) as address:

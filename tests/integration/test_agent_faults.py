@@ -155,4 +155,28 @@ def test_pcscd_restart_returns_to_idle_then_lists_again(
     asyncio.run(scenario())
 
 
+class UnpluggedSensor:
+    """A sensor that goes away when asked for a finger."""
+
+    async def capture(self) -> bytes:
+        from sdbox.errors import SdboxError
+
+        raise SdboxError("the fingerprint sensor is not connected: call the service desk")
+
+
+def test_sensor_unplugged_is_reported(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_agent(pki, bubbles, free_reader, tmp_path, sensor_port=UnpluggedSensor()) as run:
+            await _wait(run.agent, State.PICKER)
+            await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
+            await _wait_for(lambda: run.agent.snapshot.problem is not None)
+            assert run.agent.snapshot.state == State.PICKER
+            assert run.agent.snapshot.problem is not None
+            assert run.agent.snapshot.problem.value == "sensor_failed"
+            assert "sensor is not connected" in run.agent.snapshot.message
+            assert run.card.state.fingers[0x96].tries == 5  # no try spent
+
+    asyncio.run(scenario())
+
+
 __all__ += ["textwrap", "x509"]
