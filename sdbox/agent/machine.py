@@ -577,26 +577,39 @@ class Agent:
         )
         self._set(State.RUNNING, project=project.id)
         ended = await session.wait_ended()
-        if self._session is session:
-            self._session = None
+        if self._session is not session:
+            return  # ended by the agent (switch, removal): _end_session reported it
+        self._session = None
+        self._report_end(project.id, ended)
+        if self._card is card:
+            self._set(State.PICKER, project=project.id, message=getattr(ended, "message", ""))
+
+    def _report_end(self, project: str, ended: Any) -> None:
         reason = getattr(getattr(ended, "reason", None), "value", "ended")
         message = getattr(ended, "message", "the session ended")
-        audit(AuditEvent.SESSION_ENDED, message, project=project.id, reason=reason)
-        self._emit(SessionEndedEvent(project.id, reason, message))
-        if self._card is card and reason not in ("killed", "closed"):
-            self._set(State.PICKER, project=project.id, message=message)
+        audit(AuditEvent.SESSION_ENDED, message, project=project, reason=reason)
+        self._emit(SessionEndedEvent(project, reason, message))
+
+    async def _end_session(self, *, kill: bool) -> None:
+        """End the agent's session (kill: card removed; else close: switch) and report it once."""
+        session, self._session = self._session, None
+        if session is None:
+            return
+        ended: Any = None
+        try:
+            ended = await (session.kill() if kill else session.close())
+        except Exception:  # the client may be gone already; the report below says how it ended
+            _log.debug("ending the session", exc_info=True)
+        if not hasattr(ended, "reason"):
+            with contextlib.suppress(Exception):
+                ended = await asyncio.wait_for(session.wait_ended(), 5)
+        self._report_end(self._session_project, ended)
 
     async def _kill_session(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            with contextlib.suppress(Exception):
-                await session.kill()
+        await self._end_session(kill=True)
 
     async def _close_session(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            with contextlib.suppress(Exception):
-                await session.close()
+        await self._end_session(kill=False)
 
     async def shutdown(self) -> None:
         """Stop: kill any session, release the card."""
