@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import statistics
@@ -39,6 +40,7 @@ from tests.integration.agent_env import (
     dbus_daemon,
     publish_crls,
     rdp_bubble,
+    until,
     write_config,
 )
 from tests.integration.session_servers import free_port, pid_alive, xvfb
@@ -46,14 +48,6 @@ from tests.integration.session_servers import free_port, pid_alive, xvfb
 ROUNDS = 5
 LATENCY_MS = 20.0
 IDLE_S = 60.0
-
-
-async def _until(condition: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark step did not complete")
-        await asyncio.sleep(0.002)
 
 
 async def _rounds(
@@ -80,13 +74,13 @@ async def _rounds(
             card = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index, latency_ms=LATENCY_MS)
             start = time.perf_counter()
             await asyncio.to_thread(card.insert)
-            await _until(lambda: agent.snapshot.state == State.PICKER)
+            await until(lambda: agent.snapshot.state == State.PICKER)
             await agent.choose_project("census-2021")
-            await _until(lambda: agent.snapshot.state == State.RUNNING)
+            await until(lambda: agent.snapshot.state == State.RUNNING)
             times["insert_to_session_s"].append(time.perf_counter() - start)
             start = time.perf_counter()
             await agent.switch("health-cohort")
-            await _until(
+            await until(
                 lambda: (
                     agent.snapshot.state == State.RUNNING
                     and agent.snapshot.active_project == "health-cohort"
@@ -96,14 +90,18 @@ async def _rounds(
             pid = agent._session.pid if agent._session else None
             start = time.perf_counter()
             await asyncio.to_thread(card.remove)
-            await _until(lambda pid=pid: pid is not None and not pid_alive(pid))
+            await until(functools.partial(_gone, pid))
             times["removal_teardown_s"].append(time.perf_counter() - start)
-            await _until(lambda: agent.snapshot.state == State.IDLE)
+            await until(lambda: agent.snapshot.state == State.IDLE)
             await asyncio.to_thread(wait_for_card, reader_name(index), present=False)
     finally:
         await agent.shutdown()
         await asyncio.to_thread(watcher.stop)
     return times
+
+
+def _gone(pid: int | None) -> bool:
+    return pid is not None and not pid_alive(pid)
 
 
 def _proc_status(pid: int) -> dict[str, int]:

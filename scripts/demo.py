@@ -43,6 +43,7 @@ from tests.integration.agent_env import (
     publish_crls,
     rdp_bubble,
     spice_bubble,
+    until,
     write_config,
 )
 from tests.integration.session_servers import paint_pattern, pattern_in, screenshot, xvfb
@@ -86,14 +87,6 @@ class Demo:
         )  # fmt: skip
         self.screenshots.append(str(path))
         return pattern_in(*screenshot(display))
-
-
-async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("timed out")
-        await asyncio.sleep(0.02)
 
 
 async def flow(

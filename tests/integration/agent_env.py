@@ -16,7 +16,8 @@ import socket
 import subprocess
 import textwrap
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,15 @@ from sdbox.trust.store import RevocationStore
 from tests.integration.session_servers import free_port, stop, wait_for_port
 
 RDP_USER = "researcher"
+
+
+async def until(condition: Callable[[], bool], timeout: float = 60.0, poll: float = 0.01) -> None:
+    """Wait for ``condition`` (a state the agent publishes); TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached in time")
+        await asyncio.sleep(poll)
 
 
 @contextlib.contextmanager

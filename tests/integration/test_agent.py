@@ -40,6 +40,7 @@ from tests.integration.agent_env import (
     dbus_daemon,
     publish_crls,
     rdp_bubble,
+    until,
     write_config,
 )
 from tests.integration.conftest import InsertedCard, insert_card
@@ -93,11 +94,7 @@ async def _wait(agent: Agent, state: State, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _wait_for(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+_wait_for = until
 
 
 @contextlib.asynccontextmanager

@@ -164,9 +164,13 @@ class UnpluggedSensor:
         raise SdboxError("the fingerprint sensor is not connected: call the service desk")
 
 
-def test_sensor_unplugged_is_reported(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path) -> None:
+def test_sensor_unplugged_is_reported(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
     async def scenario() -> None:
-        async with running_agent(pki, bubbles, free_reader, tmp_path, sensor_port=UnpluggedSensor()) as run:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=UnpluggedSensor()
+        ) as run:
             await _wait(run.agent, State.PICKER)
             await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
             await _wait_for(lambda: run.agent.snapshot.problem is not None)
