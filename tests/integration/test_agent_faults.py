@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,45 @@ def test_sensor_unplugged_is_reported(
 
 
 __all__ += ["textwrap", "x509"]
+
+
+def test_agent_killed_while_a_session_runs_leaves_no_client(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from sdbox.smartcard.emulator.stack import reader_name
+    from tests.integration.agent_env import publish_crls, write_config
+
+    publish_crls(pki, tmp_path / "crl")
+    write_config(tmp_path, pki, display=bubbles.display)
+    state = issue_card(parse_profile(card_profile(bubbles.ports), source="test"), pki)
+    spec = {
+        "config": str(tmp_path / "agent.toml"),
+        "reader": reader_name(free_reader),
+        "sams": {p: str(s.sam) for p, s in bubbles.servers.items()},
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.agent_child", json.dumps(spec)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    card = insert_card(state, pki, free_reader)
+    try:
+        assert child.stdout is not None
+        client_pid = int(child.stdout.readline())
+        assert pid_alive(client_pid)
+        os.kill(child.pid, signal.SIGKILL)  # the agent dies without any chance to clean up
+        child.wait(10)
+        deadline = time.monotonic() + 10
+        while pid_alive(client_pid):
+            assert time.monotonic() < deadline, "the session client outlived the agent"
+            time.sleep(0.05)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        card.remove()
