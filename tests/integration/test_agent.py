@@ -179,6 +179,12 @@ def test_insert_choose_switch_remove(
             first_pid = first.pid
             assert os.stat(f"/proc/{first_pid}").st_uid != 0  # runs as the session user, not root
             assert await iface.get_active_project() == "census-2021"  # type: ignore[attr-defined]
+            # after holder verification the agent holds the card: no other program gets in
+            from sdbox.smartcard import pcsc
+            from sdbox.smartcard.errors import CardBusy
+
+            with pytest.raises(CardBusy):
+                await asyncio.to_thread(pcsc.connect, run.card.reader)
 
             await iface.call_switch("health-cohort")  # type: ignore[attr-defined]
             await _wait(agent, State.CONNECTING, timeout=10)
