@@ -89,7 +89,7 @@ def test_no_secret_in_logs_or_state(
                 await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
                 await _wait(run.agent, State.RUNNING)
                 secrets_out.update(
-                    passwords=[p.encode() for b in bubbles.servers.values() for p in b.issued],  # type: ignore[union-attr]
+                    passwords=[p.encode() for b in bubbles.servers.values() for p in b.issued],
                     keys=[_key_bytes(k) for k in run.card.state.keys.values()],
                     management=[run.card.state.management_key],
                 )
