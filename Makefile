@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration demo bench clean
+.PHONY: setup setup-system venv test lint typecheck unit integration demo bench soak clean
 
 setup: setup-system venv
 
@@ -42,7 +42,13 @@ demo: setup
 	PYTHONPATH=. $(PY) scripts/demo.py
 
 bench: setup
-	$(PY) -m benchmarks
+	PYTHONPATH=. $(PY) -m benchmarks
+
+# Insert/remove cycles with removal at random points, pcscd restarts and
+# bubble deaths; CI runs a short one (.ci/run), 500 cycles on demand.
+SOAK_CYCLES ?= 500
+soak: setup
+	PYTHONPATH=. $(PY) scripts/soak.py --cycles $(SOAK_CYCLES)
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache
