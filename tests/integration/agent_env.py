@@ -95,6 +95,7 @@ def write_config(
     sensor: str = 'kind = "emulated"\nseed = 1001',
     provider: str = "broker",
     extra: str = "",
+    broker: BrokerEnv | None = None,
 ) -> AgentConfig:
     """An agent configuration for this test environment."""
     intermediates = workdir / "intermediates.pem"
@@ -122,10 +123,13 @@ def write_config(
         connect_timeout_s = 30.0
         [credentials]
         provider = "{provider}"
+        broker_url = "{broker.url if broker else ""}"
+        broker_anchors = "{pki.path / "root.pem"}"
         [policy]
         allowed_endpoints = ["127.0.0.1:*"]
         """)
         + extra
+        + (broker_settings(broker) if broker else "")
     )
     return load(path)
 
@@ -301,3 +305,80 @@ def card_profile(ports: dict[str, int]) -> str:
 
 
 __all__ = ["free_port"]
+
+
+@dataclass
+class BrokerEnv:
+    """The reference broker on loopback HTTPS, and a box identity it knows."""
+
+    server: Any
+    url: str
+    box_key: Path
+    box_certificate: Path
+    anchors: Path
+
+
+@contextlib.contextmanager
+def reference_broker(
+    workdir: Path, pki: Pki, bubbles: dict[str, Any], ports: dict[str, int]
+) -> Iterator[BrokerEnv]:
+    """`sdbox broker` (in a thread) provisioning the given bubbles, with a development box identity."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sdbox.broker.server import BrokerServer, load_config
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    (workdir / "broker.key").write_bytes(
+        tls_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    tls_cert = pki.issue_server("127.0.0.1", tls_key.public_key())
+    chain = tls_cert.public_bytes(pem) + pki.server_ca.cert.public_bytes(pem)
+    (workdir / "broker.pem").write_bytes(chain)
+    box_key = ec.generate_private_key(ec.SECP256R1())
+    (workdir / "box.key").write_bytes(
+        box_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (workdir / "box.pem").write_bytes(
+        pki.issue_box(box_key.public_key(), box_id="test-box-1").public_bytes(pem)
+    )
+    (workdir / "intermediates.pem").write_bytes(
+        b"".join(pki.authority(ca).cert.public_bytes(pem) for ca in CA_NAMES[1:])
+    )
+    publish_crls(pki, workdir / "crl")
+    lines = [
+        'listen = "127.0.0.1:0"',
+        f'tls_certificate = "{workdir / "broker.pem"}"',
+        f'tls_key = "{workdir / "broker.key"}"',
+        f'anchors = "{pki.path / "root.pem"}"',
+        f'intermediates = "{workdir / "intermediates.pem"}"',
+        f'crl_dir = "{workdir / "crl"}"',
+        f'build_time = "{pki.root.cert.not_valid_before_utc.isoformat()}"',
+    ]
+    for project, bubble in bubbles.items():
+        lines.append(f'[bubbles."{project}"]')
+        lines.append(f'endpoint = "127.0.0.1:{ports[project]}"')
+        if isinstance(bubble, RdpBubble):
+            lines += ['kind = "rdp"', f'user = "{RDP_USER}"', f'sam_file = "{bubble.sam}"']
+        else:
+            lines += ['kind = "spice"', f'qmp_socket = "{bubble.qmp}"']
+    (workdir / "broker.toml").write_text("\n".join(lines) + "\n")
+    server = BrokerServer(load_config(workdir / "broker.toml"))
+    server.start()
+    try:
+        yield BrokerEnv(
+            server, server.url, workdir / "box.key", workdir / "box.pem", pki.path / "root.pem"
+        )
+    finally:
+        server.stop()
+
+
+def broker_settings(env: BrokerEnv) -> str:
+    """The agent configuration's [credentials] and [identity] for ``env``."""
+    return textwrap.dedent(f"""
+        [identity]
+        kind = "development"
+        key_file = "{env.box_key}"
+        certificate = "{env.box_certificate}"
+        """)

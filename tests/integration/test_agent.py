@@ -109,6 +109,7 @@ async def running_agent(
     fault: str | None = None,
     valid_days: int | None = None,
     sensor_port: Any = None,
+    broker: Any = None,
 ) -> AsyncIterator[Running]:
     from sdbox.smartcard.emulator.stack import reader_name
 
@@ -130,7 +131,12 @@ async def running_agent(
     if sensor is not None:
         kwargs["sensor"] = sensor
     config = write_config(tmp_path, pki, **kwargs)
-    overrides: dict[str, Any] = {"credentials": StandInBroker(bubbles.servers)}
+    if broker is not None:
+        kwargs["broker"] = broker
+        config = write_config(tmp_path, pki, **kwargs)
+    overrides: dict[str, Any] = (
+        {} if broker is not None else {"credentials": StandInBroker(bubbles.servers)}
+    )
     if sensor_port is not None:
         overrides["sensor"] = sensor_port
     agent = build_agent(config, **overrides)
