@@ -8,9 +8,11 @@ finger, session, switch, remove — through the agent's D-Bus API. Every step
 is timed; screenshots of the box's screen go to build/demo/, the summary to
 build/demo/summary.json. Everything started is stopped, by pid.
 
-Headless here: the box's screen is an Xvfb. Not yet in the demo: the kiosk
-greeter (screens come from its screenshot tests) and the reference broker
-(a stand-in provisions each one-time password/ticket the same way).
+Each session's one-time credential comes from the reference broker (`sdbox
+broker`, HTTPS on loopback), which checks a fresh ECDH proof of the project
+key on the card and the box's identity. Headless here: the box's screen is
+an Xvfb. Not yet in the demo: the kiosk greeter, and the box identity in a
+TPM (a development software key, logged as such).
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_read
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.trust.pki import Pki
 from tests.integration.agent_env import (
-    StandInBroker,
+    BrokerEnv,
     dbus_daemon,
     publish_crls,
     rdp_bubble,
+    reference_broker,
     spice_bubble,
     until,
     write_config,
@@ -95,12 +98,12 @@ async def flow(
     pki: Pki,
     bubble_display: str,
     box_display: str,
-    servers: dict[str, Any],
+    broker: BrokerEnv,
     index: int,
 ) -> None:
     publish_crls(pki, work / "crl")
-    config = write_config(work, pki, display=box_display)
-    agent = build_agent(config, credentials=StandInBroker(servers))
+    config = write_config(work, pki, display=box_display, broker=broker)
+    agent = build_agent(config)
     ended: list[SessionEndedEvent] = []
     agent.listeners.append(lambda e: ended.append(e) if isinstance(e, SessionEndedEvent) else None)
     state = issue_card(load_profile("demo"), pki, state_path=OUT / "card.json")
@@ -234,7 +237,9 @@ def main() -> int:
                 f"bubbles up: {', '.join(f'{k} on 127.0.0.1:{v}' for k, v in ports.items())}",
                 flush=True,
             )
-            asyncio.run(flow(demo, work, pki, bubble_display, box_display, servers, index))
+            broker = stack.enter_context(reference_broker(work / "broker", pki, servers, ports))
+            print(f"reference broker on {broker.url}", flush=True)
+            asyncio.run(flow(demo, work, pki, bubble_display, box_display, broker, index))
             wait_for_card(reader_name(index), present=False)
     except Exception as exc:
         failed = True
