@@ -7,8 +7,8 @@
   (no more than the watchdog needs): measured on `sdbox agent run` as a process.
 
 20 ms latency per APDU on the emulated card; RDP bubbles are freerdp-shadow-cli3
-on loopback under Xvfb. Until the reference broker is wired into the agent, the
-credential comes from the tests' stand-in (a SAM rewrite, as the broker does).
+on loopback under Xvfb; each credential comes from the reference broker on loopback
+HTTPS (ECDH proof on the card, box signature with a development key).
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_read
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.trust.pki import Pki
 from tests.integration.agent_env import (
+    BrokerEnv,
     RdpBubble,
-    StandInBroker,
     card_profile,
     dbus_daemon,
     publish_crls,
     rdp_bubble,
+    reference_broker,
     until,
     write_config,
 )
@@ -57,10 +58,11 @@ async def _rounds(
     ports: dict[str, int],
     servers: dict[str, RdpBubble],
     index: int,
+    broker: BrokerEnv,
 ) -> dict[str, list[float]]:
     publish_crls(pki, work / "crl")
-    config = write_config(work, pki, display=display)
-    agent = build_agent(config, credentials=StandInBroker(servers))
+    config = write_config(work, pki, display=display, broker=broker)
+    agent = build_agent(config)
     watcher = ReaderWatcher(asyncio.get_running_loop(), agent.on_reader_event, [reader_name(index)])
     watcher.start()
     times: dict[str, list[float]] = {
@@ -170,7 +172,10 @@ def run() -> dict[str, object]:
                 p: stack.enter_context(rdp_bubble(work / p, pki, p, display, port))
                 for p, port in ports.items()
             }
-            times = asyncio.run(_rounds(work, pki, display, ports, servers, index))
+            broker = stack.enter_context(
+                reference_broker(work / "broker", pki, dict(servers), ports)
+            )
+            times = asyncio.run(_rounds(work, pki, display, ports, servers, index, broker))
             idle = _idle(work, pki, display, ports, index)
     finally:
         daemon.cleanup()
