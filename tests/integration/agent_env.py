@@ -96,6 +96,7 @@ def write_config(
     provider: str = "broker",
     extra: str = "",
     broker: BrokerEnv | None = None,
+    connect_timeout_s: float = 30.0,
 ) -> AgentConfig:
     """An agent configuration for this test environment."""
     intermediates = workdir / "intermediates.pem"
@@ -120,7 +121,7 @@ def write_config(
         [session]
         x11_display = "{display}"
         xwayland = false
-        connect_timeout_s = 30.0
+        connect_timeout_s = {connect_timeout_s}
         [credentials]
         provider = "{provider}"
         broker_url = "{broker.url if broker else ""}"

@@ -110,6 +110,7 @@ async def running_agent(
     valid_days: int | None = None,
     sensor_port: Any = None,
     broker: Any = None,
+    connect_timeout_s: float = 30.0,
 ) -> AsyncIterator[Running]:
     from sdbox.smartcard.emulator.stack import reader_name
 
@@ -127,7 +128,7 @@ async def running_agent(
         value = state.objects[ObjectTag.DIRECTORY]
         state.objects[ObjectTag.DIRECTORY] = value.replace(b"Census", b"CENSUS")
     publish_crls(pki, tmp_path / "crl")
-    kwargs: dict[str, Any] = {"display": bubbles.display}
+    kwargs: dict[str, Any] = {"display": bubbles.display, "connect_timeout_s": connect_timeout_s}
     if sensor is not None:
         kwargs["sensor"] = sensor
     config = write_config(tmp_path, pki, **kwargs)

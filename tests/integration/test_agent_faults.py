@@ -97,7 +97,7 @@ def test_unreachable_bubble_is_reported_and_back_to_picker(
     pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        async with running_agent(pki, bubbles, free_reader, tmp_path) as run:
+        async with running_agent(pki, bubbles, free_reader, tmp_path, connect_timeout_s=5.0) as run:
             await _wait(run.agent, State.PICKER)
             bubbles.servers["health-cohort"].process.send_signal(
                 19
