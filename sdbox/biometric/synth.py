@@ -121,7 +121,7 @@ def impression_minutiae(
     for _ in range(profile.warp_bumps):
         centre = rng.uniform((cx - 8, cy - 10), (cx + 8, cy + 10))
         push = rng.normal(0, 1, 2)
-        push *= profile.warp * rng.uniform(0.3, 1.0) / max(np.linalg.norm(push), 1e-9)
+        push *= profile.warp * rng.uniform(0.3, 1.0) / max(float(np.linalg.norm(push)), 1e-9)
         weight = np.exp(-np.sum((xy - centre) ** 2, axis=1) / (2 * profile.warp_sigma**2))
         xy = xy + weight[:, None] * push
     kind = master.kind.copy()
