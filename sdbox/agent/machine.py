@@ -509,7 +509,7 @@ class Agent:
         try:
             server = x509.load_der_x509_certificate(project.server_certificate)
             self.trust.check_server(server, project)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise Refusal(
                 Problem.SERVER_UNTRUSTED, "the directory's server certificate is malformed"
             ) from exc

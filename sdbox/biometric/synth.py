@@ -139,7 +139,7 @@ def impression_minutiae(
         xy = np.vstack([xy, origin + rng.uniform((0, 0), (w, h), (extra, 2))])
         direction = np.concatenate([direction, rng.uniform(0, 2 * np.pi, extra)])
         kind = np.concatenate([kind, rng.integers(1, 3, extra)])
-    inside = np.all((xy >= origin) & (xy <= (*origin, w, h)), axis=1)
+    inside = np.all((xy >= origin) & (xy <= origin + np.array((w, h))), axis=1)
     xy, direction, kind = xy[inside] - origin, direction[inside], kind[inside]
     # 5. noise, 6. quantisation
     xy = xy + rng.normal(0, profile.position_noise, xy.shape)
