@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration demo bench soak clean
+.PHONY: setup setup-system venv test lint typecheck unit integration demo bench soak fuzz clean
 
 setup: setup-system venv
 
@@ -24,13 +24,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check sdbox tests benchmarks scripts
+	$(VENV)/bin/ruff check sdbox tests benchmarks scripts fuzz
 
 typecheck: venv
-	$(VENV)/bin/mypy sdbox tests benchmarks scripts
+	$(VENV)/bin/mypy sdbox tests benchmarks scripts fuzz
 
 test: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) fuzz FUZZ_SECONDS=3
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -43,6 +44,12 @@ demo: setup
 
 bench: setup
 	PYTHONPATH=. $(PY) -m benchmarks
+
+# Coverage-guided fuzzing (atheris) of every parser and of the card and the
+# client facing garbage: a short run in `make test`, longer on demand.
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	PYTHONPATH=. $(PY) -m fuzz --seconds $(FUZZ_SECONDS)
 
 # Insert/remove cycles with removal at random points, pcscd restarts and
 # bubble deaths; CI runs a short one (.ci/run), 500 cycles on demand.
