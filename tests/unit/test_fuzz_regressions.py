@@ -32,5 +32,5 @@ def test_signer_key_on_an_unsupported_curve_is_a_directory_error() -> None:
         parsed = parse_signed_directory(bytes(encoded))
     except DirectoryError:
         return
-    with pytest.raises(DirectoryError, match="public key is unusable|malformed"):
+    with pytest.raises(DirectoryError, match=r"public key is unusable|malformed"):
         parsed.verify(card_guid=GUID, validate_signer=_accept)
