@@ -398,12 +398,14 @@ class Agent:
 
     async def _verify_holder(self, card: _Card, project: Project) -> None:
         allow_pin = project.second_factor == SecondFactor.FINGER_OR_PIN
+        retry: Problem | None = None  # why the previous attempt failed, shown with the new prompt
         while True:
             tries = self.snapshot.tries_left
             self._set(
                 State.VERIFYING,
                 project=project.id,
                 message="place your finger" + (" or enter your PIN" if allow_pin else ""),
+                problem=retry,
                 tries_left=tries,
             )
             loop = asyncio.get_running_loop()
@@ -433,21 +435,11 @@ class Agent:
                 problem = (
                     Problem.WRONG_FINGER if isinstance(exc, WrongFinger) else Problem.WRONG_PIN
                 )
-                self._set(
-                    State.VERIFYING,
-                    project=project.id,
-                    message=exc.message,
-                    problem=problem,
-                    tries_left=exc.tries_left,
-                )
+                self.snapshot.tries_left = exc.tries_left
+                retry = problem  # the next prompt says why, with the tries left
                 continue
-            except InvalidTemplate as exc:
-                self._set(
-                    State.VERIFYING,
-                    project=project.id,
-                    message=exc.message,
-                    problem=Problem.SENSOR_FAILED,
-                )
+            except InvalidTemplate:
+                retry = Problem.SENSOR_FAILED  # a poor capture costs no try: ask again
                 continue
             except (FingerBlocked, PinBlocked) as exc:
                 audit(

@@ -28,6 +28,7 @@ BUS_NAME = "org.sdbox.Agent1"
 OBJECT_PATH = "/org/sdbox/Agent1"
 INTERFACE = "org.sdbox.Agent1"
 CALL_TIMEOUT_MS = 30_000
+REFRESH_S = 2
 
 CSS = b"""
 window { background: #f4f5f7; }
@@ -61,16 +62,20 @@ class Greeter:
         self.window.set_decorated(False)
         self.window.set_deletable(False)
         provider = Gtk.CssProvider()
-        provider.load_from_data(CSS, len(CSS))
+        provider.load_from_data(CSS)
         Gtk.StyleContext.add_provider_for_display(
             Gdk.Display.get_default(), provider, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION
         )
         keys = Gtk.EventControllerKey()
         keys.connect("key-pressed", self._on_key)
         self.window.add_controller(keys)
-        self.proxy = self._connect(bus_address)
+        self.properties: dict[str, Any] = {}
         self.screen: Screen | None = None
-        self.render()
+        self.proxy = self._connect(bus_address)
+        self.refresh()
+        # A safety net: a signal missed while the bus or the agent restarts must
+        # not leave a stale screen in front of the researcher.
+        GLib.timeout_add_seconds(REFRESH_S, self._tick)
 
     def _connect(self, address: str | None) -> Any:
         if address:
@@ -84,14 +89,42 @@ class Greeter:
         proxy = Gio.DBusProxy.new_sync(
             connection, Gio.DBusProxyFlags.NONE, None, BUS_NAME, OBJECT_PATH, INTERFACE, None
         )
-        proxy.connect("g-properties-changed", lambda *_args: self.render())
-        proxy.connect("g-signal", lambda *_args: self.render())
+        # Every signal (a transition, a session end) and every change of the
+        # agent's owner (restarted) re-reads all properties: the greeter never
+        # trusts a cache to be current.
+        proxy.connect("g-properties-changed", lambda *_args: self.refresh())
+        proxy.connect("g-signal", lambda *_args: self.refresh())
+        proxy.connect("notify::g-name-owner", lambda *_args: self.refresh())
         return proxy
+
+    def _tick(self) -> bool:
+        self.refresh()
+        # redraw too: a frame the compositor failed to present (seen with
+        # wlroots 0.15 on a headless output) must not stay on screen
+        self.window.queue_draw()
+        return True
+
+    def refresh(self) -> None:
+        """Read the agent's properties (asynchronously), then render."""
+
+        def done(connection: Any, result: Any) -> None:
+            try:
+                (values,) = connection.call_finish(result).unpack()
+            except GLib.Error as exc:  # the agent is not there (yet): show the start screen
+                _log.info("agent unavailable: %s", exc.message)
+                values = {}
+            self.properties = dict(values)
+            self.render()
+
+        self.proxy.get_connection().call(
+            BUS_NAME, OBJECT_PATH, "org.freedesktop.DBus.Properties", "GetAll",
+            GLib.Variant("(s)", (INTERFACE,)), GLib.VariantType("(a{sv})"),
+            Gio.DBusCallFlags.NONE, CALL_TIMEOUT_MS, None, done,
+        )  # fmt: skip
 
     def _view(self) -> AgentView:
         def prop(name: str, default: Any) -> Any:
-            value = self.proxy.get_cached_property(name)
-            return default if value is None else value.unpack()
+            return self.properties.get(name, default)
 
         return AgentView(
             state=prop("State", "idle"), projects=tuple(tuple(p) for p in prop("Projects", [])),
@@ -100,12 +133,19 @@ class Greeter:
         )  # fmt: skip
 
     def fit_monitor(self) -> None:
-        """Full screen by size: cage 0.1.4 leaves the window unmaximised."""
+        """Cover the screen by size: cage 0.1.4 leaves the window unmaximised.
+
+        One pixel short of the monitor on purpose: wlroots 0.15 (under cage
+        0.1.4) tries to scan out a surface that covers the whole output
+        directly, the headless/pixman output refuses it ("Basic output test
+        failed") and the screen stays black or stale; a surface one pixel
+        smaller each way is composited normally. ``fullscreen()`` would hit the
+        same path.
+        """
         monitors = Gdk.Display.get_default().get_monitors()
         if monitors.get_n_items():
             geometry = monitors.get_item(0).get_geometry()
-            self.window.set_default_size(geometry.width, geometry.height)
-        self.window.fullscreen()
+            self.window.set_default_size(geometry.width - 1, geometry.height - 1)
 
     # -- rendering -------------------------------------------------------------
 

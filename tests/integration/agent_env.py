@@ -58,6 +58,7 @@ def dbus_daemon(workdir: Path) -> Iterator[str]:
           <listen>unix:path={socket}</listen>
           <auth>EXTERNAL</auth>
           <policy context="default">
+            <allow user="*"/>
             <allow send_destination="*" eavesdrop="true"/>
             <allow eavesdrop="true"/>
             <allow own="*"/>

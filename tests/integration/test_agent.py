@@ -82,6 +82,7 @@ class Running:
     iface: ProxyInterface
     events: list[Transition]
     config: AgentConfig
+    bus_address: str = ""
 
 
 async def _wait(agent: Agent, state: State, timeout: float = 60.0) -> None:
@@ -111,6 +112,7 @@ async def running_agent(
     sensor_port: Any = None,
     broker: Any = None,
     connect_timeout_s: float = 30.0,
+    bus_dir: Path | None = None,
 ) -> AsyncIterator[Running]:
     from sdbox.smartcard.emulator.stack import reader_name
 
@@ -143,7 +145,7 @@ async def running_agent(
     agent = build_agent(config, **overrides)
     events: list[Transition] = []
     agent.listeners.append(lambda e: events.append(e) if isinstance(e, Transition) else None)
-    with dbus_daemon(tmp_path) as address:
+    with dbus_daemon(bus_dir or tmp_path) as address:
         service_bus = await export(agent, address)
         client = await MessageBus(bus_address=address).connect()
         introspection = await client.introspect(BUS_NAME, OBJECT_PATH)
@@ -156,7 +158,7 @@ async def running_agent(
         watcher.start()
         card = await asyncio.to_thread(insert_card, state, pki, free_reader, fault=fault)
         try:
-            yield Running(agent, card, iface, events, config)
+            yield Running(agent, card, iface, events, config, address)
         finally:
             await agent.shutdown()
             await asyncio.to_thread(watcher.stop)
