@@ -155,3 +155,23 @@ def test_emulated_sensor_gives_fresh_impressions() -> None:
     sensor = EmulatedSensor(1001)
     first, second = asyncio.run(sensor.capture()), asyncio.run(sensor.capture())
     assert first != second
+
+
+def test_card_refuses_a_malformed_probe_without_spending_a_try(demo_card: InsertedCard) -> None:
+    import pytest
+
+    from sdbox.smartcard import pcsc
+    from sdbox.smartcard.biosso import BioSsoSession
+    from sdbox.smartcard.errors import InvalidTemplate
+
+    conn = pcsc.connect(demo_card.reader)
+    try:
+        session = BioSsoSession(conn)
+        session.piv.select()
+        with pytest.raises(InvalidTemplate):
+            session.piv.verify_finger(0x96, synth.impression(1001, 1) + b"\x01")  # 3N+1 bytes
+        with pytest.raises(InvalidTemplate):
+            session.piv.verify_finger(0x96, bytes(3 * 70))  # more minutiae than the BIT allows
+    finally:
+        conn.close()
+    assert demo_card.state.fingers[0x96].tries == 5
