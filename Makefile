@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration demo bench clean
+.PHONY: setup setup-system venv test lint typecheck unit integration demo bench clean deb lock
 
 setup: setup-system venv
 
@@ -43,6 +43,15 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# The Debian package, out of tree, into build/deb/ (lintian must be clean).
+deb:
+	bash scripts/setup-system.sh base debian
+	bash scripts/build-deb.sh
+
+# Regenerate debian/*.lock after changing a pin in pyproject.toml.
+lock: venv
+	$(PY) scripts/lock_requirements.py
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache
