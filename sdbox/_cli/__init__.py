@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.trust", "trust"),
     ("sdbox._cli.session", "session"),
     ("sdbox._cli.agent", "agent"),
+    ("sdbox._cli.flash", "flash"),
 )
 
 
