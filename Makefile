@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration demo bench clean deb lock
+.PHONY: setup setup-system venv test lint typecheck unit integration demo bench clean deb lock image image-test
 
 setup: setup-system venv
 
@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check sdbox tests benchmarks scripts
+	$(VENV)/bin/ruff check sdbox tests benchmarks scripts bootimage
 
 typecheck: venv
-	$(VENV)/bin/mypy sdbox tests benchmarks scripts
+	$(VENV)/bin/mypy sdbox tests benchmarks scripts bootimage
 
 test: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -48,6 +48,19 @@ bench: setup
 deb:
 	bash scripts/setup-system.sh base debian
 	bash scripts/build-deb.sh
+
+# The appliance image for one box generation (docs/image.md); not part of
+# `make test`: build and boot take minutes (figures in docs/image.md).
+GENERATION ?= qemu-q35
+image: deb venv
+	bash scripts/setup-system.sh image
+	$(PY) bootimage/build.py --generation $(GENERATION)
+
+# Boots build/image/sdbox-$(GENERATION).raw in QEMU (OVMF Secure Boot, swtpm)
+# and checks it from the serial console; prints `boot-to-ready: N.N s`.
+image-test: venv
+	bash scripts/setup-system.sh image
+	$(PY) bootimage/boot_test.py --generation $(GENERATION)
 
 # Regenerate debian/*.lock after changing a pin in pyproject.toml.
 lock: venv

@@ -89,7 +89,7 @@ def loop_device(tmp_path: Path) -> Iterator[Path]:
     """A loop device over a sparse file as large as a qemu-q35 box's disk."""
     backing = tmp_path / "disk.img"
     with backing.open("wb") as stream:
-        stream.truncate(2 * 2**30 + 2**20)
+        stream.truncate(3 * 2**30)
     device = subprocess.run(
         ["losetup", "--find", "--show", "--partscan", str(backing)],
         capture_output=True, text=True, timeout=30, check=True,
