@@ -239,17 +239,19 @@ def kernel_and_initrd(build: Build) -> tuple[Path, Path]:
     kernel, initrd = build.work / "vmlinuz", build.work / "initrd.img"
     shutil.copy(kernels[0], kernel)
     shutil.copy(initrds[0], initrd)
-    listing = tools.run(["lsinitramfs", initrd], what="listing the initramfs", timeout=300)
+    # the root's own lsinitramfs (initramfs-tools-core is not on the build host)
+    listing = tools.run(
+        ["chroot", build.rootdir, "lsinitramfs", f"/boot/{initrds[0].name}"],
+        what="listing the initramfs", timeout=300,
+    )  # fmt: skip
     for needed in ("sbin/veritysetup", "scripts/local-top/sdbox-verity", "dm-verity.ko"):
         if needed not in listing:
             raise BootImageError(f"the initramfs lacks {needed}: the verity root would not open")
-    for path in (*kernels, *initrds):
-        path.unlink()  # they live in the UKI, not in the root
     return kernel, initrd
 
 
 def data_partition(build: Build) -> Path:
-    """/var moves to the data partition (ext4); the root keeps an empty mount point."""
+    """/var goes to the data partition (ext4); the squashfs keeps an empty mount point."""
     started = time.monotonic()
     var = build.rootdir / "var"
     image = build.work / "data.ext4"
@@ -261,11 +263,6 @@ def data_partition(build: Build) -> Path:
         what="making the data partition", timeout=300,
         env={"E2FSPROGS_FAKE_TIME": str(build.epoch)},
     )  # fmt: skip
-    for child in var.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
     build.step("data partition (ext4 /var)", started)
     return image
 
@@ -279,7 +276,8 @@ def squash_and_seal(build: Build) -> tuple[Path, Path, str]:
         ["mksquashfs", build.rootdir, squashfs, "-comp", "zstd", "-Xcompression-level", "15",
          "-noappend", "-no-progress", "-quiet", "-mkfs-time", str(build.epoch),
          "-all-time", str(build.epoch), "-processors", str(os.cpu_count() or 2),
-         "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*"],
+         # /var is the data partition's, kernel and initrd live in the UKI
+         "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*", "var/*", "boot/*"],
         what="squashing the root", timeout=1800,
     )  # fmt: skip
     if squashfs.stat().st_size > SLOT_SIZE:
@@ -415,6 +413,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generation", default="qemu-q35")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "image")
+    parser.add_argument("--reuse-root", action="store_true",
+                        help="keep the last mmdebstrap root (iterating on later steps)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("image: mmdebstrap --mode=root needs root", file=sys.stderr)
@@ -428,7 +428,12 @@ def main() -> int:
         build = Build(generation, args.out, epoch)
         build.work.mkdir(parents=True, exist_ok=True)
         deb = find_deb()
-        bootstrap(build, deb, overlay(build))
+        overlay_dir = overlay(build)
+        if args.reuse_root and (build.rootdir / "usr/lib/os-release").exists():
+            # what the customize hook's sync-in would do, for a changed overlay
+            shutil.copytree(overlay_dir, build.rootdir, symlinks=True, dirs_exist_ok=True)
+        else:
+            bootstrap(build, deb, overlay_dir)
         kernel, initrd = kernel_and_initrd(build)
         data = data_partition(build)
         squashfs, verity, roothash = squash_and_seal(build)
@@ -474,7 +479,12 @@ def main() -> int:
             print(exc.detail, file=sys.stderr)
         return 1
     total = round(time.monotonic() - started_all, 1)
-    installed = sum(f.stat().st_size for f in build.rootdir.rglob("*") if f.is_file() and not f.is_symlink())
+    # what the squashfs holds, uncompressed (not /var, /boot)
+    installed = sum(
+        f.stat().st_size for f in build.rootdir.rglob("*")
+        if f.is_file() and not f.is_symlink()
+        and f.relative_to(build.rootdir).parts[0] not in ("var", "boot", "proc", "sys", "dev", "run", "tmp")
+    )  # fmt: skip
     figures: dict[str, object] = {
         **manifest,
         "image": str(build.image),
