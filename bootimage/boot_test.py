@@ -250,6 +250,9 @@ def normal_boot(image: Path, work: Path, accel: str, timeout: float, echo: bool)
     for check in checks:
         mark = "PENDING" if check.pending else ("ok" if check.ok else "FAIL")
         print(f"  [{mark:7}] {check.name}: {check.detail}")
+    if gr:
+        for line in json.loads(gr[1]).get("log", []):
+            print(f"    greeter: {line}")
     print(f"accel: {accel} (QEMU {'KVM' if accel == 'kvm' else 'TCG software emulation'}, 2 vCPUs)")
     print(f"kernel-to-ready: {kernel_to_ready:.1f} s (guest monotonic clock)")
     print(f"boot-to-ready: {when - boot.started:.1f} s")
