@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration demo bench clean deb lock image image-test
+.PHONY: setup setup-system venv test lint typecheck unit integration demo bench soak fuzz clean deb lock image image-test
 
 setup: setup-system venv
 
@@ -24,13 +24,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check sdbox tests benchmarks scripts bootimage
+	$(VENV)/bin/ruff check sdbox tests benchmarks scripts fuzz bootimage
 
 typecheck: venv
-	$(VENV)/bin/mypy sdbox tests benchmarks scripts bootimage
+	$(VENV)/bin/mypy sdbox tests benchmarks scripts fuzz bootimage
 
 test: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) fuzz FUZZ_SECONDS=3
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -39,10 +40,22 @@ integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py
+	PYTHONPATH=. $(PY) scripts/demo.py
 
 bench: setup
-	$(PY) -m benchmarks
+	PYTHONPATH=. $(PY) -m benchmarks
+
+# Coverage-guided fuzzing (atheris) of every parser and of the card and the
+# client facing garbage: a short run in `make test`, longer on demand.
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	PYTHONPATH=. $(PY) -m fuzz --seconds $(FUZZ_SECONDS)
+
+# Insert/remove cycles with removal at random points, pcscd restarts and
+# bubble deaths; CI runs a short one (.ci/run), 500 cycles on demand.
+SOAK_CYCLES ?= 500
+soak: setup
+	PYTHONPATH=. $(PY) scripts/soak.py --cycles $(SOAK_CYCLES)
 
 # The Debian package, out of tree, into build/deb/ (lintian must be clean).
 deb:

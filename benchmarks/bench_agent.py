@@ -7,14 +7,15 @@
   (no more than the watchdog needs): measured on `sdbox agent run` as a process.
 
 20 ms latency per APDU on the emulated card; RDP bubbles are freerdp-shadow-cli3
-on loopback under Xvfb. Until the reference broker is wired into the agent, the
-credential comes from the tests' stand-in (a SAM rewrite, as the broker does).
+on loopback under Xvfb; each credential comes from the reference broker on loopback
+HTTPS (ECDH proof on the card, box signature with a development key).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import statistics
@@ -33,12 +34,14 @@ from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_read
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.trust.pki import Pki
 from tests.integration.agent_env import (
+    BrokerEnv,
     RdpBubble,
-    StandInBroker,
     card_profile,
     dbus_daemon,
     publish_crls,
     rdp_bubble,
+    reference_broker,
+    until,
     write_config,
 )
 from tests.integration.session_servers import free_port, pid_alive, xvfb
@@ -48,14 +51,6 @@ LATENCY_MS = 20.0
 IDLE_S = 60.0
 
 
-async def _until(condition: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark step did not complete")
-        await asyncio.sleep(0.002)
-
-
 async def _rounds(
     work: Path,
     pki: Pki,
@@ -63,10 +58,11 @@ async def _rounds(
     ports: dict[str, int],
     servers: dict[str, RdpBubble],
     index: int,
+    broker: BrokerEnv,
 ) -> dict[str, list[float]]:
     publish_crls(pki, work / "crl")
-    config = write_config(work, pki, display=display)
-    agent = build_agent(config, credentials=StandInBroker(servers))
+    config = write_config(work, pki, display=display, broker=broker)
+    agent = build_agent(config)
     watcher = ReaderWatcher(asyncio.get_running_loop(), agent.on_reader_event, [reader_name(index)])
     watcher.start()
     times: dict[str, list[float]] = {
@@ -80,13 +76,13 @@ async def _rounds(
             card = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index, latency_ms=LATENCY_MS)
             start = time.perf_counter()
             await asyncio.to_thread(card.insert)
-            await _until(lambda: agent.snapshot.state == State.PICKER)
+            await until(lambda: agent.snapshot.state == State.PICKER)
             await agent.choose_project("census-2021")
-            await _until(lambda: agent.snapshot.state == State.RUNNING)
+            await until(lambda: agent.snapshot.state == State.RUNNING)
             times["insert_to_session_s"].append(time.perf_counter() - start)
             start = time.perf_counter()
             await agent.switch("health-cohort")
-            await _until(
+            await until(
                 lambda: (
                     agent.snapshot.state == State.RUNNING
                     and agent.snapshot.active_project == "health-cohort"
@@ -96,14 +92,18 @@ async def _rounds(
             pid = agent._session.pid if agent._session else None
             start = time.perf_counter()
             await asyncio.to_thread(card.remove)
-            await _until(lambda pid=pid: pid is not None and not pid_alive(pid))
+            await until(functools.partial(_gone, pid))
             times["removal_teardown_s"].append(time.perf_counter() - start)
-            await _until(lambda: agent.snapshot.state == State.IDLE)
+            await until(lambda: agent.snapshot.state == State.IDLE)
             await asyncio.to_thread(wait_for_card, reader_name(index), present=False)
     finally:
         await agent.shutdown()
         await asyncio.to_thread(watcher.stop)
     return times
+
+
+def _gone(pid: int | None) -> bool:
+    return pid is not None and not pid_alive(pid)
 
 
 def _proc_status(pid: int) -> dict[str, int]:
@@ -172,7 +172,10 @@ def run() -> dict[str, object]:
                 p: stack.enter_context(rdp_bubble(work / p, pki, p, display, port))
                 for p, port in ports.items()
             }
-            times = asyncio.run(_rounds(work, pki, display, ports, servers, index))
+            broker = stack.enter_context(
+                reference_broker(work / "broker", pki, dict(servers), ports)
+            )
+            times = asyncio.run(_rounds(work, pki, display, ports, servers, index, broker))
             idle = _idle(work, pki, display, ports, index)
     finally:
         daemon.cleanup()

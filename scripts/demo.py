@@ -1,97 +1,264 @@
-"""`make demo`: the researcher flow on emulated hardware.
+"""`make demo`: the researcher's flow on emulated hardware, end to end.
 
-Today (foundation): the real pcscd with the vpcd driver, the emulated demo
-card issued under a fresh test PKI, `sdbox card info` for it, and a finger
-verification through the real PC/SC stack. Each step is timed and the
-summary is written to build/demo/summary.json. Everything started is stopped.
+Starts the real pcscd with the vpcd reader driver and the emulated demo card,
+bubbles on loopback (two freerdp-shadow-cli3 RDP bubbles sharing an Xvfb
+that shows a test pattern, one QEMU SPICE bubble), a private D-Bus and the
+agent; then drives the flow a researcher follows — insert, list, choose,
+finger, session, switch, remove — through the agent's D-Bus API. Every step
+is timed; screenshots of the box's screen go to build/demo/, the summary to
+build/demo/summary.json. Everything started is stopped, by pid.
+
+Each session's one-time credential comes from the reference broker (`sdbox
+broker`, HTTPS on loopback), which checks a fresh ECDH proof of the project
+key on the card and the box's identity. Headless here: the box's screen is
+an Xvfb. Not yet in the demo: the kiosk greeter, and the box identity in a
+TPM (a development software key, logged as such).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+from dbus_fast.aio import MessageBus
+
+from sdbox.agent.card import ReaderWatcher
+from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, export
+from sdbox.agent.events import SessionEndedEvent, State
+from sdbox.agent.service import build_agent
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
-from sdbox.smartcard.profile import KeyRef
 from sdbox.trust.pki import Pki
+from tests.integration.agent_env import (
+    BrokerEnv,
+    dbus_daemon,
+    publish_crls,
+    rdp_bubble,
+    reference_broker,
+    spice_bubble,
+    until,
+    write_config,
+)
+from tests.integration.session_servers import paint_pattern, pattern_in, screenshot, xvfb
 
 OUT = Path("build/demo")
 
 
+class Demo:
+    """Collects the steps and screenshots of one demo run."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, object]] = []
+        self.screenshots: list[str] = []
+        self.outcomes: list[str] = []
+
+    async def step(self, name: str, action: Callable[[], Awaitable[Any]]) -> Any:
+        start = time.perf_counter()
+        ok, result = True, None
+        try:
+            result = await action()
+        except Exception as exc:  # the summary says which step failed and why
+            ok, result = False, exc
+        seconds = time.perf_counter() - start
+        self.steps.append({"name": name, "seconds": round(seconds, 3), "ok": ok})
+        print(
+            f"[{'ok' if ok else 'FAILED':>6}] {name:58} {seconds:6.2f} s"
+            + ("" if ok else f"  ({result})"),
+            flush=True,
+        )
+        if not ok:
+            raise RuntimeError(f"demo step failed: {name}") from (
+                result if isinstance(result, BaseException) else None
+            )
+        return result
+
+    def shot(self, display: str, name: str) -> bool:
+        path = OUT / f"{name}.png"
+        subprocess.run(
+            ["import", "-silent", "-window", "root", f"png:{path}"],
+            env={"DISPLAY": display, "PATH": "/usr/bin:/bin"}, check=True, timeout=30,
+        )  # fmt: skip
+        self.screenshots.append(str(path))
+        return pattern_in(*screenshot(display))
+
+
+async def flow(
+    demo: Demo,
+    work: Path,
+    pki: Pki,
+    bubble_display: str,
+    box_display: str,
+    broker: BrokerEnv,
+    index: int,
+) -> None:
+    publish_crls(pki, work / "crl")
+    config = write_config(work, pki, display=box_display, broker=broker)
+    agent = build_agent(config)
+    ended: list[SessionEndedEvent] = []
+    agent.listeners.append(lambda e: ended.append(e) if isinstance(e, SessionEndedEvent) else None)
+    state = issue_card(load_profile("demo"), pki, state_path=OUT / "card.json")
+    card = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index, latency_ms=20.0)
+    with dbus_daemon(work) as address:
+        bus = await export(agent, address)
+        client = await MessageBus(bus_address=address).connect()
+        proxy = client.get_proxy_object(
+            BUS_NAME, OBJECT_PATH, await client.introspect(BUS_NAME, OBJECT_PATH)
+        )
+        api: Any = proxy.get_interface(INTERFACE)
+        watcher = ReaderWatcher(
+            asyncio.get_running_loop(), agent.on_reader_event, [reader_name(index)]
+        )
+        watcher.start()
+        try:
+            await demo.step(
+                "insert the card: projects listed (directory verified)",
+                lambda: _insert(card, agent),
+            )
+            projects = await api.get_projects()
+            for p in projects:
+                print(f"         {p[0]:15} {p[1]:24} {p[2]:5} {p[5]}")
+            await demo.step(
+                "choose 'Census microdata 2021', finger on the card, RDP session",
+                lambda: _choose(api, agent, "census-2021"),
+            )
+            ok = demo.shot(box_display, "session-census-rdp")
+            await demo.step(
+                "the session shows the bubble's desktop (test pattern)", lambda: _check(ok)
+            )
+            await demo.step(
+                "switch to 'Genomics lab' (SPICE), no new finger",
+                lambda: _switch(api, agent, "genomics-lab"),
+            )
+            demo.shot(box_display, "session-genomics-spice")
+            await demo.step(
+                "switch to 'Health cohort study' (RDP)",
+                lambda: _switch(api, agent, "health-cohort"),
+            )
+            demo.shot(box_display, "session-health-rdp")
+            pid = agent._session.pid if agent._session else None
+            await demo.step(
+                "remove the card: session killed, back to idle", lambda: _remove(card, agent, pid)
+            )
+            demo.outcomes = [f"{e.project}: {e.reason} ({e.message})" for e in ended]
+        finally:
+            await agent.shutdown()
+            await asyncio.to_thread(watcher.stop)
+            card.remove()
+            client.disconnect()
+            bus.disconnect()
+
+
+async def _insert(card: VirtualCard, agent: Any) -> None:
+    await asyncio.to_thread(card.insert)
+    await until(lambda: agent.snapshot.state == State.PICKER)
+
+
+async def _choose(api: Any, agent: Any, project: str) -> None:
+    await api.call_choose_project(project)
+    await until(lambda: agent.snapshot.state == State.RUNNING or agent.snapshot.problem is not None)
+    if agent.snapshot.state != State.RUNNING:
+        raise RuntimeError(agent.snapshot.message)
+    await asyncio.sleep(1.0)  # let the first frames arrive before the screenshot
+
+
+async def _switch(api: Any, agent: Any, project: str) -> None:
+    await api.call_switch(project)
+    await until(
+        lambda: (
+            agent.snapshot.active_project == project
+            and agent.snapshot.state in (State.RUNNING, State.PICKER)
+        )
+    )
+    await until(lambda: agent.snapshot.state == State.RUNNING or agent.snapshot.problem is not None)
+    if agent.snapshot.state != State.RUNNING:
+        raise RuntimeError(agent.snapshot.message)
+    await asyncio.sleep(1.0)
+
+
+async def _remove(card: VirtualCard, agent: Any, pid: int | None) -> None:
+    await asyncio.to_thread(card.remove)
+    await until(lambda: agent.snapshot.state == State.IDLE)
+    await until(
+        lambda: (
+            pid is None
+            or not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        )
+    )
+
+
+async def _check(ok: bool) -> None:
+    if not ok:
+        raise RuntimeError("the box's screen does not show the bubble's test pattern")
+
+
 def main() -> int:
-    """Run the demo; 0 when every step succeeded."""
+    """Run the demo; exit status 0 when every step succeeded."""
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    steps: list[dict[str, object]] = []
-
-    def step(name: str, ok: bool, started: float) -> None:
-        seconds = time.perf_counter() - started
-        steps.append({"name": name, "seconds": round(seconds, 3), "ok": ok})
-        print(f"[{'ok' if ok else 'FAILED':>6}] {name} ({seconds:.2f} s)", flush=True)
-
+    demo = Demo()
     daemon = PcscDaemon()
-    virtual: VirtualCard | None = None
-    hold = contextlib.ExitStack()
+    failed = False
+    started = time.perf_counter()
     try:
-        t = time.perf_counter()
-        daemon.start()
-        step("start pcscd with the vpcd reader driver", True, t)
-
-        t = time.perf_counter()
-        pki = Pki.init(OUT / "pki")
-        state = issue_card(load_profile("demo"), pki, state_path=OUT / "card.json")
-        step("issue the demo card under a fresh test PKI", True, t)
-
-        t = time.perf_counter()
-        index = hold.enter_context(reserve_reader())
-        reader = reader_name(index)
-        virtual = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index)
-        virtual.insert()
-        step(f"insert the card into '{reader}'", wait_for_card(reader, present=True), t)
-
-        t = time.perf_counter()
-        info = subprocess.run(
-            [sys.executable, "-m", "sdbox", "card", "info", "--reader", reader, "--anchors", str(pki.path / "root.pem")],
-            check=False, text=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        print(info.stdout + info.stderr, flush=True)
-        step("sdbox card info: list the projects", info.returncode == 0, t)
-
-        t = time.perf_counter()
-        reference = state.fingers[KeyRef.FINGER_PRIMARY].reference or b""
-        probe = OUT / "finger-primary.bin"  # what the emulated sensor would capture
-        probe.write_bytes(reference)
-        verify = subprocess.run(
-            [sys.executable, "-m", "sdbox", "card", "verify", "--reader", reader, "--finger-template", str(probe)],
-            check=False, text=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        print(verify.stdout + verify.stderr, flush=True)
-        step("verify the primary finger on the card", verify.returncode == 0, t)
-    finally:
-        t = time.perf_counter()
-        if virtual is not None:
-            virtual.remove()
-        hold.close()
-        daemon.cleanup()
-        step("remove the card and stop pcscd", True, t)
-        summary = {"steps": steps, "screenshots": []}
-        (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
-    ok = all(s["ok"] for s in steps)
+        with contextlib.ExitStack() as stack:
+            daemon.start()
+            stack.callback(daemon.cleanup)
+            index = stack.enter_context(reserve_reader())
+            work = OUT / "run"
+            pki = Pki.init(OUT / "pki")
+            issue_card(load_profile("demo"), pki)  # the bubbles' certificates
+            bubble_display = stack.enter_context(xvfb())
+            paint_pattern(bubble_display, work.parent)
+            box_display = stack.enter_context(xvfb())
+            profile = load_profile("demo")
+            ports = {p.id: int(p.endpoint.rsplit(":", 1)[1]) for p in profile.projects}
+            servers: dict[str, Any] = {}
+            for p in profile.projects:
+                if p.protocol.name == "RDP":
+                    servers[p.id] = stack.enter_context(
+                        rdp_bubble(work / p.id, pki, p.id, bubble_display, ports[p.id])
+                    )
+                else:
+                    servers[p.id] = stack.enter_context(
+                        spice_bubble(work / p.id, pki, p.id, ports[p.id])
+                    )
+            print(
+                f"bubbles up: {', '.join(f'{k} on 127.0.0.1:{v}' for k, v in ports.items())}",
+                flush=True,
+            )
+            broker = stack.enter_context(reference_broker(work / "broker", pki, servers, ports))
+            print(f"reference broker on {broker.url}", flush=True)
+            asyncio.run(flow(demo, work, pki, bubble_display, box_display, broker, index))
+            wait_for_card(reader_name(index), present=False)
+    except Exception as exc:
+        failed = True
+        print(f"demo stopped: {exc}", file=sys.stderr)
+    summary = {
+        "steps": demo.steps,
+        "screenshots": demo.screenshots,
+        "session_outcomes": demo.outcomes,
+    }
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
+    ok_steps = sum(1 for s in demo.steps if s["ok"])
     print(
-        f"\nsummary: {sum(1 for s in steps if s['ok'])}/{len(steps)} steps ok; written to {OUT / 'summary.json'}"
+        f"\nsummary: {ok_steps}/{len(demo.steps)} steps ok in {time.perf_counter() - started:.1f} s"
     )
-    print(
-        "not yet in the demo: sessions, the agent and the greeter (screenshots) — see the open issues"
-    )
-    return 0 if ok else 1
+    for outcome in demo.outcomes:
+        print(f"  session ended: {outcome}")
+    print(f"  screenshots: {', '.join(demo.screenshots) or 'none'}")
+    print(f"  written to {OUT / 'summary.json'}")
+    return 1 if failed or ok_steps != len(demo.steps) else 0
 
 
 if __name__ == "__main__":

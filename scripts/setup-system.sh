@@ -54,6 +54,12 @@ for t in "${tiers[@]}"; do
             --shell /usr/sbin/nologin --comment "sdbox session clients" sdbox-session
         echo "setup-system: created user sdbox-session"
     fi
+    # The greeter runs as its own user: the agent's D-Bus policy lets only it in.
+    if [ "$t" = kiosk ] && ! getent passwd sdbox-greeter >/dev/null; then
+        useradd --system --user-group --create-home --home-dir /var/lib/sdbox-greeter \
+            --shell /usr/sbin/nologin --comment "sdbox kiosk greeter" sdbox-greeter
+        echo "setup-system: created user sdbox-greeter"
+    fi
 done
 
 missing=()

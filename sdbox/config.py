@@ -120,6 +120,22 @@ def load_section(cls: type[T], raw: dict[str, Any], where: str, section: str = "
                 typing.cast(type[Any], hint), raw[name], where, section_name
             )
             continue
+        if typing.get_origin(hint) is dict:
+            _key, item = typing.get_args(hint)
+            if not isinstance(raw[name], dict):
+                raise ConfigError(f"{key_where}: expected a table")
+            values[name] = {
+                key: load_section(
+                    typing.cast(type[Any], item),
+                    table,
+                    where,
+                    f"{section + '.' if section else ''}{name}.{key}",
+                )
+                if dataclasses.is_dataclass(item) and isinstance(table, dict)
+                else _coerce(table, item, f"{key_where}.{key}")
+                for key, table in raw[name].items()
+            }
+            continue
         value = _coerce(raw[name], hint, key_where)
         check = field.metadata.get("check")
         if check is not None:

@@ -26,6 +26,8 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.trust", "trust"),
     ("sdbox._cli.session", "session"),
     ("sdbox._cli.agent", "agent"),
+    ("sdbox._cli.broker", "broker"),
+    ("sdbox._cli.bio", "bio"),
     ("sdbox._cli.flash", "flash"),
 )
 

@@ -51,7 +51,9 @@ def bench(as_json: bool) -> None:
     try:
         from benchmarks import bench_agent  # noqa: PLC0415
     except ImportError as exc:
-        raise click.ClickException("run this from an sdbox source checkout (it needs benchmarks/ and tests/)") from exc
+        raise click.ClickException(
+            "run this from an sdbox source checkout (it needs benchmarks/ and tests/)"
+        ) from exc
     figures = bench_agent.run()
     if as_json:
         click.echo(json.dumps(figures, indent=2))

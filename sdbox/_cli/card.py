@@ -220,12 +220,37 @@ def _read_secret(prompt: str) -> str:
     default="primary",
     show_default=True,
 )
-def verify(reader: str | None, use_pin: bool, finger_template: Path | None, which: str) -> None:
+@click.option("--sensor", type=click.Choice(["emulated"]), help="Capture the finger with a sensor.")
+@click.option(
+    "--identity-seed",
+    type=int,
+    default=1001,
+    show_default=True,
+    help="The emulated sensor's synthetic finger.",
+)
+def verify(
+    reader: str | None,
+    use_pin: bool,
+    finger_template: Path | None,
+    which: str,
+    sensor: str | None,
+    identity_seed: int,
+) -> None:
     """Verify the card holder (PIN or on-card fingerprint comparison)."""
-    if use_pin == (finger_template is not None):
-        raise click.UsageError("give exactly one of --pin or --finger-template")
+    if sum((use_pin, finger_template is not None, sensor is not None)) != 1:
+        raise click.UsageError("give exactly one of --pin, --finger-template or --sensor")
     secret = _read_secret("PIN") if use_pin else ""
-    probe = finger_template.read_bytes() if finger_template else b""
+    probe = b""
+    if finger_template is not None:
+        from sdbox.biometric.sensor import to_probe  # noqa: PLC0415
+
+        probe = to_probe(finger_template.read_bytes())
+    elif sensor == "emulated":
+        import asyncio  # noqa: PLC0415
+
+        from sdbox.biometric.sensor import EmulatedSensor  # noqa: PLC0415
+
+        probe = asyncio.run(EmulatedSensor(identity_seed).capture())
     conn, session = _open(reader)
     try:
         session.piv.select()

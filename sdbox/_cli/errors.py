@@ -28,6 +28,7 @@ _EXIT_CODES: dict[str, int] = {
     "sdbox.smartcard.errors.CardAccessError": 3,
     "sdbox.smartcard.errors.VerificationError": 4,
     "sdbox.smartcard.errors.DirectoryError": 5,
+    "sdbox.biometric.errors.BiometricError": 4,
     "sdbox.trust.errors.TrustError": 5,
     "sdbox.session.errors.SessionError": 6,
     "sdbox.config.ConfigError": 7,

@@ -73,7 +73,12 @@ class SensorConfig:
 class SessionConfig:
     """Where and as whom session clients run."""
 
-    x11_display: str = setting("", help="X11 display of the session clients (empty: use Wayland)")
+    xwayland: bool = setting(
+        True, help="the X11 display is the kiosk compositor's Xwayland (cage on the box)"
+    )
+    x11_display: str = setting(
+        "", help="X11 display of the session clients (empty: native Wayland)"
+    )
     wayland_display: str = setting("wayland-0", help="Wayland display name (when no X11 display)")
     runtime_dir: str = setting(
         "/run/sdbox/session", help="XDG_RUNTIME_DIR holding the Wayland socket"

@@ -1,27 +1,60 @@
-"""The broker credential provider (wired to sdbox.broker's client when it lands)."""
+"""The broker credential provider: one-time credentials from the centre (sdbox.broker)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.agent.card import CardHandle
 from sdbox.agent.config import AgentConfig
-from sdbox.errors import SdboxError
+from sdbox.broker.client import request_credential
+from sdbox.config import ConfigError
+from sdbox.identity import BoxIdentity, IdentityConfig, open_identity
 from sdbox.smartcard.directory import Project
 
 
 class BrokerCredentials:
-    """One-time credentials from the centre's broker."""
+    """Asks the broker, proving the project key on the card and the box's identity."""
 
     def __init__(self, config: AgentConfig) -> None:
-        self.config = config
+        section = config.credentials
+        if not section.broker_url:
+            raise ConfigError('[credentials] broker_url is required with provider = "broker"')
+        self.url = section.broker_url
+        self.timeout_s = section.timeout_s
+        try:
+            self.anchors = x509.load_pem_x509_certificates(section.broker_anchors.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"[credentials] broker_anchors {section.broker_anchors}: {exc}"
+            ) from exc
+        ident = config.identity
+        self._identity_config = IdentityConfig(
+            kind=ident.kind, certificate=ident.certificate, key_file=ident.key_file,
+            pkcs11_module=ident.pkcs11_module, token_label=ident.token_label,
+            key_label=ident.key_label, pin_file=ident.pin_file,
+        )  # fmt: skip
+        self._identity: BoxIdentity | None = None
+
+    @property
+    def identity(self) -> BoxIdentity:
+        """The box identity, opened on first use (the TPM may come up after the agent)."""
+        if self._identity is None:
+            self._identity = open_identity(self._identity_config)
+        return self._identity
 
     async def obtain(
         self, project: Project, certificate: x509.Certificate, card: CardHandle
     ) -> tuple[str, Any]:
-        """Not available yet: the broker client is being built (issue 6)."""
-        raise SdboxError(
-            "this build has no broker client yet: no session credential can be obtained"
-        )
+        """(user, credential) for the project's bubble."""
+
+        async def card_ecdh(peer: ec.EllipticCurvePublicKey) -> bytes:
+            return await card.ecdh(project.slot, peer)
+
+        issued = await request_credential(
+            self.url, project_id=project.id, endpoint=project.endpoint, project_certificate=certificate,
+            card_ecdh=card_ecdh, identity=self.identity, server_anchors=self.anchors, timeout_s=self.timeout_s,
+        )  # fmt: skip
+        return issued.user, issued.secret

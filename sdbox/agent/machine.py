@@ -398,12 +398,14 @@ class Agent:
 
     async def _verify_holder(self, card: _Card, project: Project) -> None:
         allow_pin = project.second_factor == SecondFactor.FINGER_OR_PIN
+        retry: Problem | None = None  # why the previous attempt failed, shown with the new prompt
         while True:
             tries = self.snapshot.tries_left
             self._set(
                 State.VERIFYING,
                 project=project.id,
                 message="place your finger" + (" or enter your PIN" if allow_pin else ""),
+                problem=retry,
                 tries_left=tries,
             )
             loop = asyncio.get_running_loop()
@@ -433,21 +435,11 @@ class Agent:
                 problem = (
                     Problem.WRONG_FINGER if isinstance(exc, WrongFinger) else Problem.WRONG_PIN
                 )
-                self._set(
-                    State.VERIFYING,
-                    project=project.id,
-                    message=exc.message,
-                    problem=problem,
-                    tries_left=exc.tries_left,
-                )
+                self.snapshot.tries_left = exc.tries_left
+                retry = problem  # the next prompt says why, with the tries left
                 continue
-            except InvalidTemplate as exc:
-                self._set(
-                    State.VERIFYING,
-                    project=project.id,
-                    message=exc.message,
-                    problem=Problem.SENSOR_FAILED,
-                )
+            except InvalidTemplate:
+                retry = Problem.SENSOR_FAILED  # a poor capture costs no try: ask again
                 continue
             except (FingerBlocked, PinBlocked) as exc:
                 audit(
@@ -509,7 +501,7 @@ class Agent:
         try:
             server = x509.load_der_x509_certificate(project.server_certificate)
             self.trust.check_server(server, project)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise Refusal(
                 Problem.SERVER_UNTRUSTED, "the directory's server certificate is malformed"
             ) from exc
@@ -577,26 +569,39 @@ class Agent:
         )
         self._set(State.RUNNING, project=project.id)
         ended = await session.wait_ended()
-        if self._session is session:
-            self._session = None
+        if self._session is not session:
+            return  # ended by the agent (switch, removal): _end_session reported it
+        self._session = None
+        self._report_end(project.id, ended)
+        if self._card is card:
+            self._set(State.PICKER, project=project.id, message=getattr(ended, "message", ""))
+
+    def _report_end(self, project: str, ended: Any) -> None:
         reason = getattr(getattr(ended, "reason", None), "value", "ended")
         message = getattr(ended, "message", "the session ended")
-        audit(AuditEvent.SESSION_ENDED, message, project=project.id, reason=reason)
-        self._emit(SessionEndedEvent(project.id, reason, message))
-        if self._card is card and reason not in ("killed", "closed"):
-            self._set(State.PICKER, project=project.id, message=message)
+        audit(AuditEvent.SESSION_ENDED, message, project=project, reason=reason)
+        self._emit(SessionEndedEvent(project, reason, message))
+
+    async def _end_session(self, *, kill: bool) -> None:
+        """End the agent's session (kill: card removed; else close: switch) and report it once."""
+        session, self._session = self._session, None
+        if session is None:
+            return
+        ended: Any = None
+        try:
+            ended = await (session.kill() if kill else session.close())
+        except Exception:  # the client may be gone already; the report below says how it ended
+            _log.debug("ending the session", exc_info=True)
+        if not hasattr(ended, "reason"):
+            with contextlib.suppress(Exception):
+                ended = await asyncio.wait_for(session.wait_ended(), 5)
+        self._report_end(self._session_project, ended)
 
     async def _kill_session(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            with contextlib.suppress(Exception):
-                await session.kill()
+        await self._end_session(kill=True)
 
     async def _close_session(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            with contextlib.suppress(Exception):
-                await session.close()
+        await self._end_session(kill=False)
 
     async def shutdown(self) -> None:
         """Stop: kill any session, release the card."""

@@ -102,33 +102,6 @@ class TrustService:
 # -- sensors --------------------------------------------------------------------------
 
 
-class FileSensor:
-    """Presents the template in a file each time (bench and tests)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    async def capture(self) -> bytes:
-        """The file's template."""
-        return await asyncio.to_thread(self.path.read_bytes)
-
-
-class EmulatedSensor:
-    """A seeded synthetic finger (see sdbox.smartcard.emulator.profiles.seeded_template)."""
-
-    def __init__(self, seed: int, delay_s: float = 0.0) -> None:
-        self.seed = seed
-        self.delay_s = delay_s
-
-    async def capture(self) -> bytes:
-        """One impression of the finger."""
-        from sdbox.smartcard.emulator.profiles import seeded_template  # noqa: PLC0415
-
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        return seeded_template(self.seed)
-
-
 class NoSensor:
     """A box without a sensor: waits for the PIN only."""
 
@@ -140,6 +113,8 @@ class NoSensor:
 
 def make_sensor(config: SensorConfig) -> Any:
     """The configured sensor."""
+    from sdbox.biometric.sensor import EmulatedSensor, FileSensor  # noqa: PLC0415
+
     if config.kind == "emulated":
         return EmulatedSensor(config.seed)
     if config.kind == "file":
@@ -165,7 +140,7 @@ class SessionService:
     def display(self) -> Display:
         """Where the clients draw."""
         if self.config.x11_display:
-            return Display(x11=self.config.x11_display)
+            return Display(x11=self.config.x11_display, xwayland=self.config.xwayland)
         return Display(
             wayland=self.config.wayland_display, runtime_dir=Path(self.config.runtime_dir)
         )

@@ -1,1 +1,104 @@
-"""sdbox.identity."""
+"""The box's own identity: a key that never leaves the TPM, certified by the centre.
+
+:class:`BoxIdentity` is what the broker protocol needs: the box certificate
+and a signature. Two implementations: :class:`TpmIdentity` (the key in the
+TPM, used through PKCS#11 with Debian's libtpm2-pkcs11) and
+:class:`DevelopmentIdentity` (a software key, allowed only when configured
+explicitly, and saying so in every log line that uses it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sdbox.errors import SdboxError
+
+_log = logging.getLogger("sdbox.identity")
+
+
+class IdentityError(SdboxError):
+    """The box identity is missing or unusable."""
+
+
+class BoxIdentity(Protocol):
+    """The box's certificate and a signature with its key."""
+
+    box_id: str
+    certificate: x509.Certificate
+
+    def sign(self, message: bytes) -> bytes:
+        """ECDSA (P-256, SHA-256) over ``message``, DER encoded."""
+        ...
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """Where the identity comes from."""
+
+    kind: Literal["tpm", "development"]
+    certificate: Path
+    key_file: Path | None = None  # development
+    pkcs11_module: Path | None = None  # tpm
+    token_label: str = "sdbox-box"  # noqa: S105  (a token name, not a secret)
+    key_label: str = "box-identity"
+    pin_file: Path | None = None
+
+
+def _load_certificate(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise IdentityError(
+            f"the box certificate {path} is missing: the box is not enrolled"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"the box certificate {path} cannot be read: {exc}") from exc
+
+
+def _box_id(certificate: x509.Certificate) -> str:
+    names = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else certificate.subject.rfc4514_string()
+
+
+class DevelopmentIdentity:
+    """A software key: development and tests only, never on a box in service."""
+
+    def __init__(self, certificate: Path, key_file: Path) -> None:
+        self.certificate = _load_certificate(certificate)
+        self.box_id = _box_id(self.certificate)
+        try:
+            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise IdentityError(
+                f"the development box key {key_file} cannot be read: {exc}"
+            ) from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise IdentityError("the development box key is not an EC key")
+        if key.public_key() != self.certificate.public_key():
+            raise IdentityError("the development box key does not match the box certificate")
+        self._key = key
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign with the software key (logged as DEVELOPMENT every time)."""
+        _log.warning(
+            "DEVELOPMENT box identity (software key) used for %s: not for production", self.box_id
+        )
+        return self._key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+
+def open_identity(config: IdentityConfig) -> BoxIdentity:
+    """The configured identity."""
+    if config.kind == "development":
+        if config.key_file is None:
+            raise IdentityError("the development identity needs key_file")
+        return DevelopmentIdentity(config.certificate, config.key_file)
+    from sdbox.identity.tpm import TpmIdentity  # noqa: PLC0415  (python-pkcs11 only for the TPM)
+
+    return TpmIdentity(config)

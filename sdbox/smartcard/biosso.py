@@ -150,7 +150,7 @@ class BioSsoSession:
         der = decode_certificate(self.piv.get_object(certificate_object(slot)))
         try:
             return x509.load_der_x509_certificate(der)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
             raise CardProtocolError(
                 f"the certificate of slot {slot:02X} is malformed: {exc}"
             ) from exc

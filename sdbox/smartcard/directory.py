@@ -233,7 +233,7 @@ def parse_signed_directory(value: bytes) -> SignedDirectory:
         intermediates = tuple(
             x509.load_der_x509_certificate(i.value) for i in items if i.tag == TAG_INTERMEDIATE
         )
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
         raise DirectoryError(
             f"the project directory's signer certificate is malformed: {exc}"
         ) from exc

@@ -16,7 +16,8 @@ import socket
 import subprocess
 import textwrap
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ from tests.integration.session_servers import free_port, stop, wait_for_port
 RDP_USER = "researcher"
 
 
+async def until(condition: Callable[[], bool], timeout: float = 60.0, poll: float = 0.01) -> None:
+    """Wait for ``condition`` (a state the agent publishes); TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached in time")
+        await asyncio.sleep(poll)
+
+
 @contextlib.contextmanager
 def dbus_daemon(workdir: Path) -> Iterator[str]:
     """A private bus (these machines have no system bus); yields its address."""
@@ -48,6 +58,7 @@ def dbus_daemon(workdir: Path) -> Iterator[str]:
           <listen>unix:path={socket}</listen>
           <auth>EXTERNAL</auth>
           <policy context="default">
+            <allow user="*"/>
             <allow send_destination="*" eavesdrop="true"/>
             <allow eavesdrop="true"/>
             <allow own="*"/>
@@ -85,6 +96,8 @@ def write_config(
     sensor: str = 'kind = "emulated"\nseed = 1001',
     provider: str = "broker",
     extra: str = "",
+    broker: BrokerEnv | None = None,
+    connect_timeout_s: float = 30.0,
 ) -> AgentConfig:
     """An agent configuration for this test environment."""
     intermediates = workdir / "intermediates.pem"
@@ -108,13 +121,17 @@ def write_config(
         + textwrap.dedent(f"""
         [session]
         x11_display = "{display}"
-        connect_timeout_s = 30.0
+        xwayland = false
+        connect_timeout_s = {connect_timeout_s}
         [credentials]
         provider = "{provider}"
+        broker_url = "{broker.url if broker else ""}"
+        broker_anchors = "{pki.path / "root.pem"}"
         [policy]
         allowed_endpoints = ["127.0.0.1:*"]
         """)
         + extra
+        + (broker_settings(broker) if broker else "")
     )
     return load(path)
 
@@ -290,3 +307,80 @@ def card_profile(ports: dict[str, int]) -> str:
 
 
 __all__ = ["free_port"]
+
+
+@dataclass
+class BrokerEnv:
+    """The reference broker on loopback HTTPS, and a box identity it knows."""
+
+    server: Any
+    url: str
+    box_key: Path
+    box_certificate: Path
+    anchors: Path
+
+
+@contextlib.contextmanager
+def reference_broker(
+    workdir: Path, pki: Pki, bubbles: dict[str, Any], ports: dict[str, int]
+) -> Iterator[BrokerEnv]:
+    """`sdbox broker` (in a thread) provisioning the given bubbles, with a development box identity."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sdbox.broker.server import BrokerServer, load_config
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    (workdir / "broker.key").write_bytes(
+        tls_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    tls_cert = pki.issue_server("127.0.0.1", tls_key.public_key())
+    chain = tls_cert.public_bytes(pem) + pki.server_ca.cert.public_bytes(pem)
+    (workdir / "broker.pem").write_bytes(chain)
+    box_key = ec.generate_private_key(ec.SECP256R1())
+    (workdir / "box.key").write_bytes(
+        box_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (workdir / "box.pem").write_bytes(
+        pki.issue_box(box_key.public_key(), box_id="test-box-1").public_bytes(pem)
+    )
+    (workdir / "intermediates.pem").write_bytes(
+        b"".join(pki.authority(ca).cert.public_bytes(pem) for ca in CA_NAMES[1:])
+    )
+    publish_crls(pki, workdir / "crl")
+    lines = [
+        'listen = "127.0.0.1:0"',
+        f'tls_certificate = "{workdir / "broker.pem"}"',
+        f'tls_key = "{workdir / "broker.key"}"',
+        f'anchors = "{pki.path / "root.pem"}"',
+        f'intermediates = "{workdir / "intermediates.pem"}"',
+        f'crl_dir = "{workdir / "crl"}"',
+        f'build_time = "{pki.root.cert.not_valid_before_utc.isoformat()}"',
+    ]
+    for project, bubble in bubbles.items():
+        lines.append(f'[bubbles."{project}"]')
+        lines.append(f'endpoint = "127.0.0.1:{ports[project]}"')
+        if isinstance(bubble, RdpBubble):
+            lines += ['kind = "rdp"', f'user = "{RDP_USER}"', f'sam_file = "{bubble.sam}"']
+        else:
+            lines += ['kind = "spice"', f'qmp_socket = "{bubble.qmp}"']
+    (workdir / "broker.toml").write_text("\n".join(lines) + "\n")
+    server = BrokerServer(load_config(workdir / "broker.toml"))
+    server.start()
+    try:
+        yield BrokerEnv(
+            server, server.url, workdir / "box.key", workdir / "box.pem", pki.path / "root.pem"
+        )
+    finally:
+        server.stop()
+
+
+def broker_settings(env: BrokerEnv) -> str:
+    """The agent configuration's [credentials] and [identity] for ``env``."""
+    return textwrap.dedent(f"""
+        [identity]
+        kind = "development"
+        key_file = "{env.box_key}"
+        certificate = "{env.box_certificate}"
+        """)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_unreachable_bubble_is_reported_and_back_to_picker(
     pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        async with running_agent(pki, bubbles, free_reader, tmp_path) as run:
+        async with running_agent(pki, bubbles, free_reader, tmp_path, connect_timeout_s=5.0) as run:
             await _wait(run.agent, State.PICKER)
             bubbles.servers["health-cohort"].process.send_signal(
                 19
@@ -125,6 +126,8 @@ def test_expired_project_is_shown_and_refused(
                 "certificate expired",
                 False,
             )
+            # valid_days=0 ends the validity on the second of issue, inclusive: let it pass
+            await asyncio.sleep(1.1)
             await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
             await _wait_for(lambda: run.agent.snapshot.problem is not None)
             assert run.agent.snapshot.problem is not None
@@ -155,4 +158,74 @@ def test_pcscd_restart_returns_to_idle_then_lists_again(
     asyncio.run(scenario())
 
 
+class UnpluggedSensor:
+    """A sensor that goes away when asked for a finger."""
+
+    async def capture(self) -> bytes:
+        from sdbox.errors import SdboxError
+
+        raise SdboxError("the fingerprint sensor is not connected: call the service desk")
+
+
+def test_sensor_unplugged_is_reported(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=UnpluggedSensor()
+        ) as run:
+            await _wait(run.agent, State.PICKER)
+            await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
+            await _wait_for(lambda: run.agent.snapshot.problem is not None)
+            assert run.agent.snapshot.state == State.PICKER
+            assert run.agent.snapshot.problem is not None
+            assert run.agent.snapshot.problem.value == "sensor_failed"
+            assert "sensor is not connected" in run.agent.snapshot.message
+            assert run.card.state.fingers[0x96].tries == 5  # no try spent
+
+    asyncio.run(scenario())
+
+
 __all__ += ["textwrap", "x509"]
+
+
+def test_agent_killed_while_a_session_runs_leaves_no_client(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from sdbox.smartcard.emulator.stack import reader_name
+    from tests.integration.agent_env import publish_crls, write_config
+
+    publish_crls(pki, tmp_path / "crl")
+    write_config(tmp_path, pki, display=bubbles.display)
+    state = issue_card(parse_profile(card_profile(bubbles.ports), source="test"), pki)
+    spec = {
+        "config": str(tmp_path / "agent.toml"),
+        "reader": reader_name(free_reader),
+        "sams": {p: str(s.sam) for p, s in bubbles.servers.items()},
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.agent_child", json.dumps(spec)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    card = insert_card(state, pki, free_reader)
+    try:
+        assert child.stdout is not None
+        client_pid = int(child.stdout.readline())
+        assert pid_alive(client_pid)
+        os.kill(child.pid, signal.SIGKILL)  # the agent dies without any chance to clean up
+        child.wait(10)
+        deadline = time.monotonic() + 10
+        while pid_alive(client_pid):
+            assert time.monotonic() < deadline, "the session client outlived the agent"
+            time.sleep(0.05)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        card.remove()

@@ -12,7 +12,6 @@ them.
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 import secrets
 import tomllib
@@ -193,19 +192,11 @@ def parse_profile(text: str, *, source: str) -> CardProfile:
     )
 
 
-def seeded_template(identity_seed: int, count: int = 36) -> bytes:
-    """A reference template (compact card format) for a seeded synthetic finger.
+def seeded_template(identity_seed: int) -> bytes:
+    """The reference an enrolment station takes for synthetic finger ``identity_seed``."""
+    from sdbox.biometric.synth import enrolment_template  # noqa: PLC0415
 
-    Until the biometric generator is wired in, this is a fixed pseudo-random
-    minutiae set: x, y in 0.1 mm on a 20 x 25 mm area, type 1-2, angle 0-63.
-    """
-    rng = random.Random(identity_seed)  # noqa: S311  (test material, not a secret)
-    out = bytearray()
-    for _ in range(count):
-        x, y = rng.randrange(10, 190), rng.randrange(10, 240)
-        kind, angle = rng.choice((1, 2)), rng.randrange(64)
-        out += bytes((x, y, (kind << 6) | angle))
-    return bytes(out)
+    return enrolment_template(identity_seed)
 
 
 def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:

@@ -1,0 +1,1 @@
+"""Fuzz targets (atheris): only typed errors (SdboxError) may come out of a parser."""

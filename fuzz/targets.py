@@ -1,0 +1,193 @@
+"""The fuzz targets: each takes arbitrary bytes and may only raise :class:`SdboxError`.
+
+Anything else (an IndexError, a KeyError, a crash in a library) is a bug:
+atheris reports it with the input, which then becomes a regression test in
+tests/unit/test_fuzz_regressions.py.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+from sdbox.errors import SdboxError
+
+_STATE: dict[str, object] = {}
+
+
+def _applet() -> object:
+    """One emulated card for the applet and client targets (issued once)."""
+    if "applet" not in _STATE:
+        import tempfile
+
+        from sdbox.smartcard.emulator.applet import PivApplet
+        from sdbox.smartcard.emulator.profiles import issue_card, load_profile
+        from sdbox.trust.pki import Pki
+
+        pki = Pki.init(Path(tempfile.mkdtemp(prefix="sdbox-fuzz-")) / "pki")
+        _STATE["state"] = issue_card(load_profile("demo"), pki)
+        _STATE["applet"] = PivApplet(_STATE["state"])  # type: ignore[arg-type]
+    return _STATE["applet"]
+
+
+def tlv(data: bytes) -> None:
+    from sdbox.smartcard import tlv as t
+    from sdbox.smartcard.apdu import decode_command
+
+    t.parse_list(data)
+    decode_command(data)
+
+
+def card_objects(data: bytes) -> None:
+    from sdbox.smartcard import profile
+
+    for parse in (profile.Discovery.parse, profile.chuid_guid, profile.parse_key_history,
+                  profile.parse_bit_group, profile.decode_certificate):  # fmt: skip
+        try:
+            parse(data)
+        except SdboxError:
+            pass
+
+
+def directory(data: bytes) -> None:
+    from sdbox.smartcard.directory import parse_signed_directory
+
+    signed = parse_signed_directory(data)
+    signed.verify(card_guid=bytes(16), validate_signer=lambda _s, _i: None)
+
+
+def applet(data: bytes) -> None:
+    """The card side: every command gets a status word, nothing raises."""
+    from sdbox.smartcard.emulator.applet import PivApplet
+
+    card = _applet()
+    assert isinstance(card, PivApplet)
+    card.state.path = None  # never write the fuzzed card to disk
+    answer = card.process(data)
+    if len(answer) < 2:
+        raise AssertionError("the card answered without a status word")
+
+
+class _Replay:
+    """A card that answers with the fuzzer's bytes (split into answers)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.chunks = [data[i : i + 300] for i in range(0, len(data), 300)] or [b""]
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        chunk = self.chunks.pop(0) if self.chunks else b"\x90\x00"
+        if len(chunk) < 2:
+            from sdbox.smartcard.errors import CardNotResponding
+
+            raise CardNotResponding("no status word")
+        return chunk[:-2], int.from_bytes(chunk[-2:], "big")
+
+    def close(self) -> None:
+        pass
+
+
+def client(data: bytes) -> None:
+    """The box facing a card that answers garbage."""
+    from sdbox.smartcard.biosso import BioSsoSession
+
+    session = BioSsoSession(_Replay(data))
+    session.read_summary(lambda _s, _i: None)
+    session.tries_left()
+    session.certificate(0x82)
+
+
+def profile_toml(data: bytes) -> None:
+    from sdbox.smartcard.emulator.profiles import parse_profile
+
+    parse_profile(data.decode("utf-8", "replace"), source="fuzz")
+
+
+def agent_config(data: bytes) -> None:
+    from sdbox.agent.config import AgentConfig
+    from sdbox.config import load_section
+
+    try:
+        raw = tomllib.loads(data.decode("utf-8", "replace"))
+    except tomllib.TOMLDecodeError:
+        return  # the loader turns this into a ConfigError (tested in unit tests)
+    load_section(AgentConfig, raw, "fuzz.toml")
+
+
+def biometric(data: bytes) -> None:
+    from sdbox.biometric import compact, matcher, record
+    from sdbox.biometric.sensor import to_probe
+
+    for parse in (compact.decode, record.decode_record, to_probe):
+        try:
+            parse(data)
+        except SdboxError:
+            pass
+    half = len(data) // 2
+    matcher.score(data[:half] or b"\x00\x00\x00", data[half:] or b"\x00\x00\x00")
+
+
+def certificates(data: bytes) -> None:
+    from sdbox.trust.loaders import load_certificate, load_certificates, load_crl
+
+    for load in (load_certificate, load_certificates, load_crl):
+        try:
+            load(data)
+        except SdboxError:
+            pass
+
+
+def broker_request(data: bytes) -> None:
+    """The broker facing arbitrary JSON requests (before any certificate check can pass)."""
+    from sdbox.broker.server import Broker
+
+    try:
+        request = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return
+    if not isinstance(request, dict):
+        return
+    broker = _STATE.get("broker")
+    if broker is None:
+        broker = Broker.__new__(Broker)
+        broker.config = type(
+            "C", (), {"bubbles": {}, "exchange_lifetime_s": 30, "credential_lifetime_s": 60}
+        )()
+        broker._exchanges = {}
+        import threading
+
+        broker._lock = threading.Lock()
+        _STATE["broker"] = broker
+    assert isinstance(broker, Broker)
+    for step in (broker.challenge, broker.credential):
+        try:
+            step(request)
+        except SdboxError:
+            pass
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "tlv": tlv,
+    "card-objects": card_objects,
+    "directory": directory,
+    "applet": applet,
+    "client": client,
+    "card-profile": profile_toml,
+    "agent-config": agent_config,
+    "biometric": biometric,
+    "certificates": certificates,
+    "broker-request": broker_request,
+}
+
+
+def guarded(target: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    """Typed errors are the expected outcome of bad input; anything else propagates."""
+
+    def run(data: bytes) -> None:
+        try:
+            target(data)
+        except SdboxError:
+            pass
+
+    return run

@@ -1,0 +1,136 @@
+"""The box's side of the session-credential protocol (docs/broker-protocol.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sdbox.broker.errors import BrokerRefused, BrokerUnreachable, ProtocolError
+from sdbox.broker.protocol import Transcript, b64, proof_mac, unb64
+from sdbox.identity import BoxIdentity
+from sdbox.session import Credential
+
+_log = logging.getLogger("sdbox.broker.client")
+CardEcdh = Callable[[ec.EllipticCurvePublicKey], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    """A one-time credential for one bubble (the secret never shows in a repr)."""
+
+    kind: Literal["password", "spice-ticket"]
+    user: str
+    secret: Credential = field(repr=False)
+    expires_at: datetime
+
+
+def _context(anchors: list[x509.Certificate]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata="".join(
+        a.public_bytes(serialization.Encoding.PEM).decode() for a in anchors
+    ))  # fmt: skip
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _post(
+    url: str, body: dict[str, Any], context: ssl.SSLContext, timeout_s: float
+) -> dict[str, Any]:
+    # https only (checked in request_credential): S310's file:/custom schemes cannot occur
+    request = urllib.request.Request(  # noqa: S310
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=timeout_s) as response:  # noqa: S310
+            answer = json.loads(response.read(64 * 1024))
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read(64 * 1024))
+        except ValueError:
+            detail = {}
+        raise BrokerRefused(
+            str(detail.get("error", exc.code)), str(detail.get("message", exc.reason))
+        ) from exc
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BrokerUnreachable(
+            f"the centre cannot be reached ({reason}); check the network and try again"
+        ) from exc
+    except ValueError as exc:
+        raise ProtocolError("the centre's answer is not JSON") from exc
+    if not isinstance(answer, dict):
+        raise ProtocolError("the centre's answer is not a JSON object")
+    return answer
+
+
+async def request_credential(
+    url: str,
+    *,
+    project_id: str,
+    endpoint: str,
+    project_certificate: x509.Certificate,
+    card_ecdh: CardEcdh,
+    identity: BoxIdentity,
+    server_anchors: list[x509.Certificate],
+    timeout_s: float = 10.0,
+) -> IssuedCredential:
+    """Ask the broker for a one-time credential for ``project_id``'s bubble at ``endpoint``."""
+    if not url.startswith("https://"):
+        raise ProtocolError("the broker URL must be https://")
+    context = _context(server_anchors)
+    der = serialization.Encoding.DER
+    box_der = identity.certificate.public_bytes(der)
+    project_der = project_certificate.public_bytes(der)
+    opening = {
+        "project": project_id,
+        "endpoint": endpoint,
+        "box_certificate": b64(box_der),
+        "project_certificate": b64(project_der),
+    }
+    challenge = await asyncio.to_thread(_post, f"{url}/v1/challenge", opening, context, timeout_s)
+    exchange = challenge.get("exchange")
+    if not isinstance(exchange, str):
+        raise ProtocolError("the challenge has no exchange id")
+    nonce, point = (
+        unb64(challenge.get("nonce"), "nonce"),
+        unb64(challenge.get("ephemeral"), "ephemeral"),
+    )
+    public = project_certificate.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise ProtocolError("the project key is not an EC key")
+    try:
+        ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(public.curve, point)
+    except ValueError as exc:
+        raise ProtocolError("the broker's ephemeral key is not on the project key's curve") from exc
+    transcript = Transcript(exchange, nonce, project_id, endpoint, box_der, project_der, point)
+    shared = await card_ecdh(ephemeral)  # on the card: the proof that it holds the project key
+    body = {
+        "exchange": exchange,
+        "proof": b64(proof_mac(shared, transcript)),
+        "box_signature": b64(await asyncio.to_thread(identity.sign, transcript.encode())),
+    }
+    answer = await asyncio.to_thread(_post, f"{url}/v1/credential", body, context, timeout_s)
+    try:
+        kind = answer["kind"]
+        if kind not in ("password", "spice-ticket"):
+            raise ProtocolError(f"unknown credential kind {kind!r}")
+        return IssuedCredential(
+            kind=kind, user=str(answer.get("user", "")), secret=Credential(str(answer["secret"])),
+            expires_at=datetime.fromisoformat(str(answer["expires"])),
+        )  # fmt: skip
+    except (KeyError, ValueError) as exc:
+        raise ProtocolError("the centre's credential answer is incomplete") from exc

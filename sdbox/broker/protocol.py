@@ -1,0 +1,81 @@
+"""The session-credential protocol's messages and proofs (docs/broker-protocol.md).
+
+Two requests over HTTPS. The box opens with its certificate and the project
+certificate; the broker answers with a fresh nonce and an ephemeral EC key
+on the project key's curve. The box runs ECDH with the project key ON THE
+CARD against that ephemeral key, derives a MAC key from the shared secret
+(HKDF-SHA256, salt = nonce) and returns a MAC over the transcript, plus its
+own signature over the same transcript with the box key (TPM). The
+transcript binds the exchange id, nonce, project, endpoint, both
+certificates and the ephemeral key, so nothing can be replayed elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from sdbox.broker.errors import ProtocolError
+
+VERSION = "sdbox-broker/1"
+PROOF_INFO = b"sdbox broker possession proof v1"
+NONCE_BYTES = 32
+
+
+def b64(data: bytes) -> str:
+    """Base64 text of ``data``."""
+    return base64.b64encode(data).decode()
+
+
+def unb64(value: object, field: str) -> bytes:
+    """Bytes of a base64 field; ProtocolError names the field."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"field '{field}' must be base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise ProtocolError(f"field '{field}' is not valid base64") from exc
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What both proofs cover."""
+
+    exchange: str
+    nonce: bytes
+    project: str
+    endpoint: str
+    box_certificate: bytes  # DER
+    project_certificate: bytes  # DER
+    ephemeral: bytes  # X9.62 uncompressed point
+
+    def encode(self) -> bytes:
+        """Canonical bytes: sorted-key JSON with hashes of the certificates."""
+        return json.dumps(
+            {
+                "version": VERSION,
+                "exchange": self.exchange,
+                "nonce": b64(self.nonce),
+                "project": self.project,
+                "endpoint": self.endpoint,
+                "box_certificate_sha256": hashlib.sha256(self.box_certificate).hexdigest(),
+                "project_certificate_sha256": hashlib.sha256(self.project_certificate).hexdigest(),
+                "ephemeral": b64(self.ephemeral),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+
+
+def proof_mac(shared_secret: bytes, transcript: Transcript) -> bytes:
+    """The possession proof: HMAC-SHA256 over the transcript, keyed from the ECDH secret."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=transcript.nonce, info=PROOF_INFO).derive(
+        shared_secret
+    )
+    return hmac.new(key, transcript.encode(), hashlib.sha256).digest()

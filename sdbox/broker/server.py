@@ -1,0 +1,309 @@
+"""`sdbox broker`: the reference implementation of the centre's side (docs/broker-protocol.md).
+
+Used by tests and the demo; a centre implements the same protocol behind its
+own gateway. HTTPS on the standard library's threading server: two JSON
+requests, no state but short-lived, single-use exchanges in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sdbox.broker.errors import BrokerError, ProtocolError
+from sdbox.broker.protocol import NONCE_BYTES, Transcript, b64, proof_mac, unb64
+from sdbox.broker.provision import new_secret, provision_rdp, provision_spice
+from sdbox.config import load_file, setting
+from sdbox.errors import SdboxError
+from sdbox.trust import Purpose, validate
+from sdbox.trust.store import RevocationStore
+
+_log = logging.getLogger("sdbox.broker")
+MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BubbleConfig:
+    """One project's bubble."""
+
+    endpoint: str = setting(help="HOST:PORT the box connects to")
+    kind: Literal["rdp", "spice"] = setting(help="rdp (SAM file) or spice (QMP ticket)")
+    user: str = setting("researcher", help="rdp: the account on the bubble")
+    sam_file: str = setting("", help="rdp: the shadow server's SAM file")
+    qmp_socket: str = setting("", help="spice: QEMU's QMP socket")
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """`sdbox broker --config FILE`."""
+
+    tls_certificate: Path = setting(help="the broker's server certificate (PEM, chain)")
+    tls_key: Path = setting(help="its private key (PEM)")
+    anchors: Path = setting(help="trusted roots (PEM)")
+    intermediates: Path = setting(help="issuing CA certificates (PEM)")
+    crl_dir: Path = setting(help="CRLs of the CAs (RevocationStore)")
+    listen: str = setting(
+        "127.0.0.1:8443", help="HOST:PORT to listen on (through the tunnel in production)"
+    )
+    build_time: str = setting("2026-01-01T00:00:00+00:00", help="time floor for validation")
+    exchange_lifetime_s: int = setting(30, help="how long a challenge may be answered")
+    credential_lifetime_s: int = setting(120, help="how long an issued credential is valid")
+    bubbles: dict[str, BubbleConfig] = setting({}, help="project id -> bubble")
+
+
+def load_config(path: Path) -> BrokerConfig:
+    """Load and validate the broker's configuration."""
+    return load_file(BrokerConfig, path)
+
+
+class Refused(SdboxError):
+    """Internal: a refusal with its code (sent to the box)."""
+
+    def __init__(self, code: str, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
+
+
+@dataclass
+class _Exchange:
+    transcript_base: dict[str, Any]
+    ephemeral: ec.EllipticCurvePrivateKey
+    nonce: bytes
+    expires: float
+    project_certificate: x509.Certificate
+    box_certificate: x509.Certificate
+
+
+class Broker:
+    """The protocol logic (HTTP-free, so unit tests call it directly)."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.anchors = x509.load_pem_x509_certificates(config.anchors.read_bytes())
+        self.intermediates = x509.load_pem_x509_certificates(config.intermediates.read_bytes())
+        self.store = RevocationStore(
+            config.crl_dir, build_time=datetime.fromisoformat(config.build_time)
+        )
+        self._exchanges: dict[str, _Exchange] = {}
+        self._lock = threading.Lock()
+        self.issued = 0
+
+    def challenge(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Step 1: check the certificates, answer with a nonce and an ephemeral key."""
+        project = _text(request, "project")
+        endpoint = _text(request, "endpoint")
+        bubble = self.config.bubbles.get(project)
+        if bubble is None or bubble.endpoint != endpoint:
+            raise Refused(
+                "unknown_bubble", f"the centre has no bubble {endpoint} for project '{project}'"
+            )
+        box_der = unb64(request.get("box_certificate"), "box_certificate")
+        project_der = unb64(request.get("project_certificate"), "project_certificate")
+        box_cert, project_cert = _cert(box_der, "box"), _cert(project_der, "project")
+        now = datetime.now(UTC)
+        try:
+            validate(
+                box_cert,
+                self.intermediates,
+                self.anchors,
+                at=now,
+                purpose=Purpose.BOX,
+                crls=self.store,
+            )
+        except SdboxError as exc:
+            raise Refused("box_identity", f"this box is not recognised: {exc.message}") from exc
+        try:
+            validate(
+                project_cert,
+                self.intermediates,
+                self.anchors,
+                at=now,
+                purpose=Purpose.PROJECT,
+                crls=self.store,
+                project=project,
+            )
+        except SdboxError as exc:
+            raise Refused("project_certificate", exc.message) from exc
+        public = project_cert.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)  # Purpose.PROJECT guarantees an EC key
+        ephemeral = ec.generate_private_key(public.curve)
+        point = ephemeral.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        exchange, nonce = secrets.token_urlsafe(16), secrets.token_bytes(NONCE_BYTES)
+        base = {"exchange": exchange, "nonce": nonce, "project": project, "endpoint": endpoint,
+                "box_certificate": box_der, "project_certificate": project_der, "ephemeral": point}  # fmt: skip
+        with self._lock:
+            self._expire()
+            self._exchanges[exchange] = _Exchange(
+                base,
+                ephemeral,
+                nonce,
+                time.monotonic() + self.config.exchange_lifetime_s,
+                project_cert,
+                box_cert,
+            )
+        return {
+            "exchange": exchange,
+            "nonce": b64(nonce),
+            "ephemeral": b64(point),
+            "expires_in": self.config.exchange_lifetime_s,
+        }
+
+    def credential(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Step 2: check both proofs, provision and return a one-time credential."""
+        exchange_id = _text(request, "exchange")
+        with self._lock:
+            self._expire()
+            exchange = self._exchanges.pop(exchange_id, None)  # single use, answered or not
+        if exchange is None:
+            raise Refused("exchange", "the challenge expired or was already used: try again")
+        transcript = Transcript(**exchange.transcript_base)
+        proof = unb64(request.get("proof"), "proof")
+        public = exchange.project_certificate.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        expected = proof_mac(exchange.ephemeral.exchange(ec.ECDH(), public), transcript)
+        if not secrets.compare_digest(proof, expected):
+            raise Refused("possession", "the card did not prove it holds the project key")
+        box_key = exchange.box_certificate.public_key()
+        if not isinstance(box_key, ec.EllipticCurvePublicKey):
+            raise Refused("box_identity", "the box key is not an EC key")
+        try:
+            box_key.verify(
+                unb64(request.get("box_signature"), "box_signature"),
+                transcript.encode(),
+                ec.ECDSA(hashes.SHA256()),
+            )
+        except InvalidSignature as exc:
+            raise Refused("box_identity", "the box did not prove its identity") from exc
+        bubble = self.config.bubbles[transcript.project]
+        secret = new_secret()
+        lifetime = self.config.credential_lifetime_s
+        if bubble.kind == "rdp":
+            provision_rdp(Path(bubble.sam_file), bubble.user, secret)
+        else:
+            provision_spice(Path(bubble.qmp_socket), secret, lifetime)
+        self.issued += 1
+        _log.info(
+            "credential issued for project %s to box %s",
+            transcript.project,
+            exchange.box_certificate.subject.rfc4514_string(),
+        )
+        expires = datetime.now(UTC) + timedelta(seconds=lifetime)
+        kind = "password" if bubble.kind == "rdp" else "spice-ticket"
+        return {
+            "kind": kind,
+            "user": bubble.user if bubble.kind == "rdp" else "",
+            "secret": secret,
+            "expires": expires.isoformat(),
+        }
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, e in self._exchanges.items() if e.expires < now]:
+            del self._exchanges[key]
+
+
+def _text(request: dict[str, Any], field: str) -> str:
+    value = request.get(field)
+    if not isinstance(value, str) or not value or len(value) > 300:
+        raise ProtocolError(f"field '{field}' must be non-empty text")
+    return value
+
+
+def _cert(der: bytes, what: str) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise Refused(f"{what}_certificate", f"the {what} certificate is malformed", 400) from exc
+
+
+class _Handler(BaseHTTPRequestHandler):
+    broker: Broker
+    server_version = "sdbox-broker"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("http: " + format, *args)
+
+    def do_POST(self) -> None:
+        routes = {"/v1/challenge": self.broker.challenge, "/v1/credential": self.broker.credential}
+        handler = routes.get(self.path)
+        if handler is None:
+            self._send(404, {"error": "not_found", "message": "no such endpoint"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+            if not 0 < length <= MAX_BODY:
+                raise ProtocolError("the request body is missing or too large")
+            request = json.loads(self.rfile.read(length))
+            if not isinstance(request, dict):
+                raise ProtocolError("the request is not a JSON object")
+            self._send(200, handler(request))
+        except Refused as exc:
+            _log.info("refused (%s): %s", exc.code, exc.message)
+            self._send(exc.status, {"error": exc.code, "message": exc.message})
+        except (ProtocolError, ValueError) as exc:
+            self._send(400, {"error": "protocol", "message": str(exc)})
+        except BrokerError as exc:
+            _log.warning("broker failure: %s", exc.message)
+            self._send(503, {"error": "bubble", "message": exc.message})
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class BrokerServer:
+    """The broker on HTTPS, in a thread (``start``/``stop``) or the foreground (``serve``)."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.broker = Broker(config)
+        host, _, port = config.listen.rpartition(":")
+        handler = type("Handler", (_Handler,), {"broker": self.broker})
+        self.httpd = ThreadingHTTPServer((host, int(port)), handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(config.tls_certificate, config.tls_key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL the box uses."""
+        host, port = self.httpd.server_address[:2]
+        return f"https://{host!s}:{port}"
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="broker", daemon=True)
+        self._thread.start()
+
+    def serve(self) -> None:
+        """Serve until interrupted."""
+        self.httpd.serve_forever()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)

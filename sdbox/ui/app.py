@@ -1,0 +1,255 @@
+"""The kiosk greeter: a GTK 4 window that renders :mod:`sdbox.ui.view` and talks to the agent.
+
+It talks to nothing but the agent's D-Bus API (GDBus, so that GTK's main
+loop owns everything), has no decorations, no menus and no way out: under
+``cage`` it is the only window there is. cage 0.1.4 does not maximise it, so
+it sizes itself to the monitor. Keyboard: arrows and Enter in the picker,
+Enter in the PIN field, Escape to go back.
+"""
+
+from __future__ import annotations
+
+import gettext
+import logging
+from importlib import resources
+from typing import Any
+
+import gi
+
+gi.require_version("Gtk", "4.0")
+gi.require_version("Gdk", "4.0")
+from gi.repository import Gdk, Gio, GLib, Gtk  # noqa: E402  (after require_version)
+
+from sdbox.ui.view import AgentView, Screen, screen_for  # noqa: E402
+
+_log = logging.getLogger("sdbox.ui")
+
+BUS_NAME = "org.sdbox.Agent1"
+OBJECT_PATH = "/org/sdbox/Agent1"
+INTERFACE = "org.sdbox.Agent1"
+CALL_TIMEOUT_MS = 30_000
+REFRESH_S = 2
+
+CSS = b"""
+window { background: #f4f5f7; }
+.title { font-size: 30px; font-weight: bold; color: #1c2733; }
+.title.alert { color: #a3231f; }
+.body { font-size: 20px; color: #1c2733; }
+.hint { font-size: 16px; color: #4a5866; }
+.brand { font-size: 14px; color: #6b7785; }
+list { background: transparent; }
+row { padding: 12px 18px; border-radius: 8px; }
+row:selected { background: #2b5797; color: white; }
+.project { font-size: 20px; font-weight: bold; }
+.detail { font-size: 14px; }
+"""
+
+
+def translator(language: str) -> Any:
+    """gettext for ``language`` (fr, en), from the .mo files shipped with the package."""
+    localedir = str(resources.files("sdbox.ui").joinpath("locale"))
+    return gettext.translation(
+        "sdbox", localedir=localedir, languages=[language], fallback=True
+    ).gettext
+
+
+class Greeter:
+    """The window, the D-Bus proxy and the rendering."""
+
+    def __init__(self, app: Gtk.Application, bus_address: str | None, language: str) -> None:
+        self._ = translator(language)
+        self.window = Gtk.ApplicationWindow(application=app, title="sdbox")
+        self.window.set_decorated(False)
+        self.window.set_deletable(False)
+        provider = Gtk.CssProvider()
+        provider.load_from_data(CSS)
+        Gtk.StyleContext.add_provider_for_display(
+            Gdk.Display.get_default(), provider, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION
+        )
+        keys = Gtk.EventControllerKey()
+        keys.connect("key-pressed", self._on_key)
+        self.window.add_controller(keys)
+        self.properties: dict[str, Any] = {}
+        self.screen: Screen | None = None
+        self.proxy = self._connect(bus_address)
+        self.refresh()
+        # A safety net: a signal missed while the bus or the agent restarts must
+        # not leave a stale screen in front of the researcher.
+        GLib.timeout_add_seconds(REFRESH_S, self._tick)
+
+    def _connect(self, address: str | None) -> Any:
+        if address:
+            flags = (
+                Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT
+                | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
+            )
+            connection = Gio.DBusConnection.new_for_address_sync(address, flags, None, None)
+        else:
+            connection = Gio.bus_get_sync(Gio.BusType.SYSTEM, None)
+        proxy = Gio.DBusProxy.new_sync(
+            connection, Gio.DBusProxyFlags.NONE, None, BUS_NAME, OBJECT_PATH, INTERFACE, None
+        )
+        # Every signal (a transition, a session end) and every change of the
+        # agent's owner (restarted) re-reads all properties: the greeter never
+        # trusts a cache to be current.
+        proxy.connect("g-properties-changed", lambda *_args: self.refresh())
+        proxy.connect("g-signal", lambda *_args: self.refresh())
+        proxy.connect("notify::g-name-owner", lambda *_args: self.refresh())
+        return proxy
+
+    def _tick(self) -> bool:
+        self.refresh()
+        # redraw too: a frame the compositor failed to present (seen with
+        # wlroots 0.15 on a headless output) must not stay on screen
+        self.window.queue_draw()
+        return True
+
+    def refresh(self) -> None:
+        """Read the agent's properties (asynchronously), then render."""
+
+        def done(connection: Any, result: Any) -> None:
+            try:
+                (values,) = connection.call_finish(result).unpack()
+            except GLib.Error as exc:  # the agent is not there (yet): show the start screen
+                _log.info("agent unavailable: %s", exc.message)
+                values = {}
+            self.properties = dict(values)
+            self.render()
+
+        self.proxy.get_connection().call(
+            BUS_NAME, OBJECT_PATH, "org.freedesktop.DBus.Properties", "GetAll",
+            GLib.Variant("(s)", (INTERFACE,)), GLib.VariantType("(a{sv})"),
+            Gio.DBusCallFlags.NONE, CALL_TIMEOUT_MS, None, done,
+        )  # fmt: skip
+
+    def _view(self) -> AgentView:
+        def prop(name: str, default: Any) -> Any:
+            return self.properties.get(name, default)
+
+        return AgentView(
+            state=prop("State", "idle"), projects=tuple(tuple(p) for p in prop("Projects", [])),
+            tries_left=prop("TriesLeft", -1), active_project=prop("ActiveProject", ""),
+            message=prop("Message", ""), problem=prop("Problem", ""),
+        )  # fmt: skip
+
+    def fit_monitor(self) -> None:
+        """Cover the screen by size: cage 0.1.4 leaves the window unmaximised.
+
+        One pixel short of the monitor on purpose: wlroots 0.15 (under cage
+        0.1.4) tries to scan out a surface that covers the whole output
+        directly, the headless/pixman output refuses it ("Basic output test
+        failed") and the screen stays black or stale; a surface one pixel
+        smaller each way is composited normally. ``fullscreen()`` would hit the
+        same path.
+        """
+        monitors = Gdk.Display.get_default().get_monitors()
+        if monitors.get_n_items():
+            geometry = monitors.get_item(0).get_geometry()
+            self.window.set_default_size(geometry.width - 1, geometry.height - 1)
+
+    # -- rendering -------------------------------------------------------------
+
+    def render(self) -> None:
+        """Rebuild the window for the agent's current state."""
+        screen = screen_for(self._view(), self._)
+        if screen == self.screen:
+            return
+        self.screen = screen
+        _ = self._
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=18)
+        box.set_margin_top(64)
+        box.set_margin_start(96)
+        box.set_margin_end(96)
+        box.append(self._label(_("Secure data access"), "brand"))
+        title = self._label(screen.title, "title")
+        if screen.alert:
+            title.add_css_class("alert")
+        box.append(title)
+        if screen.body:
+            box.append(self._label(screen.body, "body"))
+        if screen.hint:
+            box.append(self._label(screen.hint, "hint"))
+        if screen.kind == "connecting":
+            spinner = Gtk.Spinner()
+            spinner.start()
+            box.append(spinner)
+        if screen.projects and screen.kind in ("picker", "ended", "running"):
+            box.append(self._picker(screen))
+        if screen.pin_entry:
+            entry = Gtk.PasswordEntry()
+            entry.set_show_peek_icon(False)
+            entry.props.placeholder_text = _("PIN")
+            entry.connect("activate", self._on_pin)
+            box.append(entry)
+            GLib.idle_add(entry.grab_focus)
+        self.window.set_child(box)
+
+    @staticmethod
+    def _label(text: str, css: str) -> Any:
+        label = Gtk.Label(label=text, xalign=0, wrap=True)
+        label.add_css_class(css)
+        return label
+
+    def _picker(self, screen: Screen) -> Any:
+        listbox = Gtk.ListBox()
+        listbox.set_selection_mode(Gtk.SelectionMode.SINGLE)
+        for item in screen.projects:
+            row = Gtk.ListBoxRow()
+            row.project_id = item.id
+            row.set_sensitive(item.usable)
+            column = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+            column.append(self._label(item.name, "project"))
+            column.append(self._label(item.detail, "detail"))
+            row.set_child(column)
+            listbox.append(row)
+        listbox.connect("row-activated", self._on_row)
+        first = listbox.get_row_at_index(0)
+        if first is not None and screen.kind != "running":
+            listbox.select_row(first)
+            GLib.idle_add(first.grab_focus)
+        return listbox
+
+    # -- actions ---------------------------------------------------------------
+
+    def _call(self, method: str, args: Any = None) -> None:
+        def done(proxy: Any, result: Any) -> None:
+            try:
+                proxy.call_finish(result)
+            except GLib.Error as exc:  # the agent said no; the next state change shows why
+                _log.info(
+                    "%s refused: %s", method, Gio.DBusError.get_remote_error(exc) or exc.message
+                )
+
+        self.proxy.call(method, args, Gio.DBusCallFlags.NONE, CALL_TIMEOUT_MS, None, done)
+
+    def _on_row(self, _listbox: Any, row: Any) -> None:
+        method = (
+            "Switch"
+            if self.screen is not None and self.screen.kind == "running"
+            else "ChooseProject"
+        )
+        self._call(method, GLib.Variant("(s)", (row.project_id,)))
+
+    def _on_pin(self, entry: Any) -> None:
+        pin = entry.get_text()
+        entry.set_text("")  # the PIN leaves the widget at once and is never logged
+        self._call("SubmitPin", GLib.Variant("(s)", (pin,)))
+
+    def _on_key(self, _controller: Any, keyval: int, _code: int, _state: Any) -> bool:
+        if keyval == Gdk.KEY_Escape:
+            self._call("Cancel")
+            return True
+        return False
+
+
+def run(bus_address: str | None, language: str) -> int:
+    """Run the greeter until its window is closed (never, on the box)."""
+    app = Gtk.Application(application_id="org.sdbox.Greeter", flags=Gio.ApplicationFlags.NON_UNIQUE)
+
+    def activate(application: Any) -> None:
+        greeter = Greeter(application, bus_address, language)
+        greeter.fit_monitor()
+        greeter.window.present()
+
+    app.connect("activate", activate)
+    return int(app.run([]))

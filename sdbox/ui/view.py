@@ -1,0 +1,200 @@
+"""What the greeter shows, from what the agent publishes: a pure view model.
+
+The GTK layer (:mod:`sdbox.ui.app`) only renders :class:`Screen`; every
+text and every decision about which screen to show is here, testable
+without a display. Texts go through gettext (``_``), French and English.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Translate = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """The agent's D-Bus properties, as the greeter reads them."""
+
+    state: str = "idle"
+    projects: tuple[tuple[str, str, str, str, str, str, bool], ...] = ()
+    tries_left: int = -1
+    active_project: str = ""
+    message: str = ""
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class ProjectItem:
+    """One row of the picker."""
+
+    id: str
+    name: str
+    detail: str
+    usable: bool
+
+
+@dataclass(frozen=True)
+class Screen:
+    """One screen of the greeter."""
+
+    kind: str
+    title: str
+    body: str = ""
+    hint: str = ""
+    projects: tuple[ProjectItem, ...] = field(default_factory=tuple)
+    pin_entry: bool = False
+    can_cancel: bool = False
+    alert: bool = False
+
+
+def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
+    return {
+        "finger_blocked": (
+            _("This finger is blocked"),
+            _("Your finger must be enrolled again at the card office."),
+        ),
+        "pin_blocked": (
+            _("The PIN is blocked"),
+            _("Have it reset with the PUK at the card office."),
+        ),
+        "wrong_finger": (
+            _("The finger did not match"),
+            _("Place the same finger flat and centred."),
+        ),
+        "wrong_pin": (_("Wrong PIN"), _("Type your PIN again.")),
+        "pin_not_allowed": (
+            _("This project needs your finger"),
+            _("Place your finger on the sensor."),
+        ),
+        "certificate_revoked": (
+            _("Access to this project was withdrawn"),
+            _("Contact your project's data manager."),
+        ),
+        "certificate_expired": (
+            _("Your access to this project has expired"),
+            _("Ask your data manager to renew it."),
+        ),
+        "certificate_invalid": (
+            _("Your access to this project is not valid"),
+            _("Take your card to the card office."),
+        ),
+        "clock_wrong": (_("The box's clock is wrong"), _("Call the service desk.")),
+        "server_untrusted": (
+            _("The project's desktop could not be trusted"),
+            _("Call the service desk; do not try again."),
+        ),
+        "endpoint_not_allowed": (
+            _("This box may not open this project"),
+            _("Use a box of your centre for this project."),
+        ),
+        "credential_refused": (
+            _("The centre refused the connection"),
+            _("Try again; if it happens again, call the service desk."),
+        ),
+        "broker_unreachable": (
+            _("The centre cannot be reached"),
+            _("Check the network cable, or try again in a few minutes."),
+        ),
+        "session_failed": (_("The connection failed"), _("Try again in a few minutes.")),
+        "sensor_failed": (
+            _("The fingerprint sensor did not work"),
+            _("Place your finger again; if it happens again, call the service desk."),
+        ),
+        "directory_untrusted": (
+            _("This card is not recognised"),
+            _("Remove the card and take it to the card office."),
+        ),
+        "card_not_recognised": (
+            _("This card is not recognised"),
+            _("Remove the card and take it to the card office."),
+        ),
+        "card_unreadable": (
+            _("The card could not be read"),
+            _("Remove the card and insert it again."),
+        ),
+    }
+
+
+def _detail(project: tuple[str, str, str, str, str, str, bool], _: Translate) -> str:
+    _id, _name, protocol, _factor, expires, status, _usable = project
+    kind = _("Remote desktop") if protocol == "rdp" else _("Virtual machine")
+    if status == "ready":
+        return kind
+    if status.startswith("certificate expires in "):
+        days = status.removeprefix("certificate expires in ").split()[0]
+        return f"{kind} · " + _("access expires in {days} days").format(days=days)
+    if status == "certificate expired":
+        return f"{kind} · " + _("access expired")
+    if status == "not allowed on this box":
+        return f"{kind} · " + _("not available on this box")
+    del expires
+    return f"{kind} · {status}"
+
+
+def screen_for(view: AgentView, _: Translate) -> Screen:
+    """The screen for the agent's current state."""
+    problems = _problem_texts(_)
+    projects = tuple(ProjectItem(p[0], p[1], _detail(p, _), p[6]) for p in view.projects)
+    name = next((p[1] for p in view.projects if p[0] == view.active_project), view.active_project)
+    if view.state == "idle":
+        return Screen(
+            "insert",
+            _("Insert your card"),
+            _("Secure data access"),
+            _("Insert your card into the reader to start."),
+        )
+    if view.state == "reading":
+        return Screen("reading", _("Reading your card…"), hint=_("Leave the card in the reader."))
+    if view.state == "blocked":
+        title, hint = problems.get(
+            view.problem, (_("This card cannot be used"), _("Remove the card."))
+        )
+        return Screen("error", title, view.message, hint, alert=True)
+    if view.state == "picker":
+        if view.problem:
+            title, hint = problems.get(view.problem, (_("Something went wrong"), _("Try again.")))
+            return Screen(
+                "picker", title, view.message, hint, projects, can_cancel=False, alert=True
+            )
+        if view.message:  # a session ended: say why
+            return Screen(
+                "ended",
+                _("The session ended"),
+                view.message,
+                _("Choose a project to start again."),
+                projects,
+            )
+        return Screen(
+            "picker",
+            _("Choose a project"),
+            hint=_("Use the arrow keys and Enter."),
+            projects=projects,
+        )
+    if view.state == "verifying":
+        finger = "finger" in view.message
+        pin = "PIN" in view.message
+        title = _("Place your finger on the sensor") if finger else _("Enter your PIN")
+        if view.problem in ("wrong_finger", "wrong_pin"):
+            title = problems[view.problem][0]
+        tries = view.tries_left
+        body = _("{n} tries left").format(n=tries) if tries >= 0 else ""
+        hint = _("or type your PIN below") if pin and finger else ""
+        return Screen(
+            "finger",
+            title,
+            body,
+            hint or name,
+            pin_entry=pin,
+            can_cancel=True,
+            alert=bool(view.problem),
+        )
+    if view.state in ("validating", "connecting"):
+        step = _("Checking your access…") if view.state == "validating" else _("Connecting…")
+        return Screen("connecting", name, step, _("This takes a few seconds."), can_cancel=True)
+    if view.state == "running":
+        return Screen(
+            "running", name, _("Your session is open."), _("Remove your card to end it."), projects
+        )
+    return Screen("error", _("Please wait"), view.state)

@@ -1,0 +1,171 @@
+"""The greeter where it really runs: cage (headless wlroots) as the greeter's user, screenshots with grim."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tests.integration.session_servers import parse_ppm, stop
+
+GREETER_USER = "sdbox-greeter"
+REFERENCES = Path(__file__).parent / "greeter-references"
+# Font antialiasing and the spinner's phase differ between runs: a pixel
+# counts as different above this channel difference, and a screen matches
+# its reference when at most this share of its pixels differ.
+CHANNEL_TOLERANCE = 48
+MAX_DIFFERENT = 0.01
+
+
+def missing() -> str | None:
+    """Why the greeter cannot run here, or None."""
+    for tool in ("cage", "grim", "convert", "runuser"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (make setup)"
+    try:
+        pwd.getpwnam(GREETER_USER)
+    except KeyError:
+        return f"the {GREETER_USER} user does not exist (make setup)"
+    return None
+
+
+@dataclass
+class Kiosk:
+    """A running cage with the greeter in it."""
+
+    process: subprocess.Popen[bytes]
+    runtime: Path
+
+    def _as_greeter(self, *argv: str) -> subprocess.CompletedProcess[bytes]:
+        env = [
+            "env",
+            "-i",
+            "PATH=/usr/bin:/bin",
+            f"XDG_RUNTIME_DIR={self.runtime}",
+            "WAYLAND_DISPLAY=wayland-0",
+        ]
+        return subprocess.run(
+            ["runuser", "-u", GREETER_USER, "--", *env, *argv],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+    def pixels(self) -> np.ndarray:
+        """The screen, as an (h, w, 3) array."""
+        png = self._as_greeter("grim", "-")
+        if png.returncode != 0:
+            raise RuntimeError(f"grim failed: {png.stderr.decode(errors='replace')}")
+        ppm = subprocess.run(
+            ["convert", "png:-", "ppm:-"],
+            input=png.stdout,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        width, height, data = parse_ppm(ppm)
+        return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+
+    def settled(self, previous: np.ndarray | None = None, timeout: float = 20.0) -> np.ndarray:
+        """The screen once it stops changing (and differs from ``previous``)."""
+        deadline = time.monotonic() + timeout
+        last = self.pixels()
+        while time.monotonic() < deadline:
+            time.sleep(0.4)
+            now = self.pixels()
+            changed_from_previous = (
+                previous is None
+                or now.shape != previous.shape
+                or _different(now, previous) > MAX_DIFFERENT
+            )
+            if (
+                changed_from_previous
+                and now.shape == last.shape
+                and _different(now, last) <= MAX_DIFFERENT / 4
+                and now.mean() > 20
+            ):
+                return now
+            last = now
+        return last
+
+    def save(self, pixels: np.ndarray, path: Path) -> None:
+        """Write ``pixels`` as a PNG."""
+        h, w, _c = pixels.shape
+        ppm = f"P6 {w} {h} 255\n".encode() + pixels.tobytes()
+        subprocess.run(["convert", "ppm:-", f"png:{path}"], input=ppm, check=True, timeout=30)
+
+
+def _different(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return 1.0
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=2)
+    return float((diff > CHANNEL_TOLERANCE).mean())
+
+
+def compare(kiosk: Kiosk, pixels: np.ndarray, name: str, out_dir: Path) -> None:
+    """Assert the screen matches its committed reference (writing it when missing)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kiosk.save(pixels, out_dir / f"{name}.png")
+    reference = REFERENCES / f"{name}.png"
+    if not reference.exists():
+        REFERENCES.mkdir(exist_ok=True)
+        kiosk.save(pixels, reference)
+        raise AssertionError(
+            f"no reference for {name}: wrote {reference}; look at it and commit it"
+        )
+    ppm = subprocess.run(
+        ["convert", f"png:{reference}", "ppm:-"], capture_output=True, check=True, timeout=30
+    ).stdout
+    width, height, data = parse_ppm(ppm)
+    expected = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+    share = _different(pixels, expected)
+    assert share <= MAX_DIFFERENT, (
+        f"{name}: {share:.2%} of the pixels differ from {reference} (see {out_dir / name}.png)"
+    )
+
+
+@contextlib.contextmanager
+def kiosk(bus_address: str, language: str = "en") -> Iterator[Kiosk]:
+    """cage + the greeter, as the greeter's user, on a headless 1280x720 output."""
+    user = pwd.getpwnam(GREETER_USER)
+    base = Path(tempfile.mkdtemp(prefix="sdbox-kiosk-"))
+    base.chmod(0o755)  # the greeter's user must reach its runtime directory
+    runtime = base / "run"
+    runtime.mkdir(mode=0o700)
+    os.chown(runtime, user.pw_uid, user.pw_gid)
+    env = {
+        "PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "XDG_RUNTIME_DIR": str(runtime), "LANG": "C.UTF-8",
+        "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman", "WLR_LIBINPUT_NO_DEVICES": "1",
+        "WLR_HEADLESS_OUTPUTS": "1", "GTK_THEME": "Adwaita", "GDK_BACKEND": "wayland", "NO_AT_BRIDGE": "1",
+        "GSETTINGS_BACKEND": "memory", "PYTHONPATH": str(Path.cwd()),
+    }  # fmt: skip
+    argv = ["runuser", "-u", GREETER_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+            "cage", "--", sys.executable, "-m", "sdbox.ui", "--bus", bus_address, "--lang", language]  # fmt: skip
+    log = (base / "cage.log").open("wb")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (runtime / "wayland-0").exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"cage did not start: {(base / 'cage.log').read_text(errors='replace')[-2000:]}"
+                )
+            time.sleep(0.1)
+        yield Kiosk(process, runtime)
+    finally:
+        stop(process)
+        log.close()
+        keep = Path("build/greeter-screenshots")
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(base / "cage.log", keep / f"cage-{language}.log")  # for diagnosis
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,126 @@
+"""ISO/IEC 19794-2 codecs: round trips, conversion to the card, malformed input named precisely."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sdbox.biometric import compact, record
+from sdbox.biometric.compact import Minutia, MinutiaType
+from sdbox.biometric.errors import TemplateError
+
+minutiae = st.lists(
+    st.builds(Minutia, st.integers(0, 255), st.integers(0, 255), st.sampled_from(list(MinutiaType)), st.integers(0, 63)),
+    min_size=1, max_size=80,
+)  # fmt: skip
+
+
+@given(minutiae)
+def test_compact_round_trip(items: list[Minutia]) -> None:
+    data = compact.encode(items)
+    assert len(data) == 3 * len(items)
+    assert compact.decode(data) == items
+
+
+def test_compact_layout_is_the_standard_one() -> None:
+    data = compact.encode([Minutia(12, 200, MinutiaType.BIFURCATION, 16)])
+    assert data == bytes((12, 200, 0b10_010000))
+    assert compact.decode(data)[0].degrees == 90.0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"\x01\x02\x03\x04", "not a multiple of 3"),
+        (b"\x01\x02\xc0", "type 11 is reserved"),
+    ],
+)
+def test_compact_malformed(data: bytes, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        compact.decode(data)
+
+
+def test_compact_refuses_values_off_the_grid() -> None:
+    with pytest.raises(TemplateError, match="minutia 0: x = 256"):
+        compact.encode([Minutia(256, 0, MinutiaType.RIDGE_ENDING, 0)])
+    with pytest.raises(TemplateError, match="angle = 64"):
+        compact.encode([Minutia(0, 0, MinutiaType.RIDGE_ENDING, 64)])
+    with pytest.raises(TemplateError, match="at least one minutia"):
+        compact.encode([])
+
+
+def _record(n: int = 30) -> record.FingerRecord:
+    items = tuple(
+        record.RecordMinutia(
+            MinutiaType.RIDGE_ENDING if i % 2 else MinutiaType.BIFURCATION,
+            20 + 9 * i,
+            30 + 7 * i,
+            (i * 37) % 256,
+            60,
+        )
+        for i in range(n)
+    )
+    return record.FingerRecord(400, 500, 197, 197, (record.FingerView(7, items),))
+
+
+def test_record_round_trip() -> None:
+    original = _record()
+    data = original.encode()
+    assert data[:8] == b"FMR\x00 20\x00"
+    assert int.from_bytes(data[8:12], "big") == len(data)
+    assert record.decode_record(data) == original
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: b"FIR\x00" + d[4:], "format identifier"),
+        (lambda d: d[:4] + b" 30\x00" + d[8:], "version"),
+        (lambda d: d[:-3], "record length"),
+        (
+            lambda d: d[:8] + (len(d) + 2).to_bytes(4, "big") + d[12:] + b"\x00\x00",
+            "bytes after the last finger view",
+        ),
+        (lambda d: d[:10], "record header"),
+    ],
+)
+def test_record_malformed_names_the_field(mutate: object, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        record.decode_record(mutate(_record().encode()))  # type: ignore[operator]
+
+
+@given(st.binary(max_size=200))
+def test_record_parser_only_raises_typed_errors(data: bytes) -> None:
+    with contextlib.suppress(TemplateError):
+        record.decode_record(b"FMR\x00 20\x00" + data)
+
+
+def test_conversion_to_card_units_and_bit_limits() -> None:
+    rec = _record(80)
+    card = record.to_card(rec.views[0], rec, max_minutiae=60)
+    assert len(card) <= 60
+    first = rec.views[0].minutiae[0]
+    assert (
+        Minutia(
+            round(first.x * 100 / 197),
+            round(first.y * 100 / 197),
+            first.kind,
+            round(first.angle / 4) % 64,
+        )
+        in card
+    )
+    # the ones dropped are the farthest from the centre of mass
+    all_card = record.to_card(rec.views[0], rec, max_minutiae=255)
+    cx = sum(m.x for m in all_card) / len(all_card)
+    cy = sum(m.y for m in all_card) / len(all_card)
+    kept_far = max((m.x - cx) ** 2 + (m.y - cy) ** 2 for m in card)
+    dropped = [m for m in all_card if m not in card]
+    assert all((m.x - cx) ** 2 + (m.y - cy) ** 2 >= kept_far for m in dropped)
+    with pytest.raises(TemplateError, match="at least 90"):
+        record.to_card(rec.views[0], rec, min_minutiae=90)
+    ordered = record.to_card(rec.views[0], rec, order=record.MinutiaeOrder.XY)
+    assert ordered == sorted(ordered, key=lambda m: (m.x, m.y))

@@ -1,0 +1,150 @@
+"""The greeter's screens, from the agent's state (no display needed), in both languages."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sdbox.ui.app import translator
+from sdbox.ui.view import AgentView, screen_for
+
+PROJECTS = (
+    (
+        "census-2021",
+        "Census microdata 2021",
+        "rdp",
+        "finger",
+        "2027-11-22T00:00:00+00:00",
+        "ready",
+        True,
+    ),
+    (
+        "genomics-lab",
+        "Genomics lab",
+        "spice",
+        "finger",
+        "2026-11-27T00:00:00+00:00",
+        "certificate expires in 5 days",
+        True,
+    ),
+    (
+        "old-study",
+        "Old study",
+        "rdp",
+        "finger",
+        "2026-01-01T00:00:00+00:00",
+        "certificate expired",
+        False,
+    ),
+)
+EN, FR = translator("en"), translator("fr")
+
+
+def test_insert_card_then_picker() -> None:
+    assert screen_for(AgentView(), EN).title == "Insert your card"
+    picker = screen_for(AgentView(state="picker", projects=PROJECTS, tries_left=5), EN)
+    assert picker.kind == "picker"
+    assert [p.name for p in picker.projects] == [
+        "Census microdata 2021",
+        "Genomics lab",
+        "Old study",
+    ]
+    assert picker.projects[1].detail == "Virtual machine · access expires in 5 days"
+    assert picker.projects[2].usable is False
+
+
+def test_finger_screen_shows_tries_and_the_pin_only_where_allowed() -> None:
+    finger = screen_for(
+        AgentView(
+            state="verifying",
+            message="place your finger",
+            tries_left=4,
+            active_project="census-2021",
+            projects=PROJECTS,
+        ),
+        EN,
+    )
+    assert finger.title == "Place your finger on the sensor"
+    assert finger.body == "4 tries left"
+    assert finger.pin_entry is False
+    both = screen_for(
+        AgentView(state="verifying", message="place your finger or enter your PIN", tries_left=5),
+        EN,
+    )
+    assert both.pin_entry is True
+    wrong = screen_for(
+        AgentView(
+            state="verifying", message="place your finger", problem="wrong_finger", tries_left=3
+        ),
+        EN,
+    )
+    assert wrong.title == "The finger did not match"
+    assert wrong.alert
+
+
+@pytest.mark.parametrize(
+    ("problem", "title"),
+    [
+        ("finger_blocked", "This finger is blocked"),
+        ("certificate_revoked", "Access to this project was withdrawn"),
+        ("server_untrusted", "The project's desktop could not be trusted"),
+        ("broker_unreachable", "The centre cannot be reached"),
+        ("clock_wrong", "The box's clock is wrong"),
+    ],
+)
+def test_errors_in_plain_words(problem: str, title: str) -> None:
+    screen = screen_for(
+        AgentView(state="picker", projects=PROJECTS, problem=problem, message="detail"), EN
+    )
+    assert screen.title == title
+    assert screen.alert
+    assert screen.hint
+
+
+def test_session_ended_says_why() -> None:
+    screen = screen_for(
+        AgentView(
+            state="picker",
+            projects=PROJECTS,
+            message="The connection to the project's desktop was lost.",
+        ),
+        EN,
+    )
+    assert screen.kind == "ended"
+    assert "lost" in screen.body
+
+
+def test_card_not_recognised_is_blocking() -> None:
+    screen = screen_for(
+        AgentView(state="blocked", problem="directory_untrusted", message="signature"), FR
+    )
+    assert screen.title == "Cette carte n’est pas reconnue"  # noqa: RUF001  (French typography)
+
+
+def test_french() -> None:
+    assert screen_for(AgentView(), FR).title == "Insérez votre carte"
+    finger = screen_for(AgentView(state="verifying", message="place your finger", tries_left=2), FR)
+    assert finger.body == "2 essais restants"
+
+
+@pytest.mark.skipif(
+    shutil.which("xgettext") is None, reason="gettext tools not installed (make setup)"
+)
+def test_every_text_has_a_french_translation_and_the_catalogue_is_compiled(tmp_path: Path) -> None:
+    ui = Path("sdbox/ui")
+    pot = tmp_path / "sdbox.pot"
+    subprocess.run(["xgettext", "--language=Python", "--keyword=_", "--from-code=UTF-8", "-o", str(pot),
+                    str(ui / "view.py"), str(ui / "app.py")], check=True)  # fmt: skip
+    wanted = set(re.findall(r'^msgid "(.+)"$', pot.read_text(), re.M))
+    po = ui / "locale/fr/LC_MESSAGES/sdbox.po"
+    have = set(re.findall(r'^msgid "(.+)"$', po.read_text(), re.M))
+    assert wanted <= have, f"untranslated: {sorted(wanted - have)}"
+    compiled = tmp_path / "sdbox.mo"
+    subprocess.run(["msgfmt", "-o", str(compiled), str(po)], check=True)
+    assert compiled.read_bytes() == (ui / "locale/fr/LC_MESSAGES/sdbox.mo").read_bytes(), (
+        "run msgfmt: the .mo is stale"
+    )
