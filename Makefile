@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration demo bench soak fuzz clean
+.PHONY: setup setup-system venv test lint typecheck unit integration demo bench soak fuzz clean deb lock image image-test
 
 setup: setup-system venv
 
@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check sdbox tests benchmarks scripts fuzz
+	$(VENV)/bin/ruff check sdbox tests benchmarks scripts fuzz bootimage
 
 typecheck: venv
-	$(VENV)/bin/mypy sdbox tests benchmarks scripts fuzz
+	$(VENV)/bin/mypy sdbox tests benchmarks scripts fuzz bootimage
 
 test: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -56,6 +56,29 @@ fuzz: venv
 SOAK_CYCLES ?= 500
 soak: setup
 	PYTHONPATH=. $(PY) scripts/soak.py --cycles $(SOAK_CYCLES)
+
+# The Debian package, out of tree, into build/deb/ (lintian must be clean).
+deb:
+	bash scripts/setup-system.sh base debian
+	bash scripts/build-deb.sh
+
+# The appliance image for one box generation (docs/image.md); not part of
+# `make test`: build and boot take minutes (figures in docs/image.md).
+GENERATION ?= qemu-q35
+image: venv
+	bash scripts/setup-system.sh image
+	bash scripts/build-deb.sh
+	$(PY) bootimage/build.py --generation $(GENERATION)
+
+# Boots build/image/sdbox-$(GENERATION).raw in QEMU (OVMF Secure Boot, swtpm)
+# and checks it from the serial console; prints `boot-to-ready: N.N s`.
+image-test: venv
+	bash scripts/setup-system.sh image
+	$(PY) bootimage/boot_test.py --generation $(GENERATION) --negative
+
+# Regenerate debian/*.lock after changing a pin in pyproject.toml.
+lock: venv
+	$(PY) scripts/lock_requirements.py
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache

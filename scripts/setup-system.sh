@@ -26,9 +26,17 @@ tier[session]="freerdp3-x11 freerdp3-sdl freerdp3-shadow-x11 winpr3-utils virt-v
 tier[kiosk]="python3-gi gir1.2-gtk-4.0 cage grim xwayland dbus libsystemd-dev gettext"
 tier[identity]="swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools"
 tier[biometric]="gir1.2-fprint-2.0 libfprint-2-2"
+# The Debian package (make deb): debhelper, lintian, and what the pinned
+# sdists compile against (pyscard: swig + pcsclite; systemd-python: libsystemd).
+tier[debian]="debhelper dpkg-dev lintian fakeroot python3-venv python3-dev swig libpcsclite-dev libsystemd-dev pkg-config"
+# The appliance image (make image image-test): mmdebstrap builds the root,
+# squashfs + veritysetup seal it, systemd's EFI stub + sbsign make the signed
+# UKI, mtools/dosfstools/fdisk assemble the disk without mounting anything;
+# OVMF (Secure Boot variables with Debian's snakeoil keys) and swtpm boot it.
+tier[image]="mmdebstrap squashfs-tools cryptsetup-bin systemd-boot-efi sbsigntool binutils dosfstools mtools fdisk ovmf swtpm swtpm-tools qemu-system-x86 qemu-utils zstd"
 
 tiers=("$@")
-[ ${#tiers[@]} -gt 0 ] || tiers=(base card session kiosk identity biometric)
+[ ${#tiers[@]} -gt 0 ] || tiers=(base card session kiosk identity biometric debian image)
 
 wanted=()
 for t in "${tiers[@]}"; do

@@ -28,6 +28,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.agent", "agent"),
     ("sdbox._cli.broker", "broker"),
     ("sdbox._cli.bio", "bio"),
+    ("sdbox._cli.flash", "flash"),
 )
 
 

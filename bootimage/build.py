@@ -1,0 +1,510 @@
+"""make image: a Debian 12 appliance image for one box generation.
+
+mmdebstrap builds the root from Debian's archive (bookworm + backports for
+FreeRDP 3) with the sdbox package installed; the root becomes a squashfs
+sealed by dm-verity; the kernel, initramfs and a command line naming the
+verity root hash become one UKI (systemd's EFI stub), signed for Secure Boot
+together with systemd-boot; everything is laid out on a GPT disk with two
+root slots, a config area and a data partition. Why this pipeline and not
+mkosi, and what is not done yet: docs/image.md.
+
+    python bootimage/build.py [--generation qemu-q35] [--out build/image]
+
+Secure Boot keys: SDBOX_SB_KEY / SDBOX_SB_CERT from the environment (a real
+build's), else OVMF's published snakeoil key (CI and QEMU only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sdbox import __version__  # noqa: E402
+from sdbox.bootimage import disk, generations, tools  # noqa: E402
+from sdbox.bootimage.errors import BootImageError  # noqa: E402
+
+MIB = 2**20
+SUITE = "bookworm"
+MIRRORS = [
+    "deb http://deb.debian.org/debian bookworm main non-free-firmware",
+    "deb http://deb.debian.org/debian bookworm-updates main non-free-firmware",
+    "deb http://deb.debian.org/debian-security bookworm-security main non-free-firmware",
+    "deb http://deb.debian.org/debian bookworm-backports main",
+]
+# What the box runs. Recommends stay off: every package here is chosen.
+PACKAGES = [
+    "systemd", "systemd-sysv", "udev", "dbus", "libpam-systemd", "kmod",
+    "linux-image-amd64", "initramfs-tools", "cryptsetup-bin", "zstd",
+    "intel-microcode", "amd64-microcode",
+    "pcscd", "libccid", "opensc", "opensc-pkcs11",
+    "tpm-udev", "libtpm2-pkcs11-1",
+    "cage", "xwayland", "python3", "python3-gi", "gir1.2-gtk-4.0", "fonts-dejavu-core",
+    "freerdp3-sdl", "virt-viewer",
+    "chrony", "ca-certificates",
+]  # fmt: skip
+# dpkg drops documentation and foreign translations (the greeter speaks fr and en)
+DPKG_OPTIONS = [
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/fr/*",
+    "path-include=/usr/share/locale/en*",
+]
+GPT_ESP = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+GPT_ROOT = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"  # root, x86-64 (discoverable partitions)
+GPT_ROOT_VERITY = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
+GPT_LINUX = "0fc63daf-8483-4772-8e79-3d69d8477de4"
+SLOT_SIZE = 768 * MIB
+VERITY_SIZE = 64 * MIB
+ESP_SIZE = 192 * MIB
+CONFIG_SIZE = 16 * MIB
+DATA_SIZE = 256 * MIB
+# hardening arguments every generation gets (the profile adds its own)
+KERNEL_ARGS = [
+    "ro", "rootfstype=squashfs", "root=/dev/mapper/root",
+    "lockdown=integrity", "module.sig_enforce=1",
+    "init_on_alloc=1", "init_on_free=1", "slab_nomerge", "page_alloc.shuffle=1",
+    "randomize_kstack_offset=on", "vsyscall=none", "debugfs=off", "pti=on",
+    "systemd.show_status=error", "panic=10",
+]  # fmt: skip
+STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+SNAKEOIL_KEY = Path("/usr/share/ovmf/PkKek-1-snakeoil.key")
+SNAKEOIL_CERT = Path("/usr/share/ovmf/PkKek-1-snakeoil.pem")
+
+
+@dataclass
+class Build:
+    """One image build: where things go and how long each step took."""
+
+    generation: generations.Generation
+    out: Path
+    epoch: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def work(self) -> Path:
+        return self.out / "work" / self.generation.name
+
+    @property
+    def rootdir(self) -> Path:
+        return self.work / "root"
+
+    @property
+    def image(self) -> Path:
+        return self.out / f"sdbox-{self.generation.name}.raw"
+
+    def step(self, name: str, started: float) -> None:
+        self.timings[name] = round(time.monotonic() - started, 1)
+        print(f"image: {name}: {self.timings[name]:.1f} s", flush=True)
+
+
+def deterministic_uuid(*parts: str) -> str:
+    """A UUID that depends only on ``parts`` (stable across rebuilds)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "sdbox:" + ":".join(parts)))
+
+
+def uuid_from_hex(hexdigits: str) -> str:
+    """systemd's convention: verity partition UUIDs are halves of the root hash."""
+    value = bytearray(bytes.fromhex(hexdigits[:32]))
+    value[6] = (value[6] & 0x0F) | 0x40  # version 4, variant 1, as systemd-repart does
+    value[8] = (value[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(value)))
+
+
+def find_deb() -> Path:
+    debs = sorted((ROOT / "build" / "deb").glob("sdbox_*_amd64.deb"))
+    if not debs:
+        raise BootImageError("no sdbox package in build/deb: run `make deb` first")
+    return debs[-1]
+
+
+def overlay(build: Build) -> Path:
+    """bootimage/rootfs plus what depends on the generation and the build."""
+    target = build.work / "overlay"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(ROOT / "bootimage" / "rootfs", target, symlinks=True)
+    gen = build.generation
+    (target / "etc/udev/rules.d").mkdir(parents=True, exist_ok=True)
+    (target / "etc/udev/rules.d/60-sdbox-generation.rules").write_text(gen.udev_rules())
+    sdbox_etc = target / "etc/sdbox"
+    (sdbox_etc / "trust").mkdir(parents=True, exist_ok=True)
+    (sdbox_etc / "generation.toml").write_text(gen.source.read_text())
+    (sdbox_etc / "image-version").write_text(f"{__version__}\n")
+    build_time = datetime.fromtimestamp(build.epoch, UTC).isoformat()
+    sensor = {"libfprint": "none", "emulated": "emulated", "none": "none"}[gen.sensor.kind]
+    (sdbox_etc / "agent.toml").write_text(
+        f"# sdbox agent on a {gen.name} box; written by bootimage/build.py\n"
+        "[trust]\n"
+        f'build_time = "{build_time}"\n'
+        "[sensor]\n"
+        f"# generation sensor: {gen.sensor.kind} (libfprint capture lands with the biometrics work)\n"
+        f'kind = "{sensor}"\n'
+        "[credentials]\n"
+        'provider = "broker"\n'
+    )
+    # trust anchors: the test PKI generated for this build (never committed)
+    pki = build.out / "pki"
+    if not (pki / "root.pem").exists():
+        from sdbox.trust.pki import Pki  # noqa: PLC0415
+
+        Pki.init(pki)
+    shutil.copy(pki / "root.pem", sdbox_etc / "trust" / "roots.pem")
+    for path in target.rglob("*"):
+        os.utime(path, (build.epoch, build.epoch), follow_symlinks=False)
+    return target
+
+
+def customize_script() -> str:
+    """Runs inside the root after every package is installed."""
+    return "\n".join([
+        "set -eu",
+        # no getty, no login, no emergency shell: the researcher gets the greeter only
+        "systemctl mask getty@.service serial-getty@.service autovt@.service"
+        " console-getty.service debug-shell.service emergency.service rescue.service"
+        " ctrl-alt-del.target",
+        "systemctl enable systemd-networkd.service sdbox-boot-report.service",
+        "systemctl enable sdbox-agent.service sdbox-greeter.service"
+        " sdbox-renewal-due.timer sdbox-crl-refresh.timer",
+        "systemctl set-default multi-user.target",
+        # chrony: only the authenticated (NTS) sources of sources.d
+        "sed -i -e '/^pool /d' -e '/^server /d' /etc/chrony/chrony.conf",
+        # a fresh machine-id per box: empty, so that systemd makes one at boot
+        ": > /etc/machine-id",
+        "rm -f /var/lib/dbus/machine-id",
+        "rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/*.log /tmp/*",
+    ])  # fmt: skip
+
+
+def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
+    started = time.monotonic()
+    shutil.rmtree(build.rootdir, ignore_errors=True)
+    packages = PACKAGES + build.generation.firmware.packages
+    early = build.work / "overlay-early"
+    shutil.rmtree(early, ignore_errors=True)
+    shutil.copytree(overlay_dir / "usr/share/initramfs-tools", early / "usr/share/initramfs-tools")
+    script = build.work / "customize.sh"
+    script.write_text(customize_script() + "\n")
+    argv: list[str | Path] = [
+        "mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
+        "--components=main,non-free-firmware",
+        "--aptopt=APT::Install-Recommends \"false\"",
+        "--aptopt=Acquire::Retries \"3\"",
+        *[f"--dpkgopt={option}" for option in DPKG_OPTIONS],
+        f"--include={','.join(packages)}",
+        # the initramfs hooks must be there before the kernel's postinst builds the initramfs
+        f"--essential-hook=sync-in {early} /",
+        f"--customize-hook=copy-in {deb} {script} /tmp",
+        f"--customize-hook=chroot \"$1\" apt-get install -y --no-install-recommends /tmp/{deb.name}",
+        f"--customize-hook=sync-in {overlay_dir} /",
+        f"--customize-hook=chroot \"$1\" sh /tmp/{script.name}",
+        SUITE, build.rootdir, *MIRRORS,
+    ]  # fmt: skip
+    log = build.work / "mmdebstrap.log"
+    env = {**tools.BASE_ENV, "SOURCE_DATE_EPOCH": str(build.epoch)}
+    with log.open("w") as stream:
+        done = subprocess.run(
+            [os.fspath(a) for a in argv], stdout=stream, stderr=subprocess.STDOUT,
+            env=env, timeout=1800, check=False,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise BootImageError(
+            f"mmdebstrap failed (exit {done.returncode}; log {log})",
+            detail=tools.tail(log.read_text()),
+        )
+    build.step("root filesystem (mmdebstrap)", started)
+
+
+def kernel_and_initrd(build: Build) -> tuple[Path, Path]:
+    boot = build.rootdir / "boot"
+    kernels = sorted(boot.glob("vmlinuz-*"))
+    initrds = sorted(boot.glob("initrd.img-*"))
+    if len(kernels) != 1 or len(initrds) != 1:
+        raise BootImageError(f"expected one kernel and one initrd in /boot, found {kernels} {initrds}")
+    kernel, initrd = build.work / "vmlinuz", build.work / "initrd.img"
+    shutil.copy(kernels[0], kernel)
+    shutil.copy(initrds[0], initrd)
+    # the root's own lsinitramfs (initramfs-tools-core is not on the build host)
+    listing = tools.run(
+        ["chroot", build.rootdir, "lsinitramfs", f"/boot/{initrds[0].name}"],
+        what="listing the initramfs", timeout=300,
+    )  # fmt: skip
+    for needed in ("sbin/veritysetup", "scripts/local-top/sdbox-verity", "dm-verity.ko"):
+        if needed not in listing:
+            raise BootImageError(f"the initramfs lacks {needed}: the verity root would not open")
+    return kernel, initrd
+
+
+def data_partition(build: Build) -> Path:
+    """/var goes to the data partition (ext4); the squashfs keeps an empty mount point."""
+    started = time.monotonic()
+    var = build.rootdir / "var"
+    image = build.work / "data.ext4"
+    image.unlink(missing_ok=True)
+    tools.run(
+        ["mkfs.ext4", "-q", "-L", "sdbox-data", "-U", deterministic_uuid(build.generation.name, "data"),
+         "-E", f"hash_seed={deterministic_uuid('hash-seed')},root_owner=0:0",
+         "-d", var, image, f"{DATA_SIZE // MIB}M"],
+        what="making the data partition", timeout=300,
+        env={"E2FSPROGS_FAKE_TIME": str(build.epoch)},
+    )  # fmt: skip
+    build.step("data partition (ext4 /var)", started)
+    return image
+
+
+def squash_and_seal(build: Build) -> tuple[Path, Path, str]:
+    """The root as squashfs, its dm-verity hash tree, and the root hash."""
+    started = time.monotonic()
+    squashfs = build.work / "root.squashfs"
+    squashfs.unlink(missing_ok=True)
+    tools.run(
+        ["mksquashfs", build.rootdir, squashfs, "-comp", "zstd", "-Xcompression-level", "15",
+         "-noappend", "-no-progress", "-quiet", "-mkfs-time", str(build.epoch),
+         "-all-time", str(build.epoch), "-processors", str(os.cpu_count() or 2),
+         # /var is the data partition's, kernel and initrd live in the UKI
+         "-wildcards", "-e", "proc/*", "sys/*", "dev/*", "run/*", "tmp/*", "var/*", "boot/*"],
+        what="squashing the root", timeout=1800,
+    )  # fmt: skip
+    if squashfs.stat().st_size > SLOT_SIZE:
+        raise BootImageError(f"the root ({squashfs.stat().st_size} bytes) exceeds a slot ({SLOT_SIZE})")
+    build.step("root squashfs", started)
+    started = time.monotonic()
+    verity = build.work / "root.verity"
+    verity.unlink(missing_ok=True)
+    roothash_file = build.work / "roothash"
+    salt = hashlib.sha256(f"sdbox:{build.generation.name}:{build.epoch}".encode()).hexdigest()
+    tools.run(
+        ["veritysetup", "format", squashfs, verity, f"--salt={salt}",
+         f"--uuid={deterministic_uuid(build.generation.name, 'verity')}",
+         f"--root-hash-file={roothash_file}"],
+        what="sealing the root (dm-verity)", timeout=600,
+    )  # fmt: skip
+    roothash = roothash_file.read_text().strip()
+    if verity.stat().st_size > VERITY_SIZE:
+        raise BootImageError("the verity hash tree exceeds its partition")
+    build.step("dm-verity hash tree", started)
+    return squashfs, verity, roothash
+
+
+def signing_keys(build: Build) -> tuple[Path, Path, str]:
+    """The Secure Boot db key and certificate, and where they came from."""
+    key, cert = os.environ.get("SDBOX_SB_KEY"), os.environ.get("SDBOX_SB_CERT")
+    if key and cert:
+        return Path(key), Path(cert), "SDBOX_SB_KEY"
+    keys = build.out / "keys"
+    keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+    plain = keys / "snakeoil-db.key"
+    if not plain.exists():
+        # OVMF's test key is published with its passphrase 'snakeoil' (README.Debian);
+        # the passphrase goes through a file, never the command line
+        passfile = keys / "snakeoil.pass"
+        passfile.write_text("snakeoil\n")
+        passfile.chmod(0o600)
+        tools.run(
+            ["openssl", "pkey", "-in", SNAKEOIL_KEY, "-passin", f"file:{passfile}", "-out", plain],
+            what="unlocking OVMF's snakeoil test key", timeout=60,
+        )  # fmt: skip
+        plain.chmod(0o600)
+        passfile.unlink()
+    return plain, SNAKEOIL_CERT, "OVMF snakeoil (test only)"
+
+
+def make_uki(build: Build, kernel: Path, initrd: Path, cmdline: str, name: str) -> Path:
+    """kernel + initrd + command line + os-release in systemd's stub: one EFI binary."""
+    osrel = build.work / "os-release"
+    osrel.write_text(
+        (build.rootdir / "usr/lib/os-release").read_text()
+        + f"IMAGE_ID=sdbox-{build.generation.name}\nIMAGE_VERSION={__version__}\n"
+    )
+    cmdfile = build.work / "cmdline"
+    cmdfile.write_text(cmdline + "\n")
+    if kernel.stat().st_size >= 0x1000000:
+        raise BootImageError("the kernel is larger than the UKI layout allows (16 MiB)")
+    unsigned = build.work / f"{name}.unsigned.efi"
+    tools.run(
+        ["objcopy",
+         "--add-section", f".osrel={osrel}", "--change-section-vma", ".osrel=0x20000",
+         "--add-section", f".cmdline={cmdfile}", "--change-section-vma", ".cmdline=0x30000",
+         "--add-section", f".linux={kernel}", "--change-section-vma", ".linux=0x2000000",
+         "--add-section", f".initrd={initrd}", "--change-section-vma", ".initrd=0x3000000",
+         STUB, unsigned],
+        what="assembling the UKI", timeout=120,
+    )  # fmt: skip
+    return unsigned
+
+
+def sign(build: Build, unsigned: Path, signed: Path, key: Path, cert: Path) -> Path:
+    tools.run(
+        ["sbsign", "--key", key, "--cert", cert, "--output", signed, unsigned],
+        what=f"signing {unsigned.name}", timeout=120,
+    )  # fmt: skip
+    return signed
+
+
+def assemble(
+    build: Build, esp_files: dict[str, Path], squashfs: Path, verity: Path, roothash: str,
+    data: Path, manifest: dict[str, object],
+) -> list[disk.Partition]:
+    started = time.monotonic()
+    name = build.generation.name
+    specs = [
+        disk.PartitionSpec("esp", GPT_ESP, ESP_SIZE, deterministic_uuid(name, "esp")),
+        disk.PartitionSpec("root-a", GPT_ROOT, SLOT_SIZE, uuid_from_hex(roothash[:32])),
+        disk.PartitionSpec("root-a-verity", GPT_ROOT_VERITY, VERITY_SIZE, uuid_from_hex(roothash[32:])),
+        # slot B: empty until the first update writes it (docs/image.md)
+        disk.PartitionSpec("root-b", GPT_ROOT, SLOT_SIZE, deterministic_uuid(name, "root-b")),
+        disk.PartitionSpec("root-b-verity", GPT_ROOT_VERITY, VERITY_SIZE, deterministic_uuid(name, "root-b-verity")),
+        disk.PartitionSpec(disk.CONFIG_PARTITION, GPT_LINUX, CONFIG_SIZE, deterministic_uuid(name, "config")),
+        disk.PartitionSpec("sdbox-data", GPT_LINUX, DATA_SIZE, deterministic_uuid(name, "data-part")),
+    ]  # fmt: skip
+    build.image.unlink(missing_ok=True)
+    parts = {p.name: p for p in disk.create_gpt(build.image, specs, deterministic_uuid(name, "disk"))}
+    mtools_env = {"MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null", "HOME": "/nonexistent"}
+    esp = f"{build.image}@@{parts['esp'].offset}"
+    tools.run(
+        ["mformat", "-i", esp, "-F", "-T", str(ESP_SIZE // disk.SECTOR), "-h", "64", "-s", "32",
+         "-v", "SDBOX-ESP", "-N", "5db0e5f0", "::"],
+        what="formatting the ESP", timeout=60, env=mtools_env,
+    )  # fmt: skip
+    for directory in ("EFI", "EFI/BOOT", "EFI/Linux", "loader"):
+        tools.run(["mmd", "-i", esp, f"::/{directory}"], what="making ESP directories",
+                  timeout=60, env=mtools_env)  # fmt: skip
+    for target, source in esp_files.items():
+        os.utime(source, (build.epoch, build.epoch))
+        tools.run(["mcopy", "-m", "-i", esp, source, f"::/{target}"],
+                  what=f"copying {target} to the ESP", timeout=120, env=mtools_env)  # fmt: skip
+    disk.write_at(build.image, parts["root-a"].offset, squashfs, parts["root-a"].size)
+    disk.write_at(build.image, parts["root-a-verity"].offset, verity, parts["root-a-verity"].size)
+    disk.write_at(build.image, parts["sdbox-data"].offset, data, parts["sdbox-data"].size)
+    area = disk.ConfigArea(build.image, parts[disk.CONFIG_PARTITION])
+    area.format()
+    scratch = build.work / "config"
+    scratch.mkdir(exist_ok=True)
+    area.write(disk.IMAGE_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), scratch)
+    build.step("disk assembly (GPT, ESP, slots, config, data)", started)
+    return list(parts.values())
+
+
+def compress(build: Build) -> Path:
+    started = time.monotonic()
+    packed = build.image.with_name(build.image.name + ".zst")
+    tools.run(["zstd", "-q", "-f", "-T0", "-6", "--sparse", build.image, "-o", packed],
+              what="compressing the image", timeout=1800)  # fmt: skip
+    build.step("compression (zstd -6)", started)
+    return packed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generation", default="qemu-q35")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "image")
+    parser.add_argument("--reuse-root", action="store_true",
+                        help="keep the last mmdebstrap root (iterating on later steps)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("image: mmdebstrap --mode=root needs root", file=sys.stderr)
+        return 2
+    started_all = time.monotonic()
+    try:
+        generation = generations.load(args.generation)
+        epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or subprocess.run(
+            ["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True,
+            timeout=30, check=True).stdout.strip())  # fmt: skip
+        build = Build(generation, args.out, epoch)
+        build.work.mkdir(parents=True, exist_ok=True)
+        deb = find_deb()
+        overlay_dir = overlay(build)
+        if args.reuse_root and (build.rootdir / "usr/lib/os-release").exists():
+            # what the customize hook's sync-in would do, for a changed overlay
+            shutil.copytree(overlay_dir, build.rootdir, symlinks=True, dirs_exist_ok=True)
+        else:
+            bootstrap(build, deb, overlay_dir)
+        kernel, initrd = kernel_and_initrd(build)
+        data = data_partition(build)
+        squashfs, verity, roothash = squash_and_seal(build)
+        started = time.monotonic()
+        part_a, part_a_verity = uuid_from_hex(roothash[:32]), uuid_from_hex(roothash[32:])
+        cmdline = " ".join([
+            f"roothash={roothash}",
+            f"systemd.verity_root_data=PARTUUID={part_a}",
+            f"systemd.verity_root_hash=PARTUUID={part_a_verity}",
+            *KERNEL_ARGS, *generation.firmware.kernel_args,
+        ])  # fmt: skip
+        key, cert, key_source = signing_keys(build)
+        uki = sign(build, make_uki(build, kernel, initrd, cmdline, "sdbox-a"),
+                   build.work / "sdbox-a.efi", key, cert)  # fmt: skip
+        boot = sign(build, BOOT_EFI, build.work / "BOOTX64.EFI", key, cert)
+        loader = build.work / "loader.conf"
+        # no menu, no editor: the command line is the signed one, nothing else
+        loader.write_text("timeout 0\neditor no\nauto-entries no\nauto-firmware no\n"
+                          "default sdbox-a.efi\n")  # fmt: skip
+        build.step("UKI + systemd-boot, signed", started)
+        manifest: dict[str, object] = {
+            "generation": generation.name,
+            "version": __version__,
+            "built": datetime.fromtimestamp(epoch, UTC).isoformat(),
+            "roothash": roothash,
+            "slots": {"a": __version__, "b": None},
+            "secure_boot_key": key_source,
+        }
+        assemble(build, {"EFI/BOOT/BOOTX64.EFI": boot, "EFI/Linux/sdbox-a.efi": uki,
+                         "loader/loader.conf": loader}, squashfs, verity, roothash, data,
+                 manifest)  # fmt: skip
+        digest = hashlib.sha256()
+        with build.image.open("rb") as stream:
+            while chunk := stream.read(8 * MIB):
+                digest.update(chunk)
+        build.image.with_name(build.image.name + ".sha256").write_text(
+            f"{digest.hexdigest()}  {build.image.name}\n"
+        )
+        packed = compress(build)
+    except BootImageError as exc:
+        print(f"image: {exc.message}", file=sys.stderr)
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        return 1
+    total = round(time.monotonic() - started_all, 1)
+    # what the squashfs holds, uncompressed (not /var, /boot)
+    installed = sum(
+        f.stat().st_size for f in build.rootdir.rglob("*")
+        if f.is_file() and not f.is_symlink()
+        and f.relative_to(build.rootdir).parts[0] not in ("var", "boot", "proc", "sys", "dev", "run", "tmp")
+    )  # fmt: skip
+    figures: dict[str, object] = {
+        **manifest,
+        "image": str(build.image),
+        "sha256": digest.hexdigest(),
+        "disk_bytes": build.image.stat().st_size,
+        "allocated_bytes": build.image.stat().st_blocks * 512,
+        "compressed_bytes": packed.stat().st_size,
+        "root_installed_bytes": installed,
+        "root_squashfs_bytes": squashfs.stat().st_size,
+        "uki_bytes": uki.stat().st_size,
+        "timings_s": build.timings,
+        "build_s": total,
+        "cmdline": cmdline,
+    }
+    (args.out / f"sdbox-{generation.name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"image: {build.image} ({build.image.stat().st_size / 2**30:.2f} GiB disk, "
+          f"{packed.stat().st_size / MIB:.0f} MiB zstd, root {installed / MIB:.0f} MiB installed "
+          f"/ {squashfs.stat().st_size / MIB:.0f} MiB squashfs) in {total:.0f} s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
