@@ -12,7 +12,9 @@ import click
 @click.command("flash")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("device", type=click.Path(path_type=Path))
-@click.option("--generation", "generation_name", required=True, help="The box's generation profile.")
+@click.option(
+    "--generation", "generation_name", required=True, help="The box's generation profile."
+)
 @click.option("--yes", is_flag=True, help="Do not ask before overwriting DEVICE.")
 @click.option(
     "--enrolment-token-file",
@@ -50,7 +52,9 @@ def flash(
     if not yes:
         click.confirm("Everything on it will be lost. Continue?", abort=True, err=True)
     if token is None:
-        click.echo("warning: no --enrolment-token-file: the box will not be able to enrol", err=True)
+        click.echo(
+            "warning: no --enrolment-token-file: the box will not be able to enrol", err=True
+        )
 
     # one bar over both passes: the write, then the read-back
     with click.progressbar(length=2 * info.size, label="writing  ", file=sys.stderr) as bar:

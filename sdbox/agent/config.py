@@ -62,7 +62,8 @@ class SensorConfig:
     """The fingerprint sensor."""
 
     kind: Literal["emulated", "file", "none"] = setting(
-        "emulated", help="emulated (seeded synthetic finger), file (ISO/compact template), none"
+        "none",
+        help="none (no sensor yet: PIN where allowed), emulated (test: a seeded synthetic finger), file (test)",
     )
     seed: int = setting(1001, help="emulated: the synthetic finger's identity seed")
     path: str = setting("", help="file: the template presented")

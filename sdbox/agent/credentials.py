@@ -16,20 +16,18 @@ from sdbox.smartcard.directory import Project
 
 
 class BrokerCredentials:
-    """Asks the broker, proving the project key on the card and the box's identity."""
+    """Asks the broker, proving the project key on the card and the box's identity.
+
+    Configuration problems (no broker URL, unreadable roots, no identity) are
+    reported when a credential is asked for, not at start: the agent must come
+    up, and show why it cannot connect, on a box that is not configured yet.
+    """
 
     def __init__(self, config: AgentConfig) -> None:
         section = config.credentials
-        if not section.broker_url:
-            raise ConfigError('[credentials] broker_url is required with provider = "broker"')
         self.url = section.broker_url
         self.timeout_s = section.timeout_s
-        try:
-            self.anchors = x509.load_pem_x509_certificates(section.broker_anchors.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"[credentials] broker_anchors {section.broker_anchors}: {exc}"
-            ) from exc
+        self._anchors_path = section.broker_anchors
         ident = config.identity
         self._identity_config = IdentityConfig(
             kind=ident.kind, certificate=ident.certificate, key_file=ident.key_file,
@@ -45,16 +43,28 @@ class BrokerCredentials:
             self._identity = open_identity(self._identity_config)
         return self._identity
 
+    def _anchors(self) -> list[x509.Certificate]:
+        try:
+            return x509.load_pem_x509_certificates(self._anchors_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"[credentials] broker_anchors {self._anchors_path}: cannot be read ({exc})"
+            ) from exc
+
     async def obtain(
         self, project: Project, certificate: x509.Certificate, card: CardHandle
     ) -> tuple[str, Any]:
         """(user, credential) for the project's bubble."""
+        if not self.url:
+            raise ConfigError(
+                "this box has no broker configured ([credentials] broker_url): call the service desk"
+            )
 
         async def card_ecdh(peer: ec.EllipticCurvePublicKey) -> bytes:
             return await card.ecdh(project.slot, peer)
 
         issued = await request_credential(
             self.url, project_id=project.id, endpoint=project.endpoint, project_certificate=certificate,
-            card_ecdh=card_ecdh, identity=self.identity, server_anchors=self.anchors, timeout_s=self.timeout_s,
+            card_ecdh=card_ecdh, identity=self.identity, server_anchors=self._anchors(), timeout_s=self.timeout_s,
         )  # fmt: skip
         return issued.user, issued.secret

@@ -49,7 +49,13 @@ class TrustService:
 
     def __init__(self, config: AgentConfig, *, now: Callable[[], datetime] | None = None) -> None:
         trust = config.trust
-        self.anchors = _load_pems(trust.anchors, "trust anchors", required=True)
+        # Missing anchors do not stop the agent: it starts, and every trust
+        # decision then fails closed with this error (the greeter shows it).
+        self.problem: TrustFilesError | None = None
+        try:
+            self.anchors = _load_pems(trust.anchors, "trust anchors", required=True)
+        except TrustFilesError as exc:
+            self.anchors, self.problem = [], exc
         self.intermediates = _load_pems(
             trust.intermediates, "intermediate certificates", required=False
         )
@@ -64,11 +70,16 @@ class TrustService:
     def _crls(self) -> RevocationStore | None:
         return self.store if self.check_revocation else None
 
+    def _usable(self) -> None:
+        if self.problem is not None:
+            raise self.problem
+
     def directory_validator(self) -> Callable[[x509.Certificate, list[x509.Certificate]], None]:
         """Checks the directory signer at the time of the call."""
         at = self._now()
 
         def check(signer: x509.Certificate, intermediates: list[x509.Certificate]) -> None:
+            self._usable()
             validate_directory_signer(
                 signer, [*intermediates, *self.intermediates], self.anchors,
                 at=at, crls=self._crls, crl_grace=self.grace,
@@ -78,6 +89,7 @@ class TrustService:
 
     def check_project(self, certificate: x509.Certificate, project: Project) -> None:
         """The project certificate: chain, validity, keyAgreement, project binding, revocation."""
+        self._usable()
         validate(
             certificate, self.intermediates, self.anchors, at=self._now(), purpose=Purpose.PROJECT,
             crls=self._crls, project=project.id, crl_grace=self.grace,
@@ -85,6 +97,7 @@ class TrustService:
 
     def check_server(self, certificate: x509.Certificate, project: Project) -> None:
         """The bubble's certificate: server CA, serverAuth, its host name, revocation."""
+        self._usable()
         validate(
             certificate, self.intermediates, self.anchors, at=self._now(), purpose=Purpose.SERVER,
             crls=self._crls, hostname=project.host, crl_grace=self.grace,

@@ -108,7 +108,12 @@ async def run(
 
     loop = asyncio.get_running_loop()
     agent = agent or build_agent(config)
-    bus = await export(agent, bus_address)
+    try:
+        bus = await export(agent, bus_address)
+    except (OSError, ValueError) as exc:  # dbus-fast raises these for an absent or refusing bus
+        raise SdboxError(
+            f"the D-Bus {'bus ' + bus_address if bus_address else 'system bus'} cannot be reached: {exc}"
+        ) from exc
     watcher = ReaderWatcher(loop, agent.on_reader_event, config.card.readers or None)
     watcher.start()
     stop = asyncio.Event()

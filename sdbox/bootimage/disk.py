@@ -187,7 +187,7 @@ def create_gpt(path: Path, specs: list[PartitionSpec], disk_guid: str) -> list[P
         stream.truncate(size)
     lines = ["label: gpt", f"label-id: {disk_guid}", "unit: sectors", "first-lba: 2048", ""]
     for spec, offset in zip(specs, offsets, strict=True):
-        line = f"start={offset // SECTOR}, size={spec.size // SECTOR}, type={spec.type_guid}, name=\"{spec.name}\""
+        line = f'start={offset // SECTOR}, size={spec.size // SECTOR}, type={spec.type_guid}, name="{spec.name}"'
         if spec.part_guid:
             line += f", uuid={spec.part_guid}"
         lines.append(line)

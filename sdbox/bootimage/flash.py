@@ -92,7 +92,9 @@ class FlashReport:
             f"sha256:       {self.sha256}",
             f"verified:     {'yes, read back and identical' if self.verified else 'NO'}",
             "enrolment:    "
-            + ("one-time token written" if self.token_written else "NO TOKEN: the box cannot enrol"),
+            + (
+                "one-time token written" if self.token_written else "NO TOKEN: the box cannot enrol"
+            ),
             f"config area:  {', '.join(self.config_files)}",
         ]
 
@@ -180,9 +182,7 @@ def check_target(device: Path, image: Path, min_size: int | None = None) -> Targ
         raise UnsafeTarget(f"{device} is neither a disk nor an image file")
     sys_dir = _sys_block(device)
     if (sys_dir / "partition").exists():
-        raise UnsafeTarget(
-            f"{device} is a partition: flash the whole disk ({sys_dir.parent.name})"
-        )
+        raise UnsafeTarget(f"{device} is a partition: flash the whole disk ({sys_dir.parent.name})")
     if sys_dir in _system_disks():
         raise UnsafeTarget(f"{device} holds the running system: refusing to overwrite it")
     mounted = _mounted_numbers()

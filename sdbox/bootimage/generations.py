@@ -44,7 +44,9 @@ def _kernel_args(values: list[str]) -> str | None:
         if not value or any(c.isspace() for c in value):
             return f"{value!r}: one argument per item, without spaces"
         if _FORBIDDEN_ARGS.match(value):
-            return f"{value!r}: the image sets this itself (verified boot, kiosk); a profile may not"
+            return (
+                f"{value!r}: the image sets this itself (verified boot, kiosk); a profile may not"
+            )
     return None
 
 
@@ -180,7 +182,9 @@ def parse(text: str, source: Path) -> Generation:
         raise ConfigError(f"{where}: not valid TOML ({exc})") from exc
     unknown = sorted(set(raw) - _TABLES)
     if unknown:
-        raise ConfigError(f"{where}: unknown table [{unknown[0]}] (known: {', '.join(sorted(_TABLES))})")
+        raise ConfigError(
+            f"{where}: unknown table [{unknown[0]}] (known: {', '.join(sorted(_TABLES))})"
+        )
     readers_raw = raw.pop("readers", [])
     if not isinstance(readers_raw, list) or not all(isinstance(r, dict) for r in readers_raw):
         raise ConfigError(f"{where}: [[readers]] must be an array of tables")
