@@ -74,11 +74,9 @@ def test_reference_lists_every_setting() -> None:
 
 
 def test_agent_ports_start_without_anchors_and_refuse_every_trust_decision(tmp_path: Path) -> None:
-    import pytest as _pytest
-
     from sdbox.agent.ports import TrustFilesError, TrustService
 
     config = load(write(tmp_path, f'[trust]\nanchors = "{tmp_path / "missing.pem"}"\ncrl_dir = "{tmp_path / "crl"}"\n'))
     trust = TrustService(config)  # the agent comes up...
-    with _pytest.raises(TrustFilesError, match="trust anchors .* is missing"):
+    with pytest.raises(TrustFilesError, match=r"trust anchors .* is missing"):
         trust.directory_validator()(None, [])  # type: ignore[arg-type]  # ...and trusts nothing
