@@ -23,130 +23,44 @@ def sdbox(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[s
     )
 
 
+def verify(card: InsertedCard, seed: int) -> subprocess.CompletedProcess[str]:
+    """`sdbox card verify` with the emulated sensor presenting finger ``seed``."""
+    return sdbox("card", "verify", "--reader", card.reader, "--sensor", "emulated", "--identity-seed", str(seed))
+
+
+def enrol(card: InsertedCard, seed: int, key: str = DEMO_MANAGEMENT_KEY) -> subprocess.CompletedProcess[str]:
+    """`sdbox bio enrol` of finger ``seed``, the management key on stdin."""
+    return sdbox("bio", "enrol", "--reader", card.reader, "--identity-seed", str(seed), stdin=key)
+
+
 def test_fresh_impressions_match_on_the_card(demo_card: InsertedCard) -> None:
     for _ in range(3):
-        out = sdbox(
-            "card",
-            "verify",
-            "--reader",
-            demo_card.reader,
-            "--sensor",
-            "emulated",
-            "--identity-seed",
-            "1001",
-        )
+        out = verify(demo_card, 1001)
         assert out.returncode == 0, out.stderr
     assert demo_card.state.fingers[0x96].tries == 5
 
 
 def test_another_finger_blocks_and_re_enrolment_unblocks(demo_card: InsertedCard) -> None:
     for left in (4, 3, 2, 1):
-        out = sdbox(
-            "card",
-            "verify",
-            "--reader",
-            demo_card.reader,
-            "--sensor",
-            "emulated",
-            "--identity-seed",
-            "4242",
-        )
+        out = verify(demo_card, 4242)
         assert out.returncode == 4
         assert f"{left} attempt" in out.stderr
-    blocked = sdbox(
-        "card",
-        "verify",
-        "--reader",
-        demo_card.reader,
-        "--sensor",
-        "emulated",
-        "--identity-seed",
-        "4242",
-    )
-    assert "blocked" in blocked.stderr
-    still = sdbox(
-        "card",
-        "verify",
-        "--reader",
-        demo_card.reader,
-        "--sensor",
-        "emulated",
-        "--identity-seed",
-        "1001",
-    )
-    assert still.returncode == 4  # blocked is blocked, even for the right finger
-    wrong_key = sdbox(
-        "bio",
-        "enrol",
-        "--reader",
-        demo_card.reader,
-        "--identity-seed",
-        "1001",
-        stdin="00" * 16 + "\n",
-    )
-    assert wrong_key.returncode != 0
-    enrol = sdbox(
-        "bio",
-        "enrol",
-        "--reader",
-        demo_card.reader,
-        "--identity-seed",
-        "1001",
-        stdin=DEMO_MANAGEMENT_KEY,
-    )
-    assert enrol.returncode == 0, enrol.stderr
-    assert "5 tries" in enrol.stdout
-    again = sdbox(
-        "card",
-        "verify",
-        "--reader",
-        demo_card.reader,
-        "--sensor",
-        "emulated",
-        "--identity-seed",
-        "1001",
-    )
+    assert "blocked" in verify(demo_card, 4242).stderr
+    assert verify(demo_card, 1001).returncode == 4  # blocked is blocked, even for the right finger
+    assert enrol(demo_card, 1001, key="00" * 16 + "\n").returncode != 0  # not the management key
+    enrolled = enrol(demo_card, 1001)
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "5 tries" in enrolled.stdout
+    again = verify(demo_card, 1001)
     assert again.returncode == 0, again.stderr
 
 
 def test_enrolling_another_identity_changes_who_matches(demo_card: InsertedCard) -> None:
-    enrol = sdbox(
-        "bio",
-        "enrol",
-        "--reader",
-        demo_card.reader,
-        "--identity-seed",
-        "77",
-        stdin=DEMO_MANAGEMENT_KEY,
-    )
-    assert enrol.returncode == 0, enrol.stderr
+    enrolled = enrol(demo_card, 77)
+    assert enrolled.returncode == 0, enrolled.stderr
     assert demo_card.state.fingers[0x96].reference == synth.enrolment_template(77)
-    assert (
-        sdbox(
-            "card",
-            "verify",
-            "--reader",
-            demo_card.reader,
-            "--sensor",
-            "emulated",
-            "--identity-seed",
-            "77",
-        ).returncode
-        == 0
-    )
-    assert (
-        sdbox(
-            "card",
-            "verify",
-            "--reader",
-            demo_card.reader,
-            "--sensor",
-            "emulated",
-            "--identity-seed",
-            "1001",
-        ).returncode
-        == 4
-    )
+    assert verify(demo_card, 77).returncode == 0
+    assert verify(demo_card, 1001).returncode == 4
 
 
 def test_emulated_sensor_gives_fresh_impressions() -> None:
