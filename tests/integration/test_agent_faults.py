@@ -39,7 +39,9 @@ def test_card_pulled_at_each_step(
             if step != "listing":
                 await _wait(run.agent, State.PICKER)
                 await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
-            await _wait(run.agent, State.IDLE, timeout=30)
+            # the agent saw the card, then its removal (pcscd notices within ~0.4 s)
+            await _wait_for(lambda: State.READING in [e.state for e in run.events], timeout=30)
+            await _wait_for(lambda: run.events[-1].state == State.IDLE, timeout=30)
             await asyncio.sleep(0.3)  # let any stray flow show itself
             assert run.agent.snapshot.state == State.IDLE
             assert run.agent._session is None
