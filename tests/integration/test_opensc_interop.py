@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sdbox.smartcard.emulator.stack import VPCD_READERS, reader_name
 from sdbox.smartcard.errors import VerificationError
 from sdbox.smartcard.pkcs11 import OPENSC_MODULE, Pkcs11Card
 from sdbox.smartcard.profile import ObjectTag, certificate_object, decode_certificate
@@ -19,8 +20,20 @@ from tests.integration.conftest import InsertedCard
 DEMO_PIN = "123456"  # the demo profile's published test PIN
 
 
-def pkcs11_tool(*args: str, pin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+def pkcs11_tool(
+    *args: str, card: InsertedCard, pin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """pkcs11-tool on OpenSC, seeing only ``card``'s reader.
+
+    OpenSC enumerates every reader; another run's card held exclusively in
+    the other vpcd reader would fail the slot listing (CKR_DEVICE_ERROR), so
+    the other readers are ignored through a private OpenSC configuration.
+    """
+    others = [reader_name(i) for i in range(VPCD_READERS) if reader_name(i) != card.reader]
+    conf = card.state.path.parent / "opensc.conf" if card.state.path else Path("/tmp/opensc.conf")
+    ignored = ", ".join(f'"{r}"' for r in others)
+    conf.write_text(f"app default {{\n  ignored_readers = {ignored};\n}}\n")
+    env = dict(os.environ, OPENSC_CONF=str(conf))
     extra: list[str] = []
     if pin is not None:  # through the environment, never on the command line
         env["SDBOX_TEST_PIN"] = pin
@@ -47,7 +60,7 @@ def test_opensc_tool_lists_the_reader_with_a_card(demo_card: InsertedCard) -> No
 
 
 def test_pkcs11_tool_lists_holder_and_project_certificates(demo_card: InsertedCard) -> None:
-    out = pkcs11_tool("--list-objects", "--type", "cert")
+    out = pkcs11_tool("--list-objects", "--type", "cert", card=demo_card)
     assert out.returncode == 0, out.stderr
     assert "Certificate for PIV Authentication" in out.stdout
     assert "subject:    DN: O=sdbox, CN=Dr Ada Lovelace" in out.stdout
@@ -63,7 +76,7 @@ def test_pkcs11_tool_signature_verifies_with_the_holder_certificate(
     signature = tmp_path / "sig.der"
     out = pkcs11_tool(
         "--sign", "--id", "01", "-m", "ECDSA-SHA256", "--signature-format", "openssl",
-        "-i", str(message), "-o", str(signature), pin=DEMO_PIN,
+        "-i", str(message), "-o", str(signature), card=demo_card, pin=DEMO_PIN,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     key = _cert(demo_card, 0x9A).public_key()
@@ -94,6 +107,7 @@ def test_pkcs11_tool_derive_matches_ecdh_with_the_project_certificate(
         str(peer),
         "-o",
         str(shared),
+        card=demo_card,
         pin=DEMO_PIN,
     )
     assert out.returncode == 0, out.stderr
