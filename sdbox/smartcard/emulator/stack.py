@@ -123,6 +123,7 @@ class PcscDaemon:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        self._pid_file.write_text(str(self.process.pid))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -141,14 +142,39 @@ class PcscDaemon:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    @property
+    def _pid_file(self) -> Path:
+        return LOCK_DIR / f"sdbox-pcscd-{self.port}.pid"
+
+    def _stop_left_behind(self) -> None:
+        """Stop a pcscd that an earlier sdbox run started and had to leave to others.
+
+        Called by the last user only; the pid is trusted only if that process
+        is still a pcscd running with an sdbox configuration directory.
+        """
+        try:
+            pid = int(self._pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            self._pid_file.unlink(missing_ok=True)
+            return
+        if cmdline and cmdline[0].endswith(b"pcscd") and any(b"sdbox-pcscd-" in a for a in cmdline):
+            _log.info("stopping the pcscd an earlier sdbox run left running (pid %d)", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        self._pid_file.unlink(missing_ok=True)
+
     def stop(self) -> None:
         """Stop the daemon if this object started it and nobody else uses it."""
         if self.process is not None and self.shared:
             _log.info("pcscd is in use by another sdbox run: leaving it running")
-            self.process = None
+            self.process = None  # the pid file lets the last user stop it
+        elif self.process is None and self._users is not None and not self.shared:
+            self._stop_left_behind()
         process, self.process = self.process, None
         if process is None:
             return
+        self._pid_file.unlink(missing_ok=True)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:
