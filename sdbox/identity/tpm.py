@@ -205,3 +205,22 @@ class TpmIdentity:
         except p11err.PKCS11Error as exc:
             raise pkcs11_failure(exc, self._config, "signing") from exc
         return raw_to_der(raw)
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """The TPM key as `sdbox identity check` reports it."""
+
+    public_key: ec.EllipticCurvePublicKey
+    properties: KeyProperties
+
+
+def key_status(config: IdentityConfig) -> KeyStatus:
+    """The box key's public half and protection attributes, read through PKCS#11."""
+    token = get_token(load_module(config), config)
+    try:
+        with token.open(user_pin=read_pin(config)) as session:
+            key = find_private_key(session, config)
+            return KeyStatus(public_key_of(session, config), key_properties(key))
+    except p11err.PKCS11Error as exc:
+        raise pkcs11_failure(exc, config, "reading the box key") from exc

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
-import pkcs11
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,7 +47,8 @@ def test_provisioning_creates_a_key_in_the_tpm_and_root_only_pins(
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert len(path.read_text().strip()) >= 32
     again = provision_tpm(box)  # first boot interrupted and run again: same key
-    assert not again.created_token and not again.created_key
+    assert not again.created_token
+    assert not again.created_key
     token = get_token(load_module(box), box)
     with token.open(user_pin=read_pin(box)) as session:
         key = find_private_key(session, box)
@@ -67,28 +68,24 @@ def test_tpm_signature_verifies_with_the_certificate_key(pki: Pki, box: Identity
         public.verify(identity.sign(message), message, ec.ECDSA(hashes.SHA256()))
 
 
-def test_wrong_pin_file_is_refused_clearly(
-    pki: Pki, box: IdentityConfig, tmp_path: Path
-) -> None:
+def test_wrong_pin_file_is_refused_clearly(pki: Pki, box: IdentityConfig, tmp_path: Path) -> None:
     _certify(pki, box)
     wrong = tmp_path / "token-pin"
     wrong.write_text("not-the-pin\n")
     os.chmod(wrong, 0o600)
-    identity = open_identity(IdentityConfig(**{**box.__dict__, "pin_file": wrong}))
-    with pytest.raises(IdentityError, match="refused the token PIN from .*do not retry"):
+    identity = open_identity(replace(box, pin_file=wrong))
+    with pytest.raises(IdentityError, match=r"refused the token PIN from .*do not retry"):
         identity.sign(b"x")
-    missing = IdentityConfig(**{**box.__dict__, "pin_file": tmp_path / "absent"})
-    with pytest.raises(IdentityError, match="PIN file .* cannot be read"):
+    missing = replace(box, pin_file=tmp_path / "absent")
+    with pytest.raises(IdentityError, match=r"PIN file .* cannot be read"):
         open_identity(missing).sign(b"x")
 
 
 def test_missing_token_is_refused_clearly(pki: Pki, box: IdentityConfig) -> None:
     _certify(pki, box)
-    other = IdentityConfig(**{**box.__dict__, "token_label": "never-provisioned"})
-    with pytest.raises(IdentityError, match="holds no token 'never-provisioned'.*provision"):
+    other = replace(box, token_label="never-provisioned")
+    with pytest.raises(IdentityError, match=r"holds no token 'never-provisioned'.*provision"):
         open_identity(other)
-    no_key = IdentityConfig(**{**box.__dict__, "key_label": "no-such-key"})
+    no_key = replace(box, key_label="no-such-key")
     with pytest.raises(IdentityError, match="holds no key 'no-such-key'"):
         open_identity(no_key).sign(b"x")
-
-
