@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import replace
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -14,10 +19,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute
 from pkcs11 import exceptions as p11err
 
+from sdbox.broker.enrolment import EnrolmentTokens
+from sdbox.broker.errors import BrokerRefused
 from sdbox.identity import IdentityConfig, IdentityError, open_identity
+from sdbox.identity.enrol import enrol
 from sdbox.identity.provision import provision_tpm, so_pin_file, tpm_csr
-from sdbox.identity.tpm import find_private_key, get_token, key_properties, load_module, read_pin
+from sdbox.identity.tpm import (
+    find_private_key,
+    get_token,
+    key_properties,
+    key_status,
+    load_module,
+    read_pin,
+)
+from sdbox.trust import Purpose, validate
 from sdbox.trust.pki import Pki
+from tests.integration.agent_env import BrokerEnv, broker_settings, reference_broker
 from tests.integration.tpm_env import SoftwareTpm, swtpm, tpm_identity_config
 
 __all__ = ["swtpm"]
@@ -89,3 +106,115 @@ def test_missing_token_is_refused_clearly(pki: Pki, box: IdentityConfig) -> None
     no_key = replace(box, key_label="no-such-key")
     with pytest.raises(IdentityError, match="holds no key 'no-such-key'"):
         open_identity(no_key).sign(b"x")
+
+
+# -- first boot: enrolment with the reference broker -------------------------------
+
+
+@dataclass
+class EnrolmentCentre:
+    broker: BrokerEnv
+    tokens: EnrolmentTokens
+    register: Path
+
+
+@pytest.fixture(scope="module")
+def enrolment_centre(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EnrolmentCentre]:
+    work = tmp_path_factory.mktemp("enrolment-centre")
+    register = work / "enrolment-tokens.json"
+    with reference_broker(work, pki, {}, {}, enrolment_tokens=register) as broker:
+        yield EnrolmentCentre(broker, EnrolmentTokens(register), register)
+
+
+def _flash_token(centre: EnrolmentCentre, box_id: str, directory: Path) -> tuple[str, Path]:
+    """What flashing leaves on the box's config partition (sdbox flash --enrolment-token-file)."""
+    token = centre.tokens.add(box_id)
+    path = directory / "config" / "enrolment-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    return token, path
+
+
+def _enrol(pki: Pki, centre: EnrolmentCentre, config: IdentityConfig, token_file: Path) -> Any:
+    return enrol(
+        config,
+        broker_url=centre.broker.url,
+        token_file=token_file,
+        broker_anchors=[pki.root.cert],
+        anchors=[pki.root.cert],
+        intermediates=pki.intermediates,
+    )
+
+
+def test_first_boot_enrolment_succeeds_once(
+    pki: Pki, swtpm: SoftwareTpm, enrolment_centre: EnrolmentCentre, tmp_path: Path
+) -> None:
+    sealed = tmp_path / "sealed"  # the TPM-sealed data partition
+    config = replace(
+        tpm_identity_config(swtpm, sealed, sealed / "box.pem"), token_label="first-boot-box"
+    )
+    token, token_file = _flash_token(enrolment_centre, "tpm-box-7", tmp_path)
+    assert token not in enrolment_centre.register.read_text()  # hashed at rest
+
+    result = _enrol(pki, enrolment_centre, config, token_file)
+    assert result.box_id == "sdbox box tpm-box-7"
+    assert not result.already
+    assert result.token_removed
+    assert not token_file.exists()
+    certificate = x509.load_pem_x509_certificate(config.certificate.read_bytes())
+    chain = validate(certificate, pki.intermediates, [pki.root.cert], at=datetime.now(UTC),
+                     purpose=Purpose.BOX, crls=None)  # fmt: skip
+    assert chain.chain[1:] == (pki.box_ca.cert, pki.root.cert)
+    assert key_status(config).public_key == certificate.public_key()
+    assert key_status(config).properties.bound_to_tpm
+    public = certificate.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(open_identity(config).sign(b"hello"), b"hello", ec.ECDSA(hashes.SHA256()))
+
+    # first boot run again: nothing is spent
+    token_file.write_text(token + "\n")
+    assert _enrol(pki, enrolment_centre, config, token_file).already
+    # the certificate lost: the used token is refused, and says why
+    config.certificate.unlink()
+    with pytest.raises(BrokerRefused, match="already used") as err:
+        _enrol(pki, enrolment_centre, config, token_file)
+    assert err.value.code == "enrolment_token"
+    assert not config.certificate.exists()
+
+
+def test_wrong_enrolment_token_is_refused(
+    pki: Pki, swtpm: SoftwareTpm, enrolment_centre: EnrolmentCentre, tmp_path: Path
+) -> None:
+    config = replace(
+        tpm_identity_config(swtpm, tmp_path, tmp_path / "box.pem"), token_label="wrong-token-box"
+    )
+    token_file = tmp_path / "enrolment-token"
+    token_file.write_text("not-a-token-the-centre-issued\n")
+    with pytest.raises(BrokerRefused, match="not known to the centre") as err:
+        _enrol(pki, enrolment_centre, config, token_file)
+    assert err.value.code == "enrolment_token"
+    assert not config.certificate.exists()
+    assert token_file.exists()
+    with pytest.raises(IdentityError, match="cannot be read"):
+        _enrol(pki, enrolment_centre, config, tmp_path / "no-token")
+
+
+def test_identity_check_command(
+    pki: Pki, swtpm: SoftwareTpm, box: IdentityConfig, tmp_path: Path
+) -> None:
+    _certify(pki, box)
+    env = BrokerEnv(
+        None, "https://127.0.0.1:1", Path(), box.certificate, pki.path / "root.pem", box
+    )
+    (tmp_path / "agent.toml").write_text(broker_settings(env))
+    done = subprocess.run(
+        [sys.executable, "-m", "sdbox", "identity", "check", "--config", str(tmp_path / "agent.toml")],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **swtpm.environment()},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "box id:       sdbox box tpm-box-1" in done.stdout
+    assert "key in TPM:   yes" in done.stdout
+    assert "extractable:  no (never extractable: yes, sensitive: yes)" in done.stdout
+    assert "matches cert: yes" in done.stdout
