@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute
 from pkcs11 import exceptions as p11err
 
+from sdbox.agent.events import State
 from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.broker.errors import BrokerRefused
 from sdbox.identity import IdentityConfig, IdentityError, open_identity
@@ -34,10 +36,12 @@ from sdbox.identity.tpm import (
 )
 from sdbox.trust import Purpose, validate
 from sdbox.trust.pki import Pki
-from tests.integration.agent_env import BrokerEnv, broker_settings, reference_broker
+from tests.integration.agent_env import BrokerEnv, broker_settings, reference_broker, until
+from tests.integration.session_servers import tool_missing
+from tests.integration.test_broker import Centre, _ask, _census, centre, verified_card
 from tests.integration.tpm_env import SoftwareTpm, swtpm, tpm_identity_config
 
-__all__ = ["swtpm"]
+__all__ = ["centre", "swtpm"]
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +222,53 @@ def test_identity_check_command(
     assert "key in TPM:   yes" in done.stdout
     assert "extractable:  no (never extractable: yes, sensitive: yes)" in done.stdout
     assert "matches cert: yes" in done.stdout
+
+
+# -- the TPM identity at work: the broker and the agent ------------------------------
+
+needs_session_stack = pytest.mark.skipif(
+    bool(tool_missing("freerdp-shadow-cli3", "winpr-hash3", "qemu-system-x86_64", "Xvfb")),
+    reason="the session stack is not installed (make setup)",
+)
+
+
+@needs_session_stack
+def test_broker_issues_a_credential_to_a_tpm_box(
+    pki: Pki, box: IdentityConfig, centre: Centre, free_reader: int, tmp_path: Path
+) -> None:
+    _certify(pki, box)
+    identity = open_identity(box)
+    issued_before = centre.broker.server.broker.issued
+    with verified_card(pki, centre, free_reader, tmp_path) as (card, session):
+        credential = asyncio.run(_ask(centre, session, _census(card), identity=identity))
+    assert credential.kind == "password"
+    assert centre.broker.server.broker.issued == issued_before + 1
+
+
+@needs_session_stack
+def test_agent_with_tpm_identity_reaches_a_session(
+    pki: Pki, box: IdentityConfig, centre: Centre, free_reader: int, tmp_path: Path
+) -> None:
+    from tests.integration.test_agent import running_agent
+
+    _certify(pki, box)
+    tpm_broker = replace(centre.broker, identity=box)
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki, centre.bubbles, free_reader, tmp_path, broker=tpm_broker
+        ) as run:
+            assert run.config.identity.kind == "tpm"
+            await until(lambda: run.agent.snapshot.state == State.PICKER)
+            await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
+            await until(
+                lambda: (
+                    run.agent.snapshot.state == State.RUNNING
+                    or run.agent.snapshot.problem is not None
+                )
+            )
+            assert run.agent.snapshot.state == State.RUNNING, run.agent.snapshot.message
+
+    issued_before = centre.broker.server.broker.issued
+    asyncio.run(scenario())
+    assert centre.broker.server.broker.issued == issued_before + 1
