@@ -237,8 +237,10 @@ class Broker:
         now = datetime.now(UTC)
         with self._lock:
             pki = Pki.open(Path(self.config.box_ca))
+            # a few minutes back for a box clock slightly behind, never before its CA
+            start = max(now - timedelta(minutes=5), pki.box_ca.cert.not_valid_before_utc)
             certificate = pki.issue_box(
-                public, box_id=box_id, not_before=now - timedelta(minutes=5),
+                public, box_id=box_id, not_before=start,
                 not_after=now + timedelta(days=self.config.box_certificate_days),
             )  # fmt: skip
             issuer = pki.box_ca.cert
