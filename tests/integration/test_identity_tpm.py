@@ -120,6 +120,7 @@ class EnrolmentCentre:
     broker: BrokerEnv
     tokens: EnrolmentTokens
     register: Path
+    config: Path  # the broker's TOML
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def enrolment_centre(
     work = tmp_path_factory.mktemp("enrolment-centre")
     register = work / "enrolment-tokens.json"
     with reference_broker(work, pki, {}, {}, enrolment_tokens=register) as broker:
-        yield EnrolmentCentre(broker, EnrolmentTokens(register), register)
+        yield EnrolmentCentre(broker, EnrolmentTokens(register), register, work / "broker.toml")
 
 
 def _flash_token(centre: EnrolmentCentre, box_id: str, directory: Path) -> tuple[str, Path]:
@@ -272,3 +273,58 @@ def test_agent_with_tpm_identity_reaches_a_session(
     issued_before = centre.broker.server.broker.issued
     asyncio.run(scenario())
     assert centre.broker.server.broker.issued == issued_before + 1
+
+
+def _sdbox(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sdbox", *args],
+        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def test_first_boot_from_the_command_line(
+    pki: Pki, swtpm: SoftwareTpm, enrolment_centre: EnrolmentCentre, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "config-partition" / "enrolment-token"
+    token_file.parent.mkdir()
+    made = _sdbox("broker", "enrolment-token", "--config", str(enrolment_centre.config),
+                  "--box-id", "cli-box-3", "--out", str(token_file), env={})  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert token not in made.stdout + made.stderr
+
+    sealed = tmp_path / "sealed"
+    ident = replace(tpm_identity_config(swtpm, sealed, sealed / "box.pem"), token_label="cli-box")
+    intermediates = tmp_path / "intermediates.pem"
+    pem = serialization.Encoding.PEM
+    intermediates.write_bytes(b"".join(c.public_bytes(pem) for c in pki.intermediates))
+    env = BrokerEnv(None, enrolment_centre.broker.url, Path(), ident.certificate,
+                    pki.path / "root.pem", ident)  # fmt: skip
+    agent_toml = tmp_path / "agent.toml"
+    agent_toml.write_text(
+        f'[trust]\nanchors = "{pki.path / "root.pem"}"\nintermediates = "{intermediates}"\n'
+        f'[credentials]\nbroker_url = "{env.url}"\nbroker_anchors = "{pki.path / "root.pem"}"\n'
+        + broker_settings(env)
+    )
+    config = ["--config", str(agent_toml)]
+    enrolled = _sdbox("identity", "enrol", *config, "--token-file", str(token_file),
+                      env=swtpm.environment())  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "enrolled as sdbox box cli-box-3" in enrolled.stdout
+    assert not token_file.exists()
+    checked = _sdbox("identity", "check", *config, env=swtpm.environment())
+    assert checked.returncode == 0, checked.stderr
+    assert "box id:       sdbox box cli-box-3" in checked.stdout
+    for result in (made, enrolled, checked):
+        assert token not in result.stdout + result.stderr
+    assert ident.pin_file is not None
+    assert ident.pin_file.read_text().strip() not in enrolled.stdout + enrolled.stderr
+
+    # the box lost its certificate; the token written at flashing is spent
+    ident.certificate.unlink()
+    token_file.write_text(token + "\n")
+    again = _sdbox("identity", "enrol", *config, "--token-file", str(token_file),
+                   env=swtpm.environment())  # fmt: skip
+    assert again.returncode != 0
+    assert "already used" in again.stderr
