@@ -193,15 +193,37 @@ class TpmIdentity:
         self.box_id = _box_id(self.certificate)
         self._config = config
         self._token = get_token(load_module(config), config)
+        self._refused_pin: tuple[int, int, int] | None = None  # the PIN file the TPM refused
+
+    def _pin_file_version(self) -> tuple[int, int, int] | None:
+        assert self._config.pin_file is not None
+        try:
+            info = self._config.pin_file.stat()
+        except OSError:
+            return None
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
 
     def sign(self, message: bytes) -> bytes:
-        """ECDSA-SHA256 in the TPM, DER encoded."""
+        """ECDSA-SHA256 in the TPM, DER encoded.
+
+        A PIN the TPM refused is not tried again until the PIN file changes:
+        every wrong try counts towards the TPM's dictionary-attack lockout.
+        """
+        version = self._pin_file_version()
+        if version is not None and version == self._refused_pin:
+            raise IdentityError(
+                f"the TPM refused the token PIN from {self._config.pin_file} before, and the "
+                "file has not changed: not trying it again (the TPM would lock out)"
+            )
         try:
             with self._token.open(user_pin=read_pin(self._config)) as session:
                 key = find_private_key(session, self._config)
                 if not isinstance(key, pkcs11.types.SignMixin):
                     raise IdentityError("the TPM key cannot sign")
                 raw = key.sign(message, mechanism=Mechanism.ECDSA_SHA256)
+        except p11err.PinIncorrect as exc:
+            self._refused_pin = version
+            raise pkcs11_failure(exc, self._config, "signing") from exc
         except p11err.PKCS11Error as exc:
             raise pkcs11_failure(exc, self._config, "signing") from exc
         return raw_to_der(raw)

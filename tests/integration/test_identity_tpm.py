@@ -89,14 +89,31 @@ def test_tpm_signature_verifies_with_the_certificate_key(pki: Pki, box: Identity
         public.verify(identity.sign(message), message, ec.ECDSA(hashes.SHA256()))
 
 
-def test_wrong_pin_file_is_refused_clearly(pki: Pki, box: IdentityConfig, tmp_path: Path) -> None:
+def _lockout_counter(tpm: SoftwareTpm) -> int:
+    """The TPM's dictionary-attack counter (wrong authorisations)."""
+    out = subprocess.run(
+        ["tpm2_getcap", "properties-variable"],
+        capture_output=True, text=True, timeout=30, check=True, env={**os.environ, **tpm.environment()},
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("TPM2_PT_LOCKOUT_COUNTER"))
+    return int(line.split(":")[1], 0)
+
+
+def test_wrong_pin_file_is_refused_clearly(
+    pki: Pki, box: IdentityConfig, swtpm: SoftwareTpm, tmp_path: Path
+) -> None:
     _certify(pki, box)
     wrong = tmp_path / "token-pin"
     wrong.write_text("not-the-pin\n")
     os.chmod(wrong, 0o600)
     identity = open_identity(replace(box, pin_file=wrong))
+    lockout_before = _lockout_counter(swtpm)
     with pytest.raises(IdentityError, match=r"refused the token PIN from .*do not retry"):
         identity.sign(b"x")
+    assert _lockout_counter(swtpm) == lockout_before + 1
+    with pytest.raises(IdentityError, match="not trying it again"):
+        identity.sign(b"x")
+    assert _lockout_counter(swtpm) == lockout_before + 1  # the TPM was not asked again
     missing = replace(box, pin_file=tmp_path / "absent")
     with pytest.raises(IdentityError, match=r"PIN file .* cannot be read"):
         open_identity(missing).sign(b"x")
