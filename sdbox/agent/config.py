@@ -137,7 +137,6 @@ class IdentityConfigSection:
         help="tpm: how to reach the TPM (TPM2_PKCS11_TCTI); the kernel resource manager on a box",
     )
 
-
     def identity_config(self) -> IdentityConfig:
         """The library's view of this section (sdbox.identity)."""
         return IdentityConfig(
