@@ -13,8 +13,9 @@ PINs stay in this process's memory and their root-only files:
   ``CKA_SENSITIVE`` and not extractable: the TPM object is created with
   fixedTPM/fixedParent, so no PKCS#11 attribute can make it leave the TPM;
 - the SO and user PINs are random (192 bits), written 0600 before the token
-  exists (a crash then leaves a PIN file without token, which provisioning
-  repairs, never a token nobody can open).
+  exists: a crash then leaves PIN files without a token (the next run writes
+  new ones) or a token without a user PIN (the next run sets it with the SO
+  PIN from its file), never a token nobody can open.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import ctypes
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pkcs11
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
@@ -139,6 +141,14 @@ def _init_token(config: IdentityConfig, lib: Pkcs11Lib, so_pin: str) -> None:
         raise IdentityError(f"the TPM refused to create the token (C_InitToken 0x{rv:x})")
 
 
+def _init_pin(token: pkcs11.Token, config: IdentityConfig, so_pin: str, user_pin: str) -> None:
+    try:
+        with token.open(rw=True, so_pin=so_pin) as session:
+            session.init_pin(user_pin)
+    except p11err.PKCS11Error as exc:
+        raise pkcs11_failure(exc, config, "setting the token PIN") from exc
+
+
 def provision_tpm(config: IdentityConfig) -> Provisioned:
     """Create the token and the box key in the TPM if missing; return the public key.
 
@@ -160,13 +170,19 @@ def provision_tpm(config: IdentityConfig) -> Provisioned:
         _write_secret(config.pin_file, user_pin)
         _init_token(config, lib, so_pin)
         token = get_token(lib, config)
-        try:
-            with token.open(rw=True, so_pin=so_pin) as session:
-                session.init_pin(user_pin)
-        except p11err.PKCS11Error as exc:
-            raise pkcs11_failure(exc, config, "setting the token PIN") from exc
+        _init_pin(token, config, so_pin, user_pin)
         created_token = True
         _log.info("TPM token '%s' created", config.token_label)
+    else:
+        try:
+            # read-write: a failed login leaves its session open, and a read-only one
+            # would stop the SO from logging in (CKR_SESSION_READ_ONLY_EXISTS)
+            token.open(rw=True, user_pin=read_pin(config)).close()
+        except p11err.UserPinNotInitialized:  # interrupted between C_InitToken and C_InitPIN
+            so_file = replace(config, pin_file=so_pin_file(config))
+            _init_pin(token, config, read_pin(so_file), read_pin(config))
+        except p11err.PKCS11Error as exc:
+            raise pkcs11_failure(exc, config, "opening the token") from exc
     try:
         with token.open(
             rw=True, user_pin=read_pin(config), attribute_mapper=_TpmKeyTemplates()

@@ -25,7 +25,7 @@ from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.broker.errors import BrokerRefused
 from sdbox.identity import IdentityConfig, IdentityError, open_identity
 from sdbox.identity.enrol import enrol
-from sdbox.identity.provision import provision_tpm, so_pin_file, tpm_csr
+from sdbox.identity.provision import _init_token, provision_tpm, so_pin_file, tpm_csr
 from sdbox.identity.tpm import (
     find_private_key,
     get_token,
@@ -51,6 +51,22 @@ def box(swtpm: SoftwareTpm, tmp_path_factory: pytest.TempPathFactory) -> Identit
     config = tpm_identity_config(swtpm, directory, directory / "box.pem")
     provision_tpm(config)
     return config
+
+
+def test_provisioning_interrupted_after_the_token_was_created_is_repaired(
+    swtpm: SoftwareTpm, tmp_path: Path
+) -> None:
+    config = replace(
+        tpm_identity_config(swtpm, tmp_path, tmp_path / "box.pem"), token_label="interrupted"
+    )
+    assert config.pin_file is not None
+    so_pin_file(config).write_text("so-pin-from-the-first-try\n")
+    config.pin_file.write_text("user-pin-from-the-first-try\n")
+    _init_token(config, load_module(config), "so-pin-from-the-first-try")  # then power lost
+    result = provision_tpm(config)
+    assert not result.created_token
+    assert result.created_key
+    assert key_status(config).properties.bound_to_tpm
 
 
 def _certify(pki: Pki, config: IdentityConfig, box_id: str = "tpm-box-1") -> x509.Certificate:
