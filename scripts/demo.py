@@ -10,16 +10,18 @@ build/demo/summary.json. Everything started is stopped, by pid.
 
 Each session's one-time credential comes from the reference broker (`sdbox
 broker`, HTTPS on loopback), which checks a fresh ECDH proof of the project
-key on the card and the box's identity. Headless here: the kiosk greeter
+key on the card and the box's identity: a key made in a software TPM
+(swtpm behind tpm2-abrmd) at the box's "first boot" and certified by the
+broker against a one-time enrolment token. Headless here: the kiosk greeter
 runs under cage on a headless output (its screens are captured with grim)
-and the session clients on an Xvfb. Not yet in the demo: the box identity
-in a TPM (a development software key, logged as such).
+and the session clients on an Xvfb.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -38,6 +40,8 @@ from sdbox.agent.card import ReaderWatcher
 from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, export
 from sdbox.agent.events import SessionEndedEvent, State
 from sdbox.agent.service import build_agent
+from sdbox.broker.enrolment import EnrolmentTokens
+from sdbox.identity.enrol import enrol
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
@@ -55,6 +59,7 @@ from tests.integration.agent_env import (
 )
 from tests.integration.greeter_env import Kiosk, kiosk, missing
 from tests.integration.session_servers import paint_pattern, pattern_in, screenshot, xvfb
+from tests.integration.tpm_env import software_tpm, tpm_identity_config, tpm_missing
 
 OUT = Path("build/demo")
 
@@ -323,8 +328,34 @@ def main() -> int:
                 f"bubbles up: {', '.join(f'{k} on 127.0.0.1:{v}' for k, v in ports.items())}",
                 flush=True,
             )
-            broker = stack.enter_context(reference_broker(work / "broker", pki, servers, ports))
+            register = work / "enrolment-tokens.json"
+            broker = stack.enter_context(
+                reference_broker(work / "broker", pki, servers, ports, enrolment_tokens=register)
+            )
             print(f"reference broker on {broker.url}", flush=True)
+            why_no_tpm = tpm_missing()
+            if why_no_tpm is None:
+                tpm = stack.enter_context(software_tpm(work / "tpm"))
+                # the tabrmd TCTI finds its private bus through the environment only
+                os.environ["DBUS_SESSION_BUS_ADDRESS"] = tpm.bus_address
+                sealed = work / "sealed"  # the box's TPM-sealed data partition
+                identity = tpm_identity_config(tpm, sealed, sealed / "box.pem")
+                token_file = work / "config" / "enrolment-token"  # what `sdbox flash` writes
+                token_file.parent.mkdir(parents=True, exist_ok=True)
+                token_file.write_text(EnrolmentTokens(register).add("demo-box-1") + "\n")
+                asyncio.run(
+                    demo.step(
+                        "first boot: box key made in the TPM, enrolled with the centre",
+                        lambda: asyncio.to_thread(
+                            enrol, identity, broker_url=broker.url, token_file=token_file,
+                            broker_anchors=[pki.root.cert], anchors=[pki.root.cert],
+                            intermediates=pki.intermediates,
+                        ),
+                    )
+                )  # fmt: skip
+                broker = dataclasses.replace(broker, identity=identity)
+            else:
+                print(f"box identity: development key ({why_no_tpm})", flush=True)
             asyncio.run(
                 flow(demo, work, pki, bubble_display, box_display, broker, index, interactive)
             )
