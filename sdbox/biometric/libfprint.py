@@ -40,7 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sdbox.biometric import compact, record
 from sdbox.biometric.compact import MinutiaType
@@ -188,7 +188,7 @@ def _gi() -> tuple[Any, Any, Any]:
     return FPrint, GLib, Gio
 
 
-def _raise_from(exc: Any, fprint: Any, glib: Any) -> None:
+def _raise_from(exc: Any, fprint: Any, glib: Any) -> NoReturn:
     domain = exc.domain
     if domain == glib.quark_to_string(fprint.device_retry_quark()):
         raise PlaceFingerAgain(exc.message) from exc
