@@ -73,7 +73,8 @@ class NbisMinutia:
     @property
     def iso_degrees(self) -> int:
         """The ISO/IEC 19794-2 angle in degrees (mindtct's M1 conversion)."""
-        return (90 - round(self.direction * NBIS_DEGREES_PER_UNIT)) % 360
+        # NBIS's sround: halves away from zero (22.5 -> 23), not Python's to-even
+        return (90 - int(self.direction * NBIS_DEGREES_PER_UNIT + 0.5)) % 360
 
 
 @dataclass(frozen=True)
