@@ -25,7 +25,7 @@ tier[card]="pcscd libpcsclite-dev swig vsmartcard-vpcd opensc opensc-pkcs11 pcsc
 tier[session]="freerdp3-x11 freerdp3-sdl freerdp3-shadow-x11 winpr3-utils virt-viewer qemu-system-x86 xvfb x11-apps imagemagick xdotool"
 tier[kiosk]="python3-gi gir1.2-gtk-4.0 cage grim xwayland dbus libsystemd-dev gettext"
 tier[identity]="swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools"
-tier[biometric]="gir1.2-fprint-2.0 libfprint-2-2"
+tier[biometric]="gir1.2-fprint-2.0 libfprint-2-2 python3-gi"
 # The Debian package (make deb): debhelper, lintian, and what the pinned
 # sdists compile against (pyscard: swig + pcsclite; systemd-python: libsystemd).
 tier[debian]="debhelper dpkg-dev lintian fakeroot python3-venv python3-dev swig libpcsclite-dev libsystemd-dev pkg-config"
