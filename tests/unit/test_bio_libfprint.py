@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from sdbox.agent.config import load
+from sdbox.agent.ports import make_sensor
 from sdbox.biometric import compact, ridges
 from sdbox.biometric.compact import MinutiaType
 from sdbox.biometric.errors import PlaceFingerAgain
-from sdbox.biometric.libfprint import Capture, NbisMinutia, to_probe, to_record
+from sdbox.biometric.libfprint import Capture, LibfprintSensor, NbisMinutia, to_probe, to_record
 
 
 @pytest.mark.parametrize(
@@ -55,3 +59,11 @@ def test_generated_images_are_deterministic_and_sized_to_the_window() -> None:
     assert ridges.impression(5, 2) != first
     assert (first.width, first.height) == (292, 372)  # the default 15 x 19 mm window at 500 ppi
     assert abs(first.ppmm - 500 / 25.4) < 1e-9
+
+
+def test_the_agent_builds_the_configured_libfprint_sensor(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[sensor]\nkind = "libfprint"\ndriver = "elan"\nppi = 508\n')
+    sensor = make_sensor(load(path).sensor)
+    assert isinstance(sensor, LibfprintSensor)
+    assert (sensor.driver, sensor.ppi) == ("elan", 508)
