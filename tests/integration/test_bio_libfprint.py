@@ -18,15 +18,20 @@ from pathlib import Path
 
 import pytest
 
+from sdbox.agent.events import Problem, State
 from sdbox.biometric import matcher, ridges
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
 from sdbox.biometric.libfprint import LibfprintSensor, send_image, send_retry
 from sdbox.biometric.ridges import GreyImage
+from sdbox.trust.pki import Pki
+from tests.integration.agent_env import until
 from tests.integration.conftest import InsertedCard
+from tests.integration.test_agent import Bubbles, _wait, bubbles, running_agent
 from tests.integration.test_bio_card import DEMO_MANAGEMENT_KEY
 
 gi = pytest.importorskip("gi")
 DRIVER = "virtual_image"
+__all__ = ["bubbles"]  # the agent test's fixture (Xvfb and RDP bubbles), used here
 
 
 @pytest.fixture
@@ -175,3 +180,31 @@ def test_no_device_is_sensor_unavailable(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("FP_VIRTUAL_IMAGE", raising=False)
     with pytest.raises(SensorUnavailable, match="no fingerprint sensor"):
         asyncio.run(LibfprintSensor(DRIVER).capture())
+
+
+def test_the_agent_verifies_the_holder_through_libfprint(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path, finger: Finger
+) -> None:
+    """The box's flow: the agent's [sensor] kind = libfprint, VERIFY on the card, a session."""
+    sensor = f'kind = "libfprint"\ndriver = "{DRIVER}"'
+
+    async def scenario() -> None:
+        async with running_agent(pki, bubbles, free_reader, tmp_path, sensor=sensor) as run:
+            # the enrolment station's job, done on the emulated card directly
+            reference = await asyncio.to_thread(
+                capture, LibfprintSensor(DRIVER), finger, ridges.enrolment_image(2006)
+            )
+            run.card.state.fingers[0x96].reference = reference
+            await _wait(run.agent, State.PICKER)
+            await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
+            await _wait(run.agent, State.VERIFYING)
+            finger.place(ridges.blank())  # nothing usable: asked again, no try spent
+            await until(lambda: run.agent.snapshot.problem == Problem.SENSOR_FAILED)
+            finger.place(ridges.impression(2007, 1))  # someone else
+            await until(lambda: run.agent.snapshot.problem == Problem.WRONG_FINGER)
+            assert run.agent.snapshot.tries_left == 4
+            finger.place(ridges.impression(2006, 1))
+            await _wait(run.agent, State.RUNNING)
+            assert run.card.state.fingers[0x96].tries == 5
+
+    asyncio.run(scenario())
