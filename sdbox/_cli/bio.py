@@ -103,6 +103,38 @@ def enrol(
     click.echo(f"enrolled the {which} finger ({len(reference) // 3} minutiae); {tries} tries")
 
 
+@bio.command("present-image")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="libfprint's virtual_image socket (the FP_VIRTUAL_IMAGE of the capturing process).",
+)
+@click.option("--identity-seed", type=int, default=1001, show_default=True)
+@click.option(
+    "--impression",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Which impression (0: the careful enrolment capture).",
+)
+@click.option("--blank", is_flag=True, help="An empty sensor instead of a finger.")
+def present_image(socket_path: Path, identity_seed: int, impression: int, blank: bool) -> None:
+    """Put a generated fingerprint image on libfprint's virtual_image sensor (tests, demos)."""
+    from sdbox.biometric import ridges  # noqa: PLC0415
+    from sdbox.biometric.libfprint import send_image  # noqa: PLC0415
+
+    if blank:
+        image = ridges.blank()
+    elif impression == 0:
+        image = ridges.enrolment_image(identity_seed)
+    else:
+        image = ridges.impression(identity_seed, impression)
+    send_image(socket_path, image, timeout_s=60)
+    click.echo(f"presented a {image.width}x{image.height} image")
+
+
 @bio.command()
 @click.option("--fingers", type=click.IntRange(10), default=500, show_default=True)
 @click.option(

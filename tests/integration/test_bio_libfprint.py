@@ -208,3 +208,30 @@ def test_the_agent_verifies_the_holder_through_libfprint(
             assert run.card.state.fingers[0x96].tries == 5
 
     asyncio.run(scenario())
+
+
+def test_the_readme_walkthrough_with_present_image(demo_card: InsertedCard, socket_path: Path) -> None:
+    """Two shells: one command waits for a finger, `sdbox bio present-image` gives it one."""
+
+    def with_finger(args: list[str], present: list[str], stdin: str | None = None) -> str:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "sdbox", *args], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert waiting.stdin is not None
+        waiting.stdin.write(stdin or "")
+        waiting.stdin.close()
+        presented = sdbox("bio", "present-image", "--socket", str(socket_path), *present)
+        assert presented.returncode == 0, presented.stderr
+        waiting.wait(timeout=60)  # a line or two of output: the pipes cannot fill
+        assert waiting.stdout is not None
+        assert waiting.stderr is not None
+        out, err = waiting.stdout.read(), waiting.stderr.read()
+        assert waiting.returncode == 0, err
+        return out
+
+    enrol_args = ["bio", "enrol", "--reader", demo_card.reader, "--sensor", "libfprint"]
+    assert "5 tries" in with_finger(enrol_args, ["--identity-seed", "2008", "--impression", "0"],
+                                    stdin=DEMO_MANAGEMENT_KEY)  # fmt: skip
+    verify_args = ["card", "verify", "--reader", demo_card.reader, "--sensor", "libfprint"]
+    assert "verified" in with_finger(verify_args, ["--identity-seed", "2008", "--impression", "2"])
