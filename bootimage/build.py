@@ -55,6 +55,8 @@ PACKAGES = [
     "freerdp3-sdl", "virt-viewer",
     "chrony", "ca-certificates",
 ]  # fmt: skip
+# an image sensor through libfprint (its NBIS mindtct extracts the minutiae); python3-gi is above
+LIBFPRINT_PACKAGES = ["libfprint-2-2", "gir1.2-fprint-2.0"]
 # dpkg drops documentation and foreign translations (the greeter speaks fr and en)
 DPKG_OPTIONS = [
     "path-exclude=/usr/share/man/*",
@@ -147,13 +149,13 @@ def overlay(build: Build) -> Path:
     (sdbox_etc / "generation.toml").write_text(gen.source.read_text())
     (sdbox_etc / "image-version").write_text(f"{__version__}\n")
     build_time = datetime.fromtimestamp(build.epoch, UTC).isoformat()
-    sensor = {"libfprint": "none", "emulated": "emulated", "none": "none"}[gen.sensor.kind]
+    sensor = gen.sensor.kind  # libfprint, emulated or none: the agent's [sensor] kinds
     (sdbox_etc / "agent.toml").write_text(
         f"# sdbox agent on a {gen.name} box; written by bootimage/build.py\n"
         "[trust]\n"
         f'build_time = "{build_time}"\n'
         "[sensor]\n"
-        f"# generation sensor: {gen.sensor.kind} (libfprint capture lands with the biometrics work)\n"
+        f"# generation sensor: {gen.sensor.kind}\n"
         f'kind = "{sensor}"\n'
         "[credentials]\n"
         'provider = "broker"\n'
@@ -195,6 +197,8 @@ def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
     started = time.monotonic()
     shutil.rmtree(build.rootdir, ignore_errors=True)
     packages = PACKAGES + build.generation.firmware.packages
+    if build.generation.sensor.kind == "libfprint":
+        packages = packages + LIBFPRINT_PACKAGES
     early = build.work / "overlay-early"
     shutil.rmtree(early, ignore_errors=True)
     shutil.copytree(overlay_dir / "usr/share/initramfs-tools", early / "usr/share/initramfs-tools")

@@ -22,6 +22,11 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _ppi(value: int) -> str | None:
+    # mindtct is tuned for 500 ppi; far from it, its block sizes no longer fit the ridges
+    return None if 250 <= value <= 1000 else "must be between 250 and 1000"
+
+
 def _endpoint_patterns(values: list[str]) -> str | None:
     for value in values:
         if not re.fullmatch(r"[A-Za-z0-9.*?\[\]-]+:[0-9*]+", value):
@@ -62,9 +67,16 @@ class CardConfig:
 class SensorConfig:
     """The fingerprint sensor."""
 
-    kind: Literal["emulated", "file", "none"] = setting(
+    kind: Literal["libfprint", "emulated", "file", "none"] = setting(
         "none",
-        help="none (no sensor yet: PIN where allowed), emulated (test: a seeded synthetic finger), file (test)",
+        help="libfprint (an image sensor; minutiae by libfprint's NBIS mindtct), none (PIN where "
+        "allowed), emulated (test: a seeded synthetic finger), file (test)",
+    )
+    driver: str = setting(
+        "", help="libfprint: the driver to use (empty: the first device that captures images)"
+    )
+    ppi: int = setting(
+        500, help="libfprint: the sensor's resolution in pixels per inch", check=_ppi
     )
     seed: int = setting(1001, help="emulated: the synthetic finger's identity seed")
     path: str = setting("", help="file: the template presented")

@@ -128,6 +128,10 @@ def make_sensor(config: SensorConfig) -> Any:
     """The configured sensor."""
     from sdbox.biometric.sensor import EmulatedSensor, FileSensor  # noqa: PLC0415
 
+    if config.kind == "libfprint":
+        from sdbox.biometric.libfprint import LibfprintSensor  # noqa: PLC0415
+
+        return LibfprintSensor(config.driver, config.ppi)
     if config.kind == "emulated":
         return EmulatedSensor(config.seed)
     if config.kind == "file":

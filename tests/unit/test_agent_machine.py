@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from sdbox.agent.card import CardHandle
 from sdbox.agent.events import SessionEndedEvent, State, Transition
 from sdbox.agent.machine import Agent, Refusal
+from sdbox.biometric.errors import PlaceFingerAgain
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Project
 from sdbox.smartcard.emulator.applet import PivApplet
@@ -140,8 +141,14 @@ def _now() -> Any:
 class Sensor:
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        self.poor_captures = 0  # how many captures are too poor before a good one
+        self.captures = 0
 
     async def capture(self) -> bytes:
+        self.captures += 1
+        if self.poor_captures:
+            self.poor_captures -= 1
+            raise PlaceFingerAgain("too few clear ridge details")
         return seeded_template(self.seed)
 
 
@@ -281,6 +288,28 @@ def test_endpoint_outside_the_allow_list_is_refused(pki: Pki, tmp_path: Path) ->
         assert agent.snapshot.problem is not None
         assert agent.snapshot.problem.value == "endpoint_not_allowed"
         assert sessions.opened == []
+
+    asyncio.run(scenario())
+
+
+def test_a_poor_capture_is_asked_again_and_costs_no_try(pki: Pki, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        agent, _sessions, events, applet = make_agent(pki, tmp_path)
+        sensor = agent.sensor
+        assert isinstance(sensor, Sensor)
+        sensor.poor_captures = 2
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        await agent.choose_project("census-2021")
+        await until(lambda: agent.snapshot.state == State.RUNNING)
+        assert sensor.captures == 3
+        prompts = [e for e in events if isinstance(e, Transition) and e.state == State.VERIFYING]
+        assert [p.problem.value if p.problem else None for p in prompts] == [
+            None,
+            "sensor_failed",
+            "sensor_failed",
+        ]
+        assert applet.state.fingers[0x96].tries == 5
 
     asyncio.run(scenario())
 
