@@ -121,3 +121,14 @@ def test_agent_keeps_the_settings_its_exposure_depends_on() -> None:
     # only the TPM among devices, only loopback until the image's drop-in adds the tunnel
     assert [x for x in lines if x.startswith("DeviceAllow=")] == ["DeviceAllow=/dev/tpmrm0 rw"]
     assert [x for x in lines if x.startswith("IPAddressAllow=")] == ["IPAddressAllow=localhost"]
+
+
+def test_no_core_dump_can_hold_a_secret() -> None:
+    # the agent (PIN relayed, one-time credential) and the greeter (PIN typed) dump no core,
+    # and the image writes none for any process (test_no_secrets.py checks none appeared)
+    units = unit_files()
+    for name in ("sdbox-agent.service", "sdbox-greeter.service"):
+        assert "LimitCORE=0" in units[name].splitlines(), name
+    sysctl = (ROOT / "bootimage/rootfs/etc/sysctl.d/90-sdbox-hardening.conf").read_text()
+    assert "kernel.core_pattern = |/bin/false" in sysctl.splitlines()
+    assert "fs.suid_dumpable = 0" in sysctl.splitlines()
