@@ -41,7 +41,7 @@ integration: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: setup
-	PYTHONPATH=. $(PY) scripts/demo.py
+	PYTHONPATH=. $(PY) scripts/demo.py $(DEMO_ARGS)
 
 bench: setup
 	PYTHONPATH=. $(PY) -m benchmarks

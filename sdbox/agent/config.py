@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from sdbox.config import load_file, setting
+from sdbox.identity import IdentityConfig
 
 DEFAULT_PATH = Path("/etc/sdbox/agent.toml")
 
@@ -127,6 +128,23 @@ class IdentityConfigSection:
         Path("/var/lib/sdbox/identity/dev-key.pem"), help="development: software key"
     )
     certificate: Path = setting(Path("/var/lib/sdbox/identity/box.pem"), help="the box certificate")
+    tpm_store: Path = setting(
+        Path("/var/lib/sdbox/identity/tpm2-pkcs11"),
+        help="tpm: libtpm2-pkcs11's token store (TPM2_PKCS11_STORE), on the sealed partition",
+    )
+    tcti: str = setting(
+        "device:/dev/tpmrm0",
+        help="tpm: how to reach the TPM (TPM2_PKCS11_TCTI); the kernel resource manager on a box",
+    )
+
+    def identity_config(self) -> IdentityConfig:
+        """The library's view of this section (sdbox.identity)."""
+        return IdentityConfig(
+            kind=self.kind, certificate=self.certificate, key_file=self.key_file,
+            pkcs11_module=self.pkcs11_module, token_label=self.token_label,
+            key_label=self.key_label, pin_file=self.pin_file, tpm_store=self.tpm_store,
+            tcti=self.tcti,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -537,6 +537,8 @@ class Agent:
                 else Problem.CREDENTIAL_REFUSED
             )
             raise Refusal(problem, exc.message) from exc
+        if credential is None:  # interactive: nothing was issued, the bubble asks
+            return user, credential
         audit(
             AuditEvent.CREDENTIAL_ISSUED,
             "one-time session credential obtained",

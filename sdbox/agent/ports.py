@@ -166,7 +166,13 @@ class SessionService:
         protocol = (
             SessionProtocol.RDP if project.protocol == Protocol.RDP else SessionProtocol.SPICE
         )
-        secret = credential if isinstance(credential, Credential) else Credential(str(credential))
+        secret: Credential | None
+        if credential is None:  # interactive: the bubble runs its own logon
+            secret = None
+        elif isinstance(credential, Credential):
+            secret = credential
+        else:
+            secret = Credential(str(credential))
         spec = SessionSpec(
             endpoint=Endpoint(protocol, project.host, project.port),
             user=user,

@@ -142,7 +142,7 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
         return Screen(
             "insert",
             _("Insert your card"),
-            _("Secure data access"),
+            "",
             _("Insert your card into the reader to start."),
         )
     if view.state == "reading":
@@ -181,6 +181,12 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
         tries = view.tries_left
         body = _("{n} tries left").format(n=tries) if tries >= 0 else ""
         hint = _("or type your PIN below") if pin and finger else ""
+        if pin and finger and tries == 0:  # the finger is blocked: only the PIN is left
+            title, body, hint = (
+                _("Enter your PIN"),
+                _("Your finger is blocked: have it enrolled again at the card office."),
+                "",
+            )
         return Screen(
             "finger",
             title,

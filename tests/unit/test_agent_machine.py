@@ -48,6 +48,7 @@ class FakeSession:
         self.ended: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
         self.pid: int | None = 4242
         self.killed = self.closed = False
+        self.credential: Any = None
 
     async def start(self) -> None:
         pass
@@ -92,6 +93,7 @@ class Sessions:
         self, project: Project, user: str, credential: Any, server: x509.Certificate
     ) -> FakeSession:
         session = FakeSession(project, project.id in self.fail)
+        session.credential = credential
         self.opened.append(session)
         return session
 
@@ -156,7 +158,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def make_agent(
-    pki: Pki, tmp_path: Path, *, seed: int = 1001
+    pki: Pki, tmp_path: Path, *, seed: int = 1001, credentials: Any = None
 ) -> tuple[Agent, Sessions, list[Any], PivApplet]:
     applet = PivApplet(issue_card(load_profile("demo"), pki, state_path=tmp_path / "card.json"))
     sessions = Sessions()
@@ -168,7 +170,8 @@ def make_agent(
         return handle
 
     agent = Agent(
-        trust=Trust(pki), sensor=Sensor(seed), credentials=Credentials(), sessions=sessions,
+        trust=Trust(pki), sensor=Sensor(seed), credentials=credentials or Credentials(),
+        sessions=sessions,
         endpoint_allowed=lambda endpoint: endpoint.startswith("127.0.0.1:"), open_card=open_card,
     )  # fmt: skip
     agent.listeners.append(events.append)
@@ -283,3 +286,27 @@ def test_endpoint_outside_the_allow_list_is_refused(pki: Pki, tmp_path: Path) ->
 
 
 __all__ = ["serialization"]
+
+
+def test_interactive_provider_opens_the_bubble_logon_without_a_credential(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The holder is still verified; the session gets no credential and none is said issued."""
+    from sdbox.agent.service import InteractiveCredentials
+
+    async def scenario() -> None:
+        agent, sessions, events, _applet = make_agent(
+            pki, tmp_path, credentials=InteractiveCredentials()
+        )
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        await agent.choose_project("census-2021")
+        await until(lambda: agent.snapshot.state == State.RUNNING)
+        states = [e.state for e in events if isinstance(e, Transition)]
+        assert State.VERIFYING in states
+        assert sessions.opened[0].credential is None
+        await agent.card_removed("reader")
+
+    with caplog.at_level("INFO"):
+        asyncio.run(scenario())
+    assert "credential obtained" not in caplog.text

@@ -148,3 +148,13 @@ def test_every_text_has_a_french_translation_and_the_catalogue_is_compiled(tmp_p
     assert compiled.read_bytes() == (ui / "locale/fr/LC_MESSAGES/sdbox.mo").read_bytes(), (
         "run msgfmt: the .mo is stale"
     )
+
+
+def test_a_blocked_finger_leaves_only_the_pin_where_the_project_allows_it() -> None:
+    screen = screen_for(
+        AgentView(state="verifying", message="place your finger or enter your PIN", tries_left=0),
+        EN,
+    )
+    assert screen.title == "Enter your PIN"
+    assert "blocked" in screen.body
+    assert screen.pin_entry is True
