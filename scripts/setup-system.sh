@@ -30,7 +30,8 @@ tier[identity]="swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-too
 tier[biometric]="gir1.2-fprint-2.0 libfprint-2-2 python3-gi"
 # The Debian package (make deb): debhelper, lintian, and what the pinned
 # sdists compile against (pyscard: swig + pcsclite; systemd-python: libsystemd).
-tier[debian]="debhelper dpkg-dev lintian fakeroot python3-venv python3-dev swig libpcsclite-dev libsystemd-dev pkg-config"
+# systemd: systemd-analyze scores the units' exposure (--offline, no systemd PID 1 needed; test_security.py)
+tier[debian]="debhelper dpkg-dev lintian fakeroot python3-venv python3-dev swig libpcsclite-dev libsystemd-dev pkg-config systemd"
 # The appliance image (make image image-test): mmdebstrap builds the root,
 # squashfs + veritysetup seal it, systemd's EFI stub + sbsign make the signed
 # UKI, mtools/dosfstools/fdisk assemble the disk without mounting anything;
