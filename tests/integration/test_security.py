@@ -110,7 +110,7 @@ def test_agent_keeps_the_settings_its_exposure_depends_on() -> None:
             "UMask=0077",
             "DevicePolicy=closed",
             "DeviceAllow=/dev/tpmrm0 rw",
-            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
             "SystemCallFilter=@system-service",
             "IPAddressDeny=any",
             "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_CHOWN CAP_KILL",
@@ -118,8 +118,12 @@ def test_agent_keeps_the_settings_its_exposure_depends_on() -> None:
     )
     lines = set(agent.splitlines())
     assert [s for s in settings if s not in lines] == []
-    # only the TPM among devices, only loopback until the image's drop-in adds the tunnel
-    assert [x for x in lines if x.startswith("DeviceAllow=")] == ["DeviceAllow=/dev/tpmrm0 rw"]
+    # only the TPM and the USB sensor among devices, only loopback until the image's
+    # drop-in adds the tunnel
+    assert sorted(x for x in lines if x.startswith("DeviceAllow=")) == [
+        "DeviceAllow=/dev/tpmrm0 rw",
+        "DeviceAllow=char-usb_device rw",
+    ]
     assert [x for x in lines if x.startswith("IPAddressAllow=")] == ["IPAddressAllow=localhost"]
 
 
