@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration hwtest demo bench soak fuzz clean deb lock image image-test
+.PHONY: setup setup-system venv test lint typecheck unit integration hwtest demo bench soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
 
 setup: setup-system venv
 
@@ -74,7 +74,26 @@ GENERATION ?= qemu-q35
 image: venv
 	bash scripts/setup-system.sh image
 	bash scripts/build-deb.sh
-	$(PY) bootimage/build.py --generation $(GENERATION)
+	$(PY) bootimage/build.py --generation $(GENERATION) $(IMAGE_ARGS)
+
+# The signed RAUC update bundle of a build: build/image/sdbox-$(GENERATION)-<version>.raucb
+# (docs/image.md "A/B updates"). IMAGE_ARGS=--reuse-root skips mmdebstrap.
+bundle: venv
+	bash scripts/setup-system.sh image
+	bash scripts/build-deb.sh
+	$(PY) bootimage/build.py --generation $(GENERATION) --bundle --no-disk $(IMAGE_ARGS)
+
+# For the update test: a bundle of the last image's root with a newer version
+# (the image's SOURCE_DATE_EPOCH + 1), from the kept root (no mmdebstrap).
+update-bundle: venv
+	SDBOX_IMAGE_VERSION=$$($(PY) -c 'import json,sys; v=json.load(open("build/image/sdbox-$(GENERATION).json"))["version"]; r,_,b=v.partition("+"); print(f"{r}+{int(b or 0)+1}")') \
+		$(PY) bootimage/build.py --generation $(GENERATION) --bundle --no-disk --reuse-root
+
+# On demand (about 10 min under TCG): install a newer bundle in QEMU, boot slot B,
+# refuse an older or equal one, fall back from a slot that does not boot.
+image-update-test: venv
+	bash scripts/setup-system.sh image
+	$(PY) bootimage/boot_test.py --generation $(GENERATION) --update
 
 # Boots build/image/sdbox-$(GENERATION).raw in QEMU (OVMF Secure Boot, swtpm)
 # and checks it from the serial console; prints `boot-to-ready: N.N s`.

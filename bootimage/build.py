@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sdbox import __version__  # noqa: E402
-from sdbox.bootimage import checks, disk, generations, tools  # noqa: E402
+from sdbox.bootimage import bundle, checks, disk, generations, tools  # noqa: E402
 from sdbox.bootimage.errors import BootImageError  # noqa: E402
 
 MIB = 2**20
@@ -55,6 +55,8 @@ PACKAGES = [
     "freerdp3-sdl", "virt-viewer",
     "chrony", "ca-certificates",
     "iproute2",  # ss: the boot test lists listening sockets with their owners
+    # A/B updates: RAUC (its D-Bus service installs bundles), bootctl is systemd's
+    "rauc", "rauc-service",
 ]  # fmt: skip
 # an image sensor through libfprint (its NBIS mindtct extracts the minutiae); python3-gi is above
 LIBFPRINT_PACKAGES = ["libfprint-2-2", "gir1.2-fprint-2.0"]
@@ -98,6 +100,7 @@ class Build:
     generation: generations.Generation
     out: Path
     epoch: int
+    version: str
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -122,12 +125,12 @@ def deterministic_uuid(*parts: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "sdbox:" + ":".join(parts)))
 
 
-def uuid_from_hex(hexdigits: str) -> str:
-    """systemd's convention: verity partition UUIDs are halves of the root hash."""
-    value = bytearray(bytes.fromhex(hexdigits[:32]))
-    value[6] = (value[6] & 0x0F) | 0x40  # version 4, variant 1, as systemd-repart does
-    value[8] = (value[8] & 0x3F) | 0x80
-    return str(uuid.UUID(bytes=bytes(value)))
+def slot_partuuids(generation: str, slot: str) -> tuple[str, str]:
+    """The root and verity partitions of a slot: fixed per generation, not derived from the
+    root hash (systemd-repart's convention for one image), because an update rewrites
+    a slot's contents but not its GPT entry; the UKI of a slot names these."""
+    return (deterministic_uuid(generation, f"root-{slot}"),
+            deterministic_uuid(generation, f"root-{slot}-verity"))  # fmt: skip
 
 
 def find_deb() -> Path:
@@ -148,7 +151,7 @@ def overlay(build: Build) -> Path:
     sdbox_etc = target / "etc/sdbox"
     (sdbox_etc / "trust").mkdir(parents=True, exist_ok=True)
     (sdbox_etc / "generation.toml").write_text(gen.source.read_text())
-    (sdbox_etc / "image-version").write_text(f"{__version__}\n")
+    (sdbox_etc / "image-version").write_text(f"{build.version}\n")
     build_time = datetime.fromtimestamp(build.epoch, UTC).isoformat()
     sensor = gen.sensor.kind  # libfprint, emulated or none: the agent's [sensor] kinds
     (sdbox_etc / "agent.toml").write_text(
@@ -168,6 +171,15 @@ def overlay(build: Build) -> Path:
 
         Pki.init(pki)
     shutil.copy(pki / "root.pem", sdbox_etc / "trust" / "roots.pem")
+    # A/B updates: RAUC's slots, the keyring bundles must chain to, our handler and backend
+    rauc_etc = target / "etc/rauc"
+    rauc_etc.mkdir(parents=True, exist_ok=True)
+    (rauc_etc / "system.conf").write_text(bundle.system_conf(gen.name))
+    shutil.copy(bundle.signing_keys(build.out / "keys").keyring, rauc_etc / "keyring.pem")
+    libexec = target / "usr/libexec/sdbox"
+    shutil.copy(ROOT / "sdbox/bootimage/slots.py", libexec / "rauc-bootloader")
+    (libexec / "rauc-bootloader").chmod(0o755)
+    (libexec / "rauc-pre-install").symlink_to("rauc-bootloader")
     for path in target.rglob("*"):
         os.utime(path, (build.epoch, build.epoch), follow_symlinks=False)
     return target
@@ -181,7 +193,8 @@ def customize_script() -> str:
         "systemctl mask getty@.service serial-getty@.service autovt@.service"
         " console-getty.service debug-shell.service emergency.service rescue.service"
         " ctrl-alt-del.target",
-        "systemctl enable systemd-networkd.service sdbox-boot-report.service",
+        "systemctl enable systemd-networkd.service sdbox-boot-report.service"
+        " sdbox-boot-confirm.service",
         "systemctl enable sdbox-agent.service sdbox-greeter.service"
         " sdbox-renewal-due.timer sdbox-crl-refresh.timer",
         "systemctl set-default multi-user.target",
@@ -347,9 +360,9 @@ def make_uki(build: Build, kernel: Path, initrd: Path, cmdline: str, name: str) 
     osrel = build.work / "os-release"
     osrel.write_text(
         (build.rootdir / "usr/lib/os-release").read_text()
-        + f"IMAGE_ID=sdbox-{build.generation.name}\nIMAGE_VERSION={__version__}\n"
+        + f"IMAGE_ID=sdbox-{build.generation.name}\nIMAGE_VERSION={build.version}\n"
     )
-    cmdfile = build.work / "cmdline"
+    cmdfile = build.work / f"{name}.cmdline"
     cmdfile.write_text(cmdline + "\n")
     if kernel.stat().st_size >= 0x1000000:
         raise BootImageError("the kernel is larger than the UKI layout allows (16 MiB)")
@@ -382,11 +395,11 @@ def assemble(
     name = build.generation.name
     specs = [
         disk.PartitionSpec("esp", GPT_ESP, ESP_SIZE, deterministic_uuid(name, "esp")),
-        disk.PartitionSpec("root-a", GPT_ROOT, SLOT_SIZE, uuid_from_hex(roothash[:32])),
-        disk.PartitionSpec("root-a-verity", GPT_ROOT_VERITY, VERITY_SIZE, uuid_from_hex(roothash[32:])),
+        disk.PartitionSpec("root-a", GPT_ROOT, SLOT_SIZE, slot_partuuids(name, "a")[0]),
+        disk.PartitionSpec("root-a-verity", GPT_ROOT_VERITY, VERITY_SIZE, slot_partuuids(name, "a")[1]),
         # slot B: empty until the first update writes it (docs/image.md)
-        disk.PartitionSpec("root-b", GPT_ROOT, SLOT_SIZE, deterministic_uuid(name, "root-b")),
-        disk.PartitionSpec("root-b-verity", GPT_ROOT_VERITY, VERITY_SIZE, deterministic_uuid(name, "root-b-verity")),
+        disk.PartitionSpec("root-b", GPT_ROOT, SLOT_SIZE, slot_partuuids(name, "b")[0]),
+        disk.PartitionSpec("root-b-verity", GPT_ROOT_VERITY, VERITY_SIZE, slot_partuuids(name, "b")[1]),
         disk.PartitionSpec(disk.CONFIG_PARTITION, GPT_LINUX, CONFIG_SIZE, deterministic_uuid(name, "config")),
         disk.PartitionSpec("sdbox-data", GPT_LINUX, DATA_SIZE, deterministic_uuid(name, "data-part")),
     ]  # fmt: skip
@@ -427,12 +440,46 @@ def compress(build: Build) -> Path:
     return packed
 
 
+def slot_cmdline(generation: generations.Generation, slot: str, roothash: str) -> str:
+    """The signed command line of a slot's UKI: its partitions, the root hash, RAUC's slot name."""
+    data, hash_tree = slot_partuuids(generation.name, slot)
+    return " ".join([
+        f"roothash={roothash}",
+        f"systemd.verity_root_data=PARTUUID={data}",
+        f"systemd.verity_root_hash=PARTUUID={hash_tree}",
+        f"rauc.slot={slot}",
+        *KERNEL_ARGS, *generation.firmware.kernel_args,
+    ])  # fmt: skip
+
+
+def make_update_bundle(build: Build, squashfs: Path, verity: Path, ukis: dict[str, Path]) -> Path:
+    """build/image/sdbox-<generation>-<version>.raucb, signed, verified with `rauc info`."""
+    started = time.monotonic()
+    keys = bundle.signing_keys(build.out / "keys")
+    conf = bundle.host_conf(build.work / "rauc-host.conf", build.generation.name, keys.keyring)
+    output = build.out / f"sdbox-{build.generation.name}-{build.version}.raucb"
+    files = {"root.squashfs": squashfs, "root.verity": verity,
+             **{f"sdbox-{slot}.efi": uki for slot, uki in ukis.items()}}  # fmt: skip
+    text = bundle.manifest(build.generation.name, build.version,
+                           datetime.fromtimestamp(build.epoch, UTC).isoformat())  # fmt: skip
+    bundle.make_bundle(build.work / "bundle", output, keys, conf, files, text, build.epoch)
+    verified = bundle.info(output, conf)
+    if verified.get("version") != build.version:
+        raise BootImageError(f"the bundle says version {verified.get('version')}, not {build.version}")
+    build.step(f"RAUC bundle ({output.stat().st_size / MIB:.0f} MiB, signed by {keys.source})", started)
+    return output
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generation", default="qemu-q35")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "image")
     parser.add_argument("--reuse-root", action="store_true",
                         help="keep the last mmdebstrap root (iterating on later steps)")
+    parser.add_argument("--bundle", action="store_true",
+                        help="also make the signed RAUC update bundle of this build")
+    parser.add_argument("--no-disk", action="store_true",
+                        help="no disk image (with --bundle: the bundle only)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("image: mmdebstrap --mode=root needs root", file=sys.stderr)
@@ -443,13 +490,17 @@ def main() -> int:
         epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or subprocess.run(
             ["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True,
             timeout=30, check=True).stdout.strip())  # fmt: skip
-        build = Build(generation, args.out, epoch)
+        version = bundle.image_version(__version__, epoch, os.environ.get("SDBOX_IMAGE_VERSION"))
+        build = Build(generation, args.out, epoch, version)
         build.work.mkdir(parents=True, exist_ok=True)
         deb = find_deb()
         overlay_dir = overlay(build)
         if args.reuse_root and (build.rootdir / "usr/lib/os-release").exists():
-            # what the customize hook's sync-in would do, for a changed overlay
+            # what the customize hooks would do, for a changed overlay
             shutil.copytree(overlay_dir, build.rootdir, symlinks=True, dirs_exist_ok=True)
+            (build.rootdir / "tmp/customize.sh").write_text(customize_script() + "\n")
+            tools.run(["chroot", build.rootdir, "sh", "/tmp/customize.sh"],  # noqa: S108 (inside the root)
+                      what="customizing the reused root", timeout=300)  # fmt: skip
         else:
             bootstrap(build, deb, overlay_dir)
         check_root(build)
@@ -457,31 +508,33 @@ def main() -> int:
         data = data_partition(build)
         squashfs, verity, roothash = squash_and_seal(build)
         started = time.monotonic()
-        part_a, part_a_verity = uuid_from_hex(roothash[:32]), uuid_from_hex(roothash[32:])
-        cmdline = " ".join([
-            f"roothash={roothash}",
-            f"systemd.verity_root_data=PARTUUID={part_a}",
-            f"systemd.verity_root_hash=PARTUUID={part_a_verity}",
-            *KERNEL_ARGS, *generation.firmware.kernel_args,
-        ])  # fmt: skip
         key, cert, key_source = signing_keys(build)
-        uki = sign(build, make_uki(build, kernel, initrd, cmdline, "sdbox-a"),
-                   build.work / "sdbox-a.efi", key, cert)  # fmt: skip
+        # one UKI per slot (same kernel, initrd and root hash; the slot's partitions)
+        cmdlines = {slot: slot_cmdline(generation, slot, roothash) for slot in ("a", "b")}
+        ukis = {slot: sign(build, make_uki(build, kernel, initrd, cmdlines[slot], f"sdbox-{slot}"),
+                           build.work / f"sdbox-{slot}.efi", key, cert)
+                for slot in ("a", "b")}  # fmt: skip
         boot = sign(build, BOOT_EFI, build.work / "BOOTX64.EFI", key, cert)
         loader = build.work / "loader.conf"
-        # no menu, no editor: the command line is the signed one, nothing else
+        # no menu, no editor: the command line is the signed one, nothing else; the
+        # slot RAUC activates is chosen by EFI variables (sdbox.bootimage.slots)
         loader.write_text("timeout 0\neditor no\nauto-entries no\nauto-firmware no\n"
                           "default sdbox-a.efi\n")  # fmt: skip
-        build.step("UKI + systemd-boot, signed", started)
+        build.step("UKIs (slot a, slot b) + systemd-boot, signed", started)
         manifest: dict[str, object] = {
             "generation": generation.name,
-            "version": __version__,
+            "version": version,
+            "package_version": __version__,
             "built": datetime.fromtimestamp(epoch, UTC).isoformat(),
             "roothash": roothash,
-            "slots": {"a": __version__, "b": None},
+            "slots": {"a": version, "b": None},
             "secure_boot_key": key_source,
         }
-        assemble(build, {"EFI/BOOT/BOOTX64.EFI": boot, "EFI/Linux/sdbox-a.efi": uki,
+        raucb = make_update_bundle(build, squashfs, verity, ukis) if args.bundle else None
+        if args.no_disk:
+            print(f"image: bundle {raucb} (version {version}); no disk image (--no-disk)")
+            return 0
+        assemble(build, {"EFI/BOOT/BOOTX64.EFI": boot, "EFI/Linux/sdbox-a.efi": ukis["a"],
                          "loader/loader.conf": loader}, squashfs, verity, roothash, data,
                  manifest)  # fmt: skip
         digest = hashlib.sha256()
@@ -513,10 +566,11 @@ def main() -> int:
         "compressed_bytes": packed.stat().st_size,
         "root_installed_bytes": installed,
         "root_squashfs_bytes": squashfs.stat().st_size,
-        "uki_bytes": uki.stat().st_size,
+        "uki_bytes": ukis["a"].stat().st_size,
         "timings_s": build.timings,
         "build_s": total,
-        "cmdline": cmdline,
+        "cmdline": cmdlines["a"],
+        "bundle": str(raucb) if raucb else None,
     }
     (args.out / f"sdbox-{generation.name}.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(f"image: {build.image} ({build.image.stat().st_size / 2**30:.2f} GiB disk, "

@@ -36,7 +36,7 @@ tier[debian]="debhelper dpkg-dev lintian fakeroot python3-venv python3-dev swig 
 # squashfs + veritysetup seal it, systemd's EFI stub + sbsign make the signed
 # UKI, mtools/dosfstools/fdisk assemble the disk without mounting anything;
 # OVMF (Secure Boot variables with Debian's snakeoil keys) and swtpm boot it.
-tier[image]="mmdebstrap squashfs-tools cryptsetup-bin systemd-boot-efi sbsigntool binutils dosfstools mtools fdisk ovmf swtpm swtpm-tools qemu-system-x86 qemu-utils zstd"
+tier[image]="mmdebstrap squashfs-tools cryptsetup-bin systemd-boot-efi sbsigntool binutils dosfstools mtools fdisk ovmf swtpm swtpm-tools qemu-system-x86 qemu-utils zstd rauc"
 
 tiers=("$@")
 [ ${#tiers[@]} -gt 0 ] || tiers=(base card session kiosk identity biometric debian image)
