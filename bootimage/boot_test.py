@@ -10,6 +10,12 @@ serial console; this script checks it and prints ``boot-to-ready: N.N s``
 
 Negative boots (``--negative``): a root with one flipped byte never reaches a
 running agent (dm-verity), and an unsigned UKI is refused by Secure Boot.
+
+A/B updates (``--update``, on demand: four boots of one disk and one set of EFI
+variables): slot A installs a newer signed bundle into B and refuses the same
+version; B, damaged before its trial boot, falls back to A; A installs it again;
+B boots, confirms itself (agent ready: the default entry) and refuses the older
+bundle. Bundles reach the guest (no NIC) on a second disk labelled SDBOXUPD.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from sdbox.bootimage import checks as image_checks  # noqa: E402
 from sdbox.bootimage import disk, tools  # noqa: E402
 from sdbox.bootimage.errors import BootImageError  # noqa: E402
+from sdbox.bootimage.slots import ImageVersion  # noqa: E402
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
@@ -40,6 +47,7 @@ REPORT = "SDBOX-BOOT-REPORT "
 WATCHDOG = "SDBOX-WATCHDOG-REPORT "
 GREETER = "SDBOX-GREETER-REPORT "
 END = "SDBOX-BOOT-REPORT-END"
+UPDATE = "SDBOX-UPDATE-REPORT "
 
 
 @dataclass
@@ -61,11 +69,15 @@ class Boot:
 class Vm:
     """QEMU + swtpm for one boot; everything stopped by pid on exit."""
 
-    def __init__(self, work: Path, disk_image: Path, accel: str, secure_boot: bool = True) -> None:
+    def __init__(self, work: Path, disk_image: Path, accel: str, secure_boot: bool = True,
+                 keep_vars: bool = False) -> None:  # fmt: skip
         self.work = work
         self.disk_image = disk_image
         self.accel = accel
         self.secure_boot = secure_boot
+        # the EFI variables survive a reboot (systemd-boot's one-shot and default entries)
+        self.keep_vars = keep_vars
+        self.extra_disk: Path | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start_tpm(self) -> Path:
@@ -93,8 +105,13 @@ class Vm:
 
     def argv(self, tpm_sock: Path) -> list[str]:
         vars_copy = self.work / "OVMF_VARS.fd"
-        shutil.copy(OVMF_VARS, vars_copy)
+        if not (self.keep_vars and vars_copy.exists()):
+            shutil.copy(OVMF_VARS, vars_copy)
         cpu = "host" if self.accel == "kvm" else "max"
+        extra = [] if self.extra_disk is None else [
+            "-drive", f"file={self.extra_disk},if=none,id=disk1,format=raw,readonly=on",
+            "-device", "virtio-blk-pci,drive=disk1",
+        ]  # fmt: skip
         return [
             "qemu-system-x86_64", "-accel", self.accel, "-machine", "q35,smm=on",
             "-cpu", cpu, "-smp", "2", "-m", "2048",
@@ -107,6 +124,7 @@ class Vm:
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0",
             "-device", "virtio-gpu-pci", "-display", "none",
             "-nic", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+            *extra,
         ]  # fmt: skip
 
     def boot(
@@ -139,6 +157,8 @@ class Vm:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         record.done.wait(timeout)
+        if not until:  # until QEMU exits (the guest rebooted: -no-reboot)
+            reader.join(5)
         return record
 
     def stop(self) -> None:
@@ -325,6 +345,145 @@ def unsigned_boot(image: Path, work: Path, accel: str, timeout: float) -> bool:
     return ok
 
 
+def update_disk(work: Path, name: str, bundles: dict[str, Path]) -> Path:
+    """A FAT disk labelled SDBOXUPD holding ``bundles`` (name on the disk -> file)."""
+    image = work / f"{name}.img"
+    image.unlink(missing_ok=True)
+    size = sum(b.stat().st_size for b in bundles.values()) + 64 * 2**20
+    size = -(-size // 2**20) * 2**20
+    with image.open("wb") as stream:
+        stream.truncate(size)
+    env = {"MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null", "HOME": "/nonexistent"}
+    tools.run(["mformat", "-i", image, "-F", "-T", str(size // disk.SECTOR), "-h", "64", "-s", "32",
+               "-v", "SDBOXUPD", "::"], what="formatting the update disk", timeout=60, env=env)  # fmt: skip
+    for target, source in bundles.items():
+        tools.run(["mcopy", "-i", image, source, f"::/{target}"], what=f"copying {target}",
+                  timeout=300, env=env)  # fmt: skip
+    return image
+
+
+def image_version(generation: str) -> str:
+    figures = json.loads((ROOT / "build" / "image" / f"sdbox-{generation}.json").read_text())
+    return str(figures["version"])
+
+
+def find_bundles(generation: str) -> tuple[Path, Path, str, str]:
+    """The bundle of the image's own version and the newest newer one."""
+    current = image_version(generation)
+    found: dict[str, Path] = {}
+    for path in (ROOT / "build" / "image").glob(f"sdbox-{generation}-*.raucb"):
+        found[path.name[len(f"sdbox-{generation}-") : -len(".raucb")]] = path
+    same = found.get(current)
+    newer = sorted((v for v in found if ImageVersion.parse(v) > ImageVersion.parse(current)),
+                   key=ImageVersion.parse)  # fmt: skip
+    if same is None or not newer:
+        raise BootImageError(
+            f"the update test needs build/image/sdbox-{generation}-{current}.raucb (the image's "
+            "version: `make image IMAGE_ARGS=--bundle`) and a newer bundle (`make update-bundle`); "
+            f"found: {', '.join(sorted(found)) or 'none'}"
+        )
+    return same, found[newer[-1]], current, newer[-1]
+
+
+def damage_slot(overlay_disk: Path, base: Path, partition: str) -> None:
+    """Change the first 4 KiB of a slot in the overlay (the squashfs superblock)."""
+    with base.open("rb") as stream:
+        part = disk.find_partition(disk.read_gpt(stream), partition)
+    tools.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0xa5 {part.offset} 4096", overlay_disk],
+              what=f"damaging {partition}", timeout=60)  # fmt: skip
+
+
+def report_of(boot: Boot, prefix: str) -> dict[str, Any] | None:
+    found = boot.find(prefix)
+    return json.loads(found[1]) if found else None
+
+
+def update_results(boot: Boot) -> dict[str, dict[str, Any]]:
+    report = report_of(boot, UPDATE) or {}
+    return {r["bundle"]: r for r in report.get("results", [])}
+
+
+def update_scenario(image: Path, work: Path, accel: str, timeout: float, echo: bool) -> int:
+    """Install, refuse, fall back, install again, run the new version (module docstring)."""
+    generation = image.stem.removeprefix("sdbox-")
+    same, newer, v_old, v_new = find_bundles(generation)
+    print(f"update: image {v_old}; bundles {same.name} (same), {newer.name} (newer)")
+    started = time.monotonic()
+    vm = Vm(work, overlay(image, work), accel, keep_vars=True)
+    checks: list[Check] = []
+    out = sys.stdout if echo else None
+
+    def slot_report(boot: Boot) -> dict[str, Any]:
+        report = report_of(boot, REPORT) or {}
+        return {"booted": (report.get("slots") or {}).get("booted"), "version": report.get("version"),
+                "agent": (report.get("units") or {}).get("sdbox-agent.service", {}).get("ActiveState"),
+                "entries": (report.get("slots") or {}).get("entries"),
+                "confirm": (report.get("slots") or {}).get("confirm")}  # fmt: skip
+
+    def output(result: dict[str, Any] | None) -> str:
+        return " | ".join((result or {}).get("output", []))[-300:]
+
+    try:
+        # 1. slot A (flashed): the same version refused, the newer one installed into B
+        vm.extra_disk = update_disk(work, "update-1", {"1-same.raucb": same, "2-newer.raucb": newer})
+        boot = vm.boot((), timeout, out, "update-1")
+        vm.stop()
+        seen, results = slot_report(boot), update_results(boot)
+        checks.append(Check("boot 1 runs slot a, the flashed version",
+                            seen["booted"] == "a" and seen["version"] == v_old, json.dumps(seen)))  # fmt: skip
+        refused = results.get("1-same.raucb")
+        checks.append(Check("a bundle of the running version is refused",
+                            refused is not None and refused["exit"] != 0
+                            and "already running" in output(refused), output(refused)))  # fmt: skip
+        installed = results.get("2-newer.raucb")
+        checks.append(Check(f"the newer bundle ({v_new}) installs into slot b",
+                            installed is not None and installed["exit"] == 0, output(installed)))  # fmt: skip
+        # 2. slot B damaged before its trial boot: dm-verity stops it, nothing runs
+        damage_slot(work / "disk.qcow2", image, "root-b")
+        vm.extra_disk = None
+        boot = vm.boot((), min(timeout, 400), out, "update-2")
+        vm.stop()
+        tried_b = any("rauc.slot=b" in line for _, line in boot.lines)
+        corrupt = [line for _, line in boot.lines if "verity" in line.lower() and "corrupt" in line.lower()]
+        checks.append(Check("boot 2 tries slot b once (one-shot entry); the damaged root never runs",
+                            tried_b and report_of(boot, REPORT) is None and bool(corrupt),
+                            corrupt[0].strip() if corrupt else f"tried b: {tried_b}"))  # fmt: skip
+        # 3. the firmware comes back to A (the default entry); A installs the bundle again
+        vm.extra_disk = update_disk(work, "update-3", {"2-newer.raucb": newer})
+        boot = vm.boot((), timeout, out, "update-3")
+        vm.stop()
+        seen, results = slot_report(boot), update_results(boot)
+        checks.append(Check("boot 3 falls back to slot a, the previous version",
+                            seen["booted"] == "a" and seen["version"] == v_old
+                            and any("trial boot of slot b failed" in c for c in seen["confirm"] or []),
+                            json.dumps(seen)))  # fmt: skip
+        again = results.get("2-newer.raucb")
+        checks.append(Check("slot a installs the newer bundle into b again",
+                            again is not None and again["exit"] == 0, output(again)))  # fmt: skip
+        # 4. slot B runs the new version, confirms itself, refuses the older bundle
+        vm.extra_disk = update_disk(work, "update-4", {"3-older.raucb": same})
+        boot = vm.boot((UPDATE,), timeout, out, "update-4")
+        vm.stop()
+        seen, results = slot_report(boot), update_results(boot)
+        checks.append(Check(f"boot 4 runs slot b, version {v_new}, agent ready",
+                            seen["booted"] == "b" and seen["version"] == v_new
+                            and seen["agent"] == "active", json.dumps(seen)))  # fmt: skip
+        checks.append(Check("slot b confirmed itself: systemd-boot's default entry",
+                            (seen["entries"] or {}).get("Default") == "sdbox-b.efi",
+                            json.dumps(seen["entries"])))  # fmt: skip
+        older = results.get("3-older.raucb")
+        checks.append(Check(f"the older bundle ({v_old}) is refused on {v_new}",
+                            older is not None and older["exit"] != 0
+                            and "refusing a downgrade" in output(older), output(older)))  # fmt: skip
+    finally:
+        vm.stop()
+    for check in checks:
+        print(f"  [{'ok' if check.ok else 'FAIL':7}] {check.name}: {check.detail}")
+    print(f"update scenario: {time.monotonic() - started:.0f} s (four boots, {accel})")
+    (work / "update-result.json").write_text(json.dumps([c.__dict__ for c in checks], indent=2) + "\n")
+    return 0 if checks and all(c.ok for c in checks) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generation", default="qemu-q35")
@@ -334,16 +493,23 @@ def main() -> int:
     parser.add_argument("--negative", action="store_true",
                         help="also boot a tampered root and an unsigned UKI")
     parser.add_argument("--echo", action="store_true", help="copy the console to stdout")
+    parser.add_argument("--update", action="store_true",
+                        help="only the A/B update scenario (four boots; needs two bundles)")
     args = parser.parse_args()
     image = ROOT / "build" / "image" / f"sdbox-{args.generation}.raw"
     if not image.exists():
         print(f"image-test: {image} does not exist: run `make image` first", file=sys.stderr)
         return 2
-    work = ROOT / "build" / "image-test" / args.generation
+    work = ROOT / "build" / "image-test" / (args.generation + ("-update" if args.update else ""))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     accel = pick_accel(args.accel)
     try:
+        if args.update:
+            status = update_scenario(image, work, accel, args.timeout, args.echo)
+            print(f"image-update-test: {'passed' if status == 0 else 'FAILED'} "
+                  f"(consoles: {work}/console-update-*.log)")  # fmt: skip
+            return status
         status = normal_boot(image, work, accel, args.timeout, args.echo)
         if args.negative:
             ok = tampered_boot(image, work, accel, min(args.timeout, 300))

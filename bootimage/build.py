@@ -194,10 +194,12 @@ def customize_script() -> str:
         " console-getty.service debug-shell.service emergency.service rescue.service"
         " ctrl-alt-del.target",
         "systemctl enable systemd-networkd.service sdbox-boot-report.service"
-        " sdbox-boot-confirm.service",
+        " sdbox-boot-confirm.service sdbox-update-from-disk.service",
         "systemctl enable sdbox-agent.service sdbox-greeter.service"
         " sdbox-renewal-due.timer sdbox-crl-refresh.timer",
         "systemctl set-default multi-user.target",
+        # RAUC keeps its slot status on the data partition (/etc/rauc/system.conf)
+        "mkdir -p /var/lib/rauc",
         # chrony: only the authenticated (NTS) sources of sources.d
         "sed -i -e '/^pool /d' -e '/^server /d' /etc/chrony/chrony.conf",
         # a fresh machine-id per box: empty, so that systemd makes one at boot

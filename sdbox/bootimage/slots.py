@@ -180,6 +180,19 @@ class Backend:
         else:
             # a trial: the next boot only; the default stays until it confirms itself
             self.efi.write("set-oneshot", entry(slot))
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            (self.state_dir / "trial").write_text(f"{slot}\n")
+
+    def pending_trial(self) -> str | None:
+        """The slot activated for a trial boot that has not confirmed itself yet."""
+        try:
+            slot = (self.state_dir / "trial").read_text().strip()
+        except OSError:
+            return None
+        return slot if slot in SLOTS else None
+
+    def end_trial(self) -> None:
+        (self.state_dir / "trial").unlink(missing_ok=True)
 
     def get_state(self, slot: str) -> str:
         entry(slot)
@@ -265,29 +278,50 @@ def pre_install(env: Mapping[str, str], version_file: Path = IMAGE_VERSION_FILE,
     return f"sdbox: version {offered} (running {running}) accepted; UKI for slot {slot} on the ESP"
 
 
-def agent_active() -> bool:
-    done = subprocess.run(
-        ["systemctl", "is-active", "--quiet", "sdbox-agent.service"], timeout=30, check=False, env=ENV
-    )
-    return done.returncode == 0
+def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=120, check=False, env=ENV)
 
 
-def confirm(backend: Backend) -> str:
+class System:
+    """What confirm() asks of the running system (a fake in the unit tests)."""
+
+    def agent_active(self) -> bool:
+        return _run(["systemctl", "is-active", "--quiet", "sdbox-agent.service"]).returncode == 0
+
+    def mark_good(self) -> None:
+        """Through RAUC, so that its status file says so too; it calls set-state good."""
+        done = _run(["rauc", "status", "mark-good", "booted"])
+        if done.returncode != 0:
+            raise SlotError(f"rauc status mark-good failed: {done.stderr.strip()}")
+
+    def reboot(self) -> None:
+        _run(["systemctl", "--no-block", "reboot"])
+
+
+def confirm(backend: Backend, system: System | None = None) -> str:
     """After the agent's start: this slot good, or (on a trial boot) bad and reboot."""
+    system = system or System()
     booted = backend.booted()
     if booted is None:
         return "sdbox: not booted through a slot entry; nothing to confirm"
+    notes = []
+    pending = backend.pending_trial()
+    if pending is not None and pending != booted:
+        # the trial boot never got here (reset, panic, verity): the firmware came back
+        backend.set_state(pending, "bad")
+        backend.end_trial()
+        notes.append(f"the trial boot of slot {pending} failed: marked bad, back on slot {booted}")
     trial = booted != backend.default()
-    if agent_active():
-        done = subprocess.run(["rauc", "status", "mark-good", "booted"], capture_output=True,
-                              text=True, timeout=120, check=False, env=ENV)  # fmt: skip
-        if done.returncode != 0:
-            raise SlotError(f"rauc status mark-good failed: {done.stderr.strip()}")
-        return f"sdbox: slot {booted} confirmed (agent ready){' after a trial boot' if trial else ''}"
+    if system.agent_active():
+        system.mark_good()
+        backend.end_trial()
+        notes.append(f"slot {booted} confirmed (agent ready){' after its trial boot' if trial else ''}")
+        return "sdbox: " + "; ".join(notes)
     if not trial:
         raise SlotError(f"the agent is not active on slot {booted}, the default: no other slot to fall back to")
     backend.set_state(booted, "bad")
-    subprocess.run(["systemctl", "--no-block", "reboot"], timeout=30, check=False, env=ENV)
+    backend.end_trial()
+    system.reboot()
     return f"sdbox: trial slot {booted} failed (agent not active): marked bad, rebooting into {backend.default()}"
 
 

@@ -231,3 +231,60 @@ def test_main_usage_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert err.startswith("sdbox: ")
     assert "version" in err
+
+
+class FakeSystem(slots.System):
+    def __init__(self, backend: Backend, agent: bool) -> None:
+        self.backend = backend
+        self.agent = agent
+        self.rebooted = False
+
+    def agent_active(self) -> bool:
+        return self.agent
+
+    def mark_good(self) -> None:  # what rauc does with the custom backend
+        booted = self.backend.booted()
+        assert booted is not None
+        self.backend.set_state(booted, "good")
+
+    def reboot(self) -> None:
+        self.rebooted = True
+
+
+def test_confirm_trial_boot_with_ready_agent(tmp_path: Path) -> None:
+    efi = FakeEfi(LoaderEntrySelected="sdbox-a.efi", LoaderEntryDefault="sdbox-a.efi")
+    backend = Backend(efi, tmp_path)
+    backend.set_primary("b")
+    efi.values.pop("LoaderEntryOneShot")
+    efi.values["LoaderEntrySelected"] = "sdbox-b.efi"
+    message = slots.confirm(backend, FakeSystem(backend, agent=True))
+    assert message == "sdbox: slot b confirmed (agent ready) after its trial boot"
+    assert efi.values["LoaderEntryDefault"] == "sdbox-b.efi"
+    assert backend.pending_trial() is None
+
+
+def test_confirm_after_a_trial_that_never_came_up(tmp_path: Path) -> None:
+    efi = FakeEfi(LoaderEntrySelected="sdbox-a.efi", LoaderEntryDefault="sdbox-a.efi")
+    backend = Backend(efi, tmp_path)
+    backend.set_primary("b")
+    efi.values.pop("LoaderEntryOneShot")  # b was tried, reset: the firmware booted a again
+    message = slots.confirm(backend, FakeSystem(backend, agent=True))
+    assert "the trial boot of slot b failed: marked bad, back on slot a" in message
+    assert backend.get_state("b") == "bad"
+    assert efi.values["LoaderEntryDefault"] == "sdbox-a.efi"
+
+
+def test_confirm_trial_without_agent_reboots_into_the_default(tmp_path: Path) -> None:
+    efi = FakeEfi(LoaderEntrySelected="sdbox-b.efi", LoaderEntryDefault="sdbox-a.efi")
+    backend = Backend(efi, tmp_path)
+    system = FakeSystem(backend, agent=False)
+    message = slots.confirm(backend, system)
+    assert system.rebooted
+    assert message.endswith("marked bad, rebooting into a")
+    assert backend.get_state("b") == "bad"
+    # on the default slot there is nothing to fall back to: an error, no reboot loop
+    efi.values["LoaderEntrySelected"] = "sdbox-a.efi"
+    system = FakeSystem(backend, agent=False)
+    with pytest.raises(SlotError, match="no other slot to fall back to"):
+        slots.confirm(backend, system)
+    assert not system.rebooted
