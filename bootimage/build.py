@@ -499,6 +499,8 @@ def main() -> int:
         overlay_dir = overlay(build)
         if args.reuse_root and (build.rootdir / "usr/lib/os-release").exists():
             # what the customize hooks would do, for a changed overlay
+            for link in (p for p in overlay_dir.rglob("*") if p.is_symlink()):
+                (build.rootdir / link.relative_to(overlay_dir)).unlink(missing_ok=True)
             shutil.copytree(overlay_dir, build.rootdir, symlinks=True, dirs_exist_ok=True)
             (build.rootdir / "tmp/customize.sh").write_text(customize_script() + "\n")
             tools.run(["chroot", build.rootdir, "sh", "/tmp/customize.sh"],  # noqa: S108 (inside the root)

@@ -11,9 +11,10 @@ only and runs under the image's /usr/bin/python3 -I. RAUC calls it as:
   on the ESP (EFI/Linux/sdbox-<slot>.efi).
 * ``rauc-bootloader get-primary | set-primary S | get-state S | set-state S good|bad``
   (``bootloader=custom``): systemd-boot chooses the entry; the slot to try
-  next is a one-shot entry (``bootctl set-oneshot``, consumed by systemd-boot
+  next is a one-shot entry (``LoaderEntryOneShot``, consumed by systemd-boot
   on the next boot), the slot that has proved itself is the default
-  (``bootctl set-default``). A trial boot that never confirms itself
+  (``LoaderEntryDefault``): the variables ``bootctl set-oneshot/set-default``
+  write. A trial boot that never confirms itself
   (reset, panic, verity corruption, agent never ready) falls back to the
   default on the next boot.
 * ``rauc-bootloader confirm`` (sdbox-boot-confirm.service, after the agent):
@@ -25,9 +26,11 @@ The choice of the custom backend over RAUC's ``efi`` backend: docs/image.md.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -133,27 +136,56 @@ def target_slot(env: Mapping[str, str]) -> str:
 
 
 class EfiVars:
-    """systemd-boot's EFI variables: read from efivarfs, written through bootctl."""
+    """systemd-boot's EFI variables in efivarfs, as `bootctl set-default/set-oneshot`
+    writes them (bookworm ships bootctl in systemd-boot, whose kernel hooks the
+    image does not want): 4 bytes of attributes, then UTF-16LE with a NUL."""
 
-    def __init__(self, root: Path = EFIVARS, bootctl: Sequence[str] = ("bootctl",)) -> None:
+    def __init__(self, root: Path = EFIVARS) -> None:
         self.root = root
-        self.bootctl = list(bootctl)
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}-{LOADER_GUID}"
 
     def read(self, name: str) -> str | None:
-        path = self.root / f"{name}-{LOADER_GUID}"
         try:
-            raw = path.read_bytes()[4:]  # attributes, then UTF-16LE with a NUL
+            raw = self.path(name).read_bytes()[4:]
         except OSError:
             return None
         return raw.decode("utf-16-le", errors="replace").rstrip("\0") or None
 
-    def write(self, verb: str, value: str) -> None:
-        done = subprocess.run(
-            [*self.bootctl, verb, value], capture_output=True, text=True, timeout=60,
-            check=False, env=ENV,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise SlotError(f"bootctl {verb} {value} failed: {done.stderr.strip() or done.stdout.strip()}")
+    def write(self, name: str, value: str | None) -> None:
+        """Set (non-volatile, boot + runtime access) or, with None, delete a variable."""
+        path = self.path(name)
+        try:
+            if path.exists():
+                _make_mutable(path)  # efivarfs marks existing variables immutable
+                path.unlink()
+            if value is not None:
+                data = struct.pack("<I", EFI_ATTRIBUTES) + (value + "\0").encode("utf-16-le")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    if os.write(fd, data) != len(data):  # efivarfs takes one write
+                        raise OSError(f"short write to {path}")
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise SlotError(f"cannot set the EFI variable {name} to {value!r}: {exc}") from exc
+
+
+EFI_ATTRIBUTES = 0x7  # NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
+
+
+def _make_mutable(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("i", 0)))[0]
+        if flags & FS_IMMUTABLE_FL:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags & ~FS_IMMUTABLE_FL))
+    except OSError:
+        pass  # a file system without flags (the unit tests' tmp directory)
+    finally:
+        os.close(fd)
 
 
 class Backend:
@@ -175,11 +207,11 @@ class Backend:
     def set_primary(self, slot: str) -> None:
         self._mark(slot, bad=False)
         if slot == self.booted():
-            self.efi.write("set-default", entry(slot))
-            self.efi.write("set-oneshot", "")
+            self.efi.write("LoaderEntryDefault", entry(slot))
+            self.efi.write("LoaderEntryOneShot", None)
         else:
             # a trial: the next boot only; the default stays until it confirms itself
-            self.efi.write("set-oneshot", entry(slot))
+            self.efi.write("LoaderEntryOneShot", entry(slot))
             self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "trial").write_text(f"{slot}\n")
 
@@ -202,14 +234,14 @@ class Backend:
         if state == "good":
             self._mark(slot, bad=False)
             if slot_of(self.efi.read("LoaderEntryDefault")) != slot:  # NVRAM: write only changes
-                self.efi.write("set-default", entry(slot))
+                self.efi.write("LoaderEntryDefault", entry(slot))
         elif state == "bad":
             self._mark(slot, bad=True)
             if self.default() == slot:
                 other = next(s for s in SLOTS if s != slot)
-                self.efi.write("set-default", entry(other))
+                self.efi.write("LoaderEntryDefault", entry(other))
             if slot_of(self.efi.read("LoaderEntryOneShot")) == slot:
-                self.efi.write("set-oneshot", "")
+                self.efi.write("LoaderEntryOneShot", None)
         else:
             raise SlotError(f"unknown slot state {state!r} (good or bad)")
 

@@ -21,15 +21,14 @@ class FakeEfi(EfiVars):
     def __init__(self, **values: str) -> None:
         super().__init__(Path("/nonexistent"))
         self.values = dict(values)
-        self.writes: list[tuple[str, str]] = []
+        self.writes: list[tuple[str, str | None]] = []
 
     def read(self, name: str) -> str | None:
         return self.values.get(name)
 
-    def write(self, verb: str, value: str) -> None:
-        self.writes.append((verb, value))
-        name = {"set-default": "LoaderEntryDefault", "set-oneshot": "LoaderEntryOneShot"}[verb]
-        if value:
+    def write(self, name: str, value: str | None) -> None:
+        self.writes.append((name, value))
+        if value is not None:
             self.values[name] = value
         else:
             self.values.pop(name, None)
@@ -219,6 +218,13 @@ def test_efivar_format(tmp_path: Path) -> None:
     efi = EfiVars(tmp_path)
     assert efi.read("LoaderEntryDefault") == "sdbox-b.efi"
     assert efi.read("LoaderEntryOneShot") is None
+    efi.write("LoaderEntryOneShot", "sdbox-a.efi")  # as bootctl set-oneshot writes it
+    raw = (tmp_path / f"LoaderEntryOneShot-{slots.LOADER_GUID}").read_bytes()
+    assert raw == b"\x07\x00\x00\x00" + "sdbox-a.efi\0".encode("utf-16-le")
+    assert efi.read("LoaderEntryOneShot") == "sdbox-a.efi"
+    efi.write("LoaderEntryOneShot", None)
+    assert efi.read("LoaderEntryOneShot") is None
+    efi.write("LoaderEntryOneShot", None)  # deleting a missing variable is fine
 
 
 def test_main_usage_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
