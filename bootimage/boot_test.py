@@ -421,7 +421,9 @@ def update_scenario(image: Path, work: Path, accel: str, timeout: float, echo: b
                 "confirm": (report.get("slots") or {}).get("confirm")}  # fmt: skip
 
     def output(result: dict[str, Any] | None) -> str:
-        return " | ".join((result or {}).get("output", []))[-300:]
+        lines = (result or {}).get("output", []) + (result or {}).get("journal", [])
+        said = [line for line in lines if "sdbox:" in line or "rror" in line]
+        return " | ".join(said or lines)[-400:]
 
     try:
         # 1. slot A (flashed): the same version refused, the newer one installed into B

@@ -379,6 +379,8 @@ def main(argv: Sequence[str], env: Mapping[str, str]) -> int:
                   "set-state SLOT good|bad | confirm", file=sys.stderr)  # fmt: skip
             return 2
     except SlotError as exc:
+        if name == "rauc-pre-install":  # RAUC passes "<< error" lines on to `rauc install`
+            print(f"<< error sdbox: {exc}", flush=True)
         print(f"sdbox: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -234,9 +234,10 @@ def test_main_usage_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     # RAUC runs the pre-install handler with one empty argument (the handler args)
     env = rauc_env(make_bundle_dir(tmp_path, "0.1.0+1"))
     assert slots.main(["/usr/libexec/sdbox/rauc-pre-install", ""], env) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("sdbox: ")
-    assert "version" in err
+    captured = capsys.readouterr()
+    assert captured.err.startswith("sdbox: ")
+    assert "version" in captured.err
+    assert captured.out.startswith("<< error sdbox: ")  # shown by `rauc install`
 
 
 class FakeSystem(slots.System):
