@@ -248,6 +248,12 @@ def check_report(
                         greeter_up, f"{greeter.get('LoadState')} {greeter.get('UnitFileState')}, "
                         f"program present: {late.get('program')}, restarts: {late.get('restarts')}",
                         pending=not greeter_up and late.get("program") is False))  # fmt: skip
+    ab = report.get("slots") or {}
+    entries = ab.get("entries") or {}
+    checks.append(Check("slot a booted and confirmed (agent ready: systemd-boot's default entry)",
+                        ab.get("booted") == "a" and entries.get("Default") == "sdbox-a.efi",
+                        f"booted {ab.get('booted')}, entries {json.dumps(entries)}, "
+                        f"confirm: {' / '.join(ab.get('confirm') or [])[-200:]}"))  # fmt: skip
     failed = report["failed"]
     checks.append(Check("no failed units", not failed, ", ".join(report["failed"]) or "none"))
     listeners = image_listeners(report)
