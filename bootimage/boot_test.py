@@ -352,19 +352,19 @@ def unsigned_boot(image: Path, work: Path, accel: str, timeout: float) -> bool:
 
 
 def update_disk(work: Path, name: str, bundles: dict[str, Path]) -> Path:
-    """A FAT disk labelled SDBOXUPD holding ``bundles`` (name on the disk -> file)."""
+    """An ext4 disk labelled SDBOXUPD holding ``bundles`` (name on the disk -> file).
+    Not FAT: its boot sector looks like a partition table to the kernel."""
     image = work / f"{name}.img"
     image.unlink(missing_ok=True)
-    size = sum(b.stat().st_size for b in bundles.values()) + 64 * 2**20
-    size = -(-size // 2**20) * 2**20
-    with image.open("wb") as stream:
-        stream.truncate(size)
-    env = {"MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null", "HOME": "/nonexistent"}
-    tools.run(["mformat", "-i", image, "-F", "-T", str(size // disk.SECTOR), "-h", "64", "-s", "32",
-               "-v", "SDBOXUPD", "::"], what="formatting the update disk", timeout=60, env=env)  # fmt: skip
-    for target, source in bundles.items():
-        tools.run(["mcopy", "-i", image, source, f"::/{target}"], what=f"copying {target}",
-                  timeout=300, env=env)  # fmt: skip
+    source = work / f"{name}.d"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir()
+    for target, bundle_file in bundles.items():
+        os.link(bundle_file, source / target)  # same file system (build/): no copy
+    size = sum(b.stat().st_size for b in bundles.values()) + 128 * 2**20
+    tools.run(["mkfs.ext4", "-q", "-L", "SDBOXUPD", "-d", source, image, f"{-(-size // 2**20)}M"],
+              what="making the update disk", timeout=300)  # fmt: skip
+    shutil.rmtree(source)
     return image
 
 
