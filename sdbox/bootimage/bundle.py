@@ -104,6 +104,20 @@ def host_conf(path: Path, generation: str, keyring: Path) -> Path:
     return path
 
 
+# RAUC 1.8 picks a slot's write handler by the image's file extension and has
+# none for a dm-verity hash tree on a raw slot: the bundle's install hook
+# copies it (the hook is inside the signed, verity-protected payload).
+INSTALL_HOOK = """#!/bin/sh
+# sdbox bundle hook: writes the dm-verity hash tree (image class verity) to its slot.
+set -eu
+[ "$1" = slot-install ] || exit 0
+[ "$RAUC_SLOT_CLASS" = verity ] || { echo "unexpected slot class $RAUC_SLOT_CLASS" >&2; exit 1; }
+image="$RAUC_IMAGE_NAME"
+[ -f "$image" ] || image="$(dirname "$0")/$RAUC_IMAGE_NAME"
+dd if="$image" of="$RAUC_SLOT_DEVICE" bs=1M conv=fsync status=none
+"""
+
+
 def manifest(generation: str, version: str, built: str) -> str:
     return "\n".join([
         "[update]",
@@ -115,11 +129,15 @@ def manifest(generation: str, version: str, built: str) -> str:
         "[bundle]",
         "format=verity",
         "",
+        "[hooks]",
+        "filename=hook",
+        "",
         "[image.rootfs]",
         "filename=root.squashfs",
         "",
         "[image.verity]",
         "filename=root.verity",
+        "hooks=install",
     ]) + "\n"  # fmt: skip
 
 
@@ -183,6 +201,8 @@ def make_bundle(
         except OSError:
             shutil.copyfile(source, target)
     (content / "manifest.raucm").write_text(manifest_text)
+    (content / "hook").write_text(INSTALL_HOOK)
+    (content / "hook").chmod(0o755)
     for path in [content, *content.iterdir()]:
         os.utime(path, (epoch, epoch))
     output.unlink(missing_ok=True)

@@ -91,3 +91,21 @@ def test_image_version_rules() -> None:
     assert bundle.image_version("0.1.0", EPOCH, "0.2.0+5") == "0.2.0+5"
     with pytest.raises(BootImageError, match="cannot be compared"):
         bundle.image_version("0.1.0", EPOCH, "0.2.0-beta")
+
+
+def test_install_hook_writes_the_hash_tree(tmp_path: Path) -> None:
+    """The bundle's hook, as RAUC 1.8 runs it for the verity image (slot-install)."""
+    hook = tmp_path / "hook"
+    hook.write_text(bundle.INSTALL_HOOK)
+    hook.chmod(0o755)
+    tree = tmp_path / "root.verity"
+    tree.write_bytes(os.urandom(3 * 4096))
+    device = tmp_path / "root-b-verity"
+    device.write_bytes(b"\0" * 8 * 4096)
+    env = {"RAUC_SLOT_CLASS": "verity", "RAUC_IMAGE_NAME": "root.verity",
+           "RAUC_SLOT_DEVICE": str(device)}  # fmt: skip
+    tools.run([hook, "slot-install"], what="the install hook", timeout=60, env=env)
+    assert device.read_bytes()[: 3 * 4096] == tree.read_bytes()
+    with pytest.raises(ToolFailed, match="install hook"):
+        tools.run([hook, "slot-install"], what="the install hook", timeout=60,
+                  env={**env, "RAUC_SLOT_CLASS": "rootfs"})  # fmt: skip
