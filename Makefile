@@ -89,8 +89,10 @@ update-bundle: venv
 	SDBOX_IMAGE_VERSION=$$($(PY) -c 'import json,sys; v=json.load(open("build/image/sdbox-$(GENERATION).json"))["version"]; r,_,b=v.partition("+"); print(f"{r}+{int(b or 0)+1}")') \
 		$(PY) bootimage/build.py --generation $(GENERATION) --bundle --no-disk --reuse-root
 
-# On demand (about 10 min under TCG): install a newer bundle in QEMU, boot slot B,
-# refuse an older or equal one, fall back from a slot that does not boot.
+# On demand (four boots, ~7 min under TCG): install a newer bundle in QEMU, boot
+# slot B, refuse an older or equal one, fall back from a slot that does not boot.
+# Needs the image's own bundle and a newer one:
+#   make image IMAGE_ARGS=--bundle update-bundle image-update-test
 image-update-test: venv
 	bash scripts/setup-system.sh image
 	$(PY) bootimage/boot_test.py --generation $(GENERATION) --update
