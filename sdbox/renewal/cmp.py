@@ -136,7 +136,9 @@ class Answer:
         try:
             if self.protection_alg in (str(OID_ECDSA_SHA256), str(OID_ECDSA_SHA384)):
                 hash_alg = (
-                    hashes.SHA256() if self.protection_alg == str(OID_ECDSA_SHA256) else hashes.SHA384()
+                    hashes.SHA256()
+                    if self.protection_alg == str(OID_ECDSA_SHA256)
+                    else hashes.SHA384()
                 )
                 if not isinstance(key, ec.EllipticCurvePublicKey):
                     raise CmpProtocolError("the CA's protection algorithm does not fit its key")
@@ -144,7 +146,9 @@ class Answer:
             elif self.protection_alg == str(OID_RSA_SHA256):
                 if not isinstance(key, rsa.RSAPublicKey):
                     raise CmpProtocolError("the CA's protection algorithm does not fit its key")
-                key.verify(self.protection, self.protected_part, padding.PKCS1v15(), hashes.SHA256())
+                key.verify(
+                    self.protection, self.protected_part, padding.PKCS1v15(), hashes.SHA256()
+                )
             else:
                 raise CmpProtocolError(
                     f"the CA protected its answer with an unsupported algorithm {self.protection_alg}"
@@ -188,9 +192,7 @@ def _header(tx: Transaction, *, recip_nonce: bytes | None) -> tuple[Any, bytes]:
     header["pvno"] = PVNO_CMP2000
     _general_name(tx.sender.subject, header["sender"])
     _general_name(tx.recipient, header["recipient"])
-    header["messageTime"] = header["messageTime"].clone(
-        datetime.now(UTC).strftime("%Y%m%d%H%M%SZ")
-    )
+    header["messageTime"] = header["messageTime"].clone(datetime.now(UTC).strftime("%Y%m%d%H%M%SZ"))
     header["protectionAlg"]["algorithm"] = _protection_oid(tx.sender)
     try:
         ski = tx.sender.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
@@ -213,12 +215,8 @@ def _protect(tx: Transaction, header: Any, body: Any, sign: Signer) -> bytes:
     message = rfc4210.PKIMessage()
     message["header"] = header
     message["body"] = body
-    message["protection"] = message["protection"].clone(
-        univ.BitString.fromOctetString(signature)
-    )
-    holder = _decode(
-        tx.sender.public_bytes(serialization.Encoding.DER), rfc4210.CMPCertificate()
-    )
+    message["protection"] = message["protection"].clone(univ.BitString.fromOctetString(signature))
+    holder = _decode(tx.sender.public_bytes(serialization.Encoding.DER), rfc4210.CMPCertificate())
     message["extraCerts"].append(holder)
     return bytes(der_encoder.encode(message))
 
@@ -245,7 +243,9 @@ def build_kur(
     template["publicKey"]["algorithm"] = spki["algorithm"]
     template["publicKey"]["subjectPublicKey"] = spki["subjectPublicKey"]
     subject = template["subject"]
-    subject[0] = _decode(old_cert.subject.public_bytes(), subject.componentType.getTypeByPosition(0))
+    subject[0] = _decode(
+        old_cert.subject.public_bytes(), subject.componentType.getTypeByPosition(0)
+    )
     cert_id = rfc4211.CertId()  # rfc2511's GeneralName is a placeholder
     _general_name(old_cert.issuer, cert_id["issuer"])
     cert_id["serialNumber"] = old_cert.serial_number
@@ -257,15 +257,20 @@ def build_kur(
 
 
 def build_cert_conf(
-    tx: Transaction, certificate: x509.Certificate, recip_nonce: bytes, sign: Signer
+    tx: Transaction,
+    certificate: x509.Certificate,
+    recip_nonce: bytes,
+    sign: Signer,
+    *,
+    accept: bool = True,
 ) -> Outgoing:
-    """certConf: the hash of the certificate received, accepted."""
+    """certConf: the hash of the certificate received, accepted or rejected."""
     header, nonce = _header(tx, recip_nonce=recip_nonce)
     body = rfc4210.PKIBody()
     status = body["certConf"][0]
     status["certHash"] = cert_hash(certificate)
     status["certReqId"] = CERT_REQ_ID
-    status["statusInfo"]["status"] = PkiStatus.ACCEPTED
+    status["statusInfo"]["status"] = PkiStatus.ACCEPTED if accept else PkiStatus.REJECTION
     return Outgoing(_protect(tx, header, body, sign), nonce)
 
 
@@ -386,9 +391,7 @@ def parse_answer(der: bytes) -> Answer:
         protection_alg = (
             str(header["protectionAlg"]["algorithm"]) if header["protectionAlg"].isValue else None
         )
-        protection = (
-            message["protection"].asOctets() if message["protection"].isValue else None
-        )
+        protection = message["protection"].asOctets() if message["protection"].isValue else None
 
         def octets(field: Any) -> bytes:
             return bytes(field) if field.isValue else b""
@@ -408,4 +411,3 @@ def parse_answer(der: bytes) -> Answer:
         )
     except (PyAsn1Error, ValueError, KeyError, IndexError) as exc:
         raise CmpProtocolError(f"the CA's answer does not parse: {exc}") from exc
-
