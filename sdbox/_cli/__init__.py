@@ -29,6 +29,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.broker", "broker"),
     ("sdbox._cli.bio", "bio"),
     ("sdbox._cli.flash", "flash"),
+    ("sdbox._cli.renew", "renew"),
 )
 
 
