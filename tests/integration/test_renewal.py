@@ -226,7 +226,7 @@ def _after_interruption(bench: Bench, label: str) -> None:
     """Old or new credential works; the next run finishes or cleans up; the new one works."""
     if not bench.card.inserted:
         _reinsert(bench)
-    slot, cert = bench.check_card_works()
+    slot, cert = bench.check_card_works(strict=False)
     assert slot in (0x82, 0x85), label
     mock = bench.mock_for_next_key()
     results = {r.project: r for r in bench.renew(mock.url)}
@@ -250,6 +250,10 @@ def test_card_pulled_after_every_apdu(bench: Bench) -> None:
         with pytest.raises(CardError):
             bench.renew(bench.mock.url)
         bench.card.on_apdu = None
+        deadline = time.monotonic() + 10
+        while bench.card.inserted and time.monotonic() < deadline:  # removal runs in a thread
+            time.sleep(0.005)
+        _reinsert(bench)
         _after_interruption(bench, f"card pulled after APDU {i}/{total}")
     print(f"\ncard pulled: {total} interruption points")
 
