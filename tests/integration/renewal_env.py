@@ -210,7 +210,11 @@ class Bench:
         """The box's trust for renewal answers."""
         store = RevocationStore(self.crl_dir, build_time=datetime(2026, 1, 1, tzinfo=UTC))
         return RenewalTrust(
-            self.anchors, self.intermediates, store, self.ra_cert, now or (lambda: datetime.now(UTC))
+            self.anchors,
+            self.intermediates,
+            store,
+            self.ra_cert,
+            now or (lambda: datetime.now(UTC)),
         )
 
     def validate_signer(self) -> Callable[[x509.Certificate, list[x509.Certificate]], None]:
@@ -255,12 +259,11 @@ class Bench:
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.Popen[bytes]:
         """`sdbox renew` as a process (give it the PIN on stdin)."""
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [str(Path(".venv/bin/sdbox").resolve()), "renew", "--config", str(self.config),
              "--reader", self.reader, "--pin", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        return proc  # the caller sends the PIN: communicate(PIN_LINE)
 
     # -- what a user would notice ---------------------------------------------------
 
@@ -300,9 +303,7 @@ class Bench:
         assert {p.slot for p in directory.projects} <= set(with_cert)
 
 
-def make_bench(
-    work: Path, pki: Pki, profile: CardProfile, reader_index: int, reader: str
-) -> Bench:
+def make_bench(work: Path, pki: Pki, profile: CardProfile, reader_index: int, reader: str) -> Bench:
     """Issue a card whose first project is due, a mock CA, CRLs and a configuration."""
     specs = list(profile.projects)
     specs[0] = replace(specs[0], valid_days=30)  # only census-2021 is inside the window
@@ -392,6 +393,6 @@ def _old(state: CardState) -> x509.Certificate:
 
 
 def _vpcd_port(index: int) -> int:
-    from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT  # noqa: PLC0415
+    from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT
 
     return VPCD_BASE_PORT + index

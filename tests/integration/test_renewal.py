@@ -24,6 +24,7 @@ from sdbox.smartcard.emulator.profiles import CardProfile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.errors import CardError
 from sdbox.trust.pki import Pki
+from tests.integration.conftest import InsertedCard
 from tests.integration.renewal_env import (
     PIN_LINE,
     PROJECT,
@@ -98,21 +99,24 @@ def test_full_renewal_through_the_cli(fresh: Bench) -> None:
     assert cert.public_key() == expected_key
     assert cert.not_valid_after_utc > old_cert.not_valid_after_utc
     assert not fresh.journal.exists()
-    print(f"\nrenewal (sdbox renew, process start to exit): {elapsed:.2f} s, {fresh.card.apdus} APDUs")
+    print(
+        f"\nrenewal (sdbox renew, process start to exit): {elapsed:.2f} s, {fresh.card.apdus} APDUs"
+    )
     # OpenSC (Key History) sees every project key, the new one included
     listing = pkcs11_tool("--list-objects", "--type", "cert", card=_as_inserted(fresh))
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.count("Certificate Object") == 5  # holder + 82 (superseded) + 83-85
-    ids = {line.split()[-1] for line in listing.stdout.splitlines() if line.strip().startswith("ID:")}
+    ids = {
+        line.split()[-1] for line in listing.stdout.splitlines() if line.strip().startswith("ID:")
+    }
     assert {"05", "06", "07", "08"} <= ids  # retired keys 1-4 = slots 82-85
     # nothing left to do
     code, results = _cli_json(fresh)
-    assert code == 0 and results[PROJECT]["outcome"] == "not_due"
+    assert code == 0
+    assert results[PROJECT]["outcome"] == "not_due"
 
 
-def _as_inserted(bench: Bench) -> object:
-    from tests.integration.conftest import InsertedCard
-
+def _as_inserted(bench: Bench) -> InsertedCard:
     return InsertedCard(bench.reader, bench.state, bench.card, bench.pki)
 
 
@@ -151,11 +155,12 @@ def _refused(bench: Bench, name: str, canned: x509.Certificate, *extra: str) -> 
     finally:
         mock.stop()
     assert proc.returncode == 1, err.decode()
-    result = {r["project"]: r for r in json.loads(out)["results"]}[PROJECT]
+    result: dict[str, str] = {r["project"]: r for r in json.loads(out)["results"]}[PROJECT]
     assert result["outcome"] in err.decode()  # the log says it too
     # the old credential is kept and works; nothing half-done is left
     slot, cert = bench.check_card_works()
-    assert slot == 0x82 and cert == bench.old_certificate()
+    assert slot == 0x82
+    assert cert == bench.old_certificate()
     assert not bench.journal.exists()
     return result
 
@@ -177,7 +182,9 @@ def test_a_ca_that_keeps_us_waiting_is_reported(fresh: Bench) -> None:
 
 def test_polling_then_success(fresh: Bench) -> None:
     canned = renewed_certificate(fresh.pki, fresh.old_certificate(), fresh.next_key())
-    mock = CmpMock(fresh.work, *fresh._ra_files()).start(canned, "-poll_count", "2", "-check_after", "0")
+    mock = CmpMock(fresh.work, *fresh._ra_files()).start(
+        canned, "-poll_count", "2", "-check_after", "0"
+    )
     try:
         assert fresh.renew(mock.url)[0].outcome == Outcome.RENEWED
     finally:
@@ -236,7 +243,7 @@ def _after_interruption(bench: Bench, label: str) -> None:
     else:
         assert outcome in (Outcome.INTERRUPTED_RESUMED, Outcome.NOT_DUE), (label, results[PROJECT])
     new_slot, new_cert = bench.check_card_works()
-    assert new_slot != 0x82 and new_cert != cert or slot != 0x82, label
+    assert (new_slot != 0x82 and new_cert != cert) or slot != 0x82, label
     assert not Journal(bench.journal).path.exists(), label
 
 
@@ -246,7 +253,11 @@ def test_card_pulled_after_every_apdu(bench: Bench) -> None:
         if not bench.card.inserted:
             _reinsert(bench)
         bench.reset()
-        bench.card.on_apdu = lambda n, i=i: n == i
+
+        def pull(n: int, i: int = i) -> bool:
+            return n == i
+
+        bench.card.on_apdu = pull
         with pytest.raises(CardError):
             bench.renew(bench.mock.url)
         bench.card.on_apdu = None
@@ -289,7 +300,8 @@ def test_process_killed_after_every_apdu(bench: Bench) -> None:
         _reinsert(bench)
     bench.reset()
     code, results = _cli_json(bench)
-    assert code == 0 and results[PROJECT]["outcome"] == "renewed"
+    assert code == 0
+    assert results[PROJECT]["outcome"] == "renewed"
     total = bench.card.apdus
     for i in range(1, total + 1):
         bench.reset()
