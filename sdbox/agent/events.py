@@ -71,6 +71,9 @@ class AuditEvent(StrEnum):
     SESSION_ENDED = "session_ended"
     SWITCH = "switch"
     RENEWAL_DUE = "renewal_due"
+    RENEWAL_STARTED = "renewal_started"
+    RENEWAL_SUCCEEDED = "renewal_succeeded"
+    RENEWAL_FAILED = "renewal_failed"
 
 
 @dataclass(frozen=True)
