@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -142,6 +142,7 @@ class Renewer:
     sleep: Callable[[float], None] = time.sleep
 
     _management_ok: bool = False
+    _journal: Journal = field(init=False)
 
     # -- entry point ---------------------------------------------------------
 
@@ -150,8 +151,9 @@ class Renewer:
         forced = set(force)
         self._management_ok = False
         guid = self.session.guid
+        self._journal = self.journal.for_card(guid)
         resumed: set[str] = set()
-        entry = self.journal.read()
+        entry = self._journal.read()
         if entry is not None and entry.card == guid.hex():
             resumed.add(entry.project)
             finished = self._resume(entry)
@@ -232,24 +234,24 @@ class Renewer:
             old_slot=project.slot, new_slot=new_slot, phase=Phase.GENERATING,
         )  # fmt: skip
         base = replace(base, new_slot=new_slot)
-        self.journal.write(entry)
+        self._journal.write(entry)
         self._authenticate()
         new_key = self.session.piv.generate_key(new_slot, _CURVE_ALGORITHM[old_key.curve.key_size])
         entry = entry.advance(Phase.REQUESTED, public_key_pem=_pem_key(new_key))
-        self.journal.write(entry)
+        self._journal.write(entry)
         try:
             certificate, tx, server_nonce = self._request(project, new_key, old_cert, holder_cert)
         except _Refused as refused:
-            self.journal.clear()  # nothing was written but an unreferenced key
+            self._journal.clear()  # nothing was written but an unreferenced key
             return replace(base, outcome=refused.outcome, detail=refused.detail)
         except (CaUnreachable, CmpProtocolError) as exc:
-            self.journal.clear()
+            self._journal.clear()
             outcome = (
                 Outcome.CA_UNREACHABLE if isinstance(exc, CaUnreachable) else Outcome.BAD_ANSWER
             )
             return replace(base, outcome=outcome, detail=exc.message)
         entry = entry.advance(Phase.WRITING, certificate_pem=_pem_cert(certificate))
-        self.journal.write(entry)
+        self._journal.write(entry)
         self._write_certificate(new_slot, certificate, on_card)
         try:
             self._confirm(tx, certificate, server_nonce, holder_cert)
@@ -262,7 +264,7 @@ class Renewer:
             )
             return replace(base, outcome=outcome, detail=exc.message)
         entry = entry.advance(Phase.CONFIRMED)
-        self.journal.write(entry)
+        self._journal.write(entry)
         self._switch(entry, certificate)
         return replace(base, outcome=Outcome.RENEWED, not_after=certificate.not_valid_after_utc)
 
@@ -406,7 +408,7 @@ class Renewer:
             raise RenewalError(
                 f"slot {entry.new_slot:02X} does not hold the certified key; the renewal was undone"
             ) from exc
-        self.journal.write(entry.advance(Phase.SWITCHING))
+        self._journal.write(entry.advance(Phase.SWITCHING))
         directory = self._directory()
         der = certificate.public_bytes(serialization.Encoding.DER)
         projects = tuple(
@@ -427,9 +429,9 @@ class Renewer:
         )
         signed = self.centre.sign_directory(new_directory)
         self._put(ObjectTag.DIRECTORY, signed.encode())  # the switch
-        self.journal.write(entry.advance(Phase.SWITCHED))
+        self._journal.write(entry.advance(Phase.SWITCHED))
         self._tidy(new_directory, extra=entry.old_slot)
-        self.journal.clear()
+        self._journal.clear()
 
     def _tidy(self, directory: Directory, *, extra: int | None = None) -> None:
         """Trailing unused slots lose their certificate; Key History covers the rest."""
@@ -452,7 +454,7 @@ class Renewer:
     def _clean_up(self, entry: Entry) -> None:
         """Undo an unconfirmed attempt: the directory still names the old slot."""
         self._tidy(self._directory(), extra=entry.new_slot)
-        self.journal.clear()
+        self._journal.clear()
 
     # -- resuming -----------------------------------------------------------------
 
@@ -462,7 +464,7 @@ class Renewer:
         try:
             project = directory.project(entry.project)
         except SdboxError:
-            self.journal.clear()
+            self._journal.clear()
             return None
         base = Result(
             entry.project,
@@ -473,7 +475,7 @@ class Renewer:
         if project.slot == entry.new_slot:  # past the switch: free the old slot
             _log.info("renewal of %s was interrupted after the switch: finishing", entry.project)
             self._tidy(directory, extra=entry.old_slot)
-            self.journal.clear()
+            self._journal.clear()
             return replace(
                 base, not_after=project.not_after, detail="finished after an interruption"
             )

@@ -61,6 +61,11 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def for_card(self, guid: bytes) -> Journal:
+        """This card's journal beside this one (a box sees several cards; each resumes its own)."""
+        path = self.path
+        return Journal(path.with_name(f"{path.stem}-{guid.hex()}{path.suffix}"))
+
     def read(self) -> Entry | None:
         """The pending entry, or None."""
         try:

@@ -179,7 +179,12 @@ class Bench:
         self.card.applet = PivApplet(CardState.load(self.state_path))
         self.card.apdus = 0
         self.card.on_apdu = None
-        Journal(self.journal).clear()
+        for path in self.pending():
+            path.unlink()
+
+    def pending(self) -> list[Path]:
+        """Journal files left behind (one per card with an unfinished renewal)."""
+        return sorted(self.journal.parent.glob(f"{self.journal.stem}-*{self.journal.suffix}"))
 
     def next_key(self, offset: int = 0) -> ec.EllipticCurvePublicKey:
         """The public key the card's next GENERATE will produce."""

@@ -96,3 +96,11 @@ def test_journal_round_trip_and_damage(tmp_path: Path) -> None:
     journal.path.write_text("{not json")
     with pytest.raises(JournalError, match="unreadable"):
         journal.read()
+
+
+def test_each_card_has_its_own_journal(tmp_path: Path) -> None:
+    base = Journal(tmp_path / "journal.json")
+    one, two = base.for_card(b"\x01" * 16), base.for_card(b"\x02" * 16)
+    one.write(Entry("01" * 16, "p", 0x82, 0x85, Phase.REQUESTED))
+    assert two.read() is None
+    assert one.path.name == f"journal-{'01' * 16}.json"
