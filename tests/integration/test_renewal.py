@@ -320,3 +320,77 @@ def test_process_killed_after_every_apdu(bench: Bench) -> None:
         assert proc.returncode == -signal.SIGKILL, f"not killed at APDU {i}"
         _after_interruption(bench, f"process killed after APDU {i}/{total}")
     print(f"\nprocess killed: {total} interruption points")
+
+
+# -- in the agent ------------------------------------------------------------------------
+
+
+def test_the_agent_renews_in_the_background_of_a_session(
+    fresh: Bench, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent's machine, with the real renewal port (Renewer, journal, CMP to the mock CA).
+
+    The card is the bench's applet spoken to in process (the machine's unit-test
+    handle): the renewal port does not care which transport the session uses.
+    """
+    import asyncio
+
+    from sdbox.agent.config import load
+    from sdbox.agent.events import State
+    from sdbox.agent.machine import Agent
+    from sdbox.agent.ports import TrustService
+    from sdbox.agent.service import make_renewal
+    from tests.unit.test_agent_machine import (
+        Credentials,
+        InProcessCard,
+        Sensor,
+        Sessions,
+        Trust,
+        until,
+    )
+
+    config = load(fresh.config)
+    renewal = make_renewal(config, TrustService(config))
+    assert renewal is not None
+    expected_key = fresh.next_key()
+
+    def open_card(reader: str) -> InProcessCard:
+        handle = InProcessCard(reader)
+        handle.applet = fresh.card.applet
+        return handle
+
+    async def scenario() -> None:
+        agent = Agent(
+            trust=Trust(fresh.pki), sensor=Sensor(1001), credentials=Credentials(),
+            sessions=Sessions(), endpoint_allowed=lambda e: e.startswith("127.0.0.1:"),
+            open_card=open_card, renewal_window_days=config.policy.renewal_window_days,
+            renewal=renewal,
+        )  # fmt: skip
+        await agent.card_inserted("in-process")
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        before = {p.id: p.expires for p in agent.snapshot.projects}
+        await agent.choose_project("health-cohort")
+        await until(lambda: agent.snapshot.state == State.RUNNING)
+        await until(
+            lambda: {p.id: p.expires for p in agent.snapshot.projects}[PROJECT] != before[PROJECT]
+        )
+        assert agent.snapshot.state == State.RUNNING  # the session was never disturbed
+        await agent.card_removed("in-process")
+
+    # Out of the reader while the machine speaks to it in process: pcscd would
+    # power the idle card down under the agent's feet.
+    fresh.card.remove()
+    try:
+        with caplog.at_level("INFO", logger="sdbox.audit"):
+            asyncio.run(scenario())
+    finally:
+        _reinsert(fresh)
+    events = [(r.SDBOX_EVENT, getattr(r, "SDBOX_PROJECT", "")) for r in caplog.records
+              if hasattr(r, "SDBOX_EVENT")]  # fmt: skip
+    assert ("renewal_succeeded", PROJECT) in events
+    assert events.index(("renewal_succeeded", PROJECT)) > events.index(
+        ("session_started", "health-cohort")
+    )
+    slot, cert = fresh.check_card_works()
+    assert slot == 0x85
+    assert cert.public_key() == expected_key
