@@ -97,6 +97,15 @@ class SessionEndedEvent:
 
 
 @dataclass(frozen=True)
+class RenewalEvent:
+    """A project's certificate renewal finished (``outcome``: see docs/renewal.md)."""
+
+    project: str
+    outcome: str
+    message: str
+
+
+@dataclass(frozen=True)
 class ProjectView:
     """A project as the picker shows it."""
 

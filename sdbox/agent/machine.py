@@ -30,6 +30,7 @@ from sdbox.agent.events import (
     AuditEvent,
     Problem,
     ProjectView,
+    RenewalEvent,
     SessionEndedEvent,
     Snapshot,
     State,
@@ -166,7 +167,7 @@ class Agent:
         self.renewal = renewal
         self._renewing = False
         self.snapshot = Snapshot()
-        self.listeners: list[Callable[[Transition | SessionEndedEvent], None]] = []
+        self.listeners: list[Callable[[Transition | SessionEndedEvent | RenewalEvent], None]] = []
         self._card: _Card | None = None
         self._flow: asyncio.Task[None] | None = None
         self._session: SessionHandle | None = None
@@ -177,7 +178,7 @@ class Agent:
 
     # -- publishing -----------------------------------------------------------------
 
-    def _emit(self, event: Transition | SessionEndedEvent) -> None:
+    def _emit(self, event: Transition | SessionEndedEvent | RenewalEvent) -> None:
         for listener in list(self.listeners):
             try:
                 listener(event)
@@ -626,6 +627,8 @@ class Agent:
         renewed = False
         for result in results:
             outcome = getattr(result.outcome, "value", str(result.outcome))
+            if outcome != "not_due":
+                self._emit(RenewalEvent(result.project, outcome, result.detail))
             if outcome in ("renewed", "interrupted_resumed"):
                 renewed = True
                 audit(

@@ -307,7 +307,7 @@ def test_renewal_runs_in_the_background_of_a_running_session(
     pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        agent, _sessions, _events, _applet = make_agent(pki, tmp_path)
+        agent, _sessions, events, _applet = make_agent(pki, tmp_path)
         renewal = FakeRenewal()
         agent.renewal = renewal
         agent.renewal_window_days = 400  # every demo certificate is inside the window
@@ -321,6 +321,10 @@ def test_renewal_runs_in_the_background_of_a_running_session(
         await until(lambda: agent.snapshot.state == State.RUNNING)
         await asyncio.sleep(0.05)
         assert renewal.calls == 1
+        from sdbox.agent.events import RenewalEvent
+
+        finished = [(e.project, e.outcome) for e in events if isinstance(e, RenewalEvent)]
+        assert finished == [("census-2021", "renewed"), ("health-cohort", "rejected")]
         await agent.card_removed("reader")
 
     with caplog.at_level("INFO", logger="sdbox.audit"):
