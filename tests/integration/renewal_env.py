@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import CardProfile, issue_card
 from sdbox.smartcard.emulator.state import CardState, deterministic_key
 from sdbox.smartcard.emulator.vpcd import VirtualCard
+from sdbox.smartcard.errors import CardBusy
 from sdbox.smartcard.profile import (
     RETIRED_SLOTS,
     ObjectTag,
@@ -237,7 +239,7 @@ class Bench:
     @contextlib.contextmanager
     def session(self) -> Iterator[BioSsoSession]:
         """A verified session on the card."""
-        conn = pcsc.connect(self.reader, exclusive=True)
+        conn = _connect(self.reader)
         try:
             session = BioSsoSession(conn)
             session.piv.select()
@@ -389,6 +391,18 @@ dev_management_key_file = "{key_file}"
         anchors=[pki.root.cert], intermediates=list(pki.intermediates),
         mocks={state.keygen_counter: mock},
     )  # fmt: skip
+
+
+def _connect(reader: str) -> Any:
+    """An exclusive connection; waits while pcscd still counts a killed client's handle."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return pcsc.connect(reader, exclusive=True)
+        except CardBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _old(state: CardState) -> x509.Certificate:
