@@ -124,3 +124,74 @@ def test_conversion_to_card_units_and_bit_limits() -> None:
         record.to_card(rec.views[0], rec, min_minutiae=90)
     ordered = record.to_card(rec.views[0], rec, order=record.MinutiaeOrder.XY)
     assert ordered == sorted(ordered, key=lambda m: (m.x, m.y))
+
+
+def _encode_2011(
+    rec: record.FingerRecord,
+    *,
+    size: int = 6,
+    quality_blocks: int = 1,
+    certified: bool = False,
+    xres: int | None = None,
+) -> bytes:
+    """A 2011-edition record of ``rec``'s views, laid out by hand from the standard."""
+    reps = b""
+    for view in rec.views:
+        head = bytes(9) + b"\x02" + (0x1234).to_bytes(2, "big") + (7).to_bytes(2, "big")
+        head += bytes([quality_blocks]) + b"\x50\x00\x0f\x00\x01" * quality_blocks
+        if certified:
+            head += b"\x01" + b"\x00\x0f\x01"
+        body = bytes([view.position, view.view])
+        body += (xres or rec.x_resolution).to_bytes(2, "big") + rec.y_resolution.to_bytes(2, "big")
+        body += bytes([view.impression]) + rec.width.to_bytes(2, "big") + rec.height.to_bytes(2, "big")
+        body += bytes([(size << 4) | 1, len(view.minutiae)])
+        for m in view.minutiae:
+            body += ((m.kind << 14) | m.x).to_bytes(2, "big") + m.y.to_bytes(2, "big")
+            body += bytes([m.angle]) + (bytes([m.quality]) if size == 6 else b"")
+        body += len(view.extended).to_bytes(2, "big") + view.extended
+        rep = head + body
+        reps += (len(rep) + 4).to_bytes(4, "big") + rep
+    total = 15 + len(reps)
+    flags = b"\x01" if certified else b"\x00"
+    return b"FMR\x00030\x00" + total.to_bytes(4, "big") + len(rec.views).to_bytes(2, "big") + flags + reps
+
+
+@pytest.mark.parametrize(("size", "certified"), [(6, False), (5, False), (6, True)])
+def test_a_2011_record_gives_the_same_card_template(size: int, certified: bool) -> None:
+    rec = _record()
+    parsed = record.decode_record(_encode_2011(rec, size=size, certified=certified))
+    assert len(parsed.views) == 1
+    view = parsed.views[0]
+    assert [(m.kind, m.x, m.y, m.angle) for m in view.minutiae] == [
+        (m.kind, m.x, m.y, m.angle) for m in rec.views[0].minutiae
+    ]
+    assert record.to_card(view, parsed) == record.to_card(rec.views[0], rec)
+
+
+def test_a_2011_representation_keeps_its_own_resolution() -> None:
+    rec = _record()
+    parsed = record.decode_record(_encode_2011(rec, xres=394))  # 1000 ppi across
+    card = record.to_card(parsed.views[0], parsed)
+    first = rec.views[0].minutiae[0]
+    assert card[0].x == round(first.x * 100 / 394)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d[:-1], "record length"),
+        (lambda d: d[:8] + (len(d) - 1).to_bytes(4, "big") + d[12:-1], "does not fit"),
+        (lambda d: d[:13] + b"\x00\x00" + d[15:], "number of finger representations"),
+        (lambda d: d[:14] + b"\x07" + d[15:], "certification flag"),
+        (lambda d: d[:15] + (9999).to_bytes(4, "big") + d[19:], "does not fit"),
+    ],
+)
+def test_a_malformed_2011_record_names_the_field(mutate: object, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        record.decode_record(mutate(_encode_2011(_record())))  # type: ignore[operator]
+
+
+@given(st.binary(max_size=300))
+def test_the_2011_parser_only_raises_typed_errors(data: bytes) -> None:
+    with contextlib.suppress(TemplateError):
+        record.decode_record(b"FMR\x00030\x00" + data)
