@@ -1,4 +1,4 @@
-"""ISO/IEC 19794-2 finger minutiae records (2005; 2011 read too), and their conversion to the card format.
+"""Finger minutiae records (ISO/IEC 19794-2 2005; 2011 and ANSI/INCITS 378 read too), to the card format.
 
 Record layout (big-endian): "FMR\\0", version " 20\\0", record length (4),
 capture equipment (2: 4-bit compliance, 12-bit id), image width and height
@@ -116,9 +116,11 @@ class FingerRecord:
 
 
 def decode_record(data: bytes) -> FingerRecord:
-    """Parse a record (2005 or 2011); every malformation names the field."""
+    """Parse a record (ISO 2005 or 2011, ANSI/INCITS 378); every malformation names the field."""
     if data[4:8] == VERSION_2011 and data[:4] == FORMAT_ID:
         return _decode_2011(data)
+    if _is_ansi_378(data):
+        return _decode_ansi_378(data)
     if len(data) < HEADER.size:
         raise TemplateError(f"record header: {len(data)} bytes, at least {HEADER.size} expected")
     fmt, version, length, equipment, width, height, xres, yres, nviews, _reserved = (
@@ -136,7 +138,14 @@ def decode_record(data: bytes) -> FingerRecord:
         )
     if xres == 0 or yres == 0:
         raise TemplateError("resolution: zero pixels per cm")
-    pos = HEADER.size
+    views = _views(data, HEADER.size, nviews, width, height, angle_scale=1.0)
+    return FingerRecord(width, height, xres, yres, views, equipment)
+
+
+def _views(
+    data: bytes, pos: int, nviews: int, width: int, height: int, *, angle_scale: float
+) -> tuple[FingerView, ...]:
+    """The finger views of a 2005 (or ANSI 378) record, to its last byte."""
     views = []
     for v in range(nviews):
         if pos + VIEW_HEADER.size > len(data):
@@ -144,6 +153,13 @@ def decode_record(data: bytes) -> FingerRecord:
         position, view_impression, quality, count = VIEW_HEADER.unpack_from(data, pos)
         pos += VIEW_HEADER.size
         minutiae, pos = _minutiae(data, pos, count, MINUTIA.size, width, height, f"finger view {v}")
+        if angle_scale != 1.0:
+            minutiae = [
+                RecordMinutia(
+                    m.kind, m.x, m.y, round(m.angle * angle_scale) % RECORD_ANGLE_STEPS, m.quality
+                )
+                for m in minutiae
+            ]
         if pos + 2 > len(data):
             raise TemplateError(f"finger view {v}: extended data length missing")
         (ext_len,) = struct.unpack_from(">H", data, pos)
@@ -166,7 +182,43 @@ def decode_record(data: bytes) -> FingerRecord:
         )
     if pos != len(data):
         raise TemplateError(f"record: {len(data) - pos} bytes after the last finger view")
-    return FingerRecord(width, height, xres, yres, tuple(views), equipment)
+    return tuple(views)
+
+
+# ANSI/INCITS 378-2004 shares the magic and version with ISO 2005 but not the
+# header: a 2-byte record length (or 0 and a 4-byte one), a 4-byte CBEFF
+# product identifier, then equipment, image size, resolution and the views
+# as in ISO; its angles are in 2-degree units.
+ANSI_HEADER = struct.Struct(">4s4sHIHHHHHBB")
+ANSI_HEADER_LONG = struct.Struct(">4s4sHIIHHHHHBB")
+
+
+def _is_ansi_378(data: bytes) -> bool:
+    if data[:8] != FORMAT_ID + VERSION_2005 or len(data) < ANSI_HEADER.size:
+        return False
+    if int.from_bytes(data[8:12], "big") == len(data):
+        return False  # ISO's 4-byte length is right: ISO
+    short = int.from_bytes(data[8:10], "big")
+    long_form = short == 0 and int.from_bytes(data[10:14], "big") == len(data)
+    return short == len(data) or long_form
+
+
+def _decode_ansi_378(data: bytes) -> FingerRecord:
+    if int.from_bytes(data[8:10], "big") == 0:
+        if len(data) < ANSI_HEADER_LONG.size:
+            raise TemplateError("ANSI 378 record header: truncated")
+        *_, equipment, width, height, xres, yres, nviews, _reserved = ANSI_HEADER_LONG.unpack_from(
+            data
+        )
+        pos = ANSI_HEADER_LONG.size
+    else:
+        *_, equipment, width, height, xres, yres, nviews, _reserved = ANSI_HEADER.unpack_from(data)
+        pos = ANSI_HEADER.size
+    if xres == 0 or yres == 0:
+        raise TemplateError("resolution: zero pixels per cm")
+    # 2-degree units (0-179) to the ISO record's 360/256
+    views = _views(data, pos, nviews, width, height, angle_scale=2 * RECORD_ANGLE_STEPS / 360)
+    return FingerRecord(width, height, xres, yres, views, equipment)
 
 
 def _minutiae(

@@ -143,7 +143,9 @@ def _encode_2011(
             head += b"\x01" + b"\x00\x0f\x01"
         body = bytes([view.position, view.view])
         body += (xres or rec.x_resolution).to_bytes(2, "big") + rec.y_resolution.to_bytes(2, "big")
-        body += bytes([view.impression]) + rec.width.to_bytes(2, "big") + rec.height.to_bytes(2, "big")
+        body += (
+            bytes([view.impression]) + rec.width.to_bytes(2, "big") + rec.height.to_bytes(2, "big")
+        )
         body += bytes([(size << 4) | 1, len(view.minutiae)])
         for m in view.minutiae:
             body += ((m.kind << 14) | m.x).to_bytes(2, "big") + m.y.to_bytes(2, "big")
@@ -153,7 +155,13 @@ def _encode_2011(
         reps += (len(rep) + 4).to_bytes(4, "big") + rep
     total = 15 + len(reps)
     flags = b"\x01" if certified else b"\x00"
-    return b"FMR\x00030\x00" + total.to_bytes(4, "big") + len(rec.views).to_bytes(2, "big") + flags + reps
+    return (
+        b"FMR\x00030\x00"
+        + total.to_bytes(4, "big")
+        + len(rec.views).to_bytes(2, "big")
+        + flags
+        + reps
+    )
 
 
 @pytest.mark.parametrize(("size", "certified"), [(6, False), (5, False), (6, True)])
@@ -195,3 +203,39 @@ def test_a_malformed_2011_record_names_the_field(mutate: object, message: str) -
 def test_the_2011_parser_only_raises_typed_errors(data: bytes) -> None:
     with contextlib.suppress(TemplateError):
         record.decode_record(b"FMR\x00030\x00" + data)
+
+
+def _encode_ansi_378(rec: record.FingerRecord, *, long_length: bool = False) -> bytes:
+    """An ANSI/INCITS 378-2004 record of ``rec`` (angles in 2-degree units), by hand."""
+    body = b""
+    for view in rec.views:
+        body += bytes([view.position, (view.view << 4) | view.impression, view.quality])
+        body += bytes([len(view.minutiae)])
+        for m in view.minutiae:
+            body += ((m.kind << 14) | m.x).to_bytes(2, "big") + m.y.to_bytes(2, "big")
+            body += bytes([round(m.angle * 360 / 256 / 2) % 180, m.quality])
+        body += len(view.extended).to_bytes(2, "big") + view.extended
+    rest = (0x0033_0001).to_bytes(4, "big")  # CBEFF product identifier
+    rest += (0).to_bytes(2, "big") + rec.width.to_bytes(2, "big") + rec.height.to_bytes(2, "big")
+    rest += rec.x_resolution.to_bytes(2, "big") + rec.y_resolution.to_bytes(2, "big")
+    rest += bytes([len(rec.views), 0]) + body
+    if long_length:
+        total = 8 + 6 + len(rest)
+        return b"FMR\x00 20\x00" + b"\x00\x00" + total.to_bytes(4, "big") + rest
+    total = 8 + 2 + len(rest)
+    return b"FMR\x00 20\x00" + total.to_bytes(2, "big") + rest
+
+
+@pytest.mark.parametrize("long_length", [False, True])
+def test_an_ansi_378_record_is_read_with_its_own_header_and_angles(long_length: bool) -> None:
+    rec = _record()
+    parsed = record.decode_record(_encode_ansi_378(rec, long_length=long_length))
+    assert (parsed.width, parsed.height, parsed.x_resolution) == (400, 500, 197)
+    iso = record.to_card(rec.views[0], rec)
+    ansi = record.to_card(parsed.views[0], parsed)
+    assert [(m.x, m.y, m.kind) for m in ansi] == [(m.x, m.y, m.kind) for m in iso]
+    # 2-degree units against 360/256: the card's 360/64 steps agree within one
+    assert all(
+        min((a.angle - b.angle) % 64, (b.angle - a.angle) % 64) <= 1
+        for a, b in zip(ansi, iso, strict=True)
+    )
