@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sdbox import __version__  # noqa: E402
-from sdbox.bootimage import disk, generations, tools  # noqa: E402
+from sdbox.bootimage import checks, disk, generations, tools  # noqa: E402
 from sdbox.bootimage.errors import BootImageError  # noqa: E402
 
 MIB = 2**20
@@ -54,7 +54,10 @@ PACKAGES = [
     "cage", "xwayland", "python3", "python3-gi", "gir1.2-gtk-4.0", "fonts-dejavu-core",
     "freerdp3-sdl", "virt-viewer",
     "chrony", "ca-certificates",
+    "iproute2",  # ss: the boot test lists listening sockets with their owners
 ]  # fmt: skip
+# an image sensor through libfprint (its NBIS mindtct extracts the minutiae); python3-gi is above
+LIBFPRINT_PACKAGES = ["libfprint-2-2", "gir1.2-fprint-2.0"]
 # dpkg drops documentation and foreign translations (the greeter speaks fr and en)
 DPKG_OPTIONS = [
     "path-exclude=/usr/share/man/*",
@@ -147,13 +150,13 @@ def overlay(build: Build) -> Path:
     (sdbox_etc / "generation.toml").write_text(gen.source.read_text())
     (sdbox_etc / "image-version").write_text(f"{__version__}\n")
     build_time = datetime.fromtimestamp(build.epoch, UTC).isoformat()
-    sensor = {"libfprint": "none", "emulated": "emulated", "none": "none"}[gen.sensor.kind]
+    sensor = gen.sensor.kind  # libfprint, emulated or none: the agent's [sensor] kinds
     (sdbox_etc / "agent.toml").write_text(
         f"# sdbox agent on a {gen.name} box; written by bootimage/build.py\n"
         "[trust]\n"
         f'build_time = "{build_time}"\n'
         "[sensor]\n"
-        f"# generation sensor: {gen.sensor.kind} (libfprint capture lands with the biometrics work)\n"
+        f"# generation sensor: {gen.sensor.kind}\n"
         f'kind = "{sensor}"\n'
         "[credentials]\n"
         'provider = "broker"\n'
@@ -195,6 +198,8 @@ def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
     started = time.monotonic()
     shutil.rmtree(build.rootdir, ignore_errors=True)
     packages = PACKAGES + build.generation.firmware.packages
+    if build.generation.sensor.kind == "libfprint":
+        packages = packages + LIBFPRINT_PACKAGES
     early = build.work / "overlay-early"
     shutil.rmtree(early, ignore_errors=True)
     shutil.copytree(overlay_dir / "usr/share/initramfs-tools", early / "usr/share/initramfs-tools")
@@ -228,6 +233,19 @@ def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
             detail=tools.tail(log.read_text()),
         )
     build.step("root filesystem (mmdebstrap)", started)
+
+
+def check_root(build: Build) -> None:
+    """Refuse to seal a root where anyone may write outside /tmp and /var/tmp."""
+    started = time.monotonic()
+    loose = checks.world_writable(build.rootdir)
+    if loose:
+        raise BootImageError(
+            f"{len(loose)} world-writable path(s) in the root outside /tmp and /var/tmp: "
+            "fix their mode in the overlay or the customize script",
+            detail="\n".join(loose[:50]),
+        )
+    build.step("root checks (no world-writable file)", started)
 
 
 def kernel_and_initrd(build: Build) -> tuple[Path, Path]:
@@ -434,6 +452,7 @@ def main() -> int:
             shutil.copytree(overlay_dir, build.rootdir, symlinks=True, dirs_exist_ok=True)
         else:
             bootstrap(build, deb, overlay_dir)
+        check_root(build)
         kernel, initrd = kernel_and_initrd(build)
         data = data_partition(build)
         squashfs, verity, roothash = squash_and_seal(build)

@@ -10,19 +10,25 @@ build/demo/summary.json. Everything started is stopped, by pid.
 
 Each session's one-time credential comes from the reference broker (`sdbox
 broker`, HTTPS on loopback), which checks a fresh ECDH proof of the project
-key on the card and the box's identity. Headless here: the box's screen is
-an Xvfb. Not yet in the demo: the kiosk greeter, and the box identity in a
-TPM (a development software key, logged as such).
+key on the card and the box's identity: a key made in a software TPM
+(swtpm behind tpm2-abrmd) at the box's "first boot" and certified by the
+broker against a one-time enrolment token. Headless here: the kiosk greeter
+runs under cage on a headless output (its screens are captured with grim)
+and the session clients on an Xvfb.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,6 +40,8 @@ from sdbox.agent.card import ReaderWatcher
 from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, export
 from sdbox.agent.events import SessionEndedEvent, State
 from sdbox.agent.service import build_agent
+from sdbox.broker.enrolment import EnrolmentTokens
+from sdbox.identity.enrol import enrol
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
@@ -49,7 +57,9 @@ from tests.integration.agent_env import (
     until,
     write_config,
 )
+from tests.integration.greeter_env import Kiosk, kiosk, missing
 from tests.integration.session_servers import paint_pattern, pattern_in, screenshot, xvfb
+from tests.integration.tpm_env import software_tpm, tpm_identity_config, tpm_missing
 
 OUT = Path("build/demo")
 
@@ -61,6 +71,7 @@ class Demo:
         self.steps: list[dict[str, object]] = []
         self.screenshots: list[str] = []
         self.outcomes: list[str] = []
+        self._last_greeter: Any = None
 
     async def step(self, name: str, action: Callable[[], Awaitable[Any]]) -> Any:
         start = time.perf_counter()
@@ -91,6 +102,16 @@ class Demo:
         self.screenshots.append(str(path))
         return pattern_in(*screenshot(display))
 
+    async def greeter_shot(self, screen: Kiosk | None, name: str) -> None:
+        """What the researcher sees on the kiosk, once it has settled."""
+        if screen is None:
+            return
+        pixels = await asyncio.to_thread(screen.settled, self._last_greeter)
+        self._last_greeter = pixels
+        path = OUT / f"greeter-{name}.png"
+        await asyncio.to_thread(screen.save, pixels, path)
+        self.screenshots.append(str(path))
+
 
 async def flow(
     demo: Demo,
@@ -100,6 +121,7 @@ async def flow(
     box_display: str,
     broker: BrokerEnv,
     index: int,
+    interactive: bool = False,
 ) -> None:
     publish_crls(pki, work / "crl")
     config = write_config(work, pki, display=box_display, broker=broker)
@@ -108,8 +130,19 @@ async def flow(
     agent.listeners.append(lambda e: ended.append(e) if isinstance(e, SessionEndedEvent) else None)
     state = issue_card(load_profile("demo"), pki, state_path=OUT / "card.json")
     card = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index, latency_ms=20.0)
-    with dbus_daemon(work) as address:
+    # the greeter runs as its own user: the bus socket must be reachable for it
+    bus_dir = Path(tempfile.mkdtemp(prefix="sdbox-demo-bus-"))
+    bus_dir.chmod(0o755)
+    with contextlib.ExitStack() as stack, dbus_daemon(bus_dir) as address:
+        stack.callback(shutil.rmtree, bus_dir, True)
         bus = await export(agent, address)
+        if interactive:
+            stack.enter_context(_greeter_on_display(address))
+            screen = None
+        else:
+            why_not = missing()
+            screen = None if why_not else stack.enter_context(kiosk(address, "en"))
+            print(f"kiosk greeter: {'cage, headless' if screen else why_not}", flush=True)
         client = await MessageBus(bus_address=address).connect()
         proxy = client.get_proxy_object(
             BUS_NAME, OBJECT_PATH, await client.introspect(BUS_NAME, OBJECT_PATH)
@@ -120,42 +153,97 @@ async def flow(
         )
         watcher.start()
         try:
-            await demo.step(
-                "insert the card: projects listed (directory verified)",
-                lambda: _insert(card, agent),
-            )
-            projects = await api.get_projects()
-            for p in projects:
-                print(f"         {p[0]:15} {p[1]:24} {p[2]:5} {p[5]}")
-            await demo.step(
-                "choose 'Census microdata 2021', finger on the card, RDP session",
-                lambda: _choose(api, agent, "census-2021"),
-            )
-            ok = demo.shot(box_display, "session-census-rdp")
-            await demo.step(
-                "the session shows the bubble's desktop (test pattern)", lambda: _check(ok)
-            )
-            await demo.step(
-                "switch to 'Genomics lab' (SPICE), no new finger",
-                lambda: _switch(api, agent, "genomics-lab"),
-            )
-            demo.shot(box_display, "session-genomics-spice")
-            await demo.step(
-                "switch to 'Health cohort study' (RDP)",
-                lambda: _switch(api, agent, "health-cohort"),
-            )
-            demo.shot(box_display, "session-health-rdp")
-            pid = agent._session.pid if agent._session else None
-            await demo.step(
-                "remove the card: session killed, back to idle", lambda: _remove(card, agent, pid)
-            )
-            demo.outcomes = [f"{e.project}: {e.reason} ({e.message})" for e in ended]
+            if interactive:
+                await _interactive(demo, card, agent)
+            else:
+                await _scripted(demo, api, agent, card, screen, box_display, ended)
         finally:
             await agent.shutdown()
             await asyncio.to_thread(watcher.stop)
             card.remove()
             client.disconnect()
             bus.disconnect()
+
+
+async def _scripted(
+    demo: Demo,
+    api: Any,
+    agent: Any,
+    card: VirtualCard,
+    screen: Kiosk | None,
+    box_display: str,
+    ended: list[SessionEndedEvent],
+) -> None:
+    """The researcher's flow, driven through the agent's D-Bus API."""
+    await demo.greeter_shot(screen, "insert-card")
+    await demo.step(
+        "insert the card: projects listed (directory verified)",
+        lambda: _insert(card, agent),
+    )
+    await demo.greeter_shot(screen, "picker")
+    projects = await api.get_projects()
+    for p in projects:
+        print(f"         {p[0]:15} {p[1]:24} {p[2]:5} {p[5]}")
+    await demo.step(
+        "choose 'Census microdata 2021', finger on the card, RDP session",
+        lambda: _choose(api, agent, "census-2021"),
+    )
+    ok = demo.shot(box_display, "session-census-rdp")
+    await demo.greeter_shot(screen, "session-running")
+    await demo.step("the session shows the bubble's desktop (test pattern)", lambda: _check(ok))
+    await demo.step(
+        "switch to 'Genomics lab' (SPICE), no new finger",
+        lambda: _switch(api, agent, "genomics-lab"),
+    )
+    demo.shot(box_display, "session-genomics-spice")
+    await demo.step(
+        "switch to 'Health cohort study' (RDP)",
+        lambda: _switch(api, agent, "health-cohort"),
+    )
+    demo.shot(box_display, "session-health-rdp")
+    pid = agent._session.pid if agent._session else None
+    await demo.step(
+        "remove the card: session killed, back to idle", lambda: _remove(card, agent, pid)
+    )
+    await demo.greeter_shot(screen, "after-removal")
+    demo.outcomes = [f"{e.project}: {e.reason} ({e.message})" for e in ended]
+
+
+@contextlib.contextmanager
+def _greeter_on_display(bus_address: str) -> Any:
+    """The greeter in a window on the developer's own display."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sdbox.ui", "--bus", bus_address],
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def _interactive(demo: Demo, card: VirtualCard, agent: Any) -> None:
+    """The researcher's flow by hand: the card goes in and out on Enter."""
+    print(
+        "\ninteractive demo: use the greeter window (arrows, Enter, Escape); the emulated\n"
+        "finger is the card holder's. Enter here pulls or inserts the card; q then Enter stops.",
+        flush=True,
+    )
+    await demo.step("insert the card", lambda: _insert(card, agent))
+    while True:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line or line.strip().lower() == "q":
+            return
+        if card.inserted:
+            pid = agent._session.pid if agent._session else None
+            await demo.step("remove the card", functools.partial(_remove, card, agent, pid))
+        else:
+            await demo.step("insert the card", lambda: _insert(card, agent))
 
 
 async def _insert(card: VirtualCard, agent: Any) -> None:
@@ -203,7 +291,14 @@ async def _check(ok: bool) -> None:
 
 
 def main() -> int:
-    """Run the demo; exit status 0 when every step succeeded."""
+    """Run the demo; exit status 0 when every step succeeded.
+
+    With a display and a terminal (and without ``--headless``) the flow is
+    left to the person at the keyboard; otherwise it runs by itself.
+    """
+    interactive = (
+        "--headless" not in sys.argv and sys.stdin.isatty() and bool(os.environ.get("DISPLAY"))
+    )
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     demo = Demo()
@@ -220,7 +315,7 @@ def main() -> int:
             issue_card(load_profile("demo"), pki)  # the bubbles' certificates
             bubble_display = stack.enter_context(xvfb())
             paint_pattern(bubble_display, work.parent)
-            box_display = stack.enter_context(xvfb())
+            box_display = os.environ["DISPLAY"] if interactive else stack.enter_context(xvfb())
             profile = load_profile("demo")
             ports = {p.id: int(p.endpoint.rsplit(":", 1)[1]) for p in profile.projects}
             servers: dict[str, Any] = {}
@@ -237,9 +332,37 @@ def main() -> int:
                 f"bubbles up: {', '.join(f'{k} on 127.0.0.1:{v}' for k, v in ports.items())}",
                 flush=True,
             )
-            broker = stack.enter_context(reference_broker(work / "broker", pki, servers, ports))
+            register = work / "enrolment-tokens.json"
+            broker = stack.enter_context(
+                reference_broker(work / "broker", pki, servers, ports, enrolment_tokens=register)
+            )
             print(f"reference broker on {broker.url}", flush=True)
-            asyncio.run(flow(demo, work, pki, bubble_display, box_display, broker, index))
+            why_no_tpm = tpm_missing()
+            if why_no_tpm is None:
+                tpm = stack.enter_context(software_tpm(work / "tpm"))
+                # the tabrmd TCTI finds its private bus through the environment only
+                os.environ["DBUS_SESSION_BUS_ADDRESS"] = tpm.bus_address
+                sealed = work / "sealed"  # the box's TPM-sealed data partition
+                identity = tpm_identity_config(tpm, sealed, sealed / "box.pem")
+                token_file = work / "config" / "enrolment-token"  # what `sdbox flash` writes
+                token_file.parent.mkdir(parents=True, exist_ok=True)
+                token_file.write_text(EnrolmentTokens(register).add("demo-box-1") + "\n")
+                asyncio.run(
+                    demo.step(
+                        "first boot: box key made in the TPM, enrolled with the centre",
+                        lambda: asyncio.to_thread(
+                            enrol, identity, broker_url=broker.url, token_file=token_file,
+                            broker_anchors=[pki.root.cert], anchors=[pki.root.cert],
+                            intermediates=pki.intermediates,
+                        ),
+                    )
+                )  # fmt: skip
+                broker = dataclasses.replace(broker, identity=identity)
+            else:
+                print(f"box identity: development key ({why_no_tpm})", flush=True)
+            asyncio.run(
+                flow(demo, work, pki, bubble_display, box_display, broker, index, interactive)
+            )
             wait_for_card(reader_name(index), present=False)
     except Exception as exc:
         failed = True

@@ -27,8 +27,10 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.session", "session"),
     ("sdbox._cli.agent", "agent"),
     ("sdbox._cli.broker", "broker"),
+    ("sdbox._cli.identity", "identity"),
     ("sdbox._cli.bio", "bio"),
     ("sdbox._cli.flash", "flash"),
+    ("sdbox._cli.hwtest", "hwtest"),
     ("sdbox._cli.renew", "renew"),
 )
 

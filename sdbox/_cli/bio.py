@@ -28,6 +28,16 @@ def _management_key(path: Path | None) -> bytes:
     return key
 
 
+def capture_with_libfprint(driver: str = "") -> bytes:
+    """One capture from a libfprint image sensor, as a card template (prompts on stderr)."""
+    import asyncio  # noqa: PLC0415
+
+    from sdbox.biometric.libfprint import LibfprintSensor  # noqa: PLC0415
+
+    click.echo("place your finger on the sensor", err=True)
+    return asyncio.run(LibfprintSensor(driver).capture())
+
+
 @bio.command()
 @click.option("--reader", "-r", help="Reader name (default: the first holding a card).")
 @click.option(
@@ -44,6 +54,12 @@ def _management_key(path: Path | None) -> bytes:
     help="Enrol from an ISO/IEC 19794-2 record or compact template.",
 )
 @click.option(
+    "--sensor",
+    type=click.Choice(["libfprint"]),
+    help="Enrol from a capture of a libfprint image sensor.",
+)
+@click.option("--sensor-driver", default="", help="libfprint: the driver to use.")
+@click.option(
     "--management-key-file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Hex management key (default: read from stdin).",
@@ -53,6 +69,8 @@ def enrol(
     which: str,
     identity_seed: int | None,
     template: Path | None,
+    sensor: str | None,
+    sensor_driver: str,
     management_key_file: Path | None,
 ) -> None:
     """Write a finger's reference template to the card (resets and unblocks its counter)."""
@@ -62,14 +80,16 @@ def enrol(
     from sdbox.smartcard.biosso import BioSsoSession  # noqa: PLC0415
     from sdbox.smartcard.piv import LocalManagementKey  # noqa: PLC0415
 
-    if (identity_seed is None) == (template is None):
-        raise click.UsageError("give exactly one of --identity-seed or --template")
+    if sum(x is not None for x in (identity_seed, template, sensor)) != 1:
+        raise click.UsageError("give exactly one of --identity-seed, --template or --sensor")
+    key = _management_key(management_key_file)  # before the capture: the key comes from stdin
     if identity_seed is not None:
         reference = enrolment_template(identity_seed)
+    elif sensor is not None:
+        reference = capture_with_libfprint(sensor_driver)
     else:
         assert template is not None  # checked just above
         reference = to_probe(template.read_bytes())
-    key = _management_key(management_key_file)
     ref = KeyRef.FINGER_PRIMARY if which == "primary" else KeyRef.FINGER_SECONDARY
     conn = pcsc.connect(reader, exclusive=True)
     try:
@@ -81,6 +101,38 @@ def enrol(
     finally:
         conn.close()
     click.echo(f"enrolled the {which} finger ({len(reference) // 3} minutiae); {tries} tries")
+
+
+@bio.command("present-image")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="libfprint's virtual_image socket (the FP_VIRTUAL_IMAGE of the capturing process).",
+)
+@click.option("--identity-seed", type=int, default=1001, show_default=True)
+@click.option(
+    "--impression",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Which impression (0: the careful enrolment capture).",
+)
+@click.option("--blank", is_flag=True, help="An empty sensor instead of a finger.")
+def present_image(socket_path: Path, identity_seed: int, impression: int, blank: bool) -> None:
+    """Put a generated fingerprint image on libfprint's virtual_image sensor (tests, demos)."""
+    from sdbox.biometric import ridges  # noqa: PLC0415
+    from sdbox.biometric.libfprint import send_image  # noqa: PLC0415
+
+    if blank:
+        image = ridges.blank()
+    elif impression == 0:
+        image = ridges.enrolment_image(identity_seed)
+    else:
+        image = ridges.impression(identity_seed, impression)
+    send_image(socket_path, image, timeout_s=60)
+    click.echo(f"presented a {image.width}x{image.height} image")
 
 
 @bio.command()

@@ -33,3 +33,35 @@ def run(config_path: Path) -> None:
         pass
     finally:
         server.stop()
+
+
+@broker.command("enrolment-token")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+)
+@click.option("--box-id", required=True, help="The name the centre gives the box.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Where to write the token (0600) for `sdbox flash --enrolment-token-file`.",
+)
+def enrolment_token(config_path: Path, box_id: str, out: Path) -> None:
+    """Register a one-time enrolment token for a box (only its hash is kept)."""
+    import os  # noqa: PLC0415
+
+    from sdbox.broker.enrolment import EnrolmentTokens  # noqa: PLC0415
+    from sdbox.broker.server import load_config  # noqa: PLC0415
+    from sdbox.config import ConfigError  # noqa: PLC0415
+
+    config = load_config(config_path)
+    if not config.enrolment_tokens:
+        raise ConfigError(f"{config_path}: enrolment_tokens is not set")
+    token = EnrolmentTokens(Path(config.enrolment_tokens)).add(box_id)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    click.echo(f"token for box {box_id} written to {out}", err=True)

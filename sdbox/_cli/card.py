@@ -220,7 +220,16 @@ def _read_secret(prompt: str) -> str:
     default="primary",
     show_default=True,
 )
-@click.option("--sensor", type=click.Choice(["emulated"]), help="Capture the finger with a sensor.")
+@click.option(
+    "--sensor",
+    type=click.Choice(["emulated", "libfprint"]),
+    help="Capture the finger with a sensor (libfprint: an image sensor).",
+)
+@click.option(
+    "--sensor-driver",
+    default="",
+    help="libfprint: the driver to use (default: the first device that captures images).",
+)
 @click.option(
     "--identity-seed",
     type=int,
@@ -234,6 +243,7 @@ def verify(
     finger_template: Path | None,
     which: str,
     sensor: str | None,
+    sensor_driver: str,
     identity_seed: int,
 ) -> None:
     """Verify the card holder (PIN or on-card fingerprint comparison)."""
@@ -251,6 +261,10 @@ def verify(
         from sdbox.biometric.sensor import EmulatedSensor  # noqa: PLC0415
 
         probe = asyncio.run(EmulatedSensor(identity_seed).capture())
+    elif sensor == "libfprint":
+        from sdbox._cli.bio import capture_with_libfprint  # noqa: PLC0415
+
+        probe = capture_with_libfprint(sensor_driver)
     conn, session = _open(reader)
     try:
         session.piv.select()

@@ -13,12 +13,18 @@ from pathlib import Path
 from typing import Literal
 
 from sdbox.config import load_file, setting
+from sdbox.identity import IdentityConfig
 
 DEFAULT_PATH = Path("/etc/sdbox/agent.toml")
 
 
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
+
+
+def _ppi(value: int) -> str | None:
+    # mindtct is tuned for 500 ppi; far from it, its block sizes no longer fit the ridges
+    return None if 250 <= value <= 1000 else "must be between 250 and 1000"
 
 
 def _endpoint_patterns(values: list[str]) -> str | None:
@@ -64,9 +70,16 @@ class CardConfig:
 class SensorConfig:
     """The fingerprint sensor."""
 
-    kind: Literal["emulated", "file", "none"] = setting(
+    kind: Literal["libfprint", "emulated", "file", "none"] = setting(
         "none",
-        help="none (no sensor yet: PIN where allowed), emulated (test: a seeded synthetic finger), file (test)",
+        help="libfprint (an image sensor; minutiae by libfprint's NBIS mindtct), none (PIN where "
+        "allowed), emulated (test: a seeded synthetic finger), file (test)",
+    )
+    driver: str = setting(
+        "", help="libfprint: the driver to use (empty: the first device that captures images)"
+    )
+    ppi: int = setting(
+        500, help="libfprint: the sensor's resolution in pixels per inch", check=_ppi
     )
     seed: int = setting(1001, help="emulated: the synthetic finger's identity seed")
     path: str = setting("", help="file: the template presented")
@@ -130,6 +143,23 @@ class IdentityConfigSection:
         Path("/var/lib/sdbox/identity/dev-key.pem"), help="development: software key"
     )
     certificate: Path = setting(Path("/var/lib/sdbox/identity/box.pem"), help="the box certificate")
+    tpm_store: Path = setting(
+        Path("/var/lib/sdbox/identity/tpm2-pkcs11"),
+        help="tpm: libtpm2-pkcs11's token store (TPM2_PKCS11_STORE), on the sealed partition",
+    )
+    tcti: str = setting(
+        "device:/dev/tpmrm0",
+        help="tpm: how to reach the TPM (TPM2_PKCS11_TCTI); the kernel resource manager on a box",
+    )
+
+    def identity_config(self) -> IdentityConfig:
+        """The library's view of this section (sdbox.identity)."""
+        return IdentityConfig(
+            kind=self.kind, certificate=self.certificate, key_file=self.key_file,
+            pkcs11_module=self.pkcs11_module, token_label=self.token_label,
+            key_label=self.key_label, pin_file=self.pin_file, tpm_store=self.tpm_store,
+            tcti=self.tcti,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

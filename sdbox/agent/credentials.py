@@ -11,7 +11,7 @@ from sdbox.agent.card import CardHandle
 from sdbox.agent.config import AgentConfig
 from sdbox.broker.client import request_credential
 from sdbox.config import ConfigError
-from sdbox.identity import BoxIdentity, IdentityConfig, open_identity
+from sdbox.identity import BoxIdentity, open_identity
 from sdbox.smartcard.directory import Project
 
 
@@ -28,12 +28,7 @@ class BrokerCredentials:
         self.url = section.broker_url
         self.timeout_s = section.timeout_s
         self._anchors_path = section.broker_anchors
-        ident = config.identity
-        self._identity_config = IdentityConfig(
-            kind=ident.kind, certificate=ident.certificate, key_file=ident.key_file,
-            pkcs11_module=ident.pkcs11_module, token_label=ident.token_label,
-            key_label=ident.key_label, pin_file=ident.pin_file,
-        )  # fmt: skip
+        self._identity_config = config.identity.identity_config()
         self._identity: BoxIdentity | None = None
 
     @property

@@ -37,6 +37,7 @@ from sdbox.agent.events import (
     Transition,
     audit,
 )
+from sdbox.biometric.errors import PlaceFingerAgain
 from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Directory, Project, SecondFactor
@@ -453,7 +454,7 @@ class Agent:
                 self.snapshot.tries_left = exc.tries_left
                 retry = problem  # the next prompt says why, with the tries left
                 continue
-            except InvalidTemplate:
+            except (InvalidTemplate, PlaceFingerAgain):
                 retry = Problem.SENSOR_FAILED  # a poor capture costs no try: ask again
                 continue
             except (FingerBlocked, PinBlocked) as exc:
@@ -552,6 +553,8 @@ class Agent:
                 else Problem.CREDENTIAL_REFUSED
             )
             raise Refusal(problem, exc.message) from exc
+        if credential is None:  # interactive: nothing was issued, the bubble asks
+            return user, credential
         audit(
             AuditEvent.CREDENTIAL_ISSUED,
             "one-time session credential obtained",

@@ -128,6 +128,10 @@ def make_sensor(config: SensorConfig) -> Any:
     """The configured sensor."""
     from sdbox.biometric.sensor import EmulatedSensor, FileSensor  # noqa: PLC0415
 
+    if config.kind == "libfprint":
+        from sdbox.biometric.libfprint import LibfprintSensor  # noqa: PLC0415
+
+        return LibfprintSensor(config.driver, config.ppi)
     if config.kind == "emulated":
         return EmulatedSensor(config.seed)
     if config.kind == "file":
@@ -166,7 +170,13 @@ class SessionService:
         protocol = (
             SessionProtocol.RDP if project.protocol == Protocol.RDP else SessionProtocol.SPICE
         )
-        secret = credential if isinstance(credential, Credential) else Credential(str(credential))
+        secret: Credential | None
+        if credential is None:  # interactive: the bubble runs its own logon
+            secret = None
+        elif isinstance(credential, Credential):
+            secret = credential
+        else:
+            secret = Credential(str(credential))
         spec = SessionSpec(
             endpoint=Endpoint(protocol, project.host, project.port),
             user=user,

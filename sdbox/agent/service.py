@@ -69,10 +69,13 @@ class InteractiveCredentials:
     async def obtain(
         self, project: Project, certificate: x509.Certificate, card: CardHandle
     ) -> tuple[str, Any]:
-        """Interactive bubbles are not supported by the session launchers yet."""
-        raise SdboxError(
-            f"project '{project.name}' uses its own logon screen, which this box does not offer yet"
-        )
+        """No user, no credential: the session client shows the bubble's logon screen.
+
+        The holder was still verified on the card and the project and server
+        certificates validated: only the credential step is the bubble's.
+        """
+        del project, certificate, card
+        return "", None
 
 
 def make_credentials(config: AgentConfig) -> Any:

@@ -69,6 +69,9 @@ def _prepare(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise TemplateError(f"a compact template of {len(data)} bytes is malformed")
     raw = np.frombuffer(data, dtype=np.uint8).reshape(count, 3)
     points = raw[:, :2].astype(np.float64)
+    # ISO/IEC 19794-2 angles run counter-clockwise on the image, whose y axis points
+    # down: work with y up so that angles and positions rotate the same way
+    points[:, 1] *= -1
     angles = (raw[:, 2].astype(np.int32) & 0x3F) * (STEPS // 64)
     k = min(K_NEIGHBOURS, count - 1)
     local = _local(points, angles, k) if k > 0 else np.zeros((count, 0, 3))

@@ -145,7 +145,9 @@ def impression_minutiae(
     xy = xy + rng.normal(0, profile.position_noise, xy.shape)
     direction = direction + np.radians(rng.normal(0, profile.angle_noise, len(direction)))
     units = np.clip(np.rint(xy * 10), 0, MAX_COORDINATE).astype(int)
-    steps = np.rint(direction / (2 * np.pi) * 64).astype(int) % 64
+    # directions are drawn in the image frame (y down); ISO/IEC 19794-2 angles run
+    # counter-clockwise as seen, hence the sign
+    steps = np.rint(-direction / (2 * np.pi) * 64).astype(int) % 64
     minutiae = [
         Minutia(int(x), int(y), MinutiaType(int(k)), int(a))
         for (x, y), k, a in zip(units, kind, steps, strict=True)

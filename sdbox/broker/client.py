@@ -36,7 +36,8 @@ class IssuedCredential:
     expires_at: datetime
 
 
-def _context(anchors: list[x509.Certificate]) -> ssl.SSLContext:
+def tls_context(anchors: list[x509.Certificate]) -> ssl.SSLContext:
+    """TLS to the broker: its certificate must chain to ``anchors`` and name its host."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata="".join(
         a.public_bytes(serialization.Encoding.PEM).decode() for a in anchors
     ))  # fmt: skip
@@ -44,9 +45,10 @@ def _context(anchors: list[x509.Certificate]) -> ssl.SSLContext:
     return context
 
 
-def _post(
+def post_json(
     url: str, body: dict[str, Any], context: ssl.SSLContext, timeout_s: float
 ) -> dict[str, Any]:
+    """POST ``body`` as JSON; the answer object, or a typed broker error."""
     # https only (checked in request_credential): S310's file:/custom schemes cannot occur
     request = urllib.request.Request(  # noqa: S310
         url,
@@ -91,7 +93,7 @@ async def request_credential(
     """Ask the broker for a one-time credential for ``project_id``'s bubble at ``endpoint``."""
     if not url.startswith("https://"):
         raise ProtocolError("the broker URL must be https://")
-    context = _context(server_anchors)
+    context = tls_context(server_anchors)
     der = serialization.Encoding.DER
     box_der = identity.certificate.public_bytes(der)
     project_der = project_certificate.public_bytes(der)
@@ -101,7 +103,9 @@ async def request_credential(
         "box_certificate": b64(box_der),
         "project_certificate": b64(project_der),
     }
-    challenge = await asyncio.to_thread(_post, f"{url}/v1/challenge", opening, context, timeout_s)
+    challenge = await asyncio.to_thread(
+        post_json, f"{url}/v1/challenge", opening, context, timeout_s
+    )
     exchange = challenge.get("exchange")
     if not isinstance(exchange, str):
         raise ProtocolError("the challenge has no exchange id")
@@ -123,7 +127,7 @@ async def request_credential(
         "proof": b64(proof_mac(shared, transcript)),
         "box_signature": b64(await asyncio.to_thread(identity.sign, transcript.encode())),
     }
-    answer = await asyncio.to_thread(_post, f"{url}/v1/credential", body, context, timeout_s)
+    answer = await asyncio.to_thread(post_json, f"{url}/v1/credential", body, context, timeout_s)
     try:
         kind = answer["kind"]
         if kind not in ("password", "spice-ticket"):

@@ -23,3 +23,11 @@ class BrokerRefused(BrokerError):
 
 class ProtocolError(BrokerError):
     """A message does not follow the protocol (docs/broker-protocol.md)."""
+
+
+class Refused(SdboxError):
+    """Broker side: a refusal with its code and HTTP status, sent to the box."""
+
+    def __init__(self, code: str, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status

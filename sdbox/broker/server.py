@@ -24,12 +24,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.broker.errors import BrokerError, ProtocolError
+from sdbox.broker.enrolment import MAX_TOKEN, EnrolmentTokens
+from sdbox.broker.errors import BrokerError, ProtocolError, Refused
 from sdbox.broker.protocol import NONCE_BYTES, Transcript, b64, proof_mac, unb64
 from sdbox.broker.provision import new_secret, provision_rdp, provision_spice
 from sdbox.config import load_file, setting
 from sdbox.errors import SdboxError
 from sdbox.trust import Purpose, validate
+from sdbox.trust.pki import Pki
 from sdbox.trust.store import RevocationStore
 
 _log = logging.getLogger("sdbox.broker")
@@ -63,19 +65,19 @@ class BrokerConfig:
     exchange_lifetime_s: int = setting(30, help="how long a challenge may be answered")
     credential_lifetime_s: int = setting(120, help="how long an issued credential is valid")
     bubbles: dict[str, BubbleConfig] = setting({}, help="project id -> bubble")
+    enrolment_tokens: str = setting(
+        "",
+        help="first boot: register of one-time enrolment tokens (JSON, hashed); '' = no enrolment",
+    )
+    box_ca: str = setting(
+        "", help="first boot: PKI directory whose box-identity CA certifies enrolled boxes"
+    )
+    box_certificate_days: int = setting(365, help="validity of an enrolled box's certificate")
 
 
 def load_config(path: Path) -> BrokerConfig:
     """Load and validate the broker's configuration."""
     return load_file(BrokerConfig, path)
-
-
-class Refused(SdboxError):
-    """Internal: a refusal with its code (sent to the box)."""
-
-    def __init__(self, code: str, message: str, status: int = 403) -> None:
-        super().__init__(message)
-        self.code, self.status = code, status
 
 
 @dataclass
@@ -99,6 +101,9 @@ class Broker:
             config.crl_dir, build_time=datetime.fromisoformat(config.build_time)
         )
         self._exchanges: dict[str, _Exchange] = {}
+        self.tokens = (
+            EnrolmentTokens(Path(config.enrolment_tokens)) if config.enrolment_tokens else None
+        )
         self._lock = threading.Lock()
         self.issued = 0
 
@@ -212,6 +217,40 @@ class Broker:
             "expires": expires.isoformat(),
         }
 
+    def enrol(self, request: dict[str, Any]) -> dict[str, Any]:
+        """First boot: a one-time token and a CSR signed by the box key -> the box certificate."""
+        if self.tokens is None or not self.config.box_ca:
+            raise Refused("enrolment", "this centre does not enrol boxes at this address", 404)
+        token = request.get("token")
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN:
+            raise ProtocolError("field 'token' must be non-empty text")
+        try:
+            csr = x509.load_der_x509_csr(unb64(request.get("csr"), "csr"))
+        except ValueError as exc:
+            raise Refused("csr", "the certification request is malformed", 400) from exc
+        if not csr.is_signature_valid:
+            raise Refused("csr", "the certification request is not signed by its key", 400)
+        public = csr.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+            raise Refused("csr", "the box key must be an ECC P-256 key", 400)
+        box_id = self.tokens.consume(token)  # checked last: a bad request does not burn it
+        now = datetime.now(UTC)
+        with self._lock:
+            pki = Pki.open(Path(self.config.box_ca))
+            # a few minutes back for a box clock slightly behind, never before its CA
+            start = max(now - timedelta(minutes=5), pki.box_ca.cert.not_valid_before_utc)
+            certificate = pki.issue_box(
+                public, box_id=box_id, not_before=start,
+                not_after=now + timedelta(days=self.config.box_certificate_days),
+            )  # fmt: skip
+            issuer = pki.box_ca.cert
+        _log.info("box %s enrolled (certificate serial %x)", box_id, certificate.serial_number)
+        pem = serialization.Encoding.PEM
+        return {
+            "certificate": certificate.public_bytes(pem).decode(),
+            "chain": [issuer.public_bytes(pem).decode()],
+        }
+
     def _expire(self) -> None:
         now = time.monotonic()
         for key in [k for k, e in self._exchanges.items() if e.expires < now]:
@@ -240,7 +279,11 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("http: " + format, *args)
 
     def do_POST(self) -> None:
-        routes = {"/v1/challenge": self.broker.challenge, "/v1/credential": self.broker.credential}
+        routes = {
+            "/v1/challenge": self.broker.challenge,
+            "/v1/credential": self.broker.credential,
+            "/v1/enrol": self.broker.enrol,
+        }
         handler = routes.get(self.path)
         if handler is None:
             self._send(404, {"error": "not_found", "message": "no such endpoint"})

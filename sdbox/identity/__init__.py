@@ -48,7 +48,9 @@ class IdentityConfig:
     pkcs11_module: Path | None = None  # tpm
     token_label: str = "sdbox-box"  # noqa: S105  (a token name, not a secret)
     key_label: str = "box-identity"
-    pin_file: Path | None = None
+    pin_file: Path | None = None  # tpm: root-only file with the token's user PIN
+    tpm_store: Path | None = None  # tpm: libtpm2-pkcs11's token store (TPM2_PKCS11_STORE)
+    tcti: str = ""  # tpm: how to reach the TPM (TPM2_PKCS11_TCTI), "" = the module's default
 
 
 def _load_certificate(path: Path) -> x509.Certificate:

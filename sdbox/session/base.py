@@ -134,7 +134,8 @@ class Session(ABC):
         try:
             launch = self.launch(home)
             populate_home(home, launch.home_files, user)
-            tail = LogTail([self.spec.credential.reveal()], max_lines=self._keep_lines)
+            secrets = [] if self.spec.credential is None else [self.spec.credential.reveal()]
+            tail = LogTail(secrets, max_lines=self._keep_lines)
             self._client = await ClientProcess.spawn(
                 launch.argv,
                 stdin_data=launch.stdin_data,

@@ -76,10 +76,8 @@ class RdpSession(Session):
         assert spec.server_fingerprint is not None
         args = [
             f"/v:{spec.endpoint.host}:{spec.endpoint.port}",
-            f"/u:{spec.user}",
-            f"/p:{spec.credential.reveal()}",
+            *self._logon_arguments(),
             f"/cert:deny,fingerprint:{spec.server_fingerprint}",
-            "/sec:rdp:off",
             "-clipboard",
             "-drives",
             "-home-drive",
@@ -105,6 +103,15 @@ class RdpSession(Session):
         else:
             args += ["/audio-mode:2"]
         return args
+
+    def _logon_arguments(self) -> list[str]:
+        spec = self.spec
+        if spec.credential is not None:
+            return [f"/u:{spec.user}", f"/p:{spec.credential.reveal()}", "/sec:rdp:off"]
+        # The bubble's own logon screen: TLS without NLA (NLA needs the
+        # password before the session exists), and an empty password given
+        # explicitly, or FreeRDP would prompt for one on its terminal.
+        return [f"/u:{spec.user}", "/p:", "/sec:tls"]
 
     def _window_arguments(self) -> list[str]:
         if self.spec.display.x11 is not None:

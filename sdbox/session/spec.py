@@ -159,7 +159,8 @@ class SessionSpec:
 
     endpoint: Endpoint
     user: str
-    credential: Credential = field(repr=False)
+    # None: the bubble runs its own logon screen (the "interactive" provider)
+    credential: Credential | None = field(repr=False)
     display: Display
     server_fingerprint: str | None = None
     policy: Policy = Policy()
@@ -174,7 +175,7 @@ class SessionSpec:
                 self, "server_fingerprint", parse_fingerprint(self.server_fingerprint)
             )
         if self.endpoint.protocol is Protocol.RDP:
-            if not self.user:
+            if not self.user and self.credential is not None:
                 raise SessionConfigError("An RDP session needs a user name.")
             if self.server_fingerprint is None:
                 raise SessionConfigError("An RDP session needs the server's certificate pin.")

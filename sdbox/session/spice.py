@@ -69,7 +69,6 @@ class SpiceSession(Session):
             "type=spice",
             f"host={spec.endpoint.host}",
             f"tls-port={spec.endpoint.port}",
-            f"password={_vv_value(spec.credential.reveal())}",
             f"ca={_vv_value(spec.ca_pem.strip())}",
             f"host-subject={_vv_value(spec.host_subject)}",
             "secure-channels=all",
@@ -79,6 +78,8 @@ class SpiceSession(Session):
             "fullscreen=1",
             "delete-this-file=0",
         ]
+        if spec.credential is not None:  # None: the guest's own logon screen
+            lines.insert(4, f"password={_vv_value(spec.credential.reveal())}")
         if spec.user:
             lines.append(f"username={_vv_value(spec.user)}")
         return "\n".join(lines) + "\n"

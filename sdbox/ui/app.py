@@ -53,29 +53,50 @@ def translator(language: str) -> Any:
     ).gettext
 
 
+def _focus_once(widget: Any) -> None:
+    """Give ``widget`` the focus once the window is built.
+
+    Not ``idle_add(widget.grab_focus)``: grab_focus returns True, which
+    keeps an idle source alive, so the focus would be taken back for ever
+    (arrow keys would seem dead) and the greeter would spin a core.
+    """
+
+    def grab() -> bool:
+        widget.grab_focus()
+        return False  # GLib.SOURCE_REMOVE: run once
+
+    GLib.idle_add(grab)
+
+
 class Greeter:
     """The window, the D-Bus proxy and the rendering."""
 
     def __init__(self, app: Gtk.Application, bus_address: str | None, language: str) -> None:
         self._ = translator(language)
-        self.window = Gtk.ApplicationWindow(application=app, title="sdbox")
-        self.window.set_decorated(False)
-        self.window.set_deletable(False)
+        self.app = app
+        self.window = self._new_window()
         provider = Gtk.CssProvider()
         provider.load_from_data(CSS)
         Gtk.StyleContext.add_provider_for_display(
             Gdk.Display.get_default(), provider, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION
         )
-        keys = Gtk.EventControllerKey()
-        keys.connect("key-pressed", self._on_key)
-        self.window.add_controller(keys)
         self.properties: dict[str, Any] = {}
+        self.end_reason = self.end_message = ""
         self.screen: Screen | None = None
         self.proxy = self._connect(bus_address)
         self.refresh()
         # A safety net: a signal missed while the bus or the agent restarts must
         # not leave a stale screen in front of the researcher.
         GLib.timeout_add_seconds(REFRESH_S, self._tick)
+
+    def _new_window(self) -> Any:
+        window = Gtk.ApplicationWindow(application=self.app, title="sdbox")
+        window.set_decorated(False)
+        window.set_deletable(False)
+        keys = Gtk.EventControllerKey()
+        keys.connect("key-pressed", self._on_key)
+        window.add_controller(keys)
+        return window
 
     def _connect(self, address: str | None) -> Any:
         if address:
@@ -93,9 +114,14 @@ class Greeter:
         # agent's owner (restarted) re-reads all properties: the greeter never
         # trusts a cache to be current.
         proxy.connect("g-properties-changed", lambda *_args: self.refresh())
-        proxy.connect("g-signal", lambda *_args: self.refresh())
+        proxy.connect("g-signal", self._on_signal)
         proxy.connect("notify::g-name-owner", lambda *_args: self.refresh())
         return proxy
+
+    def _on_signal(self, _proxy: Any, _sender: Any, name: str, parameters: Any) -> None:
+        if name == "SessionEnded":  # (project, reason, message): the reason picks the words
+            _project, self.end_reason, self.end_message = parameters.unpack()
+        self.refresh()
 
     def _tick(self) -> bool:
         self.refresh()
@@ -130,22 +156,23 @@ class Greeter:
             state=prop("State", "idle"), projects=tuple(tuple(p) for p in prop("Projects", [])),
             tries_left=prop("TriesLeft", -1), active_project=prop("ActiveProject", ""),
             message=prop("Message", ""), problem=prop("Problem", ""),
+            end_reason=self.end_reason, end_message=self.end_message,
         )  # fmt: skip
 
     def fit_monitor(self) -> None:
         """Cover the screen by size: cage 0.1.4 leaves the window unmaximised.
 
-        One pixel short of the monitor on purpose: wlroots 0.15 (under cage
+        One row short of the monitor on purpose: wlroots 0.15 (under cage
         0.1.4) tries to scan out a surface that covers the whole output
         directly, the headless/pixman output refuses it ("Basic output test
-        failed") and the screen stays black or stale; a surface one pixel
-        smaller each way is composited normally. ``fullscreen()`` would hit the
-        same path.
+        failed") and the screen stays black or stale; a surface one row
+        shorter is composited normally. ``fullscreen()`` would hit the same
+        path.
         """
         monitors = Gdk.Display.get_default().get_monitors()
         if monitors.get_n_items():
             geometry = monitors.get_item(0).get_geometry()
-            self.window.set_default_size(geometry.width - 1, geometry.height - 1)
+            self.window.set_default_size(geometry.width, geometry.height - 1)
 
     # -- rendering -------------------------------------------------------------
 
@@ -181,8 +208,21 @@ class Greeter:
             entry.props.placeholder_text = _("PIN")
             entry.connect("activate", self._on_pin)
             box.append(entry)
-            GLib.idle_add(entry.grab_focus)
-        self.window.set_child(box)
+            _focus_once(entry)
+        # Each screen is a new window, presented before the old one goes: with
+        # cage 0.1.4 / wlroots 0.15 a mapped window's later frames are not
+        # always composited (the output commit fails and the old screen stays
+        # up, seen on the headless output), while a newly mapped window
+        # damages the whole output and always shows. A stale screen in front
+        # of the researcher is worse than a rebuilt window.
+        if self.window.get_mapped():
+            old, self.window = self.window, self._new_window()
+            self.window.set_child(box)
+            self.fit_monitor()
+            self.window.present()
+            old.destroy()
+        else:
+            self.window.set_child(box)
 
     @staticmethod
     def _label(text: str, css: str) -> Any:
@@ -206,7 +246,7 @@ class Greeter:
         first = listbox.get_row_at_index(0)
         if first is not None and screen.kind != "running":
             listbox.select_row(first)
-            GLib.idle_add(first.grab_focus)
+            _focus_once(first)
         return listbox
 
     # -- actions ---------------------------------------------------------------

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from sdbox.agent.card import CardHandle
 from sdbox.agent.config import AgentConfig, load
+from sdbox.identity import IdentityConfig
 from sdbox.smartcard.directory import Project
 from sdbox.trust.pki import CA_NAMES, Pki
 from sdbox.trust.store import RevocationStore
@@ -318,11 +319,17 @@ class BrokerEnv:
     box_key: Path
     box_certificate: Path
     anchors: Path
+    identity: IdentityConfig | None = None  # a TPM identity instead of the development key
 
 
 @contextlib.contextmanager
 def reference_broker(
-    workdir: Path, pki: Pki, bubbles: dict[str, Any], ports: dict[str, int]
+    workdir: Path,
+    pki: Pki,
+    bubbles: dict[str, Any],
+    ports: dict[str, int],
+    *,
+    enrolment_tokens: Path | None = None,
 ) -> Iterator[BrokerEnv]:
     """`sdbox broker` (in a thread) provisioning the given bubbles, with a development box identity."""
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -358,6 +365,8 @@ def reference_broker(
         f'crl_dir = "{workdir / "crl"}"',
         f'build_time = "{pki.root.cert.not_valid_before_utc.isoformat()}"',
     ]
+    if enrolment_tokens is not None:  # first boot: the broker certifies boxes with the PKI's box CA
+        lines += [f'enrolment_tokens = "{enrolment_tokens}"', f'box_ca = "{pki.path}"']
     for project, bubble in bubbles.items():
         lines.append(f'[bubbles."{project}"]')
         lines.append(f'endpoint = "127.0.0.1:{ports[project]}"')
@@ -378,6 +387,19 @@ def reference_broker(
 
 def broker_settings(env: BrokerEnv) -> str:
     """The agent configuration's [credentials] and [identity] for ``env``."""
+    if env.identity is not None:
+        ident = env.identity
+        return textwrap.dedent(f"""
+            [identity]
+            kind = "tpm"
+            certificate = "{ident.certificate}"
+            pkcs11_module = "{ident.pkcs11_module}"
+            pin_file = "{ident.pin_file}"
+            tpm_store = "{ident.tpm_store}"
+            tcti = "{ident.tcti}"
+            token_label = "{ident.token_label}"
+            key_label = "{ident.key_label}"
+            """)
     return textwrap.dedent(f"""
         [identity]
         kind = "development"

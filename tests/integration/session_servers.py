@@ -363,8 +363,14 @@ class ShadowServer:
 
 
 @contextlib.contextmanager
-def shadow_server(display: str, workdir: Path, certificate: Issued) -> Iterator[ShadowServer]:
-    """``freerdp-shadow-cli3`` on 127.0.0.1 sharing ``display``, with ``certificate``."""
+def shadow_server(
+    display: str, workdir: Path, certificate: Issued, *, own_logon: bool = False
+) -> Iterator[ShadowServer]:
+    """``freerdp-shadow-cli3`` on 127.0.0.1 sharing ``display``, with ``certificate``.
+
+    ``own_logon``: the server asks for no credential at connection (no NLA),
+    as a bubble that runs its own logon screen does.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config"
     # freerdp-shadow-cli3 reads (or else makes) $XDG_CONFIG_HOME/freerdp/shadow/shadow.{crt,key}.
@@ -389,7 +395,7 @@ def shadow_server(display: str, workdir: Path, certificate: Issued) -> Iterator[
                 "freerdp-shadow-cli3",
                 f"/port:{port}",
                 "/bind-address:127.0.0.1",
-                f"/sam-file:{sam}",
+                *(["-auth", "/sec:tls"] if own_logon else [f"/sam-file:{sam}"]),
                 "-may-interact",
                 "/log-level:INFO",
             ],

@@ -151,6 +151,37 @@ def test_agent_gets_one_time_credentials_from_the_broker(
     assert centre.broker.server.broker.issued == issued_before + 2
 
 
+def test_card_pulled_during_the_credential_request_leaves_no_session(
+    pki: Pki, centre: Centre, free_reader: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker's fresh ECDH (the second GENERAL AUTHENTICATE on the project key) fails."""
+    from tests.integration.test_agent import running_agent
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki,
+            centre.bubbles,
+            free_reader,
+            tmp_path,
+            broker=centre.broker,
+            fault="remove:ins=87,p2=82,nth=2",  # the first is the agent's own possession check
+        ) as run:
+            await until(lambda: run.agent.snapshot.state == State.PICKER)
+            await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
+            await until(lambda: not run.card.virtual.inserted, timeout=30)
+            await until(lambda: run.agent.snapshot.state == State.IDLE, timeout=30)
+            await asyncio.sleep(0.3)  # let any stray flow show itself
+            assert run.agent.snapshot.state == State.IDLE
+            assert run.agent._session is None
+            # it got past its own checks: the card went at the credential request
+            assert "project and server certificates valid" in caplog.text
+
+    caplog.set_level(logging.INFO)
+    issued_before = centre.broker.server.broker.issued
+    asyncio.run(scenario())
+    assert centre.broker.server.broker.issued == issued_before  # nothing was handed out
+
+
 def test_credentials_are_fresh_each_time_and_never_logged(
     pki: Pki, centre: Centre, free_reader: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

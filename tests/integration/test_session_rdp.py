@@ -352,3 +352,57 @@ def _unhardened_connects(spec: SessionSpec) -> bool:
         return True
 
     return run(scenario())
+
+
+@pytest.fixture(scope="module")
+def own_logon_server(
+    server_display: str, ca: Issued, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ShadowServer]:
+    certificate = make_server_cert("CN=localhost", ["localhost"], issuer=ca)
+    with shadow_server(
+        server_display, tmp_path_factory.mktemp("own-logon"), certificate, own_logon=True
+    ) as running:
+        yield running
+
+
+def _interactive_spec(server: ShadowServer, display: str) -> SessionSpec:
+    return SessionSpec(
+        endpoint=Endpoint.parse(f"rdp://localhost:{server.port}"),
+        user="",
+        credential=None,
+        display=Display(x11=display),
+        server_fingerprint=server.certificate.fingerprint,
+        connect_timeout=60.0,
+    )
+
+
+def test_a_bubble_with_its_own_logon_opens_without_a_credential(
+    own_logon_server: ShadowServer, client_display: str
+) -> None:
+    """The "interactive" provider: no prompt on the box, the bubble's screen comes up."""
+
+    async def scenario() -> tuple[bool, SessionEnded]:
+        session = RdpSession(_interactive_spec(own_logon_server, client_display), run_as=RUN_AS)
+        assert "/p:" in session.arguments()  # an explicit empty password: FreeRDP never prompts
+        await session.start()
+        await session.wait_connected()
+        shows = await until(lambda: shows_pattern(client_display))
+        return shows, await session.close()
+
+    shows, ended = run(scenario())
+    assert shows
+    assert ended.was_connected
+
+
+def test_no_credential_is_refused_by_a_bubble_that_wants_one(
+    server: ShadowServer, client_display: str
+) -> None:
+    """Interactive against a bubble that wants a credential: turned away, no prompt, no hang."""
+
+    async def scenario() -> SessionEnded:
+        session = RdpSession(_interactive_spec(server, client_display), run_as=RUN_AS)
+        await session.start()
+        return await asyncio.wait_for(session.wait_ended(), timeout=60)
+
+    ended = run(scenario())
+    assert ended.reason is not EndReason.CLOSED

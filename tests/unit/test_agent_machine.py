@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from sdbox.agent.card import CardHandle
 from sdbox.agent.events import SessionEndedEvent, State, Transition
 from sdbox.agent.machine import Agent, Refusal
+from sdbox.biometric.errors import PlaceFingerAgain
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Project
 from sdbox.smartcard.emulator.applet import PivApplet
@@ -48,6 +49,7 @@ class FakeSession:
         self.ended: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
         self.pid: int | None = 4242
         self.killed = self.closed = False
+        self.credential: Any = None
 
     async def start(self) -> None:
         pass
@@ -92,6 +94,7 @@ class Sessions:
         self, project: Project, user: str, credential: Any, server: x509.Certificate
     ) -> FakeSession:
         session = FakeSession(project, project.id in self.fail)
+        session.credential = credential
         self.opened.append(session)
         return session
 
@@ -138,8 +141,14 @@ def _now() -> Any:
 class Sensor:
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        self.poor_captures = 0  # how many captures are too poor before a good one
+        self.captures = 0
 
     async def capture(self) -> bytes:
+        self.captures += 1
+        if self.poor_captures:
+            self.poor_captures -= 1
+            raise PlaceFingerAgain("too few clear ridge details")
         return seeded_template(self.seed)
 
 
@@ -156,7 +165,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def make_agent(
-    pki: Pki, tmp_path: Path, *, seed: int = 1001
+    pki: Pki, tmp_path: Path, *, seed: int = 1001, credentials: Any = None
 ) -> tuple[Agent, Sessions, list[Any], PivApplet]:
     applet = PivApplet(issue_card(load_profile("demo"), pki, state_path=tmp_path / "card.json"))
     sessions = Sessions()
@@ -168,7 +177,8 @@ def make_agent(
         return handle
 
     agent = Agent(
-        trust=Trust(pki), sensor=Sensor(seed), credentials=Credentials(), sessions=sessions,
+        trust=Trust(pki), sensor=Sensor(seed), credentials=credentials or Credentials(),
+        sessions=sessions,
         endpoint_allowed=lambda endpoint: endpoint.startswith("127.0.0.1:"), open_card=open_card,
     )  # fmt: skip
     agent.listeners.append(events.append)
@@ -282,7 +292,53 @@ def test_endpoint_outside_the_allow_list_is_refused(pki: Pki, tmp_path: Path) ->
     asyncio.run(scenario())
 
 
+def test_a_poor_capture_is_asked_again_and_costs_no_try(pki: Pki, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        agent, _sessions, events, applet = make_agent(pki, tmp_path)
+        sensor = agent.sensor
+        assert isinstance(sensor, Sensor)
+        sensor.poor_captures = 2
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        await agent.choose_project("census-2021")
+        await until(lambda: agent.snapshot.state == State.RUNNING)
+        assert sensor.captures == 3
+        prompts = [e for e in events if isinstance(e, Transition) and e.state == State.VERIFYING]
+        assert [p.problem.value if p.problem else None for p in prompts] == [
+            None,
+            "sensor_failed",
+            "sensor_failed",
+        ]
+        assert applet.state.fingers[0x96].tries == 5
+
+    asyncio.run(scenario())
+
+
 __all__ = ["serialization"]
+
+
+def test_interactive_provider_opens_the_bubble_logon_without_a_credential(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The holder is still verified; the session gets no credential and none is said issued."""
+    from sdbox.agent.service import InteractiveCredentials
+
+    async def scenario() -> None:
+        agent, sessions, events, _applet = make_agent(
+            pki, tmp_path, credentials=InteractiveCredentials()
+        )
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        await agent.choose_project("census-2021")
+        await until(lambda: agent.snapshot.state == State.RUNNING)
+        states = [e.state for e in events if isinstance(e, Transition)]
+        assert State.VERIFYING in states
+        assert sessions.opened[0].credential is None
+        await agent.card_removed("reader")
+
+    with caplog.at_level("INFO"):
+        asyncio.run(scenario())
+    assert "credential obtained" not in caplog.text
 
 
 class FakeRenewal:

@@ -25,6 +25,8 @@ def test_impostors_do_not_match(seed: int) -> None:
 
 
 def _moved(template: bytes, degrees: float, dx: int, dy: int) -> bytes:
+    # turns the finger clockwise as seen (the image's y axis points down), so its ISO
+    # angles (counter-clockwise as seen) decrease
     items = compact.decode(template)
     cx = sum(m.x for m in items) / len(items)
     cy = sum(m.y for m in items) / len(items)
@@ -34,7 +36,7 @@ def _moved(template: bytes, degrees: float, dx: int, dy: int) -> bytes:
         x = cx + (m.x - cx) * math.cos(t) - (m.y - cy) * math.sin(t) + dx
         y = cy + (m.x - cx) * math.sin(t) + (m.y - cy) * math.cos(t) + dy
         if 0 <= x <= 255 and 0 <= y <= 255:
-            out.append(Minutia(round(x), round(y), m.kind, (m.angle + round(degrees / 5.625)) % 64))
+            out.append(Minutia(round(x), round(y), m.kind, (m.angle - round(degrees / 5.625)) % 64))
     return compact.encode(out)
 
 

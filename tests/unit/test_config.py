@@ -29,8 +29,9 @@ def test_defaults_load_from_an_empty_file(tmp_path: Path) -> None:
         ("[sesion]\n", r"agent.toml: unknown key 'sesion' \(known: card, "),
         (
             '[sensor]\nkind = "usb"\n',
-            r"agent.toml: \[sensor\] kind: must be one of 'emulated', 'file', 'none', not 'usb'",
+            r"agent.toml: \[sensor\] kind: must be one of 'libfprint', 'emulated', 'file', 'none', not 'usb'",
         ),
+        ("[sensor]\nppi = 96\n", r"\[sensor\] ppi: must be between 250 and 1000"),
         (
             "[session]\nconnect_timeout_s = 0\n",
             r"\[session\] connect_timeout_s: must be greater than 0",

@@ -188,6 +188,13 @@ def test_spice_connection_file_is_tls_only_and_redirects_nothing(tmp_path: Path)
     assert "share-clipboard=false" in settings.splitlines()
 
 
+def test_spice_without_a_credential_leaves_the_logon_to_the_guest(tmp_path: Path) -> None:
+    launch = SpiceSession(spice_spec(credential=None), run_as=None).launch(tmp_path)
+    vv = launch.stdin_data.decode().splitlines()
+    assert not any(line.startswith("password") for line in vv)
+    assert "secure-channels=all" in vv
+
+
 def test_spice_audio_by_policy(tmp_path: Path) -> None:
     launch = SpiceSession(spice_spec(policy=Policy(audio=True)), run_as=None).launch(tmp_path)
     assert "--spice-disable-audio" not in launch.argv
