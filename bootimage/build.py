@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sdbox import __version__  # noqa: E402
-from sdbox.bootimage import disk, generations, tools  # noqa: E402
+from sdbox.bootimage import checks, disk, generations, tools  # noqa: E402
 from sdbox.bootimage.errors import BootImageError  # noqa: E402
 
 MIB = 2**20
@@ -54,6 +54,7 @@ PACKAGES = [
     "cage", "xwayland", "python3", "python3-gi", "gir1.2-gtk-4.0", "fonts-dejavu-core",
     "freerdp3-sdl", "virt-viewer",
     "chrony", "ca-certificates",
+    "iproute2",  # ss: the boot test lists listening sockets with their owners
 ]  # fmt: skip
 # an image sensor through libfprint (its NBIS mindtct extracts the minutiae); python3-gi is above
 LIBFPRINT_PACKAGES = ["libfprint-2-2", "gir1.2-fprint-2.0"]
@@ -232,6 +233,19 @@ def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
             detail=tools.tail(log.read_text()),
         )
     build.step("root filesystem (mmdebstrap)", started)
+
+
+def check_root(build: Build) -> None:
+    """Refuse to seal a root where anyone may write outside /tmp and /var/tmp."""
+    started = time.monotonic()
+    loose = checks.world_writable(build.rootdir)
+    if loose:
+        raise BootImageError(
+            f"{len(loose)} world-writable path(s) in the root outside /tmp and /var/tmp: "
+            "fix their mode in the overlay or the customize script",
+            detail="\n".join(loose[:50]),
+        )
+    build.step("root checks (no world-writable file)", started)
 
 
 def kernel_and_initrd(build: Build) -> tuple[Path, Path]:
@@ -438,6 +452,7 @@ def main() -> int:
             shutil.copytree(overlay_dir, build.rootdir, symlinks=True, dirs_exist_ok=True)
         else:
             bootstrap(build, deb, overlay_dir)
+        check_root(build)
         kernel, initrd = kernel_and_initrd(build)
         data = data_partition(build)
         squashfs, verity, roothash = squash_and_seal(build)

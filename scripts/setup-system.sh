@@ -21,7 +21,7 @@ declare -A tier
 tier[base]="python3 python3-venv python3-dev build-essential pkg-config git make"
 # pyscard builds from source (swig, pcsclite headers); pcscd with the vpcd
 # reader driver is the real PC/SC stack the emulated card plugs into.
-tier[card]="pcscd libpcsclite-dev swig vsmartcard-vpcd opensc opensc-pkcs11 pcsc-tools openssl"
+tier[card]="pcscd libpcsclite-dev swig vsmartcard-vpcd opensc opensc-pkcs11 pcsc-tools openssl yubico-piv-tool"
 tier[session]="freerdp3-x11 freerdp3-sdl freerdp3-shadow-x11 winpr3-utils virt-viewer qemu-system-x86 xvfb x11-apps imagemagick xdotool"
 tier[kiosk]="python3-gi gir1.2-gtk-4.0 cage grim xwayland dbus libsystemd-dev gettext"
 # swtpm has no resource manager (3 object slots: libtpm2-pkcs11 runs out);
@@ -30,7 +30,8 @@ tier[identity]="swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-too
 tier[biometric]="gir1.2-fprint-2.0 libfprint-2-2 python3-gi"
 # The Debian package (make deb): debhelper, lintian, and what the pinned
 # sdists compile against (pyscard: swig + pcsclite; systemd-python: libsystemd).
-tier[debian]="debhelper dpkg-dev lintian fakeroot python3-venv python3-dev swig libpcsclite-dev libsystemd-dev pkg-config"
+# systemd: systemd-analyze scores the units' exposure (--offline, no systemd PID 1 needed; test_security.py)
+tier[debian]="debhelper dpkg-dev lintian fakeroot python3-venv python3-dev swig libpcsclite-dev libsystemd-dev pkg-config systemd"
 # The appliance image (make image image-test): mmdebstrap builds the root,
 # squashfs + veritysetup seal it, systemd's EFI stub + sbsign make the signed
 # UKI, mtools/dosfstools/fdisk assemble the disk without mounting anything;

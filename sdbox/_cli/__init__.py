@@ -30,6 +30,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.identity", "identity"),
     ("sdbox._cli.bio", "bio"),
     ("sdbox._cli.flash", "flash"),
+    ("sdbox._cli.hwtest", "hwtest"),
 )
 
 

@@ -38,46 +38,51 @@ class EndReason(Enum):
     CLIENT_FAILED = "client_failed"  # crash or internal error of the viewer on this box
 
 
+def N_(text: str) -> str:  # gettext's conventional name for a marker
+    """Mark ``text`` for translation: the greeter shows these in the researcher's language."""
+    return text
+
+
 MESSAGES: dict[EndReason, str] = {
-    EndReason.CLOSED: "The session was closed.",
-    EndReason.KILLED: "The session was ended because the card was removed.",
-    EndReason.LOGGED_OFF: "You logged off from the project's desktop.",
-    EndReason.DISCONNECTED_BY_SERVER: (
+    EndReason.CLOSED: N_("The session was closed."),
+    EndReason.KILLED: N_("The session was ended because the card was removed."),
+    EndReason.LOGGED_OFF: N_("You logged off from the project's desktop."),
+    EndReason.DISCONNECTED_BY_SERVER: N_(
         "The project's desktop ended the session (an administrator or another logon)."
     ),
-    EndReason.IDLE_TIMEOUT: "The session was ended after a period of inactivity.",
-    EndReason.REPLACED: "The session was opened from another place, so it ended here.",
-    EndReason.SERVER_REFUSED: (
+    EndReason.IDLE_TIMEOUT: N_("The session was ended after a period of inactivity."),
+    EndReason.REPLACED: N_("The session was opened from another place, so it ended here."),
+    EndReason.SERVER_REFUSED: N_(
         "The project's desktop refused the connection. Please contact the service desk."
     ),
-    EndReason.AUTH_FAILED: (
+    EndReason.AUTH_FAILED: N_(
         "The project's desktop did not accept the sign-in. Please try again; if it "
         "happens again, contact the service desk."
     ),
-    EndReason.ACCOUNT_PROBLEM: (
+    EndReason.ACCOUNT_PROBLEM: N_(
         "Your account on the project's desktop cannot sign in (locked, expired or "
         "disabled). Please contact the service desk."
     ),
-    EndReason.CERTIFICATE_REJECTED: (
+    EndReason.CERTIFICATE_REJECTED: N_(
         "The project's desktop could not prove its identity, so the box did not "
         "connect. Please contact the service desk."
     ),
-    EndReason.CONNECTION_LOST: "The connection to the project's desktop was lost.",
-    EndReason.UNREACHABLE: (
+    EndReason.CONNECTION_LOST: N_("The connection to the project's desktop was lost."),
+    EndReason.UNREACHABLE: N_(
         "The project's desktop cannot be reached. Check the network cable, or try "
         "again in a few minutes."
     ),
-    EndReason.CONNECT_TIMEOUT: (
+    EndReason.CONNECT_TIMEOUT: N_(
         "The project's desktop did not answer in time. Please try again in a few minutes."
     ),
-    EndReason.LICENSING: (
+    EndReason.LICENSING: N_(
         "The project's desktop has a licensing problem. Please contact the service desk."
     ),
-    EndReason.PROTOCOL_ERROR: (
+    EndReason.PROTOCOL_ERROR: N_(
         "The connection to the project's desktop failed. Please try again; if it "
         "happens again, contact the service desk."
     ),
-    EndReason.CLIENT_FAILED: (
+    EndReason.CLIENT_FAILED: N_(
         "The remote desktop program on this box stopped unexpectedly. Please try again."
     ),
 }

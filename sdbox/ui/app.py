@@ -81,6 +81,7 @@ class Greeter:
             Gdk.Display.get_default(), provider, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION
         )
         self.properties: dict[str, Any] = {}
+        self.end_reason = self.end_message = ""
         self.screen: Screen | None = None
         self.proxy = self._connect(bus_address)
         self.refresh()
@@ -113,9 +114,14 @@ class Greeter:
         # agent's owner (restarted) re-reads all properties: the greeter never
         # trusts a cache to be current.
         proxy.connect("g-properties-changed", lambda *_args: self.refresh())
-        proxy.connect("g-signal", lambda *_args: self.refresh())
+        proxy.connect("g-signal", self._on_signal)
         proxy.connect("notify::g-name-owner", lambda *_args: self.refresh())
         return proxy
+
+    def _on_signal(self, _proxy: Any, _sender: Any, name: str, parameters: Any) -> None:
+        if name == "SessionEnded":  # (project, reason, message): the reason picks the words
+            _project, self.end_reason, self.end_message = parameters.unpack()
+        self.refresh()
 
     def _tick(self) -> bool:
         self.refresh()
@@ -150,6 +156,7 @@ class Greeter:
             state=prop("State", "idle"), projects=tuple(tuple(p) for p in prop("Projects", [])),
             tries_left=prop("TriesLeft", -1), active_project=prop("ActiveProject", ""),
             message=prop("Message", ""), problem=prop("Problem", ""),
+            end_reason=self.end_reason, end_message=self.end_message,
         )  # fmt: skip
 
     def fit_monitor(self) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sdbox.session.outcome import MESSAGES, EndReason
+
 Translate = Callable[[str], str]
 
 
@@ -23,6 +25,9 @@ class AgentView:
     active_project: str = ""
     message: str = ""
     problem: str = ""
+    # the reason code of the last SessionEnded signal, with the message it came with
+    end_reason: str = ""
+    end_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,17 @@ def _detail(project: tuple[str, str, str, str, str, str, bool], _: Translate) ->
     return f"{kind} · {status}"
 
 
+def _end_text(view: AgentView, _: Translate) -> str:
+    """The agent's end message, translated when its reason code is known."""
+    try:
+        reason = EndReason(view.end_reason)
+    except ValueError:
+        return view.message
+    if view.end_message != view.message:  # an older end: the agent's words are current
+        return view.message
+    return _(MESSAGES[reason])
+
+
 def screen_for(view: AgentView, _: Translate) -> Screen:
     """The screen for the agent's current state."""
     problems = _problem_texts(_)
@@ -158,11 +174,11 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
             return Screen(
                 "picker", title, view.message, hint, projects, can_cancel=False, alert=True
             )
-        if view.message:  # a session ended: say why
+        if view.message:  # a session ended: say why, in the researcher's language
             return Screen(
                 "ended",
                 _("The session ended"),
-                view.message,
+                _end_text(view, _),
                 _("Choose a project to start again."),
                 projects,
             )

@@ -3,9 +3,15 @@
 Secrets: the PIN, the finger template, the one-time session passwords, the
 card's private keys and its management key. Places: every log record the
 agent, the session layer and the card layer produce (captured at the most
-verbose level, APDU trace included), the session clients' kept output, and
-the agent's state and CRL directories. Encodings: raw, hex (both cases),
-base64 and UTF-16LE.
+verbose level, APDU trace included, with the structured fields that go to
+the journal), the session clients' kept output and their private homes
+while they run, every file the agent's run left in its work directory
+(state, CRL cache, configuration; the card emulator's own state excepted:
+that is the card), and core dumps (none may exist; on the box LimitCORE=0
+and kernel.core_pattern keep them from being written, test_security.py).
+Encodings: raw, hex (both cases, bare or with ``:``/space separators),
+base64 (standard and URL-safe, at each of the three alignments a secret can
+have inside a longer encoded blob) and UTF-16LE of the text forms.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -31,10 +38,42 @@ __all__ = ["bubbles"]
 
 def encodings(secret: bytes) -> list[bytes]:
     """The forms a leaked secret could take."""
-    forms = [secret, secret.hex().encode(), secret.hex().upper().encode(), base64.b64encode(secret)]
+    texts = [secret.hex(), secret.hex().upper()]
+    for sep in (":", " "):
+        texts += [sep.join(f"{b:02x}" for b in secret), sep.join(f"{b:02X}" for b in secret)]
+    forms = [secret, *(t.encode() for t in texts)]
+    for shift in range(3):  # inside a longer base64 blob the secret starts at offset 0, 1 or 2
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(bytes(shift) + secret)
+            # keep the characters whose 6 bits all come from the secret
+            first, end = -(-8 * shift // 6), 8 * (shift + len(secret)) // 6
+            forms.append(encoded[first:end])
     with contextlib.suppress(UnicodeDecodeError):
-        forms.append(secret.decode().encode("utf-16-le"))
+        texts.append(secret.decode())
+    forms += [t.encode("utf-16-le") for t in texts]
     return [f for f in forms if len(f) >= 6]
+
+
+def snapshot(directory: Path, into: dict[str, bytes], skip: tuple[Path, ...] = ()) -> None:
+    """Every readable file under ``directory`` (not following links), by path."""
+    if not directory.exists():
+        return
+    for path in directory.rglob("*"):
+        if path.is_symlink() or not path.is_file() or any(path.is_relative_to(x) for x in skip):
+            continue
+        with contextlib.suppress(OSError):
+            into[str(path)] = path.read_bytes()
+
+
+def client_home(agent: object) -> Path | None:
+    """The running session client's private home (its working directory)."""
+    client = getattr(getattr(agent, "_session", None), "_client", None)
+    pid = getattr(client, "pid", None)
+    if pid is None:
+        return None
+    with contextlib.suppress(OSError):
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    return None
 
 
 class GatedSensor:
@@ -63,7 +102,16 @@ def test_no_secret_in_logs_or_state(
     root.addHandler(handler)
     root.setLevel(TRACE)
     kept_client_output: list[str] = []
+    homes: dict[str, bytes] = {}
     try:
+
+        def keep_client(agent: object) -> None:
+            tail = getattr(getattr(getattr(agent, "_session", None), "_client", None), "tail", None)
+            if tail is not None:
+                kept_client_output.extend(tail.lines())
+            home = client_home(agent)
+            if home is not None:
+                snapshot(home, homes)
 
         async def scenario() -> None:
             gate = GatedSensor()
@@ -77,9 +125,7 @@ def test_no_secret_in_logs_or_state(
                 await run.iface.call_switch("census-2021")  # type: ignore[attr-defined]
                 await _wait(run.agent, State.CONNECTING)
                 await _wait(run.agent, State.RUNNING)
-                tail = getattr(getattr(run.agent._session, "_client", None), "tail", None)
-                if tail is not None:
-                    kept_client_output.extend(tail.lines())
+                keep_client(run.agent)
                 await asyncio.to_thread(run.card.remove)
                 await _wait(run.agent, State.IDLE)
                 # the finger, on the card inserted again
@@ -88,6 +134,7 @@ def test_no_secret_in_logs_or_state(
                 await _wait(run.agent, State.PICKER)
                 await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
                 await _wait(run.agent, State.RUNNING)
+                keep_client(run.agent)
                 secrets_out.update(
                     passwords=[p.encode() for b in bubbles.servers.values() for p in b.issued],
                     keys=[_key_bytes(k) for k in run.card.state.keys.values()],
@@ -110,16 +157,20 @@ def test_no_secret_in_logs_or_state(
     )
     # the trace really saw the card traffic (so its redaction is what is being tested)
     assert any("> 002000" in r for r in records), "no VERIFY in the APDU trace"
+    assert homes, "no session client's home was seen: the test would prove nothing there"
     haystacks: dict[str, bytes] = {
         "log records": "\n".join(records).encode(),
         "client output": "\n".join(kept_client_output).encode(),
+        **homes,
     }
-    for path in (tmp_path / "state").rglob("*") if (tmp_path / "state").exists() else []:
-        if path.is_file():
-            haystacks[str(path)] = path.read_bytes()
-    for path in (tmp_path / "crl").rglob("*"):
-        if path.is_file():
-            haystacks[str(path)] = path.read_bytes()
+    # everything the run wrote: state, CRL cache, configuration, bus... (not the card itself)
+    snapshot(tmp_path, haystacks, skip=(tmp_path / "card.json",))
+    assert any("/state/" in where or "/crl/" in where for where in haystacks)
+    cores = [
+        where for where in haystacks
+        if Path(where).name == "core" or Path(where).name.startswith("core.")
+    ] + [str(p) for p in Path.cwd().glob("core*") if p.is_file()]  # fmt: skip
+    assert not cores, f"core dumps were written: {cores}"
     for name, values in secrets.items():
         for value in values:
             for form in encodings(value):
@@ -133,3 +184,22 @@ def _key_bytes(key: object) -> bytes:
     return key.private_bytes(  # type: ignore[attr-defined,no-any-return]
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )[-64:]
+
+
+def test_every_encoding_is_found_inside_a_longer_blob() -> None:
+    # the search above is only as good as these forms: a secret at any offset of a
+    # longer hex or base64 blob, and its text in UTF-16LE, must be found
+    secret = bytes(range(7, 27))
+    for offset in range(6):
+        blob = b"\x01" * offset + secret + b"\x02" * 5
+        for where in (
+            blob,
+            blob.hex().encode(),
+            blob.hex().upper().encode(),
+            base64.b64encode(blob),
+            base64.urlsafe_b64encode(blob),
+        ):
+            assert any(form in where for form in encodings(secret)), (offset, where)
+    pin = b"123456"
+    assert any(f in "PIN=123456".encode("utf-16-le") for f in encodings(pin))
+    assert any(f in b"12:34:56:78:9A:BC" for f in encodings(bytes.fromhex("123456789abc")))

@@ -26,7 +26,7 @@ def test_shipped_generations_load() -> None:
 def test_udev_rules_tag_the_generations_reader_and_sensor() -> None:
     rules = generations.load("nuc-g1", DIRECTORY).udev_rules()
     assert 'ATTR{idVendor}=="04e6", ATTR{idProduct}=="5116", ENV{SDBOX_DEVICE}="reader"' in rules
-    assert 'ATTR{idVendor}=="06cb", ATTR{idProduct}=="00bd", ENV{SDBOX_DEVICE}="sensor"' in rules
+    assert 'ATTR{idVendor}=="05ba", ATTR{idProduct}=="000a", ENV{SDBOX_DEVICE}="sensor"' in rules
 
 
 def _error(text: str, tmp_path: Path, name: str = "nuc-g1") -> str:
@@ -72,5 +72,5 @@ def test_a_generation_needs_a_reader(tmp_path: Path) -> None:
 
 
 def test_a_libfprint_sensor_needs_its_usb_id(tmp_path: Path) -> None:
-    text = GOOD.replace('usb_id = "06cb:00bd"\n', "")
+    text = GOOD.replace('usb_id = "05ba:000a"\n', "")
     assert "[sensor] usb_id: a libfprint sensor needs its USB id" in _error(text, tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -137,12 +136,13 @@ def test_french() -> None:
 def test_every_text_has_a_french_translation_and_the_catalogue_is_compiled(tmp_path: Path) -> None:
     ui = Path("sdbox/ui")
     pot = tmp_path / "sdbox.pot"
-    subprocess.run(["xgettext", "--language=Python", "--keyword=_", "--from-code=UTF-8", "-o", str(pot),
-                    str(ui / "view.py"), str(ui / "app.py")], check=True)  # fmt: skip
-    wanted = set(re.findall(r'^msgid "(.+)"$', pot.read_text(), re.M))
+    subprocess.run(["xgettext", "--language=Python", "--keyword=_", "--keyword=N_", "--from-code=UTF-8",
+                    "-o", str(pot), str(ui / "view.py"), str(ui / "app.py"),
+                    "sdbox/session/outcome.py"], check=True)  # fmt: skip
     po = ui / "locale/fr/LC_MESSAGES/sdbox.po"
-    have = set(re.findall(r'^msgid "(.+)"$', po.read_text(), re.M))
-    assert wanted <= have, f"untranslated: {sorted(wanted - have)}"
+    # msgcmp fails on any msgid of the template that the catalogue lacks (multi-line ones too)
+    missing = subprocess.run(["msgcmp", str(po), str(pot)], capture_output=True, text=True, check=False)
+    assert missing.returncode == 0, f"untranslated:\n{missing.stderr}"
     compiled = tmp_path / "sdbox.mo"
     subprocess.run(["msgfmt", "-o", str(compiled), str(po)], check=True)
     assert compiled.read_bytes() == (ui / "locale/fr/LC_MESSAGES/sdbox.mo").read_bytes(), (
@@ -158,3 +158,22 @@ def test_a_blocked_finger_leaves_only_the_pin_where_the_project_allows_it() -> N
     assert screen.title == "Enter your PIN"
     assert "blocked" in screen.body
     assert screen.pin_entry is True
+
+
+def test_a_session_end_is_said_in_the_researchers_language() -> None:
+    from sdbox.session.outcome import MESSAGES, EndReason
+
+    lost = MESSAGES[EndReason.CONNECTION_LOST]
+    view = AgentView(
+        state="picker",
+        projects=PROJECTS,
+        message=lost,
+        end_reason="connection_lost",
+        end_message=lost,
+    )
+    assert screen_for(view, FR).body == "La connexion au bureau du projet a été perdue."
+    assert screen_for(view, EN).body == lost
+    # a reason from another, older end does not replace the agent's current words
+    other = AgentView(state="picker", projects=PROJECTS, message="Something else.",
+                      end_reason="connection_lost", end_message=lost)  # fmt: skip
+    assert screen_for(other, FR).body == "Something else."

@@ -1,0 +1,51 @@
+"""The picker's listing (sdbox.smartcard.biosso.read_summary): time and APDU count."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+from cryptography import x509
+
+from hwtests.bench import Bench, BenchError
+from hwtests.plugin import RecordProperty, milliseconds
+
+ROUNDS = 5
+LISTING_APDUS = 5  # SELECT, discovery, CHUID, directory, finger counter (extended length)
+
+
+def _no_anchors(_signer: x509.Certificate, _chain: list[x509.Certificate]) -> None:
+    raise BenchError("no --anchors given: the directory signer was not checked")
+
+
+@pytest.mark.scenario("listing time (5-APDU listing)")
+def test_listing_reads_the_verified_directory_in_five_apdus(
+    bench: Bench, record_property: RecordProperty
+) -> None:
+    validate = bench.validate_signer() or _no_anchors
+    times: list[float] = []
+    apdus: list[int] = []
+    for _ in range(ROUNDS):
+        # a fresh connection each round, as when a card is inserted: SELECT is part of it
+        with bench.session() as card:
+            card.forget_identity()
+            card.stack.stats.reset()
+            started = time.perf_counter()
+            summary = card.read_summary(validate)
+            times.append(time.perf_counter() - started)
+            apdus.append(card.stack.stats.apdus)
+    record_property("listing_median_ms", milliseconds(statistics.median(times)))
+    record_property("listing_max_ms", milliseconds(max(times)))
+    record_property("apdus", apdus[-1])
+    assert summary.guid == bench.guid
+    if bench.anchors is None:
+        record_property("directory", "not checked (no --anchors)")
+    else:
+        assert summary.directory_verified, f"directory refused: {summary.directory_error}"
+        assert summary.directory is not None
+        record_property("projects", len(summary.directory.projects))
+    if bench.target.emulated:
+        assert apdus == [LISTING_APDUS] * ROUNDS, apdus
+    else:  # a card without extended length answers through response chaining: more APDUs
+        assert min(apdus) >= LISTING_APDUS, apdus

@@ -1,0 +1,112 @@
+"""`sdbox hwtest`: the hardware-in-the-loop suite (package ``hwtests``) on a bench or the emulator."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import click
+
+from sdbox.errors import SdboxError
+
+
+class HwtestUnavailable(SdboxError):
+    """The suite or its runner (pytest) is not installed with this sdbox."""
+
+
+def suite_directory() -> Path:
+    """Where the ``hwtests`` package is: shipped in the wheel/.deb beside ``sdbox``, or a checkout."""
+    spec = importlib.util.find_spec("hwtests")
+    if spec is None or spec.origin is None:
+        raise HwtestUnavailable(
+            "the hardware-in-the-loop suite (package hwtests) is not installed with this sdbox"
+        )
+    return Path(spec.origin).parent
+
+
+def pytest_argv(
+    directory: Path,
+    *,
+    target: str,
+    card_serial: str | None,
+    allow_write: bool,
+    junit: Path | None,
+    template: Path | None,
+    anchors: Path | None,
+    bubble: str | None,
+    operator: bool,
+    extra: tuple[str, ...],
+) -> list[str]:
+    """The pytest command line for these options (tested: tests/unit/test_hwtest_cli.py)."""
+    argv = [str(directory), "-p", "no:cacheprovider", "--target", target, "-rs"]
+    # the suite's files stay read-only on a box: no cache, no byte-code next to them
+    if card_serial is not None:
+        argv += ["--card-serial", card_serial]
+    if allow_write:
+        argv.append("--allow-write")
+    if junit is not None:
+        # xunit1: the per-scenario figures (record_property) are properties of each test case
+        argv += ["--junitxml", str(junit), "-o", "junit_suite_name=sdbox-hwtests",
+                 "-o", "junit_logging=no", "-o", "junit_family=xunit1"]  # fmt: skip
+    if template is not None:
+        argv += ["--template", str(template)]
+    if anchors is not None:
+        argv += ["--anchors", str(anchors)]
+    if bubble is not None:
+        argv += ["--bubble", bubble]
+    if operator:
+        argv += ["--operator", "-s"]
+    return argv + list(extra)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--target", default="emulated", show_default=True,
+              help='emulated, or pcsc:"READER NAME" (see `sdbox card readers`).')  # fmt: skip
+@click.option("--card-serial", metavar="GUID",
+              help="The test card's CHUID GUID (required with a real reader; any other card is refused).")  # fmt: skip
+@click.option("--allow-write", is_flag=True,
+              help="Run destructive steps (enrolment, key generation, renewal): test cards only.")  # fmt: skip
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the results as JUnit XML to FILE.")  # fmt: skip
+@click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The holder's finger (ISO/IEC 19794-2 record or compact template) for OCC.")  # fmt: skip
+@click.option("--anchors", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM roots the card's directory signer must chain to.")  # fmt: skip
+@click.option("--bubble", metavar="URL", help="rdp://HOST:PORT of a test bubble (real bench).")
+@click.option("--operator", is_flag=True,
+              help="Someone is at the bench to pull and insert the card, and type a credential.")  # fmt: skip
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def hwtest(
+    target: str,
+    card_serial: str | None,
+    allow_write: bool,
+    junit: Path | None,
+    template: Path | None,
+    anchors: Path | None,
+    bubble: str | None,
+    operator: bool,
+    pytest_args: tuple[str, ...],
+) -> int:
+    """Run the hardware-in-the-loop suite; prints a table of scenarios with their timings.
+
+    Exit status: 0 all passed (skips included), 1 a scenario failed, 3 the
+    bench was refused (wrong or missing card or reader), 4 usage error.
+    Extra arguments after `--` go to pytest (e.g. `-- -k listing`).
+    """
+    try:
+        import pytest  # noqa: PLC0415  (a test runner is not needed by the rest of sdbox)
+    except ImportError as exc:
+        raise HwtestUnavailable(
+            "pytest is not installed: on a box or bench PC install python3-pytest; "
+            "in a checkout run `make venv`"
+        ) from exc
+    directory = suite_directory()
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+    argv = pytest_argv(
+        directory, target=target, card_serial=card_serial, allow_write=allow_write, junit=junit,
+        template=template, anchors=anchors, bubble=bubble, operator=operator, extra=pytest_args,
+    )  # fmt: skip
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    return int(pytest.main(argv))

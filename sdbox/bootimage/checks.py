@@ -1,0 +1,124 @@
+"""Security checks on a built image: world-writable files, listening sockets.
+
+Pure functions on what the build and the boot test already have in hand: the
+root tree mmdebstrap produced (`bootimage/build.py` refuses to seal a root
+that fails) and what the running image printed on its serial console
+(`bootimage/boot_test.py`). Unit tests: tests/unit/test_image_checks.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+# Where every user may write: sticky, and what they are for.
+WORLD_WRITABLE_ALLOWED = ("tmp", "var/tmp")
+# Not part of the image: kernel filesystems and tmpfs mounted at boot (the
+# build excludes their contents from the squashfs), and /boot (in the UKI).
+NOT_SHIPPED = ("proc", "sys", "dev", "run", "boot")
+
+# Sockets a box may listen on: none. DHCP's client ports appear only with a
+# network card (systemd-networkd's client; qemu-q35 has none).
+ALLOWED_LISTENERS = frozenset({"udp:68", "udp6:546"})
+
+
+def world_writable(root: Path) -> list[str]:
+    """Paths under ``root`` (relative, sorted) that anyone may write, outside /tmp and /var/tmp.
+
+    Symbolic links are not followed nor counted (their mode means nothing);
+    a world-writable directory is reported once, with what it contains.
+    """
+    found: list[str] = []
+
+    def allowed(rel: str) -> bool:
+        return any(rel == a or rel.startswith(a + "/") for a in WORLD_WRITABLE_ALLOWED)
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        if rel_dir == "":
+            dirnames[:] = [d for d in dirnames if d not in NOT_SHIPPED]
+        for name in [*dirnames, *filenames]:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            if stat.S_ISLNK(mode) or not mode & stat.S_IWOTH:
+                continue
+            if not allowed(rel):
+                found.append(rel)
+    return sorted(found)
+
+
+@dataclass(frozen=True, order=True)
+class Listener:
+    """One listening socket: ``proto`` is tcp, tcp6, udp or udp6."""
+
+    proto: str
+    address: str
+    port: int
+    process: str = ""
+
+    @property
+    def key(self) -> str:
+        """``proto:port``, as ALLOWED_LISTENERS names them."""
+        return f"{self.proto}:{self.port}"
+
+
+_PROC_LISTEN_STATE = {"tcp": "0A", "tcp6": "0A", "udp": "07", "udp6": "07"}
+
+
+def listeners_from_proc_net(tables: dict[str, str]) -> list[Listener]:
+    """Listening sockets from the text of /proc/net/{tcp,tcp6,udp,udp6} (by table name)."""
+    found: set[Listener] = set()
+    for proto, text in tables.items():
+        state = _PROC_LISTEN_STATE.get(proto)
+        if state is None:
+            continue
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != state:
+                continue
+            address, port = fields[1].rsplit(":", 1)
+            found.add(Listener(proto, _proc_address(address), int(port, 16)))
+    return sorted(found)
+
+
+def _proc_address(hexaddr: str) -> str:
+    """/proc/net's address (host-order 32-bit words) in the usual notation."""
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return ".".join(str(b) for b in words)
+    return str(ipaddress.IPv6Address(words))
+
+
+def listeners_from_ss(text: str) -> list[Listener]:
+    """Listening sockets from ``ss -H -tulpn`` (netid state recv-q send-q local peer [process])."""
+    found: set[Listener] = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or fields[0] not in ("tcp", "udp"):
+            continue
+        local = fields[4]
+        address, _, port = local.rpartition(":")
+        if not port.isdigit():
+            continue
+        # [fe80::1]%eth0 or 0.0.0.0%lo: the interface is not part of the address
+        address = address.split("%", 1)[0].strip("[]")
+        family = "6" if ":" in address or address == "*" else ""  # ss writes [::] as *
+        process = fields[6] if len(fields) > 6 else ""
+        found.add(Listener(fields[0] + family, address, int(port), process))
+    return sorted(found)
+
+
+def unexpected_listeners(
+    listeners: list[Listener], allowed: frozenset[str] = ALLOWED_LISTENERS
+) -> list[Listener]:
+    """The listeners not in ``allowed`` (``proto:port``), loopback ones included.
+
+    A socket bound to loopback is still a service: a session client or any
+    local process could reach it, so it must be stated like any other.
+    """
+    return [x for x in listeners if x.key not in allowed]

@@ -1,0 +1,94 @@
+"""The image's security checks (bootimage/checks.py) on small trees and recorded outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sdbox.bootimage import checks
+from sdbox.bootimage.checks import Listener
+
+
+def tree(root: Path, entries: dict[str, int]) -> Path:
+    """Files (or directories, names ending in /) with the given modes."""
+    for rel, mode in entries.items():
+        path = root / rel.rstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith("/"):
+            path.mkdir(exist_ok=True)
+        else:
+            path.write_text("x")
+        path.chmod(mode)
+    return root
+
+
+def test_a_clean_root_passes(tmp_path: Path) -> None:
+    root = tree(tmp_path, {"etc/": 0o755, "etc/passwd": 0o644, "tmp/": 0o1777,
+                           "var/tmp/": 0o1777, "var/tmp/left": 0o666})  # fmt: skip
+    assert checks.world_writable(root) == []
+
+
+def test_world_writable_files_and_directories_are_named(tmp_path: Path) -> None:
+    root = tree(tmp_path, {"etc/sdbox/agent.toml": 0o646, "var/lib/sdbox/": 0o777,
+                           "usr/bin/tool": 0o757, "usr/bin/fine": 0o755})  # fmt: skip
+    assert checks.world_writable(root) == ["etc/sdbox/agent.toml", "usr/bin/tool", "var/lib/sdbox"]
+
+
+def test_allowed_places_are_exact_not_prefixes(tmp_path: Path) -> None:
+    root = tree(tmp_path, {"tmpfoo/": 0o1777, "var/tmp2": 0o666, "tmp/x/y": 0o666})
+    assert checks.world_writable(root) == ["tmpfoo", "var/tmp2"]
+
+
+def test_symlinks_and_unshipped_mount_points_are_not_counted(tmp_path: Path) -> None:
+    root = tree(tmp_path, {"etc/": 0o755, "dev/null": 0o666, "run/lock/": 0o1777,
+                           "proc/": 0o555})  # fmt: skip
+    os.symlink("/run/lock", root / "etc" / "lock")  # a symlink's mode is always 0777
+    assert checks.world_writable(root) == []
+    (root / "etc" / "loose").mkdir(mode=0o755)
+    (root / "etc" / "loose").chmod(0o777)
+    assert checks.world_writable(root) == ["etc/loose"]
+
+
+PROC_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:A1B2 0100007F:0CEA 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+"""
+PROC_UDP = """\
+   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  1: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000   101        0 3 2 0 0
+"""
+PROC_TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4 1
+"""
+
+
+def test_proc_net_gives_listeners_with_addresses() -> None:
+    found = checks.listeners_from_proc_net({"tcp": PROC_TCP, "udp": PROC_UDP, "tcp6": PROC_TCP6})
+    assert found == [
+        Listener("tcp", "127.0.0.1", 3306),
+        Listener("tcp6", "::1", 22),
+        Listener("udp", "0.0.0.0", 68),
+    ]  # the established connection (state 01) is not a listener
+
+
+SS = """\
+udp   UNCONN 0      0            0.0.0.0:68         0.0.0.0:*    users:(("systemd-network",pid=301,fd=14))
+udp   UNCONN 0      0      [fe80::5054:ff:fe12:3456]%enp0s2:546  [::]:*  users:(("systemd-network",pid=301,fd=16))
+tcp   LISTEN 0      128        127.0.0.1%lo:631       0.0.0.0:*    users:(("cupsd",pid=400,fd=7))
+tcp   LISTEN 0      4096               *:5355             *:*    users:(("systemd-resolve",pid=290,fd=12))
+"""
+
+
+def test_ss_output_gives_listeners_and_their_process() -> None:
+    found = checks.listeners_from_ss(SS)
+    assert [x.key for x in found] == ["tcp:631", "tcp6:5355", "udp:68", "udp6:546"]
+    assert found[0].address == "127.0.0.1"
+    assert "cupsd" in found[0].process
+
+
+def test_only_stated_listeners_pass_loopback_included() -> None:
+    found = checks.listeners_from_ss(SS)
+    assert [x.key for x in checks.unexpected_listeners(found)] == ["tcp:631", "tcp6:5355"]
+    assert checks.unexpected_listeners(checks.listeners_from_ss(SS.splitlines()[0])) == []
