@@ -32,6 +32,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.flash", "flash"),
     ("sdbox._cli.hwtest", "hwtest"),
     ("sdbox._cli.renew", "renew"),
+    ("sdbox._cli.renewal", "renewal"),
 )
 
 

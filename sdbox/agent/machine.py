@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography import x509
@@ -39,6 +40,7 @@ from sdbox.agent.events import (
 )
 from sdbox.biometric.errors import PlaceFingerAgain
 from sdbox.errors import SdboxError
+from sdbox.renewal.due import record_seen
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Directory, Project, SecondFactor
 from sdbox.smartcard.errors import (
@@ -157,6 +159,7 @@ class Agent:
         open_card: Callable[[str], CardHandle] = CardHandle,
         renewal_window_days: int = 30,
         renewal: RenewalPort | None = None,
+        seen_dir: Path | None = None,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -166,6 +169,7 @@ class Agent:
         self.open_card = open_card
         self.renewal_window_days = renewal_window_days
         self.renewal = renewal
+        self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
         self._renewing = False
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[Transition | SessionEndedEvent | RenewalEvent], None]] = []
@@ -317,6 +321,12 @@ class Agent:
         for view in self.snapshot.projects:
             if view.status.startswith("certificate expires"):
                 audit(AuditEvent.RENEWAL_DUE, view.status, project=view.id, card=summary.guid.hex())
+        if self.seen_dir is not None:
+            expiries = {p.id: p.not_after for p in summary.directory.projects}
+            try:
+                await asyncio.to_thread(record_seen, self.seen_dir, summary.guid.hex(), expiries)
+            except (OSError, SdboxError) as exc:  # the timer's view only: never stops the card
+                _log.warning("cannot note the card's expiries for the renewal timer: %s", exc)
         tries = summary.finger_primary_tries if summary.finger_primary_tries is not None else -1
         self._set(State.PICKER, tries_left=tries)
 

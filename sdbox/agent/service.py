@@ -106,6 +106,7 @@ def build_agent(config: AgentConfig, **overrides: Any) -> Agent:
         "endpoint_allowed": config.policy.endpoint_allowed,
         "renewal_window_days": config.policy.renewal_window_days,
         "renewal": make_renewal(config, trust),
+        "seen_dir": config.state_dir / "renewal",
     }
     if "credentials" not in overrides:
         ports["credentials"] = make_credentials(config)
