@@ -28,6 +28,7 @@ import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -45,6 +46,24 @@ REAL_BENCH_SKIP = (
     "build has only the development centre and the suite takes neither: run `sdbox renew` "
     "against a test CA on the enrolment station (docs/hwtests.md)"
 )
+
+
+class _TimedTransport:
+    """The real HTTP transport, timing each exchange with the CA (its share of the renewal)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.exchanges = 0
+        self.seconds = 0.0
+
+    def post(self, der: bytes) -> bytes:
+        started = time.perf_counter()
+        try:
+            answer: bytes = self.inner.post(der)
+        finally:
+            self.exchanges += 1
+            self.seconds += time.perf_counter() - started
+        return answer
 
 
 @pytest.mark.scenario("renewal on a spare slot")
@@ -97,10 +116,11 @@ def test_renewal_on_a_spare_slot(
         now=lambda: datetime.now(UTC),
     )  # fmt: skip
     with cmp_ca.mock(work).start(canned) as mock:
+        transport = _TimedTransport(HttpCmpTransport(mock.url, timeout_s=5))
         renewer = Renewer(
             session=verified_card,
             centre=LocalCentre(emulated.pki_path, emulated.management_key),
-            transport=HttpCmpTransport(mock.url, timeout_s=5),
+            transport=transport,
             trust=trust, journal=Journal(work / "journal.json"), validate_signer=validate_signer,
             window=timedelta(days=0), max_wait_s=2.0,
         )  # fmt: skip
@@ -143,6 +163,8 @@ def test_renewal_on_a_spare_slot(
     assert not list(work.glob("journal*-*.json")), "the journal was left behind"
     record_property("renew_s", round(renew_s, 3))
     record_property("apdus", apdus)
+    record_property("cmp_exchanges", transport.exchanges)
+    record_property("cmp_s", round(transport.seconds, 3))
     record_property("project", project.id)
     record_property("slots", f"{project.slot:02X}->{renewed.slot:02X}")
     record_property("not_after", new_cert.not_valid_after_utc.date().isoformat())

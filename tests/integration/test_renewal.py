@@ -23,15 +23,9 @@ from sdbox.smartcard.emulator.profiles import CardProfile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.errors import CardError
 from sdbox.trust.pki import Pki
+from tests.integration.cmp_ca import CmpMock, renewed_certificate
 from tests.integration.conftest import InsertedCard
-from tests.integration.renewal_env import (
-    PIN_LINE,
-    PROJECT,
-    Bench,
-    CmpMock,
-    make_bench,
-    renewed_certificate,
-)
+from tests.integration.renewal_env import PIN_LINE, PROJECT, Bench, make_bench
 from tests.integration.test_opensc_interop import pkcs11_tool
 
 pytestmark = pytest.mark.integration
