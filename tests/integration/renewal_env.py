@@ -1,9 +1,8 @@
-"""The renewal test bench: OpenSSL's CMP mock server, a due card, and checks.
+"""The renewal test bench: a due card, OpenSSL's CMP mock server as the CA, and checks.
 
-OpenSSL 3.0's mock server returns one canned certificate. For a key update it
-compares the request's oldCertID with the *canned certificate's* issuer and
-serial (apps/lib/cmp_mock_srv.c, process_cert_request), so the canned
-certificate is issued with the old certificate's serial.
+The CA side (RA certificate, mock server, canned certificates for the card's
+next key, CRLs) is :mod:`tests.integration.cmp_ca`, shared with the
+hardware-in-the-loop suite's renewal scenario.
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sdbox.renewal.flow import Renewer, Result
 from sdbox.renewal.ports import HttpCmpTransport, LocalCentre, RenewalTrust
@@ -45,92 +43,20 @@ from sdbox.trust import validate_directory_signer
 from sdbox.trust.pki import Pki
 from sdbox.trust.possession import prove_key_agreement
 from sdbox.trust.store import RevocationStore
-from tests.integration.session_servers import free_port, stop, wait_for_port
+from tests.integration.cmp_ca import (
+    CmpMock,
+    make_cmp_ca,
+    pem,
+    renewed_certificate,
+    revocation_store,
+    write,
+)
 
 PROJECT = "census-2021"  # slot 82: renewing it is the hard case (a slot in the middle)
 PIN = "123456"  # the demo profile's published test PIN
 PIN_LINE = PIN.encode() + b"\n"
 SEED = b"renewal-test"
 WINDOW_DAYS = 60
-
-
-def _pem(obj: Any) -> bytes:
-    return bytes(obj.public_bytes(serialization.Encoding.PEM))
-
-
-def _write(path: Path, data: bytes, mode: int = 0o644) -> Path:
-    path.write_bytes(data)
-    path.chmod(mode)
-    return path
-
-
-def renewed_certificate(
-    pki: Pki,
-    old: x509.Certificate,
-    public_key: ec.EllipticCurvePublicKey,
-    *,
-    days: int = 400,
-    subject: x509.Name | None = None,
-    project: str | None = None,
-    not_before: datetime | None = None,
-) -> x509.Certificate:
-    """What the CA issues: the old certificate's extensions for ``public_key``, same serial."""
-    ca = pki.project_ca
-    assert isinstance(ca.key, ec.EllipticCurvePrivateKey)
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject or old.subject)
-        .issuer_name(old.issuer)
-        .public_key(public_key)
-        .serial_number(old.serial_number)
-        .not_valid_before(not_before or now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=days))
-    )
-    for ext in old.extensions:
-        value = ext.value
-        if isinstance(value, x509.SubjectKeyIdentifier):
-            value = x509.SubjectKeyIdentifier.from_public_key(public_key)
-        if isinstance(value, x509.SubjectAlternativeName) and project is not None:
-            value = x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"urn:sdbox:project:{project}")]
-            )
-        builder = builder.add_extension(value, ext.critical)
-    return builder.sign(ca.key, hashes.SHA256())
-
-
-class CmpMock:
-    """`openssl cmp` as a mock CA on loopback; stopped by pid."""
-
-    def __init__(self, work: Path, ra_cert: Path, ra_key: Path, trusted: Path) -> None:
-        self.work, self.ra_cert, self.ra_key, self.trusted = work, ra_cert, ra_key, trusted
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        """The endpoint."""
-        return f"http://127.0.0.1:{self.port}/pkix/"
-
-    def start(self, canned: x509.Certificate, *extra: str) -> CmpMock:
-        """Serve ``canned`` (plus ``extra`` mock options)."""
-        self.stop()
-        rsp = _write(self.work / f"canned-{canned.serial_number:x}.pem", _pem(canned))
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            ["openssl", "cmp", "-port", str(self.port), "-srv_cert", str(self.ra_cert),
-             "-srv_key", str(self.ra_key), "-srv_trusted", str(self.trusted),
-             "-accept_raverified", "-rsp_cert", str(rsp), *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for_port(self.port, self.process)
-        return self
-
-    def stop(self) -> None:
-        """Stop the server (the CA is gone)."""
-        if self.process is not None:
-            stop(self.process)
-            self.process = None
 
 
 class HookedCard(VirtualCard):
@@ -320,49 +246,21 @@ def make_bench(work: Path, pki: Pki, profile: CardProfile, reader_index: int, re
     snapshot = work / "card.issued.json"
     shutil.copyfile(state_path, snapshot)
 
-    ca = pki.project_ca
-    assert isinstance(ca.key, ec.EllipticCurvePrivateKey)
-    ra_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    ra_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sdbox CMP RA")]))
-        .issuer_name(ca.cert.subject).public_key(ra_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ra_key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )  # fmt: skip
-    ra_cert_path = _write(work / "ra.pem", _pem(ra_cert))
-    ra_key_path = _write(
-        work / "ra.key",
-        ra_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-    )  # fmt: skip
-    trusted = _write(work / "cmp-trusted.pem", _pem(pki.root.cert) + _pem(ca.cert))
-    anchors_path = _write(work / "roots.pem", _pem(pki.root.cert))
-    intermediates_path = _write(
-        work / "intermediates.pem", b"".join(_pem(c) for c in pki.intermediates)
+    cmp_ca = make_cmp_ca(work, pki)
+    anchors_path = write(work / "roots.pem", pem(pki.root.cert))
+    intermediates_path = write(
+        work / "intermediates.pem", b"".join(pem(c) for c in pki.intermediates)
     )
     crl_dir = work / "crl"
-    store = RevocationStore(crl_dir, build_time=datetime(2026, 1, 1, tzinfo=UTC))
-    for name, issuer in (("root", pki.root.cert), ("project-ca", ca.cert)):
-        store.accept(pki.crl(name).public_bytes(serialization.Encoding.DER), issuer)
-    key_file = _write(work / "management.key", state.management_key.hex().encode(), 0o600)
+    revocation_store(crl_dir, pki)
+    key_file = write(work / "management.key", state.management_key.hex().encode(), 0o600)
     journal = work / "journal.json"
-    mock = CmpMock(work, ra_cert_path, ra_key_path, trusted)
+    mock = cmp_ca.mock(work)
     canned = renewed_certificate(
         pki, _old(state), deterministic_key(SEED, state.keygen_counter, ec.SECP256R1()).public_key()
     )
     mock.start(canned)
-    config = _write(
+    config = write(
         work / "agent.toml",
         f"""
 [trust]
@@ -376,7 +274,7 @@ renewal_window_days = {WINDOW_DAYS}
 
 [renewal]
 cmp_url = "{mock.url}"
-cmp_server_cert = "{ra_cert_path}"
+cmp_server_cert = "{cmp_ca.ra_cert_path}"
 journal = "{journal}"
 timeout_s = 5
 max_wait_s = 2
@@ -387,7 +285,7 @@ dev_management_key_file = "{key_file}"
     card = HookedCard(PivApplet(state), port=_vpcd_port(reader_index))
     return Bench(
         work=work, pki=pki, state_path=state_path, snapshot=snapshot, reader=reader, card=card,
-        mock=mock, ra_cert=ra_cert, config=config, journal=journal, crl_dir=crl_dir,
+        mock=mock, ra_cert=cmp_ca.ra_cert, config=config, journal=journal, crl_dir=crl_dir,
         anchors=[pki.root.cert], intermediates=list(pki.intermediates),
         mocks={state.keygen_counter: mock},
     )  # fmt: skip

@@ -23,15 +23,9 @@ from sdbox.smartcard.emulator.profiles import CardProfile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.errors import CardError
 from sdbox.trust.pki import Pki
+from tests.integration.cmp_ca import CmpMock, renewed_certificate
 from tests.integration.conftest import InsertedCard
-from tests.integration.renewal_env import (
-    PIN_LINE,
-    PROJECT,
-    Bench,
-    CmpMock,
-    make_bench,
-    renewed_certificate,
-)
+from tests.integration.renewal_env import PIN_LINE, PROJECT, Bench, make_bench
 from tests.integration.test_opensc_interop import pkcs11_tool
 
 pytestmark = pytest.mark.integration
@@ -128,6 +122,34 @@ def test_a_second_renewal_reuses_the_superseded_slot_and_shrinks_key_history(fre
     assert slot == 0x82
     assert 0x5FC110 not in fresh.state.objects  # slot 85's certificate is gone
     assert fresh.state.objects[0x5FC10C][:3] == bytes.fromhex("C10103")
+
+
+def test_the_hwtests_renewal_scenario_on_a_named_reader(
+    fresh: Bench, demo_profile: CardProfile, tmp_path: Path
+) -> None:
+    """`sdbox hwtest --target pcsc:READER --renewal-config`: the real-bench path of the suite."""
+    import asyncio
+    import sys
+
+    from sdbox.biometric.sensor import EmulatedSensor
+
+    finger = tmp_path / "holder.template"  # what the bench operator passes as --template
+    finger.write_bytes(asyncio.run(EmulatedSensor(demo_profile.fingers[0].identity_seed).capture()))
+    expected_key = fresh.next_key()
+    done = subprocess.run(
+        [sys.executable, "-m", "sdbox", "hwtest", "--target", f"pcsc:{fresh.reader}",
+         "--card-serial", fresh.state.guid.hex(), "--allow-write", "--template", str(finger),
+         "--renewal-config", str(fresh.config), "--", "-k", "renewal"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("renewal on a spare"))
+    assert " passed " in row, row
+    assert "slots=82->85" in row
+    slot, cert = fresh.check_card_works()
+    assert slot == 0x85
+    assert cert.public_key() == expected_key
+    assert not fresh.pending()
 
 
 # -- refused answers ---------------------------------------------------------------------
