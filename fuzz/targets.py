@@ -7,10 +7,13 @@ tests/unit/test_fuzz_regressions.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+
+from cryptography import x509
 
 from sdbox.errors import SdboxError
 
@@ -167,6 +170,32 @@ def broker_request(data: bytes) -> None:
             pass
 
 
+@functools.cache
+def _cmp_signer() -> x509.Certificate:
+    """Some CA certificate to check an answer's protection against (never matches)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "fuzz CA")])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+
+
+def cmp_answer(data: bytes) -> None:
+    """A CA's CMP answer as the box parses it, then its protection check."""
+    from sdbox.renewal import cmp
+
+    cmp.parse_answer(data).verify_protection(_cmp_signer())
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "tlv": tlv,
     "card-objects": card_objects,
@@ -178,6 +207,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "biometric": biometric,
     "certificates": certificates,
     "broker-request": broker_request,
+    "cmp-answer": cmp_answer,
 }
 
 

@@ -166,6 +166,7 @@ class Bench:
     anchors: list[x509.Certificate] | None = None
     template: Path | None = None
     bubble: str | None = None
+    renewal_config: Path | None = None  # real bench: a test CA and the card's centre
     interactive: bool = False
     operator_timeout_s: float = 30.0
     emulated: EmulatedCard | None = None

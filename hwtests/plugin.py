@@ -8,8 +8,9 @@ other card); ``--allow-write`` for destructive steps; ``--template FILE``
 (a finger of the card's holder, ISO/IEC 19794-2 record or compact card
 template, for OCC on a real card); ``--anchors FILE`` (roots that must
 validate the directory signer); ``--bubble URL`` (a test bubble for a real
-bench); ``--operator`` (someone at the bench pulls and inserts the card
-when asked).
+bench); ``--renewal-config FILE`` (a test CA and the card's development
+centre, for renewal on a real card); ``--operator`` (someone at the bench
+pulls and inserts the card when asked).
 
 Scenarios name themselves with ``@pytest.mark.scenario("...")`` and record
 their figures with ``record_property``: both go to the JUnit XML
@@ -67,6 +68,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="PEM roots the directory signer must chain to")  # fmt: skip
     group.addoption("--bubble", default=None,
                     help="rdp://HOST:PORT of a test bubble (real bench)")  # fmt: skip
+    group.addoption("--renewal-config", type=Path, default=None,
+                    help="agent configuration naming a test CA and the card's development centre, "
+                         "for renewal on a real card")  # fmt: skip
     group.addoption("--operator", action="store_true", default=False,
                     help="someone at the bench pulls and inserts the card when asked (use -s)")  # fmt: skip
     group.addoption("--operator-timeout", type=float, default=30.0,
@@ -163,6 +167,7 @@ def bench(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory)
         "allow_write": config.getoption("--allow-write"),
         "template": config.getoption("--template"),
         "bubble": config.getoption("--bubble"),
+        "renewal_config": config.getoption("--renewal-config"),
         "interactive": config.getoption("--operator"),
         "operator_timeout_s": config.getoption("--operator-timeout"),
     }

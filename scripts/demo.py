@@ -152,57 +152,61 @@ async def flow(
             asyncio.get_running_loop(), agent.on_reader_event, [reader_name(index)]
         )
         watcher.start()
-        if interactive:
-            try:
-                await _interactive(demo, card, agent)
-            finally:
-                await agent.shutdown()
-                await asyncio.to_thread(watcher.stop)
-                card.remove()
-                client.disconnect()
-                bus.disconnect()
-            return
         try:
-            await demo.greeter_shot(screen, "insert-card")
-            await demo.step(
-                "insert the card: projects listed (directory verified)",
-                lambda: _insert(card, agent),
-            )
-            await demo.greeter_shot(screen, "picker")
-            projects = await api.get_projects()
-            for p in projects:
-                print(f"         {p[0]:15} {p[1]:24} {p[2]:5} {p[5]}")
-            await demo.step(
-                "choose 'Census microdata 2021', finger on the card, RDP session",
-                lambda: _choose(api, agent, "census-2021"),
-            )
-            ok = demo.shot(box_display, "session-census-rdp")
-            await demo.greeter_shot(screen, "session-running")
-            await demo.step(
-                "the session shows the bubble's desktop (test pattern)", lambda: _check(ok)
-            )
-            await demo.step(
-                "switch to 'Genomics lab' (SPICE), no new finger",
-                lambda: _switch(api, agent, "genomics-lab"),
-            )
-            demo.shot(box_display, "session-genomics-spice")
-            await demo.step(
-                "switch to 'Health cohort study' (RDP)",
-                lambda: _switch(api, agent, "health-cohort"),
-            )
-            demo.shot(box_display, "session-health-rdp")
-            pid = agent._session.pid if agent._session else None
-            await demo.step(
-                "remove the card: session killed, back to idle", lambda: _remove(card, agent, pid)
-            )
-            await demo.greeter_shot(screen, "after-removal")
-            demo.outcomes = [f"{e.project}: {e.reason} ({e.message})" for e in ended]
+            if interactive:
+                await _interactive(demo, card, agent)
+            else:
+                await _scripted(demo, api, agent, card, screen, box_display, ended)
         finally:
             await agent.shutdown()
             await asyncio.to_thread(watcher.stop)
             card.remove()
             client.disconnect()
             bus.disconnect()
+
+
+async def _scripted(
+    demo: Demo,
+    api: Any,
+    agent: Any,
+    card: VirtualCard,
+    screen: Kiosk | None,
+    box_display: str,
+    ended: list[SessionEndedEvent],
+) -> None:
+    """The researcher's flow, driven through the agent's D-Bus API."""
+    await demo.greeter_shot(screen, "insert-card")
+    await demo.step(
+        "insert the card: projects listed (directory verified)",
+        lambda: _insert(card, agent),
+    )
+    await demo.greeter_shot(screen, "picker")
+    projects = await api.get_projects()
+    for p in projects:
+        print(f"         {p[0]:15} {p[1]:24} {p[2]:5} {p[5]}")
+    await demo.step(
+        "choose 'Census microdata 2021', finger on the card, RDP session",
+        lambda: _choose(api, agent, "census-2021"),
+    )
+    ok = demo.shot(box_display, "session-census-rdp")
+    await demo.greeter_shot(screen, "session-running")
+    await demo.step("the session shows the bubble's desktop (test pattern)", lambda: _check(ok))
+    await demo.step(
+        "switch to 'Genomics lab' (SPICE), no new finger",
+        lambda: _switch(api, agent, "genomics-lab"),
+    )
+    demo.shot(box_display, "session-genomics-spice")
+    await demo.step(
+        "switch to 'Health cohort study' (RDP)",
+        lambda: _switch(api, agent, "health-cohort"),
+    )
+    demo.shot(box_display, "session-health-rdp")
+    pid = agent._session.pid if agent._session else None
+    await demo.step(
+        "remove the card: session killed, back to idle", lambda: _remove(card, agent, pid)
+    )
+    await demo.greeter_shot(screen, "after-removal")
+    demo.outcomes = [f"{e.project}: {e.reason} ({e.message})" for e in ended]
 
 
 @contextlib.contextmanager

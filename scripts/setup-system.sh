@@ -21,7 +21,7 @@ declare -A tier
 tier[base]="python3 python3-venv python3-dev build-essential pkg-config git make"
 # pyscard builds from source (swig, pcsclite headers); pcscd with the vpcd
 # reader driver is the real PC/SC stack the emulated card plugs into.
-tier[card]="pcscd libpcsclite-dev swig vsmartcard-vpcd opensc opensc-pkcs11 pcsc-tools openssl"
+tier[card]="pcscd libpcsclite-dev swig vsmartcard-vpcd opensc opensc-pkcs11 pcsc-tools openssl yubico-piv-tool"
 tier[session]="freerdp3-x11 freerdp3-sdl freerdp3-shadow-x11 winpr3-utils virt-viewer qemu-system-x86 xvfb x11-apps imagemagick xdotool"
 tier[kiosk]="python3-gi gir1.2-gtk-4.0 cage grim xwayland dbus libsystemd-dev gettext"
 # swtpm has no resource manager (3 object slots: libtpm2-pkcs11 runs out);

@@ -31,6 +31,8 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.bio", "bio"),
     ("sdbox._cli.flash", "flash"),
     ("sdbox._cli.hwtest", "hwtest"),
+    ("sdbox._cli.renew", "renew"),
+    ("sdbox._cli.renewal", "renewal"),
 )
 
 

@@ -142,13 +142,35 @@ def present_image(socket_path: Path, identity_seed: int, impression: int, blank:
 )
 @click.option("--json", "as_json", is_flag=True)
 def bench(fingers: int, profile: str, as_json: bool) -> None:
-    """EER and FNMR at FMR 1e-3 / 1e-4 on a generated population, and match times."""
-    from sdbox.biometric import synth  # noqa: PLC0415
-    from sdbox.biometric.bench import as_dict, run  # noqa: PLC0415
+    """EER and FNMR at FMR 1e-3 / 1e-4 on a generated population, and match times.
 
-    result = run(fingers, synth.PROFILES[profile])
+    With the NBIS library built (`make nbis`), NIST's Bozorth3 on the same pairs beside it.
+    """
+    from sdbox.biometric import synth  # noqa: PLC0415
+    from sdbox.biometric.bench import as_dict, bozorth3_missing, run  # noqa: PLC0415
+
+    results = run(fingers, synth.PROFILES[profile])
+    missing = bozorth3_missing()
     if as_json:
-        click.echo(json.dumps(as_dict(result), indent=2))
+        out: dict[str, object] = {r.matcher: as_dict(r) for r in results}
+        if missing:
+            out["bozorth3"] = {"missing": missing}
+        click.echo(json.dumps(out, indent=2))
         return
-    for key, value in as_dict(result).items():
-        click.echo(f"{key:28} {value}")
+    rows = [as_dict(r) for r in results]
+    click.echo(f"{'':28} " + " ".join(f"{r['matcher']!s:>24}" for r in rows))
+    for key in rows[0]:
+        if key == "matcher":
+            continue
+        click.echo(f"{key:28} " + " ".join(f"{_cell(r[key]):>24}" for r in rows))
+    if missing:
+        click.echo(missing)
+
+
+def _cell(value: object) -> str:
+    """One benchmark figure as a table cell."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
+    return str(value)

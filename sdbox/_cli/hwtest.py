@@ -37,6 +37,7 @@ def pytest_argv(
     bubble: str | None,
     operator: bool,
     extra: tuple[str, ...],
+    renewal_config: Path | None = None,
 ) -> list[str]:
     """The pytest command line for these options (tested: tests/unit/test_hwtest_cli.py)."""
     argv = [str(directory), "-p", "no:cacheprovider", "--target", target, "-rs"]
@@ -55,6 +56,8 @@ def pytest_argv(
         argv += ["--anchors", str(anchors)]
     if bubble is not None:
         argv += ["--bubble", bubble]
+    if renewal_config is not None:
+        argv += ["--renewal-config", str(renewal_config)]
     if operator:
         argv += ["--operator", "-s"]
     return argv + list(extra)
@@ -74,6 +77,8 @@ def pytest_argv(
 @click.option("--anchors", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PEM roots the card's directory signer must chain to.")  # fmt: skip
 @click.option("--bubble", metavar="URL", help="rdp://HOST:PORT of a test bubble (real bench).")
+@click.option("--renewal-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Agent configuration naming a test CA and the card's centre (renewal, real card).")  # fmt: skip
 @click.option("--operator", is_flag=True,
               help="Someone is at the bench to pull and insert the card, and type a credential.")  # fmt: skip
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
@@ -85,6 +90,7 @@ def hwtest(
     template: Path | None,
     anchors: Path | None,
     bubble: str | None,
+    renewal_config: Path | None,
     operator: bool,
     pytest_args: tuple[str, ...],
 ) -> int:
@@ -107,6 +113,7 @@ def hwtest(
     argv = pytest_argv(
         directory, target=target, card_serial=card_serial, allow_write=allow_write, junit=junit,
         template=template, anchors=anchors, bubble=bubble, operator=operator, extra=pytest_args,
+        renewal_config=renewal_config,
     )  # fmt: skip
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     return int(pytest.main(argv))

@@ -32,3 +32,11 @@ def bench(as_json: bool, entries: int) -> None:
     )
     for label, value, target in rows:
         click.echo(f"{label:<38} {value:>12}  {target}")
+
+
+# CRL refresh lives with renewal (it fetches over HTTP); `refresh-crls` is the
+# name the packaged timer (debian/sdbox.sdbox-crl-refresh.service) calls.
+from sdbox._cli.renew import refresh as _refresh  # noqa: E402
+
+trust.add_command(_refresh)
+trust.add_command(_refresh, name="refresh-crls")

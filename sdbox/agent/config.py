@@ -54,6 +54,9 @@ class TrustConfig:
     check_revocation: bool = setting(
         True, help="refuse when a CRL is missing or stale (never off in production)"
     )
+    crl_urls: list[str] = setting(
+        [], help="CRL distribution points to refresh besides those the intermediates name"
+    )
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,30 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class RenewalConfig:
+    """Remote certificate renewal (CMP) and its centre."""
+
+    cmp_url: str = setting("", help="the CA's CMP endpoint (HTTP, through the tunnel)")
+    cmp_server_cert: Path = setting(
+        Path("/etc/sdbox/trust/cmp-server.pem"),
+        help="the CMP server's protection certificate (pinned; must chain to the anchors)",
+    )
+    journal: Path = setting(
+        Path("/var/lib/sdbox/renewal/journal.json"), help="where an interrupted renewal is noted"
+    )
+    timeout_s: float = setting(10.0, help="CMP request timeout", check=_positive)
+    max_wait_s: float = setting(
+        30.0, help="how long to poll a CA that answers 'waiting' before giving up for now"
+    )
+    dev_centre_pki: str = setting(
+        "", help="development only: play the centre from this PKI directory"
+    )
+    dev_management_key_file: str = setting(
+        "", help="development only: file with the card management key (hex), mode 0600"
+    )
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole agent configuration."""
 
@@ -188,6 +215,7 @@ class AgentConfig:
     credentials: CredentialConfig = setting(CredentialConfig(), help="session credentials")
     identity: IdentityConfigSection = setting(IdentityConfigSection(), help="the box identity")
     policy: PolicyConfig = setting(PolicyConfig(), help="image policy")
+    renewal: RenewalConfig = setting(RenewalConfig(), help="certificate renewal")
     state_dir: Path = setting(Path("/var/lib/sdbox"), help="the agent's state directory")
     watchdog: bool = setting(True, help="send watchdog keep-alives when systemd asks for them")
 

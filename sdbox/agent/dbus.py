@@ -16,7 +16,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusInt32, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
-from sdbox.agent.events import SessionEndedEvent, Transition
+from sdbox.agent.events import RenewalEvent, SessionEndedEvent, Transition
 from sdbox.agent.machine import Agent, Refusal
 
 _log = logging.getLogger("sdbox.agent.dbus")
@@ -127,7 +127,14 @@ class AgentInterface(ServiceInterface):
         """A session ended, with its reason code and plain words."""
         return (project, reason, message)
 
-    def _on_event(self, event: Transition | SessionEndedEvent) -> None:
+    @signal()
+    def RenewalFinished(
+        self, project: str, outcome: str, message: str
+    ) -> Annotated[tuple[str, str, str], DBusSignature("sss")]:
+        """A project's certificate renewal finished (outcome: docs/renewal.md)."""
+        return (project, outcome, message)
+
+    def _on_event(self, event: Transition | SessionEndedEvent | RenewalEvent) -> None:
         if isinstance(event, Transition):
             tries = (
                 event.tries_left if event.tries_left is not None else self.agent.snapshot.tries_left
@@ -138,6 +145,8 @@ class AgentInterface(ServiceInterface):
                 {"State": event.state.value, "ActiveProject": event.project, "Message": event.message,
                  "Problem": problem, "TriesLeft": tries}
             )  # fmt: skip
+        elif isinstance(event, RenewalEvent):
+            self.RenewalFinished(event.project, event.outcome, event.message)
         else:
             self.SessionEnded(event.project, event.reason, event.message)
 

@@ -71,6 +71,9 @@ class AuditEvent(StrEnum):
     SESSION_ENDED = "session_ended"
     SWITCH = "switch"
     RENEWAL_DUE = "renewal_due"
+    RENEWAL_STARTED = "renewal_started"
+    RENEWAL_SUCCEEDED = "renewal_succeeded"
+    RENEWAL_FAILED = "renewal_failed"
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,15 @@ class SessionEndedEvent:
 
     project: str
     reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RenewalEvent:
+    """A project's certificate renewal finished (``outcome``: see docs/renewal.md)."""
+
+    project: str
+    outcome: str
     message: str
 
 

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography import x509
@@ -30,6 +31,7 @@ from sdbox.agent.events import (
     AuditEvent,
     Problem,
     ProjectView,
+    RenewalEvent,
     SessionEndedEvent,
     Snapshot,
     State,
@@ -38,6 +40,7 @@ from sdbox.agent.events import (
 )
 from sdbox.biometric.errors import PlaceFingerAgain
 from sdbox.errors import SdboxError
+from sdbox.renewal.due import record_seen
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Directory, Project, SecondFactor
 from sdbox.smartcard.errors import (
@@ -56,6 +59,16 @@ from sdbox.trust.possession import prove_key_agreement
 _log = logging.getLogger("sdbox.agent")
 
 SIGNER_VALIDATOR = Callable[[x509.Certificate, list[x509.Certificate]], None]
+
+
+class RenewalPort(Protocol):
+    """Renews the due project certificates of the verified card (runs on the card thread).
+
+    Returns one result per project with ``project``, ``outcome`` (an enum whose
+    ``value`` is the outcome name, see docs/renewal.md) and ``detail``.
+    """
+
+    def renew(self, session: BioSsoSession) -> list[Any]: ...
 
 
 class SensorPort(Protocol):
@@ -129,6 +142,7 @@ class _Card:
     guid: bytes = b""
     directory: Directory | None = None
     verified: bool = False
+    renewal_tried: bool = False  # renewal runs once per insertion
 
 
 class Agent:
@@ -144,6 +158,8 @@ class Agent:
         endpoint_allowed: Callable[[str], bool],
         open_card: Callable[[str], CardHandle] = CardHandle,
         renewal_window_days: int = 30,
+        renewal: RenewalPort | None = None,
+        seen_dir: Path | None = None,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -152,8 +168,11 @@ class Agent:
         self.endpoint_allowed = endpoint_allowed
         self.open_card = open_card
         self.renewal_window_days = renewal_window_days
+        self.renewal = renewal
+        self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
+        self._renewing = False
         self.snapshot = Snapshot()
-        self.listeners: list[Callable[[Transition | SessionEndedEvent], None]] = []
+        self.listeners: list[Callable[[Transition | SessionEndedEvent | RenewalEvent], None]] = []
         self._card: _Card | None = None
         self._flow: asyncio.Task[None] | None = None
         self._session: SessionHandle | None = None
@@ -164,7 +183,7 @@ class Agent:
 
     # -- publishing -----------------------------------------------------------------
 
-    def _emit(self, event: Transition | SessionEndedEvent) -> None:
+    def _emit(self, event: Transition | SessionEndedEvent | RenewalEvent) -> None:
         for listener in list(self.listeners):
             try:
                 listener(event)
@@ -302,6 +321,12 @@ class Agent:
         for view in self.snapshot.projects:
             if view.status.startswith("certificate expires"):
                 audit(AuditEvent.RENEWAL_DUE, view.status, project=view.id, card=summary.guid.hex())
+        if self.seen_dir is not None:
+            expiries = {p.id: p.not_after for p in summary.directory.projects}
+            try:
+                await asyncio.to_thread(record_seen, self.seen_dir, summary.guid.hex(), expiries)
+            except (OSError, SdboxError) as exc:  # the timer's view only: never stops the card
+                _log.warning("cannot note the card's expiries for the renewal timer: %s", exc)
         tries = summary.finger_primary_tries if summary.finger_primary_tries is not None else -1
         self._set(State.PICKER, tries_left=tries)
 
@@ -571,6 +596,7 @@ class Agent:
             endpoint=project.endpoint,
         )
         self._set(State.RUNNING, project=project.id)
+        self._start_renewal(card)
         ended = await session.wait_ended()
         if self._session is not session:
             return  # ended by the agent (switch, removal): _end_session reported it
@@ -578,6 +604,63 @@ class Agent:
         self._report_end(project.id, ended)
         if self._card is card:
             self._set(State.PICKER, project=project.id, message=getattr(ended, "message", ""))
+
+    # -- renewal in the background of a running session ---------------------------------
+
+    def _start_renewal(self, card: _Card) -> None:
+        """Renew what is due, once per card, while the researcher works (card thread)."""
+        due = [p.id for p in self.snapshot.projects if p.status.startswith("certificate expires")]
+        if self.renewal is None or self._renewing or card.renewal_tried or not card.verified:
+            return
+        if not due:
+            return
+        card.renewal_tried = True
+        self._renewing = True
+        task = asyncio.ensure_future(self._renew(card, due))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _renew(self, card: _Card, due: list[str]) -> None:
+        assert self.renewal is not None
+        guid = card.guid.hex()
+        audit(AuditEvent.RENEWAL_STARTED, "renewal started", card=guid, projects=",".join(due))
+        try:
+            results = await card.handle.run(self.renewal.renew)
+        except SdboxError as exc:  # card pulled, CA or centre gone: the journal resumes it
+            audit(
+                AuditEvent.RENEWAL_FAILED, exc.message, card=guid, project=",".join(due),
+                reason="interrupted",
+            )  # fmt: skip
+            return
+        except Exception:  # a bug must not take the session down
+            _log.exception("renewal failed")
+            return
+        finally:
+            self._renewing = False
+        renewed = False
+        for result in results:
+            outcome = getattr(result.outcome, "value", str(result.outcome))
+            if outcome != "not_due":
+                self._emit(RenewalEvent(result.project, outcome, result.detail))
+            if outcome in ("renewed", "interrupted_resumed"):
+                renewed = True
+                audit(
+                    AuditEvent.RENEWAL_SUCCEEDED, f"certificate renewed ({outcome})",
+                    card=guid, project=result.project,
+                )  # fmt: skip
+            elif outcome != "not_due":
+                audit(
+                    AuditEvent.RENEWAL_FAILED, result.detail or outcome, card=guid,
+                    project=result.project, reason=outcome,
+                )  # fmt: skip
+        if renewed and self._card is card:
+            validator = self.trust.directory_validator()
+            try:
+                card.directory = await card.handle.run(lambda s: s.read_directory(validator))
+            except SdboxError as exc:
+                _log.warning("re-reading the directory after renewal: %s", exc.message)
+                return
+            self.snapshot.projects = [self._view(p) for p in card.directory.projects]
 
     def _report_end(self, project: str, ended: Any) -> None:
         reason = getattr(getattr(ended, "reason", None), "value", "ended")

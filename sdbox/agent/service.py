@@ -87,6 +87,15 @@ def make_credentials(config: AgentConfig) -> Any:
     return BrokerCredentials(config)
 
 
+def make_renewal(config: AgentConfig, trust: Any) -> Any:
+    """The renewal port, or None when no CA is configured ([renewal] cmp_url)."""
+    if not config.renewal.cmp_url:
+        return None
+    from sdbox.agent.renewal import RenewalService  # noqa: PLC0415
+
+    return RenewalService(config, trust)
+
+
 def build_agent(config: AgentConfig, **overrides: Any) -> Agent:
     """The agent with its real ports (``overrides`` replaces ports, for tests)."""
     trust = overrides.pop("trust", None) or TrustService(config)
@@ -96,6 +105,8 @@ def build_agent(config: AgentConfig, **overrides: Any) -> Agent:
         "sessions": SessionService(config.session, trust),
         "endpoint_allowed": config.policy.endpoint_allowed,
         "renewal_window_days": config.policy.renewal_window_days,
+        "renewal": make_renewal(config, trust),
+        "seen_dir": config.state_dir / "renewal",
     }
     if "credentials" not in overrides:
         ports["credentials"] = make_credentials(config)

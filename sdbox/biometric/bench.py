@@ -7,6 +7,10 @@ the first impressions of every pair of fingers. With 500 fingers that is
 Reports EER, FNMR at FMR 1e-3 and 1e-4 with 95 % Wilson intervals, and the
 median and p99 time of one comparison. Synthetic data is easier than real
 prints (no extraction errors, an ideal distortion model).
+
+When the NBIS library is built (``make nbis``, see :mod:`sdbox.biometric.bozorth3`),
+NIST's Bozorth3 scores exactly the same pairs and gets the same figures, its
+thresholds picked from its own score distribution the same way.
 """
 
 from __future__ import annotations
@@ -21,15 +25,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sdbox.biometric import matcher, synth
+from sdbox.biometric import bozorth3, matcher, synth
 
 IMPRESSIONS = 8
 
 
 @dataclass(frozen=True)
 class BenchResult:
-    """One profile's figures."""
+    """One matcher's figures on one profile."""
 
+    matcher: str
     profile: str
     fingers: int
     genuine: int
@@ -41,8 +46,8 @@ class BenchResult:
     threshold_fmr_1e4: float
     fnmr_at_fmr_1e4: float
     fnmr_at_fmr_1e4_ci: tuple[float, float]
-    fnmr_at_shipped_threshold: float
-    fmr_at_shipped_threshold: float
+    fnmr_at_shipped_threshold: float | None  # None for Bozorth3 (it ships no threshold here)
+    fmr_at_shipped_threshold: float | None
     median_match_ms: float
     p99_match_ms: float
 
@@ -57,22 +62,34 @@ def wilson(failures: int, total: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+SDBOX = "sdbox"
+BOZORTH3 = "bozorth3"
+
+
 def _scores(task: tuple[str, list[tuple[bytes, bytes]]]) -> tuple[list[float], list[float]]:
-    _name, pairs = task
+    name, pairs = task
     scores, times = [], []
     for probe, reference in pairs:
-        start = time.perf_counter()
-        scores.append(matcher.score(probe, reference))
+        if name == BOZORTH3:
+            # the conversion to NBIS input is not Bozorth3's time (mindtct's output would be its input)
+            bozorth3.template(probe), bozorth3.template(reference)
+            start = time.perf_counter()
+            scores.append(float(bozorth3.score(probe, reference)))
+        else:
+            start = time.perf_counter()
+            scores.append(matcher.score(probe, reference))
         times.append(time.perf_counter() - start)
     return scores, times
 
 
-def _run_pairs(pairs: list[tuple[bytes, bytes]], workers: int) -> tuple[np.ndarray, list[float]]:
+def _run_pairs(
+    name: str, pairs: list[tuple[bytes, bytes]], workers: int
+) -> tuple[np.ndarray, list[float]]:
     chunks = [pairs[i : i + 2000] for i in range(0, len(pairs), 2000)]
     scores: list[float] = []
     times: list[float] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for s, t in pool.map(_scores, [("chunk", c) for c in chunks]):
+        for s, t in pool.map(_scores, [(name, c) for c in chunks]):
             scores += s
             times += t
     return np.array(scores), times
@@ -95,11 +112,33 @@ def _eer(genuine: np.ndarray, impostor: np.ndarray) -> float:
     return float(best)
 
 
-def run(
-    fingers: int = 500, profile: synth.DistortionProfile = synth.DEFAULT, workers: int | None = None
+def _figures(
+    name: str,
+    profile: str,
+    fingers: int,
+    genuine: np.ndarray,
+    impostor: np.ndarray,
+    times: list[float],
+    shipped: float | None,
 ) -> BenchResult:
-    """Generate the population and compare it (see the module docstring)."""
-    workers = workers or os.cpu_count() or 1
+    times = sorted(times)
+    t3, f3, n3 = _fnmr_at(genuine, impostor, 1e-3)
+    t4, f4, n4 = _fnmr_at(genuine, impostor, 1e-4)
+    return BenchResult(
+        matcher=name, profile=profile, fingers=fingers, genuine=len(genuine), impostor=len(impostor),
+        eer=_eer(genuine, impostor),
+        threshold_fmr_1e3=round(t3, 4), fnmr_at_fmr_1e3=f3, fnmr_at_fmr_1e3_ci=wilson(n3, len(genuine)),
+        threshold_fmr_1e4=round(t4, 4), fnmr_at_fmr_1e4=f4, fnmr_at_fmr_1e4_ci=wilson(n4, len(genuine)),
+        fnmr_at_shipped_threshold=None if shipped is None else float((genuine < shipped).mean()),
+        fmr_at_shipped_threshold=None if shipped is None else float((impostor >= shipped).mean()),
+        median_match_ms=statistics.median(times) * 1000, p99_match_ms=times[int(len(times) * 0.99)] * 1000,
+    )  # fmt: skip
+
+
+def population(
+    fingers: int, profile: synth.DistortionProfile
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """(genuine pairs, impostor pairs) of the generated population (see the module docstring)."""
     impressions = {
         f: [synth.impression(f, i, profile) for i in range(1, IMPRESSIONS + 1)]
         for f in range(1, fingers + 1)
@@ -110,20 +149,35 @@ def run(
     impostor_pairs = [
         (impressions[a][0], impressions[b][0]) for a, b in itertools.combinations(impressions, 2)
     ]
-    genuine, gtimes = _run_pairs(genuine_pairs, workers)
-    impostor, itimes = _run_pairs(impostor_pairs, workers)
-    times = sorted(gtimes + itimes)
-    t3, f3, n3 = _fnmr_at(genuine, impostor, 1e-3)
-    t4, f4, n4 = _fnmr_at(genuine, impostor, 1e-4)
-    return BenchResult(
-        profile=profile.name, fingers=fingers, genuine=len(genuine), impostor=len(impostor),
-        eer=_eer(genuine, impostor),
-        threshold_fmr_1e3=round(t3, 4), fnmr_at_fmr_1e3=f3, fnmr_at_fmr_1e3_ci=wilson(n3, len(genuine)),
-        threshold_fmr_1e4=round(t4, 4), fnmr_at_fmr_1e4=f4, fnmr_at_fmr_1e4_ci=wilson(n4, len(genuine)),
-        fnmr_at_shipped_threshold=float((genuine < matcher.THRESHOLD).mean()),
-        fmr_at_shipped_threshold=float((impostor >= matcher.THRESHOLD).mean()),
-        median_match_ms=statistics.median(times) * 1000, p99_match_ms=times[int(len(times) * 0.99)] * 1000,
-    )  # fmt: skip
+    return genuine_pairs, impostor_pairs
+
+
+def run(
+    fingers: int = 500,
+    profile: synth.DistortionProfile = synth.DEFAULT,
+    workers: int | None = None,
+    with_bozorth3: bool = True,
+) -> list[BenchResult]:
+    """Our matcher's figures, then Bozorth3's on the same pairs when its library is built."""
+    workers = workers or os.cpu_count() or 1
+    genuine_pairs, impostor_pairs = population(fingers, profile)
+    names = [SDBOX] + ([BOZORTH3] if with_bozorth3 and bozorth3.available() else [])
+    results = []
+    for name in names:
+        genuine, gtimes = _run_pairs(name, genuine_pairs, workers)
+        impostor, itimes = _run_pairs(name, impostor_pairs, workers)
+        shipped = matcher.THRESHOLD if name == SDBOX else None
+        results.append(
+            _figures(name, profile.name, fingers, genuine, impostor, gtimes + itimes, shipped)
+        )
+    return results
+
+
+def bozorth3_missing() -> str | None:
+    """Why Bozorth3 is not in the report, or None when it is."""
+    if bozorth3.available():
+        return None
+    return f"Bozorth3 not run: no NBIS library at {bozorth3.library_path()} (build it with `make nbis`)"
 
 
 def as_dict(result: BenchResult) -> dict[str, object]:

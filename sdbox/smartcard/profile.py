@@ -131,6 +131,7 @@ class ObjectTag(IntEnum):
     """Data objects read and written with GET DATA / PUT DATA."""
 
     CHUID = 0x5FC102
+    CCC = 0x5FC107  # Card Capability Container (mandatory in SP 800-73-4)
     AUTH_CERT = 0x5FC105
     KEY_HISTORY = 0x5FC10C
     RETIRED_CERT_1 = 0x5FC10D
@@ -213,6 +214,36 @@ def encode_chuid(guid: bytes, expiry: str = "20991231") -> bytes:
         + tlv.tlv(TAG_EXPIRY, expiry.encode("ascii"))
         + tlv.tlv(TAG_ISSUER_SIGNATURE)
         + tlv.tlv(TAG_ERROR_DETECTION)
+    )
+
+
+def encode_ccc(guid: bytes) -> bytes:
+    """The Card Capability Container, as SP 800-73-4 Part 1 (3.1.1) lays it out.
+
+    A PIV card must carry it even though nothing on the box reads it: other
+    PIV middleware asks for it, and "not found" marks a card as not PIV.
+    Card identifier: GSC-RID (A0 00 00 01 16), manufacturer FF (none), card
+    type 02 (Java Card-like), 14 bytes of the card's GUID; version 2.1 for
+    both the container and the grammar; data model 0x10 (PIV); every other
+    element present and empty, as the standard has them for a PIV card.
+    """
+    if len(guid) != 16:
+        raise ValueError("a GUID has 16 bytes")
+    card_id = bytes.fromhex("A000000116FF02") + guid[:14]
+    return (
+        tlv.tlv(0xF0, card_id)
+        + tlv.tlv(0xF1, b"\x21")
+        + tlv.tlv(0xF2, b"\x21")
+        + tlv.tlv(0xF3)
+        + tlv.tlv(0xF4, b"\x00")
+        + tlv.tlv(0xF5, b"\x10")
+        + tlv.tlv(0xF6)
+        + tlv.tlv(0xF7)
+        + tlv.tlv(0xFA)
+        + tlv.tlv(0xFB)
+        + tlv.tlv(0xFC)
+        + tlv.tlv(0xFD)
+        + tlv.tlv(0xFE)
     )
 
 

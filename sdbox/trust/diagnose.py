@@ -120,6 +120,16 @@ def explain(
         return WrongPurpose(who, "the key usage of a certificate in its chain does not allow it")
     if "basicconstraints" in lowered or "2.5.29.19" in lowered or "not a ca" in lowered:
         return WrongPurpose(who, "a certificate in its chain is not an authority")
+    if "unsupported name constraint" in lowered:
+        # mailbox, URI and other non-DNS/IP constraints: the verifier cannot
+        # evaluate them, so no path through such an authority is accepted
+        return WrongPurpose(
+            who,
+            "an authority in its chain restricts names in a way this box cannot check "
+            "(mailbox, URI or other name constraints), so the box does not trust it",
+        )
+    if "name constraint" in lowered:
+        return WrongPurpose(who, "a name in it is outside what its authority may certify")
     if "candidates exhausted" in lowered:
         # The names and signatures chain, the dates fit, yet no path satisfied
         # the profile: the verifier's detail is the best we can give.

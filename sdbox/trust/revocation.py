@@ -63,7 +63,7 @@ class IndexedCrl:
         self.next_update = crl.next_update_utc
         try:
             self.number = _crl_number(crl)
-            self.usable, self.scope = _scope(crl)
+            self.usable, self.scope, self.delta_base = _scope(crl)
         except (ValueError, KeyError) as exc:  # an extension that does not parse
             raise MalformedCertificate("revocation list", str(exc)[:160]) from exc
         # Entries stay unparsed until hit: only serials are read up front,
@@ -140,17 +140,25 @@ class _Scope:
         return any(self.point & frozenset(dp.full_name or ()) for dp in points)
 
 
-def _scope(crl: x509.CertificateRevocationList) -> tuple[bool, _Scope]:
-    """Whether we can use ``crl`` as a complete list, and which certificates it covers."""
+def _scope(crl: x509.CertificateRevocationList) -> tuple[bool, _Scope, int | None]:
+    """Whether ``crl`` is a complete list, which certificates it covers, and its delta base.
+
+    A delta CRL (``delta_base`` set) is not complete on its own; validation
+    reads it on top of the complete list it extends.
+    """
     scope = _Scope()
+    delta_base: int | None = None
+    usable = True
     for ext in crl.extensions:
         if ext.oid == ExtensionOID.DELTA_CRL_INDICATOR:
-            return False, scope  # a delta is not a complete list on its own
-        if ext.oid == ExtensionOID.ISSUING_DISTRIBUTION_POINT:
+            assert isinstance(ext.value, x509.DeltaCRLIndicator)
+            delta_base = ext.value.crl_number
+            usable = False
+        elif ext.oid == ExtensionOID.ISSUING_DISTRIBUTION_POINT:
             idp = ext.value
             assert isinstance(idp, x509.IssuingDistributionPoint)
             if idp.indirect_crl or idp.only_some_reasons or idp.only_contains_attribute_certs:
-                return False, scope  # partial lists: not supported by this profile
+                return False, scope, None  # partial lists: not supported by this profile
             scope = _Scope(
                 idp.only_contains_user_certs,
                 idp.only_contains_ca_certs,
@@ -158,8 +166,8 @@ def _scope(crl: x509.CertificateRevocationList) -> tuple[bool, _Scope]:
                 idp.relative_name is not None,
             )
         elif ext.critical and ext.oid not in _KNOWN_CRL_EXTENSIONS:
-            return False, scope
-    return True, scope
+            return False, scope, None
+    return usable, scope, delta_base
 
 
 def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
@@ -247,10 +255,44 @@ def check_certificate(
     if at > crl.next_update + grace:
         raise CrlStale(issuer_name, crl.next_update)
     entry = crl.lookup(cert.serial_number)
+    delta = _current_delta(cert, issuer, source, crl, is_ca, at=at, grace=grace)
+    if delta is not None:  # newer than the complete list: what it says about the serial wins
+        entry = delta.lookup(cert.serial_number) or entry
     if entry is None or entry.reason is x509.ReasonFlags.remove_from_crl:
         return
     reason = None if entry.reason is None else _REASON_WORDS.get(entry.reason, entry.reason.value)
     raise CertificateRevoked(subject_of(cert), entry.revoked_at, reason)
+
+
+def _current_delta(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    source: CrlSource,
+    base: IndexedCrl,
+    is_ca: bool,
+    *,
+    at: datetime,
+    grace: timedelta,
+) -> IndexedCrl | None:
+    """The newest delta CRL that extends ``base`` (RFC 5280 5.2.4, 6.3.3 (c)), if any.
+
+    Only a delta signed by the issuer, covering the certificate, not stale,
+    newer than ``base`` and built on a complete list no newer than ``base``
+    counts; anything else is ignored, as if it were not there: the complete
+    list alone still decides, which is never more lenient than with the delta.
+    """
+    if base.number is None:
+        return None
+    for delta in source.crls_for(cert.issuer):
+        if delta.delta_base is None or delta.number is None:
+            continue
+        if delta.delta_base > base.number or delta.number <= base.number:
+            continue
+        if delta.next_update is None or at > delta.next_update + grace:
+            continue
+        if delta.scope.covers(cert, is_ca) and delta.verify_signature(issuer):
+            return delta
+    return None
 
 
 def _may_sign_crls(issuer: x509.Certificate) -> bool:

@@ -102,6 +102,14 @@ class RevocationStore:
             raise MalformedCertificate("revocation list", f"{who}'s list has no CRL number")
         if indexed.has_duplicates:
             raise MalformedCertificate("revocation list", f"{who}'s list names a serial twice")
+        if not indexed.usable:
+            # The store keeps one complete list per authority; a delta or a
+            # partial list in its place would leave every certificate of that
+            # authority without a usable list.
+            raise MalformedCertificate(
+                "revocation list",
+                f"{who}'s list is a delta or partial list; the box keeps complete lists only",
+            )
         held = self._load(_file_stem(issuer.subject))
         if held is not None and held.number is not None:
             if indexed.number < held.number or (indexed.number == held.number and held.crl != crl):

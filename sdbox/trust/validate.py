@@ -5,7 +5,8 @@ and the webpki extension rules are ``cryptography``'s verifier. On top of it
 this module adds what the verifier does not do: revocation of every
 certificate in the path, the profile's key usage per purpose, the role of the
 issuing CA (told by its certificate policy), the project binding and the time
-floor. Every refusal is a typed :class:`~sdbox.trust.errors.TrustError`.
+floor, and the name constraints the verifier leaves out (directory names,
+mailboxes, URIs: sdbox.trust.constraints). Every refusal is a typed :class:`~sdbox.trust.errors.TrustError`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cryptography.x509.verification import (
 )
 
 from sdbox.trust import oids
+from sdbox.trust.constraints import check_name_constraints
 from sdbox.trust.diagnose import explain
 from sdbox.trust.errors import (
     ClockWrong,
@@ -203,6 +205,7 @@ def validate(
             raise
         raise MalformedCertificate("certificate", str(exc)) from exc
 
+    check_name_constraints(chain)
     _check_leaf_key(leaf)
     if purpose is not Purpose.PATH:
         _check_eku(leaf, rules)

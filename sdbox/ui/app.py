@@ -53,6 +53,15 @@ def translator(language: str) -> Any:
     ).gettext
 
 
+_DEBUG_KEYS = frozenset({"i", "I", "d", "D"})
+
+
+def _swallow_debug_keys(_controller: Any, keyval: int, _code: int, state: Any) -> bool:
+    """True (handled, so dropped) for the inspector's shortcuts."""
+    wanted = Gdk.ModifierType.CONTROL_MASK | Gdk.ModifierType.SHIFT_MASK
+    return bool((state & wanted) == wanted and Gdk.keyval_name(keyval) in _DEBUG_KEYS)
+
+
 def _focus_once(widget: Any) -> None:
     """Give ``widget`` the focus once the window is built.
 
@@ -96,6 +105,14 @@ class Greeter:
         keys = Gtk.EventControllerKey()
         keys.connect("key-pressed", self._on_key)
         window.add_controller(keys)
+        # Before the window's own bindings: GTK opens its inspector on
+        # Ctrl+Shift+I / Ctrl+Shift+D wherever the debug keybinding is on (it
+        # was, under Xvfb here): a second window that can restyle and poke at
+        # the greeter. The kiosk swallows those keys.
+        guard = Gtk.EventControllerKey()
+        guard.set_propagation_phase(Gtk.PropagationPhase.CAPTURE)
+        guard.connect("key-pressed", _swallow_debug_keys)
+        window.add_controller(guard)
         return window
 
     def _connect(self, address: str | None) -> Any:

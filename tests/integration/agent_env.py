@@ -45,6 +45,19 @@ async def until(condition: Callable[[], bool], timeout: float = 60.0, poll: floa
         await asyncio.sleep(poll)
 
 
+def _accepts(path: Path) -> bool:
+    import socket as sockets  # local: `socket` names the path in dbus_daemon
+
+    probe = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 @contextlib.contextmanager
 def dbus_daemon(workdir: Path) -> Iterator[str]:
     """A private bus (these machines have no system bus); yields its address."""
@@ -72,8 +85,10 @@ def dbus_daemon(workdir: Path) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        for _ in range(100):
-            if socket.exists():
+        # The socket file appears at bind(), before listen(): wait until a
+        # connection is accepted, or the first client may be refused.
+        for _ in range(200):
+            if socket.exists() and _accepts(socket):
                 break
             threading.Event().wait(0.05)
         yield f"unix:path={socket}"

@@ -179,6 +179,9 @@ def test_insert_choose_switch_remove(
             assert [p[0] for p in projects] == ["census-2021", "health-cohort"]
             assert all(p[5] == "ready" and p[6] for p in projects)
             assert await iface.get_tries_left() == 5  # type: ignore[attr-defined]
+            # the renewal timer learns the card's expiries (public data) from the listing
+            seen = json.loads((run.config.state_dir / "renewal" / "seen.json").read_text())
+            assert set(seen[run.card.state.guid.hex()]) == {"census-2021", "health-cohort"}
 
             await iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
             await _wait(agent, State.RUNNING)

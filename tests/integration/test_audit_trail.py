@@ -45,6 +45,11 @@ FIELDS = {
     "holder_failed": {"method", "tries_left", "card"},
     "credentials_refused": {"project"},  # and card (project certificate) or server (bubble's)
     "renewal_due": {"project", "card"},
+    # the renewal run's own events: their order and fields are checked with a real
+    # renewal in test_renewal.py (test_the_agent_renews_in_the_background_of_a_session)
+    "renewal_started": {"card", "projects"},
+    "renewal_succeeded": {"card", "project"},
+    "renewal_failed": {"card", "project", "reason"},
 }
 
 

@@ -121,6 +121,18 @@ def _keys(display: str, *keys: str) -> None:
     )
 
 
+def _visible_windows(display: str) -> int:
+    found = subprocess.run(
+        ["xdotool", "search", "--onlyvisible", "--name", "."],
+        env={"DISPLAY": display, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return len(found.stdout.split())
+
+
 @pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed (make setup)")
 def test_keyboard_only(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path) -> None:
     """Arrows, Enter, Escape and typing the PIN are enough to reach a session."""
@@ -135,6 +147,14 @@ def test_keyboard_only(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: P
             with xvfb() as display, greeter_on_x11(run.bus_address, display):
                 await _wait_for(lambda: window_shown(display), timeout=30)
                 await asyncio.sleep(1.5)  # the picker replaces the first (empty) screen
+                # no way out: close, quit, menus, the GTK inspector, a new window
+                await asyncio.to_thread(
+                    _keys, display, "alt+F4", "ctrl+q", "ctrl+w", "F10", "ctrl+shift+i",
+                    "ctrl+shift+d", "ctrl+n", "super",
+                )  # fmt: skip
+                await asyncio.sleep(1.0)
+                assert _visible_windows(display) == 1
+                assert run.agent.snapshot.state == State.PICKER
                 await asyncio.to_thread(_keys, display, "Down", "Return")
                 await _wait(run.agent, State.VERIFYING, timeout=20)
                 assert run.agent.snapshot.active_project == "health-cohort"

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.smartcard.emulator.stack import VPCD_READERS, reader_name
 from sdbox.smartcard.errors import VerificationError
-from sdbox.smartcard.pkcs11 import OPENSC_MODULE, Pkcs11Card
+from sdbox.smartcard.pkcs11 import OPENSC_MODULE
 from sdbox.smartcard.profile import ObjectTag, certificate_object, decode_certificate
 from tests.integration.conftest import InsertedCard
 
@@ -114,19 +114,51 @@ def test_pkcs11_tool_derive_matches_ecdh_with_the_project_certificate(
     assert shared.read_bytes() == ephemeral.exchange(ec.ECDH(), project_key)
 
 
+# python-pkcs11 runs in a child process: OpenSC's module, once loaded, stays
+# in the process and keeps connections to every card it has seen, so a later
+# test's exclusive connection (the agent's, a renewal's) would meet a sharing
+# violation in this pytest process.
+_CHILD = """
+import os, sys
+from sdbox.smartcard.pkcs11 import Pkcs11Card
+from sdbox.errors import SdboxError
+card = Pkcs11Card(reader=os.environ["SDBOX_TEST_READER"])
+try:
+    if sys.argv[1] == "sign":
+        from cryptography.hazmat.primitives import serialization
+        print(card.info.reader)
+        print(card.holder_certificate().public_bytes(serialization.Encoding.DER).hex())
+        print(card.sign(b"renewal request", os.environ["SDBOX_TEST_PIN"]).hex())
+    else:
+        card.sign(b"x", os.environ["SDBOX_TEST_PIN"])
+except SdboxError as exc:
+    print(type(exc).__name__, exc.message)
+"""
+
+
+def _python_pkcs11(card: InsertedCard, action: str, pin: str) -> list[str]:
+    env = dict(os.environ, SDBOX_TEST_READER=card.reader, SDBOX_TEST_PIN=pin)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, action],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
 def test_python_pkcs11_signs_with_the_holder_key(demo_card: InsertedCard) -> None:
-    token = Pkcs11Card(reader=demo_card.reader)
-    assert token.info.reader == demo_card.reader
-    cert = token.holder_certificate()
+    reader, cert_hex, signature_hex = _python_pkcs11(demo_card, "sign", DEMO_PIN)
+    assert reader == demo_card.reader
+    cert = x509.load_der_x509_certificate(bytes.fromhex(cert_hex))
     assert cert == _cert(demo_card, 0x9A)
-    signature = token.sign(b"renewal request", DEMO_PIN)
     key = cert.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
-    key.verify(signature, b"renewal request", ec.ECDSA(hashes.SHA256()))
+    key.verify(bytes.fromhex(signature_hex), b"renewal request", ec.ECDSA(hashes.SHA256()))
 
 
 def test_python_pkcs11_wrong_pin_is_a_verification_error(demo_card: InsertedCard) -> None:
-    with pytest.raises(VerificationError, match="wrong PIN"):
-        Pkcs11Card(reader=demo_card.reader).sign(b"x", "999999")
+    (outcome,) = _python_pkcs11(demo_card, "wrong", "999999")
+    assert outcome.startswith(VerificationError.__name__)
+    assert "wrong PIN" in outcome
     assert demo_card.state.pin.tries == 2
     assert ObjectTag.DIRECTORY in demo_card.state.objects

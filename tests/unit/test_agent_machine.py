@@ -339,3 +339,56 @@ def test_interactive_provider_opens_the_bubble_logon_without_a_credential(
     with caplog.at_level("INFO"):
         asyncio.run(scenario())
     assert "credential obtained" not in caplog.text
+
+
+class FakeRenewal:
+    """A renewal port that records the card session it ran on."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def renew(self, session: BioSsoSession) -> list[Any]:
+        from sdbox.renewal.flow import Outcome, Result
+
+        self.calls += 1
+        assert session.piv.finger_tries_left(0x96) == -1  # runs with the holder verified
+        return [
+            Result("census-2021", Outcome.RENEWED),
+            Result("health-cohort", Outcome.REJECTED, "the CA rejected the renewal: no"),
+            Result("genomics-lab", Outcome.NOT_DUE),
+        ]
+
+
+def test_renewal_runs_in_the_background_of_a_running_session(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        agent, _sessions, events, _applet = make_agent(pki, tmp_path)
+        renewal = FakeRenewal()
+        agent.renewal = renewal
+        agent.renewal_window_days = 400  # every demo certificate is inside the window
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        await agent.choose_project("census-2021")
+        await until(lambda: agent.snapshot.state == State.RUNNING)
+        await until(lambda: renewal.calls == 1 and not agent._renewing)
+        await agent.switch("genomics-lab")  # the session goes on; renewal runs once per card
+        await until(lambda: agent.snapshot.active_project == "genomics-lab")
+        await until(lambda: agent.snapshot.state == State.RUNNING)
+        await asyncio.sleep(0.05)
+        assert renewal.calls == 1
+        from sdbox.agent.events import RenewalEvent
+
+        finished = [(e.project, e.outcome) for e in events if isinstance(e, RenewalEvent)]
+        assert finished == [("census-2021", "renewed"), ("health-cohort", "rejected")]
+        await agent.card_removed("reader")
+
+    with caplog.at_level("INFO", logger="sdbox.audit"):
+        asyncio.run(scenario())
+    events = [(r.SDBOX_EVENT, getattr(r, "SDBOX_PROJECT", ""), getattr(r, "SDBOX_REASON", ""))
+              for r in caplog.records if hasattr(r, "SDBOX_EVENT")]  # fmt: skip
+    assert ("renewal_succeeded", "census-2021", "") in events
+    assert ("renewal_failed", "health-cohort", "rejected") in events
+    assert events.index(("renewal_succeeded", "census-2021", "")) > next(
+        i for i, e in enumerate(events) if e[0] == "session_started"
+    )

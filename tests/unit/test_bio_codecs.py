@@ -124,3 +124,118 @@ def test_conversion_to_card_units_and_bit_limits() -> None:
         record.to_card(rec.views[0], rec, min_minutiae=90)
     ordered = record.to_card(rec.views[0], rec, order=record.MinutiaeOrder.XY)
     assert ordered == sorted(ordered, key=lambda m: (m.x, m.y))
+
+
+def _encode_2011(
+    rec: record.FingerRecord,
+    *,
+    size: int = 6,
+    quality_blocks: int = 1,
+    certified: bool = False,
+    xres: int | None = None,
+) -> bytes:
+    """A 2011-edition record of ``rec``'s views, laid out by hand from the standard."""
+    reps = b""
+    for view in rec.views:
+        head = bytes(9) + b"\x02" + (0x1234).to_bytes(2, "big") + (7).to_bytes(2, "big")
+        head += bytes([quality_blocks]) + b"\x50\x00\x0f\x00\x01" * quality_blocks
+        if certified:
+            head += b"\x01" + b"\x00\x0f\x01"
+        body = bytes([view.position, view.view])
+        body += (xres or rec.x_resolution).to_bytes(2, "big") + rec.y_resolution.to_bytes(2, "big")
+        body += (
+            bytes([view.impression]) + rec.width.to_bytes(2, "big") + rec.height.to_bytes(2, "big")
+        )
+        body += bytes([(size << 4) | 1, len(view.minutiae)])
+        for m in view.minutiae:
+            body += ((m.kind << 14) | m.x).to_bytes(2, "big") + m.y.to_bytes(2, "big")
+            body += bytes([m.angle]) + (bytes([m.quality]) if size == 6 else b"")
+        body += len(view.extended).to_bytes(2, "big") + view.extended
+        rep = head + body
+        reps += (len(rep) + 4).to_bytes(4, "big") + rep
+    total = 15 + len(reps)
+    flags = b"\x01" if certified else b"\x00"
+    return (
+        b"FMR\x00030\x00"
+        + total.to_bytes(4, "big")
+        + len(rec.views).to_bytes(2, "big")
+        + flags
+        + reps
+    )
+
+
+@pytest.mark.parametrize(("size", "certified"), [(6, False), (5, False), (6, True)])
+def test_a_2011_record_gives_the_same_card_template(size: int, certified: bool) -> None:
+    rec = _record()
+    parsed = record.decode_record(_encode_2011(rec, size=size, certified=certified))
+    assert len(parsed.views) == 1
+    view = parsed.views[0]
+    assert [(m.kind, m.x, m.y, m.angle) for m in view.minutiae] == [
+        (m.kind, m.x, m.y, m.angle) for m in rec.views[0].minutiae
+    ]
+    assert record.to_card(view, parsed) == record.to_card(rec.views[0], rec)
+
+
+def test_a_2011_representation_keeps_its_own_resolution() -> None:
+    rec = _record()
+    parsed = record.decode_record(_encode_2011(rec, xres=394))  # 1000 ppi across
+    card = record.to_card(parsed.views[0], parsed)
+    first = rec.views[0].minutiae[0]
+    assert card[0].x == round(first.x * 100 / 394)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d[:-1], "record length"),
+        (lambda d: d[:8] + (len(d) - 1).to_bytes(4, "big") + d[12:-1], "does not fit"),
+        (lambda d: d[:13] + b"\x00\x00" + d[15:], "number of finger representations"),
+        (lambda d: d[:14] + b"\x07" + d[15:], "certification flag"),
+        (lambda d: d[:15] + (9999).to_bytes(4, "big") + d[19:], "does not fit"),
+    ],
+)
+def test_a_malformed_2011_record_names_the_field(mutate: object, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        record.decode_record(mutate(_encode_2011(_record())))  # type: ignore[operator]
+
+
+@given(st.binary(max_size=300))
+def test_the_2011_parser_only_raises_typed_errors(data: bytes) -> None:
+    with contextlib.suppress(TemplateError):
+        record.decode_record(b"FMR\x00030\x00" + data)
+
+
+def _encode_ansi_378(rec: record.FingerRecord, *, long_length: bool = False) -> bytes:
+    """An ANSI/INCITS 378-2004 record of ``rec`` (angles in 2-degree units), by hand."""
+    body = b""
+    for view in rec.views:
+        body += bytes([view.position, (view.view << 4) | view.impression, view.quality])
+        body += bytes([len(view.minutiae)])
+        for m in view.minutiae:
+            body += ((m.kind << 14) | m.x).to_bytes(2, "big") + m.y.to_bytes(2, "big")
+            body += bytes([round(m.angle * 360 / 256 / 2) % 180, m.quality])
+        body += len(view.extended).to_bytes(2, "big") + view.extended
+    rest = (0x0033_0001).to_bytes(4, "big")  # CBEFF product identifier
+    rest += (0).to_bytes(2, "big") + rec.width.to_bytes(2, "big") + rec.height.to_bytes(2, "big")
+    rest += rec.x_resolution.to_bytes(2, "big") + rec.y_resolution.to_bytes(2, "big")
+    rest += bytes([len(rec.views), 0]) + body
+    if long_length:
+        total = 8 + 6 + len(rest)
+        return b"FMR\x00 20\x00" + b"\x00\x00" + total.to_bytes(4, "big") + rest
+    total = 8 + 2 + len(rest)
+    return b"FMR\x00 20\x00" + total.to_bytes(2, "big") + rest
+
+
+@pytest.mark.parametrize("long_length", [False, True])
+def test_an_ansi_378_record_is_read_with_its_own_header_and_angles(long_length: bool) -> None:
+    rec = _record()
+    parsed = record.decode_record(_encode_ansi_378(rec, long_length=long_length))
+    assert (parsed.width, parsed.height, parsed.x_resolution) == (400, 500, 197)
+    iso = record.to_card(rec.views[0], rec)
+    ansi = record.to_card(parsed.views[0], parsed)
+    assert [(m.x, m.y, m.kind) for m in ansi] == [(m.x, m.y, m.kind) for m in iso]
+    # 2-degree units against 360/256: the card's 360/64 steps agree within one
+    assert all(
+        min((a.angle - b.angle) % 64, (b.angle - a.angle) % 64) <= 1
+        for a, b in zip(ansi, iso, strict=True)
+    )

@@ -50,6 +50,7 @@ from sdbox.smartcard.profile import (
     Slot,
     certificate_object,
     encode_bit_group,
+    encode_ccc,
     encode_certificate,
     encode_chuid,
     encode_key_history,
@@ -333,6 +334,7 @@ def issue_card(
     state.objects[ObjectTag.CHUID] = encode_chuid(
         guid, (now + timedelta(days=5 * 365)).strftime("%Y%m%d")
     )
+    state.objects[ObjectTag.CCC] = encode_ccc(guid)
     state.save()
     return state
 

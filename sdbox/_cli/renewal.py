@@ -1,0 +1,46 @@
+"""`sdbox renewal mark-due`: the daily timer's job (renewal itself needs the holder: the agent)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sdbox.agent.config import DEFAULT_PATH
+
+
+@click.group("renewal")
+def renewal() -> None:
+    """Project certificate renewal: what the timer can do without the card."""
+
+
+@renewal.command("mark-due")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_PATH,
+    show_default=True, help="The agent configuration (renewal window, state directory).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print what is due as JSON.")
+def mark_due(config_path: Path, as_json: bool) -> None:
+    """List the certificates inside the renewal window on the cards this box has seen.
+
+    Writes due.json beside the agent's seen.json and one renewal_due audit
+    event per certificate; the agent renews them at the holder's next insertion.
+    """
+    from sdbox.agent.config import load  # noqa: PLC0415  (keeps `--help` fast)
+    from sdbox.renewal.due import mark_due as run  # noqa: PLC0415
+
+    config = load(config_path)
+    due = run(config.state_dir / "renewal", config.policy.renewal_window_days)
+    if as_json:
+        click.echo(json.dumps([
+            {"card": d.card, "project": d.project, "not_after": d.not_after.isoformat(),
+             "days_left": d.days_left}
+            for d in due
+        ], indent=2))  # fmt: skip
+        return
+    if not due:
+        click.echo("nothing due")
+    for d in due:
+        when = "expired" if d.days_left < 0 else f"expires in {d.days_left} days"
+        click.echo(f"{d.project}: {when} (card {d.card[:8]}…)")
