@@ -101,37 +101,19 @@ def check_fields(events: list[tuple[str, dict[str, str]]]) -> None:
 def test_scripted_flow_writes_the_documented_events(
     pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
 ) -> None:
-    events: list[tuple[str, dict[str, str]]] = []
+    async def scenario() -> None:
+        async with running_agent(pki, bubbles, free_reader, tmp_path) as run:
+            await _wait(run.agent, State.PICKER)
+            await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
+            await _wait(run.agent, State.RUNNING)
+            await run.iface.call_switch("health-cohort")  # type: ignore[attr-defined]
+            await _wait(run.agent, State.CONNECTING)
+            await _wait(run.agent, State.RUNNING)
+            await asyncio.to_thread(run.card.remove)
+            await _wait(run.agent, State.IDLE)
 
-    class Audit(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            fields = {
-                k.removeprefix("SDBOX_").lower(): str(v)
-                for k, v in record.__dict__.items()
-                if k.startswith("SDBOX_")
-            }
-            events.append((fields.pop("event"), fields))
-
-    logger = logging.getLogger("sdbox.audit")
-    handler = Audit()
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-
-        async def scenario() -> None:
-            async with running_agent(pki, bubbles, free_reader, tmp_path) as run:
-                await _wait(run.agent, State.PICKER)
-                await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
-                await _wait(run.agent, State.RUNNING)
-                await run.iface.call_switch("health-cohort")  # type: ignore[attr-defined]
-                await _wait(run.agent, State.CONNECTING)
-                await _wait(run.agent, State.RUNNING)
-                await asyncio.to_thread(run.card.remove)
-                await _wait(run.agent, State.IDLE)
-
+    with audit_trail() as events:
         asyncio.run(scenario())
-    finally:
-        logger.removeHandler(handler)
 
     names = [name for name, _fields in events]
     assert names == [
@@ -140,8 +122,7 @@ def test_scripted_flow_writes_the_documented_events(
         "switch", "session_ended", "credentials_validated", "credential_issued", "session_started",
         "session_ended", "card_removed",
     ]  # fmt: skip
-    for name, fields in events:
-        assert FIELDS[name] <= set(fields), f"{name} lacks {FIELDS[name] - set(fields)}"
+    check_fields(events)
     ended = [fields["reason"] for name, fields in events if name == "session_ended"]
     assert ended == ["closed", "killed"]
     guid = dict(events)["card_inserted"]["card"]
