@@ -126,11 +126,13 @@ def _emulated_ca(bench: Bench, card: BioSsoSession, project: Project, work: Path
 
 
 @contextlib.contextmanager
-def _configured_ca(path: Path) -> Iterator[_Ca]:
-    """The test CA and development centre an agent configuration names (real bench)."""
-    from sdbox._cli.renew import _centre, _pems, _store
+def _configured_ca(path: Path, session: BioSsoSession) -> Iterator[_Ca]:
+    """The test CA and the centre (broker or development) an agent configuration names."""
+    from sdbox._cli.renew import _pems, _store
     from sdbox.agent.config import load
+    from sdbox.agent.renewal import make_centre
     from sdbox.errors import SdboxError
+    from sdbox.identity import IdentitySource
     from sdbox.renewal.ports import RenewalTrust
     from sdbox.trust import validate_directory_signer
 
@@ -143,7 +145,7 @@ def _configured_ca(path: Path) -> Iterator[_Ca]:
         intermediates = _pems(config.trust.intermediates, "intermediates", required=False)
         server = _pems(section.cmp_server_cert, "[renewal] cmp_server_cert", required=True)[0]
         store = _store(config) if config.trust.check_revocation else None
-        centre = _centre(config)
+        centre = make_centre(config, session, IdentitySource(config.identity.identity_config()))
     except SdboxError as exc:
         pytest.fail(f"--renewal-config {path}: {exc.message}")
     trust = RenewalTrust(anchors, intermediates, store, server, lambda: datetime.now(UTC))
@@ -180,7 +182,7 @@ def test_renewal_on_a_spare_slot(
             ca = stack.enter_context(_emulated_ca(bench, verified_card, project, tmp_path))
         else:
             assert bench.renewal_config is not None
-            ca = stack.enter_context(_configured_ca(bench.renewal_config))
+            ca = stack.enter_context(_configured_ca(bench.renewal_config, verified_card))
         verified_card.read_directory(ca.validate_signer)  # the card's directory verifies before
         transport = _TimedTransport(HttpCmpTransport(ca.url, timeout_s=10))
         renewer = Renewer(

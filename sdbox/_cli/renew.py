@@ -42,23 +42,6 @@ def _store(config: AgentConfig) -> Any:
     )
 
 
-def _centre(config: AgentConfig) -> Any:
-    section = config.renewal
-    if not section.dev_centre_pki:
-        raise ConfigError(
-            "[renewal] names no centre: this box cannot renew yet (a deployment's centre relays "
-            "the management key; dev_centre_pki is for development only)"
-        )
-    from sdbox.renewal.ports import LocalCentre  # noqa: PLC0415
-
-    key_file = Path(section.dev_management_key_file)
-    try:
-        key = bytes.fromhex(key_file.read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"[renewal] dev_management_key_file {key_file}: {exc}") from exc
-    return LocalCentre(Path(section.dev_centre_pki), key)
-
-
 def _probe(use_pin: bool, identity_seed: int | None) -> tuple[str, bytes]:
     if use_pin == (identity_seed is not None):
         raise click.UsageError("give exactly one of --pin or --sensor-seed")
@@ -94,6 +77,8 @@ def renew(
     as_json: bool,
 ) -> None:
     """Renew the card's project certificates that are due (CMP key update)."""
+    from sdbox.agent.renewal import make_centre  # noqa: PLC0415
+    from sdbox.identity import IdentitySource  # noqa: PLC0415
     from sdbox.renewal.flow import Outcome, Renewer  # noqa: PLC0415
     from sdbox.renewal.ports import HttpCmpTransport, RenewalTrust  # noqa: PLC0415
     from sdbox.renewal.state import Journal  # noqa: PLC0415
@@ -118,6 +103,7 @@ def renew(
             signer, [*chain, *intermediates], anchors, at=trust.check_clock(), crls=store
         )
 
+    identity = IdentitySource(config.identity.identity_config())
     conn = pcsc.connect(reader, exclusive=True)
     try:
         session = BioSsoSession(conn)
@@ -127,7 +113,7 @@ def renew(
         else:
             session.piv.verify_finger(KeyRef.FINGER_PRIMARY, probe)
         renewer = Renewer(
-            session=session, centre=_centre(config),
+            session=session, centre=make_centre(config, session, identity),
             transport=HttpCmpTransport(section.cmp_url, timeout_s=section.timeout_s),
             trust=trust, journal=Journal(section.journal), validate_signer=validate_signer,
             window=timedelta(days=config.policy.renewal_window_days), max_wait_s=section.max_wait_s,

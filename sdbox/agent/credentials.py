@@ -11,7 +11,7 @@ from sdbox.agent.card import CardHandle
 from sdbox.agent.config import AgentConfig
 from sdbox.broker.client import request_credential
 from sdbox.config import ConfigError
-from sdbox.identity import BoxIdentity, open_identity
+from sdbox.identity import BoxIdentity, IdentitySource
 from sdbox.smartcard.directory import Project
 
 
@@ -23,20 +23,17 @@ class BrokerCredentials:
     up, and show why it cannot connect, on a box that is not configured yet.
     """
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, identity: IdentitySource | None = None) -> None:
         section = config.credentials
         self.url = section.broker_url
         self.timeout_s = section.timeout_s
         self._anchors_path = section.broker_anchors
-        self._identity_config = config.identity.identity_config()
-        self._identity: BoxIdentity | None = None
+        self._identity = identity or IdentitySource(config.identity.identity_config())
 
     @property
     def identity(self) -> BoxIdentity:
         """The box identity, opened on first use (the TPM may come up after the agent)."""
-        if self._identity is None:
-            self._identity = open_identity(self._identity_config)
-        return self._identity
+        return self._identity()
 
     def _anchors(self) -> list[x509.Certificate]:
         try:

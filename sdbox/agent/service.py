@@ -25,6 +25,7 @@ from sdbox.agent.machine import Agent
 from sdbox.agent.ports import SessionService, TrustService, make_sensor
 from sdbox.config import ConfigError
 from sdbox.errors import SdboxError
+from sdbox.identity import IdentitySource
 from sdbox.smartcard.directory import Project
 
 _log = logging.getLogger("sdbox.agent")
@@ -78,38 +79,41 @@ class InteractiveCredentials:
         return "", None
 
 
-def make_credentials(config: AgentConfig) -> Any:
+def make_credentials(config: AgentConfig, identity: IdentitySource | None = None) -> Any:
     """The configured credential provider."""
     if config.credentials.provider == "interactive":
         return InteractiveCredentials()
     from sdbox.agent.credentials import BrokerCredentials  # noqa: PLC0415
 
-    return BrokerCredentials(config)
+    return BrokerCredentials(config, identity)
 
 
-def make_renewal(config: AgentConfig, trust: Any) -> Any:
+def make_renewal(config: AgentConfig, trust: Any, identity: IdentitySource | None = None) -> Any:
     """The renewal port, or None when no CA is configured ([renewal] cmp_url)."""
     if not config.renewal.cmp_url:
         return None
     from sdbox.agent.renewal import RenewalService  # noqa: PLC0415
 
-    return RenewalService(config, trust)
+    return RenewalService(
+        config, trust, identity or IdentitySource(config.identity.identity_config())
+    )
 
 
 def build_agent(config: AgentConfig, **overrides: Any) -> Agent:
     """The agent with its real ports (``overrides`` replaces ports, for tests)."""
     trust = overrides.pop("trust", None) or TrustService(config)
+    identity = IdentitySource(config.identity.identity_config())  # shared: one PKCS#11 session
     ports: dict[str, Any] = {
         "trust": trust,
         "sensor": make_sensor(config.sensor),
         "sessions": SessionService(config.session, trust),
         "endpoint_allowed": config.policy.endpoint_allowed,
         "renewal_window_days": config.policy.renewal_window_days,
-        "renewal": make_renewal(config, trust),
+        "renewal": make_renewal(config, trust, identity),
         "seen_dir": config.state_dir / "renewal",
     }
     if "credentials" not in overrides:
-        ports["credentials"] = make_credentials(config)
+        ports["credentials"] = make_credentials(config, identity)
     ports.update(overrides)
     return Agent(**ports)
 

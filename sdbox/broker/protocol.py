@@ -79,3 +79,47 @@ def proof_mac(shared_secret: bytes, transcript: Transcript) -> bytes:
         shared_secret
     )
     return hmac.new(key, transcript.encode(), hashlib.sha256).digest()
+
+
+CARD_VERSION = "sdbox-card/1"
+CARD_CONTEXT = b"sdbox card management v1\x00"
+"""Prefix of what the holder key signs to open card management, so that the
+signature cannot be replayed as a CMP request, a login or a possession proof."""
+
+
+@dataclass(frozen=True)
+class CardTranscript:
+    """What the holder key (on the card) and the box key sign to open card management."""
+
+    exchange: str
+    nonce: bytes
+    card_guid: bytes
+    box_certificate: bytes  # DER
+    holder_certificate: bytes  # DER
+    directory: bytes  # the signed directory object, as read from the card
+
+    def encode(self) -> bytes:
+        """Canonical bytes: the context prefix, then sorted-key JSON with hashes."""
+        return (
+            CARD_CONTEXT
+            + json.dumps(
+                {
+                    "version": CARD_VERSION,
+                    "exchange": self.exchange,
+                    "nonce": b64(self.nonce),
+                    "card_guid": self.card_guid.hex(),
+                    "box_certificate_sha256": hashlib.sha256(self.box_certificate).hexdigest(),
+                    "holder_certificate_sha256": hashlib.sha256(
+                        self.holder_certificate
+                    ).hexdigest(),
+                    "directory_sha256": hashlib.sha256(self.directory).hexdigest(),
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+            ).encode()
+        )
+
+
+def key_endpoint(card_guid: bytes, slot: int) -> str:
+    """The ``endpoint`` of a new card key's possession transcript (never a bubble's)."""
+    return f"card:{card_guid.hex()}:slot:{slot:02X}"

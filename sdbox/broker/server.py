@@ -13,6 +13,7 @@ import secrets
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sdbox.broker.cards import CardManagement
 from sdbox.broker.enrolment import MAX_TOKEN, EnrolmentTokens
 from sdbox.broker.errors import BrokerError, ProtocolError, Refused
 from sdbox.broker.protocol import NONCE_BYTES, Transcript, b64, proof_mac, unb64
@@ -73,6 +75,20 @@ class BrokerConfig:
         "", help="first boot: PKI directory whose box-identity CA certifies enrolled boxes"
     )
     box_certificate_days: int = setting(365, help="validity of an enrolled box's certificate")
+    card_register: str = setting(
+        "",
+        help="renewal: register of the cards this centre manages (JSON: GUID -> management key, "
+        "holder certificate digest; mode 0600); '' = no card management",
+    )
+    directory_pki: str = setting(
+        "", help="renewal: PKI directory whose directory signer signs the cards' next directories"
+    )
+    renewal_window_days: int = setting(
+        30, help="renewal: how long before expiry a project certificate may be renewed"
+    )
+    card_session_lifetime_s: int = setting(
+        300, help="renewal: how long a card management session lasts"
+    )
 
 
 def load_config(path: Path) -> BrokerConfig:
@@ -106,6 +122,29 @@ class Broker:
         )
         self._lock = threading.Lock()
         self.issued = 0
+        self.cards = (
+            CardManagement(
+                register=Path(config.card_register), directory_pki=Path(config.directory_pki),
+                anchors=self.anchors, intermediates=self.intermediates, store=self.store,
+                window=timedelta(days=config.renewal_window_days),
+                lifetime_s=config.card_session_lifetime_s,
+            )
+            if config.card_register and config.directory_pki
+            else None
+        )  # fmt: skip
+
+    def card(self, step: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """The card management step ``step`` (renewal), or a refusal when not offered here."""
+
+        def handle(request: dict[str, Any]) -> dict[str, Any]:
+            if self.cards is None:
+                raise Refused(
+                    "card_management", "this centre does not manage cards at this address", 404
+                )
+            method: Callable[[dict[str, Any]], dict[str, Any]] = getattr(self.cards, step)
+            return method(request)
+
+        return handle
 
     def challenge(self, request: dict[str, Any]) -> dict[str, Any]:
         """Step 1: check the certificates, answer with a nonce and an ephemeral key."""
@@ -283,6 +322,10 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/challenge": self.broker.challenge,
             "/v1/credential": self.broker.credential,
             "/v1/enrol": self.broker.enrol,
+            **{
+                f"/v1/card/{step}": self.broker.card(step)
+                for step in ("open", "authenticate", "witness", "response", "prove", "directory")
+            },
         }
         handler = routes.get(self.path)
         if handler is None:

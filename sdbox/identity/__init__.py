@@ -104,3 +104,21 @@ def open_identity(config: IdentityConfig) -> BoxIdentity:
     from sdbox.identity.tpm import TpmIdentity  # noqa: PLC0415  (python-pkcs11 only for the TPM)
 
     return TpmIdentity(config)
+
+
+class IdentitySource:
+    """The box identity, opened on first use and then shared (credentials, renewal).
+
+    Opened late because the TPM may come up after the agent, and once because
+    a PKCS#11 module takes one configuration per process.
+    """
+
+    def __init__(self, config: IdentityConfig) -> None:
+        self._config = config
+        self._identity: BoxIdentity | None = None
+
+    def __call__(self) -> BoxIdentity:
+        """The identity (opened now if it is not yet)."""
+        if self._identity is None:
+            self._identity = open_identity(self._config)
+        return self._identity

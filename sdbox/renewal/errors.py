@@ -20,6 +20,14 @@ class CaUnreachable(RenewalError):
 class CentreError(RenewalError):
     """The centre refused or failed to drive card management (9B, directory signing)."""
 
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code  # the centre's refusal code (docs/broker-protocol.md), if it refused
+
+
+class CentreUnreachable(CentreError):
+    """The centre could not be reached for card management."""
+
 
 class JournalError(RenewalError):
     """The renewal journal is unreadable; remove it only after checking the card."""

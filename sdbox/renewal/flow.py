@@ -40,12 +40,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.errors import SdboxError
 from sdbox.renewal import cmp
-from sdbox.renewal.errors import CaUnreachable, CmpProtocolError, RenewalError
+from sdbox.renewal.errors import (
+    CaUnreachable,
+    CentreError,
+    CentreUnreachable,
+    CmpProtocolError,
+    RenewalError,
+)
 from sdbox.renewal.ports import Centre, CmpTransport, RenewalTrust
 from sdbox.renewal.state import Entry, Journal, Phase
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Directory, Project, certificate_sha256
-from sdbox.smartcard.errors import CardError
+from sdbox.smartcard.errors import CardError, SecurityStatusNotSatisfied
 from sdbox.smartcard.piv import FileNotFoundOnCard
 from sdbox.smartcard.profile import (
     RETIRED_SLOTS,
@@ -81,6 +87,8 @@ class Outcome(StrEnum):
     CLOCK_PROBLEM = "clock_problem"
     INTERRUPTED_RESUMED = "interrupted_resumed"
     CA_UNREACHABLE = "ca_unreachable"
+    CENTRE_UNREACHABLE = "centre_unreachable"
+    CENTRE_REFUSED = "centre_refused"
     NO_FREE_SLOT = "no_free_slot"
     FAILED = "failed"
 
@@ -156,7 +164,10 @@ class Renewer:
         entry = self._journal.read()
         if entry is not None and entry.card == guid.hex():
             resumed.add(entry.project)
-            finished = self._resume(entry)
+            try:
+                finished = self._resume(entry)
+            except CentreError as exc:  # the journal stays: the next run tries again
+                return [Result(entry.project, _centre_outcome(exc), detail=exc.message)]
             if finished is not None:
                 return [
                     finished,
@@ -235,7 +246,18 @@ class Renewer:
         )  # fmt: skip
         base = replace(base, new_slot=new_slot)
         self._journal.write(entry)
-        self._authenticate()
+        try:
+            self._authenticate()
+        except CentreError as exc:
+            self._journal.clear()  # nothing was written
+            return replace(base, outcome=_centre_outcome(exc), detail=exc.message)
+        except SecurityStatusNotSatisfied as exc:  # the card or the centre refused the other
+            self._journal.clear()
+            return replace(
+                base, outcome=Outcome.CENTRE_REFUSED,
+                detail=f"{exc.message}: the centre's management key and the card disagree; "
+                "call your card office",
+            )  # fmt: skip
         new_key = self.session.piv.generate_key(new_slot, _CURVE_ALGORITHM[old_key.curve.key_size])
         entry = entry.advance(Phase.REQUESTED, public_key_pem=_pem_key(new_key))
         self._journal.write(entry)
@@ -265,7 +287,16 @@ class Renewer:
             return replace(base, outcome=outcome, detail=exc.message)
         entry = entry.advance(Phase.CONFIRMED)
         self._journal.write(entry)
-        self._switch(entry, certificate)
+        try:
+            self._switch(entry, certificate)
+        except CentreError as exc:
+            # Confirmed but not switched: the journal keeps the certificate, and
+            # the next run (next insertion) asks the centre again.
+            return replace(
+                base, outcome=_centre_outcome(exc),
+                detail=f"{exc.message}; the current certificate stays in use and the renewal "
+                "finishes at the next insertion",
+            )  # fmt: skip
         return replace(base, outcome=Outcome.RENEWED, not_after=certificate.not_valid_after_utc)
 
     def _request(
@@ -427,7 +458,18 @@ class Renewer:
             card_guid=directory.card_guid,
             projects=projects,
         )
-        signed = self.centre.sign_directory(new_directory)
+        signed = self.centre.sign_directory(
+            new_directory, project=entry.project, slot=entry.new_slot, certificate=certificate
+        )
+        # Fail closed: never write a directory this box would not accept itself.
+        if signed.tbs != new_directory.tbs():
+            raise CentreError("the centre signed another directory than the one asked for")
+        try:
+            signed.verify(card_guid=self.session.guid, validate_signer=self.validate_signer)
+        except SdboxError as exc:
+            raise CentreError(
+                f"the centre's directory signature is not trusted: {exc.message}"
+            ) from exc
         self._put(ObjectTag.DIRECTORY, signed.encode())  # the switch
         self._journal.write(entry.advance(Phase.SWITCHED))
         self._tidy(new_directory, extra=entry.old_slot)
@@ -492,6 +534,12 @@ class Renewer:
         _log.info("renewal of %s was interrupted before confirmation: cleaning up", entry.project)
         self._clean_up(entry)
         return None
+
+
+def _centre_outcome(exc: CentreError) -> Outcome:
+    return (
+        Outcome.CENTRE_UNREACHABLE if isinstance(exc, CentreUnreachable) else Outcome.CENTRE_REFUSED
+    )
 
 
 def _pem_key(key: ec.EllipticCurvePublicKey) -> str:

@@ -2,9 +2,10 @@
 
 The centre holds the card's management key (9B) and the directory-signing
 key; the box relays the 9B challenge-response to it and never sees the key.
-:class:`LocalCentre` plays the centre from a development PKI directory and
-a management key in memory (tests, demo); a deployment puts its own
-implementation of :class:`Centre` behind the tunnel.
+On a box the centre is the broker (:class:`sdbox.renewal.centre.BrokerCentre`,
+docs/broker-protocol.md "Card management"); :class:`LocalCentre` plays it from
+a development PKI directory and a management key in memory (enrolment
+station, tests, development boxes).
 """
 
 from __future__ import annotations
@@ -38,8 +39,15 @@ class Centre(Protocol):
         """Who answers the card's 9B challenges (the centre, through the box)."""
         ...
 
-    def sign_directory(self, directory: Directory) -> SignedDirectory:
-        """The centre's signature over the card's next directory."""
+    def sign_directory(
+        self, directory: Directory, *, project: str, slot: int, certificate: x509.Certificate
+    ) -> SignedDirectory:
+        """The centre's signature over the card's next directory.
+
+        ``directory`` moves ``project`` to ``certificate``, whose key is in
+        ``slot`` (already written and confirmed); a centre may have the card
+        prove that key before it signs.
+        """
         ...
 
 
@@ -65,8 +73,11 @@ class LocalCentre:
         del card_guid
         return self._key
 
-    def sign_directory(self, directory: Directory) -> SignedDirectory:
-        """Sign with the PKI's directory signer."""
+    def sign_directory(
+        self, directory: Directory, *, project: str, slot: int, certificate: x509.Certificate
+    ) -> SignedDirectory:
+        """Sign with the PKI's directory signer (no check: this centre trusts its caller)."""
+        del project, slot, certificate
         signer = self._pki.directory_signer
         if not isinstance(signer.key, ec.EllipticCurvePrivateKey):
             raise CentreError("the development PKI's directory signer has no EC key")

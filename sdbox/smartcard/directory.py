@@ -352,3 +352,12 @@ def _der(cert: x509.Certificate) -> bytes:
 def certificate_sha256(der: bytes) -> bytes:
     """The hash the directory records for a project certificate."""
     return hashlib.sha256(der).digest()
+
+
+def parse_directory_tbs(encoded: bytes) -> Directory:
+    """Parse a directory's signed part (the whole 70 element), e.g. one a centre is asked to sign."""
+    try:
+        element = tlv.parse_one(encoded, TAG_TBS)
+    except TlvError as exc:
+        raise DirectoryError(f"the proposed project directory does not parse: {exc}") from exc
+    return _parse_tbs(element.value)

@@ -81,6 +81,10 @@ class ManagementKeyHolder(Protocol):
         """Step 1 of mutual authentication: decrypt the card's witness."""
         ...
 
+    def new_challenge(self) -> bytes:
+        """Step 2: the challenge the card must encrypt (chosen by the key holder)."""
+        ...
+
     def check_challenge_response(self, challenge: bytes, response: bytes) -> bool:
         """Step 2: is ``response`` the card's encryption of ``challenge``?"""
         ...
@@ -102,6 +106,10 @@ class LocalManagementKey:
     def decrypt_witness(self, encrypted_witness: bytes) -> bytes:
         """Decrypt the card's witness."""
         return self._ecb(encrypted_witness, decrypt=True)
+
+    def new_challenge(self) -> bytes:
+        """A fresh random challenge."""
+        return secrets.token_bytes(MANAGEMENT_CHALLENGE_LENGTH)
 
     def check_challenge_response(self, challenge: bytes, response: bytes) -> bool:
         """Whether the card encrypted our challenge with the same key."""
@@ -273,7 +281,11 @@ class PivSession:
         )
         encrypted = _dynamic_auth_field(data, TAG_AUTH_WITNESS, "management key (witness)")
         witness = holder.decrypt_witness(encrypted)
-        challenge = secrets.token_bytes(MANAGEMENT_CHALLENGE_LENGTH)
+        # The holder picks the challenge: a relaying box cannot choose one it
+        # already knows the card's answer to.
+        challenge = holder.new_challenge()
+        if len(challenge) != MANAGEMENT_CHALLENGE_LENGTH:
+            raise CardProtocolError("management key: the key holder's challenge has the wrong size")
         body = tlv.tlv(
             TAG_DYNAMIC_AUTH,
             tlv.tlv(TAG_AUTH_WITNESS, witness) + tlv.tlv(TAG_AUTH_CHALLENGE, challenge),

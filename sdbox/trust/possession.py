@@ -73,7 +73,16 @@ def prove_signature(
     message = challenge if challenge is not None else new_challenge()
     if not message.startswith(CHALLENGE_CONTEXT):
         raise ValueError("challenges carry the sdbox possession context prefix")
-    signature = sign(slot, message)
+    verify_signature(cert, sign(slot, message), message)
+    return message
+
+
+def verify_signature(cert: x509.Certificate, signature: bytes, message: bytes) -> None:
+    """Raise :class:`PossessionFailed` unless ``signature`` is ``cert``'s key's over ``message``.
+
+    The algorithms a PIV card signs with here: ECDSA with SHA-256 (SHA-384 for
+    P-384), RSA PKCS#1 v1.5 with SHA-256.
+    """
     public = cert.public_key()
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
@@ -87,4 +96,3 @@ def prove_signature(
             raise WrongPurpose(subject_of(cert), "its key type cannot sign a challenge here")
     except InvalidSignature:
         raise PossessionFailed(subject_of(cert)) from None
-    return message

@@ -345,6 +345,8 @@ def reference_broker(
     ports: dict[str, int],
     *,
     enrolment_tokens: Path | None = None,
+    card_register: Path | None = None,
+    renewal_window_days: int = 30,
 ) -> Iterator[BrokerEnv]:
     """`sdbox broker` (in a thread) provisioning the given bubbles, with a development box identity."""
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -382,6 +384,11 @@ def reference_broker(
     ]
     if enrolment_tokens is not None:  # first boot: the broker certifies boxes with the PKI's box CA
         lines += [f'enrolment_tokens = "{enrolment_tokens}"', f'box_ca = "{pki.path}"']
+    if card_register is not None:  # renewal: the broker manages cards and signs their directories
+        lines += [
+            f'card_register = "{card_register}"', f'directory_pki = "{pki.path}"',
+            f"renewal_window_days = {renewal_window_days}",
+        ]  # fmt: skip
     for project, bubble in bubbles.items():
         lines.append(f'[bubbles."{project}"]')
         lines.append(f'endpoint = "127.0.0.1:{ports[project]}"')

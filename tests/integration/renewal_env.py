@@ -8,6 +8,7 @@ hardware-in-the-loop suite's renewal scenario.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import time
@@ -21,8 +22,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sdbox.broker.cards import CardManagement, register_entry
+from sdbox.identity import DevelopmentIdentity
+from sdbox.renewal.centre import BrokerCentre
 from sdbox.renewal.flow import Renewer, Result
-from sdbox.renewal.ports import HttpCmpTransport, LocalCentre, RenewalTrust
+from sdbox.renewal.ports import Centre, HttpCmpTransport, LocalCentre, RenewalTrust
 from sdbox.renewal.state import Journal
 from sdbox.smartcard import pcsc
 from sdbox.smartcard.biosso import BioSsoSession
@@ -35,6 +39,7 @@ from sdbox.smartcard.errors import CardBusy
 from sdbox.smartcard.profile import (
     RETIRED_SLOTS,
     ObjectTag,
+    Slot,
     certificate_object,
     decode_certificate,
     parse_key_history,
@@ -43,6 +48,7 @@ from sdbox.trust import validate_directory_signer
 from sdbox.trust.pki import Pki
 from sdbox.trust.possession import prove_key_agreement
 from sdbox.trust.store import RevocationStore
+from tests.integration.agent_env import BrokerEnv, reference_broker
 from tests.integration.cmp_ca import (
     CmpMock,
     make_cmp_ca,
@@ -174,12 +180,23 @@ class Bench:
         finally:
             conn.close()
 
-    def renew(self, url: str, *, trust: RenewalTrust | None = None, **kw: Any) -> list[Result]:
-        """One in-process renewal run."""
+    def renew(
+        self,
+        url: str,
+        *,
+        trust: RenewalTrust | None = None,
+        centre: Callable[[BioSsoSession], Centre] | None = None,
+        **kw: Any,
+    ) -> list[Result]:
+        """One in-process renewal run (the centre played locally unless ``centre`` is given)."""
         with self.session() as session:
             renewer = Renewer(
                 session=session,
-                centre=LocalCentre(self.pki.path, self.state.management_key),
+                centre=(
+                    centre(session)
+                    if centre is not None
+                    else LocalCentre(self.pki.path, self.state.management_key)
+                ),
                 transport=HttpCmpTransport(url, timeout_s=5),
                 trust=trust or self.trust(),
                 journal=Journal(self.journal),
@@ -313,3 +330,47 @@ def _vpcd_port(index: int) -> int:
     from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT
 
     return VPCD_BASE_PORT + index
+
+
+@dataclass
+class CentreBench:
+    """The reference broker as the card's centre (9B relay, directory signing)."""
+
+    broker: BrokerEnv
+    register: Path
+    identity: DevelopmentIdentity
+
+    @property
+    def cards(self) -> CardManagement:
+        """The broker's card management (to count what it signed, or to break it)."""
+        cards = self.broker.server.broker.cards
+        assert isinstance(cards, CardManagement)
+        return cards
+
+    def anchors(self) -> list[x509.Certificate]:
+        """The roots the box checks the broker's TLS certificate with."""
+        return x509.load_pem_x509_certificates(self.broker.anchors.read_bytes())
+
+    def centre(self, session: BioSsoSession) -> BrokerCentre:
+        """The box's side, for ``Bench.renew(centre=...)``."""
+        return BrokerCentre(
+            self.broker.url, anchors=self.anchors(), identity=self.identity, session=session
+        )
+
+
+@contextlib.contextmanager
+def centre_broker(bench: Bench, *, window_days: int = WINDOW_DAYS) -> Iterator[CentreBench]:
+    """`sdbox broker` knowing the bench's card (its management key and holder certificate)."""
+    holder = x509.load_der_x509_certificate(
+        decode_certificate(bench.state.objects[certificate_object(Slot.AUTHENTICATION)])
+    )
+    register = bench.work / "cards.json"
+    register.write_text(
+        json.dumps({bench.state.guid.hex(): register_entry(bench.state.management_key, holder)})
+    )
+    register.chmod(0o600)
+    with reference_broker(
+        bench.work / "broker", bench.pki, {}, {}, card_register=register,
+        renewal_window_days=window_days,
+    ) as env:  # fmt: skip
+        yield CentreBench(env, register, DevelopmentIdentity(env.box_certificate, env.box_key))

@@ -6,26 +6,39 @@ renewal window; OpenSSL's CMP mock server is the CA.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from sdbox.renewal.centre import BrokerCentre
 from sdbox.renewal.flow import Outcome
+from sdbox.renewal.ports import Centre
+from sdbox.smartcard.biosso import BioSsoSession
+from sdbox.smartcard.directory import Directory, SignedDirectory
 from sdbox.smartcard.emulator.profiles import CardProfile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.errors import CardError
 from sdbox.trust.pki import Pki
 from tests.integration.cmp_ca import CmpMock, renewed_certificate
 from tests.integration.conftest import InsertedCard
-from tests.integration.renewal_env import PIN_LINE, PROJECT, Bench, make_bench
+from tests.integration.renewal_env import (
+    PIN_LINE,
+    PROJECT,
+    Bench,
+    CentreBench,
+    centre_broker,
+    make_bench,
+)
 from tests.integration.test_opensc_interop import pkcs11_tool
 
 pytestmark = pytest.mark.integration
@@ -252,14 +265,16 @@ def _full_run_apdus(bench: Bench) -> int:
     return bench.card.apdus
 
 
-def _after_interruption(bench: Bench, label: str) -> None:
+def _after_interruption(
+    bench: Bench, label: str, *, centre: Callable[[BioSsoSession], Centre] | None = None
+) -> None:
     """Old or new credential works; the next run finishes or cleans up; the new one works."""
     if not bench.card.inserted:
         _reinsert(bench)
     slot, cert = bench.check_card_works(strict=False)
     assert slot in (0x82, 0x85), label
     mock = bench.mock_for_next_key()
-    results = {r.project: r for r in bench.renew(mock.url)}
+    results = {r.project: r for r in bench.renew(mock.url, centre=centre)}
     outcome = results[PROJECT].outcome
     if slot == 0x82:
         assert outcome in (Outcome.RENEWED, Outcome.INTERRUPTED_RESUMED), (label, results[PROJECT])
@@ -347,14 +362,42 @@ def test_process_killed_after_every_apdu(bench: Bench) -> None:
 # -- in the agent ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("centre_kind", ["broker", "development"])
 def test_the_agent_renews_in_the_background_of_a_session(
-    fresh: Bench, caplog: pytest.LogCaptureFixture
+    fresh: Bench, caplog: pytest.LogCaptureFixture, centre_kind: str
 ) -> None:
     """The agent's machine, with the real renewal port (Renewer, journal, CMP to the mock CA).
 
-    The card is the bench's applet spoken to in process (the machine's unit-test
-    handle): the renewal port does not care which transport the session uses.
+    The centre is the reference broker (9B relayed, directory signed there) as
+    on a box, or the development centre. The card is the bench's applet spoken
+    to in process (the machine's unit-test handle): the renewal port does not
+    care which transport the session uses.
     """
+    with contextlib.ExitStack() as stack:
+        config_path = fresh.config
+        if centre_kind == "broker":
+            centre = stack.enter_context(centre_broker(fresh))
+            config_path = _broker_config(fresh, centre)
+        _agent_renews(fresh, caplog, config_path)
+        if centre_kind == "broker":
+            assert centre.cards.directories_signed == 1
+
+
+def _broker_config(bench: Bench, centre: CentreBench) -> Path:
+    """The bench's agent configuration with the broker as centre (no development centre)."""
+    lines = [line for line in bench.config.read_text().splitlines() if not line.startswith("dev_")]
+    env = centre.broker
+    lines += [
+        "[credentials]", f'broker_url = "{env.url}"', f'broker_anchors = "{env.anchors}"',
+        "[identity]", 'kind = "development"', f'key_file = "{env.box_key}"',
+        f'certificate = "{env.box_certificate}"',
+    ]  # fmt: skip
+    path = bench.work / "agent-broker.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _agent_renews(fresh: Bench, caplog: pytest.LogCaptureFixture, config_path: Path) -> None:
     import asyncio
 
     from sdbox.agent.config import load
@@ -371,7 +414,7 @@ def test_the_agent_renews_in_the_background_of_a_session(
         until,
     )
 
-    config = load(fresh.config)
+    config = load(config_path)
     renewal = make_renewal(config, TrustService(config))
     assert renewal is not None
     expected_key = fresh.next_key()
@@ -416,3 +459,148 @@ def test_the_agent_renews_in_the_background_of_a_session(
     slot, cert = fresh.check_card_works()
     assert slot == 0x85
     assert cert.public_key() == expected_key
+
+
+# -- the reference broker as the centre (9B relay, directory signing) ---------------------
+
+
+def test_full_renewal_with_the_broker_as_centre(fresh: Bench) -> None:
+    expected_key = fresh.next_key()
+    with centre_broker(fresh) as centre:
+        results = {r.project: r for r in fresh.renew(fresh.mock.url, centre=centre.centre)}
+        assert results[PROJECT].outcome == Outcome.RENEWED, results[PROJECT]
+        assert centre.cards.directories_signed == 1
+    slot, cert = fresh.check_card_works()
+    assert slot == 0x85
+    assert cert.public_key() == expected_key
+    assert not fresh.pending()
+
+
+def _kept_old(bench: Bench) -> None:
+    slot, cert = bench.check_card_works()
+    assert slot == 0x82
+    assert cert == bench.old_certificate()
+
+
+def test_a_card_the_centre_does_not_know_is_not_touched(fresh: Bench) -> None:
+    with centre_broker(fresh) as centre:
+        centre.register.write_text("{}")
+        result = fresh.renew(fresh.mock.url, centre=centre.centre)[0]
+    assert result.outcome == Outcome.CENTRE_REFUSED
+    assert "does not know this card" in result.detail
+    assert fresh.state.keygen_counter == 0  # nothing was generated
+    _kept_old(fresh)
+    assert not fresh.pending()
+
+
+def test_a_holder_certificate_from_another_card_is_refused(fresh: Bench) -> None:
+    with centre_broker(fresh) as centre:
+        register = json.loads(centre.register.read_text())
+        register[fresh.state.guid.hex()]["holder_certificate_sha256"] = "00" * 32
+        centre.register.write_text(json.dumps(register))
+        result = fresh.renew(fresh.mock.url, centre=centre.centre)[0]
+    assert result.outcome == Outcome.CENTRE_REFUSED
+    assert "holder certificate was not issued for this card" in result.detail
+    assert fresh.state.keygen_counter == 0
+    _kept_old(fresh)
+
+
+def test_the_centre_decides_what_is_due(fresh: Bench) -> None:
+    # The box's window (60 days) says the project is due; the centre's (1 day) says not.
+    with centre_broker(fresh, window_days=1) as centre:
+        result = fresh.renew(fresh.mock.url, centre=centre.centre)[0]
+    assert result.outcome == Outcome.CENTRE_REFUSED
+    assert "due" in result.detail
+    _kept_old(fresh)
+
+
+def test_a_centre_that_cannot_be_reached_leaves_the_card_alone(fresh: Bench) -> None:
+    with centre_broker(fresh) as centre:
+        pass  # stopped: nothing listens at its address any more
+    result = fresh.renew(fresh.mock.url, centre=centre.centre)[0]
+    assert result.outcome == Outcome.CENTRE_UNREACHABLE
+    assert fresh.state.keygen_counter == 0
+    _kept_old(fresh)
+    assert not fresh.pending()
+
+
+def test_a_centre_with_the_wrong_management_key_is_refused_by_the_card(fresh: Bench) -> None:
+    with centre_broker(fresh) as centre:
+        register = json.loads(centre.register.read_text())
+        register[fresh.state.guid.hex()]["management_key"] = "11" * 16
+        centre.register.write_text(json.dumps(register))
+        result = fresh.renew(fresh.mock.url, centre=centre.centre)[0]
+    assert result.outcome == Outcome.CENTRE_REFUSED
+    assert fresh.state.keygen_counter == 0
+    _kept_old(fresh)
+
+
+def test_a_box_asking_for_another_directory_gets_nothing_signed(fresh: Bench) -> None:
+    """A compromised box cannot have the centre sign a directory of its own making."""
+
+    class Tampering(BrokerCentre):
+        def sign_directory(
+            self, directory: Directory, *, project: str, slot: int, certificate: x509.Certificate
+        ) -> SignedDirectory:
+            other = next(p for p in directory.projects if p.id != project)
+            forged = dataclasses.replace(
+                directory,
+                projects=tuple(
+                    dataclasses.replace(p, endpoint="attacker.example:3389") if p is other else p
+                    for p in directory.projects
+                ),
+            )
+            return super().sign_directory(
+                forged, project=project, slot=slot, certificate=certificate
+            )
+
+    with centre_broker(fresh) as centre:
+
+        def tampering(session: BioSsoSession) -> Tampering:
+            return Tampering(
+                centre.broker.url,
+                anchors=centre.anchors(),
+                identity=centre.identity,
+                session=session,
+            )
+
+        result = fresh.renew(fresh.mock.url, centre=tampering)[0]
+        assert centre.cards.directories_signed == 0
+        assert result.outcome == Outcome.CENTRE_REFUSED
+        assert "changes more than" in result.detail
+        _kept_old(fresh)  # the confirmed certificate waits in its slot, unreferenced
+        # An honest run (next insertion) finishes the renewal from the journal.
+        again = fresh.renew(fresh.mock.url, centre=centre.centre)[0]
+        assert again.outcome == Outcome.INTERRUPTED_RESUMED, again
+        assert centre.cards.directories_signed == 1
+    assert fresh.check_card_works()[0] == 0x85
+    assert not fresh.pending()
+
+
+def test_card_pulled_after_every_apdu_with_the_broker_as_centre(bench: Bench) -> None:
+    if not bench.card.inserted:
+        _reinsert(bench)
+    with centre_broker(bench) as centre:
+        bench.reset()
+        assert bench.renew(bench.mock.url, centre=centre.centre)[0].outcome == Outcome.RENEWED
+        total = bench.card.apdus
+        for i in range(1, total + 1):
+            if not bench.card.inserted:
+                _reinsert(bench)
+            bench.reset()
+
+            def pull(n: int, i: int = i) -> bool:
+                return n == i
+
+            bench.card.on_apdu = pull
+            with pytest.raises(CardError):
+                bench.renew(bench.mock.url, centre=centre.centre)
+            bench.card.on_apdu = None
+            deadline = time.monotonic() + 10
+            while bench.card.inserted and time.monotonic() < deadline:
+                time.sleep(0.005)
+            _reinsert(bench)
+            _after_interruption(
+                bench, f"card pulled after APDU {i}/{total} (broker)", centre=centre.centre
+            )
+    print(f"\ncard pulled, broker as centre: {total} interruption points")
