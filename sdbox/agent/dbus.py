@@ -147,6 +147,7 @@ class AgentInterface(ServiceInterface):
             )  # fmt: skip
         elif isinstance(event, RenewalEvent):
             self.RenewalFinished(event.project, event.outcome, event.message)
+            self.emit_properties_changed({"Projects": self.Projects})  # the new expiry
         else:
             self.SessionEnded(event.project, event.reason, event.message)
 

@@ -638,10 +638,11 @@ class Agent:
         finally:
             self._renewing = False
         renewed = False
+        finished: list[RenewalEvent] = []
         for result in results:
             outcome = getattr(result.outcome, "value", str(result.outcome))
             if outcome != "not_due":
-                self._emit(RenewalEvent(result.project, outcome, result.detail))
+                finished.append(RenewalEvent(result.project, outcome, result.detail))
             if outcome in ("renewed", "interrupted_resumed"):
                 renewed = True
                 audit(
@@ -659,8 +660,11 @@ class Agent:
                 card.directory = await card.handle.run(lambda s: s.read_directory(validator))
             except SdboxError as exc:
                 _log.warning("re-reading the directory after renewal: %s", exc.message)
-                return
-            self.snapshot.projects = [self._view(p) for p in card.directory.projects]
+            else:
+                self.snapshot.projects = [self._view(p) for p in card.directory.projects]
+        # After the re-read: whoever listens sees the projects' new expiry with the event.
+        for event in finished:
+            self._emit(event)
 
     def _report_end(self, project: str, ended: Any) -> None:
         reason = getattr(getattr(ended, "reason", None), "value", "ended")

@@ -144,11 +144,11 @@ class CmpMock:
         """The endpoint."""
         return f"http://127.0.0.1:{self.port}/pkix/"
 
-    def start(self, canned: x509.Certificate, *extra: str) -> CmpMock:
-        """Serve ``canned`` (plus ``extra`` mock options)."""
+    def start(self, canned: x509.Certificate, *extra: str, port: int = 0) -> CmpMock:
+        """Serve ``canned`` (plus ``extra`` mock options), on ``port`` or a free one."""
         self.stop()
         rsp = write(self.work / f"canned-{canned.serial_number:x}.pem", pem(canned))
-        self.port = free_port()
+        self.port = port or free_port()
         self.process = subprocess.Popen(
             ["openssl", "cmp", "-port", str(self.port), "-srv_cert", str(self.ra_cert),
              "-srv_key", str(self.ra_key), "-srv_trusted", str(self.trusted),

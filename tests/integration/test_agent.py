@@ -113,6 +113,8 @@ async def running_agent(
     broker: Any = None,
     connect_timeout_s: float = 30.0,
     bus_dir: Path | None = None,
+    extra_config: str = "",
+    keygen_seed: bytes | None = None,
 ) -> AsyncIterator[Running]:
     from sdbox.smartcard.emulator.stack import reader_name
 
@@ -124,13 +126,16 @@ async def running_agent(
             1,
         )
     state = issue_card(
-        parse_profile(profile_text, source="test"), pki, state_path=tmp_path / "card.json"
-    )
+        parse_profile(profile_text, source="test"), pki, state_path=tmp_path / "card.json",
+        keygen_seed=keygen_seed,
+    )  # fmt: skip
     if tamper:
         value = state.objects[ObjectTag.DIRECTORY]
         state.objects[ObjectTag.DIRECTORY] = value.replace(b"Census", b"CENSUS")
     publish_crls(pki, tmp_path / "crl")
-    kwargs: dict[str, Any] = {"display": bubbles.display, "connect_timeout_s": connect_timeout_s}
+    kwargs: dict[str, Any] = {
+        "display": bubbles.display, "connect_timeout_s": connect_timeout_s, "extra": extra_config,
+    }  # fmt: skip
     if sensor is not None:
         kwargs["sensor"] = sensor
     config = write_config(tmp_path, pki, **kwargs)
