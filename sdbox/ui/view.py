@@ -149,6 +149,21 @@ def _end_text(view: AgentView, _: Translate) -> str:
     return _(MESSAGES[reason])
 
 
+def _sentence(message: str) -> str:
+    """The agent's detail as a sentence: a capital first, a full stop last."""
+    text = message.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?…" else text + "."
+
+
+def _unless_said(message: str, hint: str) -> str:
+    """The hint, unless the agent's message already says it (no advice twice on one screen)."""
+    core = hint.strip().rstrip(".").lower()
+    return "" if core and core in message.lower() else hint
+
+
 def screen_for(view: AgentView, _: Translate) -> Screen:
     """The screen for the agent's current state."""
     problems = _problem_texts(_)
@@ -167,13 +182,16 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
         title, hint = problems.get(
             view.problem, (_("This card cannot be used"), _("Remove the card."))
         )
-        return Screen("error", title, view.message, hint, alert=True)
+        body = _sentence(view.message)
+        return Screen("error", title, body, _unless_said(body, hint), alert=True)
     if view.state == "picker":
         if view.problem:
             title, hint = problems.get(view.problem, (_("Something went wrong"), _("Try again.")))
+            body = _sentence(view.message)
             return Screen(
-                "picker", title, view.message, hint, projects, can_cancel=False, alert=True
-            )
+                "picker", title, body, _unless_said(body, hint), projects,
+                can_cancel=False, alert=True,
+            )  # fmt: skip
         if view.message:  # a session ended: say why, in the researcher's language
             return Screen(
                 "ended",

@@ -141,7 +141,9 @@ def test_every_text_has_a_french_translation_and_the_catalogue_is_compiled(tmp_p
                     "sdbox/session/outcome.py"], check=True)  # fmt: skip
     po = ui / "locale/fr/LC_MESSAGES/sdbox.po"
     # msgcmp fails on any msgid of the template that the catalogue lacks (multi-line ones too)
-    missing = subprocess.run(["msgcmp", str(po), str(pot)], capture_output=True, text=True, check=False)
+    missing = subprocess.run(
+        ["msgcmp", str(po), str(pot)], capture_output=True, text=True, check=False
+    )
     assert missing.returncode == 0, f"untranslated:\n{missing.stderr}"
     compiled = tmp_path / "sdbox.mo"
     subprocess.run(["msgfmt", "-o", str(compiled), str(po)], check=True)
@@ -177,3 +179,23 @@ def test_a_session_end_is_said_in_the_researchers_language() -> None:
     other = AgentView(state="picker", projects=PROJECTS, message="Something else.",
                       end_reason="connection_lost", end_message=lost)  # fmt: skip
     assert screen_for(other, FR).body == "Something else."
+
+
+def test_advice_the_agent_already_gave_is_not_repeated() -> None:
+    said = screen_for(
+        AgentView(
+            state="picker", projects=PROJECTS, problem="certificate_revoked",
+            message="The certificate was revoked. Contact your project's data manager.",
+        ),
+        EN,
+    )  # fmt: skip
+    assert said.hint == ""
+    assert said.body.endswith("Contact your project's data manager.")
+    unsaid = screen_for(
+        AgentView(
+            state="picker", projects=PROJECTS, problem="certificate_revoked",
+            message="The certificate was revoked.",
+        ),
+        EN,
+    )  # fmt: skip
+    assert unsaid.hint == "Contact your project's data manager."
