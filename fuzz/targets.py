@@ -7,6 +7,7 @@ tests/unit/test_fuzz_regressions.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import tomllib
@@ -55,8 +56,10 @@ def card_objects(data: bytes) -> None:
 
 
 def directory(data: bytes) -> None:
-    from sdbox.smartcard.directory import parse_signed_directory
+    from sdbox.smartcard.directory import parse_directory_tbs, parse_signed_directory
 
+    with contextlib.suppress(SdboxError):  # the part a centre is asked to sign
+        parse_directory_tbs(data)
     signed = parse_signed_directory(data)
     signed.verify(card_guid=bytes(16), validate_signer=lambda _s, _i: None)
 
@@ -170,6 +173,43 @@ def broker_request(data: bytes) -> None:
             pass
 
 
+def card_management(data: bytes) -> None:
+    """The centre's card management (renewal) facing arbitrary JSON requests."""
+    import tempfile
+    from datetime import timedelta
+
+    from sdbox.broker.cards import CardManagement
+
+    try:
+        request = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return
+    if not isinstance(request, dict):
+        return
+    cards = _STATE.get("cards")
+    if cards is None:
+        work = Path(tempfile.mkdtemp(prefix="sdbox-fuzz-cards-"))
+        register = work / "cards.json"
+        # one known card (GUID of zeros), so that requests for it get past the register
+        register.write_text(
+            json.dumps(
+                {"00" * 16: {"management_key": "00" * 16, "holder_certificate_sha256": "00" * 32}}
+            )
+        )
+        cards = CardManagement(
+            register=register, directory_pki=work, anchors=[_cmp_signer()], intermediates=[],
+            store=None, window=timedelta(days=30), lifetime_s=30,  # type: ignore[arg-type]
+        )  # fmt: skip
+        _STATE["cards"] = cards
+    assert isinstance(cards, CardManagement)
+    for step in (cards.open, cards.authenticate, cards.witness, cards.response, cards.prove,
+                 cards.directory):  # fmt: skip
+        try:
+            step(request)
+        except SdboxError:
+            pass
+
+
 @functools.cache
 def _cmp_signer() -> x509.Certificate:
     """Some CA certificate to check an answer's protection against (never matches)."""
@@ -207,6 +247,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "biometric": biometric,
     "certificates": certificates,
     "broker-request": broker_request,
+    "card-management": card_management,
     "cmp-answer": cmp_answer,
 }
 
