@@ -23,7 +23,7 @@ from typing import IO
 
 from sdbox.errors import SdboxError
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT
-from sdbox.smartcard.errors import CardAccessError
+from sdbox.smartcard.errors import CardAccessError, PcscUnavailable
 from sdbox.smartcard.pcsc import PcscContext
 
 _log = logging.getLogger(__name__)
@@ -209,13 +209,20 @@ def wait_for_card(reader: str, *, present: bool, timeout_s: float = 10.0) -> boo
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            states = [s for s in context.reader_states() if s.name == reader]
+            try:
+                states = [s for s in context.reader_states() if s.name == reader]
+            except PcscUnavailable:  # pcscd restarting (another run's, or ours): ask again
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
             if states and states[0].present == present:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            context.wait_for_change(states, min(remaining, 1.0))
+            with contextlib.suppress(PcscUnavailable):
+                context.wait_for_change(states, min(remaining, 1.0))
     finally:
         context.release()
 
