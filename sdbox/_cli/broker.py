@@ -65,3 +65,46 @@ def enrolment_token(config_path: Path, box_id: str, out: Path) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     click.echo(f"token for box {box_id} written to {out}", err=True)
+
+
+@broker.command("register-card")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+)
+@click.option("--guid", required=True, help="The card's GUID (CHUID), 32 hex digits.")
+@click.option(
+    "--holder-certificate",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The holder certificate (PEM) issued for this card (slot 9A).",
+)
+@click.option(
+    "--management-key-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="File with the card's management key (hex); never on the command line.",
+)
+def register_card(
+    config_path: Path, guid: str, holder_certificate: Path, management_key_file: Path
+) -> None:
+    """Let the centre manage a card during renewal (9B relay, directory signing)."""
+    from cryptography import x509  # noqa: PLC0415
+
+    from sdbox.broker.cards import add_card  # noqa: PLC0415
+    from sdbox.broker.server import load_config  # noqa: PLC0415
+    from sdbox.config import ConfigError  # noqa: PLC0415
+
+    config = load_config(config_path)
+    if not config.card_register:
+        raise ConfigError(f"{config_path}: card_register is not set")
+    try:
+        card = bytes.fromhex(guid)
+        key = bytes.fromhex(management_key_file.read_text().strip())
+        holder = x509.load_pem_x509_certificate(holder_certificate.read_bytes())
+    except ValueError as exc:
+        raise ConfigError(f"register-card: {exc}") from exc
+    add_card(Path(config.card_register), card, key, holder)
+    click.echo(f"card {card.hex()} registered in {config.card_register}", err=True)

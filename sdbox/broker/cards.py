@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -101,6 +102,27 @@ def load_register(path: Path) -> dict[bytes, CardRecord]:
             )
         cards[guid_bytes] = CardRecord(key, holder)
     return cards
+
+
+def add_card(path: Path, guid: bytes, management_key: bytes, holder: x509.Certificate) -> None:
+    """Put one card in the register (replacing its entry), atomically, mode 0600."""
+    if len(guid) != 16 or len(management_key) not in (16, 24, 32):
+        raise ConfigError("a card needs a 16-byte GUID and a 16/24/32-byte AES management key")
+    cards = {g.hex(): {"management_key": r.management_key.hex(),
+                       "holder_certificate_sha256": r.holder_certificate_sha256.hex()}
+             for g, r in (load_register(path).items() if path.exists() else ())}  # fmt: skip
+    cards[guid.hex()] = register_entry(management_key, holder)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(cards, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def register_entry(management_key: bytes, holder: x509.Certificate) -> dict[str, str]:
