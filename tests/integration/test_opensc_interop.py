@@ -162,3 +162,15 @@ def test_python_pkcs11_wrong_pin_is_a_verification_error(demo_card: InsertedCard
     assert "wrong PIN" in outcome
     assert demo_card.state.pin.tries == 2
     assert ObjectTag.DIRECTORY in demo_card.state.objects
+
+
+def test_pkcs11_random_bytes_come_from_the_card(demo_card: InsertedCard, tmp_path: Path) -> None:
+    """C_GenerateRandom: OpenSC asks the card for a 9B challenge (and never answers it)."""
+    outputs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        done = pkcs11_tool("--generate-random", "16", "--output-file", str(out), card=demo_card)
+        assert done.returncode == 0, done.stderr
+        outputs.append(out.read_bytes())
+    assert [len(o) for o in outputs] == [16, 16]
+    assert outputs[0] != outputs[1]

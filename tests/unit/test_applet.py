@@ -160,3 +160,54 @@ def test_verify_apdu_goes_through_session_helpers(applet: PivApplet) -> None:
     assert (tries.pin, tries.finger_primary, tries.finger_secondary) == (3, 5, 5)
     data, status = session.stack.send(Apdu(0, 0x20, 0, 0x97))
     assert (data, status) == (b"", 0x63C5)
+
+
+def _ga(applet: PivApplet, p1: int, body: bytes) -> tuple[bytes, str]:
+    data = tlv.tlv(0x7C, body)
+    answer = applet.process(bytes((0x00, 0x87, p1, 0x9B, len(data))) + data + b"\x00")
+    return answer[:-2], answer[-2:].hex().upper()
+
+
+def _challenge(applet: PivApplet, p1: int = 0x08) -> bytes:
+    answer, status = _ga(applet, p1, tlv.tlv(0x81, b""))
+    assert status == "9000"
+    return tlv.parse_dict(tlv.parse_one(answer, 0x7C).value)[0x81]
+
+
+def _generate_sw(applet: PivApplet) -> str:
+    return sw(applet, "0047009A05AC03800111")
+
+
+def test_external_authentication_of_the_management_key(applet: PivApplet) -> None:
+    """SP 800-73-4's one-way form: the card's challenge, the host's encryption of it."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    assert sw(applet, "00A4040009A00000030800001000") == "9000"
+    key = applet.state.management_key
+
+    def encrypt(block: bytes) -> bytes:
+        enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+        return enc.update(block) + enc.finalize()
+
+    assert _generate_sw(applet) == "6982"  # not authenticated yet
+    first, second = _challenge(applet), _challenge(applet)
+    assert len(first) == 16
+    assert first != second  # fresh each time; only the last one counts
+    assert _ga(applet, 0x08, tlv.tlv(0x82, encrypt(first)))[1] == "6982"
+    assert _ga(applet, 0x08, tlv.tlv(0x82, encrypt(second)))[1] == "6985"  # used up by the miss
+    challenge = _challenge(applet)
+    assert _ga(applet, 0x08, tlv.tlv(0x82, encrypt(challenge))) == (b"", "9000")
+    assert _generate_sw(applet) == "9000"
+
+
+def test_opensc_get_challenge_gives_random_bytes_that_authenticate_nobody(
+    applet: PivApplet,
+) -> None:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    assert sw(applet, "00A4040009A00000030800001000") == "9000"
+    random = _challenge(applet, p1=0x00)  # OpenSC's C_GenerateRandom: 00 87 00 9B 7C 02 81 00
+    enc = Cipher(algorithms.AES(applet.state.management_key), modes.ECB()).encryptor()
+    assert _ga(applet, 0x08, tlv.tlv(0x82, enc.update(random) + enc.finalize()))[1] == "6985"
+    assert _ga(applet, 0x00, tlv.tlv(0x80, b""))[1] == "6A86"  # 00 is not this card's algorithm
+    assert _generate_sw(applet) == "6982"

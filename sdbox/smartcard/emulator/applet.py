@@ -122,6 +122,7 @@ class PivApplet:
         self.verified: set[int] = set()
         self.management_ok = False
         self._witness: bytes | None = None
+        self._challenge: bytes | None = None  # external authentication (one-way) of 9B
         self._chain: _Chain | None = None
         self._pending = b""
 
@@ -441,6 +442,13 @@ class PivApplet:
         return key.exchange(ec.ECDH(), peer)
 
     def _management(self, p1: int, fields: dict[int, bytes]) -> bytes:
+        asks_challenge = TAG_AUTH_CHALLENGE in fields and not fields[TAG_AUTH_CHALLENGE]
+        if p1 == 0x00 and asks_challenge and len(fields) == 1:
+            # OpenSC's GET CHALLENGE names the legacy default algorithm (00): it only
+            # wants random bytes. That challenge can never authenticate anybody.
+            self._challenge = None
+            random = secrets.token_bytes(MANAGEMENT_CHALLENGE_LENGTH)
+            return tlv.tlv(TAG_DYNAMIC_AUTH, tlv.tlv(TAG_AUTH_CHALLENGE, random))
         if p1 != self.state.management_algorithm:
             raise _Refusal(Sw.INCORRECT_P1P2)
         cipher = Cipher(algorithms.AES(self.state.management_key), modes.ECB())  # noqa: S305
@@ -451,6 +459,21 @@ class PivApplet:
                 TAG_DYNAMIC_AUTH,
                 tlv.tlv(TAG_AUTH_WITNESS, enc.update(self._witness) + enc.finalize()),
             )
+        if asks_challenge:
+            # SP 800-73-4 external authentication: the card's challenge, in the clear.
+            # OpenSC's GET CHALLENGE (C_GenerateRandom) asks for one too.
+            self._challenge = secrets.token_bytes(MANAGEMENT_CHALLENGE_LENGTH)
+            return tlv.tlv(TAG_DYNAMIC_AUTH, tlv.tlv(TAG_AUTH_CHALLENGE, self._challenge))
+        if TAG_AUTH_RESPONSE in fields and TAG_AUTH_WITNESS not in fields:
+            issued, self._challenge = self._challenge, None  # one answer per challenge
+            if issued is None:
+                raise _Refusal(Sw.CONDITIONS_NOT_SATISFIED)
+            enc = cipher.encryptor()
+            expected_response = enc.update(issued) + enc.finalize()
+            self.management_ok = hmac.compare_digest(fields[TAG_AUTH_RESPONSE], expected_response)
+            if not self.management_ok:
+                raise _Refusal(Sw.SECURITY_STATUS_NOT_SATISFIED)
+            return b""
         witness, challenge = fields.get(TAG_AUTH_WITNESS), fields.get(TAG_AUTH_CHALLENGE)
         expected, self._witness = self._witness, None
         if witness is None or challenge is None or expected is None:
