@@ -44,8 +44,10 @@ from sdbox.broker.protocol import (
     CardTranscript,
     Transcript,
     b64,
+    certificate_field,
     key_endpoint,
     proof_mac,
+    text_field,
     unb64,
 )
 from sdbox.config import ConfigError
@@ -196,8 +198,8 @@ class CardManagement:
         box_der = unb64(request.get("box_certificate"), "box_certificate")
         holder_der = unb64(request.get("holder_certificate"), "holder_certificate")
         directory_der = unb64(request.get("directory"), "directory")
-        box = _certificate(box_der, "box")
-        holder = _certificate(holder_der, "holder")
+        box = certificate_field(box_der, "box")
+        holder = certificate_field(holder_der, "holder")
         now = datetime.now(UTC)
         self._validate(box, Purpose.BOX, "box_identity", "this box is not recognised", now)
         if certificate_sha256(holder_der) != record.holder_certificate_sha256:
@@ -280,12 +282,12 @@ class CardManagement:
     def prove(self, request: dict[str, Any]) -> dict[str, Any]:
         """Before a directory: the new certificate, answered with an ephemeral key for ECDH."""
         session = self._session(request)
-        project = _field(request, "project")
+        project = text_field(request, "project")
         slot = request.get("slot")
         if not isinstance(slot, int) or slot not in RETIRED_SLOTS:
             raise ProtocolError("field 'slot' must be a retired key slot (0x82-0x95)")
         der = unb64(request.get("certificate"), "certificate")
-        certificate = _certificate(der, "project")
+        certificate = certificate_field(der, "project")
         try:
             current = session.directory.directory.project(project)
         except SdboxError as exc:
@@ -414,7 +416,7 @@ class CardManagement:
     # -- sessions -----------------------------------------------------------------------
 
     def _session(self, request: dict[str, Any], *, opened: bool = True) -> _CardSession:
-        key = _field(request, "session" if opened else "exchange")
+        key = text_field(request, "session" if opened else "exchange")
         with self._lock:
             self._expire()
             session = self._sessions.get(key)
@@ -440,25 +442,11 @@ def _ecb(key: bytes, block: bytes, *, decrypt: bool) -> bytes:
     return op.update(block) + op.finalize()
 
 
-def _field(request: dict[str, Any], name: str) -> str:
-    value = request.get(name)
-    if not isinstance(value, str) or not value or len(value) > 300:
-        raise ProtocolError(f"field '{name}' must be non-empty text")
-    return value
-
-
 def _guid(request: dict[str, Any]) -> bytes:
     try:
-        guid = bytes.fromhex(_field(request, "card_guid"))
+        guid = bytes.fromhex(text_field(request, "card_guid"))
     except ValueError as exc:
         raise ProtocolError("field 'card_guid' must be hex") from exc
     if len(guid) != 16:
         raise ProtocolError("field 'card_guid' must be 16 bytes")
     return guid
-
-
-def _certificate(der: bytes, what: str) -> x509.Certificate:
-    try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise Refused(f"{what}_certificate", f"the {what} certificate is malformed", 400) from exc

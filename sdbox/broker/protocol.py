@@ -17,11 +17,13 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sdbox.broker.errors import ProtocolError
+from sdbox.broker.errors import ProtocolError, Refused
 
 VERSION = "sdbox-broker/1"
 PROOF_INFO = b"sdbox broker possession proof v1"
@@ -41,6 +43,22 @@ def unb64(value: object, field: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except ValueError as exc:
         raise ProtocolError(f"field '{field}' is not valid base64") from exc
+
+
+def text_field(request: dict[str, Any], name: str) -> str:
+    """A request's short text field; ProtocolError names the field."""
+    value = request.get(name)
+    if not isinstance(value, str) or not value or len(value) > 300:
+        raise ProtocolError(f"field '{name}' must be non-empty text")
+    return value
+
+
+def certificate_field(der: bytes, what: str) -> x509.Certificate:
+    """A certificate sent by the box; a malformed one is refused as ``<what>_certificate``."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise Refused(f"{what}_certificate", f"the {what} certificate is malformed", 400) from exc
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sdbox.broker.cards import CardManagement
 from sdbox.broker.enrolment import MAX_TOKEN, EnrolmentTokens
 from sdbox.broker.errors import BrokerError, ProtocolError, Refused
-from sdbox.broker.protocol import NONCE_BYTES, Transcript, b64, proof_mac, unb64
+from sdbox.broker.protocol import (
+    NONCE_BYTES,
+    Transcript,
+    b64,
+    certificate_field,
+    proof_mac,
+    text_field,
+    unb64,
+)
 from sdbox.broker.provision import new_secret, provision_rdp, provision_spice
 from sdbox.config import load_file, setting
 from sdbox.errors import SdboxError
@@ -148,8 +156,8 @@ class Broker:
 
     def challenge(self, request: dict[str, Any]) -> dict[str, Any]:
         """Step 1: check the certificates, answer with a nonce and an ephemeral key."""
-        project = _text(request, "project")
-        endpoint = _text(request, "endpoint")
+        project = text_field(request, "project")
+        endpoint = text_field(request, "endpoint")
         bubble = self.config.bubbles.get(project)
         if bubble is None or bubble.endpoint != endpoint:
             raise Refused(
@@ -157,7 +165,10 @@ class Broker:
             )
         box_der = unb64(request.get("box_certificate"), "box_certificate")
         project_der = unb64(request.get("project_certificate"), "project_certificate")
-        box_cert, project_cert = _cert(box_der, "box"), _cert(project_der, "project")
+        box_cert, project_cert = (
+            certificate_field(box_der, "box"),
+            certificate_field(project_der, "project"),
+        )
         now = datetime.now(UTC)
         try:
             validate(
@@ -210,7 +221,7 @@ class Broker:
 
     def credential(self, request: dict[str, Any]) -> dict[str, Any]:
         """Step 2: check both proofs, provision and return a one-time credential."""
-        exchange_id = _text(request, "exchange")
+        exchange_id = text_field(request, "exchange")
         with self._lock:
             self._expire()
             exchange = self._exchanges.pop(exchange_id, None)  # single use, answered or not
@@ -294,20 +305,6 @@ class Broker:
         now = time.monotonic()
         for key in [k for k, e in self._exchanges.items() if e.expires < now]:
             del self._exchanges[key]
-
-
-def _text(request: dict[str, Any], field: str) -> str:
-    value = request.get(field)
-    if not isinstance(value, str) or not value or len(value) > 300:
-        raise ProtocolError(f"field '{field}' must be non-empty text")
-    return value
-
-
-def _cert(der: bytes, what: str) -> x509.Certificate:
-    try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise Refused(f"{what}_certificate", f"the {what} certificate is malformed", 400) from exc
 
 
 class _Handler(BaseHTTPRequestHandler):

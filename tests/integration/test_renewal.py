@@ -493,11 +493,15 @@ def test_a_card_the_centre_does_not_know_is_not_touched(fresh: Bench) -> None:
     assert not fresh.pending()
 
 
+def _edit_register(bench: Bench, centre: CentreBench, **entry: str) -> None:
+    register = json.loads(centre.register.read_text())
+    register[bench.state.guid.hex()].update(entry)
+    centre.register.write_text(json.dumps(register))
+
+
 def test_a_holder_certificate_from_another_card_is_refused(fresh: Bench) -> None:
     with centre_broker(fresh) as centre:
-        register = json.loads(centre.register.read_text())
-        register[fresh.state.guid.hex()]["holder_certificate_sha256"] = "00" * 32
-        centre.register.write_text(json.dumps(register))
+        _edit_register(fresh, centre, holder_certificate_sha256="00" * 32)
         result = fresh.renew(fresh.mock.url, centre=centre.centre)[0]
     assert result.outcome == Outcome.CENTRE_REFUSED
     assert "holder certificate was not issued for this card" in result.detail
@@ -526,9 +530,7 @@ def test_a_centre_that_cannot_be_reached_leaves_the_card_alone(fresh: Bench) -> 
 
 def test_a_centre_with_the_wrong_management_key_is_refused_by_the_card(fresh: Bench) -> None:
     with centre_broker(fresh) as centre:
-        register = json.loads(centre.register.read_text())
-        register[fresh.state.guid.hex()]["management_key"] = "11" * 16
-        centre.register.write_text(json.dumps(register))
+        _edit_register(fresh, centre, management_key="11" * 16)
         result = fresh.renew(fresh.mock.url, centre=centre.centre)[0]
     assert result.outcome == Outcome.CENTRE_REFUSED
     assert fresh.state.keygen_counter == 0
