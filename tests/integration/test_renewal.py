@@ -285,8 +285,10 @@ def _after_interruption(
     assert not bench.pending(), label
 
 
-def test_card_pulled_after_every_apdu(bench: Bench) -> None:
-    total = _full_run_apdus(bench)
+def _pull_after_every_apdu(
+    bench: Bench, total: int, label: str, centre: Callable[[BioSsoSession], Centre] | None = None
+) -> None:
+    """For each i: the card pulled after APDU i, then the old or new credential works."""
     for i in range(1, total + 1):
         if not bench.card.inserted:
             _reinsert(bench)
@@ -297,14 +299,18 @@ def test_card_pulled_after_every_apdu(bench: Bench) -> None:
 
         bench.card.on_apdu = pull
         with pytest.raises(CardError):
-            bench.renew(bench.mock.url)
+            bench.renew(bench.mock.url, centre=centre)
         bench.card.on_apdu = None
         deadline = time.monotonic() + 10
         while bench.card.inserted and time.monotonic() < deadline:  # removal runs in a thread
             time.sleep(0.005)
         _reinsert(bench)
-        _after_interruption(bench, f"card pulled after APDU {i}/{total}")
-    print(f"\ncard pulled: {total} interruption points")
+        _after_interruption(bench, f"card pulled after APDU {i}/{total}{label}", centre=centre)
+    print(f"\ncard pulled{label}: {total} interruption points")
+
+
+def test_card_pulled_after_every_apdu(bench: Bench) -> None:
+    _pull_after_every_apdu(bench, _full_run_apdus(bench), "")
 
 
 def test_ca_gone_after_every_apdu(bench: Bench) -> None:
@@ -585,24 +591,4 @@ def test_card_pulled_after_every_apdu_with_the_broker_as_centre(bench: Bench) ->
     with centre_broker(bench) as centre:
         bench.reset()
         assert bench.renew(bench.mock.url, centre=centre.centre)[0].outcome == Outcome.RENEWED
-        total = bench.card.apdus
-        for i in range(1, total + 1):
-            if not bench.card.inserted:
-                _reinsert(bench)
-            bench.reset()
-
-            def pull(n: int, i: int = i) -> bool:
-                return n == i
-
-            bench.card.on_apdu = pull
-            with pytest.raises(CardError):
-                bench.renew(bench.mock.url, centre=centre.centre)
-            bench.card.on_apdu = None
-            deadline = time.monotonic() + 10
-            while bench.card.inserted and time.monotonic() < deadline:
-                time.sleep(0.005)
-            _reinsert(bench)
-            _after_interruption(
-                bench, f"card pulled after APDU {i}/{total} (broker)", centre=centre.centre
-            )
-    print(f"\ncard pulled, broker as centre: {total} interruption points")
+        _pull_after_every_apdu(bench, bench.card.apdus, " (broker as centre)", centre.centre)
