@@ -78,14 +78,34 @@ class PcscDaemon:
 
     @property
     def shared(self) -> bool:
-        """Whether another user (test run, demo) holds the daemon too."""
+        """Whether another user (test run, demo, soak) holds the daemon too.
+
+        Each user holds an exclusive lock on a file of its own; another user's
+        file that can be locked is a dead user's, and is removed. (One shared
+        lock that each user tried to upgrade could not work: a failed
+        LOCK_SH -> LOCK_EX conversion drops the lock it had, so a check made
+        while another run was there left this run holding nothing, and that
+        run's last user then stopped the pcscd under it.)
+        """
         if self._users is None:
             return False
-        try:
-            fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(self._users, fcntl.LOCK_SH)
+        own = Path(self._users.name)
+        # The single shared lock earlier versions held: probed, never taken (older runs).
+        legacy = LOCK_DIR / f"sdbox-pcscd-{self.port}.lock"
+        for path in [legacy, *LOCK_DIR.glob(f"sdbox-pcscd-{self.port}-user-*.lock")]:
+            if path == own or not path.exists():
+                continue
+            try:
+                probe = path.open("ab")
+            except OSError:
+                continue
+            with probe:
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                if path != legacy:
+                    path.unlink(missing_ok=True)  # its user is gone
         return False
 
     @property
@@ -93,11 +113,15 @@ class PcscDaemon:
         """Whether this object started the daemon (and will stop it)."""
         return self.process is not None
 
+    def join(self) -> None:
+        """Count this object among the daemon's users (see :attr:`shared`)."""
+        if self._users is None:
+            self._users = _lock_file(f"pcscd-{self.port}-user-{os.getpid()}-{id(self):x}")
+            fcntl.flock(self._users, fcntl.LOCK_EX)
+
     def start(self, timeout_s: float = 15.0) -> None:
         """Reuse a running pcscd that has vpcd readers, or start one."""
-        if self._users is None:
-            self._users = _lock_file(f"pcscd-{self.port}")
-            fcntl.flock(self._users, fcntl.LOCK_SH)
+        self.join()
         if _virtual_readers():
             _log.info("reusing the running pcscd")
             return
@@ -196,6 +220,7 @@ class PcscDaemon:
         """Stop and remove the temporary configuration."""
         self.stop()
         if self._users is not None:
+            Path(self._users.name).unlink(missing_ok=True)
             self._users.close()
             self._users = None
         if self._confdir is not None:
