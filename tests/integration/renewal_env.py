@@ -207,10 +207,12 @@ class Bench:
             )
             return renewer.run(**kw)
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.Popen[bytes]:
+    def cli(
+        self, *args: str, timeout: float = 60, config: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """`sdbox renew` as a process (give it the PIN on stdin)."""
         return subprocess.Popen(
-            [str(Path(".venv/bin/sdbox").resolve()), "renew", "--config", str(self.config),
+            [str(Path(".venv/bin/sdbox").resolve()), "renew", "--config", str(config or self.config),
              "--reader", self.reader, "--pin", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip

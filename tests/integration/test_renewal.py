@@ -77,8 +77,10 @@ def _reinsert(bench: Bench) -> None:
     assert wait_for_card(bench.reader, present=True)
 
 
-def _cli_json(bench: Bench, *args: str) -> tuple[int, dict[str, dict[str, str]]]:
-    proc = bench.cli("--json", *args)
+def _cli_json(
+    bench: Bench, *args: str, config: Path | None = None
+) -> tuple[int, dict[str, dict[str, str]]]:
+    proc = bench.cli("--json", *args, config=config)
     out, err = proc.communicate(PIN_LINE, timeout=60)
     try:
         doc = json.loads(out)
@@ -480,6 +482,16 @@ def test_full_renewal_with_the_broker_as_centre(fresh: Bench) -> None:
     assert slot == 0x85
     assert cert.public_key() == expected_key
     assert not fresh.pending()
+
+
+def test_sdbox_renew_with_the_broker_as_centre(fresh: Bench) -> None:
+    """The command a box runs: its configuration names the broker, no development centre."""
+    with centre_broker(fresh) as centre:
+        code, results = _cli_json(fresh, config=_broker_config(fresh, centre))
+        assert code == 0, results
+        assert results[PROJECT]["outcome"] == "renewed"
+        assert centre.cards.directories_signed == 1
+    assert fresh.check_card_works()[0] == 0x85
 
 
 def _kept_old(bench: Bench) -> None:
