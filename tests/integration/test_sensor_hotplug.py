@@ -232,6 +232,9 @@ def test_unplugging_the_sensor_at_the_finger_prompt_and_plugging_it_back(
             assert b.card.state.fingers[0x96].tries == 5
 
     asyncio.run(scenario())
+    log = (tmp_path / "agent.log").read_text()
+    assert "sensor_disconnected: fingerprint sensor unplugged (sensor=08ff:1600)" in log
+    assert log.count("sensor_connected: fingerprint sensor plugged in (sensor=08ff:1600)") == 2
 
 
 def test_with_the_sensor_unplugged_a_finger_or_pin_project_takes_the_pin(
