@@ -169,7 +169,7 @@ class SensorWatcher:
                 device = monitor.poll(timeout=0)
             except OSError as exc:  # ENOBUFS: events were lost; the next ones still count
                 _log.warning("udev monitor: %s", exc)
-                continue
+                return
             if device is None:
                 return
             self._handle(device.action or "", device.sys_path, dict(device.properties))
