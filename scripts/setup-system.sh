@@ -27,7 +27,9 @@ tier[kiosk]="python3-gi gir1.2-gtk-4.0 cage grim xwayland dbus libsystemd-dev ge
 # swtpm has no resource manager (3 object slots: libtpm2-pkcs11 runs out);
 # tests put tpm2-abrmd (with its TCTI for clients) on a private D-Bus in front.
 tier[identity]="swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0 dbus"
-tier[biometric]="gir1.2-fprint-2.0 libfprint-2-2 python3-gi"
+# umockdev: USB sensors plugged in and out for the real libudev (tests/integration/test_sensor_hotplug.py;
+# test machines have no udevd and no USB sensor)
+tier[biometric]="gir1.2-fprint-2.0 libfprint-2-2 python3-gi umockdev gir1.2-umockdev-1.0"
 # The Debian package (make deb): debhelper, lintian, and what the pinned
 # sdists compile against (pyscard: swig + pcsclite; systemd-python: libsystemd).
 # systemd: systemd-analyze scores the units' exposure (--offline, no systemd PID 1 needed; test_security.py)

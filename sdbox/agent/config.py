@@ -27,6 +27,13 @@ def _ppi(value: int) -> str | None:
     return None if 250 <= value <= 1000 else "must be between 250 and 1000"
 
 
+def _usb_ids(values: list[str]) -> str | None:
+    for value in values:
+        if not re.fullmatch(r"[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}", value):
+            return f"{value!r} is not a USB id VVVV:PPPP (hexadecimal vendor:product)"
+    return None
+
+
 def _endpoint_patterns(values: list[str]) -> str | None:
     for value in values:
         if not re.fullmatch(r"[A-Za-z0-9.*?\[\]-]+:[0-9*]+", value):
@@ -84,6 +91,17 @@ class SensorConfig:
     seed: int = setting(1001, help="emulated: the synthetic finger's identity seed")
     path: str = setting("", help="file: the template presented")
     timeout_s: float = setting(30.0, help="how long to wait for a finger", check=_positive)
+    hotplug: bool = setting(
+        True,
+        help="libfprint: watch udev for the sensor being plugged in and out (the finger prompt "
+        "waits for it instead of failing)",
+    )
+    usb_ids: list[str] = setting(
+        [],
+        help="USB ids (VVVV:PPPP) of the box's sensor; empty: every sensor libfprint's udev hwdb "
+        "lists (for [sensor] driver when set)",
+        check=_usb_ids,
+    )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusInt32, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
-from sdbox.agent.events import RenewalEvent, SessionEndedEvent, Transition
+from sdbox.agent.events import RenewalEvent, SensorChanged, SessionEndedEvent, Transition
 from sdbox.agent.machine import Agent, Refusal
 
 _log = logging.getLogger("sdbox.agent.dbus")
@@ -80,6 +80,11 @@ class AgentInterface(ServiceInterface):
         problem = self.agent.snapshot.problem
         return problem.value if problem else ""
 
+    @dbus_property(access=PropertyAccess.READ)
+    def Sensor(self) -> DBusStr:
+        """The fingerprint sensor: connected | disconnected | unwatched (no hotplug watch)."""
+        return self.agent.snapshot.sensor.value
+
     # -- methods ---------------------------------------------------------------
 
     @method()
@@ -134,8 +139,12 @@ class AgentInterface(ServiceInterface):
         """A project's certificate renewal finished (outcome: docs/renewal.md)."""
         return (project, outcome, message)
 
-    def _on_event(self, event: Transition | SessionEndedEvent | RenewalEvent) -> None:
-        if isinstance(event, Transition):
+    def _on_event(
+        self, event: Transition | SessionEndedEvent | RenewalEvent | SensorChanged
+    ) -> None:
+        if isinstance(event, SensorChanged):
+            self.emit_properties_changed({"Sensor": event.state.value})
+        elif isinstance(event, Transition):
             tries = (
                 event.tries_left if event.tries_left is not None else self.agent.snapshot.tries_left
             )

@@ -40,6 +40,7 @@ class Problem(StrEnum):
     PIN_BLOCKED = "pin_blocked"
     PIN_NOT_ALLOWED = "pin_not_allowed"
     SENSOR_FAILED = "sensor_failed"
+    SENSOR_UNPLUGGED = "sensor_unplugged"  # the fingerprint sensor is not connected (no try spent)
     CERTIFICATE_REVOKED = "certificate_revoked"
     CERTIFICATE_EXPIRED = "certificate_expired"
     CERTIFICATE_INVALID = "certificate_invalid"
@@ -74,6 +75,16 @@ class AuditEvent(StrEnum):
     RENEWAL_STARTED = "renewal_started"
     RENEWAL_SUCCEEDED = "renewal_succeeded"
     RENEWAL_FAILED = "renewal_failed"
+    SENSOR_CONNECTED = "sensor_connected"
+    SENSOR_DISCONNECTED = "sensor_disconnected"
+
+
+class SensorState(StrEnum):
+    """Whether the fingerprint sensor is plugged in (D-Bus ``Sensor``)."""
+
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    UNWATCHED = "unwatched"  # no hotplug watch (emulated, file or no sensor): assumed there
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,13 @@ class RenewalEvent:
 
 
 @dataclass(frozen=True)
+class SensorChanged:
+    """The fingerprint sensor was plugged in or unplugged."""
+
+    state: SensorState
+
+
+@dataclass(frozen=True)
 class ProjectView:
     """A project as the picker shows it."""
 
@@ -130,6 +148,7 @@ class Snapshot:
     problem: Problem | None = None
     tries_left: int = -1
     holder_verified: bool = False
+    sensor: SensorState = SensorState.UNWATCHED
 
 
 def audit(event: AuditEvent, message: str, **fields: str | int | None) -> None:

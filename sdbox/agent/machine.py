@@ -32,13 +32,15 @@ from sdbox.agent.events import (
     Problem,
     ProjectView,
     RenewalEvent,
+    SensorChanged,
     SessionEndedEvent,
     Snapshot,
     State,
     Transition,
     audit,
 )
-from sdbox.biometric.errors import PlaceFingerAgain
+from sdbox.agent.presence import SensorHotplug, SensorPresence
+from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
 from sdbox.errors import SdboxError
 from sdbox.renewal.due import record_seen
 from sdbox.smartcard.biosso import BioSsoSession
@@ -59,6 +61,7 @@ from sdbox.trust.possession import prove_key_agreement
 _log = logging.getLogger("sdbox.agent")
 
 SIGNER_VALIDATOR = Callable[[x509.Certificate, list[x509.Certificate]], None]
+AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged
 
 
 class RenewalPort(Protocol):
@@ -172,7 +175,8 @@ class Agent:
         self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
         self._renewing = False
         self.snapshot = Snapshot()
-        self.listeners: list[Callable[[Transition | SessionEndedEvent | RenewalEvent], None]] = []
+        self.listeners: list[Callable[[AgentEvent], None]] = []
+        self.presence = SensorPresence()
         self._card: _Card | None = None
         self._flow: asyncio.Task[None] | None = None
         self._session: SessionHandle | None = None
@@ -183,7 +187,7 @@ class Agent:
 
     # -- publishing -----------------------------------------------------------------
 
-    def _emit(self, event: Transition | SessionEndedEvent | RenewalEvent) -> None:
+    def _emit(self, event: AgentEvent) -> None:
         for listener in list(self.listeners):
             try:
                 listener(event)
@@ -215,6 +219,20 @@ class Agent:
             f": {message}" if message else "",
         )
         self._emit(Transition(state, project, message, problem, tries_left))
+
+    # -- sensor hotplug -----------------------------------------------------------------
+
+    def sensor_watched(self) -> None:
+        """The hotplug watcher started: the sensor's presence is known from now on."""
+        self.presence.watching()
+        self.snapshot.sensor = self.presence.state
+        self._emit(SensorChanged(self.presence.state))
+
+    def on_sensor_event(self, event: SensorHotplug) -> None:
+        """Entry point for the sensor watcher (runs on the loop); wakes a waiting finger prompt."""
+        if self.presence.update(event):
+            self.snapshot.sensor = self.presence.state
+            self._emit(SensorChanged(self.presence.state))
 
     # -- reader events ----------------------------------------------------------------
 
@@ -254,7 +272,7 @@ class Agent:
             reader=reader,
             card=card.guid.hex() or None,
         )
-        self.snapshot = Snapshot()
+        self.snapshot = Snapshot(sensor=self.presence.state)
         self._set(State.IDLE, message="the card was swapped" if swapped else "")
 
     # -- flows ------------------------------------------------------------------------
@@ -427,29 +445,44 @@ class Agent:
         retry: Problem | None = None  # why the previous attempt failed, shown with the new prompt
         while True:
             tries = self.snapshot.tries_left
+            sensor_there = self.presence.connected
+            if sensor_there:
+                message = "place your finger" + (" or enter your PIN" if allow_pin else "")
+            else:  # nothing to capture with: wait for it to come back (or for the PIN)
+                message = "the fingerprint sensor is not connected: " + (
+                    "enter your PIN, or plug the sensor back in" if allow_pin
+                    else "plug it back in or call the service desk"
+                )  # fmt: skip
+                retry = Problem.SENSOR_UNPLUGGED
             self._set(
-                State.VERIFYING,
-                project=project.id,
-                message="place your finger" + (" or enter your PIN" if allow_pin else ""),
-                problem=retry,
+                State.VERIFYING, project=project.id, message=message, problem=retry,
                 tries_left=tries,
-            )
+            )  # fmt: skip
             loop = asyncio.get_running_loop()
             self._pin = loop.create_future() if allow_pin else None
-            capture = asyncio.ensure_future(self.sensor.capture())
-            waiting: set[asyncio.Future[Any]] = {capture} | ({self._pin} if self._pin else set())
+            capture = asyncio.ensure_future(
+                self.sensor.capture() if sensor_there else _no_capture()
+            )
+            plugged = asyncio.ensure_future(self.presence.changed())
+            waiting: set[asyncio.Future[Any]] = {capture, plugged} | (
+                {self._pin} if self._pin else set()
+            )
             try:
                 done, _pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 capture.cancel()
+                plugged.cancel()
             pin_future, self._pin = self._pin, None
             try:
                 if pin_future is not None and pin_future in done and not pin_future.cancelled():
                     await card.handle.run(_verify_pin(pin_future.result()))
                     method = "pin"
-                else:
+                elif capture in done:
                     await card.handle.run(_verify_finger(capture.result()))
                     method = "finger"
+                else:  # the sensor left or came back: the capture never reached the card
+                    retry = None
+                    continue
             except (WrongFinger, WrongPin) as exc:
                 audit(
                     AuditEvent.HOLDER_FAILED,
@@ -467,6 +500,11 @@ class Agent:
             except (InvalidTemplate, PlaceFingerAgain):
                 retry = Problem.SENSOR_FAILED  # a poor capture costs no try: ask again
                 continue
+            except SensorUnavailable as exc:
+                if await self.presence.gone_soon():  # unplugged: wait for it (the loop says so)
+                    retry = None
+                    continue
+                raise Refusal(Problem.SENSOR_FAILED, exc.message) from exc
             except (FingerBlocked, PinBlocked) as exc:
                 audit(
                     AuditEvent.HOLDER_FAILED,
@@ -700,6 +738,12 @@ class Agent:
         if self._card is not None:
             self._card.handle.close()
             self._card = None
+
+
+async def _no_capture() -> bytes:
+    """The capture while the sensor is unplugged: none (cancelled when the prompt moves on)."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
 
 
 def _verify_pin(pin: str) -> Callable[[BioSsoSession], None]:

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -27,6 +27,9 @@ from sdbox.config import ConfigError
 from sdbox.errors import SdboxError
 from sdbox.identity import IdentitySource
 from sdbox.smartcard.directory import Project
+
+if TYPE_CHECKING:
+    from sdbox.agent.sensors import SensorWatcher
 
 _log = logging.getLogger("sdbox.agent")
 
@@ -118,6 +121,31 @@ def build_agent(config: AgentConfig, **overrides: Any) -> Agent:
     return Agent(**ports)
 
 
+def start_sensor_watch(
+    config: AgentConfig, agent: Agent, loop: asyncio.AbstractEventLoop
+) -> SensorWatcher | None:
+    """Watch udev for the sensor (libfprint, or a sensor named by [sensor] usb_ids), if asked.
+
+    A watch that cannot start (no libfprint hwdb, no udev) is logged and the
+    agent runs without it: a capture on an absent sensor then fails as before.
+    """
+    section = config.sensor
+    if not section.hotplug or (section.kind != "libfprint" and not section.usb_ids):
+        return None
+    from sdbox.agent.sensors import SensorWatcher, sensor_table  # noqa: PLC0415  (pyudev)
+
+    try:
+        watcher = SensorWatcher(
+            loop, agent.on_sensor_event, sensor_table(section.usb_ids, section.driver)
+        )
+        watcher.start()  # reports the sensors already plugged in
+        agent.sensor_watched()
+    except SdboxError as exc:
+        _log.warning("the fingerprint sensor is not watched for hotplug: %s", exc.message)
+        return None
+    return watcher
+
+
 async def run(
     config: AgentConfig, *, bus_address: str | None = None, agent: Agent | None = None
 ) -> None:
@@ -134,6 +162,7 @@ async def run(
         ) from exc
     watcher = ReaderWatcher(loop, agent.on_reader_event, config.card.readers or None)
     watcher.start()
+    sensors = start_sensor_watch(config, agent, loop)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -155,6 +184,8 @@ async def run(
         notify("STOPPING=1")
         await agent.shutdown()
         watcher.stop()
+        if sensors is not None:
+            sensors.stop()
         if keepalive is not None:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):

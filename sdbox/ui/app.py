@@ -173,6 +173,7 @@ class Greeter:
             state=prop("State", "idle"), projects=tuple(tuple(p) for p in prop("Projects", [])),
             tries_left=prop("TriesLeft", -1), active_project=prop("ActiveProject", ""),
             message=prop("Message", ""), problem=prop("Problem", ""),
+            sensor=prop("Sensor", "unwatched"),
             end_reason=self.end_reason, end_message=self.end_message,
         )  # fmt: skip
 

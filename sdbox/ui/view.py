@@ -28,6 +28,8 @@ class AgentView:
     # the reason code of the last SessionEnded signal, with the message it came with
     end_reason: str = ""
     end_message: str = ""
+    # the fingerprint sensor: connected | disconnected | unwatched (no hotplug watch)
+    sensor: str = "unwatched"
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,10 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
         "sensor_failed": (
             _("The fingerprint sensor did not work"),
             _("Place your finger again; if it happens again, call the service desk."),
+        ),
+        "sensor_unplugged": (
+            _("The fingerprint sensor is not connected"),
+            _("The fingerprint sensor is not connected: plug it in, or call the service desk."),
         ),
         "directory_untrusted": (
             _("This card is not recognised"),
@@ -203,8 +209,25 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
         return Screen(
             "picker",
             _("Choose a project"),
-            hint=_("Use the arrow keys and Enter."),
+            hint=_("The fingerprint sensor is not connected: plug it in, or call the service desk.")
+            if view.sensor == "disconnected"
+            else _("Use the arrow keys and Enter."),
             projects=projects,
+        )
+    if view.state == "verifying" and view.problem == "sensor_unplugged":
+        # no try was spent; the finger prompt comes back by itself once it is plugged in
+        pin = "PIN" in view.message
+        tries = view.tries_left
+        return Screen(
+            "finger",
+            _("The fingerprint sensor is not connected"),
+            _("Plug the fingerprint sensor back in: your card can stay in.")
+            if not pin
+            else _("Plug the fingerprint sensor back in, or type your PIN below."),
+            _("{n} tries left").format(n=tries) if tries >= 0 else name,
+            pin_entry=pin,
+            can_cancel=True,
+            alert=True,
         )
     if view.state == "verifying":
         finger = "finger" in view.message

@@ -50,6 +50,9 @@ FIELDS = {
     "renewal_started": {"card", "projects"},
     "renewal_succeeded": {"card", "project"},
     "renewal_failed": {"card", "project", "reason"},
+    # the sensor plugged in and out: checked through the real libudev in test_sensor_hotplug.py
+    "sensor_connected": {"sensor"},
+    "sensor_disconnected": {"sensor"},
 }
 
 

@@ -33,6 +33,10 @@ def test_defaults_load_from_an_empty_file(tmp_path: Path) -> None:
         ),
         ("[sensor]\nppi = 96\n", r"\[sensor\] ppi: must be between 250 and 1000"),
         (
+            '[sensor]\nusb_ids = ["08ff-1600"]\n',
+            r"\[sensor\] usb_ids: '08ff-1600' is not a USB id VVVV:PPPP",
+        ),
+        (
             "[session]\nconnect_timeout_s = 0\n",
             r"\[session\] connect_timeout_s: must be greater than 0",
         ),

@@ -199,3 +199,40 @@ def test_advice_the_agent_already_gave_is_not_repeated() -> None:
         EN,
     )  # fmt: skip
     assert unsaid.hint == "Contact your project's data manager."
+def test_an_unplugged_sensor_at_the_finger_prompt_says_so_without_losing_the_card() -> None:
+    unplugged = AgentView(
+        state="verifying", active_project="census-2021", projects=PROJECTS, tries_left=4,
+        problem="sensor_unplugged", sensor="disconnected",
+        message="the fingerprint sensor is not connected: plug it back in or call the service desk",
+    )  # fmt: skip
+    screen = screen_for(unplugged, EN)
+    assert screen.title == "The fingerprint sensor is not connected"
+    assert "your card can stay in" in screen.body
+    assert screen.hint == "4 tries left"  # none was spent
+    assert screen.pin_entry is False
+    assert screen.can_cancel
+    assert screen.alert
+    french = screen_for(unplugged, FR)
+    assert french.title == "Le capteur d’empreintes n’est pas branché"  # noqa: RUF001
+    assert french.hint == "4 essais restants"
+
+
+def test_an_unplugged_sensor_leaves_the_pin_where_the_project_allows_it() -> None:
+    screen = screen_for(
+        AgentView(
+            state="verifying", problem="sensor_unplugged", sensor="disconnected", tries_left=5,
+            message="the fingerprint sensor is not connected: enter your PIN, or plug the sensor back in",
+        ),
+        EN,
+    )
+    assert screen.title == "The fingerprint sensor is not connected"
+    assert "type your PIN below" in screen.body
+    assert screen.pin_entry is True
+
+
+def test_the_picker_says_when_the_sensor_is_unplugged() -> None:
+    shown = screen_for(AgentView(state="picker", projects=PROJECTS, sensor="disconnected"), EN)
+    assert shown.kind == "picker"
+    assert "not connected" in shown.hint
+    plugged = screen_for(AgentView(state="picker", projects=PROJECTS, sensor="connected"), FR)
+    assert "capteur" not in plugged.hint
