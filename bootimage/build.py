@@ -91,6 +91,11 @@ STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 SNAKEOIL_KEY = Path("/usr/share/ovmf/PkKek-1-snakeoil.key")
 SNAKEOIL_CERT = Path("/usr/share/ovmf/PkKek-1-snakeoil.pem")
+# The centre the box enrols with at first boot and asks for session credentials:
+# SDBOX_BROKER_URL in a real build's environment; otherwise the broker that
+# `make image-test` runs on the host, reached from the guest through QEMU's
+# user network (a guestfwd address: the guest reaches nothing else).
+TEST_BROKER_URL = "https://10.0.2.100:8443"
 
 
 @dataclass
@@ -114,6 +119,10 @@ class Build:
     @property
     def image(self) -> Path:
         return self.out / f"sdbox-{self.generation.name}.raw"
+
+    @property
+    def broker_url(self) -> str:
+        return os.environ.get("SDBOX_BROKER_URL") or TEST_BROKER_URL
 
     def step(self, name: str, started: float) -> None:
         self.timings[name] = round(time.monotonic() - started, 1)
@@ -163,6 +172,7 @@ def overlay(build: Build) -> Path:
         f'kind = "{sensor}"\n'
         "[credentials]\n"
         'provider = "broker"\n'
+        f'broker_url = "{build.broker_url}"\n'
     )
     # trust anchors: the test PKI generated for this build (never committed)
     pki = build.out / "pki"
@@ -195,6 +205,8 @@ def customize_script() -> str:
         " ctrl-alt-del.target",
         "systemctl enable systemd-networkd.service sdbox-boot-report.service"
         " sdbox-boot-confirm.service sdbox-update-from-disk.service",
+        # first boot: the TPM key certified by the centre (the token from the config area)
+        "systemctl enable sdbox-enrol.service",
         "systemctl enable sdbox-agent.service sdbox-greeter.service"
         " sdbox-renewal-due.timer sdbox-crl-refresh.timer",
         "systemctl set-default multi-user.target",
@@ -533,6 +545,7 @@ def main() -> int:
             "roothash": roothash,
             "slots": {"a": version, "b": None},
             "secure_boot_key": key_source,
+            "broker_url": build.broker_url,
         }
         raucb = make_update_bundle(build, squashfs, verity, ukis) if args.bundle else None
         if args.no_disk:
