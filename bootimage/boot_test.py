@@ -344,6 +344,40 @@ def identity_checks(
     return checks, cert
 
 
+def data_checks(report: dict[str, Any], *, second: bool) -> list[Check]:
+    """/var on the LUKS2 volume sealed to the TPM (bootimage/rootfs/usr/libexec/sdbox/data-init)."""
+    data = report.get("data_partition") or {}
+    var, mapping = data.get("var") or {}, data.get("mapping") or {}
+    header = data.get("header") or {}
+    tokens = list((header.get("tokens") or {}).values())
+    tpm2 = [t for t in tokens if t.get("type") == "systemd-tpm2"]
+    keyslots = header.get("keyslots") or {}
+    said = " / ".join(data.get("init_journal") or [])[-240:]
+    unit = data.get("cryptsetup_unit") or {}
+    which = "second boot" if second else "first boot"
+    checks = [
+        Check(f"{which}: /var is ext4 on the dm-crypt LUKS2 mapping sdbox-data",
+              var.get("source") == "/dev/mapper/sdbox-data" and var.get("fstype") == "ext4"
+              and str(mapping.get("uuid", "")).startswith("CRYPT-LUKS2-"),
+              f"{json.dumps(var)} {mapping.get('uuid', 'no mapping')}"),
+        Check(f"{which}: the only keyslot is the TPM2 token's (PCR 7), opened without a prompt",
+              len(tpm2) == 1 and tpm2[0].get("tpm2-pcrs") == [7] and len(keyslots) == 1
+              and tpm2[0].get("keyslots") == list(keyslots) and unit.get("ActiveState") == "active",
+              f"keyslots {json.dumps(keyslots)}, tokens {json.dumps(tokens)}, "
+              f"systemd-cryptsetup@sdbox-data: {unit.get('ActiveState')}; {said}"),
+    ]  # fmt: skip
+    if second:
+        checks.append(Check("second boot: the first boot's journal is readable from the sealed /var",
+                            data.get("journal_boots") == 2
+                            and any("nothing to do" in line for line in data.get("init_journal") or []),
+                            f"journal boots: {data.get('journal_boots')}; {said}"))  # fmt: skip
+    else:
+        checks.append(Check("first boot: the data partition was formatted and sealed at this boot",
+                            any("first boot: formatting" in line for line in data.get("init_journal") or []),
+                            said))  # fmt: skip
+    return checks
+
+
 def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo: bool) -> int:
     """First boot enrols with the host's broker; a second boot finds it enrolled."""
     figures = json.loads(image.with_suffix(".json").read_text())
@@ -366,6 +400,7 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
         checks, first_cert = identity_checks(
             report, ctr.pki, connections=ctr.connection_count(), token_left=token_left,
             registered=len(used) == 1, second=False)  # fmt: skip
+        checks += data_checks(report, second=False)
         print_checks(checks)
         # the second boot: same disk, TPM and EFI variables; it stops at the report
         before = ctr.connection_count()
@@ -380,6 +415,7 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
         more, cert = identity_checks(
             second, ctr.pki, connections=ctr.connection_count() - before,
             registered=used_again == used, token_left=False, second=True)  # fmt: skip
+        more += data_checks(second, second=True)
         more.append(Check("second boot: the same certificate as the first",
                           cert.serial == first_cert.serial and cert.valid, f"serial {cert.serial:x}"))
         more.append(Check("second boot: no failed units", not second["failed"],

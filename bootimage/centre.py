@@ -172,7 +172,7 @@ def judge_certificate(pem: str | None, pki: Pki) -> BoxCertificate:
     box_id = urns[0].rsplit(":", 1)[-1] if urns else ""
     try:
         validate(certificate, [pki.box_ca.cert], [pki.root.cert], at=datetime.now(UTC),
-                 purpose=Purpose.BOX, crls=[pki.crl("box-ca")])  # fmt: skip
+                 purpose=Purpose.BOX, crls=[pki.crl("root"), pki.crl("box-ca")])  # fmt: skip
     except Exception as exc:
         return BoxCertificate(pem, certificate.serial_number, box_id, False, str(exc))
     issuer = certificate.issuer.rfc4514_string()
