@@ -36,6 +36,8 @@ from typing import Any, TextIO
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import centre  # noqa: E402  (bootimage/centre.py: the first-boot test's broker)
+
 from sdbox.bootimage import checks as image_checks  # noqa: E402
 from sdbox.bootimage import disk, tools  # noqa: E402
 from sdbox.bootimage.errors import BootImageError  # noqa: E402
@@ -78,6 +80,7 @@ class Vm:
         # the EFI variables survive a reboot (systemd-boot's one-shot and default entries)
         self.keep_vars = keep_vars
         self.extra_disk: Path | None = None
+        self.netdev: list[str] | None = None  # a NIC (the first-boot test's centre), else none
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start_tpm(self) -> Path:
@@ -123,7 +126,7 @@ class Vm:
             "-chardev", f"socket,id=chrtpm,path={tpm_sock}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0",
             "-device", "virtio-gpu-pci", "-display", "none",
-            "-nic", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+            *(self.netdev or ["-nic", "none"]), "-serial", "stdio", "-monitor", "none", "-no-reboot",
             *extra,
         ]  # fmt: skip
 
@@ -267,17 +270,19 @@ def check_report(
     return checks
 
 
-def normal_boot(image: Path, work: Path, accel: str, timeout: float, echo: bool) -> int:
-    vm = Vm(work, overlay(image, work), accel)
-    try:
-        boot = vm.boot((END,), timeout, sys.stdout if echo else None)
-    finally:
-        vm.stop()
+def print_checks(checks: list[Check]) -> None:
+    for check in checks:
+        mark = "PENDING" if check.pending else ("ok" if check.ok else "FAIL")
+        print(f"  [{mark:7}] {check.name}: {check.detail}")
+
+
+def first_boot(boot: Boot, work: Path, accel: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    """The checks of the first boot's report (the image's own, before the identity's)."""
     found = boot.find(REPORT)
     if found is None:
         tail = "\n".join(line for _, line in boot.lines[-40:])
         print(f"image-test: no boot report within {timeout:.0f} s; console tail:\n{tail}")
-        return 1
+        return 1, {}
     when, payload = found
     report = json.loads(payload)
     wd = boot.find(WATCHDOG)
@@ -286,9 +291,7 @@ def normal_boot(image: Path, work: Path, accel: str, timeout: float, echo: bool)
     checks = check_report(report, watchdog, json.loads(gr[1]) if gr else None)
     agent = report["units"]["sdbox-agent.service"]
     kernel_to_ready = int(agent.get("ActiveEnterTimestampMonotonic") or 0) / 1e6
-    for check in checks:
-        mark = "PENDING" if check.pending else ("ok" if check.ok else "FAIL")
-        print(f"  [{mark:7}] {check.name}: {check.detail}")
+    print_checks(checks)
     if gr:
         for line in json.loads(gr[1]).get("log", []):
             print(f"    greeter: {line}")
@@ -300,7 +303,134 @@ def normal_boot(image: Path, work: Path, accel: str, timeout: float, echo: bool)
               "watchdog": watchdog,
               "checks": [c.__dict__ for c in checks]}  # fmt: skip
     (work / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if all(c.ok or c.pending for c in checks) else 1
+    return (0 if all(c.ok or c.pending for c in checks) else 1), report
+
+
+def identity_checks(
+    report: dict[str, Any], pki: Any, *, connections: int, token_left: bool, registered: bool,
+    second: bool,
+) -> tuple[list[Check], Any]:
+    """The box identity as one boot's report shows it (see bootimage/centre.py)."""
+    ident = report.get("identity") or {}
+    unit = (report.get("units") or {}).get("sdbox-enrol.service", {})
+    said = " / ".join(ident.get("enrol_journal") or [])[-300:]
+    cert = centre.judge_certificate(ident.get("certificate"), pki)
+    check_lines = ident.get("check") or []
+    tpm_key = (ident.get("check_exit") == 0
+               and any(line.startswith("key in TPM:") and "yes" in line for line in check_lines)
+               and any(line.startswith("extractable:") and " no " in line for line in check_lines)
+               and any(line.startswith("matches cert:") and "yes" in line for line in check_lines))  # fmt: skip
+    which = "second boot" if second else "first boot"
+    checks = [
+        Check(f"{which}: sdbox-enrol.service succeeded before the agent",
+              unit.get("ActiveState") == "active" and unit.get("Result") == "success",
+              f"{unit.get('ActiveState')}/{unit.get('SubState')} result={unit.get('Result')}: {said}"),
+        Check(f"{which}: the box certificate validates under the box-identity CA (Purpose.BOX)",
+              cert.valid and cert.box_id == centre.BOX_ID, cert.detail),
+        Check(f"{which}: it certifies a TPM-resident, never-extractable key (sdbox identity check)",
+              tpm_key, " | ".join(check_lines)),
+    ]  # fmt: skip
+    if second:
+        checks.append(Check("second boot: nothing spent, the centre not contacted",
+                            connections == 0 and registered
+                            and any("the box is enrolled" in line
+                                    for line in ident.get("enrol_journal") or []),
+                            f"{connections} connection(s) to the centre; {said}"))  # fmt: skip
+    else:
+        checks.append(Check("first boot: the token is spent at the centre and gone from the box",
+                            registered and not token_left and connections >= 1,
+                            f"register: used={registered}; config area holds the token: "
+                            f"{token_left}; {connections} connection(s) to the centre"))  # fmt: skip
+    return checks, cert
+
+
+def data_checks(report: dict[str, Any], *, second: bool) -> list[Check]:
+    """/var on the LUKS2 volume sealed to the TPM (bootimage/rootfs/usr/libexec/sdbox/data-init)."""
+    data = report.get("data_partition") or {}
+    var, mapping = data.get("var") or {}, data.get("mapping") or {}
+    header = data.get("header") or {}
+    tokens = list((header.get("tokens") or {}).values())
+    tpm2 = [t for t in tokens if t.get("type") == "systemd-tpm2"]
+    keyslots = header.get("keyslots") or {}
+    said = " / ".join(data.get("init_journal") or [])[-240:]
+    unit = data.get("cryptsetup_unit") or {}
+    which = "second boot" if second else "first boot"
+    checks = [
+        Check(f"{which}: /var is ext4 on the dm-crypt LUKS2 mapping sdbox-data",
+              var.get("source") == "/dev/mapper/sdbox-data" and var.get("fstype") == "ext4"
+              and str(mapping.get("uuid", "")).startswith("CRYPT-LUKS2-"),
+              f"{json.dumps(var)} {mapping.get('uuid', 'no mapping')}"),
+        Check(f"{which}: the only keyslot is the TPM2 token's (PCR 7), opened without a prompt",
+              len(tpm2) == 1 and tpm2[0].get("tpm2-pcrs") == [7] and len(keyslots) == 1
+              and tpm2[0].get("keyslots") == list(keyslots) and unit.get("ActiveState") == "active",
+              f"keyslots {json.dumps(keyslots)}, tokens {json.dumps(tokens)}, "
+              f"systemd-cryptsetup@sdbox-data: {unit.get('ActiveState')}; {said}"),
+    ]  # fmt: skip
+    if second:
+        checks.append(Check("second boot: the first boot's journal is readable from the sealed /var",
+                            data.get("journal_boots") == 2
+                            and any("nothing to do" in line for line in data.get("init_journal") or []),
+                            f"journal boots: {data.get('journal_boots')}; {said}"))  # fmt: skip
+    else:
+        checks.append(Check("first boot: the data partition was formatted and sealed at this boot",
+                            any("first boot: formatting" in line for line in data.get("init_journal") or []),
+                            said))  # fmt: skip
+    return checks
+
+
+def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo: bool) -> int:
+    """First boot enrols with the host's broker; a second boot finds it enrolled."""
+    figures = json.loads(image.with_suffix(".json").read_text())
+    broker_url = str(figures.get("broker_url") or "")
+    ctr = centre.start_centre(work / "centre", image.parent / "pki", broker_url)
+    vm: Vm | None = None
+    try:
+        flashed = centre.flash_with_token(image, work, figures["generation"], ctr)
+        print(f"first boot: a one-time token for {centre.BOX_ID} in the config area; the broker "
+              f"on 127.0.0.1:{ctr.server.httpd.server_address[1]} is {broker_url} for the guest")
+        vm = Vm(work, overlay(flashed, work), accel, keep_vars=True)
+        vm.netdev = ctr.netdev()
+        boot = vm.boot((END,), timeout, sys.stdout if echo else None, "first")
+        vm.stop()
+        status, report = first_boot(boot, work, accel, timeout)
+        if not report:
+            return 1
+        token_left = disk.TOKEN_FILE in centre.config_area_names(work / "disk.qcow2", flashed, work)
+        used = [entry for entry in ctr.tokens().values() if entry.get("used")]
+        checks, first_cert = identity_checks(
+            report, ctr.pki, connections=ctr.connection_count(), token_left=token_left,
+            registered=len(used) == 1, second=False)  # fmt: skip
+        checks += data_checks(report, second=False)
+        print_checks(checks)
+        # the second boot: same disk, TPM and EFI variables; it stops at the report
+        before = ctr.connection_count()
+        started = time.monotonic()
+        boot = vm.boot((REPORT,), timeout, sys.stdout if echo else None, "second")
+        vm.stop()
+        second = report_of(boot, REPORT)
+        if second is None:
+            print(f"  [FAIL   ] second boot: no boot report within {timeout:.0f} s")
+            return 1
+        used_again = [entry for entry in ctr.tokens().values() if entry.get("used")]
+        more, cert = identity_checks(
+            second, ctr.pki, connections=ctr.connection_count() - before,
+            registered=used_again == used, token_left=False, second=True)  # fmt: skip
+        more += data_checks(second, second=True)
+        more.append(Check("second boot: the same certificate as the first",
+                          cert.serial == first_cert.serial and cert.valid, f"serial {cert.serial:x}"))
+        more.append(Check("second boot: no failed units", not second["failed"],
+                          ", ".join(second["failed"]) or "none"))  # fmt: skip
+        print_checks(more)
+        print(f"second boot: report after {time.monotonic() - started:.1f} s")
+        checks += more
+        (work / "identity-result.json").write_text(
+            json.dumps([c.__dict__ for c in checks], indent=2) + "\n")
+        return status or (0 if all(c.ok for c in checks) else 1)
+    finally:
+        if vm is not None:
+            vm.stop()
+        ctr.stop()
+        centre.cleanup(work)
 
 
 def tampered_boot(image: Path, work: Path, accel: str, timeout: float) -> bool:
@@ -518,7 +648,7 @@ def main() -> int:
             print(f"image-update-test: {'passed' if status == 0 else 'FAILED'} "
                   f"(consoles: {work}/console-update-*.log)")  # fmt: skip
             return status
-        status = normal_boot(image, work, accel, args.timeout, args.echo)
+        status = enrolment_scenario(image, work, accel, args.timeout, args.echo)
         if args.negative:
             ok = tampered_boot(image, work, accel, min(args.timeout, 300))
             ok &= unsigned_boot(image, work, accel, min(args.timeout, 120))

@@ -48,6 +48,7 @@ MIRRORS = [
 PACKAGES = [
     "systemd", "systemd-sysv", "udev", "dbus", "libpam-systemd", "kmod",
     "linux-image-amd64", "initramfs-tools", "cryptsetup-bin", "zstd",
+    "e2fsprogs",  # mkfs.ext4: the first boot makes /var inside the LUKS2 data partition
     "intel-microcode", "amd64-microcode",
     "pcscd", "libccid", "opensc", "opensc-pkcs11",
     "tpm-udev", "libtpm2-pkcs11-1",
@@ -91,6 +92,11 @@ STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 SNAKEOIL_KEY = Path("/usr/share/ovmf/PkKek-1-snakeoil.key")
 SNAKEOIL_CERT = Path("/usr/share/ovmf/PkKek-1-snakeoil.pem")
+# The centre the box enrols with at first boot and asks for session credentials:
+# SDBOX_BROKER_URL in a real build's environment; otherwise the broker that
+# `make image-test` runs on the host, reached from the guest through QEMU's
+# user network (a guestfwd address: the guest reaches nothing else).
+TEST_BROKER_URL = "https://10.0.2.100:8443"
 
 
 @dataclass
@@ -114,6 +120,10 @@ class Build:
     @property
     def image(self) -> Path:
         return self.out / f"sdbox-{self.generation.name}.raw"
+
+    @property
+    def broker_url(self) -> str:
+        return os.environ.get("SDBOX_BROKER_URL") or TEST_BROKER_URL
 
     def step(self, name: str, started: float) -> None:
         self.timings[name] = round(time.monotonic() - started, 1)
@@ -163,6 +173,7 @@ def overlay(build: Build) -> Path:
         f'kind = "{sensor}"\n'
         "[credentials]\n"
         'provider = "broker"\n'
+        f'broker_url = "{build.broker_url}"\n'
     )
     # trust anchors: the test PKI generated for this build (never committed)
     pki = build.out / "pki"
@@ -195,6 +206,8 @@ def customize_script() -> str:
         " ctrl-alt-del.target",
         "systemctl enable systemd-networkd.service sdbox-boot-report.service"
         " sdbox-boot-confirm.service sdbox-update-from-disk.service",
+        # first boot: the TPM key certified by the centre (the token from the config area)
+        "systemctl enable sdbox-enrol.service",
         "systemctl enable sdbox-agent.service sdbox-greeter.service"
         " sdbox-renewal-due.timer sdbox-crl-refresh.timer",
         "systemctl set-default multi-user.target",
@@ -283,21 +296,25 @@ def kernel_and_initrd(build: Build) -> tuple[Path, Path]:
     return kernel, initrd
 
 
-def data_partition(build: Build) -> Path:
-    """/var goes to the data partition (ext4); the squashfs keeps an empty mount point."""
+def factory_var(build: Build) -> None:
+    """The image's /var, kept in the root as /usr/share/factory/var (systemd's convention).
+
+    The data partition is empty in the image: the first boot formats it as
+    LUKS2 sealed to the box's own TPM and fills it from this copy
+    (bootimage/rootfs/usr/libexec/sdbox/data-init). /var/tmp is left out:
+    tmpfiles makes it (1777) at every boot, and no world-writable directory
+    goes into the sealed root.
+    """
     started = time.monotonic()
-    var = build.rootdir / "var"
-    image = build.work / "data.ext4"
-    image.unlink(missing_ok=True)
-    tools.run(
-        ["mkfs.ext4", "-q", "-L", "sdbox-data", "-U", deterministic_uuid(build.generation.name, "data"),
-         "-E", f"hash_seed={deterministic_uuid('hash-seed')},root_owner=0:0",
-         "-d", var, image, f"{DATA_SIZE // MIB}M"],
-        what="making the data partition", timeout=300,
-        env={"E2FSPROGS_FAKE_TIME": str(build.epoch)},
-    )  # fmt: skip
-    build.step("data partition (ext4 /var)", started)
-    return image
+    factory = build.rootdir / "usr/share/factory/var"
+    shutil.rmtree(factory, ignore_errors=True)
+    factory.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(build.rootdir / "var", factory, symlinks=True,
+                    ignore=lambda where, names: ["tmp"] if Path(where) == build.rootdir / "var" else [])  # fmt: skip
+    size = sum(f.lstat().st_size for f in factory.rglob("*") if f.is_file())
+    if size > DATA_SIZE // 2:
+        raise BootImageError(f"the factory /var ({size} bytes) would fill the data partition")
+    build.step("factory /var (the first boot fills the sealed data partition from it)", started)
 
 
 def squash_and_seal(build: Build) -> tuple[Path, Path, str]:
@@ -391,7 +408,7 @@ def sign(build: Build, unsigned: Path, signed: Path, key: Path, cert: Path) -> P
 
 def assemble(
     build: Build, esp_files: dict[str, Path], squashfs: Path, verity: Path, roothash: str,
-    data: Path, manifest: dict[str, object],
+    manifest: dict[str, object],
 ) -> list[disk.Partition]:
     started = time.monotonic()
     name = build.generation.name
@@ -423,7 +440,7 @@ def assemble(
                   what=f"copying {target} to the ESP", timeout=120, env=mtools_env)  # fmt: skip
     disk.write_at(build.image, parts["root-a"].offset, squashfs, parts["root-a"].size)
     disk.write_at(build.image, parts["root-a-verity"].offset, verity, parts["root-a-verity"].size)
-    disk.write_at(build.image, parts["sdbox-data"].offset, data, parts["sdbox-data"].size)
+    # sdbox-data stays empty (zeros): formatted LUKS2 and sealed to the TPM at first boot
     area = disk.ConfigArea(build.image, parts[disk.CONFIG_PARTITION])
     area.format()
     scratch = build.work / "config"
@@ -509,7 +526,7 @@ def main() -> int:
             bootstrap(build, deb, overlay_dir)
         check_root(build)
         kernel, initrd = kernel_and_initrd(build)
-        data = data_partition(build)
+        factory_var(build)
         squashfs, verity, roothash = squash_and_seal(build)
         started = time.monotonic()
         key, cert, key_source = signing_keys(build)
@@ -533,13 +550,14 @@ def main() -> int:
             "roothash": roothash,
             "slots": {"a": version, "b": None},
             "secure_boot_key": key_source,
+            "broker_url": build.broker_url,
         }
         raucb = make_update_bundle(build, squashfs, verity, ukis) if args.bundle else None
         if args.no_disk:
             print(f"image: bundle {raucb} (version {version}); no disk image (--no-disk)")
             return 0
         assemble(build, {"EFI/BOOT/BOOTX64.EFI": boot, "EFI/Linux/sdbox-a.efi": ukis["a"],
-                         "loader/loader.conf": loader}, squashfs, verity, roothash, data,
+                         "loader/loader.conf": loader}, squashfs, verity, roothash,
                  manifest)  # fmt: skip
         digest = hashlib.sha256()
         with build.image.open("rb") as stream:

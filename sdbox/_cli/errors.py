@@ -9,6 +9,7 @@ Exit codes (documented in README.md):
   5  trust failure (signature, chain, revocation, clock)
   6  session failure (server, certificate pin, authentication)
   7  configuration error
+  8  the centre (broker) cannot be reached: worth retrying later
  70  internal error (a bug: please report the traceback in the log)
 """
 
@@ -32,6 +33,7 @@ _EXIT_CODES: dict[str, int] = {
     "sdbox.trust.errors.TrustError": 5,
     "sdbox.session.errors.SessionError": 6,
     "sdbox.config.ConfigError": 7,
+    "sdbox.broker.errors.BrokerUnreachable": 8,
 }
 
 
