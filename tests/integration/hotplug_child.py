@@ -8,8 +8,7 @@ faked.
   installed libfprint hwdb; prints ``ready`` and then one JSON line per event.
 - ``agent CONFIG BUS FINGER_SOCKET``: the real daemon (``sdbox.agent.service.run``:
   D-Bus, reader watch, sensor watch from the configuration), with one port
-  replaced: the sensor is a hand the test moves (:class:`SocketFinger`); with
-  ``-`` instead of a socket, the configured sensor (libfprint's virtual_image).
+  replaced: the sensor is a hand the test moves (:class:`SocketFinger`).
 """
 
 from __future__ import annotations
@@ -77,9 +76,6 @@ async def agent(config_path: str, bus: str, finger_socket: str) -> None:
 
     setup_logging()
     config = load(Path(config_path))
-    if finger_socket == "-":
-        await run(config, bus_address=bus)
-        return
     finger = SocketFinger(Path(finger_socket))
     server = await finger.serve()
     try:

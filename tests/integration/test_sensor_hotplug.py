@@ -149,29 +149,24 @@ class Box:
 
 @contextlib.asynccontextmanager
 async def box(
-    pki: Pki, free_reader: int, tmp_path: Path, testbed: UsbTestbed, *,
-    sensor: str = 'kind = "emulated"', reference: bytes | None = None,
+    pki: Pki, free_reader: int, tmp_path: Path, testbed: UsbTestbed
 ) -> AsyncIterator[Box]:
-    """The daemon; its capture is the test's hand unless ``sensor`` is libfprint."""
     state = issue_card(
         parse_profile(card_profile({"census-2021": 1, "health-cohort": 2}), source="test"), pki,
         state_path=tmp_path / "card.json",
     )  # fmt: skip
-    if reference is not None:  # the enrolment station's job
-        state.fingers[0x96].reference = reference
     publish_crls(pki, tmp_path / "crl")
     # the sensor named by the box generation (usb_ids): watched whatever the capture port
     write_config(
         tmp_path, pki, display="",
-        sensor=sensor + '\nusb_ids = ["08ff:1600"]\n',
+        sensor='kind = "emulated"\nusb_ids = ["08ff:1600"]\n',
         extra=f'[card]\nreaders = ["{reader_name(free_reader)}"]\n',
     )  # fmt: skip
     finger_socket = tmp_path / "finger.socket"
-    hand = "-" if "libfprint" in sensor else str(finger_socket)
     with dbus_daemon(tmp_path) as address:
         card = await asyncio.to_thread(insert_card, state, pki, free_reader)
         log = (tmp_path / "agent.log").open("w")
-        args = ("agent", str(tmp_path / "agent.toml"), address, hand)
+        args = ("agent", str(tmp_path / "agent.toml"), address, str(finger_socket))
         with child(*args, env=testbed.env(), stdout=log, stderr=subprocess.STDOUT):
             bus = await MessageBus(bus_address=address).connect()
             try:
@@ -257,50 +252,6 @@ def test_with_the_sensor_unplugged_a_finger_or_pin_project_takes_the_pin(
             assert screen.pin_entry is True
             await b.iface.call_submit_pin("123456")  # type: ignore[attr-defined]
             await b.until("past the PIN", lambda v: v.state != "verifying")
-            assert "validating" in b.states
-            assert b.card.state.fingers[0x96].tries == 5
-
-    asyncio.run(scenario())
-
-
-def test_the_libfprint_capture_stops_when_the_sensor_is_unplugged_and_resumes(
-    pki: Pki, free_reader: int, tmp_path: Path, testbed: UsbTestbed,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The box's capture path: libfprint's virtual_image device, opened by the daemon."""
-    pytest.importorskip("gi")
-    from sdbox.biometric import ridges
-    from sdbox.biometric.libfprint import LibfprintSensor, send_image
-
-    image_socket = tmp_path / "virtual-image.socket"
-    monkeypatch.setenv("FP_VIRTUAL_IMAGE", str(image_socket))  # this process and the daemon
-
-    def capture(image: ridges.GreyImage) -> bytes:
-        hand = threading.Thread(target=send_image, args=(image_socket, image), daemon=True)
-        hand.start()
-        probe = asyncio.run(LibfprintSensor("virtual_image").capture())
-        hand.join(30)
-        return probe
-
-    reference = capture(ridges.enrolment_image(2006))
-    sensor = testbed.plug(*SENSOR, "usb1/1-1")
-
-    async def scenario() -> None:
-        async with box(
-            pki, free_reader, tmp_path, testbed, reference=reference,
-            sensor='kind = "libfprint"\ndriver = "virtual_image"',
-        ) as b:  # fmt: skip
-            await b.until("at the picker", lambda v: v.state == "picker")
-            await b.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
-            await b.until("asking for a finger", lambda v: v.state == "verifying")
-            await asyncio.to_thread(testbed.unplug, sensor)
-            await b.until("unplugged", lambda v: v.problem == "sensor_unplugged")
-            await asyncio.to_thread(testbed.plug, *SENSOR, "usb1/1-1")
-            await b.until("asking again", lambda v: v.problem == "" and v.sensor == "connected")
-            # the first capture was stopped (libfprint holds one capture at a time): this
-            # finger reaches the new one, and only it
-            await asyncio.to_thread(send_image, image_socket, ridges.impression(2006, 1))
-            await b.until("past the finger", lambda v: v.state != "verifying")
             assert "validating" in b.states
             assert b.card.state.fingers[0x96].tries == 5
 
