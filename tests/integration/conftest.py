@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,19 @@ class InsertedCard:
     def insert(self) -> None:
         """Insert the card and wait until pcscd has seen it."""
         self.virtual.insert()
-        assert wait_for_card(self.reader, present=True), "pcscd did not see the insertion"
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            if wait_for_card(self.reader, present=True, timeout_s=0.5):
+                return
+            # A fault armed for the agent's first commands pulls the card as soon
+            # as they arrive: pcscd may report the insertion and the removal
+            # between two looks, but commands reached the card, so it was seen.
+            if not self.virtual.inserted and self.virtual.apdus:
+                return
+        raise AssertionError(
+            f"pcscd did not see the insertion in {self.reader} "
+            f"(vpcd connected: {self.virtual.inserted}, APDUs: {self.virtual.apdus})"
+        )
 
 
 def insert_card(

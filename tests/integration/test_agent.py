@@ -161,13 +161,16 @@ async def running_agent(
             asyncio.get_running_loop(), agent.on_reader_event, [reader_name(free_reader)]
         )
         watcher.start()
-        card = await asyncio.to_thread(insert_card, state, pki, free_reader, fault=fault)
+        card: InsertedCard | None = None
         try:
+            card = await asyncio.to_thread(insert_card, state, pki, free_reader, fault=fault)
             yield Running(agent, card, iface, events, config, address)
         finally:
+            # also when the insertion failed: the agent and both bus clients
+            # must be gone before the bus daemon is
             await agent.shutdown()
             await asyncio.to_thread(watcher.stop)
-            if card.virtual.inserted:
+            if card is not None and card.virtual.inserted:
                 await asyncio.to_thread(card.remove)
             client.disconnect()
             service_bus.disconnect()
