@@ -33,8 +33,7 @@ from sdbox.session.supervisor import (
     ClientProcess,
     ClientUser,
     LogTail,
-    make_private_home,
-    populate_home,
+    new_home_path,
     remove_home,
 )
 
@@ -130,17 +129,17 @@ class Session(ABC):
         except BaseException:
             self._ended = None  # not started: nothing will ever end
             raise
-        home = make_private_home(user, self._home_base)
+        home = new_home_path(self._home_base)
         try:
             launch = self.launch(home)
-            populate_home(home, launch.home_files, user)
             secrets = [] if self.spec.credential is None else [self.spec.credential.reveal()]
             tail = LogTail(secrets, max_lines=self._keep_lines)
             self._client = await ClientProcess.spawn(
                 launch.argv,
                 stdin_data=launch.stdin_data,
                 env=self._environ(home, launch.extra_env),
-                cwd=home,
+                home=home,
+                home_files=launch.home_files,
                 user=user,
                 tail=tail,
                 on_line=self._on_line,

@@ -4,20 +4,27 @@ The client (xfreerdp3, remote-viewer) runs:
 
 - as an unprivileged user of its own (``sdbox-session``), so that a
   compromised viewer cannot read the agent's state or the card;
-- in a new session and process group, so that one ``killpg`` reaches every
-  process it started;
-- with ``PR_SET_PDEATHSIG(SIGKILL)``, so that it dies with the thread that
-  started it even if the agent is killed without any chance to clean up (on
-  the box, the transient systemd unit bound to the agent is a second net);
-- with a controlled environment and a private, empty ``HOME``;
+- under a reaper of its own (``sdbox.session.reaper``, the same uid), which
+  the supervisor starts in a new session and which forks the client into a
+  process group of its own: one ``killpg`` by the reaper reaches every
+  process the client started, and because it is a signal between processes
+  of one uid the agent needs no CAP_KILL; the agent asks over a pipe;
+- dying with the agent: the reaper kills the group when that pipe reaches
+  end of file or when its parent-death signal (SIGTERM) arrives, and the
+  client has ``PR_SET_PDEATHSIG(SIGKILL)`` tied to the reaper, so it dies
+  even if the reaper is SIGKILLed (on the box, the transient systemd unit
+  bound to the agent is a further net);
+- with a controlled environment and a private ``HOME`` that its reaper
+  makes as the client's user (so the agent needs no CAP_CHOWN) and removes;
 - with its secrets on its stdin pipe only, never in argv or environ.
 
 Its stdout/stderr go to a pseudo-terminal that the supervisor reads line by
 line: through a pipe, FreeRDP's log lines below WARN sit in a 4 KiB stdio
 buffer, and the supervisor would see "connected" only when the buffer fills.
-The pty is not the client's controlling terminal (the client is a session
-leader that never opens it), so nothing can prompt on it. The last lines are
-kept, with every known secret replaced, for the log and the end report.
+The pty is not the client's controlling terminal (the reaper is the session
+leader and never opens it; the client, not a session leader, cannot take
+it), so nothing can prompt on it. The last lines are kept, with every known
+secret replaced, for the log and the end report.
 """
 
 from __future__ import annotations
@@ -26,12 +33,15 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import json
 import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import termios
 import tty
@@ -41,12 +51,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdbox.logging import TRACE
+from sdbox.session import reaper as reaper_protocol
 from sdbox.session.errors import SessionStartError
 
 _log = logging.getLogger("sdbox.session")
 
 DEFAULT_SESSION_USER = "sdbox-session"
 _PR_SET_PDEATHSIG = 1
+_REAPER = Path(reaper_protocol.__file__)
 _LINE_LIMIT = 1 << 20
 _KEPT_LINE_CHARS = 2000
 _REDACTED = "<redacted>"
@@ -112,26 +124,14 @@ class ClientUser:
         return cls(name, entry.pw_uid, entry.pw_gid)
 
 
-def make_private_home(user: ClientUser | None, base: Path | None = None) -> Path:
-    """A fresh, empty ``HOME`` owned by the client's user, mode 0700."""
-    home = Path(tempfile.mkdtemp(prefix="sdbox-session-", dir=base))
-    if user is not None and os.geteuid() == 0:
-        os.chown(home, user.uid, user.gid)
-    home.chmod(0o700)
-    return home
+def new_home_path(base: Path | None = None) -> Path:
+    """A fresh name for a client's private ``HOME``, under ``base`` (default: the temp dir).
 
-
-def populate_home(home: Path, files: dict[str, str], user: ClientUser | None) -> None:
-    """Write non-secret files (relative paths) into a private home, owned by the client."""
-    for relative, content in files.items():
-        path = home / relative
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(content)
-        if user is not None and os.geteuid() == 0:
-            for part in [path, *path.relative_to(home).parents]:
-                target = home / part
-                if target != home:
-                    os.chown(target, user.uid, user.gid)
+    The client's reaper makes the directory, as the client's user, so it is
+    the client's own without the agent changing any owner; ``base`` must let
+    that user create in it (the box's /tmp is the agent unit's private one).
+    """
+    return Path(base or tempfile.gettempdir()) / f"sdbox-session-{secrets.token_hex(8)}"
 
 
 def remove_home(home: Path) -> None:
@@ -139,11 +139,13 @@ def remove_home(home: Path) -> None:
     shutil.rmtree(home, ignore_errors=True)
 
 
-def _child_setup(supervisor_pid: int) -> None:  # pragma: no cover - runs in the child
+def _reaper_setup(supervisor_pid: int) -> None:  # pragma: no cover - runs in the reaper
     # Runs after the uid switch (CPython drops privileges before preexec_fn),
     # which matters: a credential change clears the parent-death signal.
+    # SIGTERM, not SIGKILL: the reaper catches it and kills the client's
+    # whole group before it goes (its control pipe's end of file does too).
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         os._exit(126)
     # The supervisor may have died between fork and prctl: then nobody would
     # ever send the signal.
@@ -187,8 +189,12 @@ class ClientProcess:
         transport: asyncio.BaseTransport,
         tail: LogTail,
         name: str,
+        client_pid: int,
+        control: int,
     ) -> None:
         self._process = process
+        self._client_pid = client_pid
+        self._control = control
         self._reader = reader
         self._transport = transport
         self.tail = tail
@@ -196,12 +202,17 @@ class ClientProcess:
 
     @property
     def pid(self) -> int:
-        """Process id (also the process group id)."""
+        """The client's process id (also its process group id)."""
+        return self._client_pid
+
+    @property
+    def reaper_pid(self) -> int:
+        """The client's reaper (its parent, of the client's uid), which the agent starts."""
         return self._process.pid
 
     @property
     def returncode(self) -> int | None:
-        """Exit status once reaped (negative: killed by that signal)."""
+        """Exit status once reaped (negative: killed by that signal); the reaper mirrors it."""
         return self._process.returncode
 
     @classmethod
@@ -211,13 +222,16 @@ class ClientProcess:
         *,
         stdin_data: bytes,
         env: dict[str, str],
-        cwd: Path,
+        home: Path,
+        home_files: dict[str, str],
         user: ClientUser | None,
         tail: LogTail,
         on_line: Callable[[str], None],
     ) -> ClientProcess:
         """Start ``argv`` supervised; ``stdin_data`` is written to its stdin, then closed.
 
+        Its reaper makes ``home`` (a new directory) with ``home_files``
+        (relative path to non-secret content) and starts it there.
         ``on_line`` gets every (redacted) output line as it arrives.
         """
         binary = shutil.which(argv[0], path=env.get("PATH"))
@@ -239,10 +253,9 @@ class ClientProcess:
         master, slave = os.openpty()
         try:
             # Raw: no newline translation, no echo, no signal characters.
+            # The slave stays the agent's (no CAP_CHOWN): the client writes to
+            # the descriptors it inherits and never needs to reopen it by name.
             tty.setraw(slave, termios.TCSANOW)
-            if user is not None and os.geteuid() == 0:
-                # Some programs reopen their terminal by name (ttyname).
-                os.fchown(slave, user.uid, user.gid)
             loop = asyncio.get_running_loop()
             reader = _LineReader(deliver)
             transport, _ = await loop.connect_read_pipe(
@@ -252,31 +265,66 @@ class ClientProcess:
             os.close(slave)
             os.close(master)
             raise
+        # The reaper's control pipe: the agent writes K/T, and its end of file
+        # (the agent gone) kills the client too. Close-on-exec on our side, so
+        # no other child of the agent holds the write end open.
+        control_read, control = os.pipe2(os.O_CLOEXEC)
+        report, report_write = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(control, False)
+        reaper = [
+            *(sys.executable, "-I", "-S", str(_REAPER), str(control_read), str(report_write)),
+            *(str(home), json.dumps(home_files)),
+        ]
         try:
             process = await asyncio.create_subprocess_exec(
+                *reaper,
                 binary,
                 *argv[1:],
                 stdin=asyncio.subprocess.PIPE,
                 stdout=slave,
                 stderr=slave,
                 env=env,
-                cwd=cwd,
+                cwd="/",
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=(control_read, report_write),
                 # preexec_fn is unsafe only with threads that hold locks the
-                # child needs; _child_setup only calls prctl and getppid.
-                preexec_fn=functools.partial(_child_setup, os.getpid()),
+                # child needs; _reaper_setup only calls prctl and getppid.
+                preexec_fn=functools.partial(_reaper_setup, os.getpid()),
                 **identity,  # type: ignore[arg-type]
             )
         except OSError as exc:
             transport.close()
+            os.close(control)
+            os.close(report)
             raise SessionStartError(
                 "The remote desktop program could not be started on this box.",
                 detail=f"{argv[0]}: {exc}",
             ) from exc
         finally:
             os.close(slave)  # the child holds its own copies
-        client = cls(process, reader, transport, tail, argv[0])
+            os.close(control_read)
+            os.close(report_write)
+        try:
+            # One short line (one write, under PIPE_BUF): the pid, or E and why.
+            reported = await loop.run_in_executor(None, os.read, report, 4096)
+        except BaseException:
+            os.close(control)  # end of file: the reaper kills the client
+            transport.close()
+            raise
+        finally:
+            os.close(report)
+        if not reported.strip().isdigit():
+            os.close(control)  # the reaper, if alive, kills what it started
+            transport.close()
+            status = await process.wait()
+            why = reported.decode("utf-8", "replace").removeprefix("E").strip()
+            raise SessionStartError(
+                "The remote desktop program could not be started on this box.",
+                detail=f"{argv[0]}: its reaper ended with status {status} before starting it"
+                + (f" ({why})" if why else ""),
+            )
+        client = cls(process, reader, transport, tail, argv[0], int(reported), control)
         assert process.stdin is not None
         try:
             process.stdin.write(stdin_data)
@@ -302,13 +350,21 @@ class ClientProcess:
         self._transport.close()
 
     def signal_group(self, sig: signal.Signals) -> None:
-        """Send ``sig`` to the client's whole process group (no error if already gone)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, sig)
+        """Have the reaper send ``sig`` (SIGKILL, else SIGTERM) to the client's whole group.
+
+        The client runs as another uid and the agent holds no CAP_KILL: the
+        reaper, of the client's uid, sends it. No error if it is already gone.
+        """
+        if self._control < 0:
+            return
+        message = reaper_protocol.KILL if sig == signal.SIGKILL else reaper_protocol.TERMINATE
+        with contextlib.suppress(BrokenPipeError, BlockingIOError):
+            os.write(self._control, message)
 
     async def wait(self) -> int:
-        """Wait for the client to exit; then sweep anything left in its group."""
+        """Wait for the client to exit (the reaper ends as it did, once it swept its group)."""
         status = await self._process.wait()
-        # A viewer's helpers share its group; none may outlive the session.
-        self.signal_group(signal.SIGKILL)
+        if self._control >= 0:
+            os.close(self._control)
+            self._control = -1
         return status

@@ -23,11 +23,11 @@ DEBIAN_PCSCD_UNIT = Path("/lib/systemd/system/pcscd.service")
 # The measured values are in docs/image.md ("Unit exposure").
 EXPOSURE_CEILING: dict[str, tuple[float, str]] = {
     "sdbox-agent.service": (
-        2.3,
-        "root with CAP_SETUID/SETGID/CHOWN/KILL (the session supervisor starts clients as "
-        "sdbox-session and kills their group), host network (broker, bubbles), no "
-        "PrivateUsers=/PrivateDevices= (sdbox-session uid, /dev/tpmrm0); 2.0 and below once "
-        "session clients are transient units and the agent leaves root",
+        2.0,
+        "root with CAP_SETUID/SETGID only (the session supervisor starts each client's reaper "
+        "as sdbox-session; the reaper makes the home and kills the group), host network "
+        "(broker, bubbles), no PrivateUsers= (the sdbox-session uid); about 1.3 once session "
+        "clients are transient units and the agent leaves root",
     ),
     "sdbox-greeter.service": (
         1.5,
@@ -108,12 +108,13 @@ def test_agent_keeps_the_settings_its_exposure_depends_on() -> None:
             "ProtectProc=invisible",
             "ProcSubset=pid",
             "UMask=0077",
-            "DevicePolicy=closed",
+            "PrivateDevices=yes",
+            "BindPaths=-/dev/tpmrm0 -/dev/bus/usb",
             "DeviceAllow=/dev/tpmrm0 rw",
             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
             "SystemCallFilter=@system-service",
             "IPAddressDeny=any",
-            "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_CHOWN CAP_KILL",
+            "CapabilityBoundingSet=CAP_SETUID CAP_SETGID",
         )
     )
     lines = set(agent.splitlines())
@@ -125,6 +126,9 @@ def test_agent_keeps_the_settings_its_exposure_depends_on() -> None:
         "DeviceAllow=char-usb_device rw",
     ]
     assert [x for x in lines if x.startswith("IPAddressAllow=")] == ["IPAddressAllow=localhost"]
+    # the reaper (sdbox-session) makes the client's home: the agent changes no file's owner
+    allowed = [x for x in lines if x.startswith("SystemCallFilter=") and "~" not in x]
+    assert not any("chown" in x for x in allowed), allowed
 
 
 def test_no_core_dump_can_hold_a_secret() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -257,6 +257,108 @@ def test_kill_leaves_no_process_of_the_client_group(
     assert group_members(pid) == []
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _uid(pid: int) -> int:
+    return Path(f"/proc/{pid}").stat().st_uid
+
+
+def test_client_dies_with_its_reaper(server: ShadowServer, client_display: str) -> None:
+    """SIGKILL the client's reaper (no sweep possible): its parent-death signal ends the client."""
+
+    async def scenario() -> tuple[int, int, SessionEnded]:
+        session = RdpSession(spec_for(server, client_display), run_as=RUN_AS)
+        await session.start()
+        await session.wait_connected()
+        assert session.pid is not None
+        reaper = _parent(session.pid)
+        assert reaper != os.getpid(), "the client is not under a reaper"
+        if RUN_AS is not None:  # the reaper is of the client's uid, never root
+            assert _uid(reaper) == _uid(session.pid) != 0
+        os.kill(reaper, signal.SIGKILL)
+        return session.pid, reaper, await session.wait_ended()
+
+    pid, reaper, ended = run(scenario())
+    assert not pid_alive(reaper)
+    assert run(until(lambda: not pid_alive(pid), 20.0))
+    assert ended.reason is EndReason.CLIENT_FAILED  # a signal the agent did not send
+
+
+# The supervisor as the agent's unit runs it: root without CAP_KILL, CAP_CHOWN
+# or CAP_DAC_OVERRIDE (debian/sdbox.sdbox-agent.service). The password comes
+# on stdin; "kill" on stdin is the card pulled.
+_AS_THE_AGENT_UNIT = """
+import asyncio, os, sys
+from sdbox.session import Credential, Display, Endpoint, RdpSession, SessionSpec
+port, fingerprint, display, run_as, user = sys.argv[1:]
+async def main():
+    password = sys.stdin.readline().strip()
+    session = RdpSession(SessionSpec(
+        endpoint=Endpoint.parse(f"rdp://localhost:{port}"), user=user,
+        credential=Credential(password), display=Display(x11=display),
+        server_fingerprint=fingerprint, connect_timeout=60.0), run_as=run_as)
+    await session.start()
+    await session.wait_connected()
+    try:
+        os.killpg(session.pid, 0)
+        direct = "allowed"
+    except PermissionError:
+        direct = "refused"
+    print(session.pid, direct, flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    ended = await session.kill()
+    print(ended.reason.value, flush=True)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(RUN_AS is None, reason="needs root: the client must run as another uid")
+def test_without_kill_or_chown_capabilities_the_client_is_its_own_and_still_killed(
+    server: ShadowServer, client_display: str
+) -> None:
+    """The agent's unit drops CAP_KILL and CAP_CHOWN: the reaper makes the home and kills."""
+    drop = "-kill,-chown,-dac_override,-fowner"
+    supervisor = subprocess.Popen(
+        [
+            *("setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", sys.executable, "-c"),
+            _AS_THE_AGENT_UNIT,
+            *(str(server.port), server.certificate.fingerprint, client_display),
+            *(RUN_AS or "", RDP_USER),
+        ],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert supervisor.stdin is not None
+        assert supervisor.stdout is not None
+        supervisor.stdin.write(RDP_PASSWORD + "\n")
+        supervisor.stdin.flush()
+        first = supervisor.stdout.readline().split()
+        assert len(first) == 2, supervisor.communicate(timeout=30)[1][-2000:]
+        pid, direct = int(first[0]), first[1]
+        assert direct == "refused"  # the supervisor itself cannot signal the client
+        client_uid = _uid(pid)
+        assert client_uid != 0
+        home = Path(os.readlink(f"/proc/{pid}/cwd"))
+        assert home.name.startswith("sdbox-session-")
+        assert home.stat().st_uid == client_uid  # made by its user: nothing was chowned
+        assert home.stat().st_mode & 0o777 == 0o700
+        assert all(path.stat().st_uid == client_uid for path in home.rglob("*"))
+        supervisor.stdin.write("kill\n")
+        supervisor.stdin.flush()
+        out, err = supervisor.communicate(timeout=60)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(10)
+    assert supervisor.returncode == 0, err[-2000:]
+    assert out.strip() == EndReason.KILLED.value
+    assert not pid_alive(pid)
+    assert group_members(pid) == []
+    assert not home.exists()  # the reaper removed what the agent could not
+
+
 def test_no_client_survives_its_supervisor(server: ShadowServer, client_display: str) -> None:
     """SIGKILL the supervising process (no cleanup possible): the client dies with it."""
     supervisor = subprocess.Popen(
@@ -288,18 +390,21 @@ def test_no_client_survives_its_supervisor(server: ShadowServer, client_display:
         supervisor.stdin.write(RDP_PASSWORD.encode() + b"\n")
         supervisor.stdin.close()
         assert supervisor.stdout.readline().strip() == b"connected"
-        clients = _children(supervisor.pid)
-        assert clients, "no client process under the supervisor"
+        reapers = _children(supervisor.pid)
+        clients = [client for reaper in reapers for client in _children(reaper)]
+        assert clients, "no client process under the supervisor's reaper"
         # The client's private HOME is its working directory: nothing secret
-        # may be on disk there (a SIGKILLed supervisor cannot remove it).
+        # may be on disk there.
         home = Path(os.readlink(f"/proc/{clients[0]}/cwd"))
         files = [p for p in home.rglob("*") if p.is_file()]
         assert all(RDP_PASSWORD.encode() not in p.read_bytes() for p in files)
     finally:
         supervisor.kill()
         supervisor.wait(10)
-    assert asyncio.run(until(lambda: not any(pid_alive(p) for p in clients), 20.0))
-    shutil.rmtree(home, ignore_errors=True)
+    gone = [*reapers, *clients]
+    assert asyncio.run(until(lambda: not any(pid_alive(p) for p in gone), 20.0))
+    # The reaper outlives its SIGKILLed supervisor just long enough to remove the home.
+    assert not home.exists()
 
 
 def _children(parent: int) -> list[int]:
