@@ -386,6 +386,9 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
     vm: Vm | None = None
     try:
         flashed = centre.flash_with_token(image, work, figures["generation"], ctr)
+        with flashed.open("rb") as stream:
+            area = disk.find_partition(disk.read_gpt(stream), disk.CONFIG_PARTITION)
+        flashed_id = disk.ConfigArea(flashed, area).read(disk.MACHINE_ID_FILE).decode().strip()
         print(f"first boot: a one-time token for {centre.BOX_ID} in the config area; the broker "
               f"on 127.0.0.1:{ctr.server.httpd.server_address[1]} is {broker_url} for the guest")
         vm = Vm(work, overlay(flashed, work), accel, keep_vars=True)
@@ -416,6 +419,11 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
             second, ctr.pki, connections=ctr.connection_count() - before,
             registered=used_again == used, token_left=False, second=True)  # fmt: skip
         more += data_checks(second, second=True)
+        first_id = (report.get("data_partition") or {}).get("machine_id")
+        second_id = (second.get("data_partition") or {}).get("machine_id")
+        more.append(Check("both boots: the machine ID is the one flashed into the config area",
+                          first_id == flashed_id == second_id,
+                          f"flashed {flashed_id}, first boot {first_id}, second boot {second_id}"))  # fmt: skip
         more.append(Check("second boot: the same certificate as the first",
                           cert.serial == first_cert.serial and cert.valid, f"serial {cert.serial:x}"))
         more.append(Check("second boot: no failed units", not second["failed"],

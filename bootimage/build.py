@@ -215,7 +215,8 @@ def customize_script() -> str:
         "mkdir -p /var/lib/rauc",
         # chrony: only the authenticated (NTS) sources of sources.d
         "sed -i -e '/^pool /d' -e '/^server /d' /etc/chrony/chrony.conf",
-        # a fresh machine-id per box: empty, so that systemd makes one at boot
+        # empty: each box gets its own from the config area (`sdbox flash`), which the
+        # initramfs binds over it (scripts/local-bottom/sdbox-machine-id)
         ": > /etc/machine-id",
         "rm -f /var/lib/dbus/machine-id",
         "rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/*.log /tmp/*",
@@ -290,9 +291,15 @@ def kernel_and_initrd(build: Build) -> tuple[Path, Path]:
         ["chroot", build.rootdir, "lsinitramfs", f"/boot/{initrds[0].name}"],
         what="listing the initramfs", timeout=300,
     )  # fmt: skip
-    for needed in ("sbin/veritysetup", "scripts/local-top/sdbox-verity", "dm-verity.ko"):
+    for needed, why in (
+        ("sbin/veritysetup", "the verity root would not open"),
+        ("scripts/local-top/sdbox-verity", "the verity root would not open"),
+        ("dm-verity.ko", "the verity root would not open"),
+        ("scripts/local-bottom/sdbox-machine-id", "every boot would get a new machine ID"),
+        ("vfat.ko", "the machine ID in the config area could not be read"),
+    ):
         if needed not in listing:
-            raise BootImageError(f"the initramfs lacks {needed}: the verity root would not open")
+            raise BootImageError(f"the initramfs lacks {needed}: {why}")
     return kernel, initrd
 
 

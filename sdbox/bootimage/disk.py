@@ -2,8 +2,9 @@
 
 The image is a GPT disk (layout in docs/image.md). Its config area is a small
 FAT partition named ``sdbox-config``: the image build puts ``image.json``
-there, ``sdbox flash`` adds the box's generation profile and one-time
-enrolment token, and first boot consumes the token. FAT is written with
+there, ``sdbox flash`` adds the box's generation profile, its machine ID and
+its one-time enrolment token, and first boot consumes the token (the
+initramfs reads the machine ID at every boot). FAT is written with
 mtools at the partition's byte offset, so neither the image build nor
 flashing needs to mount anything.
 """
@@ -27,6 +28,10 @@ IMAGE_MANIFEST = "image.json"
 GENERATION_FILE = "generation.toml"
 TOKEN_FILE = "enrolment-token"  # noqa: S105  (a file name, not a secret)
 FLASH_RECORD = "flash.json"
+# The box's systemd machine ID (machine-id(5)): the root is read-only, so the
+# initramfs binds this over its empty /etc/machine-id (scripts/local-bottom/
+# sdbox-machine-id); without it systemd makes a new one at every boot.
+MACHINE_ID_FILE = "machine-id"
 _GPT_SIGNATURE = b"EFI PART"
 
 

@@ -10,8 +10,9 @@
    image built for another generation;
 3. :func:`write_and_verify` copies the image, flushes, drops the kernel's
    cached copy and reads everything back, comparing SHA-256 digests;
-4. :func:`personalise` writes the generation profile, the box's one-time
-   enrolment token and a flash record into the config area, and reads them back.
+4. :func:`personalise` writes the generation profile, a fresh machine ID, the
+   box's one-time enrolment token and a flash record into the config area, and
+   reads them back.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import stat
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -322,7 +324,7 @@ def write_and_verify(
 def personalise(
     target: Target, generation: Generation, token: bytes | None, image: ImageInfo, sha256: str
 ) -> list[str]:
-    """Write profile, token and flash record into the config area; read them back."""
+    """Write profile, machine ID, token and flash record into the config area; read them back."""
     with target.path.open("rb") as stream:
         partitions = disk.read_gpt(stream)
     area = disk.ConfigArea(target.path, disk.find_partition(partitions, disk.CONFIG_PARTITION))
@@ -337,6 +339,8 @@ def personalise(
     files = {
         disk.GENERATION_FILE: generation.source.read_bytes(),
         disk.FLASH_RECORD: (json.dumps(record, indent=2) + "\n").encode(),
+        # a fresh one at every flash, as systemd would make it (a random v4 UUID)
+        disk.MACHINE_ID_FILE: (uuid.uuid4().hex + "\n").encode(),
     }
     if token is not None:
         files[disk.TOKEN_FILE] = token

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,6 +121,22 @@ def test_flash_to_an_image_file_writes_verifies_and_personalises(
     record = json.loads(area.read(disk.FLASH_RECORD))
     assert record["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
     assert area.read(disk.IMAGE_MANIFEST)  # the build's manifest is kept
+
+
+def test_every_flashed_box_gets_its_own_machine_id(image: Path, tmp_path: Path) -> None:
+    # two boxes from one image: the initramfs binds each one's ID over the read-only
+    # root's empty /etc/machine-id, so their journals and D-Bus IDs never coincide
+    ids = []
+    for box in ("box-1.raw", "box-2.raw"):
+        target = tmp_path / box
+        target.write_bytes(b"")  # an image file is flashed only where one exists
+        done = run_flash(image, target, "--generation", "qemu-q35", "--yes")
+        assert done.returncode == 0, done.stderr
+        ids.append(config_area(target).read(disk.MACHINE_ID_FILE).decode())
+    for machine_id in ids:
+        assert re.fullmatch(r"[0-9a-f]{32}\n", machine_id), machine_id
+        assert uuid.UUID(machine_id.strip()).version == 4
+    assert ids[0] != ids[1]
 
 
 def test_flash_to_a_loop_device_with_the_token_on_stdin(image: Path, loop_device: Path) -> None:
