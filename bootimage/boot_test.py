@@ -316,6 +316,7 @@ def identity_checks(
     said = " / ".join(ident.get("enrol_journal") or [])[-300:]
     cert = centre.judge_certificate(ident.get("certificate"), pki)
     check_lines = ident.get("check") or []
+    agent_said = ident.get("agent_said") or []
     tpm_key = (ident.get("check_exit") == 0
                and any(line.startswith("key in TPM:") and "yes" in line for line in check_lines)
                and any(line.startswith("extractable:") and " no " in line for line in check_lines)
@@ -329,6 +330,10 @@ def identity_checks(
               cert.valid and cert.box_id == centre.BOX_ID, cert.detail),
         Check(f"{which}: it certifies a TPM-resident, never-extractable key (sdbox identity check)",
               tpm_key, " | ".join(check_lines)),
+        Check(f"{which}: the agent signs with it from inside its sandbox (PrivateDevices=)",
+              any("box identity:" in line and "TPM key signs and matches its certificate" in line
+                  for line in agent_said),
+              " / ".join(agent_said) or "the agent said nothing of its box identity"),
     ]  # fmt: skip
     if second:
         checks.append(Check("second boot: nothing spent, the centre not contacted",

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from sdbox.agent.machine import Agent
 from sdbox.agent.ports import SessionService, TrustService, make_sensor
 from sdbox.config import ConfigError
 from sdbox.errors import SdboxError
-from sdbox.identity import IdentitySource
+from sdbox.identity import IdentitySource, probe
 from sdbox.smartcard.directory import Project
 
 if TYPE_CHECKING:
@@ -102,10 +103,13 @@ def make_renewal(config: AgentConfig, trust: Any, identity: IdentitySource | Non
     )
 
 
-def build_agent(config: AgentConfig, **overrides: Any) -> Agent:
+def build_agent(
+    config: AgentConfig, identity: IdentitySource | None = None, **overrides: Any
+) -> Agent:
     """The agent with its real ports (``overrides`` replaces ports, for tests)."""
     trust = overrides.pop("trust", None) or TrustService(config)
-    identity = IdentitySource(config.identity.identity_config())  # shared: one PKCS#11 session
+    # shared by credentials and renewal: one PKCS#11 session
+    identity = identity or IdentitySource(config.identity.identity_config())
     ports: dict[str, Any] = {
         "trust": trust,
         "sensor": make_sensor(config.sensor),
@@ -146,6 +150,20 @@ def start_sensor_watch(
     return watcher
 
 
+def report_identity(identity: IdentitySource) -> None:
+    """Say at start-up whether the box identity is usable (see sdbox.identity.probe)."""
+    try:
+        _log.info("box identity: %s", probe(identity, datetime.now(UTC)))
+    except SdboxError as exc:
+        _log.warning(
+            "the box identity is not usable: %s; the centre will issue no session credential "
+            "until it is",
+            exc.message,
+        )
+    except Exception as exc:  # a diagnostic: whatever it meets is said, never raised
+        _log.warning("the box identity could not be checked: %s: %s", type(exc).__name__, exc)
+
+
 async def run(
     config: AgentConfig, *, bus_address: str | None = None, agent: Agent | None = None
 ) -> None:
@@ -153,7 +171,10 @@ async def run(
     from sdbox.agent.dbus import export  # noqa: PLC0415  (dbus-fast only in the daemon)
 
     loop = asyncio.get_running_loop()
-    agent = agent or build_agent(config)
+    identity: IdentitySource | None = None
+    if agent is None:
+        identity = IdentitySource(config.identity.identity_config())
+        agent = build_agent(config, identity)
     try:
         bus = await export(agent, bus_address)
     except (OSError, ValueError) as exc:  # dbus-fast raises these for an absent or refusing bus
@@ -178,6 +199,10 @@ async def run(
         keepalive = asyncio.create_task(feed())
     notify("READY=1\nSTATUS=waiting for a card")
     _log.info("agent ready")
+    if identity is not None and config.credentials.provider == "broker":
+        # after READY: the TPM is slow to open, and a box without its identity still
+        # shows the greeter (which says why no session can start)
+        loop.run_in_executor(None, report_identity, identity)
     try:
         await stop.wait()
     finally:

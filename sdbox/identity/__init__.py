@@ -10,11 +10,14 @@ explicitly, and saying so in every log line that uses it).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -116,9 +119,59 @@ class IdentitySource:
     def __init__(self, config: IdentityConfig) -> None:
         self._config = config
         self._identity: BoxIdentity | None = None
+        # callers come from worker threads (the start-up probe, a credential
+        # request): the module must not be configured twice
+        self._lock = threading.Lock()
+
+    @property
+    def kind(self) -> str:
+        """tpm or development."""
+        return self._config.kind
 
     def __call__(self) -> BoxIdentity:
         """The identity (opened now if it is not yet)."""
-        if self._identity is None:
-            self._identity = open_identity(self._config)
-        return self._identity
+        with self._lock:
+            if self._identity is None:
+                self._identity = open_identity(self._config)
+            return self._identity
+
+
+PROBE_MESSAGE = b"sdbox box identity probe"
+
+
+def probe(source: IdentitySource, now: datetime) -> str:
+    """Open the identity, sign with its key and check the signature with its certificate.
+
+    What the agent says at start-up, so that a box whose TPM, token or
+    certificate is unusable says so at once, not at the first session. Raises
+    :class:`IdentityError` (or the TPM module's typed errors) when it is not
+    in order.
+    """
+    identity = source()
+    signature = identity.sign(PROBE_MESSAGE)
+    public = identity.certificate.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise IdentityError("the box certificate does not hold an EC key")
+    try:
+        public.verify(signature, PROBE_MESSAGE, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise IdentityError(
+            "the box key does not match the box certificate: re-enrol the box"
+        ) from exc
+    end = identity.certificate.not_valid_after_utc
+    start = identity.certificate.not_valid_before_utc
+    key = "TPM key" if source.kind == "tpm" else "DEVELOPMENT software key"
+    if now > end:
+        raise IdentityError(
+            f"the box certificate of {identity.box_id} expired on {end:%Y-%m-%d}: the centre "
+            "refuses it; re-enrol the box"
+        )
+    if now < start:
+        raise IdentityError(
+            f"the box certificate of {identity.box_id} is valid only from {start:%Y-%m-%d}: "
+            "check the box's clock"
+        )
+    return (
+        f"{identity.box_id}, {key} signs and matches its certificate, valid until "
+        f"{end:%Y-%m-%d} ({(end - now).days} days left)"
+    )

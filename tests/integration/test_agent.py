@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from dbus_fast.aio import MessageBus, ProxyInterface
 from dbus_fast.errors import DBusError
 
@@ -308,15 +310,16 @@ def test_card_pulled_during_validation_leaves_no_session(
     asyncio.run(scenario())
 
 
-def test_daemon_notifies_ready_and_feeds_the_watchdog(
-    pki: Pki, bubbles: Bubbles, tmp_path: Path
-) -> None:
-    publish_crls(pki, tmp_path / "crl")
-    write_config(tmp_path, pki, display=bubbles.display, provider="interactive")
+def run_daemon(tmp_path: Path, watchdogs: int = 3) -> tuple[list[str], str]:
+    """``sdbox agent run`` under a NOTIFY_SOCKET listener until ``watchdogs`` pings.
+
+    Returns the notify messages and the agent's stderr (after a clean SIGTERM stop).
+    """
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_path = tmp_path / "notify"
     listener.bind(str(notify_path))
     listener.settimeout(30)
+    messages: list[str] = []
     with dbus_daemon(tmp_path) as address:
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
         agent = subprocess.Popen(
@@ -324,16 +327,69 @@ def test_daemon_notifies_ready_and_feeds_the_watchdog(
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         try:
-            messages: list[str] = []
-            while sum(m == "WATCHDOG=1" for m in messages) < 3:
+            while sum(m == "WATCHDOG=1" for m in messages) < watchdogs:
                 messages.append(listener.recv(4096).decode())
-            assert any(m.startswith("READY=1") for m in messages)
         finally:
             agent.terminate()
             _out, err = agent.communicate(timeout=20)
-    assert agent.returncode == 0, err
     listener.close()
-    assert b"agent stopped" in err
+    assert agent.returncode == 0, err
+    return messages, err.decode(errors="replace")
+
+
+def test_daemon_notifies_ready_and_feeds_the_watchdog(
+    pki: Pki, bubbles: Bubbles, tmp_path: Path
+) -> None:
+    publish_crls(pki, tmp_path / "crl")
+    write_config(tmp_path, pki, display=bubbles.display, provider="interactive")
+    messages, err = run_daemon(tmp_path)
+    assert any(m.startswith("READY=1") for m in messages)
+    assert "agent stopped" in err
+    # the interactive provider needs no box identity: nothing is said of one
+    assert "box identity" not in err
+
+
+def test_daemon_says_at_start_that_its_box_identity_works(
+    pki: Pki, bubbles: Bubbles, tmp_path: Path
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "box-key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert = pki.issue_box(key.public_key(), box_id="probe-box-7")
+    (tmp_path / "box.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    publish_crls(pki, tmp_path / "crl")
+    identity = (
+        f'[identity]\nkind = "development"\nkey_file = "{tmp_path / "box-key.pem"}"\n'
+        f'certificate = "{tmp_path / "box.pem"}"\n'
+    )
+    write_config(tmp_path, pki, display=bubbles.display, extra=identity)
+    messages, err = run_daemon(tmp_path)
+    assert any(m.startswith("READY=1") for m in messages)
+    said = [line for line in err.splitlines() if "box identity:" in line]
+    assert len(said) == 1, err
+    assert "probe-box-7, DEVELOPMENT software key signs and matches its certificate" in said[0]
+    assert f"valid until {cert.not_valid_after_utc:%Y-%m-%d}" in said[0]
+    # the development key says so in the line that uses it
+    assert "DEVELOPMENT box identity (software key) used for" in err
+
+
+def test_daemon_without_its_box_identity_says_so_and_still_runs(
+    pki: Pki, bubbles: Bubbles, tmp_path: Path
+) -> None:
+    publish_crls(pki, tmp_path / "crl")
+    identity = f'[identity]\nkind = "tpm"\ncertificate = "{tmp_path / "absent" / "box.pem"}"\n'
+    write_config(tmp_path, pki, display=bubbles.display, extra=identity)
+    messages, err = run_daemon(tmp_path)
+    # READY all the same: the greeter runs and can say why no session starts
+    assert any(m.startswith("READY=1") for m in messages)
+    assert "the box identity is not usable" in err
+    assert "is missing: the box is not enrolled" in err
+    assert "Traceback" not in err
 
 
 __all__ = ["json"]

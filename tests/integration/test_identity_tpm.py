@@ -23,7 +23,7 @@ from pkcs11 import exceptions as p11err
 from sdbox.agent.events import State
 from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.broker.errors import BrokerRefused
-from sdbox.identity import IdentityConfig, IdentityError, open_identity
+from sdbox.identity import IdentityConfig, IdentityError, IdentitySource, open_identity, probe
 from sdbox.identity.enrol import enrol
 from sdbox.identity.provision import _init_token, provision_tpm, so_pin_file, tpm_csr
 from sdbox.identity.tpm import (
@@ -103,6 +103,22 @@ def test_tpm_signature_verifies_with_the_certificate_key(pki: Pki, box: Identity
     assert isinstance(public, ec.EllipticCurvePublicKey)
     for message in (b"", b"transcript" * 100):
         public.verify(identity.sign(message), message, ec.ECDSA(hashes.SHA256()))
+
+
+def test_the_agents_start_up_probe_signs_in_the_tpm(pki: Pki, box: IdentityConfig) -> None:
+    # what the agent logs after READY on a box (sdbox.identity.probe)
+    cert = _certify(pki, box)
+    said = probe(IdentitySource(box), datetime.now(UTC))
+    assert said.startswith("sdbox box tpm-box-1, TPM key signs and matches its certificate")
+    assert f"valid until {cert.not_valid_after_utc:%Y-%m-%d}" in said
+    # a certificate for another key: the probe's signature does not verify
+    other = pki.issue_box(ec.generate_private_key(ec.SECP256R1()).public_key(), box_id="tpm-box-1")
+    box.certificate.write_bytes(other.public_bytes(serialization.Encoding.PEM))
+    try:
+        with pytest.raises(IdentityError, match="does not match the box certificate"):
+            probe(IdentitySource(box), datetime.now(UTC))
+    finally:
+        box.certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _lockout_counter(tpm: SoftwareTpm) -> int:
