@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration hwtest demo bench nbis soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
+.PHONY: setup setup-system venv test lint typecheck unit integration hwtest demo bench bench-image nbis soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
 
 setup: setup-system venv
 
@@ -117,6 +117,11 @@ image-update-test: venv
 image-test: venv
 	bash scripts/setup-system.sh image
 	$(PY) bootimage/boot_test.py --generation $(GENERATION) --negative
+
+# Image size (compressed and installed), build time and boot-to-ready in QEMU
+# (software emulation here: TCG), from a fresh build and boot test.
+bench-image: image image-test
+	PYTHONPATH=. $(PY) -m benchmarks.image --generation $(GENERATION)
 
 # Regenerate debian/*.lock after changing a pin in pyproject.toml.
 lock: venv

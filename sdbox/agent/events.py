@@ -77,6 +77,9 @@ class AuditEvent(StrEnum):
     RENEWAL_FAILED = "renewal_failed"
     SENSOR_CONNECTED = "sensor_connected"
     SENSOR_DISCONNECTED = "sensor_disconnected"
+    AGENT_STARTED = "agent_started"
+    AGENT_STOPPED = "agent_stopped"
+    BOX_IDENTITY_CHECKED = "box_identity_checked"
 
 
 class SensorState(StrEnum):

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
+from sdbox import __version__
 from sdbox.agent.card import CardHandle, ReaderWatcher
 from sdbox.agent.config import AgentConfig
+from sdbox.agent.events import AuditEvent, audit
 from sdbox.agent.machine import Agent
 from sdbox.agent.ports import SessionService, TrustService, make_sensor
 from sdbox.config import ConfigError
@@ -153,15 +155,34 @@ def start_sensor_watch(
 def report_identity(identity: IdentitySource) -> None:
     """Say at start-up whether the box identity is usable (see sdbox.identity.probe)."""
     try:
-        _log.info("box identity: %s", probe(identity, datetime.now(UTC)))
+        status = probe(identity, datetime.now(UTC))
     except SdboxError as exc:
-        _log.warning(
-            "the box identity is not usable: %s; the centre will issue no session credential "
-            "until it is",
-            exc.message,
-        )
+        reason = exc.message
     except Exception as exc:  # a diagnostic: whatever it meets is said, never raised
-        _log.warning("the box identity could not be checked: %s: %s", type(exc).__name__, exc)
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        _log.info("box identity: %s", status.summary)
+        audit(
+            AuditEvent.BOX_IDENTITY_CHECKED,
+            "the box identity signs and matches its certificate",
+            outcome="ok",
+            box=status.box_id,
+            identity=status.kind,
+            valid_until=status.valid_until.date().isoformat(),
+        )
+        return
+    _log.warning(
+        "the box identity is not usable: %s; the centre will issue no session credential "
+        "until it is",
+        reason,
+    )
+    audit(
+        AuditEvent.BOX_IDENTITY_CHECKED,
+        "the box identity is not usable",
+        outcome="failed",
+        identity=identity.kind,
+        reason=reason,
+    )
 
 
 async def run(
@@ -199,12 +220,21 @@ async def run(
         keepalive = asyncio.create_task(feed())
     notify("READY=1\nSTATUS=waiting for a card")
     _log.info("agent ready")
+    audit(
+        AuditEvent.AGENT_STARTED,
+        "the agent is ready",
+        version=__version__,
+        provider=config.credentials.provider,
+        identity=config.identity.kind,
+    )
     if identity is not None and config.credentials.provider == "broker":
         # after READY: the TPM is slow to open, and a box without its identity still
         # shows the greeter (which says why no session can start)
         loop.run_in_executor(None, report_identity, identity)
+    stopped_by = "error"  # anything but the signal below ends the loop by an exception
     try:
         await stop.wait()
+        stopped_by = "signal"
     finally:
         notify("STOPPING=1")
         await agent.shutdown()
@@ -217,6 +247,7 @@ async def run(
                 await keepalive
         bus.disconnect()
         _log.info("agent stopped")
+        audit(AuditEvent.AGENT_STOPPED, "the agent stopped", reason=stopped_by)
 
 
 def main(config_path: Path, bus_address: str | None) -> None:

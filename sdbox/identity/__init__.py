@@ -139,13 +139,31 @@ class IdentitySource:
 PROBE_MESSAGE = b"sdbox box identity probe"
 
 
-def probe(source: IdentitySource, now: datetime) -> str:
+@dataclass(frozen=True)
+class IdentityStatus:
+    """A box identity that signs and matches its certificate (see :func:`probe`)."""
+
+    box_id: str
+    kind: str  # tpm or development
+    valid_until: datetime
+    days_left: int
+
+    @property
+    def summary(self) -> str:
+        """One line for the journal."""
+        key = "TPM key" if self.kind == "tpm" else "DEVELOPMENT software key"
+        return (
+            f"{self.box_id}, {key} signs and matches its certificate, valid until "
+            f"{self.valid_until:%Y-%m-%d} ({self.days_left} days left)"
+        )
+
+
+def probe(source: IdentitySource, now: datetime) -> IdentityStatus:
     """Open the identity, sign with its key and check the signature with its certificate.
 
     What the agent says at start-up, so that a box whose TPM, token or
     certificate is unusable says so at once, not at the first session. Raises
-    :class:`IdentityError` (or the TPM module's typed errors) when it is not
-    in order.
+    :class:`IdentityError` when it is not in order.
     """
     identity = source()
     signature = identity.sign(PROBE_MESSAGE)
@@ -160,7 +178,6 @@ def probe(source: IdentitySource, now: datetime) -> str:
         ) from exc
     end = identity.certificate.not_valid_after_utc
     start = identity.certificate.not_valid_before_utc
-    key = "TPM key" if source.kind == "tpm" else "DEVELOPMENT software key"
     if now > end:
         raise IdentityError(
             f"the box certificate of {identity.box_id} expired on {end:%Y-%m-%d}: the centre "
@@ -171,7 +188,4 @@ def probe(source: IdentitySource, now: datetime) -> str:
             f"the box certificate of {identity.box_id} is valid only from {start:%Y-%m-%d}: "
             "check the box's clock"
         )
-    return (
-        f"{identity.box_id}, {key} signs and matches its certificate, valid until "
-        f"{end:%Y-%m-%d} ({(end - now).days} days left)"
-    )
+    return IdentityStatus(identity.box_id, source.kind, end, (end - now).days)

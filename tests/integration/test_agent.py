@@ -347,6 +347,10 @@ def test_daemon_notifies_ready_and_feeds_the_watchdog(
     assert "agent stopped" in err
     # the interactive provider needs no box identity: nothing is said of one
     assert "box identity" not in err
+    assert "box_identity_checked" not in err
+    started = [line for line in err.splitlines() if "agent_started:" in line]
+    assert len(started) == 1 and "provider=interactive" in started[0], err
+    assert "agent_stopped: the agent stopped (reason=signal)" in err
 
 
 def test_daemon_says_at_start_that_its_box_identity_works(
@@ -376,6 +380,9 @@ def test_daemon_says_at_start_that_its_box_identity_works(
     assert f"valid until {cert.not_valid_after_utc:%Y-%m-%d}" in said[0]
     # the development key says so in the line that uses it
     assert "DEVELOPMENT box identity (software key) used for" in err
+    checked = [line for line in err.splitlines() if "box_identity_checked:" in line]
+    assert len(checked) == 1, err
+    assert "outcome=ok box=sdbox box probe-box-7 identity=development" in checked[0]
 
 
 def test_daemon_without_its_box_identity_says_so_and_still_runs(
@@ -390,6 +397,8 @@ def test_daemon_without_its_box_identity_says_so_and_still_runs(
     assert "the box identity is not usable" in err
     assert "is missing: the box is not enrolled" in err
     assert "Traceback" not in err
+    checked = [line for line in err.splitlines() if "box_identity_checked:" in line]
+    assert len(checked) == 1 and "outcome=failed identity=tpm reason=" in checked[0], err
 
 
 __all__ = ["json"]

@@ -53,6 +53,11 @@ FIELDS = {
     # the sensor plugged in and out: checked through the real libudev in test_sensor_hotplug.py
     "sensor_connected": {"sensor"},
     "sensor_disconnected": {"sensor"},
+    # the daemon's own: checked on `sdbox agent run` in test_agent.py (test_daemon_*) and in
+    # the journal of the booted image (bootimage/boot_test.py, `make image-test`)
+    "agent_started": {"version", "provider", "identity"},
+    "agent_stopped": {"reason"},
+    "box_identity_checked": {"outcome", "identity"},
 }
 
 

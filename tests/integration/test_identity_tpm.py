@@ -108,7 +108,7 @@ def test_tpm_signature_verifies_with_the_certificate_key(pki: Pki, box: Identity
 def test_the_agents_start_up_probe_signs_in_the_tpm(pki: Pki, box: IdentityConfig) -> None:
     # what the agent logs after READY on a box (sdbox.identity.probe)
     cert = _certify(pki, box)
-    said = probe(IdentitySource(box), datetime.now(UTC))
+    said = probe(IdentitySource(box), datetime.now(UTC)).summary
     assert said.startswith("sdbox box tpm-box-1, TPM key signs and matches its certificate")
     assert f"valid until {cert.not_valid_after_utc:%Y-%m-%d}" in said
     # a certificate for another key: the probe's signature does not verify

@@ -41,7 +41,7 @@ def development_box(tmp_path: Path, *, start: datetime, end: datetime) -> Identi
 
 def test_a_working_identity_is_named_with_its_key_and_days_left(tmp_path: Path) -> None:
     box = development_box(tmp_path, start=NOW - timedelta(days=1), end=NOW + timedelta(days=40))
-    said = probe(IdentitySource(box), NOW)
+    said = probe(IdentitySource(box), NOW).summary
     assert said == (
         "sdbox box unit-9, DEVELOPMENT software key signs and matches its certificate, "
         "valid until 2027-01-16 (40 days left)"
