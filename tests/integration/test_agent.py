@@ -349,7 +349,8 @@ def test_daemon_notifies_ready_and_feeds_the_watchdog(
     assert "box identity" not in err
     assert "box_identity_checked" not in err
     started = [line for line in err.splitlines() if "agent_started:" in line]
-    assert len(started) == 1 and "provider=interactive" in started[0], err
+    assert len(started) == 1, err
+    assert "provider=interactive" in started[0]
     assert "agent_stopped: the agent stopped (reason=signal)" in err
 
 
@@ -398,7 +399,8 @@ def test_daemon_without_its_box_identity_says_so_and_still_runs(
     assert "is missing: the box is not enrolled" in err
     assert "Traceback" not in err
     checked = [line for line in err.splitlines() if "box_identity_checked:" in line]
-    assert len(checked) == 1 and "outcome=failed identity=tpm reason=" in checked[0], err
+    assert len(checked) == 1, err
+    assert "outcome=failed identity=tpm reason=" in checked[0]
 
 
 __all__ = ["json"]
