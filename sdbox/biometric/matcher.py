@@ -57,10 +57,14 @@ MIN_MINUTIAE = 3
 _MASK = STEPS - 1
 
 
-def _angle_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Smallest difference between two integer angles in STEPS (modular, bitwise)."""
-    d = (a - b) & _MASK
-    result: np.ndarray = np.minimum(d, STEPS - d)
+def _angles_close(a: np.ndarray, b: np.ndarray, tol: int) -> np.ndarray:
+    """Whether the smallest modular gap between integer angles a and b is below ``tol``.
+
+    The gap min(d, STEPS - d), d = (a - b) mod STEPS, is below tol when d is in
+    [0, tol) or (STEPS - tol, STEPS): shifted by tol - 1 that is the one interval
+    [0, 2 tol - 1), three integer operations.
+    """
+    result: np.ndarray = ((a - b + (tol - 1)) & _MASK) < 2 * tol - 1
     return result
 
 
@@ -103,16 +107,43 @@ def _local(points: np.ndarray, angles: np.ndarray, k: int) -> np.ndarray:
 
 
 def _local_similarity(lp: np.ndarray, lr: np.ndarray) -> np.ndarray:
-    """(n_p, n_r): the share of neighbours that agree between each probe and reference minutia."""
-    dp, dr = lp[..., 0], lr[..., 0]
-    ap, ar = lp[..., 1].astype(np.int32), lr[..., 1].astype(np.int32)
-    bp, br = lp[..., 2].astype(np.int32), lr[..., 2].astype(np.int32)
-    ok = np.abs(dp[:, None, :, None] - dr[None, :, None, :]) < DIST_TOL + 0.1 * dp[:, None, :, None]
-    ok &= _angle_gap(ap[:, None, :, None], ar[None, :, None, :]) < ANGLE_TOL
-    ok &= _angle_gap(bp[:, None, :, None], br[None, :, None, :]) < ANGLE_TOL
-    from_probe = ok.any(axis=3).sum(axis=2)
-    from_ref = ok.any(axis=2).sum(axis=2)
-    result: np.ndarray = np.minimum(from_probe, from_ref) / max(lp.shape[1], 1)
+    """(n_p, n_r): the share of neighbours that agree between each probe and reference minutia.
+
+    Neighbour a of a probe minutia agrees with neighbour b of a reference minutia when
+    their distances, directions and angles are all within tolerance. Computed as k by k
+    planes of (n_p, n_r), one per (a, b): numpy's reductions over axes of length k
+    cost more than the comparisons, and this is most of a match's time.
+    """
+    k = min(lp.shape[1], lr.shape[1])
+    dp, dr = lp[:, :k, 0], lr[:, :k, 0]
+    # int16: the angles are below STEPS; the probe's are shifted once for _angles_close
+    shift = ANGLE_TOL - 1
+    ap, ar = lp[:, :k, 1].astype(np.int16) + shift, lr[:, :k, 1].astype(np.int16)
+    bp, br = lp[:, :k, 2].astype(np.int16) + shift, lr[:, :k, 2].astype(np.int16)
+    width = 2 * ANGLE_TOL - 1
+    tol = DIST_TOL + 0.1 * dp
+    agree = [[np.empty(0, dtype=bool)] * k for _ in range(k)]
+    for a in range(k):
+        d_a, t_a, ap_a, bp_a = dp[:, a, None], tol[:, a, None], ap[:, a, None], bp[:, a, None]
+        for b in range(k):
+            ok = np.abs(d_a - dr[None, :, b]) < t_a
+            ok &= ((ap_a - ar[None, :, b]) & _MASK) < width
+            ok &= ((bp_a - br[None, :, b]) & _MASK) < width
+            agree[a][b] = ok
+    shape = (len(lp), len(lr))
+    from_probe = np.zeros(shape, dtype=np.int64)  # probe neighbours with some agreeing one
+    from_ref = np.zeros(shape, dtype=np.int64)  # and reference neighbours
+    for a in range(k):
+        hit = agree[a][0].copy()
+        for b in range(1, k):
+            hit |= agree[a][b]
+        from_probe += hit
+    for b in range(k):
+        hit = agree[0][b].copy()
+        for a in range(1, k):
+            hit |= agree[a][b]
+        from_ref += hit
+    result: np.ndarray = np.minimum(from_probe, from_ref) / max(k, 1)
     return result
 
 
@@ -123,17 +154,20 @@ def _pairs(
 
     Returns probe indices, reference indices and each pair's weight, 1 - (d / reach)².
     """
-    diff = pp[:, None, :] - rp[None, :, :]
-    dist = np.hypot(diff[..., 0], diff[..., 1])
+    # squared distances throughout: the order (nearest) and the weight need no root
+    dx = pp[:, 0, None] - rp[None, :, 0]
+    dy = pp[:, 1, None] - rp[None, :, 1]
+    dist2 = dx * dx + dy * dy
     reach = PAIR_TOL + PAIR_TOL_SLOPE * np.hypot(rp[:, 0] - anchor[0], rp[:, 1] - anchor[1])
-    ok = (dist < reach[None, :]) & (_angle_gap(pa[:, None], ra[None, :]) < PAIR_ANGLE_TOL)
-    masked = np.where(ok, dist, np.inf)
+    reach2 = reach * reach
+    ok = (dist2 < reach2[None, :]) & _angles_close(pa[:, None], ra[None, :], PAIR_ANGLE_TOL)
+    masked = np.where(ok, dist2, np.inf)
     best_r = masked.argmin(axis=1)
     best_p = masked.argmin(axis=0)
     probe_idx = np.arange(len(pp))
     mutual = (best_p[best_r] == probe_idx) & np.isfinite(masked[probe_idx, best_r])
     pi, ri = probe_idx[mutual], best_r[mutual]
-    weight: np.ndarray = 1.0 - (masked[pi, ri] / reach[ri]) ** 2
+    weight: np.ndarray = 1.0 - masked[pi, ri] / reach2[ri]
     return pi, ri, weight
 
 
