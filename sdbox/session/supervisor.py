@@ -135,7 +135,13 @@ def new_home_path(base: Path | None = None) -> Path:
 
 
 def remove_home(home: Path) -> None:
-    """Remove a private home after its client is gone."""
+    """Remove a private home after its client is gone, if the reaper could not.
+
+    The reaper removes it itself; this is the net for a reaper that was killed
+    or never started. It works where the agent and the client share a uid
+    (development, tests); on a box the agent may not enter the client's 0700
+    home (no CAP_DAC_OVERRIDE), so what is left goes with the unit's PrivateTmp.
+    """
     shutil.rmtree(home, ignore_errors=True)
 
 
