@@ -262,9 +262,8 @@ class Agent:
         card = self._card
         if card is None or card.handle.reader != reader:
             return
-        self._card = None
-        await self._kill_session()
-        await self._cancel_flow()
+        self._card = None  # from here no flow step may show anything for this card
+        await self._end_flow_and_session(kill=True)
         card.handle.close()
         audit(
             AuditEvent.CARD_SWAPPED if swapped else AuditEvent.CARD_REMOVED,
@@ -298,10 +297,22 @@ class Agent:
 
         self._flow = asyncio.ensure_future(guarded())
 
-    async def _cancel_flow(self) -> None:
+    async def _end_flow_and_session(self, *, kill: bool) -> None:
+        """Stop the connection flow and end its session, together (removal, switch, cancel).
+
+        The flow is cancelled first and the session told to end before
+        anything is awaited, so neither waits on the other: a session still
+        starting (preflight, spawn, its stdin being written) is ended the
+        moment its client exists, and the flow can no longer move on to
+        "running".
+        """
         flow, self._flow = self._flow, None
-        if flow is not None and not flow.done() and flow is not asyncio.current_task():
+        if flow is not None and (flow.done() or flow is asyncio.current_task()):
+            flow = None
+        if flow is not None:
             flow.cancel()
+        await self._end_session(kill=kill)
+        if flow is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await flow
 
@@ -377,7 +388,7 @@ class Agent:
             raise Refusal(Problem.BUSY, f"the box is busy ({self.snapshot.state.value})")
         project = self._project(card, project_id)
         audit(AuditEvent.PROJECT_CHOSEN, "project chosen", project=project.id, card=card.guid.hex())
-        await self._cancel_flow()
+        await self._end_flow_and_session(kill=False)  # chosen from a running session: a switch
         self._start_flow(self._connect(card, project))
 
     async def switch(self, project_id: str) -> None:
@@ -392,14 +403,12 @@ class Agent:
             project=project.id,
             previous=self._session_project or None,
         )
-        await self._close_session()
-        await self._cancel_flow()
+        await self._end_flow_and_session(kill=False)
         self._start_flow(self._connect(card, project))
 
     async def cancel(self) -> None:
         """Abandon the current step (or end the running session) and go back to the picker."""
-        await self._close_session()
-        await self._cancel_flow()
+        await self._end_flow_and_session(kill=False)
         if self._pin is not None and not self._pin.done():
             self._pin.cancel()
         if self._card is not None and self._card.directory is not None:
@@ -436,9 +445,13 @@ class Agent:
             user, credential = await self._obtain_credential(card, project, certificate)
             await self._run_session(card, project, user, credential, server)
         except Refusal as refusal:
-            self._set(
-                State.PICKER, project=project.id, message=refusal.message, problem=refusal.problem
-            )
+            if self._card is card:  # a refusal for a card that has left shows nothing
+                self._set(
+                    State.PICKER,
+                    project=project.id,
+                    message=refusal.message,
+                    problem=refusal.problem,
+                )
 
     async def _verify_holder(self, card: _Card, project: Project) -> None:
         allow_pin = project.second_factor == SecondFactor.FINGER_OR_PIN
@@ -614,19 +627,35 @@ class Agent:
     async def _run_session(
         self, card: _Card, project: Project, user: str, credential: Any, server: x509.Certificate
     ) -> None:
+        if self._card is not card:
+            return  # the card left while the credential was being obtained
         self._set(State.CONNECTING, project=project.id)
         session = self.sessions.open(project, user, credential, server)
         self._session, self._session_project = session, project.id
         try:
             await session.start()
             await session.wait_connected()
+        except asyncio.CancelledError:
+            if self._session is session:  # cancelled by someone who did not end it: end it here
+                self._session = None
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(session.kill())
+            raise
         except SdboxError as exc:
+            if self._session is not session:
+                return  # ended by the agent (removal, switch): _end_session reported it
             ended = getattr(exc, "ended", None)
             self._session = None
             reason = getattr(getattr(ended, "reason", None), "value", "client_failed")
             audit(AuditEvent.SESSION_ENDED, exc.message, project=project.id, reason=reason)
             self._emit(SessionEndedEvent(project.id, reason, exc.message))
             raise Refusal(Problem.SESSION_FAILED, exc.message) from exc
+        if self._session is not session or self._card is not card:
+            # Connected just as the card left or a switch began: never "running".
+            if self._session is session:
+                self._session = None
+                await session.kill()
+            return
         audit(
             AuditEvent.SESSION_STARTED,
             "session connected",
@@ -635,7 +664,9 @@ class Agent:
         )
         self._set(State.RUNNING, project=project.id)
         self._start_renewal(card)
-        ended = await session.wait_ended()
+        # Shielded: cancelling the flow (switch, removal) must not cancel the
+        # session's own end report, which _end_session waits for.
+        ended = await asyncio.shield(session.wait_ended())
         if self._session is not session:
             return  # ended by the agent (switch, removal): _end_session reported it
         self._session = None
@@ -725,16 +756,9 @@ class Agent:
                 ended = await asyncio.wait_for(session.wait_ended(), 5)
         self._report_end(self._session_project, ended)
 
-    async def _kill_session(self) -> None:
-        await self._end_session(kill=True)
-
-    async def _close_session(self) -> None:
-        await self._end_session(kill=False)
-
     async def shutdown(self) -> None:
         """Stop: kill any session, release the card."""
-        await self._kill_session()
-        await self._cancel_flow()
+        await self._end_flow_and_session(kill=True)
         if self._card is not None:
             self._card.handle.close()
             self._card = None

@@ -116,19 +116,33 @@ class Session(ABC):
         return self._connected.is_set()
 
     async def start(self) -> None:
-        """Start the client; returns once it runs (or raises a :class:`SessionError`)."""
+        """Start the client; returns once it runs (or raises a :class:`SessionError`).
+
+        A :meth:`kill` or :meth:`close` asked for before or during ``start``
+        is honoured as soon as it can be: before the preflight or the spawn
+        nothing is started, and a client spawned meanwhile is signalled the
+        moment its pid is known. If ``start`` is cancelled or fails, the
+        session has ended (its report says how) and no client runs on.
+        """
         if self._ended is not None:
             raise SessionError("This session was already started.")
         user = ClientUser.resolve(self._run_as)
-        self._ended = asyncio.get_running_loop().create_future()
+        ended = self._ended = asyncio.get_running_loop().create_future()
+        if self._requested is not None:  # ended before it began: nothing to start
+            ended.set_result(self._unstarted(self._requested, "before the client started"))
+            return
         try:
             await self.preflight()
         except SessionFailed as exc:
-            self._ended.set_result(exc.ended)
+            ended.set_result(exc.ended)
             return
         except BaseException:
-            self._ended = None  # not started: nothing will ever end
+            self._give_up("during the checks before the client started")
             raise
+        requested = self._end_requested()
+        if requested is not None:  # asked to end while the preflight ran
+            ended.set_result(self._unstarted(requested, "before the client started"))
+            return
         home = new_home_path(self._home_base)
         try:
             launch = self.launch(home)
@@ -145,11 +159,17 @@ class Session(ABC):
                 on_line=self._on_line,
             )
         except BaseException:
+            # spawn() kills and reaps whatever it had started before raising.
             remove_home(home)
-            self._ended = None
+            self._give_up("while the client was starting")
             raise
-        if self._failure is not None:  # reported while its stdin was still being written
+        # Asked to end, or a failure reported, while the spawn was under way
+        # (its pid was not known to kill() then): act on it now.
+        requested = self._end_requested()
+        if self._failure is not None or requested is EndReason.KILLED:
             self._client.signal_group(signal.SIGKILL)
+        elif requested is EndReason.CLOSED:
+            self._client.signal_group(signal.SIGTERM)
         self._task = asyncio.create_task(self._supervise(self._client, home))
 
     async def wait_connected(self) -> None:
@@ -169,28 +189,55 @@ class Session(ABC):
         return await asyncio.shield(self._require_started())
 
     async def kill(self) -> SessionEnded:
-        """End at once (card removed): SIGKILL to the client's group."""
-        ended = self._require_started()
-        if not ended.done():
-            self._requested = self._requested or EndReason.KILLED
-            if self._client is not None:
-                self._client.signal_group(signal.SIGKILL)
-        return await asyncio.shield(ended)
+        """End at once (card removed): SIGKILL to the client's group.
+
+        Valid at any point: before :meth:`start` (then nothing ever starts),
+        during it (the client is killed as soon as it exists), or after.
+        """
+        self._requested = self._requested or EndReason.KILLED
+        if self._ended is None:  # not started: start() will see the request
+            return self._unstarted(self._requested, "before the client started")
+        if not self._ended.done() and self._client is not None:
+            self._client.signal_group(signal.SIGKILL)
+        return await asyncio.shield(self._ended)
 
     async def close(self, grace: float = CLOSE_GRACE_SECONDS) -> SessionEnded:
         """End gracefully (project switch): SIGTERM, then SIGKILL after ``grace`` seconds."""
-        ended = self._require_started()
+        self._requested = self._requested or EndReason.CLOSED
+        if self._ended is None:
+            return self._unstarted(self._requested, "before the client started")
+        ended = self._ended
         if not ended.done() and self._client is not None:
-            self._requested = self._requested or EndReason.CLOSED
             self._client.signal_group(signal.SIGTERM)
             try:
                 return await asyncio.wait_for(asyncio.shield(ended), grace)
             except TimeoutError:
                 _log.warning("%s did not close within %.1f s: killing", self._client.name, grace)
                 self._client.signal_group(signal.SIGKILL)
+        elif not ended.done():  # still starting: start() ends it, and it gets no grace
+            self._requested = EndReason.KILLED
         return await asyncio.shield(ended)
 
     # -- internals ------------------------------------------------------------------
+
+    def _end_requested(self) -> EndReason | None:
+        # A call, not the attribute: kill() may set it while start() awaits.
+        return self._requested
+
+    def _unstarted(self, reason: EndReason, when: str) -> SessionEnded:
+        return SessionEnded(reason=reason, detail=f"ended by the agent {when}")
+
+    def _give_up(self, when: str) -> None:
+        """``start`` raised or was cancelled: the session has ended, and says so to any waiter."""
+        assert self._ended is not None
+        if self._ended.done():
+            return
+        if self._requested is not None:
+            self._ended.set_result(self._unstarted(self._requested, when))
+        else:
+            self._ended.set_result(
+                SessionEnded(EndReason.CLIENT_FAILED, detail=f"the client did not start ({when})")
+            )
 
     def _require_started(self) -> asyncio.Future[SessionEnded]:
         if self._ended is None:

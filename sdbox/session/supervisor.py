@@ -49,6 +49,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sdbox.logging import TRACE
 from sdbox.session import reaper as reaper_protocol
@@ -299,27 +300,34 @@ class ClientProcess:
                 preexec_fn=functools.partial(_reaper_setup, os.getpid()),
                 **identity,  # type: ignore[arg-type]
             )
-        except OSError as exc:
+        except BaseException as exc:
+            # Cancelled here, asyncio has killed and reaped a reaper it had
+            # forked; its client, if any, dies with it (parent-death signal).
             transport.close()
             os.close(control)
             os.close(report)
-            raise SessionStartError(
-                "The remote desktop program could not be started on this box.",
-                detail=f"{argv[0]}: {exc}",
-            ) from exc
+            if isinstance(exc, OSError):
+                raise SessionStartError(
+                    "The remote desktop program could not be started on this box.",
+                    detail=f"{argv[0]}: {exc}",
+                ) from exc
+            raise
         finally:
             os.close(slave)  # the child holds its own copies
             os.close(control_read)
             os.close(report_write)
+        # One short line (one write, under PIPE_BUF): the pid, or E and why.
+        reading = loop.run_in_executor(None, os.read, report, 4096)
         try:
-            # One short line (one write, under PIPE_BUF): the pid, or E and why.
-            reported = await loop.run_in_executor(None, os.read, report, 4096)
+            reported = await asyncio.shield(reading)
         except BaseException:
-            os.close(control)  # end of file: the reaper kills the client
-            transport.close()
-            raise
-        finally:
+            # Cancelled before the pid was known: the control pipe's end of
+            # file has the reaper kill whatever it started, and we wait for
+            # both (the read ends when the reaper does).
+            await _abandon(process, control, transport, reading)
             os.close(report)
+            raise
+        os.close(report)
         if not reported.strip().isdigit():
             os.close(control)  # the reaper, if alive, kills what it started
             transport.close()
@@ -340,7 +348,7 @@ class ClientProcess:
         except BaseException:
             # Cancelled (or worse) before anyone supervises it: it must not run on.
             client.signal_group(signal.SIGKILL)
-            transport.close()
+            await _abandon(process, control, transport)
             raise
         finally:
             process.stdin.close()
@@ -374,3 +382,27 @@ class ClientProcess:
             os.close(self._control)
             self._control = -1
         return status
+
+
+_ABANDON_SECONDS = 5.0
+
+
+async def _abandon(
+    process: asyncio.subprocess.Process,
+    control: int,
+    transport: asyncio.BaseTransport,
+    reading: asyncio.Future[bytes] | None = None,
+) -> None:
+    """A spawn given up half-way: the reaper kills its client, and both are waited for.
+
+    Closing the control pipe is the reaper's order to SIGKILL the client's
+    group; it then exits. Waiting (bounded, and again if cancelled twice)
+    means that when ``spawn`` raises, no client of it runs on.
+    """
+    os.close(control)
+    transport.close()
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(process.wait())]
+    if reading is not None:
+        waits.append(reading)
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(*waits)), _ABANDON_SECONDS)

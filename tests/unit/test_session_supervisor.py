@@ -190,3 +190,101 @@ def test_log_tail_redacts_secrets_and_secret_arguments() -> None:
 def test_every_reason_has_a_plain_message() -> None:
     assert set(MESSAGES) == set(EndReason)
     assert all(message.endswith(".") for message in MESSAGES.values())
+
+
+class SlowPreflightSession(ScriptSession):
+    """A session whose preflight waits until the test lets it go on."""
+
+    def __init__(self, script: str) -> None:
+        super().__init__(script)
+        self.in_preflight = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def preflight(self) -> None:
+        self.in_preflight.set()
+        await self.go_on.wait()
+
+
+def test_kill_before_start_means_no_client_ever_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+
+    async def scenario() -> Any:
+        session = ScriptSession(f"touch {marker}; echo CONNECTED; sleep 300")
+        ended = await session.kill()
+        await session.start()
+        assert session.pid is None
+        assert (await session.wait_ended()).reason is EndReason.KILLED
+        with pytest.raises(SessionFailed):
+            await session.wait_connected()
+        return ended
+
+    assert run(scenario()).reason is EndReason.KILLED
+    assert not marker.exists()
+
+
+def test_kill_during_the_preflight_starts_no_client(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+
+    async def scenario() -> Any:
+        session = SlowPreflightSession(f"touch {marker}; echo CONNECTED; sleep 300")
+        starting = asyncio.ensure_future(session.start())
+        await session.in_preflight.wait()
+        killing = asyncio.ensure_future(session.kill())
+        await asyncio.sleep(0)
+        session.go_on.set()  # the preflight passes after the card left
+        await starting
+        return await killing
+
+    ended = run(scenario())
+    assert ended.reason is EndReason.KILLED
+    assert not ended.was_connected
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("turns", range(6))
+def test_kill_while_the_client_is_spawned_ends_it_once_it_exists(
+    tmp_path: Path, turns: int
+) -> None:
+    """kill() while spawn() is under way (pid unknown): the client it gives does not run on."""
+    pidfile = tmp_path / "pid"
+
+    async def scenario() -> Any:
+        session = ScriptSession(f"echo $$ > {pidfile}; echo CONNECTED; exec sleep 300")
+        starting = asyncio.ensure_future(session.start())
+        for _ in range(turns):  # land the kill at a different step of the spawn each time
+            await asyncio.sleep(0)
+        ended = await asyncio.wait_for(session.kill(), 10)
+        await starting
+        return ended
+
+    ended = run(scenario())
+    assert ended.reason is EndReason.KILLED
+    if pidfile.exists() and pidfile.read_text().strip():
+        pid = int(pidfile.read_text())
+        assert gone(pid) or live_group_members(pid) == []
+
+
+@pytest.mark.parametrize("turns", range(1, 7))  # 0: cancelled before start() ran at all
+def test_start_cancelled_mid_spawn_leaves_no_client_and_an_end_report(
+    tmp_path: Path, turns: int
+) -> None:
+    pidfile = tmp_path / "pid"
+
+    async def scenario() -> Any:
+        session = ScriptSession(f"echo $$ > {pidfile}; echo CONNECTED; exec sleep 300")
+        starting = asyncio.ensure_future(session.start())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        if session.pid is not None:  # it had started before the cancel landed
+            return await asyncio.wait_for(session.kill(), 10)
+        # not started: a waiter is told, and nothing was left running
+        return await asyncio.wait_for(session.wait_ended(), 10)
+
+    ended = run(scenario())
+    assert ended.reason in (EndReason.CLIENT_FAILED, EndReason.KILLED)
+    if pidfile.exists() and pidfile.read_text().strip():
+        pid = int(pidfile.read_text())
+        assert gone(pid) or live_group_members(pid) == []
