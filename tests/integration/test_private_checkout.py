@@ -22,6 +22,7 @@ import pytest
 
 import sdbox
 from sdbox.session import DEFAULT_SESSION_USER, EndReason
+from tests.integration import greeter_env
 
 
 def _user_missing(name: str) -> bool:
@@ -105,7 +106,7 @@ def private_checkout() -> Iterator[Path]:
 def test_the_session_user_cannot_read_the_private_checkout(private_checkout: Path) -> None:
     """What the other tests here rely on: the checkout really is out of the users' reach."""
     assert private_checkout.stat().st_mode & 0o777 == 0o700
-    for user in (DEFAULT_SESSION_USER, "sdbox-greeter"):
+    for user in (DEFAULT_SESSION_USER, greeter_env.GREETER_USER):
         if not _user_missing(user):
             assert not _can_reach(user, private_checkout / "sdbox" / "session" / "reaper.py")
             assert not _can_reach(user, private_checkout / ".venv" / "bin" / "python")
@@ -128,3 +129,26 @@ def test_a_session_client_starts_from_a_private_checkout(private_checkout: Path)
     # The credential reached the client on its stdin, and the client was the session user's.
     assert f"got <redacted> as {DEFAULT_SESSION_USER}" in report["log"]
     assert SECRET not in supervisor.stdout
+
+
+@pytest.mark.skipif(
+    _user_missing(greeter_env.GREETER_USER), reason=f"needs the {greeter_env.GREETER_USER} user"
+)
+def test_the_greeter_user_runs_its_code_staged_out_of_the_checkout(tmp_path: Path) -> None:
+    """The greeter tests run the greeter as its user from a copy it can read, not the checkout."""
+    base = Path(tempfile.mkdtemp(prefix="sdbox-greeter-code-"))
+    try:
+        base.chmod(0o755)
+        code = greeter_env.stage_package(base)
+        imported = subprocess.run(
+            [
+                "runuser", "-u", greeter_env.GREETER_USER, "--", "env", "-i", "PATH=/usr/bin:/bin",
+                f"PYTHONPATH={code}", "PYTHONDONTWRITEBYTECODE=1", greeter_env.GREETER_PYTHON, "-c",
+                "import sdbox, sdbox.ui.app; print(sdbox.__file__)",
+            ],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert imported.returncode == 0, imported.stderr[-3000:]
+        assert Path(imported.stdout.strip()).is_relative_to(code)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
