@@ -1,13 +1,13 @@
 """The per-session reaper: the session client's parent, running as the client's own user.
 
 Started by the supervisor (already switched to ``sdbox-session``, in a new
-session, parent-death signal SIGTERM) as ``python3 -I -S reaper.py CONTROL
-REPORT HOME FILES PROGRAM ARGS...``. It makes the client's private HOME (a
-new directory, mode 0700, with the non-secret FILES, a JSON object of
-relative path to content), forks the client into it and into a process
-group of its own (parent-death signal SIGKILL: the client dies with its
-reaper), writes the client's pid on REPORT, then waits for the client or
-for the agent:
+session, parent-death signal SIGTERM) as ``python3 -I -S -c SOURCE CONTROL
+REPORT HOME FILES PROGRAM ARGS...``, SOURCE being this module's text. It
+makes the client's private HOME (a new directory, mode 0700, with the
+non-secret FILES, a JSON object of relative path to content), forks the
+client into it and into a process group of its own (parent-death signal
+SIGKILL: the client dies with its reaper), writes the client's pid on
+REPORT, then waits for the client or for the agent:
 
 - ``K`` on CONTROL: SIGKILL to the client's group (card removed);
 - ``T`` on CONTROL: SIGTERM to the client's group (project switch);
@@ -20,8 +20,10 @@ the reaper sweeps its group, removes the home and ends the way the client
 ended (same exit code, same signal). A setup failure is reported on REPORT
 as a line starting with ``E``.
 
-Standard library only, no ``sdbox`` import: it runs with ``-I -S`` from its
-own path, with nothing of the agent's ``sys.path``.
+Standard library only, no ``sdbox`` import: it runs with ``-I -S`` on the
+base interpreter (not the agent's venv), with nothing of the agent's
+``sys.path``, and needs no file of the agent's: its user may not be able to
+read the agent's checkout or venv.
 """
 
 from __future__ import annotations

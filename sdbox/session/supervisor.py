@@ -59,7 +59,17 @@ _log = logging.getLogger("sdbox.session")
 
 DEFAULT_SESSION_USER = "sdbox-session"
 _PR_SET_PDEATHSIG = 1
-_REAPER = Path(reaper_protocol.__file__)
+# The reaper runs as the client's user, who may be unable to read the agent's
+# files: a development checkout cloned into a 0700 directory (root's home,
+# `mktemp -d`) holds both the venv's python and reaper.py. So it runs on the
+# interpreter the venv was made from (Debian's, which every user can run; the
+# same one outside a venv), with its source on the command line: standard
+# library only, nothing secret in it. Read at import, so that every reaper
+# runs the code the agent itself was started with.
+_REAPER_COMMAND = (
+    getattr(sys, "_base_executable", "") or sys.executable,
+    *("-I", "-S", "-c", Path(reaper_protocol.__file__).read_text(encoding="utf-8")),
+)
 _LINE_LIMIT = 1 << 20
 _KEPT_LINE_CHARS = 2000
 _REDACTED = "<redacted>"
@@ -279,7 +289,7 @@ class ClientProcess:
         report, report_write = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(control, False)
         reaper = [
-            *(sys.executable, "-I", "-S", str(_REAPER), str(control_read), str(report_write)),
+            *(*_REAPER_COMMAND, str(control_read), str(report_write)),
             *(str(home), json.dumps(home_files)),
         ]
         try:

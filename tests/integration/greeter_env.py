@@ -7,7 +7,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,9 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+import sdbox
 from tests.integration.session_servers import parse_ppm, stop
 
 GREETER_USER = "sdbox-greeter"
+# The greeter unit's interpreter (debian/sdbox.sdbox-greeter.service): Debian's
+# own, which sees python3-gi, and which the greeter's user can run wherever
+# the checkout is (a venv inside a 0700 checkout is out of its reach).
+GREETER_PYTHON = "/usr/bin/python3"
 REFERENCES = Path(__file__).parent / "greeter-references"
 # Font antialiasing and the spinner's phase differ between runs: a pixel
 # counts as different above this channel difference, and a screen matches
@@ -37,6 +41,25 @@ def missing() -> str | None:
     except KeyError:
         return f"the {GREETER_USER} user does not exist (make setup)"
     return None
+
+
+def stage_package(base: Path) -> Path:
+    """A copy of the ``sdbox`` package under ``base`` that the greeter's user can read.
+
+    The checkout may be private (root's home, ``mktemp -d``: mode 0700), and
+    the greeter runs as its own user: on the box it reads the installed
+    package, here this copy. Returns the directory to put on its ``PYTHONPATH``.
+    """
+    code = base / "code"
+    shutil.copytree(
+        Path(sdbox.__file__).parent,
+        code / "sdbox",
+        ignore=shutil.ignore_patterns("__pycache__"),
+        copy_function=shutil.copyfile,  # not the checkout's modes: a 077 umask made them private
+    )
+    for path in (code, *code.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return code
 
 
 @dataclass
@@ -166,16 +189,19 @@ def kiosk(bus_address: str, language: str = "en") -> Iterator[Kiosk]:
     runtime = base / "run"
     runtime.mkdir(mode=0o700)
     os.chown(runtime, user.pw_uid, user.pw_gid)
+    code = stage_package(base)
     env = {
         "PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "XDG_RUNTIME_DIR": str(runtime), "LANG": "C.UTF-8",
         "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman", "WLR_LIBINPUT_NO_DEVICES": "1",
         "WLR_HEADLESS_OUTPUTS": "1", "GTK_THEME": "Adwaita", "GSK_RENDERER": "cairo", "GDK_BACKEND": "wayland", "NO_AT_BRIDGE": "1",
-        "GSETTINGS_BACKEND": "memory", "PYTHONPATH": str(Path.cwd()),
+        "GSETTINGS_BACKEND": "memory", "PYTHONPATH": str(code), "PYTHONDONTWRITEBYTECODE": "1",
     }  # fmt: skip
     argv = ["runuser", "-u", GREETER_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-            "cage", "--", sys.executable, "-m", "sdbox.ui", "--bus", bus_address, "--lang", language]  # fmt: skip
+            "cage", "--", GREETER_PYTHON, "-m", "sdbox.ui", "--bus", bus_address, "--lang", language]  # fmt: skip
     log = (base / "cage.log").open("wb")
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=base
+    )
     try:
         deadline = time.monotonic() + 20
         while not (runtime / "wayland-0").exists():
@@ -198,21 +224,29 @@ def kiosk(bus_address: str, language: str = "en") -> Iterator[Kiosk]:
 def greeter_on_x11(bus_address: str, display: str, language: str = "en") -> Iterator[None]:
     """The greeter as its user on an X display (for keyboard tests: xdotool needs X)."""
     user = pwd.getpwnam(GREETER_USER)
+    base = Path(tempfile.mkdtemp(prefix="sdbox-greeter-code-"))
+    base.chmod(0o755)  # the greeter's user must reach its code
+    code = stage_package(base)
     env = {
         "PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "LANG": "C.UTF-8", "DISPLAY": display,
         "GDK_BACKEND": "x11", "GTK_THEME": "Adwaita", "NO_AT_BRIDGE": "1",
-        "GSETTINGS_BACKEND": "memory", "PYTHONPATH": str(Path.cwd()),
+        "GSETTINGS_BACKEND": "memory", "PYTHONPATH": str(code), "PYTHONDONTWRITEBYTECODE": "1",
     }  # fmt: skip
     argv = ["runuser", "-u", GREETER_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-            sys.executable, "-m", "sdbox.ui", "--bus", bus_address, "--lang", language]  # fmt: skip
+            GREETER_PYTHON, "-m", "sdbox.ui", "--bus", bus_address, "--lang", language]  # fmt: skip
     log_path = Path("build/greeter-screenshots/greeter-x11.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield
-        finally:
-            stop(process)
+    try:
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=base
+            )
+            try:
+                yield
+            finally:
+                stop(process)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def window_shown(display: str) -> bool:
