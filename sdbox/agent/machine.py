@@ -263,6 +263,9 @@ class Agent:
         if card is None or card.handle.reader != reader:
             return
         self._card = None  # from here no flow step may show anything for this card
+        if self._session is not None and self._session.pid is None:
+            # The soak counts these: the case that once left a live session.
+            _log.info("the card left while the session client was starting: ending it as it starts")
         await self._end_flow_and_session(kill=True)
         card.handle.close()
         audit(
