@@ -195,8 +195,13 @@ def kiosk(bus_address: str, language: str = "en") -> Iterator[Kiosk]:
 
 
 @contextlib.contextmanager
-def greeter_on_x11(bus_address: str, display: str, language: str = "en") -> Iterator[None]:
-    """The greeter as its user on an X display (for keyboard tests: xdotool needs X)."""
+def greeter_on_x11(
+    bus_address: str, display: str, language: str = "en"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The greeter as its user on an X display (for keyboard tests: xdotool needs X).
+
+    Yields the ``runuser`` process the greeter runs under.
+    """
     user = pwd.getpwnam(GREETER_USER)
     env = {
         "PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "LANG": "C.UTF-8", "DISPLAY": display,
@@ -210,7 +215,7 @@ def greeter_on_x11(bus_address: str, display: str, language: str = "en") -> Iter
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            yield
+            yield process
         finally:
             stop(process)
 
