@@ -53,7 +53,7 @@ from sdbox.smartcard.profile import pad_pin
 from sdbox.trust.pki import Pki
 from tests.integration import test_agent
 from tests.integration.agent_env import BrokerEnv, reference_broker
-from tests.integration.agent_env import card_profile as test_profile
+from tests.integration.agent_env import card_profile as profile_of
 from tests.integration.greeter_env import greeter_on_x11, missing, window_shown
 from tests.integration.secret_scan import (
     DumpPlaces,
@@ -97,7 +97,7 @@ def random_management_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def card_profile(ports: dict[str, int]) -> str:
         key = secrets.token_hex(16)
-        return test_profile(ports).replace('"00112233445566778899aabbccddeeff"', f'"{key}"', 1)
+        return profile_of(ports).replace('"00112233445566778899aabbccddeeff"', f'"{key}"', 1)
 
     monkeypatch.setattr(test_agent, "card_profile", card_profile)
 
