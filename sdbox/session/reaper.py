@@ -106,13 +106,19 @@ def main(argv: list[str]) -> int:
     control, report = int(argv[1]), int(argv[2])
     home, files, program = os.path.abspath(argv[3]), json.loads(argv[4]), argv[5:]
     client = 0
-    # No core dump, of the client (it holds the one-time credential and its
-    # session keys) nor of the reaper (which re-raises the client's fatal
-    # signal on itself): the hard limit too, inherited by the client, so that
-    # it cannot raise it again. The image's kernel.core_pattern writes no dump
-    # either; this holds wherever the agent runs. systemd-coredump honours the
-    # limit too. PR_SET_DUMPABLE would not do: execve sets it back to 1.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:
+        # No core dump, of the client (it holds the one-time credential and
+        # its session keys) nor of the reaper (which re-raises the client's
+        # fatal signal on itself): the hard limit too, inherited by the
+        # client, so that it cannot raise it again. The image's core_pattern
+        # writes no dump either; this holds wherever the agent runs, and
+        # systemd-coredump honours it. PR_SET_DUMPABLE would not do: execve
+        # sets it back to 1. glibc makes this prlimit64, which the agent
+        # unit's seccomp filter allows (setrlimit itself is in ~@resources).
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except OSError as exc:  # fail closed: no client that could dump its credential
+        os.write(report, f"E cannot disable core dumps: {exc}\n".encode())
+        return EXIT_SETUP_FAILED
 
     def agent_gone(_sig: int, _frame: object) -> None:
         if client:

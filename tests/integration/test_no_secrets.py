@@ -10,8 +10,8 @@ journal); the session clients' kept output, command lines, environments and
 private homes while they run (the PIN flow's and the finger flow's); every
 file the agent's run left in its work directory (state, CRL cache,
 configuration; the card emulator's own state excepted: that is the card);
-the greeter's command line, environment and output, and its memory (the
-PIN is typed into it, so there only the other secrets). Encodings: see
+the greeter's command line, environment, output and home, and its memory
+(the PIN is typed into it, so there only the other secrets). Encodings: see
 :func:`secret_scan.encodings`.
 
 Core dumps: a crash of a client holding its credential leaves none (its
@@ -29,6 +29,7 @@ import base64
 import contextlib
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -54,7 +55,7 @@ from sdbox.trust.pki import Pki
 from tests.integration import test_agent
 from tests.integration.agent_env import BrokerEnv, reference_broker
 from tests.integration.agent_env import card_profile as profile_of
-from tests.integration.greeter_env import greeter_on_x11, missing, window_shown
+from tests.integration.greeter_env import GREETER_USER, greeter_on_x11, missing, window_shown
 from tests.integration.secret_scan import (
     DumpPlaces,
     Finding,
@@ -265,6 +266,7 @@ def run_flows(
     seen.haystacks["log records"] = "\n".join(records).encode()
     if greeter:
         seen.haystacks["greeter output"] = GREETER_LOG.read_bytes()
+        snapshot(Path(pwd.getpwnam(GREETER_USER).pw_dir), seen.haystacks)  # what it wrote home
     # everything the run wrote: state, CRL cache, configuration... (not the card itself)
     snapshot(tmp_path, seen.haystacks, skip=(tmp_path / "card.json",))
     return seen
