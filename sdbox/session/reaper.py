@@ -6,8 +6,8 @@ REPORT HOME FILES PROGRAM ARGS...``, SOURCE being this module's text. It
 makes the client's private HOME (a new directory, mode 0700, with the
 non-secret FILES, a JSON object of relative path to content), forks the
 client into it and into a process group of its own (parent-death signal
-SIGKILL: the client dies with its reaper), writes the client's pid on
-REPORT, then waits for the client or for the agent:
+SIGKILL: the client dies with its reaper; core dumps off for both), writes
+the client's pid on REPORT, then waits for the client or for the agent:
 
 - ``K`` on CONTROL: SIGKILL to the client's group (card removed);
 - ``T`` on CONTROL: SIGTERM to the client's group (project switch);
@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -107,6 +108,19 @@ def main(argv: list[str]) -> int:
     control, report = int(argv[1]), int(argv[2])
     home, files, program = os.path.abspath(argv[3]), json.loads(argv[4]), argv[5:]
     client = 0
+    try:
+        # No core dump, of the client (it holds the one-time credential and
+        # its session keys) nor of the reaper (which re-raises the client's
+        # fatal signal on itself): the hard limit too, inherited by the
+        # client, so that it cannot raise it again. The image's core_pattern
+        # writes no dump either; this holds wherever the agent runs, and
+        # systemd-coredump honours it. PR_SET_DUMPABLE would not do: execve
+        # sets it back to 1. glibc makes this prlimit64, which the agent
+        # unit's seccomp filter allows (setrlimit itself is in ~@resources).
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except OSError as exc:  # fail closed: no client that could dump its credential
+        os.write(report, f"E cannot disable core dumps: {exc}\n".encode())
+        return EXIT_SETUP_FAILED
 
     def agent_gone(_sig: int, _frame: object) -> None:
         if client:

@@ -69,6 +69,17 @@ def redacted(apdu: Apdu) -> str:
     return f"{head} {apdu.data.hex().upper()}" + (f" Le={apdu.le}" if apdu.le is not None else "")
 
 
+def redacted_response(command: Apdu, data: bytes) -> str:
+    """A log-safe rendering of the answer to ``command``.
+
+    What GENERAL AUTHENTICATE returns (an ECDH shared secret, a signature, a
+    management-key witness) never shows, only its length.
+    """
+    if command.ins == Ins.GENERAL_AUTHENTICATE and data:
+        return f"<{len(data)} bytes redacted>"
+    return data.hex().upper()
+
+
 class ApduStack:
     """Sends :class:`Apdu` objects over a connection with chaining as needed.
 
@@ -82,7 +93,10 @@ class ApduStack:
         self.extended = extended
         self.stats = ApduStats()
 
-    def _exchange(self, apdu: Apdu, *, extended: bool) -> tuple[bytes, int]:
+    def _exchange(
+        self, apdu: Apdu, *, extended: bool, answering: Apdu | None = None
+    ) -> tuple[bytes, int]:
+        """One exchange; ``answering``: the command whose answer a GET RESPONSE continues."""
         raw = apdu.encode(extended=extended)
         if _log.isEnabledFor(TRACE):
             _log.log(TRACE, "> %s", redacted(apdu))
@@ -95,8 +109,7 @@ class ApduStack:
             name = apdu.name()
             self.stats.by_ins[name] = self.stats.by_ins.get(name, 0) + 1
         if _log.isEnabledFor(TRACE):
-            shown = "<redacted>" if apdu.ins == Ins.GENERAL_AUTHENTICATE else data.hex().upper()
-            _log.log(TRACE, "< %s %04X", shown, sw)
+            _log.log(TRACE, "< %s %04X", redacted_response(answering or apdu, data), sw)
         return data, sw
 
     def send(self, apdu: Apdu) -> tuple[bytes, int]:
@@ -133,6 +146,10 @@ class ApduStack:
             if rounds > _MAX_RESPONSE_CHAIN:
                 raise CardProtocolError(f"{apdu.name()}: the card never ended its answer (61XX)")
             more = sw & 0xFF or SHORT_MAX_LE
-            data, sw = self._exchange(Apdu(0x00, Ins.GET_RESPONSE, 0, 0, le=more), extended=False)
+            # The rest of a sensitive answer (a T=0 card answers 61XX even to
+            # a short one) is redacted like its start.
+            data, sw = self._exchange(
+                Apdu(0x00, Ins.GET_RESPONSE, 0, 0, le=more), extended=False, answering=apdu
+            )
             parts.append(data)
         return b"".join(parts), sw

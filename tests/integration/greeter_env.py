@@ -221,8 +221,13 @@ def kiosk(bus_address: str, language: str = "en") -> Iterator[Kiosk]:
 
 
 @contextlib.contextmanager
-def greeter_on_x11(bus_address: str, display: str, language: str = "en") -> Iterator[None]:
-    """The greeter as its user on an X display (for keyboard tests: xdotool needs X)."""
+def greeter_on_x11(
+    bus_address: str, display: str, language: str = "en"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The greeter as its user on an X display (for keyboard tests: xdotool needs X).
+
+    Yields the ``runuser`` process the greeter runs under.
+    """
     user = pwd.getpwnam(GREETER_USER)
     base = Path(tempfile.mkdtemp(prefix="sdbox-greeter-code-"))
     base.chmod(0o755)  # the greeter's user must reach its code
@@ -242,7 +247,7 @@ def greeter_on_x11(bus_address: str, display: str, language: str = "en") -> Iter
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=base
             )
             try:
-                yield
+                yield process
             finally:
                 stop(process)
     finally:

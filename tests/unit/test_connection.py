@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sdbox.logging import TRACE
 from sdbox.smartcard.apdu import Apdu
 from sdbox.smartcard.connection import ApduStack, redacted
 from sdbox.smartcard.errors import CardProtocolError
@@ -71,3 +72,21 @@ def test_sensitive_command_data_is_redacted_in_logs() -> None:
     assert "313233" not in redacted(pin_verify)
     assert "8 bytes redacted" in redacted(pin_verify)
     assert "5C" in redacted(Apdu(0, 0xCB, 0x3F, 0xFF, bytes.fromhex("5C017E")))
+
+
+def test_a_general_authenticate_answer_is_redacted_also_where_it_is_chained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # an ECDH shared secret in two parts: the 61XX continuation must not show the rest
+    secret = bytes(range(0x40, 0x60))
+    answer = bytes.fromhex("7C228220") + secret
+    conn = Recorded([(answer[:20].hex(), 0x6100 | (len(answer) - 20)), (answer[20:].hex(), 0x9000)])
+    caplog.set_level(TRACE, logger="sdbox.smartcard.connection")
+    stack = ApduStack(conn, extended=False)
+    data, _sw = stack.send(Apdu(0, 0x87, 0x11, 0x82, bytes.fromhex("7C0482008500"), le=256))
+    assert data == answer
+    assert conn.sent[1] == "00C0000010"  # the continuation really went out
+    assert "<20 bytes redacted>" in caplog.text
+    assert "<16 bytes redacted>" in caplog.text
+    for form in (secret[-16:].hex().upper(), secret[:16].hex().upper()):
+        assert form not in caplog.text

@@ -109,6 +109,21 @@ def test_client_environment_is_built_from_nothing(monkeypatch: pytest.MonkeyPatc
     assert "must-not-leak" not in log
 
 
+def test_the_client_can_write_no_core_dump_and_cannot_allow_one() -> None:
+    # it holds the credential: raising the limit again must fail too (the hard limit is 0)
+    script = "grep 'Max core file size' /proc/self/limits; ulimit -c 1024 || echo REFUSED"
+
+    async def scenario() -> str:
+        session = ScriptSession(script)
+        await session.start()
+        ended = await session.wait_ended()
+        return "\n".join(ended.log_tail)
+
+    log = run(scenario())
+    assert [line.split()[4:6] for line in log.splitlines() if "Max core" in line] == [["0", "0"]]
+    assert "REFUSED" in log
+
+
 def test_close_escalates_to_kill_when_the_client_ignores_sigterm() -> None:
     async def scenario() -> tuple[int, Any]:
         session = ScriptSession("trap '' TERM; echo CONNECTED; while :; do sleep 0.1; done")
