@@ -4,8 +4,9 @@ A CRL is indexed once (serial -> entry, a dict: O(1) per lookup however long
 the list) and its signature is verified once per issuer key, then cached, so
 that validating a chain against a 100,000-entry CRL costs a few dictionary
 lookups. Checking a certificate needs the CRL of its issuer that (1) names
-that issuer, (2) verifies under the issuer's key, (3) is fresh at the
-validation time (nextUpdate plus grace) and (4) covers that kind of
+that issuer, (2) verifies under the issuer's key, (3) carries a non-critical
+CRL number (RFC 5280 5.2.3: rollback protection rests on it), (4) is fresh
+at the validation time (nextUpdate plus grace) and (5) covers that kind of
 certificate; otherwise the answer is a refusal that says what was missing,
 never a silent pass.
 """
@@ -25,6 +26,7 @@ from sdbox.trust.errors import (
     BadSignature,
     CertificateRevoked,
     CrlMissing,
+    CrlNumberInvalid,
     CrlStale,
     MalformedCertificate,
 )
@@ -62,7 +64,7 @@ class IndexedCrl:
         self.this_update = crl.last_update_utc
         self.next_update = crl.next_update_utc
         try:
-            self.number = _crl_number(crl)
+            self.number, self.number_problem = _crl_number(crl)
             self.usable, self.scope, self.delta_base = _scope(crl)
         except (ValueError, KeyError) as exc:  # an extension that does not parse
             raise MalformedCertificate("revocation list", str(exc)[:160]) from exc
@@ -105,7 +107,12 @@ class IndexedCrl:
         if revoked is None:
             return None
         reason: x509.ReasonFlags | None = None
-        for ext in revoked.extensions:
+        try:  # entries are decoded only now (see __init__): damage surfaces here
+            extensions = revoked.extensions
+            revoked_at = revoked.revocation_date_utc
+        except (ValueError, KeyError) as exc:
+            raise MalformedCertificate("revocation list", str(exc)[:160]) from exc
+        for ext in extensions:
             if ext.oid == CRLEntryExtensionOID.CRL_REASON:
                 assert isinstance(ext.value, x509.CRLReason)
                 reason = ext.value.reason
@@ -114,7 +121,13 @@ class IndexedCrl:
                     "revocation list",
                     f"entry with unknown critical extension {ext.oid.dotted_string}",
                 )
-        return RevokedEntry(serial, revoked.revocation_date_utc, reason)
+        return RevokedEntry(serial, revoked_at, reason)
+
+    def check_number(self) -> int:
+        """The list's CRL number; refused unless present and non-critical (RFC 5280 5.2.3)."""
+        if self.number_problem is not None or self.number is None:
+            raise CrlNumberInvalid(describe(self.issuer), self.number_problem or "has no CRL number")
+        return self.number
 
 
 @dataclass(frozen=True)
@@ -170,12 +183,20 @@ def _scope(crl: x509.CertificateRevocationList) -> tuple[bool, _Scope, int | Non
     return usable, scope, delta_base
 
 
-def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
+def _crl_number(crl: x509.CertificateRevocationList) -> tuple[int | None, str | None]:
+    """The list's CRL number, and what is wrong with it (None: nothing).
+
+    A critical number is still read: the store compares it with the list it
+    replaces, so that a refused list can be replaced by a good one, never by
+    an older one.
+    """
     try:
         ext = crl.extensions.get_extension_for_class(x509.CRLNumber)
     except x509.ExtensionNotFound:
-        return None
-    return ext.value.crl_number
+        return None, "has no CRL number"
+    if ext.critical:
+        return ext.value.crl_number, "marks its CRL number critical"
+    return ext.value.crl_number, None
 
 
 class CrlSource(Protocol):
@@ -246,6 +267,10 @@ def check_certificate(
     signed = [c for c in candidates if c.verify_signature(issuer)]
     if not signed:
         raise BadSignature(f"the revocation list of {issuer_name}")
+    for crl in signed:
+        # A list the issuer signed but without a usable number is refused,
+        # not skipped: skipping it could leave an older list to decide.
+        crl.check_number()
     covering = [c for c in signed if c.scope.covers(cert, is_ca)]
     if not covering:
         raise CrlMissing(issuer_name)
@@ -280,11 +305,17 @@ def _current_delta(
     newer than ``base`` and built on a complete list no newer than ``base``
     counts; anything else is ignored, as if it were not there: the complete
     list alone still decides, which is never more lenient than with the delta.
+    A delta the issuer signed without a usable CRL number (RFC 5280 5.2.4
+    wants one in every delta) is refused like a complete list without one.
     """
     if base.number is None:
         return None
     for delta in source.crls_for(cert.issuer):
-        if delta.delta_base is None or delta.number is None:
+        if delta.delta_base is None:
+            continue
+        if delta.number_problem is not None and delta.verify_signature(issuer):
+            delta.check_number()
+        if delta.number is None:
             continue
         if delta.delta_base > base.number or delta.number <= base.number:
             continue
