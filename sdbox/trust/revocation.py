@@ -3,16 +3,21 @@
 A CRL is indexed once (serial -> entry, a dict: O(1) per lookup however long
 the list) and its signature is verified once per issuer key, then cached, so
 that validating a chain against a 100,000-entry CRL costs a few dictionary
-lookups. Checking a certificate needs the CRL of its issuer that (1) names
-that issuer, (2) verifies under the issuer's key, (3) carries a non-critical
-CRL number (RFC 5280 5.2.3: rollback protection rests on it), (4) is fresh
-at the validation time (nextUpdate plus grace) and (5) covers that kind of
-certificate; otherwise the answer is a refusal that says what was missing,
-never a silent pass.
+lookups. That holds for a plain list of CRLs too: :func:`indexed` remembers
+the index of the last few CRL objects it was given, by identity (hashing the
+DER would cost as much as indexing: cryptography re-encodes a 100,000-entry
+list in about 200 ms). Checking a certificate needs the CRL of its issuer
+that (1) names that issuer, (2) verifies under the issuer's key, (3) carries
+a non-critical CRL number (RFC 5280 5.2.3: rollback protection rests on it),
+(4) is fresh at the validation time (nextUpdate plus grace) and (5) covers
+that kind of certificate; otherwise the answer is a refusal that says what
+was missing, never a silent pass.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -130,6 +135,56 @@ class IndexedCrl:
         return self.number
 
 
+# Enough for every CA's complete and delta list in a test or a one-off check;
+# each entry keeps its CRL (and so its id) alive, so the bound is also what
+# the cache can hold on to: a few big lists at most.
+_CACHE_SIZE = 8
+
+
+class _IndexCache:
+    """The :class:`IndexedCrl` of each of the last few CRL objects, by identity."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[int, tuple[x509.CertificateRevocationList, IndexedCrl]]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()  # the broker validates from several threads
+
+    def get(self, crl: x509.CertificateRevocationList) -> IndexedCrl:
+        key = id(crl)
+        with self._lock:
+            hit = self._entries.get(key)
+            # The entry holds its CRL, so no other object can have this id
+            # while it is cached; the identity test says so once more.
+            if hit is not None and hit[0] is crl:
+                self._entries.move_to_end(key)
+                return hit[1]
+        indexed = IndexedCrl(crl)  # outside the lock: a big list takes a while
+        with self._lock:
+            self._entries[key] = (crl, indexed)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return indexed
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_INDEXES = _IndexCache(_CACHE_SIZE)
+
+
+def indexed(crl: x509.CertificateRevocationList) -> IndexedCrl:
+    """``crl``'s index, built once per CRL object while it is among the last few used.
+
+    A caller that parses the same bytes anew at every call gets a new object
+    each time, and so pays the indexing each time: keep the object, or hold
+    the lists in a :class:`CrlSet` or a :class:`~sdbox.trust.store.RevocationStore`.
+    """
+    return _INDEXES.get(crl)
+
+
 @dataclass(frozen=True)
 class _Scope:
     only_users: bool = False
@@ -225,9 +280,9 @@ class CrlSet:
 
     def add(self, crl: x509.CertificateRevocationList | IndexedCrl) -> None:
         """Add one CRL."""
-        indexed = crl if isinstance(crl, IndexedCrl) else IndexedCrl(crl)
-        bucket = self._by_issuer.setdefault(indexed.issuer, [])
-        bucket.append(indexed)
+        indexed_crl = crl if isinstance(crl, IndexedCrl) else indexed(crl)
+        bucket = self._by_issuer.setdefault(indexed_crl.issuer, [])
+        bucket.append(indexed_crl)
         bucket.sort(key=lambda c: (c.number or -1, c.this_update), reverse=True)
 
     def crls_for(self, issuer: x509.Name) -> Iterable[IndexedCrl]:
