@@ -23,6 +23,7 @@ from sdbox.trust.errors import (
     WrongPurpose,
 )
 from sdbox.trust.pki import Pki
+from sdbox.trust.revocation import indexed
 
 from .conftest import T0
 
@@ -231,3 +232,30 @@ def test_naive_times_are_refused_rather_than_guessed(pki: Pki) -> None:
             purpose=Purpose.PROJECT,
             crls=None,
         )
+
+
+def test_a_plain_list_is_indexed_once_and_still_sees_a_new_list(pki: Pki) -> None:
+    # A caller that keeps handing validate() the same list must not pay the
+    # indexing each time (issue 15), and one that hands it a newer list must
+    # see the newer list's revocations, never the cached index of the old one.
+    cert = _project(pki)
+    crls = _crls(pki)
+    for _ in range(3):
+        validate(
+            cert, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=crls
+        )
+    assert indexed(crls[1]) is indexed(crls[1])
+    pki.revoke(cert, x509.ReasonFlags.key_compromise, when=T0 + timedelta(days=2))
+    newer = _crls(pki)
+    assert indexed(newer[1]) is not indexed(crls[1])
+    with pytest.raises(CertificateRevoked):
+        validate(
+            cert, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=newer
+        )
+    # The old objects, once evicted by many others, are indexed afresh and still agree.
+    first = indexed(crls[1])
+    for crl in [c for _ in range(3) for c in _crls(pki)]:
+        indexed(crl)
+    assert indexed(crls[1]) is not first
+    validate(cert, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=crls)
+
