@@ -38,6 +38,7 @@ from sdbox.trust.errors import (
     ProjectMismatch,
     WrongPurpose,
 )
+from sdbox.trust.loaders import check_decodable
 from sdbox.trust.names import subject_of
 from sdbox.trust.revocation import CrlSource, as_source, check_certificate
 
@@ -168,7 +169,13 @@ def validate(
     :class:`~sdbox.trust.revocation.CrlSet` or the on-disk store); every
     certificate in the path but the anchor is checked against its issuer's
     CRL. ``None`` skips revocation and is only for callers that check it
-    another way (the result says ``revocation_checked=False``).
+    another way (the result says ``revocation_checked=False``). A plain list
+    is indexed once per CRL object and reused while the same objects come
+    back (:func:`~sdbox.trust.revocation.indexed`).
+
+    Certificates whose names or extensions do not decode are refused with
+    :class:`~sdbox.trust.errors.MalformedCertificate`, whichever place in the
+    path they hold.
     """
     at = _utc(at)
     source = None if crls is None else as_source(crls)
@@ -178,6 +185,9 @@ def validate(
     if not anchors:
         raise ValueError("at least one trust anchor is needed")
     rules = _RULES[purpose]
+    # Damage in the leaf is told as such, before the verifier words it as a
+    # purpose or an unknown issuer.
+    check_decodable(leaf, key=True)
     builder = _builder(purpose, anchors, at)
     try:
         if purpose in _SERVER_PURPOSES:
@@ -205,6 +215,11 @@ def validate(
             raise
         raise MalformedCertificate("certificate", str(exc)) from exc
 
+    # The verifier reads only the extensions its rules need; everything below
+    # reads the rest (name constraints, policies, distribution points), so an
+    # anchor or intermediate whose AKI, SKI... does not decode is refused here.
+    for cert in chain[1:]:
+        check_decodable(cert)
     check_name_constraints(chain)
     _check_leaf_key(leaf)
     if purpose is not Purpose.PATH:
