@@ -145,6 +145,21 @@ def _builder(purpose: Purpose, anchors: Sequence[x509.Certificate], at: datetime
     return builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
 
 
+def _as_purpose(purpose: Purpose | str) -> Purpose:
+    """``purpose`` as the enum: a member, or one of its values ("project", "server"...)."""
+    if isinstance(purpose, Purpose):
+        return purpose
+    known = ", ".join(repr(p.value) for p in Purpose)
+    if isinstance(purpose, str):
+        try:
+            return Purpose(purpose)
+        except ValueError:
+            raise ValueError(f"unknown purpose {purpose!r}: one of {known}") from None
+    raise TypeError(
+        f"purpose must be a Purpose or one of its values ({known}), not {type(purpose).__name__}"
+    )
+
+
 def _utc(at: datetime) -> datetime:
     if at.tzinfo is None:
         raise ValueError("validation times must be timezone-aware")
@@ -157,7 +172,7 @@ def validate(
     anchors: Sequence[x509.Certificate],
     *,
     at: datetime,
-    purpose: Purpose,
+    purpose: Purpose | str,
     crls: CrlSource | Iterable[x509.CertificateRevocationList] | None,
     project: str | None = None,
     hostname: str | None = None,
@@ -173,10 +188,13 @@ def validate(
     is indexed once per CRL object and reused while the same objects come
     back (:func:`~sdbox.trust.revocation.indexed`).
 
+    ``purpose`` is a :class:`Purpose` or one of its values (``"project"``);
+    anything else is a ValueError or TypeError, as a programming error.
     Certificates whose names or extensions do not decode are refused with
     :class:`~sdbox.trust.errors.MalformedCertificate`, whichever place in the
     path they hold.
     """
+    purpose = _as_purpose(purpose)
     at = _utc(at)
     source = None if crls is None else as_source(crls)
     floor = source.time_floor if source is not None else None

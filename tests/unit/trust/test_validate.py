@@ -259,3 +259,22 @@ def test_a_plain_list_is_indexed_once_and_still_sees_a_new_list(pki: Pki) -> Non
     assert indexed(crls[1]) is not first
     validate(cert, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=crls)
 
+
+def test_a_purpose_may_be_given_by_its_value(pki: Pki) -> None:
+    result = validate(
+        _project(pki), pki.intermediates, [pki.root.cert], at=AT, purpose="project", crls=None
+    )
+    assert result.purpose is Purpose.PROJECT
+    with pytest.raises(ValueError, match=r"unknown purpose 'projet': one of 'project', 'holder'"):
+        validate(
+            _project(pki), pki.intermediates, [pki.root.cert], at=AT, purpose="projet", crls=None
+        )
+    with pytest.raises(TypeError, match="purpose must be a Purpose or one of its values"):
+        validate(
+            _project(pki),
+            pki.intermediates,
+            [pki.root.cert],
+            at=AT,
+            purpose=1,  # type: ignore[arg-type]
+            crls=None,
+        )
