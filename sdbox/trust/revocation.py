@@ -135,17 +135,20 @@ class IndexedCrl:
         return self.number
 
 
-# Enough for every CA's complete and delta list in a test or a one-off check;
-# each entry keeps its CRL (and so its id) alive, so the bound is also what
-# the cache can hold on to: a few big lists at most.
+# Enough for every CA's complete and delta list in a test or a one-off check.
+# Each entry keeps its CRL (and so its id) alive, and the index of 100,000
+# entries takes some 15 MB of Python objects: past _CACHE_ENTRIES serials in
+# all, the oldest lists go first (the newest always stays).
 _CACHE_SIZE = 8
+_CACHE_ENTRIES = 300_000
 
 
 class _IndexCache:
     """The :class:`IndexedCrl` of each of the last few CRL objects, by identity."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, entries: int) -> None:
         self._size = size
+        self._max_entries = entries
         self._entries: OrderedDict[int, tuple[x509.CertificateRevocationList, IndexedCrl]]
         self._entries = OrderedDict()
         self._lock = threading.Lock()  # the broker validates from several threads
@@ -163,16 +166,16 @@ class _IndexCache:
         with self._lock:
             self._entries[key] = (crl, indexed)
             self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+            held = sum(len(i) for _, i in self._entries.values())
+            while len(self._entries) > 1 and (
+                len(self._entries) > self._size or held > self._max_entries
+            ):
+                _, (_, evicted) = self._entries.popitem(last=False)
+                held -= len(evicted)
         return indexed
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
-
-_INDEXES = _IndexCache(_CACHE_SIZE)
+_INDEXES = _IndexCache(_CACHE_SIZE, _CACHE_ENTRIES)
 
 
 def indexed(crl: x509.CertificateRevocationList) -> IndexedCrl:
