@@ -149,6 +149,7 @@ def test_crl_signed_by_the_wrong_key_is_a_bad_signature(pki: Pki) -> None:
         .issuer_name(pki.project_ca.cert.subject)
         .last_update(AT)
         .next_update(AT + timedelta(days=1))
+        .add_extension(x509.CRLNumber(10**6), critical=False)  # well-formed but for the key
         .sign(rogue, hashes.SHA256())
     )
     with pytest.raises(BadSignature, match="revocation list"):
