@@ -23,7 +23,11 @@ with atheris.instrument_imports(include=["sdbox"]):
     import sdbox.smartcard.piv
     import sdbox.smartcard.profile
     import sdbox.smartcard.tlv
-    import sdbox.trust.loaders  # noqa: F401
+    import sdbox.trust.constraints
+    import sdbox.trust.diagnose
+    import sdbox.trust.loaders
+    import sdbox.trust.revocation
+    import sdbox.trust.validate  # noqa: F401
 
 from fuzz.targets import TARGETS, guarded
 

@@ -12,11 +12,17 @@ import functools
 import json
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from sdbox.errors import SdboxError
+from sdbox.trust.pki import Issued, Pki
 
 _STATE: dict[str, object] = {}
 
@@ -144,6 +150,155 @@ def certificates(data: bytes) -> None:
             pass
 
 
+# Extensions the chain target damages (certificates), and those of a CRL.
+_CERT_EXTENSIONS = (
+    x509.oid.ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+    x509.oid.ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+    x509.oid.ExtensionOID.BASIC_CONSTRAINTS,
+    x509.oid.ExtensionOID.NAME_CONSTRAINTS,
+    x509.oid.ExtensionOID.KEY_USAGE,
+    x509.oid.ExtensionOID.EXTENDED_KEY_USAGE,
+    x509.oid.ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+    x509.oid.ExtensionOID.CERTIFICATE_POLICIES,
+    x509.oid.ExtensionOID.POLICY_CONSTRAINTS,
+    x509.oid.ExtensionOID.POLICY_MAPPINGS,
+    x509.oid.ExtensionOID.INHIBIT_ANY_POLICY,
+    x509.oid.ExtensionOID.CRL_DISTRIBUTION_POINTS,
+    x509.oid.ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
+    x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"),  # one nobody knows
+)
+_CRL_EXTENSIONS = (
+    x509.oid.ExtensionOID.CRL_NUMBER,
+    x509.oid.ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+    x509.oid.ExtensionOID.ISSUING_DISTRIBUTION_POINT,
+    x509.oid.ExtensionOID.DELTA_CRL_INDICATOR,
+    x509.oid.ExtensionOID.FRESHEST_CRL,
+    x509.oid.ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
+    x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"),
+)
+# Wrappers the fuzzer picks from, so that it reaches well-formed DER with the
+# wrong content (an AKI with a serial but no issuer) and not only garbage.
+_TAGS = (None, 0x30, 0x04, 0x03, 0x02, 0x01, 0x06, 0x16, 0x80, 0x81, 0x82, 0x87, 0xA0, 0xA1, 0xA4)
+
+
+def _der(tag: int | None, body: bytes) -> bytes:
+    if tag is None:
+        return body
+    size = len(body)
+    if size < 0x80:
+        return bytes([tag, size]) + body
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(length)]) + length + body
+
+
+def _signer(issued: Issued) -> CertificateIssuerPrivateKeyTypes:
+    key = issued.key
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # the development PKI's keys
+    return key
+
+
+def reissued(
+    cert: x509.Certificate,
+    signer: CertificateIssuerPrivateKeyTypes,
+    extension: x509.ObjectIdentifier,
+    value: bytes,
+    *,
+    critical: bool,
+) -> x509.Certificate:
+    """``cert`` signed again by ``signer`` with ``extension``'s value replaced by raw bytes.
+
+    Subject, issuer, key and serial stay, so the certificates around it
+    still chain to it: only the one extension is damaged.
+    """
+    builder = (
+        x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+        .public_key(cert.public_key()).serial_number(cert.serial_number)
+        .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
+    )  # fmt: skip
+    for ext in cert.extensions:
+        if ext.oid != extension:
+            builder = builder.add_extension(ext.value, ext.critical)
+    builder = builder.add_extension(x509.UnrecognizedExtension(extension, value), critical)
+    return builder.sign(signer, hashes.SHA384())
+
+
+@dataclass(frozen=True)
+class _TrustBench:
+    """One development PKI, a project credential and fresh CRLs, made once per process."""
+
+    pki: Pki
+    at: datetime
+    leaf: x509.Certificate
+    root_crl: x509.CertificateRevocationList
+    project_crl: x509.CertificateRevocationList
+
+
+def _trust_bench() -> _TrustBench:
+    if "trust" not in _STATE:
+        import tempfile
+
+        t0 = datetime(2030, 1, 1, tzinfo=UTC)
+        pki = Pki.init(Path(tempfile.mkdtemp(prefix="sdbox-fuzz-trust-")) / "pki", now=t0)
+        at = t0 + timedelta(days=30)
+        leaf = pki.issue_project(
+            "alpha", ec.generate_private_key(ec.SECP256R1()).public_key(), subject_cn="Ada",
+            not_before=t0,
+        )  # fmt: skip
+        _STATE["trust"] = _TrustBench(
+            pki, at, leaf, pki.crl("root", now=at), pki.crl("project-ca", now=at)
+        )
+    bench = _STATE["trust"]
+    assert isinstance(bench, _TrustBench)
+    return bench
+
+
+def trust_chain(data: bytes) -> None:
+    """validate() with one extension of the anchor, the intermediate, the leaf or a CRL damaged.
+
+    Layout: byte 0 picks the place (low two bits: anchor, intermediate, leaf,
+    the intermediate's CRL), criticality (bit 2) and the purpose (bit 3);
+    byte 1 the extension; byte 2 two DER wrappers (one per nibble) put around
+    the rest, the raw value.
+    """
+    from sdbox.trust.validate import Purpose, validate
+
+    if len(data) < 3:
+        return
+    bench = _trust_bench()
+    pki, leaf, at = bench.pki, bench.leaf, bench.at
+    place, critical, path_only = data[0] & 3, bool(data[0] & 4), bool(data[0] & 8)
+    outer, inner = _TAGS[(data[2] >> 4) % len(_TAGS)], _TAGS[(data[2] & 15) % len(_TAGS)]
+    value = _der(outer, _der(inner, data[3:]))
+    anchors, intermediates = [pki.root.cert], pki.intermediates
+    project_crl = bench.project_crl
+    cert_ext = _CERT_EXTENSIONS[data[1] % len(_CERT_EXTENSIONS)]
+    try:  # building the damaged object is the harness, not the code under test
+        if place == 0:
+            anchors = [reissued(pki.root.cert, _signer(pki.root), cert_ext, value, critical=critical)]
+        elif place == 1:
+            ca = reissued(pki.project_ca.cert, _signer(pki.root), cert_ext, value, critical=critical)
+            intermediates = [ca if c == pki.project_ca.cert else c for c in intermediates]
+        elif place == 2:
+            leaf = reissued(leaf, _signer(pki.project_ca), cert_ext, value, critical=critical)
+        else:
+            crl_ext = _CRL_EXTENSIONS[data[1] % len(_CRL_EXTENSIONS)]
+            builder = (
+                x509.CertificateRevocationListBuilder().issuer_name(pki.project_ca.cert.subject)
+                .last_update(at).next_update(at + timedelta(days=1))
+                .add_extension(x509.UnrecognizedExtension(crl_ext, value), critical)
+            )  # fmt: skip
+            if crl_ext != x509.oid.ExtensionOID.CRL_NUMBER:
+                builder = builder.add_extension(x509.CRLNumber(len(data)), critical=False)
+            project_crl = builder.sign(_signer(pki.project_ca), hashes.SHA384())
+    except (ValueError, TypeError):
+        return
+    validate(
+        leaf, intermediates, anchors, at=at,
+        purpose=Purpose.PATH if path_only else Purpose.PROJECT,
+        crls=[bench.root_crl, project_crl], project=None if path_only else "alpha",
+    )  # fmt: skip
+
+
 def broker_request(data: bytes) -> None:
     """The broker facing arbitrary JSON requests (before any certificate check can pass)."""
     from sdbox.broker.server import Broker
@@ -246,6 +401,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "agent-config": agent_config,
     "biometric": biometric,
     "certificates": certificates,
+    "trust-chain": trust_chain,
     "broker-request": broker_request,
     "card-management": card_management,
     "cmp-answer": cmp_answer,

@@ -29,6 +29,9 @@ def bench(as_json: bool, entries: int) -> None:
         ("revocation lookup", f"{figures['lookup_us']:.1f} µs", "≤ 50 µs"),
         ("chain validation, median", f"{figures['validate_median_ms']:.2f} ms", "≤ 5 ms"),
         ("chain validation, p95", f"{figures['validate_p95_ms']:.2f} ms", ""),
+        ("same, CRLs as a list: first call", f"{figures['validate_list_first_ms']:.1f} ms", ""),
+        ("same, CRLs as a list: median", f"{figures['validate_list_median_ms']:.2f} ms", "≤ 5 ms"),
+        ("same, CRLs as a list: p95", f"{figures['validate_list_p95_ms']:.2f} ms", ""),
     )
     for label, value, target in rows:
         click.echo(f"{label:<38} {value:>12}  {target}")

@@ -25,6 +25,7 @@ from sdbox.trust.errors import (
     UnknownIssuer,
     WrongPurpose,
 )
+from sdbox.trust.loaders import check_decodable
 from sdbox.trust.names import subject_of
 
 _MAX_DEPTH = 8
@@ -76,6 +77,8 @@ def walk(
 
 def _key_id_matches(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Whether ``cert``'s AKI names ``issuer``'s key (True when either is absent)."""
+    check_decodable(cert)  # MalformedCertificate rather than a bare ValueError
+    check_decodable(issuer)
     try:
         aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -105,6 +108,10 @@ def explain(
     """The typed error for a path the verifier refused with ``message``."""
     try:
         path = walk(leaf, intermediates, anchors)
+        for cert in path:
+            # The verifier words an extension it cannot decode as a refused
+            # candidate ("candidates exhausted"): say which certificate is damaged.
+            check_decodable(cert)
         check_times(path, at)
     except TrustError as error:
         return error

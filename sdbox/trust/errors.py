@@ -157,6 +157,29 @@ class CrlRollback(TrustError):
         self.held = held
 
 
+class CrlNumberInvalid(MalformedCertificate):
+    """A CRL has no CRL number, or marks it critical (RFC 5280 5.2.3).
+
+    The number is what lets the box refuse an older list in place of a newer
+    one (:class:`CrlRollback`), so a list without a usable number is refused,
+    never read as "number zero". A subclass of :class:`MalformedCertificate`:
+    callers that treat a damaged list one way treat this one the same.
+    """
+
+    def __init__(self, issuer: str, problem: str) -> None:
+        TrustError.__init__(
+            self,
+            f"Refused the revocation list of {issuer}: it {problem}. RFC 5280 requires every "
+            "list to carry a non-critical CRL number, and this box needs it to refuse older "
+            f"lists. Ask the operator of {issuer} to reissue the list with a non-critical "
+            "CRL number, then refresh the box's revocation lists.",
+        )
+        self.what = "revocation list"
+        self.detail = problem
+        self.issuer = issuer
+        self.problem = problem
+
+
 class ClockWrong(TrustError):
     """The validation time is below the persisted time floor."""
 

@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from sdbox.trust.errors import MalformedCertificate
+from sdbox.trust.names import describe
 
 _PEM_MARK = b"-----BEGIN "
 # A certificate on a PIV card fits in a few kilobytes; a CRL of 100,000
@@ -57,6 +58,34 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
         except (ValueError, TypeError) as exc:
             raise MalformedCertificate("certificate bundle", _short(exc)) from exc
     return [load_certificate(data)]
+
+
+def check_decodable(cert: x509.Certificate, *, key: bool = False) -> None:
+    """Raise :class:`MalformedCertificate` unless ``cert``'s names and extensions decode.
+
+    A certificate object need not come from :func:`load_certificate`: PEM
+    bundles (anchors, intermediates) and callers' own objects are decoded
+    lazily, and an extension the parser refuses (an AKI with a serial but no
+    issuer, a truncated SKI, a keyUsage with decipherOnly alone...) would
+    otherwise surface as a bare ValueError wherever it is first read. With
+    ``key``, the public key must be usable too.
+    """
+    try:
+        who = f"certificate of {describe(cert.subject)}"
+    except _PARSE_ERRORS as exc:
+        raise MalformedCertificate(
+            "certificate", f"its subject does not decode: {_short(exc)}"
+        ) from exc
+    part = "its issuer name"
+    try:
+        _ = cert.issuer
+        part = "an extension"
+        _ = cert.extensions
+        if key:
+            part = "its public key"
+            cert.public_key()
+    except _PARSE_ERRORS as exc:
+        raise MalformedCertificate(who, f"{part} does not decode: {_short(exc)}") from exc
 
 
 def load_crl(data: bytes) -> x509.CertificateRevocationList:

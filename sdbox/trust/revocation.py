@@ -3,15 +3,21 @@
 A CRL is indexed once (serial -> entry, a dict: O(1) per lookup however long
 the list) and its signature is verified once per issuer key, then cached, so
 that validating a chain against a 100,000-entry CRL costs a few dictionary
-lookups. Checking a certificate needs the CRL of its issuer that (1) names
-that issuer, (2) verifies under the issuer's key, (3) is fresh at the
-validation time (nextUpdate plus grace) and (4) covers that kind of
-certificate; otherwise the answer is a refusal that says what was missing,
-never a silent pass.
+lookups. That holds for a plain list of CRLs too: :func:`indexed` remembers
+the index of the last few CRL objects it was given, by identity (hashing the
+DER would cost as much as indexing: cryptography re-encodes a 100,000-entry
+list in about 200 ms). Checking a certificate needs the CRL of its issuer
+that (1) names that issuer, (2) verifies under the issuer's key, (3) carries
+a non-critical CRL number (RFC 5280 5.2.3: rollback protection rests on it),
+(4) is fresh at the validation time (nextUpdate plus grace) and (5) covers
+that kind of certificate; otherwise the answer is a refusal that says what
+was missing, never a silent pass.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,6 +31,7 @@ from sdbox.trust.errors import (
     BadSignature,
     CertificateRevoked,
     CrlMissing,
+    CrlNumberInvalid,
     CrlStale,
     MalformedCertificate,
 )
@@ -62,7 +69,7 @@ class IndexedCrl:
         self.this_update = crl.last_update_utc
         self.next_update = crl.next_update_utc
         try:
-            self.number = _crl_number(crl)
+            self.number, self.number_problem = _crl_number(crl)
             self.usable, self.scope, self.delta_base = _scope(crl)
         except (ValueError, KeyError) as exc:  # an extension that does not parse
             raise MalformedCertificate("revocation list", str(exc)[:160]) from exc
@@ -105,7 +112,12 @@ class IndexedCrl:
         if revoked is None:
             return None
         reason: x509.ReasonFlags | None = None
-        for ext in revoked.extensions:
+        try:  # entries are decoded only now (see __init__): damage surfaces here
+            extensions = revoked.extensions
+            revoked_at = revoked.revocation_date_utc
+        except (ValueError, KeyError) as exc:
+            raise MalformedCertificate("revocation list", str(exc)[:160]) from exc
+        for ext in extensions:
             if ext.oid == CRLEntryExtensionOID.CRL_REASON:
                 assert isinstance(ext.value, x509.CRLReason)
                 reason = ext.value.reason
@@ -114,7 +126,66 @@ class IndexedCrl:
                     "revocation list",
                     f"entry with unknown critical extension {ext.oid.dotted_string}",
                 )
-        return RevokedEntry(serial, revoked.revocation_date_utc, reason)
+        return RevokedEntry(serial, revoked_at, reason)
+
+    def check_number(self) -> int:
+        """The list's CRL number; refused unless present and non-critical (RFC 5280 5.2.3)."""
+        if self.number_problem is not None or self.number is None:
+            raise CrlNumberInvalid(describe(self.issuer), self.number_problem or "has no CRL number")
+        return self.number
+
+
+# Enough for every CA's complete and delta list in a test or a one-off check.
+# Each entry keeps its CRL (and so its id) alive, and the index of 100,000
+# entries takes some 15 MB of Python objects: past _CACHE_ENTRIES serials in
+# all, the oldest lists go first (the newest always stays).
+_CACHE_SIZE = 8
+_CACHE_ENTRIES = 300_000
+
+
+class _IndexCache:
+    """The :class:`IndexedCrl` of each of the last few CRL objects, by identity."""
+
+    def __init__(self, size: int, entries: int) -> None:
+        self._size = size
+        self._max_entries = entries
+        self._entries: OrderedDict[int, tuple[x509.CertificateRevocationList, IndexedCrl]]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()  # the broker validates from several threads
+
+    def get(self, crl: x509.CertificateRevocationList) -> IndexedCrl:
+        key = id(crl)
+        with self._lock:
+            hit = self._entries.get(key)
+            # The entry holds its CRL, so no other object can have this id
+            # while it is cached; the identity test says so once more.
+            if hit is not None and hit[0] is crl:
+                self._entries.move_to_end(key)
+                return hit[1]
+        indexed = IndexedCrl(crl)  # outside the lock: a big list takes a while
+        with self._lock:
+            self._entries[key] = (crl, indexed)
+            self._entries.move_to_end(key)
+            held = sum(len(i) for _, i in self._entries.values())
+            while len(self._entries) > 1 and (
+                len(self._entries) > self._size or held > self._max_entries
+            ):
+                _, (_, evicted) = self._entries.popitem(last=False)
+                held -= len(evicted)
+        return indexed
+
+
+_INDEXES = _IndexCache(_CACHE_SIZE, _CACHE_ENTRIES)
+
+
+def indexed(crl: x509.CertificateRevocationList) -> IndexedCrl:
+    """``crl``'s index, built once per CRL object while it is among the last few used.
+
+    A caller that parses the same bytes anew at every call gets a new object
+    each time, and so pays the indexing each time: keep the object, or hold
+    the lists in a :class:`CrlSet` or a :class:`~sdbox.trust.store.RevocationStore`.
+    """
+    return _INDEXES.get(crl)
 
 
 @dataclass(frozen=True)
@@ -170,12 +241,20 @@ def _scope(crl: x509.CertificateRevocationList) -> tuple[bool, _Scope, int | Non
     return usable, scope, delta_base
 
 
-def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
+def _crl_number(crl: x509.CertificateRevocationList) -> tuple[int | None, str | None]:
+    """The list's CRL number, and what is wrong with it (None: nothing).
+
+    A critical number is still read: the store compares it with the list it
+    replaces, so that a refused list can be replaced by a good one, never by
+    an older one.
+    """
     try:
         ext = crl.extensions.get_extension_for_class(x509.CRLNumber)
     except x509.ExtensionNotFound:
-        return None
-    return ext.value.crl_number
+        return None, "has no CRL number"
+    if ext.critical:
+        return ext.value.crl_number, "marks its CRL number critical"
+    return ext.value.crl_number, None
 
 
 class CrlSource(Protocol):
@@ -204,9 +283,9 @@ class CrlSet:
 
     def add(self, crl: x509.CertificateRevocationList | IndexedCrl) -> None:
         """Add one CRL."""
-        indexed = crl if isinstance(crl, IndexedCrl) else IndexedCrl(crl)
-        bucket = self._by_issuer.setdefault(indexed.issuer, [])
-        bucket.append(indexed)
+        indexed_crl = crl if isinstance(crl, IndexedCrl) else indexed(crl)
+        bucket = self._by_issuer.setdefault(indexed_crl.issuer, [])
+        bucket.append(indexed_crl)
         bucket.sort(key=lambda c: (c.number or -1, c.this_update), reverse=True)
 
     def crls_for(self, issuer: x509.Name) -> Iterable[IndexedCrl]:
@@ -246,6 +325,10 @@ def check_certificate(
     signed = [c for c in candidates if c.verify_signature(issuer)]
     if not signed:
         raise BadSignature(f"the revocation list of {issuer_name}")
+    for crl in signed:
+        # A list the issuer signed but without a usable number is refused,
+        # not skipped: skipping it could leave an older list to decide.
+        crl.check_number()
     covering = [c for c in signed if c.scope.covers(cert, is_ca)]
     if not covering:
         raise CrlMissing(issuer_name)
@@ -280,11 +363,17 @@ def _current_delta(
     newer than ``base`` and built on a complete list no newer than ``base``
     counts; anything else is ignored, as if it were not there: the complete
     list alone still decides, which is never more lenient than with the delta.
+    A delta the issuer signed without a usable CRL number (RFC 5280 5.2.4
+    wants one in every delta) is refused like a complete list without one.
     """
     if base.number is None:
         return None
     for delta in source.crls_for(cert.issuer):
-        if delta.delta_base is None or delta.number is None:
+        if delta.delta_base is None:
+            continue
+        if delta.number_problem is not None and delta.verify_signature(issuer):
+            delta.check_number()
+        if delta.number is None:
             continue
         if delta.delta_base > base.number or delta.number <= base.number:
             continue

@@ -88,8 +88,10 @@ class RevocationStore:
     def accept(self, data: bytes, issuer: x509.Certificate) -> IndexedCrl:
         """Verify a CRL (DER or PEM) against ``issuer`` and keep it if it is newer.
 
-        Raises :class:`BadSignature` if ``issuer`` did not sign it and
-        :class:`CrlRollback` if it is not newer than the list held.
+        Raises :class:`BadSignature` if ``issuer`` did not sign it,
+        :class:`~sdbox.trust.errors.CrlNumberInvalid` if it has no CRL number or
+        marks it critical, and :class:`CrlRollback` if it is not newer than the
+        list held.
         """
         crl = load_crl(data)
         who = describe(issuer.subject)
@@ -98,8 +100,9 @@ class RevocationStore:
         indexed = IndexedCrl(crl)
         if not indexed.verify_signature(issuer):
             raise BadSignature(f"the revocation list of {who}")
-        if indexed.number is None:
-            raise MalformedCertificate("revocation list", f"{who}'s list has no CRL number")
+        # No number, or a critical one (RFC 5280 5.2.3): CrlNumberInvalid. The
+        # rollback check below rests on that number.
+        number = indexed.check_number()
         if indexed.has_duplicates:
             raise MalformedCertificate("revocation list", f"{who}'s list names a serial twice")
         if not indexed.usable:
@@ -111,10 +114,12 @@ class RevocationStore:
                 f"{who}'s list is a delta or partial list; the box keeps complete lists only",
             )
         held = self._load(_file_stem(issuer.subject))
+        # A held list refused for its number (kept by an older release) still
+        # has its number read, so that only a newer list replaces it.
         if held is not None and held.number is not None:
-            if indexed.number < held.number or (indexed.number == held.number and held.crl != crl):
-                raise CrlRollback(who, indexed.number, held.number)
-            if indexed.number == held.number:
+            if number < held.number or (number == held.number and held.crl != crl):
+                raise CrlRollback(who, number, held.number)
+            if number == held.number:
                 return held  # the same list again: nothing to do
         stem = _file_stem(issuer.subject)
         target = self.path / f"{stem}.crl"

@@ -38,6 +38,7 @@ from sdbox.trust.errors import (
     ProjectMismatch,
     WrongPurpose,
 )
+from sdbox.trust.loaders import check_decodable
 from sdbox.trust.names import subject_of
 from sdbox.trust.revocation import CrlSource, as_source, check_certificate
 
@@ -144,6 +145,21 @@ def _builder(purpose: Purpose, anchors: Sequence[x509.Certificate], at: datetime
     return builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
 
 
+def _as_purpose(purpose: Purpose | str) -> Purpose:
+    """``purpose`` as the enum: a member, or one of its values ("project", "server"...)."""
+    if isinstance(purpose, Purpose):
+        return purpose
+    known = ", ".join(repr(p.value) for p in Purpose)
+    if isinstance(purpose, str):
+        try:
+            return Purpose(purpose)
+        except ValueError:
+            raise ValueError(f"unknown purpose {purpose!r}: one of {known}") from None
+    raise TypeError(
+        f"purpose must be a Purpose or one of its values ({known}), not {type(purpose).__name__}"
+    )
+
+
 def _utc(at: datetime) -> datetime:
     if at.tzinfo is None:
         raise ValueError("validation times must be timezone-aware")
@@ -156,7 +172,7 @@ def validate(
     anchors: Sequence[x509.Certificate],
     *,
     at: datetime,
-    purpose: Purpose,
+    purpose: Purpose | str,
     crls: CrlSource | Iterable[x509.CertificateRevocationList] | None,
     project: str | None = None,
     hostname: str | None = None,
@@ -168,8 +184,17 @@ def validate(
     :class:`~sdbox.trust.revocation.CrlSet` or the on-disk store); every
     certificate in the path but the anchor is checked against its issuer's
     CRL. ``None`` skips revocation and is only for callers that check it
-    another way (the result says ``revocation_checked=False``).
+    another way (the result says ``revocation_checked=False``). A plain list
+    is indexed once per CRL object and reused while the same objects come
+    back (:func:`~sdbox.trust.revocation.indexed`).
+
+    ``purpose`` is a :class:`Purpose` or one of its values (``"project"``);
+    anything else is a ValueError or TypeError, as a programming error.
+    Certificates whose names or extensions do not decode are refused with
+    :class:`~sdbox.trust.errors.MalformedCertificate`, whichever place in the
+    path they hold.
     """
+    purpose = _as_purpose(purpose)
     at = _utc(at)
     source = None if crls is None else as_source(crls)
     floor = source.time_floor if source is not None else None
@@ -178,6 +203,9 @@ def validate(
     if not anchors:
         raise ValueError("at least one trust anchor is needed")
     rules = _RULES[purpose]
+    # Damage in the leaf is told as such, before the verifier words it as a
+    # purpose or an unknown issuer.
+    check_decodable(leaf, key=True)
     builder = _builder(purpose, anchors, at)
     try:
         if purpose in _SERVER_PURPOSES:
@@ -205,6 +233,11 @@ def validate(
             raise
         raise MalformedCertificate("certificate", str(exc)) from exc
 
+    # The verifier reads only the extensions its rules need; everything below
+    # reads the rest (name constraints, policies, distribution points), so an
+    # anchor or intermediate whose AKI, SKI... does not decode is refused here.
+    for cert in chain[1:]:
+        check_decodable(cert)
     check_name_constraints(chain)
     _check_leaf_key(leaf)
     if purpose is not Purpose.PATH:

@@ -129,10 +129,28 @@ def _forged(crls: CrlBench) -> x509.CertificateRevocationList:
     )
 
 
+def _badly_numbered(crls: CrlBench, *, number: int | None) -> x509.CertificateRevocationList:
+    """The project CA's own list, newer than the one held, numbered wrongly (RFC 5280 5.2.3)."""
+    ca = crls.pki.project_ca
+    assert isinstance(ca.key, ec.EllipticCurvePrivateKey)
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=7))
+    )
+    if number is not None:  # a critical number; else none at all
+        builder = builder.add_extension(x509.CRLNumber(number), critical=True)
+    return builder.sign(ca.key, hashes.SHA384())
+
+
 @pytest.mark.parametrize(
     ("case", "status"),
     [
         ("bad-signature", "bad_signature"),
+        ("critical-number", "malformed"),
+        ("no-number", "malformed"),
         ("stale", "stale"),
         ("rollback", "rollback"),
         ("missing", "unreachable"),
@@ -149,6 +167,9 @@ def test_a_bad_download_keeps_the_previous_copy(crls: CrlBench, case: str, statu
     served = crls.served / "project-ca.crl"
     if case == "bad-signature":
         crls.publish("project-ca", _forged(crls))
+    elif case in ("critical-number", "no-number"):
+        number = 3 if case == "critical-number" else None
+        crls.publish("project-ca", _badly_numbered(crls, number=number))
     elif case == "stale":
         past = datetime.now(UTC) - timedelta(days=30)
         crls.publish(
@@ -165,6 +186,8 @@ def test_a_bad_download_keeps_the_previous_copy(crls: CrlBench, case: str, statu
     assert code == 1
     assert results["project-ca.crl"]["status"] == status, results
     assert results["project-ca.crl"]["detail"]
+    if case.endswith("number"):  # says what the CA must fix
+        assert "non-critical CRL number" in str(results["project-ca.crl"]["detail"])
     assert crls.cached("project-ca") == held
     assert crls.store().time_floor == floor
 

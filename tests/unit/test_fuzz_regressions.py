@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from fuzz.targets import trust_chain
 from sdbox.smartcard.directory import parse_signed_directory
 from sdbox.smartcard.errors import DirectoryError
+from sdbox.trust.errors import CrlNumberInvalid, MalformedCertificate
 from tests.unit.test_directory import GUID, _project, _signed
 
 
@@ -34,3 +36,21 @@ def test_signer_key_on_an_unsupported_curve_is_a_directory_error() -> None:
         return
     with pytest.raises(DirectoryError, match=r"public key is unusable|malformed"):
         parsed.verify(card_guid=GUID, validate_signer=_accept)
+
+
+def test_anchor_whose_aki_does_not_decode_is_a_malformed_certificate() -> None:
+    # Issue 15: the anchor's AKI, SEQUENCE { [0] keyIdentifier, [2] serial }
+    # without the issuer the serial needs, passed the verifier and ended in a
+    # bare ValueError from the name-constraints code.
+    # fuzz input: anchor, non-critical, PROJECT; AKI; wrapped in one SEQUENCE
+    found = bytes.fromhex("00" "00" "10") + bytes.fromhex("80026162" "820101")
+    with pytest.raises(MalformedCertificate, match="certificate of sdbox Root CA is damaged"):
+        trust_chain(found)
+
+
+def test_crl_whose_number_is_critical_is_refused() -> None:
+    # Issue 15: accepted before; the input is the intermediate's CRL with a
+    # critical CRL number 5 (place 3 | critical, CRL number, INTEGER).
+    found = bytes.fromhex("07" "00" "04") + b"\x05"
+    with pytest.raises(CrlNumberInvalid, match="marks its CRL number critical"):
+        trust_chain(found)

@@ -20,6 +20,7 @@ from sdbox.trust.errors import (
     MalformedCertificate,
 )
 from sdbox.trust.pki import Pki
+from sdbox.trust.revocation import _IndexCache
 from sdbox.trust.store import RevocationStore
 
 from .conftest import T0
@@ -149,3 +150,17 @@ def test_big_crl_lookup_finds_revoked_serials(pki: Pki, tmp_path: Path) -> None:
     assert entry is not None
     assert entry.reason is x509.ReasonFlags.key_compromise
     assert indexed.lookup(1) is None
+
+
+def test_the_index_cache_lets_go_of_big_lists_first(pki: Pki) -> None:
+    # Bounded by serials held as well as by lists, so that a few big lists
+    # handed to validate() do not stay in memory for good.
+    cache = _IndexCache(size=8, entries=4)
+    big, _ = big_crl(pki.project_ca, entries=3, now=AT, number=1)
+    other, _ = big_crl(pki.project_ca, entries=3, now=AT, number=2)
+    first = cache.get(big)
+    assert cache.get(big) is first
+    cache.get(other)  # 6 serials held: the older list goes
+    assert cache.get(big) is not first
+    lonely, _ = big_crl(pki.project_ca, entries=5, now=AT, number=3)
+    assert cache.get(lonely) is cache.get(lonely)  # the newest list always stays

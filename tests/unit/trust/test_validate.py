@@ -23,6 +23,7 @@ from sdbox.trust.errors import (
     WrongPurpose,
 )
 from sdbox.trust.pki import Pki
+from sdbox.trust.revocation import indexed
 
 from .conftest import T0
 
@@ -148,6 +149,7 @@ def test_crl_signed_by_the_wrong_key_is_a_bad_signature(pki: Pki) -> None:
         .issuer_name(pki.project_ca.cert.subject)
         .last_update(AT)
         .next_update(AT + timedelta(days=1))
+        .add_extension(x509.CRLNumber(10**6), critical=False)  # well-formed but for the key
         .sign(rogue, hashes.SHA256())
     )
     with pytest.raises(BadSignature, match="revocation list"):
@@ -229,5 +231,51 @@ def test_naive_times_are_refused_rather_than_guessed(pki: Pki) -> None:
             [pki.root.cert],
             at=datetime(2030, 2, 1),
             purpose=Purpose.PROJECT,
+            crls=None,
+        )
+
+
+def test_a_plain_list_is_indexed_once_and_still_sees_a_new_list(pki: Pki) -> None:
+    # A caller that keeps handing validate() the same list must not pay the
+    # indexing each time (issue 15), and one that hands it a newer list must
+    # see the newer list's revocations, never the cached index of the old one.
+    cert = _project(pki)
+    crls = _crls(pki)
+    for _ in range(3):
+        validate(
+            cert, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=crls
+        )
+    assert indexed(crls[1]) is indexed(crls[1])
+    pki.revoke(cert, x509.ReasonFlags.key_compromise, when=T0 + timedelta(days=2))
+    newer = _crls(pki)
+    assert indexed(newer[1]) is not indexed(crls[1])
+    with pytest.raises(CertificateRevoked):
+        validate(
+            cert, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=newer
+        )
+    # The old objects, once evicted by many others, are indexed afresh and still agree.
+    first = indexed(crls[1])
+    for crl in [c for _ in range(3) for c in _crls(pki)]:
+        indexed(crl)
+    assert indexed(crls[1]) is not first
+    validate(cert, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=crls)
+
+
+def test_a_purpose_may_be_given_by_its_value(pki: Pki) -> None:
+    result = validate(
+        _project(pki), pki.intermediates, [pki.root.cert], at=AT, purpose="project", crls=None
+    )
+    assert result.purpose is Purpose.PROJECT
+    with pytest.raises(ValueError, match=r"unknown purpose 'projet': one of 'project', 'holder'"):
+        validate(
+            _project(pki), pki.intermediates, [pki.root.cert], at=AT, purpose="projet", crls=None
+        )
+    with pytest.raises(TypeError, match="purpose must be a Purpose or one of its values"):
+        validate(
+            _project(pki),
+            pki.intermediates,
+            [pki.root.cert],
+            at=AT,
+            purpose=1,  # type: ignore[arg-type]
             crls=None,
         )
