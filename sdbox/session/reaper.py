@@ -97,7 +97,8 @@ def _start_client(program: list[str], control: int, report: int, home: str) -> i
 def _end_like(status: int) -> int:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        if sig != signal.SIGKILL:  # SIGKILL's disposition cannot be set (EINVAL): it is the default
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         return 128 + sig
     return os.waitstatus_to_exitcode(status)

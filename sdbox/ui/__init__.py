@@ -1,1 +1,6 @@
-"""sdbox.ui."""
+"""sdbox.ui: the kiosk greeter (docs/greeter.md)."""
+
+# Tests only: the file where the greeter writes the text of each screen it
+# builds (sdbox.ui.app), for the screenshot tests to check the words as
+# well as the pixels. Unset on the box: nothing is written.
+SCREEN_FILE_VARIABLE = "SDBOX_GREETER_SCREEN_FILE"

@@ -10,8 +10,11 @@ Enter in the PIN field, Escape to go back.
 from __future__ import annotations
 
 import gettext
+import json
 import logging
+import os
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import gi
@@ -20,6 +23,7 @@ gi.require_version("Gtk", "4.0")
 gi.require_version("Gdk", "4.0")
 from gi.repository import Gdk, Gio, GLib, Gtk  # noqa: E402  (after require_version)
 
+from sdbox.ui import SCREEN_FILE_VARIABLE  # noqa: E402
 from sdbox.ui.view import AgentView, Screen, screen_for  # noqa: E402
 
 _log = logging.getLogger("sdbox.ui")
@@ -51,6 +55,37 @@ def translator(language: str) -> Any:
     return gettext.translation(
         "sdbox", localedir=localedir, languages=[language], fallback=True
     ).gettext
+
+
+def _label_texts(widget: Any) -> list[str]:
+    """The text of every visible label under ``widget``, in reading order."""
+    texts: list[str] = []
+    child = widget.get_first_child()
+    while child is not None:
+        if child.get_visible():
+            if isinstance(child, Gtk.Label):
+                texts.append(child.get_text())
+            texts.extend(_label_texts(child))
+        child = child.get_next_sibling()
+    return texts
+
+
+def _report_screen(kind: str, box: Any) -> None:
+    """Write what the new screen says where the tests look (only when they ask).
+
+    A file, not the accessibility tree: GTK 4.8's AT-SPI root crashed the
+    greeter when a client walked its tree (under cage, on a private
+    accessibility bus with at-spi2-registryd). Labels only: the PIN entry's text is never a label, so it never reaches
+    the file. Written whole (a temporary file renamed over the old one) so
+    that a reader never sees half a screen.
+    """
+    path = os.environ.get(SCREEN_FILE_VARIABLE)
+    if not path:
+        return
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps({"kind": kind, "texts": _label_texts(box)}), encoding="utf-8")
+    partial.replace(target)
 
 
 _DEBUG_KEYS = frozenset({"i", "I", "d", "D"})
@@ -241,6 +276,7 @@ class Greeter:
             old.destroy()
         else:
             self.window.set_child(box)
+        _report_screen(screen.kind, box)
 
     @staticmethod
     def _label(text: str, css: str) -> Any:

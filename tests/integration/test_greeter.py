@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import signal
@@ -10,18 +11,53 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdbox.agent.events import State
 from sdbox.biometric import synth
 from sdbox.trust.pki import Pki
-from tests.integration.greeter_env import expect, greeter_on_x11, kiosk, missing, window_shown
+from tests.integration.greeter_env import (
+    REFERENCES,
+    VOLATILE,
+    Picture,
+    compare,
+    expect,
+    greeter_on_x11,
+    kiosk,
+    load,
+    missing,
+    window_shown,
+)
 from tests.integration.session_servers import xvfb
 from tests.integration.test_agent import Bubbles, _wait, _wait_for, bubbles, running_agent
 
 __all__ = ["bubbles"]
-pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
+needs_kiosk = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 OUT = Path("build/greeter-screenshots")
+
+
+@pytest.mark.skipif(shutil.which("convert") is None, reason="convert is not installed (make setup)")
+def test_references_tell_screens_apart() -> None:
+    """No reference passes for a blank screen or for another screen; each passes for itself.
+
+    expect() polls until the screen matches: were two references alike, a
+    screen stuck on the previous state would pass for the next one.
+    """
+    images = {path.stem: load(path) for path in sorted(REFERENCES.glob("*.png"))}
+    assert len(images) >= 15
+    references = {name: Picture.of(pixels) for name, pixels in images.items()}
+    for name, pixels in images.items():
+        assert compare(references[name], references[name], VOLATILE.get(name, ())).matches
+        colours, counts = np.unique(pixels.reshape(-1, 3), axis=0, return_counts=True)
+        blank = np.broadcast_to(colours[counts.argmax()], pixels.shape)  # the background, alone
+        assert not compare(blank, references[name], VOLATILE.get(name, ())).matches, (
+            f"a blank screen passes for {name}"
+        )
+    for (shown, shot), (name, reference) in itertools.permutations(references.items(), 2):
+        assert not compare(shot, reference, VOLATILE.get(name, ())).matches, (
+            f"{shown} passes for {name}"
+        )
 
 
 class ScriptedSensor:
@@ -40,6 +76,7 @@ def _bus_dir() -> Path:
     return path
 
 
+@needs_kiosk
 def test_screens_in_english(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path) -> None:
     bus_dir = _bus_dir()
     sensor = ScriptedSensor()
@@ -50,26 +87,43 @@ def test_screens_in_english(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_pa
         ) as run:
             await _wait(run.agent, State.PICKER)
             with kiosk(run.bus_address, "en") as screen:
-                await asyncio.to_thread(expect, screen, "picker", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "picker", OUT,
+                    ("Choose a project", "Census microdata 2021", "Health cohort study", "Remote desktop"),
+                )  # fmt: skip
                 await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
                 await _wait(run.agent, State.VERIFYING)
-                await asyncio.to_thread(expect, screen, "place-finger", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "place-finger", OUT,
+                    ("Place your finger on the sensor", "5 tries left", "Census microdata 2021"),
+                )  # fmt: skip
                 sensor.queue.put_nowait(synth.impression(4242, 1))  # somebody else's finger
                 await _wait_for(lambda: run.agent.snapshot.tries_left == 4)
-                await asyncio.to_thread(expect, screen, "wrong-finger", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "wrong-finger", OUT, ("The finger did not match", "4 tries left"),
+                )  # fmt: skip
                 sensor.queue.put_nowait(synth.impression(1001, 1))
                 await _wait(run.agent, State.RUNNING)
-                await asyncio.to_thread(expect, screen, "session-running", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "session-running", OUT,
+                    ("Census microdata 2021", "Your session is open.", "Remove your card to end it."),
+                )  # fmt: skip
                 # the session client dies under the researcher: the greeter says so
                 session = run.agent._session
                 assert session is not None
                 assert session.pid is not None
                 os.kill(session.pid, signal.SIGKILL)
                 await _wait(run.agent, State.PICKER)
-                await asyncio.to_thread(expect, screen, "session-ended", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "session-ended", OUT,
+                    ("The session ended", "stopped unexpectedly", "Choose a project to start again."),
+                )  # fmt: skip
                 await asyncio.to_thread(run.card.remove)
                 await _wait(run.agent, State.IDLE)
-                await asyncio.to_thread(expect, screen, "insert-card", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "insert-card", OUT,
+                    ("Insert your card", "Insert your card into the reader to start."),
+                )  # fmt: skip
 
     try:
         asyncio.run(scenario())
@@ -77,6 +131,7 @@ def test_screens_in_english(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_pa
         shutil.rmtree(bus_dir, ignore_errors=True)
 
 
+@needs_kiosk
 def test_blocked_finger_and_french(
     pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
 ) -> None:
@@ -89,7 +144,10 @@ def test_blocked_finger_and_french(
         ) as run:
             await _wait(run.agent, State.PICKER)
             with kiosk(run.bus_address, "fr") as screen:
-                await asyncio.to_thread(expect, screen, "picker-fr", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "picker-fr", OUT,
+                    ("Choisissez un projet", "Census microdata 2021", "Bureau à distance"),
+                )  # fmt: skip
                 await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
                 for number in range(1, 6):
                     sensor.queue.put_nowait(synth.impression(4242, number))
@@ -99,11 +157,17 @@ def test_blocked_finger_and_french(
                         and run.agent.snapshot.problem.value == "finger_blocked"
                     )
                 )
-                await asyncio.to_thread(expect, screen, "finger-blocked-fr", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "finger-blocked-fr", OUT,
+                    ("Ce doigt est bloqué", "Votre doigt doit être enrôlé à nouveau"),
+                )  # fmt: skip
                 # the finger is blocked; the project that allows it still takes the PIN
                 await run.iface.call_choose_project("health-cohort")  # type: ignore[attr-defined]
                 await _wait(run.agent, State.VERIFYING)
-                await asyncio.to_thread(expect, screen, "pin-fr", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "pin-fr", OUT,
+                    ("Saisissez votre code PIN", "Votre doigt est bloqué", "Health cohort study"),
+                )  # fmt: skip
 
     try:
         asyncio.run(scenario())
@@ -133,6 +197,7 @@ def _visible_windows(display: str) -> int:
     return len(found.stdout.split())
 
 
+@needs_kiosk
 @pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed (make setup)")
 def test_keyboard_only(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path) -> None:
     """Arrows, Enter, Escape and typing the PIN are enough to reach a session."""

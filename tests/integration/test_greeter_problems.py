@@ -79,9 +79,14 @@ def test_connecting_and_what_goes_wrong_after(
                 await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
                 sensor.queue.put_nowait(synth.impression(1001, 1))
                 await _wait(run.agent, State.CONNECTING)
-                await asyncio.to_thread(expect, screen, "connecting", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "connecting", OUT, ("Census microdata 2021", "Connecting…")
+                )
                 await _wait_for(lambda: _problem(run, "session_failed"), timeout=60)
-                await asyncio.to_thread(expect, screen, "bubble-silent", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "bubble-silent", OUT,
+                    ("The connection failed", "did not answer in time", "Health cohort study"),
+                )  # fmt: skip
 
                 # the holder stays verified: the next project is one choice away
                 await run.iface.call_choose_project("health-cohort")  # type: ignore[attr-defined]
@@ -93,7 +98,10 @@ def test_connecting_and_what_goes_wrong_after(
                     ),
                     timeout=60,
                 )
-                await asyncio.to_thread(expect, screen, "bubble-unreachable", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "bubble-unreachable", OUT,
+                    ("The connection failed", "cannot be reached", "Health cohort study"),
+                )  # fmt: skip
 
                 # the centre withdraws access to health-cohort
                 directory = parse_signed_directory(
@@ -107,7 +115,10 @@ def test_connecting_and_what_goes_wrong_after(
                 publish_crls(pki, run.config.trust.crl_dir)
                 await run.iface.call_choose_project("health-cohort")  # type: ignore[attr-defined]
                 await _wait_for(lambda: _problem(run, "certificate_revoked"), timeout=30)
-                await asyncio.to_thread(expect, screen, "certificate-revoked", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "certificate-revoked", OUT,
+                    ("Access to this project was withdrawn", "(health-cohort) was revoked on"),
+                )  # fmt: skip
 
                 # a CRL issued two days from now: the box's clock is behind what it has seen
                 store = RevocationStore(
@@ -117,7 +128,10 @@ def test_connecting_and_what_goes_wrong_after(
                 store.accept(future.public_bytes(serialization.Encoding.DER), pki.root.cert)
                 await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
                 await _wait_for(lambda: _problem(run, "clock_wrong"), timeout=30)
-                await asyncio.to_thread(expect, screen, "clock-wrong", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "clock-wrong", OUT,
+                    ("The box's clock is wrong", "but it has already seen", "Call the service desk."),
+                )  # fmt: skip
 
     try:
         with silent_server() as port:
@@ -137,7 +151,9 @@ def test_a_card_that_is_not_the_centres(
         ) as run:
             await _wait(run.agent, State.BLOCKED)
             with kiosk(run.bus_address, "en") as screen:
-                await asyncio.to_thread(expect, screen, "card-not-recognised", OUT)
+                await asyncio.to_thread(
+                    expect, screen, "card-not-recognised", OUT, ("This card is not recognised",)
+                )
 
     try:
         asyncio.run(scenario())

@@ -286,6 +286,26 @@ def test_client_dies_with_its_reaper(server: ShadowServer, client_display: str) 
     assert ended.reason is EndReason.CLIENT_FAILED  # a signal the agent did not send
 
 
+def test_client_killed_by_sigkill_ends_as_client_failed(
+    server: ShadowServer, client_display: str
+) -> None:
+    """The client SIGKILLed by nobody here (the OOM killer): the reaper dies the same death."""
+
+    async def scenario() -> SessionEnded:
+        session = RdpSession(spec_for(server, client_display), run_as=RUN_AS)
+        await session.start()
+        await session.wait_connected()
+        assert session.pid is not None
+        os.kill(session.pid, signal.SIGKILL)
+        return await session.wait_ended()
+
+    ended = run(scenario())
+    # not XF_EXIT_DISCONNECT's "the project's desktop ended the session": the
+    # reaper once died of resetting SIGKILL's disposition, with status 1
+    assert ended.reason is EndReason.CLIENT_FAILED
+    assert ended.exit_status == -signal.SIGKILL
+
+
 # The supervisor as the agent's unit runs it: root without CAP_KILL, CAP_CHOWN
 # or CAP_DAC_OVERRIDE (debian/sdbox.sdbox-agent.service). The password comes
 # on stdin; "kill" on stdin is the card pulled.
