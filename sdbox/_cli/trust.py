@@ -11,13 +11,13 @@ from sdbox.agent.config import DEFAULT_PATH
 from sdbox.trust.errors import TrustError
 
 
+class CardCertificatesRefused(TrustError):
+    """`sdbox trust check` found at least one certificate the box would refuse (exit 5)."""
+
+
 @click.group()
 def trust() -> None:
     """Certificate validation, revocation and possession checks."""
-
-
-class CardCertificatesRefused(TrustError):
-    """`sdbox trust check` found at least one certificate the box would refuse (exit 5)."""
 
 
 @trust.command("check")
@@ -62,10 +62,12 @@ def check(config_path: Path, reader: str | None, as_json: bool) -> None:
         })  # fmt: skip
     else:
         for r in results:
-            where = " ".join(x for x in (r.what, r.project or "", f"slot {r.slot:02X}" if r.slot is not None else "") if x)
-            verdict = "ok" if r.valid else f"REFUSED: {r.problem}"
-            expiry = f" (until {r.not_after:%Y-%m-%d})" if r.not_after else ""
-            click.echo(f"{where}: {verdict}" + (f"\n    {r.subject}{expiry}" if r.subject else ""))
+            where = [r.what, *([r.project] if r.project else [])]
+            where += [f"slot {r.slot:02X}"] if r.slot is not None else []
+            click.echo(f"{' '.join(where)}: " + ("ok" if r.valid else f"REFUSED: {r.problem}"))
+            if r.subject:
+                until = f" (until {r.not_after:%Y-%m-%d})" if r.not_after else ""
+                click.echo(f"    {r.subject}{until}")
         if not service.check_revocation:
             click.echo("revocation NOT checked ([trust] check_revocation = false)")
     if refused:

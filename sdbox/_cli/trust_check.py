@@ -35,6 +35,7 @@ from sdbox.smartcard.directory import Directory, Project, certificate_sha256
 from sdbox.smartcard.errors import CardAccessError, DirectoryError
 from sdbox.smartcard.profile import Slot
 from sdbox.trust import Purpose, validate, validate_directory_signer
+from sdbox.trust.loaders import load_certificate
 from sdbox.trust.names import subject_of
 
 
@@ -135,7 +136,7 @@ def check_card(
             chain(cert, Purpose.PROJECT, project.id)
 
         def server(project: Project = project) -> x509.Certificate:
-            return x509.load_der_x509_certificate(project.server_certificate)
+            return load_certificate(project.server_certificate)  # malformed: a TrustError
 
         results.append(
             _checked("project", in_slot(project.slot), as_listed, slot=project.slot, project=project.id)

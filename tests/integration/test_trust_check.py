@@ -80,3 +80,18 @@ def test_without_cached_crls_nothing_passes_silently(demo_card: InsertedCard, tm
     assert done.returncode == 5
     assert "REFUSED" in done.stdout
     assert ": ok" not in done.stdout.replace("project directory: ok", "")
+
+
+def test_a_certificate_the_directory_does_not_name_is_refused(
+    demo_card: InsertedCard, tmp_path: Path
+) -> None:
+    write_config(tmp_path, demo_card.pki, display=":0")
+    publish_crls(demo_card.pki, tmp_path / "crl")
+    objects = demo_card.state.objects
+    first, second = certificate_object(0x82), certificate_object(0x83)
+    objects[first], objects[second] = objects[second], objects[first]  # valid, but swapped
+    done = _check(tmp_path, demo_card, "--json")
+    assert done.returncode == 5, done.stderr
+    refused = {e["project"]: e["problem"] for e in json.loads(done.stdout)["certificates"] if not e["valid"]}
+    assert set(refused) == {"census-2021", "health-cohort"}
+    assert all("not the one the project directory names" in p for p in refused.values())
