@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
+from sdbox._cli.output import emit_json, json_option
 from sdbox.smartcard.profile import FINGER_REFERENCE_OBJECT, KeyRef
 
 
@@ -140,7 +140,7 @@ def present_image(socket_path: Path, identity_seed: int, impression: int, blank:
 @click.option(
     "--profile", type=click.Choice(["default", "hard"]), default="default", show_default=True
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option("Print the figures as JSON.")
 def bench(fingers: int, profile: str, as_json: bool) -> None:
     """EER and FNMR at FMR 1e-3 / 1e-4 on a generated population, and match times.
 
@@ -155,7 +155,7 @@ def bench(fingers: int, profile: str, as_json: bool) -> None:
         out: dict[str, object] = {r.matcher: as_dict(r) for r in results}
         if missing:
             out["bozorth3"] = {"missing": missing}
-        click.echo(json.dumps(out, indent=2))
+        emit_json(out)
         return
     rows = [as_dict(r) for r in results]
     click.echo(f"{'':28} " + " ".join(f"{r['matcher']!s:>24}" for r in rows))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -12,6 +11,7 @@ from typing import Any
 import click
 from cryptography import x509
 
+from sdbox._cli.output import emit_json, json_option
 from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import BioSsoSession, CardSummary, TriesLeft
 from sdbox.smartcard.profile import KeyRef
@@ -75,7 +75,7 @@ def card() -> None:
 
 
 @card.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def readers(as_json: bool) -> None:
     """List card readers and whether each holds a card."""
     from sdbox.smartcard.pcsc import PcscContext  # noqa: PLC0415
@@ -90,7 +90,7 @@ def readers(as_json: bool) -> None:
             {"reader": s.name, "card": s.present, "atr": s.atr.hex().upper() or None}
             for s in states
         ]
-        click.echo(json.dumps(rows, indent=2))
+        emit_json(rows)
         return
     if not states:
         click.echo("no card readers")
@@ -144,9 +144,7 @@ def info_document(
 @card.command()
 @reader_option
 @anchors_option
-@click.option(
-    "--json", "as_json", is_flag=True, help="Machine-readable output (stable, see README)."
-)
+@json_option("Machine-readable output (stable, see README).")
 def info(reader: str | None, anchors: Path, as_json: bool) -> None:
     """Card identity, on-card biometrics, tries left, and the projects it holds."""
     validator = directory_validator(load_anchors(anchors))
@@ -161,7 +159,7 @@ def info(reader: str | None, anchors: Path, as_json: bool) -> None:
     finally:
         conn.close()
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
+        emit_json(doc)
         return
     _print_info(doc)
 

@@ -1,28 +1,53 @@
-"""`sdbox hwtest`: the hardware-in-the-loop suite (package ``hwtests``) on a bench or the emulator."""
+"""`sdbox hwtest`: the hardware-in-the-loop suite (``hwtests/``) on a bench or the emulator.
+
+The suite is not an installed Python package (a top-level ``hwtests`` in
+site-packages would be a generic name in everybody's namespace): it is a
+directory of pytest files that this command hands to pytest by path, which
+puts the directory's parent on ``sys.path`` for that run only. It is found in
+a source checkout (beside the ``sdbox`` package this command runs from, or in
+the current directory), or where the Debian package installs it as data
+(docs/hwtests.md, "Where the suite lives").
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import click
 
+import sdbox
 from sdbox.errors import SdboxError
+
+# where debian/sdbox.install puts the suite's files (data, not a package on sys.path)
+INSTALLED_SUITE = Path("/usr/share/sdbox/hwtests")
 
 
 class HwtestUnavailable(SdboxError):
     """The suite or its runner (pytest) is not installed with this sdbox."""
 
 
-def suite_directory() -> Path:
-    """Where the ``hwtests`` package is: shipped in the wheel/.deb beside ``sdbox``, or a checkout."""
-    spec = importlib.util.find_spec("hwtests")
-    if spec is None or spec.origin is None:
-        raise HwtestUnavailable(
-            "the hardware-in-the-loop suite (package hwtests) is not installed with this sdbox"
-        )
-    return Path(spec.origin).parent
+def _is_suite(directory: Path) -> bool:
+    return (directory / "plugin.py").is_file() and (directory / "conftest.py").is_file()
+
+
+def suite_candidates() -> list[Path]:
+    """Where the suite is looked for, in order."""
+    checkout = Path(sdbox.__file__).resolve().parents[1] / "hwtests"
+    return [checkout, Path.cwd() / "hwtests", INSTALLED_SUITE]
+
+
+def suite_directory(candidates: list[Path] | None = None) -> Path:
+    """The suite's directory: a checkout's ``hwtests/``, or the Debian package's copy."""
+    looked = suite_candidates() if candidates is None else candidates
+    for directory in looked:
+        if _is_suite(directory):
+            return directory
+    raise HwtestUnavailable(
+        "the hardware-in-the-loop suite is not here: looked for hwtests/ (plugin.py, conftest.py) in "
+        + ", ".join(str(d) for d in dict.fromkeys(looked))
+        + "; run from an sdbox checkout, or install the sdbox Debian package"
+    )
 
 
 def pytest_argv(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
@@ -11,6 +10,7 @@ from typing import Any
 
 import click
 
+from sdbox._cli.output import emit_json, json_option
 from sdbox.agent.config import DEFAULT_PATH, AgentConfig, load
 from sdbox.config import ConfigError
 
@@ -67,7 +67,7 @@ def _probe(use_pin: bool, identity_seed: int | None) -> tuple[str, bytes]:
 @click.option("--pin", "use_pin", is_flag=True, help="Verify the holder with the PIN (stdin).")
 @click.option("--sensor-seed", type=int, help="Verify with the emulated sensor's finger (test).")
 @click.option("--project", "projects", multiple=True, help="Renew this project even if not due.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable outcome per project.")
+@json_option("Machine-readable outcome per project.")
 def renew(
     config_path: Path,
     reader: str | None,
@@ -129,7 +129,7 @@ def renew(
         )
         _log.log(level, "renewal %s: %s %s", result.project, result.outcome.value, result.detail)
     if as_json:
-        click.echo(json.dumps({"results": [r.to_json() for r in results]}, indent=2))
+        emit_json({"results": [r.to_json() for r in results]})
     else:
         for result in results:
             click.echo(f"{result.project}: {result.outcome.value} {result.detail}".rstrip())
@@ -144,7 +144,7 @@ def renew(
     show_default=True, help="Agent configuration ([trust]).",
 )  # fmt: skip
 @click.option("--url", "urls", multiple=True, help="Refresh this distribution point as well.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable result per CRL.")
+@json_option("Machine-readable result per CRL.")
 def refresh(config_path: Path, urls: tuple[str, ...], as_json: bool) -> None:
     """Fetch each CA's CRL from its distribution point; keep the old copy on any doubt."""
     from sdbox.renewal.crls import distribution_points  # noqa: PLC0415
@@ -164,7 +164,7 @@ def refresh(config_path: Path, urls: tuple[str, ...], as_json: bool) -> None:
             "CRL %s: %s %s", result.url, result.status.value, result.detail,
         )  # fmt: skip
     if as_json:
-        click.echo(json.dumps({"results": [r.to_json() for r in results]}, indent=2))
+        emit_json({"results": [r.to_json() for r in results]})
     else:
         for result in results:
             click.echo(f"{result.url}: {result.status.value} {result.detail}".rstrip())

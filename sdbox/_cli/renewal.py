@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from sdbox._cli.output import emit_json, json_option
 from sdbox.agent.config import DEFAULT_PATH
 
 
@@ -20,7 +20,7 @@ def renewal() -> None:
     "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_PATH,
     show_default=True, help="The agent configuration (renewal window, state directory).",
 )  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print what is due as JSON.")
+@json_option("Print what is due as JSON.")
 def mark_due(config_path: Path, as_json: bool) -> None:
     """List the certificates inside the renewal window on the cards this box has seen.
 
@@ -33,11 +33,11 @@ def mark_due(config_path: Path, as_json: bool) -> None:
     config = load(config_path)
     due = run(config.state_dir / "renewal", config.policy.renewal_window_days)
     if as_json:
-        click.echo(json.dumps([
+        emit_json([
             {"card": d.card, "project": d.project, "not_after": d.not_after.isoformat(),
              "days_left": d.days_left}
             for d in due
-        ], indent=2))  # fmt: skip
+        ])  # fmt: skip
         return
     if not due:
         click.echo("nothing due")

@@ -18,7 +18,9 @@ from sdbox.smartcard.emulator.state import CardState
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.trust.pki import Pki
 
-pytestmark = pytest.mark.integration
+# Every test in this directory is marked `integration` at collection by
+# tests/conftest.py (a `pytestmark` here would mark nothing: pytest reads it
+# from test modules only).
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,7 @@ from sdbox.trust import validate_directory_signer
 from sdbox.trust.pki import Pki
 from sdbox.trust.possession import prove_key_agreement
 from sdbox.trust.store import RevocationStore
+from tests.cli import sdbox_argv
 from tests.integration.agent_env import BrokerEnv, reference_broker
 from tests.integration.cmp_ca import (
     CmpMock,
@@ -212,7 +213,7 @@ class Bench:
     ) -> subprocess.Popen[bytes]:
         """`sdbox renew` as a process (give it the PIN on stdin)."""
         return subprocess.Popen(
-            [str(Path(".venv/bin/sdbox").resolve()), "renew", "--config", str(config or self.config),
+            [*sdbox_argv(), "renew", "--config", str(config or self.config),
              "--reader", self.reader, "--pin", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip

@@ -14,6 +14,7 @@ from sdbox.agent.events import State
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
 from sdbox.smartcard.profile import ObjectTag
 from sdbox.trust.pki import Pki
+from tests.cli import REPO_ROOT
 from tests.integration.agent_env import card_profile
 from tests.integration.conftest import insert_card
 from tests.integration.session_servers import pid_alive
@@ -213,7 +214,7 @@ def test_agent_killed_while_a_session_runs_leaves_no_client(
     }
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.agent_child", json.dumps(spec)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
     card = insert_card(state, pki, free_reader)
     try:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.trust.pki import Pki
 from sdbox.trust.store import RevocationStore
+from tests.cli import sdbox_argv
 from tests.integration.session_servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ class CrlBench:
     def refresh(self, *urls: str) -> tuple[int, dict[str, dict[str, object]]]:
         extra = [a for u in urls for a in ("--url", u)]
         proc = subprocess.run(
-            [str(Path(".venv/bin/sdbox").resolve()), "trust", "refresh", "--config",
+            [*sdbox_argv(), "trust", "refresh", "--config",
              str(self.config), "--json", *extra],
             capture_output=True, check=False, timeout=60,
         )  # fmt: skip

@@ -49,8 +49,12 @@ def test_package_ships_units_policy_rules_and_the_command(package: Path) -> None
         "lib/udev/rules.d/70-sdbox.rules",
         "usr/lib/sysusers.d/sdbox.conf",
         "etc/pam.d/sdbox-greeter",
+        "usr/share/sdbox/hwtests/plugin.py",  # the suite, as data (docs/hwtests.md)
+        "usr/share/sdbox/hwtests/conftest.py",
     ):
         assert (package / path).is_file(), f"the package lacks {path}"
+    # ... and not as a top-level package of the pinned set
+    assert not (package / PRIVATE / "hwtests").exists()
     agent = (package / "lib/systemd/system/sdbox-agent.service").read_text()
     assert "Type=notify" in agent
     assert re.search(r"^WatchdogSec=\d+", agent, re.M)

@@ -29,6 +29,7 @@ from sdbox.smartcard.emulator.profiles import CardProfile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.errors import CardError
 from sdbox.trust.pki import Pki
+from tests.cli import sdbox_argv
 from tests.integration.cmp_ca import CmpMock, renewed_certificate
 from tests.integration.conftest import InsertedCard
 from tests.integration.renewal_env import (
@@ -183,7 +184,7 @@ def _refused(bench: Bench, name: str, canned: x509.Certificate, *extra: str) -> 
     try:
         config = _config_with(bench, mock.url, name)
         proc = subprocess.Popen(
-            [str(Path(".venv/bin/sdbox").resolve()), "-v", "renew", "--config", str(config),
+            [*sdbox_argv(), "-v", "renew", "--config", str(config),
              "--reader", bench.reader, "--pin", "--json"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip

@@ -32,6 +32,7 @@ from sdbox.smartcard.emulator.stack import reader_name
 from sdbox.trust.pki import Pki
 from sdbox.ui.app import translator
 from sdbox.ui.view import AgentView, Screen, screen_for
+from tests.cli import REPO_ROOT
 from tests.integration.agent_env import card_profile, dbus_daemon, publish_crls, write_config
 from tests.integration.conftest import InsertedCard, insert_card
 from tests.integration.usb_testbed import UsbTestbed, available
@@ -74,7 +75,7 @@ class Lines:
 def child(*args: str, env: dict[str, str], **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.hotplug_child", *args],
-        env=env, text=True, **kwargs,
+        env=env, text=True, cwd=REPO_ROOT, **kwargs,
     )  # fmt: skip
     try:
         yield process

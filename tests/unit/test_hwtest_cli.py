@@ -1,19 +1,62 @@
-"""`sdbox hwtest`: the suite is found, options reach pytest, bad targets and serials are refused."""
+"""`sdbox hwtest`: the suite is found by path, options reach pytest, bad targets and serials are refused."""
 
 from __future__ import annotations
 
+import fnmatch
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from hwtests.bench import BenchError, normalise_serial, parse_target
-from sdbox._cli.hwtest import pytest_argv, suite_directory
+from sdbox._cli.hwtest import (
+    INSTALLED_SUITE,
+    HwtestUnavailable,
+    pytest_argv,
+    suite_candidates,
+    suite_directory,
+)
+from tests.cli import REPO_ROOT
 
 
-def test_the_suite_is_found_as_a_package() -> None:
-    directory = suite_directory()
-    assert (directory / "plugin.py").is_file()
-    assert (directory / "conftest.py").is_file()
+def test_the_suite_is_found_in_the_checkout() -> None:
+    assert suite_directory() == REPO_ROOT / "hwtests"
+
+
+def test_the_suite_is_looked_for_by_path_and_a_missing_one_names_where(tmp_path: Path) -> None:
+    shipped = tmp_path / "share" / "hwtests"  # as the Debian package installs it: plain files
+    shipped.mkdir(parents=True)
+    for name in ("__init__.py", "conftest.py", "plugin.py"):
+        (shipped / name).write_text("")
+    assert suite_directory([tmp_path / "checkout" / "hwtests", shipped]) == shipped
+    with pytest.raises(HwtestUnavailable, match=str(tmp_path / "nowhere")):
+        suite_directory([tmp_path / "nowhere" / "hwtests"])
+    assert suite_candidates()[-1] == INSTALLED_SUITE
+
+
+def test_hwtests_is_not_an_installed_top_level_package(tmp_path: Path) -> None:
+    # the distribution's packages: sdbox and its subpackages, never a generic `hwtests`
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    # setuptools matches these with fnmatch, against every directory it discovers
+    top_level = [d.name for d in REPO_ROOT.iterdir() if (d / "__init__.py").is_file()]
+    assert "hwtests" in top_level  # the check below is about a real directory
+    shipped = {d for d in top_level if any(fnmatch.fnmatchcase(d, p) for p in include)}
+    assert shipped == {"sdbox"}
+    assert any(fnmatch.fnmatchcase("sdbox.trust", p) for p in include)
+    # and this installation (an editable one in a checkout) does not map it either
+    done = subprocess.run(
+        [sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec('hwtests'))"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "None"
+
+
+def test_the_debian_package_installs_the_suite_where_the_command_looks() -> None:
+    lines = (REPO_ROOT / "debian" / "sdbox.install").read_text().splitlines()
+    assert f"hwtests/*.py {str(INSTALLED_SUITE).lstrip('/')}" in lines
 
 
 def test_options_become_the_suites_pytest_options(tmp_path: Path) -> None:
