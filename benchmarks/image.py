@@ -47,6 +47,8 @@ def figures(generation: str) -> dict[str, Any]:
         "first_boot_firmware_s": boot.get("firmware_s"),
         "first_boot_kernel_to_ready_s": boot.get("kernel_to_ready_s"),
         "second_boot_to_ready_s": boot.get("second_boot_to_ready_s"),
+        "packages_kib": build.get("packages_kib", {}),
+        "python_kib": build.get("python_kib", {}),
     }
 
 
@@ -73,6 +75,23 @@ def main(argv: list[str]) -> int:
           f"(firmware + loader {found['first_boot_firmware_s']} s; formats and seals /var, "
           "enrols with the centre)")  # fmt: skip
     print(f"  second boot     {found['second_boot_to_ready_s']} s to the agent's READY")
+    # The summary lines, one figure each (issue 26's list), then what the root holds.
+    print(f"accel: {accel}")
+    print(f"boot-to-ready: {found['second_boot_to_ready_s']} s")
+    print(f"first-boot-to-ready: {found['first_boot_to_ready_s']} s")
+    print(f"firmware + loader: {found['first_boot_firmware_s']} s")
+    print(f"image zstd: {found['compressed_mib']} MiB")
+    print(f"root installed: {found['root_installed_mib']} MiB")
+    packages = found["packages_kib"]
+    if packages:
+        print("largest packages (installed, dpkg's figure):")
+        for name, kib in list(packages.items())[:15]:
+            print(f"  {kib / 1024:8.1f} MiB  {name}")
+    python = found["python_kib"]
+    if python:
+        print("largest entries of the private Python set (/usr/lib/sdbox/python):")
+        for name, kib in list(python.items())[:8]:
+            print(f"  {kib / 1024:8.1f} MiB  {name}")
     out = ROOT / "build" / "bench-image.json"
     out.write_text(json.dumps({"machine": info, "image": found}, indent=2) + "\n")
     print(f"figures written to {out}")

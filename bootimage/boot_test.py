@@ -191,10 +191,65 @@ def private_copy(image: Path, work: Path, name: str) -> Path:
     return target
 
 
-def pick_accel(requested: str) -> str:
+KVM_PROBE_SECONDS = 60.0
+FIRMWARE_FIRST_OUTPUT = "BdsDxe"  # OVMF's boot manager, on the serial console
+
+
+def probe_kvm(work: Path) -> str:
+    """Why KVM cannot boot the firmware here, or "" when it can.
+
+    /dev/kvm may exist and still be unable to run firmware (a paravirtual
+    KVM: QEMU aborts on an MSR, or OVMF stops on an emulation failure, and
+    SMM is missing): a short boot with no disk must reach OVMF's boot
+    manager on the serial console.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is absent or not usable"
+    vars_copy = work / "probe-OVMF_VARS.fd"
+    shutil.copy(OVMF_VARS, vars_copy)
+    argv = [
+        "qemu-system-x86_64", "-accel", "kvm", "-machine", "q35,smm=on", "-cpu", "host",
+        "-m", "512", "-global", "driver=cfi.pflash01,property=secure,value=on",
+        "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on",
+        "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        "-display", "none", "-nic", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(tools.BASE_ENV))  # fmt: skip
+    seen: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            seen.append(raw.decode(errors="replace"))
+            if FIRMWARE_FIRST_OUTPUT in seen[-1]:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(KVM_PROBE_SECONDS)
+    proc.kill()
+    proc.wait()
+    vars_copy.unlink(missing_ok=True)
+    if any(FIRMWARE_FIRST_OUTPUT in line for line in seen):
+        return ""
+    said = " ".join(line.strip() for line in seen[-3:])
+    return f"the firmware did not start under KVM within {KVM_PROBE_SECONDS:.0f} s" + (
+        f" (QEMU: {said})" if said else ""
+    )
+
+
+def pick_accel(requested: str, work: Path) -> str:
+    """KVM where it really boots the firmware, else TCG; says which and why."""
     if requested != "auto":
+        print(f"accel: {requested} (asked for)")
         return requested
-    return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
+    why_not = probe_kvm(work)
+    if why_not:
+        print(f"accel: tcg (software emulation): {why_not}")
+        return "tcg"
+    print("accel: kvm (the firmware booted under KVM)")
+    return "kvm"
 
 
 @dataclass
@@ -686,8 +741,8 @@ def update_scenario(image: Path, work: Path, accel: str, timeout: float, echo: b
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generation", default="qemu-q35")
-    parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="tcg",
-                        help="tcg (default: what CI has), kvm, or auto")
+    parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
+                        help="auto (default: KVM if it boots the firmware here, else TCG), kvm, tcg")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for one boot")
     parser.add_argument("--negative", action="store_true",
                         help="also boot a tampered root and an unsigned UKI")
@@ -702,7 +757,7 @@ def main() -> int:
     work = ROOT / "build" / "image-test" / (args.generation + ("-update" if args.update else ""))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    accel = pick_accel(args.accel)
+    accel = pick_accel(args.accel, work)
     try:
         if args.update:
             status = update_scenario(image, work, accel, args.timeout, args.echo)

@@ -70,6 +70,33 @@ DPKG_OPTIONS = [
     "path-exclude=/usr/share/locale/*",
     "path-include=/usr/share/locale/fr/*",
     "path-include=/usr/share/locale/en*",
+    # Kernel modules no box generation uses: cameras and TV tuners, server HBAs and
+    # InfiniBand, SCSI targets, industrial I/O, flash chips, CAN buses, cluster and
+    # network file systems, USB gadget roles. About 120 of the kernel's 384 MB;
+    # `make image` refuses a root where a kept module needs a left-out one
+    # (checks.missing_module_dependencies), so this list cannot break a driver quietly.
+    *(f"path-exclude=/lib/modules/*/kernel/{tree}" for tree in (
+        "drivers/media/*", "drivers/infiniband/*", "drivers/iio/*", "drivers/staging/*",
+        "drivers/comedi/*", "drivers/isdn/*", "drivers/target/*", "drivers/mtd/*",
+        "drivers/net/can/*", "drivers/scsi/*/*", "drivers/usb/gadget/*", "drivers/usb/usbip/*",
+        "drivers/nvme/target/*",
+        "drivers/nvme/host/nvme-rdma.ko", "drivers/net/ethernet/sfc/*", "drivers/ptp/ptp_ocp.ko",
+        "drivers/block/rbd.ko", "drivers/md/md-cluster.ko", "drivers/vhost/vhost_scsi.ko",
+        "drivers/xen/xen-scsiback.ko", "drivers/input/touchscreen/sur40.ko",
+        "sound/pci/snd-es1968.ko", "sound/pci/snd-fm801.ko", "net/bluetooth/cmtp/*",
+        "net/smc/*", "net/ceph/*", "net/rds/*", "net/tipc/*", "net/sunrpc/*", "net/9p/*",
+        *(f"fs/{fs}/*" for fs in (
+            "xfs", "ocfs2", "nfs", "nfsd", "nfs_common", "lockd", "btrfs", "gfs2", "f2fs", "ceph",
+            "smb", "zonefs", "ubifs", "sysv", "romfs", "reiserfs", "jfs", "nilfs2", "afs",
+            "orangefs", "coda", "dlm", "ufs", "hfs", "hfsplus", "minix", "omfs", "qnx4", "qnx6",
+            "jffs2", "9p", "vboxsf", "erofs",
+        )),
+    )),
+    # what i915 and amdgpu (HDMI CEC) and a few laptop drivers (industrialio) need from those trees
+    "path-include=/lib/modules/*/kernel/drivers/media/cec/*",
+    "path-include=/lib/modules/*/kernel/drivers/media/rc/rc-core.ko",
+    "path-include=/lib/modules/*/kernel/drivers/media/mc/*",
+    "path-include=/lib/modules/*/kernel/drivers/iio/industrialio.ko",
 ]
 GPT_ESP = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 GPT_ROOT = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"  # root, x86-64 (discoverable partitions)
@@ -262,6 +289,39 @@ def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
             detail=tools.tail(log.read_text()),
         )
     build.step("root filesystem (mmdebstrap)", started)
+    for modules in sorted((build.rootdir / "usr/lib/modules").iterdir()):
+        missing = checks.missing_module_dependencies(modules)
+        if missing:
+            raise BootImageError(
+                f"{len(missing)} kernel module(s) need modules the image leaves out: "
+                "narrow the path-exclude list in bootimage/build.py (DPKG_OPTIONS)",
+                detail="\n".join(f"{m}: needs {', '.join(d)}" for m, d in missing.items()),
+            )
+
+
+def package_sizes(root: Path) -> dict[str, int]:
+    """Debian packages in the root by installed size (KiB, as dpkg records it), largest first."""
+    listing = tools.run(
+        ["chroot", root, "dpkg-query", "-W", "-f", "${Installed-Size}\t${Package}\n"],
+        what="listing the root's packages", timeout=120,
+    )  # fmt: skip
+    sizes = {}
+    for line in listing.splitlines():
+        size, _, name = line.partition("\t")
+        if size.strip().isdigit():
+            sizes[name] = int(size)
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
+
+
+def python_sizes(root: Path) -> dict[str, int]:
+    """The private Python set's top-level entries by size on disk (KiB), largest first."""
+    private = root / "usr/lib/sdbox/python"
+    sizes = {
+        entry.name: sum(f.lstat().st_size for f in entry.rglob("*") if f.is_file()) // 1024
+        if entry.is_dir() else entry.lstat().st_size // 1024
+        for entry in (private.iterdir() if private.exists() else [])
+    }  # fmt: skip
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
 
 
 def check_root(build: Build) -> None:
@@ -297,7 +357,10 @@ def kernel_and_initrd(build: Build) -> tuple[Path, Path]:
         ("dm-verity.ko", "the verity root would not open"),
         ("scripts/local-bottom/sdbox-machine-id", "every boot would get a new machine ID"),
         ("vfat.ko", "the machine ID in the config area could not be read"),
-    ):
+        *((f"/{name}.ko", f"the {build.generation.name} disk ({build.generation.storage.model}) "
+           "would not be found: add it to rootfs/usr/share/initramfs-tools/modules.d/sdbox")
+          for name in build.generation.storage.drivers),
+    ):  # fmt: skip
         if needed not in listing:
             raise BootImageError(f"the initramfs lacks {needed}: {why}")
     return kernel, initrd
@@ -600,6 +663,8 @@ def main() -> int:
         "build_s": total,
         "cmdline": cmdlines["a"],
         "bundle": str(raucb) if raucb else None,
+        "packages_kib": package_sizes(build.rootdir),
+        "python_kib": python_sizes(build.rootdir),
     }
     (args.out / f"sdbox-{generation.name}.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(f"image: {build.image} ({build.image.stat().st_size / 2**30:.2f} GiB disk, "

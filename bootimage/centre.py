@@ -59,7 +59,9 @@ class Centre:
         return [
             "-netdev",
             f"user,id=net0,restrict=on,guestfwd=tcp:{self.guest_host}:{self.guest_port}-{relay}",
-            "-device", "virtio-net-pci,netdev=net0",
+            # romfile= (none): a box boots from its disk, never from the network, and
+            # OVMF then neither loads iPXE nor offers PXE/HTTP boot (seconds under TCG)
+            "-device", "virtio-net-pci,netdev=net0,romfile=",
         ]  # fmt: skip
 
     def connection_count(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,3 +123,40 @@ def unexpected_listeners(
     local process could reach it, so it must be stated like any other.
     """
     return [x for x in listeners if x.key not in allowed]
+
+
+_DEPENDS = re.compile(rb"(?:^|\x00)depends=([^\x00]*)\x00")
+
+
+def module_name(path: Path) -> str:
+    """A module's name as the kernel and modules.dep use it (``-`` and ``_`` are the same)."""
+    return path.name.split(".ko", 1)[0].replace("-", "_")
+
+
+def missing_module_dependencies(modules_dir: Path) -> dict[str, list[str]]:
+    """Modules under ``modules_dir`` (one kernel's) whose dependencies are not there.
+
+    The image leaves out whole module trees no box uses (dpkg path-exclude in
+    bootimage/build.py); a kept module that needs a left-out one would fail to
+    load on some box, with nothing said at build time. Each module's own
+    ``.modinfo`` section lists what it needs (``depends=``, written when the
+    kernel was built); a dependency is met by another module file or by the
+    kernel itself (``modules.builtin``).
+    """
+    modules = {module_name(p): p for p in modules_dir.rglob("*.ko*") if p.is_file()}
+    builtin_list = modules_dir / "modules.builtin"
+    builtin = {
+        module_name(Path(line.strip()))
+        for line in (builtin_list.read_text().splitlines() if builtin_list.exists() else [])
+        if line.strip()
+    }
+    missing: dict[str, list[str]] = {}
+    for name, path in sorted(modules.items()):
+        found = _DEPENDS.search(path.read_bytes())
+        if found is None or not found.group(1):
+            continue
+        needs = [d.decode().replace("-", "_") for d in found.group(1).split(b",") if d]
+        absent = [d for d in needs if d not in modules and d not in builtin]
+        if absent:
+            missing[name] = absent
+    return missing

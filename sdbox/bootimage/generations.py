@@ -66,6 +66,13 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _modules(value: list[str]) -> str | None:
+    for name in value:
+        if not re.fullmatch(r"[a-z0-9_-]+", name):
+            return f"{name!r} is not a kernel module name"
+    return None
+
+
 def _packages(values: list[str]) -> str | None:
     for value in values:
         if not re.match(r"^[a-z0-9][a-z0-9+.-]+$", value):
@@ -110,6 +117,12 @@ class Storage:
     device: str = setting(help="the disk as the box's kernel names it", check=_device)
     min_size_gib: float = setting(help="smallest disk of this generation", check=_positive)
     model: str = setting("", help="the disk's model, for people")
+    drivers: list[str] = setting(
+        [],
+        help="kernel modules that reach the disk, which the initramfs must hold "
+        "(it holds only a list, not Debian's 'most': docs/image.md)",
+        check=_modules,
+    )
 
 
 @dataclass(frozen=True)

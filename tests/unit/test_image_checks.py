@@ -92,3 +92,23 @@ def test_only_stated_listeners_pass_loopback_included() -> None:
     found = checks.listeners_from_ss(SS)
     assert [x.key for x in checks.unexpected_listeners(found)] == ["tcp:631", "tcp6:5355"]
     assert checks.unexpected_listeners(checks.listeners_from_ss(SS.splitlines()[0])) == []
+
+
+def _module(tree: Path, relative: str, depends: str) -> None:
+    path = tree / "kernel" / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # what matters of a .ko here: its .modinfo strings, NUL-separated
+    path.write_bytes(b"\x7fELF...\x00license=GPL\x00depends=" + depends.encode() + b"\x00vermagic=6.1\x00")
+
+
+def test_a_kept_module_that_needs_a_left_out_one_is_named(tmp_path: Path) -> None:
+    from sdbox.bootimage.checks import missing_module_dependencies
+
+    _module(tmp_path, "drivers/gpu/drm/i915/i915.ko", "drm,cec,video")
+    _module(tmp_path, "drivers/gpu/drm/drm.ko", "")
+    _module(tmp_path, "drivers/media/cec/core/cec.ko", "rc-core")
+    (tmp_path / "modules.builtin").write_text("kernel/drivers/acpi/video.ko\n")
+    # rc-core (drivers/media/rc) was left out: cec, and so i915's display, would not load
+    assert missing_module_dependencies(tmp_path) == {"cec": ["rc_core"]}
+    _module(tmp_path, "drivers/media/rc/rc-core.ko", "")
+    assert missing_module_dependencies(tmp_path) == {}
