@@ -20,8 +20,12 @@ MAX_CRL_BYTES = 64 * 1024 * 1024
 
 
 # What cryptography raises on damaged input. KeyError included: a name
-# attribute whose string tag is unknown raises it (found by the property test).
-_PARSE_ERRORS = (ValueError, TypeError, IndexError, OverflowError, KeyError, UnsupportedAlgorithm)
+# attribute whose string tag is unknown raises it (found by the property test);
+# InvalidVersion (an unknown certificate or CRL version) is not a ValueError.
+_PARSE_ERRORS = (
+    ValueError, TypeError, IndexError, OverflowError, KeyError, UnsupportedAlgorithm,
+    x509.InvalidVersion,
+)  # fmt: skip
 
 
 def _is_pem(data: bytes) -> bool:

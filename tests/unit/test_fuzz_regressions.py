@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from sdbox.broker.errors import Refused
+from sdbox.broker.protocol import certificate_field
 from sdbox.smartcard.directory import parse_signed_directory
+from sdbox.smartcard.emulator import profiles
+from sdbox.smartcard.emulator.profiles import ProfileError, parse_profile
 from sdbox.smartcard.errors import DirectoryError
+from sdbox.trust.errors import MalformedCertificate
+from sdbox.trust.loaders import load_crl
 from tests.unit.test_directory import GUID, _project, _signed
 
 
@@ -34,3 +47,64 @@ def test_signer_key_on_an_unsupported_curve_is_a_directory_error() -> None:
         return
     with pytest.raises(DirectoryError, match=r"public key is unusable|malformed"):
         parsed.verify(card_guid=GUID, validate_signer=_accept)
+
+
+def _ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Name]:
+    return ec.generate_private_key(ec.SECP256R1()), x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "fuzz issuer")]
+    )
+
+
+def _certificate_der() -> bytes:
+    key, name = _ca()
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(7)
+        .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_crl_with_an_unknown_version_is_a_malformed_revocation_list() -> None:
+    # cryptography raises InvalidVersion, which is not a ValueError (make fuzz, certificates)
+    key, name = _ca()
+    now = datetime.now(UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder().issuer_name(name)
+        .last_update(now).next_update(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    encoded = bytearray(crl.public_bytes(serialization.Encoding.DER))
+    at = encoded.index(bytes.fromhex("020101"))  # TBSCertList's version, v2
+    encoded[at + 2] = 0x21
+    with pytest.raises(MalformedCertificate, match="revocation list"):
+        load_crl(bytes(encoded))
+
+
+def test_box_certificate_with_an_unknown_version_is_refused_as_malformed() -> None:
+    # the card-management centre let InvalidVersion escape (make fuzz, card-management)
+    encoded = bytearray(_certificate_der())
+    at = encoded.index(bytes.fromhex("a003020102"))
+    encoded[at + 4] = 0x12
+    with pytest.raises(Refused, match="malformed") as refused:
+        certificate_field(bytes(encoded), "holder")
+    assert refused.value.code == "holder_certificate"
+
+
+def test_certificate_whose_issuer_name_has_an_unknown_string_type_is_refused_on_arrival() -> None:
+    # decoded lazily, the name raised KeyError in the middle of validation (make fuzz)
+    encoded = bytearray(_certificate_der())
+    cn = b"\x0c\x0bfuzz issuer"  # UTF8String "fuzz issuer", first in the issuer name
+    encoded[encoded.index(cn)] = 0xEC  # no such universal string type
+    with pytest.raises(Refused, match="malformed") as refused:
+        certificate_field(bytes(encoded), "box")
+    assert refused.value.code == "box_certificate"
+
+
+def test_card_profile_finger_reference_that_is_not_hex_is_a_profile_error() -> None:
+    demo = Path(profiles.__file__).with_name("demo-profile.toml").read_text(encoding="utf-8")
+    text = demo.replace('reference = "96"', 'reference = "9~7"', 1)
+    with pytest.raises(ProfileError, match="'reference' must be 96 or 97"):
+        parse_profile(text, source="fuzz.toml")
