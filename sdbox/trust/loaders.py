@@ -21,10 +21,11 @@ MAX_CRL_BYTES = 64 * 1024 * 1024
 
 # What cryptography raises on damaged input. KeyError included: a name
 # attribute whose string tag is unknown raises it (found by the property test);
-# InvalidVersion (an unknown certificate or CRL version) is not a ValueError.
+# InvalidVersion (an unknown certificate or CRL version), DuplicateExtension and
+# UnsupportedGeneralNameType are not ValueErrors (found by fuzzing).
 _PARSE_ERRORS = (
     ValueError, TypeError, IndexError, OverflowError, KeyError, UnsupportedAlgorithm,
-    x509.InvalidVersion,
+    x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
 )  # fmt: skip
 
 

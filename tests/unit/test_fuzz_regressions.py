@@ -62,6 +62,12 @@ def _certificate_der() -> bytes:
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(key.public_key()).serial_number(7)
         .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False,
+        ), critical=True)
         .sign(key, hashes.SHA256())
     )  # fmt: skip
     return cert.public_bytes(serialization.Encoding.DER)
@@ -101,6 +107,15 @@ def test_certificate_whose_issuer_name_has_an_unknown_string_type_is_refused_on_
     with pytest.raises(Refused, match="malformed") as refused:
         certificate_field(bytes(encoded), "box")
     assert refused.value.code == "box_certificate"
+
+
+def test_certificate_with_a_duplicate_extension_is_refused_as_malformed() -> None:
+    # cryptography raises DuplicateExtension, not a ValueError (make fuzz, certificates)
+    encoded = bytearray(_certificate_der())
+    at = encoded.index(bytes.fromhex("0603551d13"))  # basicConstraints' OID ...
+    encoded[at + 4] = 0x0F  # ... made keyUsage's: two keyUsage extensions
+    with pytest.raises(Refused, match="malformed"):
+        certificate_field(bytes(encoded), "box")
 
 
 def test_card_profile_finger_reference_that_is_not_hex_is_a_profile_error() -> None:
