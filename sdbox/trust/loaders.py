@@ -59,7 +59,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             raise MalformedCertificate("certificate bundle", "it is far too large")
         try:
             return x509.load_pem_x509_certificates(data)
-        except (ValueError, TypeError) as exc:
+        except _PARSE_ERRORS as exc:
             raise MalformedCertificate("certificate bundle", _short(exc)) from exc
     return [load_certificate(data)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,12 +14,14 @@ from cryptography.x509.oid import NameOID
 
 from sdbox.broker.errors import Refused
 from sdbox.broker.protocol import certificate_field
+from sdbox.smartcard import profile, tlv
 from sdbox.smartcard.directory import parse_signed_directory
 from sdbox.smartcard.emulator import profiles
 from sdbox.smartcard.emulator.profiles import ProfileError, parse_profile
-from sdbox.smartcard.errors import DirectoryError
+from sdbox.smartcard.errors import CardProtocolError, DirectoryError
+from sdbox.smartcard.profile import KeyRef
 from sdbox.trust.errors import MalformedCertificate
-from sdbox.trust.loaders import load_crl
+from sdbox.trust.loaders import load_certificates, load_crl
 from tests.unit.test_directory import GUID, _project, _signed
 
 
@@ -123,3 +126,33 @@ def test_card_profile_finger_reference_that_is_not_hex_is_a_profile_error() -> N
     text = demo.replace('reference = "96"', 'reference = "9~7"', 1)
     with pytest.raises(ProfileError, match="'reference' must be 96 or 97"):
         parse_profile(text, source="fuzz.toml")
+
+
+def test_pem_bundle_with_a_certificate_of_unknown_version_is_malformed() -> None:
+    # load_certificates caught ValueError only (make fuzz, certificates)
+    encoded = bytearray(_certificate_der())
+    encoded[encoded.index(bytes.fromhex("a003020102")) + 4] = 0x1A
+    pem = x509.load_der_x509_certificate(_certificate_der()).public_bytes(
+        serialization.Encoding.PEM
+    )
+    damaged = pem.replace(
+        pem.split(b"\n", 1)[1].rsplit(b"-----END", 1)[0],
+        base64.encodebytes(bytes(encoded)),
+    )
+    with pytest.raises(MalformedCertificate, match="bundle"):
+        load_certificates(damaged)
+
+
+def test_bit_with_an_empty_minutiae_order_is_a_card_protocol_error() -> None:
+    # an empty optional field raised IndexError (make fuzz, card-objects)
+    params = tlv.tlv(profile.TAG_MINMAX_MINUTIAE, bytes((12, 60))) + tlv.tlv(
+        profile.TAG_MINUTIAE_ORDER, b""
+    )
+    bit = tlv.tlv(
+        profile.TAG_BIT,
+        tlv.tlv(profile.TAG_BIT_REFERENCE, bytes((KeyRef.FINGER_PRIMARY,)))
+        + tlv.tlv(profile.TAG_ALGO_PARAMS, params),
+    )
+    group = tlv.tlv(profile.TAG_BIT_GROUP, tlv.tlv(profile.TAG_BIT_COUNT, b"\x01") + bit)
+    with pytest.raises(CardProtocolError, match="empty"):
+        profile.parse_bit_group(group)
