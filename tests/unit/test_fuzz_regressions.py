@@ -12,8 +12,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fuzz import seeds
 from sdbox.broker.errors import Refused
 from sdbox.broker.protocol import certificate_field
+from sdbox.renewal import cmp
+from sdbox.renewal.errors import CmpProtocolError
 from sdbox.smartcard import profile, tlv
 from sdbox.smartcard.directory import parse_signed_directory
 from sdbox.smartcard.emulator import profiles
@@ -156,3 +159,15 @@ def test_bit_with_an_empty_minutiae_order_is_a_card_protocol_error() -> None:
     group = tlv.tlv(profile.TAG_BIT_GROUP, tlv.tlv(profile.TAG_BIT_COUNT, b"\x01") + bit)
     with pytest.raises(CardProtocolError, match="empty"):
         profile.parse_bit_group(group)
+
+
+def test_cmp_answer_with_a_length_beyond_2_63_is_a_protocol_error() -> None:
+    # pyasn1 raised OverflowError reading the extra certificate (make fuzz, cmp-answer)
+    answer = (Path(seeds.CORPUS) / "cmp-answer" / "pollrep").read_bytes()
+    p256 = bytes.fromhex("06072a8648ce3d020106082a8648ce3d030107")  # ecPublicKey, prime256v1
+    at = answer.index(p256) + 9  # the curve's OID ...
+    damaged = (
+        answer[:at] + bytes.fromhex("0688f8b4f331c20ebd6c") + answer[at + 2 :]
+    )  # ... 2**63 long
+    with pytest.raises(CmpProtocolError, match="does not parse"):
+        cmp.parse_answer(damaged)
