@@ -71,7 +71,9 @@ from tests.integration.session_servers import free_port, pid_alive, xvfb
 ROUNDS = 5
 LATENCY_MS = 20.0
 IDLE_S = 60.0
-CAPTURE_DELAY_S = 0.6  # a swipe-free area sensor images a finger in about half a second
+# An assumed capture time (finger placed, imaged, lifted), not a measured one: the
+# configured emulated sensor answers at once, so the daemon's sensor waits this long.
+CAPTURE_DELAY_S = 0.6
 _REPO = Path(__file__).resolve().parent.parent
 
 
