@@ -222,6 +222,23 @@ def _cmp_seeds(pki: Pki, holder: x509.Certificate) -> dict[str, bytes]:
             (("kup", kup), ("pollrep", poll_rep), ("error", error), ("pkiconf", pkiconf))}  # fmt: skip
 
 
+def _trust_chain_seeds(pki: Pki, project: x509.Certificate) -> dict[str, bytes]:
+    """For main's trust-chain target: byte 0 the place (1 intermediate, 2 leaf, 3 CRL;
+    +4 critical), byte 1 the extension's index in its list, byte 2 no DER wrapper,
+    then the extension's value as our PKI writes it. Kept out until that target is here.
+    """
+    ski = pki.project_ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+    usage = project.extensions.get_extension_for_class(x509.KeyUsage).value
+    return {
+        "leaf-aki": bytes((2, 0, 0)) + aki.public_bytes(),
+        "intermediate-basic-constraints": bytes((1 | 4, 2, 0))
+        + x509.BasicConstraints(ca=True, path_length=0).public_bytes(),
+        "leaf-key-usage": bytes((2 | 4, 4, 0)) + usage.public_bytes(),
+        "crl-number": bytes((3, 0, 0)) + x509.CRLNumber(7).public_bytes(),
+    }
+
+
 def build() -> dict[str, dict[str, bytes]]:
     """Every target's seeds: {target: {file name: bytes}}."""
     with tempfile.TemporaryDirectory(prefix="sdbox-seeds-") as tmp:
@@ -239,6 +256,8 @@ def build() -> dict[str, dict[str, bytes]]:
         seeds["biometric"] = _biometric_seeds()
         seeds["certificates"] = _certificate_seeds(pki, holder)
         seeds["cmp-answer"] = _cmp_seeds(pki, holder)
+        project = decode_certificate(state.objects[ObjectTag.RETIRED_CERT_1])
+        seeds["trust-chain"] = _trust_chain_seeds(pki, x509.load_der_x509_certificate(project))
     seeds["card-profile"] = {
         "demo-profile.toml": (_REPO / "sdbox/smartcard/emulator/demo-profile.toml").read_bytes()
     }
@@ -246,7 +265,7 @@ def build() -> dict[str, dict[str, bytes]]:
     missing = set(TARGETS) - set(seeds)
     if missing:
         raise RuntimeError(f"no seeds for {', '.join(sorted(missing))}")
-    return seeds
+    return {name: files for name, files in seeds.items() if name in TARGETS}
 
 
 def write(seeds: dict[str, dict[str, bytes]], corpus: Path = CORPUS) -> None:
