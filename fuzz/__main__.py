@@ -1,8 +1,10 @@
 """``python -m fuzz [--seconds N] [target ...]``: each target in its own atheris process.
 
-Exit status 0 when no target found an input that raises anything but a typed
-error; the crashing input is written to build/fuzz/<target>/ (libFuzzer's
-crash-* files) and named in the output.
+Each target starts from its committed seeds (fuzz/corpus/<target>/, made by
+``python -m fuzz.seeds``), read-only; what the fuzzer finds beyond them goes
+to build/fuzz/<target>/corpus/. Exit status 0 when no target found an input
+that raises anything but a typed error; the crashing input is written to
+build/fuzz/<target>/ (libFuzzer's crash-* files) and named in the output.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 from fuzz.targets import TARGETS
 
+SEEDS = Path(__file__).parent / "corpus"
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -27,8 +31,10 @@ def main() -> int:
         workdir = Path("build/fuzz") / name
         (workdir / "corpus").mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
+        # libFuzzer writes new inputs to the first directory only: the seeds stay as committed
+        corpora = [str(workdir / "corpus"), str(SEEDS / name)]
         proc = subprocess.run(
-            [sys.executable, "-m", "fuzz.run", name, str(workdir / "corpus"),
+            [sys.executable, "-m", "fuzz.run", name, *corpora,
              f"-max_total_time={args.seconds}", f"-artifact_prefix={workdir}/", "-rss_limit_mb=2048", "-print_final_stats=1"],
             capture_output=True, text=True, timeout=args.seconds * 4 + 60, check=False,
         )  # fmt: skip

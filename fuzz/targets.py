@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import tempfile
+import threading
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +23,29 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+# Every module under test is imported here, at the top, never inside a target:
+# fuzz.run imports this module inside atheris.instrument_imports, and only
+# modules first imported there get coverage feedback (a module imported
+# later, inside a target, runs blind; tests/unit/test_fuzz_corpus.py checks).
+from sdbox.agent.config import AgentConfig
+from sdbox.biometric import compact, matcher, record
+from sdbox.biometric.sensor import to_probe
+from sdbox.broker.cards import CardManagement
+from sdbox.broker.server import Broker
+from sdbox.config import load_section
 from sdbox.errors import SdboxError
+from sdbox.renewal import cmp
+from sdbox.smartcard import profile
+from sdbox.smartcard import tlv as tlv_codec
+from sdbox.smartcard.apdu import decode_command
+from sdbox.smartcard.biosso import BioSsoSession
+from sdbox.smartcard.directory import parse_directory_tbs, parse_signed_directory
+from sdbox.smartcard.emulator.applet import PivApplet
+from sdbox.smartcard.emulator.profiles import issue_card, load_profile, parse_profile
+from sdbox.smartcard.errors import CardNotResponding
+from sdbox.trust.loaders import load_certificate, load_certificates, load_crl
 from sdbox.trust.pki import Issued, Pki
+from sdbox.trust.validate import Purpose, validate
 
 _STATE: dict[str, object] = {}
 
@@ -30,12 +53,6 @@ _STATE: dict[str, object] = {}
 def _applet() -> object:
     """One emulated card for the applet and client targets (issued once)."""
     if "applet" not in _STATE:
-        import tempfile
-
-        from sdbox.smartcard.emulator.applet import PivApplet
-        from sdbox.smartcard.emulator.profiles import issue_card, load_profile
-        from sdbox.trust.pki import Pki
-
         pki = Pki.init(Path(tempfile.mkdtemp(prefix="sdbox-fuzz-")) / "pki")
         _STATE["state"] = issue_card(load_profile("demo"), pki)
         _STATE["applet"] = PivApplet(_STATE["state"])  # type: ignore[arg-type]
@@ -43,16 +60,11 @@ def _applet() -> object:
 
 
 def tlv(data: bytes) -> None:
-    from sdbox.smartcard import tlv as t
-    from sdbox.smartcard.apdu import decode_command
-
-    t.parse_list(data)
+    tlv_codec.parse_list(data)
     decode_command(data)
 
 
 def card_objects(data: bytes) -> None:
-    from sdbox.smartcard import profile
-
     for parse in (profile.Discovery.parse, profile.chuid_guid, profile.parse_key_history,
                   profile.parse_bit_group, profile.decode_certificate):  # fmt: skip
         try:
@@ -62,8 +74,6 @@ def card_objects(data: bytes) -> None:
 
 
 def directory(data: bytes) -> None:
-    from sdbox.smartcard.directory import parse_directory_tbs, parse_signed_directory
-
     with contextlib.suppress(SdboxError):  # the part a centre is asked to sign
         parse_directory_tbs(data)
     signed = parse_signed_directory(data)
@@ -72,8 +82,6 @@ def directory(data: bytes) -> None:
 
 def applet(data: bytes) -> None:
     """The card side: every command gets a status word, nothing raises."""
-    from sdbox.smartcard.emulator.applet import PivApplet
-
     card = _applet()
     assert isinstance(card, PivApplet)
     card.state.path = None  # never write the fuzzed card to disk
@@ -82,17 +90,31 @@ def applet(data: bytes) -> None:
         raise AssertionError("the card answered without a status word")
 
 
+def encode_answers(answers: list[bytes]) -> bytes:
+    """The client target's input: each card answer (data + SW) behind its 2-byte length."""
+    return b"".join(len(a).to_bytes(2, "big") + a for a in answers)
+
+
+def _split_answers(data: bytes) -> list[bytes]:
+    """The inverse of :func:`encode_answers`; a short tail is one last (truncated) answer."""
+    answers, pos = [], 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        answers.append(data[pos + 2 : pos + 2 + length])
+        pos += 2 + length
+    return answers or [b""]
+
+
 class _Replay:
-    """A card that answers with the fuzzer's bytes (split into answers)."""
+    """A card that answers with the fuzzer's bytes (split into answers by their lengths)."""
 
     def __init__(self, data: bytes) -> None:
-        self.chunks = [data[i : i + 300] for i in range(0, len(data), 300)] or [b""]
+        # length-prefixed, so that a recorded session (fuzz/seeds.py) replays answer by answer
+        self.chunks = _split_answers(data)
 
     def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
         chunk = self.chunks.pop(0) if self.chunks else b"\x90\x00"
         if len(chunk) < 2:
-            from sdbox.smartcard.errors import CardNotResponding
-
             raise CardNotResponding("no status word")
         return chunk[:-2], int.from_bytes(chunk[-2:], "big")
 
@@ -102,8 +124,6 @@ class _Replay:
 
 def client(data: bytes) -> None:
     """The box facing a card that answers garbage."""
-    from sdbox.smartcard.biosso import BioSsoSession
-
     session = BioSsoSession(_Replay(data))
     session.read_summary(lambda _s, _i: None)
     session.tries_left()
@@ -111,15 +131,10 @@ def client(data: bytes) -> None:
 
 
 def profile_toml(data: bytes) -> None:
-    from sdbox.smartcard.emulator.profiles import parse_profile
-
     parse_profile(data.decode("utf-8", "replace"), source="fuzz")
 
 
 def agent_config(data: bytes) -> None:
-    from sdbox.agent.config import AgentConfig
-    from sdbox.config import load_section
-
     try:
         raw = tomllib.loads(data.decode("utf-8", "replace"))
     except tomllib.TOMLDecodeError:
@@ -128,9 +143,6 @@ def agent_config(data: bytes) -> None:
 
 
 def biometric(data: bytes) -> None:
-    from sdbox.biometric import compact, matcher, record
-    from sdbox.biometric.sensor import to_probe
-
     for parse in (compact.decode, record.decode_record, to_probe):
         try:
             parse(data)
@@ -141,8 +153,6 @@ def biometric(data: bytes) -> None:
 
 
 def certificates(data: bytes) -> None:
-    from sdbox.trust.loaders import load_certificate, load_certificates, load_crl
-
     for load in (load_certificate, load_certificates, load_crl):
         try:
             load(data)
@@ -235,8 +245,6 @@ class _TrustBench:
 
 def _trust_bench() -> _TrustBench:
     if "trust" not in _STATE:
-        import tempfile
-
         t0 = datetime(2030, 1, 1, tzinfo=UTC)
         pki = Pki.init(Path(tempfile.mkdtemp(prefix="sdbox-fuzz-trust-")) / "pki", now=t0)
         at = t0 + timedelta(days=30)
@@ -260,7 +268,6 @@ def trust_chain(data: bytes) -> None:
     byte 1 the extension; byte 2 two DER wrappers (one per nibble) put around
     the rest, the raw value.
     """
-    from sdbox.trust.validate import Purpose, validate
 
     if len(data) < 3:
         return
@@ -301,8 +308,6 @@ def trust_chain(data: bytes) -> None:
 
 def broker_request(data: bytes) -> None:
     """The broker facing arbitrary JSON requests (before any certificate check can pass)."""
-    from sdbox.broker.server import Broker
-
     try:
         request = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -316,7 +321,6 @@ def broker_request(data: bytes) -> None:
             "C", (), {"bubbles": {}, "exchange_lifetime_s": 30, "credential_lifetime_s": 60}
         )()
         broker._exchanges = {}
-        import threading
 
         broker._lock = threading.Lock()
         _STATE["broker"] = broker
@@ -330,10 +334,6 @@ def broker_request(data: bytes) -> None:
 
 def card_management(data: bytes) -> None:
     """The centre's card management (renewal) facing arbitrary JSON requests."""
-    import tempfile
-    from datetime import timedelta
-
-    from sdbox.broker.cards import CardManagement
 
     try:
         request = json.loads(data)
@@ -368,10 +368,6 @@ def card_management(data: bytes) -> None:
 @functools.cache
 def _cmp_signer() -> x509.Certificate:
     """Some CA certificate to check an answer's protection against (never matches)."""
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "fuzz CA")])
@@ -386,8 +382,6 @@ def _cmp_signer() -> x509.Certificate:
 
 def cmp_answer(data: bytes) -> None:
     """A CA's CMP answer as the box parses it, then its protection check."""
-    from sdbox.renewal import cmp
-
     cmp.parse_answer(data).verify_protection(_cmp_signer())
 
 

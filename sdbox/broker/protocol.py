@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sdbox.broker.errors import ProtocolError, Refused
+from sdbox.trust.errors import MalformedCertificate
+from sdbox.trust.loaders import load_certificate
 
 VERSION = "sdbox-broker/1"
 PROOF_INFO = b"sdbox broker possession proof v1"
@@ -56,8 +58,10 @@ def text_field(request: dict[str, Any], name: str) -> str:
 def certificate_field(der: bytes, what: str) -> x509.Certificate:
     """A certificate sent by the box; a malformed one is refused as ``<what>_certificate``."""
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+        # the loader decodes names and extensions now: a damaged one is refused
+        # here, not met as a bare KeyError in the middle of validation (fuzzing)
+        return load_certificate(der)
+    except MalformedCertificate as exc:
         raise Refused(f"{what}_certificate", f"the {what} certificate is malformed", 400) from exc
 
 

@@ -409,5 +409,6 @@ def parse_answer(der: bytes) -> Answer:
             extra_certs=tuple(extra),
             **fields,
         )
-    except (PyAsn1Error, ValueError, KeyError, IndexError) as exc:
+    # OverflowError: a DER length beyond 2**63 (pyasn1 reads it as a size; found by fuzzing)
+    except (PyAsn1Error, ValueError, KeyError, IndexError, OverflowError) as exc:
         raise CmpProtocolError(f"the CA's answer does not parse: {exc}") from exc

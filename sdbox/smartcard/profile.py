@@ -378,15 +378,23 @@ def parse_bit_group(data: bytes) -> list[FingerBit]:
             out.append(
                 FingerBit(
                     reference=ref[0],
-                    subtype=bht.get(TAG_BHT_SUBTYPE, b"\x00")[0],
+                    subtype=_byte_or_zero(bht, TAG_BHT_SUBTYPE),
                     min_minutiae=minmax[0],
                     max_minutiae=minmax[1],
-                    minutiae_order=params.get(TAG_MINUTIAE_ORDER, b"\x00")[0],
+                    minutiae_order=_byte_or_zero(params, TAG_MINUTIAE_ORDER),
                 )
             )
         return out
     except TlvError as exc:
         raise CardProtocolError(f"the BIT group template does not parse: {exc}") from exc
+
+
+def _byte_or_zero(fields: dict[int, bytes], tag: int) -> int:
+    """An optional one-byte BIT field (0 when absent); present but empty is malformed."""
+    value = fields.get(tag, b"\x00")
+    if not value:
+        raise CardProtocolError(f"a BIT's field {tag:02X} is empty")
+    return value[0]
 
 
 def pad_pin(pin: str) -> bytes:

@@ -21,8 +21,13 @@ MAX_CRL_BYTES = 64 * 1024 * 1024
 
 
 # What cryptography raises on damaged input. KeyError included: a name
-# attribute whose string tag is unknown raises it (found by the property test).
-_PARSE_ERRORS = (ValueError, TypeError, IndexError, OverflowError, KeyError, UnsupportedAlgorithm)
+# attribute whose string tag is unknown raises it (found by the property test);
+# InvalidVersion (an unknown certificate or CRL version), DuplicateExtension and
+# UnsupportedGeneralNameType are not ValueErrors (found by fuzzing).
+_PARSE_ERRORS = (
+    ValueError, TypeError, IndexError, OverflowError, KeyError, UnsupportedAlgorithm,
+    x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
+)  # fmt: skip
 
 
 def _is_pem(data: bytes) -> bool:
@@ -55,7 +60,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             raise MalformedCertificate("certificate bundle", "it is far too large")
         try:
             return x509.load_pem_x509_certificates(data)
-        except (ValueError, TypeError) as exc:
+        except _PARSE_ERRORS as exc:
             raise MalformedCertificate("certificate bundle", _short(exc)) from exc
     return [load_certificate(data)]
 

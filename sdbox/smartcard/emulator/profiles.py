@@ -147,7 +147,10 @@ def parse_profile(text: str, *, source: str) -> CardProfile:
     fingers = []
     for i, f in enumerate(raw.get("fingers", [])):
         where = f"{source}: fingers[{i}]"
-        ref = int(_get(f, "reference", str, where), 16)
+        try:
+            ref = int(_get(f, "reference", str, where), 16)
+        except ValueError:  # not hex at all (found by fuzzing)
+            ref = -1
         if ref not in (KeyRef.FINGER_PRIMARY, KeyRef.FINGER_SECONDARY):
             raise ProfileError(f"{where}: 'reference' must be 96 or 97")
         fingers.append(
