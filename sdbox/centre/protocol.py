@@ -23,11 +23,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sdbox.broker.errors import ProtocolError, Refused
+from sdbox.errors import SdboxError
 
 VERSION = "sdbox-broker/1"
 PROOF_INFO = b"sdbox broker possession proof v1"
 NONCE_BYTES = 32
+
+
+class ProtocolError(SdboxError):
+    """A message does not follow the protocol (either side)."""
+
+
+class Refused(SdboxError):
+    """Centre side: a refusal with its code (docs/broker-protocol.md) and HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
 
 
 def b64(data: bytes) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from sdbox.renewal.centre import BrokerCentre
+from sdbox.centre.cards import BrokerCentre
 from sdbox.renewal.flow import Outcome
 from sdbox.renewal.ports import Centre
 from sdbox.smartcard.biosso import BioSsoSession
