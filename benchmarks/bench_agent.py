@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sdbox.agent.api import State
 from sdbox.agent.card import ReaderWatcher
-from sdbox.agent.events import State
 from sdbox.agent.service import build_agent
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile

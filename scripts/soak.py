@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sdbox.agent.api import State
 from sdbox.agent.card import ReaderWatcher
-from sdbox.agent.events import State
 from sdbox.agent.service import build_agent
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.faults import parse_fault

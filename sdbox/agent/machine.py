@@ -26,20 +26,17 @@ from typing import Any, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from sdbox.agent.api import Problem, ProjectView, State
 from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.events import (
-    AuditEvent,
-    Problem,
-    ProjectView,
     RenewalEvent,
     SensorChanged,
     SessionEndedEvent,
     Snapshot,
-    State,
     Transition,
-    audit,
 )
 from sdbox.agent.presence import SensorHotplug, SensorPresence
+from sdbox.audit import AuditEvent, audit
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
 from sdbox.errors import SdboxError
 from sdbox.renewal.due import record_seen

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
+from sdbox.agent.api import State
 from sdbox.agent.card import ReaderEvent
-from sdbox.agent.events import State
 from sdbox.agent.machine import Agent
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
 from sdbox.trust.pki import Pki

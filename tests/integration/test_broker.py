@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.centre.client import request_credential
 from sdbox.centre.errors import CentreRefused, CentreUnreachable
 from sdbox.identity import DevelopmentIdentity

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.biometric import synth
 from sdbox.trust.pki import Pki
 from tests.integration.greeter_env import expect, greeter_on_x11, kiosk, missing, window_shown

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute
 from pkcs11 import exceptions as p11err
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.centre.errors import CentreRefused
 from sdbox.identity import IdentityConfig, IdentityError, IdentitySource, open_identity, probe

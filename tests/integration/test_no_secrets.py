@@ -26,7 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.logging import TRACE
 from sdbox.smartcard.emulator.profiles import seeded_template
 from sdbox.smartcard.profile import pad_pin

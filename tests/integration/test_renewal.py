@@ -408,8 +408,8 @@ def _broker_config(bench: Bench, centre: CentreBench) -> Path:
 def _agent_renews(fresh: Bench, caplog: pytest.LogCaptureFixture, config_path: Path) -> None:
     import asyncio
 
+    from sdbox.agent.api import State
     from sdbox.agent.config import load
-    from sdbox.agent.events import State
     from sdbox.agent.machine import Agent
     from sdbox.agent.ports import TrustService
     from sdbox.agent.service import make_renewal

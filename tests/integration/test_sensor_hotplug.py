@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from dbus_fast.aio import MessageBus, ProxyInterface
 
-from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
 from sdbox.smartcard.emulator.stack import reader_name
 from sdbox.trust.pki import Pki
