@@ -123,6 +123,8 @@ class Box:
             message=await get.get_message(),  # type: ignore[attr-defined]
             problem=await get.get_problem(),  # type: ignore[attr-defined]
             sensor=await get.get_sensor(),  # type: ignore[attr-defined]
+            active_project=await get.get_active_project(),  # type: ignore[attr-defined]
+            projects=tuple(tuple(p) for p in await get.get_projects()),  # type: ignore[attr-defined]
         )
 
     async def screen(self) -> Screen:
