@@ -1,7 +1,8 @@
-"""The agent's ports bound to the real components: trust, sensor, sessions.
+"""The agent's ports (:mod:`sdbox.agent.ports`) bound to the real components: trust, sensor, sessions.
 
-(Credential providers live in :mod:`sdbox.broker`; the agent picks one from
-its configuration in :mod:`sdbox.agent.service`.)
+(The credential provider is :mod:`sdbox.agent.credentials`, over
+:mod:`sdbox.centre`; the agent picks one from its configuration in
+:mod:`sdbox.agent.service`.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sdbox.agent.config import AgentConfig, SensorConfig, SessionConfig
-from sdbox.agent.machine import SessionHandle
+from sdbox.agent.ports import SessionHandle
 from sdbox.errors import SdboxError
 from sdbox.session import Credential, Display, Endpoint, Policy, SessionSpec, open_session
 from sdbox.session import Protocol as SessionProtocol

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -34,6 +34,14 @@ from sdbox.agent.events import (
     SessionEndedEvent,
     Snapshot,
     Transition,
+)
+from sdbox.agent.ports import (
+    CredentialPort,
+    RenewalPort,
+    SensorPort,
+    SessionHandle,
+    SessionPort,
+    TrustPort,
 )
 from sdbox.agent.presence import SensorHotplug, SensorPresence
 from sdbox.audit import AuditEvent, audit
@@ -57,75 +65,7 @@ from sdbox.trust.possession import prove_key_agreement
 
 _log = logging.getLogger("sdbox.agent")
 
-SIGNER_VALIDATOR = Callable[[x509.Certificate, list[x509.Certificate]], None]
 AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged
-
-
-class RenewalPort(Protocol):
-    """Renews the due project certificates of the verified card (runs on the card thread).
-
-    Returns one result per project with ``project``, ``outcome`` (an enum whose
-    ``value`` is the outcome name, see docs/renewal.md) and ``detail``.
-    """
-
-    def renew(self, session: BioSsoSession) -> list[Any]: ...
-
-
-class SensorPort(Protocol):
-    """The fingerprint sensor: one capture gives one probe template (compact card format)."""
-
-    async def capture(self) -> bytes:
-        """Wait for a finger; return the probe (cancellable)."""
-        ...
-
-
-class TrustPort(Protocol):
-    """The trust decisions the agent needs (sdbox.trust, bound to anchors and CRLs)."""
-
-    def directory_validator(self) -> SIGNER_VALIDATOR:
-        """A validator for the directory signer, at the current time."""
-        ...
-
-    def check_project(self, certificate: x509.Certificate, project: Project) -> None:
-        """Raise unless the project certificate is valid, unrevoked and names ``project``."""
-        ...
-
-    def check_server(self, certificate: x509.Certificate, project: Project) -> None:
-        """Raise unless the bubble's certificate is valid, unrevoked and names its host."""
-        ...
-
-
-class CredentialPort(Protocol):
-    """Obtains the session credential for a project (the broker, or none: interactive)."""
-
-    async def obtain(
-        self, project: Project, certificate: x509.Certificate, card: CardHandle
-    ) -> tuple[str, Any]:
-        """(user, credential) for the bubble."""
-        ...
-
-
-class SessionHandle(Protocol):
-    """A running session client (sdbox.session.Session)."""
-
-    @property
-    def pid(self) -> int | None: ...
-
-    async def start(self) -> None: ...
-    async def wait_connected(self) -> None: ...
-    async def wait_ended(self) -> Any: ...
-    async def kill(self) -> Any: ...
-    async def close(self) -> Any: ...
-
-
-class SessionPort(Protocol):
-    """Opens session clients."""
-
-    def open(
-        self, project: Project, user: str, credential: Any, server: x509.Certificate
-    ) -> SessionHandle:
-        """A session for ``project`` (not started)."""
-        ...
 
 
 class Refusal(SdboxError):

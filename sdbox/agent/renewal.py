@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from sdbox.agent.adapters import TrustService
 from sdbox.agent.config import AgentConfig
-from sdbox.agent.ports import TrustService
 from sdbox.centre.cards import BrokerCentre
 from sdbox.config import ConfigError
 from sdbox.identity import BoxIdentity
