@@ -19,7 +19,8 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from sdbox.agent.api import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
 from sdbox.agent.events import RenewalEvent, SensorChanged, SessionEndedEvent, Transition
-from sdbox.agent.machine import Agent, Refusal
+from sdbox.agent.machine import Agent
+from sdbox.agent.problems import Refusal
 
 _log = logging.getLogger("sdbox.agent.dbus")
 

@@ -60,3 +60,6 @@ class Snapshot:
     tries_left: int = -1
     holder_verified: bool = False
     sensor: SensorState = SensorState.UNWATCHED
+
+
+AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged
