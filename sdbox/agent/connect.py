@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from sdbox.agent.api import Problem, State
 from sdbox.agent.card import CardHandle
 from sdbox.agent.events import SessionEndedEvent
-from sdbox.agent.problems import Refusal, _trust_problem
+from sdbox.agent.problems import Refusal, Step, problem_for
 from sdbox.audit import AuditEvent, audit
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
 from sdbox.errors import SdboxError
@@ -34,7 +34,6 @@ from sdbox.smartcard.errors import (
     FingerBlocked,
     InvalidTemplate,
     PinBlocked,
-    VerificationError,
     WrongFinger,
     WrongPin,
 )
@@ -48,7 +47,9 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class _Card:
+class Insertion:
+    """One insertion of a card: what the agent learnt of it until it leaves."""
+
     handle: CardHandle
     guid: bytes = b""
     directory: Directory | None = None
@@ -67,7 +68,7 @@ class ConnectionFlow:
         endpoint_allowed: Callable[[str], bool]
         snapshot: Snapshot
         presence: SensorPresence
-        _card: _Card | None
+        _card: Insertion | None
         _session: SessionHandle | None
         _session_project: str
         _pin: asyncio.Future[str] | None
@@ -83,11 +84,11 @@ class ConnectionFlow:
             tries_left: int | None = None,
         ) -> None: ...
         def _report_end(self, project: str, ended: Any) -> None: ...
-        def _start_renewal(self, card: _Card) -> None: ...
+        def _start_renewal(self, card: Insertion) -> None: ...
 
     # -- the connection flow ---------------------------------------------------------------
 
-    async def _connect(self, card: _Card, project: Project) -> None:
+    async def _connect(self, card: Insertion, project: Project) -> None:
         try:
             if not self.endpoint_allowed(project.endpoint):
                 raise Refusal(
@@ -109,7 +110,7 @@ class ConnectionFlow:
                     problem=refusal.problem,
                 )
 
-    async def _verify_holder(self, card: _Card, project: Project) -> None:
+    async def _verify_holder(self, card: Insertion, project: Project) -> None:
         allow_pin = project.second_factor == SecondFactor.FINGER_OR_PIN
         retry: Problem | None = None  # why the previous attempt failed, shown with the new prompt
         while True:
@@ -160,20 +161,17 @@ class ConnectionFlow:
                     tries_left=exc.tries_left,
                     card=card.guid.hex(),
                 )
-                problem = (
-                    Problem.WRONG_FINGER if isinstance(exc, WrongFinger) else Problem.WRONG_PIN
-                )
                 self.snapshot.tries_left = exc.tries_left
-                retry = problem  # the next prompt says why, with the tries left
+                retry = problem_for(exc, Step.HOLDER)  # the next prompt says why, with the tries left
                 continue
-            except (InvalidTemplate, PlaceFingerAgain):
-                retry = Problem.SENSOR_FAILED  # a poor capture costs no try: ask again
+            except (InvalidTemplate, PlaceFingerAgain) as exc:
+                retry = problem_for(exc, Step.HOLDER)  # a poor capture costs no try: ask again
                 continue
             except SensorUnavailable as exc:
                 if await self.presence.gone_soon():  # unplugged: wait for it (the loop says so)
                     retry = None
                     continue
-                raise Refusal(Problem.SENSOR_FAILED, exc.message) from exc
+                raise Refusal(problem_for(exc, Step.HOLDER), exc.message) from exc
             except (FingerBlocked, PinBlocked) as exc:
                 audit(
                     AuditEvent.HOLDER_FAILED,
@@ -182,19 +180,12 @@ class ConnectionFlow:
                     tries_left=0,
                     card=card.guid.hex(),
                 )
-                problem = (
-                    Problem.FINGER_BLOCKED
-                    if isinstance(exc, FingerBlocked)
-                    else Problem.PIN_BLOCKED
-                )
                 self.snapshot.tries_left = 0
-                raise Refusal(problem, exc.message) from exc
-            except VerificationError as exc:
-                raise Refusal(Problem.SENSOR_FAILED, exc.message) from exc
-            except SdboxError as exc:
-                if isinstance(exc, CardAccessError):
-                    raise
-                raise Refusal(Problem.SENSOR_FAILED, exc.message) from exc
+                raise Refusal(problem_for(exc, Step.HOLDER), exc.message) from exc
+            except CardAccessError:
+                raise
+            except SdboxError as exc:  # another refusal of the card (VerificationError), the sensor
+                raise Refusal(problem_for(exc, Step.HOLDER), exc.message) from exc
             card.verified = True
             self.snapshot.holder_verified = True
             audit(
@@ -207,7 +198,7 @@ class ConnectionFlow:
             return
 
     async def _validate(
-        self, card: _Card, project: Project
+        self, card: Insertion, project: Project
     ) -> tuple[x509.Certificate, x509.Certificate]:
         certificate = await card.handle.certificate(project.slot)
         if (
@@ -230,13 +221,13 @@ class ConnectionFlow:
                 project=project.id,
                 card=card.guid.hex(),
             )
-            raise Refusal(_trust_problem(exc), exc.message) from exc
+            raise Refusal(problem_for(exc, Step.PROJECT), exc.message) from exc
         try:
             server = x509.load_der_x509_certificate(project.server_certificate)
             self.trust.check_server(server, project)
         except (ValueError, x509.InvalidVersion) as exc:
             raise Refusal(
-                Problem.SERVER_UNTRUSTED, "the directory's server certificate is malformed"
+                problem_for(exc, Step.SERVER), "the directory's server certificate is malformed"
             ) from exc
         except SdboxError as exc:
             audit(
@@ -246,7 +237,7 @@ class ConnectionFlow:
                 server=project.endpoint,
             )
             raise Refusal(
-                Problem.SERVER_UNTRUSTED, f"the project's desktop is not trusted: {exc.message}"
+                problem_for(exc, Step.SERVER), f"the project's desktop is not trusted: {exc.message}"
             ) from exc
         audit(
             AuditEvent.CREDENTIALS_VALIDATED,
@@ -257,19 +248,14 @@ class ConnectionFlow:
         return certificate, server
 
     async def _obtain_credential(
-        self, card: _Card, project: Project, certificate: x509.Certificate
+        self, card: Insertion, project: Project, certificate: x509.Certificate
     ) -> tuple[str, Any]:
         try:
             user, credential = await self.credentials.obtain(project, certificate, card.handle)
         except CardAccessError:
             raise
         except SdboxError as exc:
-            problem = (
-                Problem.BROKER_UNREACHABLE
-                if "unreachable" in type(exc).__name__.lower()
-                else Problem.CREDENTIAL_REFUSED
-            )
-            raise Refusal(problem, exc.message) from exc
+            raise Refusal(problem_for(exc, Step.CREDENTIAL), exc.message) from exc
         if credential is None:  # interactive: nothing was issued, the bubble asks
             return user, credential
         audit(
@@ -281,7 +267,7 @@ class ConnectionFlow:
         return user, credential
 
     async def _run_session(
-        self, card: _Card, project: Project, user: str, credential: Any, server: x509.Certificate
+        self, card: Insertion, project: Project, user: str, credential: Any, server: x509.Certificate
     ) -> None:
         if self._card is not card:
             return  # the card left while the credential was being obtained

@@ -25,7 +25,7 @@ from typing import Any
 
 from sdbox.agent.api import Problem, ProjectView, State
 from sdbox.agent.card import CardHandle, ReaderEvent
-from sdbox.agent.connect import ConnectionFlow, _Card
+from sdbox.agent.connect import ConnectionFlow, Insertion
 from sdbox.agent.events import (
     AgentEvent,
     RenewalEvent,
@@ -83,7 +83,7 @@ class Agent(ConnectionFlow):
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []
         self.presence = SensorPresence()
-        self._card: _Card | None = None
+        self._card: Insertion | None = None
         self._flow: asyncio.Task[None] | None = None
         self._session: SessionHandle | None = None
         self._session_project = ""
@@ -157,7 +157,7 @@ class Agent(ConnectionFlow):
             if self._card.handle.reader != reader:
                 return  # one card at a time; another reader's card waits
             await self.card_removed(reader, swapped=True)
-        card = _Card(self.open_card(reader))
+        card = Insertion(self.open_card(reader))
         self._card = card
         self.snapshot.reader = reader
         self._set(State.READING)
@@ -222,7 +222,7 @@ class Agent(ConnectionFlow):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await flow
 
-    async def _read_card(self, card: _Card) -> None:
+    async def _read_card(self, card: Insertion) -> None:
         try:
             summary = await card.handle.summary(self.trust.directory_validator())
         except SdboxError as exc:
@@ -328,7 +328,7 @@ class Agent(ConnectionFlow):
             )
         self._pin.set_result(pin)
 
-    def _project(self, card: _Card, project_id: str) -> Project:
+    def _project(self, card: Insertion, project_id: str) -> Project:
         assert card.directory is not None
         for project in card.directory.projects:
             if project.id == project_id:
@@ -337,7 +337,7 @@ class Agent(ConnectionFlow):
 
     # -- renewal in the background of a running session ---------------------------------
 
-    def _start_renewal(self, card: _Card) -> None:
+    def _start_renewal(self, card: Insertion) -> None:
         """Renew what is due, once per card, while the researcher works (card thread)."""
         due = [p.id for p in self.snapshot.projects if p.status.startswith("certificate expires")]
         if self.renewal is None or self._renewing or card.renewal_tried or not card.verified:
@@ -350,7 +350,7 @@ class Agent(ConnectionFlow):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _renew(self, card: _Card, due: list[str]) -> None:
+    async def _renew(self, card: Insertion, due: list[str]) -> None:
         assert self.renewal is not None
         guid = card.guid.hex()
         audit(AuditEvent.RENEWAL_STARTED, "renewal started", card=guid, projects=",".join(due))
