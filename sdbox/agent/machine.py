@@ -43,7 +43,7 @@ from sdbox.agent.ports import (
     TrustPort,
 )
 from sdbox.agent.presence import SensorHotplug, SensorPresence
-from sdbox.agent.problems import Refusal
+from sdbox.agent.problems import Refusal, Step, problem_for
 from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
 from sdbox.renewal.due import record_seen
@@ -191,14 +191,14 @@ class Agent(ConnectionFlow):
             except CardAccessError as exc:
                 _log.info("card access failed: %s", exc.message)
                 if self._card is not None:  # removal events follow; show the problem meanwhile
-                    self._set(State.BLOCKED, message=exc.message, problem=Problem.CARD_UNREADABLE)
-            except Exception:
+                    self._set(State.BLOCKED, message=exc.message, problem=problem_for(exc, Step.CARD))
+            except Exception as exc:
                 _log.exception("agent flow failed")
                 if self._card is not None:
                     self._set(
                         State.BLOCKED,
                         message="internal error: remove the card and try again",
-                        problem=Problem.CARD_UNREADABLE,
+                        problem=problem_for(exc, Step.CARD),
                     )
 
         self._flow = asyncio.ensure_future(guarded())
@@ -226,7 +226,7 @@ class Agent(ConnectionFlow):
         try:
             summary = await card.handle.summary(self.trust.directory_validator())
         except SdboxError as exc:
-            self._set(State.BLOCKED, message=exc.message, problem=Problem.CARD_NOT_RECOGNISED)
+            self._set(State.BLOCKED, message=exc.message, problem=problem_for(exc, Step.READING))
             return
         card.guid = summary.guid
         audit(

@@ -3,8 +3,9 @@
 :func:`problem_for` is the one translation from an exception to the problem
 the greeter shows (python-fido2's ``_ctap2client_err`` is the model): by the
 exception's type, within the step that raised it, never by its name or
-message. A card that cannot be reached (``CardAccessError``) is no step's
-problem: the flow lets it through and the card is reported unusable.
+message. A card that cannot be reached (``CardAccessError``) is no
+connection step's problem: the flow lets it through and the agent reports
+the card unusable (``Step.CARD``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ class Refusal(SdboxError):
 
 
 class Step(Enum):
-    """The connection flow's steps that can fail with a problem."""
+    """The agent's steps that can fail with a problem."""
 
+    READING = "reading"  # the card's summary and directory, at insertion
+    CARD = "card"  # any step, when the card itself fails (or the flow has a bug)
     HOLDER = "holder"  # the finger (or PIN) on the card, and the capture before it
     PROJECT = "project"  # the project certificate and the possession proof of its key
     SERVER = "server"  # the bubble's server certificate
@@ -42,6 +45,8 @@ class Step(Enum):
 
 # Per step: (exception type, problem), the first match wins; else the step's default.
 _BY_TYPE: dict[Step, tuple[tuple[type[BaseException], Problem], ...]] = {
+    Step.READING: (),  # whatever fails, the card is not one this box can use
+    Step.CARD: (),
     Step.HOLDER: (
         (WrongFinger, Problem.WRONG_FINGER),
         (WrongPin, Problem.WRONG_PIN),
@@ -58,6 +63,8 @@ _BY_TYPE: dict[Step, tuple[tuple[type[BaseException], Problem], ...]] = {
     Step.CREDENTIAL: ((CentreUnreachable, Problem.BROKER_UNREACHABLE),),
 }
 _DEFAULT: dict[Step, Problem] = {
+    Step.READING: Problem.CARD_NOT_RECOGNISED,
+    Step.CARD: Problem.CARD_UNREADABLE,
     Step.HOLDER: Problem.SENSOR_FAILED,  # a poor capture, a sensor gone, a card refusing the probe
     Step.PROJECT: Problem.CERTIFICATE_INVALID,
     Step.SERVER: Problem.SERVER_UNTRUSTED,

@@ -13,6 +13,8 @@ from sdbox.centre.errors import CentreError, CentreRefused, CentreUnreachable
 from sdbox.config import ConfigError
 from sdbox.errors import SdboxError
 from sdbox.smartcard.errors import (
+    CardRemoved,
+    DirectoryError,
     FingerBlocked,
     FingerNotEnrolled,
     InvalidTemplate,
@@ -60,6 +62,9 @@ class BubbleUnreachable(SdboxError):
         (ConfigError("no broker_url"), Step.CREDENTIAL, Problem.CREDENTIAL_REFUSED),
         # by type, never by name: this one only sounds unreachable
         (BubbleUnreachable("?"), Step.CREDENTIAL, Problem.CREDENTIAL_REFUSED),
+        (CardRemoved("the card left"), Step.CARD, Problem.CARD_UNREADABLE),
+        (RuntimeError("a bug"), Step.CARD, Problem.CARD_UNREADABLE),
+        (DirectoryError("bad signature"), Step.READING, Problem.CARD_NOT_RECOGNISED),
     ],
 )
 def test_each_error_has_its_problem(error: BaseException, step: Step, problem: Problem) -> None:
