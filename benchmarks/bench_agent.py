@@ -46,9 +46,8 @@ from pathlib import Path
 
 from dbus_fast.aio import MessageBus
 
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, State
 from sdbox.agent.card import ReaderWatcher
-from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH
-from sdbox.agent.events import State
 from sdbox.agent.service import build_agent
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile

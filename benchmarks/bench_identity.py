@@ -30,8 +30,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Mechanism
 
-from sdbox.broker.client import request_credential
 from sdbox.broker.enrolment import EnrolmentTokens
+from sdbox.centre.client import request_credential
 from sdbox.identity import BoxIdentity, DevelopmentIdentity, open_identity
 from sdbox.identity.enrol import enrol
 from sdbox.identity.provision import provision_tpm

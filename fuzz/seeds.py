@@ -34,7 +34,7 @@ from pyasn1_modules import rfc2459, rfc4210
 
 from fuzz.targets import TARGETS, encode_answers
 from sdbox.biometric import compact, synth
-from sdbox.broker.protocol import b64
+from sdbox.centre.protocol import b64
 from sdbox.renewal import cmp
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import parse_signed_directory

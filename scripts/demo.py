@@ -36,9 +36,10 @@ from typing import Any
 
 from dbus_fast.aio import MessageBus
 
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, State
 from sdbox.agent.card import ReaderWatcher
-from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, export
-from sdbox.agent.events import SessionEndedEvent, State
+from sdbox.agent.dbus import export
+from sdbox.agent.events import SessionEndedEvent
 from sdbox.agent.service import build_agent
 from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.identity.enrol import enrol

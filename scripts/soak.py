@@ -36,7 +36,7 @@ from typing import Any
 
 from dbus_fast.aio import MessageBus, ProxyInterface
 
-from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.faults import parse_fault
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile

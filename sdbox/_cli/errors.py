@@ -33,7 +33,7 @@ _EXIT_CODES: dict[str, int] = {
     "sdbox.trust.errors.TrustError": 5,
     "sdbox.session.errors.SessionError": 6,
     "sdbox.config.ConfigError": 7,
-    "sdbox.broker.errors.BrokerUnreachable": 8,
+    "sdbox.centre.errors.CentreUnreachable": 8,
 }
 
 

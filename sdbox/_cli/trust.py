@@ -39,8 +39,8 @@ def check(config_path: Path, reader: str | None, as_json: bool) -> None:
     the box would accept every one of them, 5 when not.
     """
     from sdbox._cli.trust_check import check_card  # noqa: PLC0415  (keeps `--help` fast)
+    from sdbox.agent.adapters import TrustService  # noqa: PLC0415
     from sdbox.agent.config import load  # noqa: PLC0415
-    from sdbox.agent.ports import TrustService  # noqa: PLC0415
     from sdbox.smartcard import pcsc  # noqa: PLC0415
     from sdbox.smartcard.biosso import BioSsoSession  # noqa: PLC0415
 

@@ -1,6 +1,6 @@
 """`sdbox trust check`: every certificate the box relies on, read from the inserted card.
 
-The checks are the agent's own (:class:`sdbox.agent.ports.TrustService`, bound
+The checks are the agent's own (:class:`sdbox.agent.adapters.TrustService`, bound
 to the same configuration: anchors, intermediates, cached CRLs, time floor,
 grace), run on everything at once instead of one project at connection time,
 so that a card office or a support desk sees every problem a researcher would
@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sdbox.agent.ports import TrustService
+from sdbox.agent.adapters import TrustService
 from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Directory, Project, certificate_sha256

@@ -1,4 +1,4 @@
-"""The broker credential provider: one-time credentials from the centre (sdbox.broker)."""
+"""The broker credential provider: one-time credentials from the centre (sdbox.centre.client)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.agent.card import CardHandle
 from sdbox.agent.config import AgentConfig
-from sdbox.broker.client import request_credential
+from sdbox.centre.client import request_credential
 from sdbox.config import ConfigError
 from sdbox.identity import BoxIdentity, IdentitySource
+from sdbox.session import Credential
 from sdbox.smartcard.directory import Project
 
 
@@ -59,4 +60,4 @@ class BrokerCredentials:
             self.url, project_id=project.id, endpoint=project.endpoint, project_certificate=certificate,
             card_ecdh=card_ecdh, identity=self.identity, server_anchors=self._anchors(), timeout_s=self.timeout_s,
         )  # fmt: skip
-        return issued.user, issued.secret
+        return issued.user, Credential(issued.secret)

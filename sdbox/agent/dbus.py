@@ -1,6 +1,7 @@
 """The agent's D-Bus API (``org.sdbox.Agent1`` on the system bus), documented in docs/agent.md.
 
-The only module of the agent that imports dbus-fast. Refusals become D-Bus
+The only module of the agent that imports dbus-fast; the names, states and
+problem codes it exports are :mod:`sdbox.agent.api`'s. Refusals become D-Bus
 errors named after their problem code (``org.sdbox.Agent1.Error.finger_blocked``)
 in this one place; the greeter shows their message.
 
@@ -16,17 +17,14 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusInt32, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
+from sdbox.agent.api import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
 from sdbox.agent.events import RenewalEvent, SensorChanged, SessionEndedEvent, Transition
-from sdbox.agent.machine import Agent, Refusal
+from sdbox.agent.machine import Agent
+from sdbox.agent.problems import Refusal
 
 _log = logging.getLogger("sdbox.agent.dbus")
 
-BUS_NAME = "org.sdbox.Agent1"
-OBJECT_PATH = "/org/sdbox/Agent1"
-INTERFACE = "org.sdbox.Agent1"
-ERROR_PREFIX = "org.sdbox.Agent1.Error."
-
-# (id, name, protocol, second factor, expires ISO 8601, status in words, usable)
+# ProjectView.to_wire(): (id, name, protocol, second factor, expires ISO 8601, status in words, usable)
 ProjectsType = Annotated[
     list[tuple[str, str, str, str, str, str, bool]], DBusSignature("a(ssssssb)")
 ]
@@ -54,10 +52,7 @@ class AgentInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Projects(self) -> ProjectsType:
         """The projects of the inserted card."""
-        return [
-            (p.id, p.name, p.protocol, p.second_factor, p.expires, p.status, p.usable)
-            for p in self.agent.snapshot.projects
-        ]
+        return [p.to_wire() for p in self.agent.snapshot.projects]
 
     @dbus_property(access=PropertyAccess.READ)
     def TriesLeft(self) -> DBusInt32:

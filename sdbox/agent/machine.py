@@ -5,8 +5,10 @@ running -> (switch | card removed | session ended) -> picker or idle.
 ``blocked`` holds a card that cannot be used until it is removed.
 
 Everything the machine talks to is a port given at construction (card,
-sensor, trust, credentials, sessions), so that the same logic runs against
-the real stack (integration tests, the box) and against fakes (unit tests).
+sensor, trust, credentials, sessions: :mod:`sdbox.agent.ports`), so that the
+same logic runs against the real stack (integration tests, the box) and
+against fakes (unit tests). The connection flow, from the chosen project to
+the running session, is :mod:`sdbox.agent.connect`.
 One flow runs at a time; card removal cancels it and kills the session at
 once.
 """
@@ -15,140 +17,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
+from sdbox.agent.api import Problem, ProjectView, State
 from sdbox.agent.card import CardHandle, ReaderEvent
+from sdbox.agent.connect import ConnectionFlow, Insertion
 from sdbox.agent.events import (
-    AuditEvent,
-    Problem,
-    ProjectView,
+    AgentEvent,
     RenewalEvent,
     SensorChanged,
     SessionEndedEvent,
     Snapshot,
-    State,
     Transition,
-    audit,
+)
+from sdbox.agent.ports import (
+    CredentialPort,
+    RenewalPort,
+    SensorPort,
+    SessionHandle,
+    SessionPort,
+    TrustPort,
 )
 from sdbox.agent.presence import SensorHotplug, SensorPresence
-from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
+from sdbox.agent.problems import Refusal, Step, problem_for
+from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
 from sdbox.renewal.due import record_seen
-from sdbox.smartcard.biosso import BioSsoSession
-from sdbox.smartcard.directory import Directory, Project, SecondFactor
+from sdbox.smartcard.directory import Project
 from sdbox.smartcard.errors import (
     CardAccessError,
-    FingerBlocked,
-    InvalidTemplate,
-    PinBlocked,
-    VerificationError,
-    WrongFinger,
-    WrongPin,
 )
-from sdbox.smartcard.profile import KeyRef
-from sdbox.trust import errors as trust_errors
-from sdbox.trust.possession import prove_key_agreement
 
 _log = logging.getLogger("sdbox.agent")
 
-SIGNER_VALIDATOR = Callable[[x509.Certificate, list[x509.Certificate]], None]
-AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged
-
-
-class RenewalPort(Protocol):
-    """Renews the due project certificates of the verified card (runs on the card thread).
-
-    Returns one result per project with ``project``, ``outcome`` (an enum whose
-    ``value`` is the outcome name, see docs/renewal.md) and ``detail``.
-    """
-
-    def renew(self, session: BioSsoSession) -> list[Any]: ...
-
-
-class SensorPort(Protocol):
-    """The fingerprint sensor: one capture gives one probe template (compact card format)."""
-
-    async def capture(self) -> bytes:
-        """Wait for a finger; return the probe (cancellable)."""
-        ...
-
-
-class TrustPort(Protocol):
-    """The trust decisions the agent needs (sdbox.trust, bound to anchors and CRLs)."""
-
-    def directory_validator(self) -> SIGNER_VALIDATOR:
-        """A validator for the directory signer, at the current time."""
-        ...
-
-    def check_project(self, certificate: x509.Certificate, project: Project) -> None:
-        """Raise unless the project certificate is valid, unrevoked and names ``project``."""
-        ...
-
-    def check_server(self, certificate: x509.Certificate, project: Project) -> None:
-        """Raise unless the bubble's certificate is valid, unrevoked and names its host."""
-        ...
-
-
-class CredentialPort(Protocol):
-    """Obtains the session credential for a project (the broker, or none: interactive)."""
-
-    async def obtain(
-        self, project: Project, certificate: x509.Certificate, card: CardHandle
-    ) -> tuple[str, Any]:
-        """(user, credential) for the bubble."""
-        ...
-
-
-class SessionHandle(Protocol):
-    """A running session client (sdbox.session.Session)."""
-
-    @property
-    def pid(self) -> int | None: ...
-
-    async def start(self) -> None: ...
-    async def wait_connected(self) -> None: ...
-    async def wait_ended(self) -> Any: ...
-    async def kill(self) -> Any: ...
-    async def close(self) -> Any: ...
-
-
-class SessionPort(Protocol):
-    """Opens session clients."""
-
-    def open(
-        self, project: Project, user: str, credential: Any, server: x509.Certificate
-    ) -> SessionHandle:
-        """A session for ``project`` (not started)."""
-        ...
-
-
-class Refusal(SdboxError):
-    """A step refused, with the problem code the greeter shows."""
-
-    def __init__(self, problem: Problem, message: str) -> None:
-        super().__init__(message)
-        self.problem = problem
-
-
-@dataclass
-class _Card:
-    handle: CardHandle
-    guid: bytes = b""
-    directory: Directory | None = None
-    verified: bool = False
-    renewal_tried: bool = False  # renewal runs once per insertion
-
-
-class Agent:
+class Agent(ConnectionFlow):
     """The state machine (see the module docstring)."""
 
     def __init__(
@@ -177,7 +83,7 @@ class Agent:
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []
         self.presence = SensorPresence()
-        self._card: _Card | None = None
+        self._card: Insertion | None = None
         self._flow: asyncio.Task[None] | None = None
         self._session: SessionHandle | None = None
         self._session_project = ""
@@ -251,7 +157,7 @@ class Agent:
             if self._card.handle.reader != reader:
                 return  # one card at a time; another reader's card waits
             await self.card_removed(reader, swapped=True)
-        card = _Card(self.open_card(reader))
+        card = Insertion(self.open_card(reader))
         self._card = card
         self.snapshot.reader = reader
         self._set(State.READING)
@@ -288,14 +194,14 @@ class Agent:
             except CardAccessError as exc:
                 _log.info("card access failed: %s", exc.message)
                 if self._card is not None:  # removal events follow; show the problem meanwhile
-                    self._set(State.BLOCKED, message=exc.message, problem=Problem.CARD_UNREADABLE)
-            except Exception:
+                    self._set(State.BLOCKED, message=exc.message, problem=problem_for(exc, Step.CARD))
+            except Exception as exc:
                 _log.exception("agent flow failed")
                 if self._card is not None:
                     self._set(
                         State.BLOCKED,
                         message="internal error: remove the card and try again",
-                        problem=Problem.CARD_UNREADABLE,
+                        problem=problem_for(exc, Step.CARD),
                     )
 
         self._flow = asyncio.ensure_future(guarded())
@@ -319,11 +225,11 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await flow
 
-    async def _read_card(self, card: _Card) -> None:
+    async def _read_card(self, card: Insertion) -> None:
         try:
             summary = await card.handle.summary(self.trust.directory_validator())
         except SdboxError as exc:
-            self._set(State.BLOCKED, message=exc.message, problem=Problem.CARD_NOT_RECOGNISED)
+            self._set(State.BLOCKED, message=exc.message, problem=problem_for(exc, Step.READING))
             return
         card.guid = summary.guid
         audit(
@@ -425,261 +331,16 @@ class Agent:
             )
         self._pin.set_result(pin)
 
-    def _project(self, card: _Card, project_id: str) -> Project:
+    def _project(self, card: Insertion, project_id: str) -> Project:
         assert card.directory is not None
         for project in card.directory.projects:
             if project.id == project_id:
                 return project
         raise Refusal(Problem.UNKNOWN_PROJECT, f"this card has no project '{project_id}'")
 
-    # -- the connection flow ---------------------------------------------------------------
-
-    async def _connect(self, card: _Card, project: Project) -> None:
-        try:
-            if not self.endpoint_allowed(project.endpoint):
-                raise Refusal(
-                    Problem.ENDPOINT_NOT_ALLOWED,
-                    f"project '{project.name}' points to a desktop this box may not reach ({project.endpoint})",
-                )
-            if not card.verified:
-                await self._verify_holder(card, project)
-            self._set(State.VALIDATING, project=project.id)
-            certificate, server = await self._validate(card, project)
-            user, credential = await self._obtain_credential(card, project, certificate)
-            await self._run_session(card, project, user, credential, server)
-        except Refusal as refusal:
-            if self._card is card:  # a refusal for a card that has left shows nothing
-                self._set(
-                    State.PICKER,
-                    project=project.id,
-                    message=refusal.message,
-                    problem=refusal.problem,
-                )
-
-    async def _verify_holder(self, card: _Card, project: Project) -> None:
-        allow_pin = project.second_factor == SecondFactor.FINGER_OR_PIN
-        retry: Problem | None = None  # why the previous attempt failed, shown with the new prompt
-        while True:
-            tries = self.snapshot.tries_left
-            sensor_there = self.presence.connected
-            if sensor_there:
-                message = "place your finger" + (" or enter your PIN" if allow_pin else "")
-            else:  # nothing to capture with: wait for it to come back (or for the PIN)
-                message = "the fingerprint sensor is not connected: " + (
-                    "enter your PIN, or plug the sensor back in" if allow_pin
-                    else "plug it back in or call the service desk"
-                )  # fmt: skip
-                retry = Problem.SENSOR_UNPLUGGED
-            self._set(
-                State.VERIFYING, project=project.id, message=message, problem=retry,
-                tries_left=tries,
-            )  # fmt: skip
-            loop = asyncio.get_running_loop()
-            self._pin = loop.create_future() if allow_pin else None
-            capture = asyncio.ensure_future(
-                self.sensor.capture() if sensor_there else _no_capture()
-            )
-            plugged = asyncio.ensure_future(self.presence.changed())
-            waiting: set[asyncio.Future[Any]] = {capture, plugged} | (
-                {self._pin} if self._pin else set()
-            )
-            try:
-                done, _pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                capture.cancel()
-                plugged.cancel()
-            pin_future, self._pin = self._pin, None
-            try:
-                if pin_future is not None and pin_future in done and not pin_future.cancelled():
-                    await card.handle.run(_verify_pin(pin_future.result()))
-                    method = "pin"
-                elif capture in done:
-                    await card.handle.run(_verify_finger(capture.result()))
-                    method = "finger"
-                else:  # the sensor left or came back: the capture never reached the card
-                    retry = None
-                    continue
-            except (WrongFinger, WrongPin) as exc:
-                audit(
-                    AuditEvent.HOLDER_FAILED,
-                    "holder verification failed",
-                    method="finger" if isinstance(exc, WrongFinger) else "pin",
-                    tries_left=exc.tries_left,
-                    card=card.guid.hex(),
-                )
-                problem = (
-                    Problem.WRONG_FINGER if isinstance(exc, WrongFinger) else Problem.WRONG_PIN
-                )
-                self.snapshot.tries_left = exc.tries_left
-                retry = problem  # the next prompt says why, with the tries left
-                continue
-            except (InvalidTemplate, PlaceFingerAgain):
-                retry = Problem.SENSOR_FAILED  # a poor capture costs no try: ask again
-                continue
-            except SensorUnavailable as exc:
-                if await self.presence.gone_soon():  # unplugged: wait for it (the loop says so)
-                    retry = None
-                    continue
-                raise Refusal(Problem.SENSOR_FAILED, exc.message) from exc
-            except (FingerBlocked, PinBlocked) as exc:
-                audit(
-                    AuditEvent.HOLDER_FAILED,
-                    "holder verification blocked",
-                    method="finger" if isinstance(exc, FingerBlocked) else "pin",
-                    tries_left=0,
-                    card=card.guid.hex(),
-                )
-                problem = (
-                    Problem.FINGER_BLOCKED
-                    if isinstance(exc, FingerBlocked)
-                    else Problem.PIN_BLOCKED
-                )
-                self.snapshot.tries_left = 0
-                raise Refusal(problem, exc.message) from exc
-            except VerificationError as exc:
-                raise Refusal(Problem.SENSOR_FAILED, exc.message) from exc
-            except SdboxError as exc:
-                if isinstance(exc, CardAccessError):
-                    raise
-                raise Refusal(Problem.SENSOR_FAILED, exc.message) from exc
-            card.verified = True
-            self.snapshot.holder_verified = True
-            audit(
-                AuditEvent.HOLDER_VERIFIED, "holder verified", method=method, card=card.guid.hex()
-            )
-            await card.handle.make_exclusive()
-            # another card of the same model swapped in before the exclusive hold would show here
-            if await card.handle.guid(fresh=True) != card.guid:
-                raise CardAccessError("a different card is in the reader: remove it")
-            return
-
-    async def _validate(
-        self, card: _Card, project: Project
-    ) -> tuple[x509.Certificate, x509.Certificate]:
-        certificate = await card.handle.certificate(project.slot)
-        if (
-            hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
-            != project.certificate_sha256
-        ):
-            raise Refusal(
-                Problem.CERTIFICATE_INVALID,
-                f"the certificate in slot {project.slot:02X} is not the one the directory lists",
-            )
-        try:
-            self.trust.check_project(certificate, project)
-            await card.handle.run(_prove_key_agreement(certificate, project.slot))
-        except CardAccessError:
-            raise
-        except SdboxError as exc:
-            audit(
-                AuditEvent.CREDENTIALS_REFUSED,
-                exc.message,
-                project=project.id,
-                card=card.guid.hex(),
-            )
-            raise Refusal(_trust_problem(exc), exc.message) from exc
-        try:
-            server = x509.load_der_x509_certificate(project.server_certificate)
-            self.trust.check_server(server, project)
-        except (ValueError, x509.InvalidVersion) as exc:
-            raise Refusal(
-                Problem.SERVER_UNTRUSTED, "the directory's server certificate is malformed"
-            ) from exc
-        except SdboxError as exc:
-            audit(
-                AuditEvent.CREDENTIALS_REFUSED,
-                exc.message,
-                project=project.id,
-                server=project.endpoint,
-            )
-            raise Refusal(
-                Problem.SERVER_UNTRUSTED, f"the project's desktop is not trusted: {exc.message}"
-            ) from exc
-        audit(
-            AuditEvent.CREDENTIALS_VALIDATED,
-            "project and server certificates valid, key on the card",
-            project=project.id,
-            card=card.guid.hex(),
-        )
-        return certificate, server
-
-    async def _obtain_credential(
-        self, card: _Card, project: Project, certificate: x509.Certificate
-    ) -> tuple[str, Any]:
-        try:
-            user, credential = await self.credentials.obtain(project, certificate, card.handle)
-        except CardAccessError:
-            raise
-        except SdboxError as exc:
-            problem = (
-                Problem.BROKER_UNREACHABLE
-                if "unreachable" in type(exc).__name__.lower()
-                else Problem.CREDENTIAL_REFUSED
-            )
-            raise Refusal(problem, exc.message) from exc
-        if credential is None:  # interactive: nothing was issued, the bubble asks
-            return user, credential
-        audit(
-            AuditEvent.CREDENTIAL_ISSUED,
-            "one-time session credential obtained",
-            project=project.id,
-            user=user,
-        )
-        return user, credential
-
-    async def _run_session(
-        self, card: _Card, project: Project, user: str, credential: Any, server: x509.Certificate
-    ) -> None:
-        if self._card is not card:
-            return  # the card left while the credential was being obtained
-        self._set(State.CONNECTING, project=project.id)
-        session = self.sessions.open(project, user, credential, server)
-        self._session, self._session_project = session, project.id
-        try:
-            await session.start()
-            await session.wait_connected()
-        except asyncio.CancelledError:
-            if self._session is session:  # cancelled by someone who did not end it: end it here
-                self._session = None
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(session.kill())
-            raise
-        except SdboxError as exc:
-            if self._session is not session:
-                return  # ended by the agent (removal, switch): _end_session reported it
-            ended = getattr(exc, "ended", None)
-            self._session = None
-            reason = getattr(getattr(ended, "reason", None), "value", "client_failed")
-            audit(AuditEvent.SESSION_ENDED, exc.message, project=project.id, reason=reason)
-            self._emit(SessionEndedEvent(project.id, reason, exc.message))
-            raise Refusal(Problem.SESSION_FAILED, exc.message) from exc
-        if self._session is not session or self._card is not card:
-            # Connected just as the card left or a switch began: never "running".
-            if self._session is session:
-                self._session = None
-                await session.kill()
-            return
-        audit(
-            AuditEvent.SESSION_STARTED,
-            "session connected",
-            project=project.id,
-            endpoint=project.endpoint,
-        )
-        self._set(State.RUNNING, project=project.id)
-        self._start_renewal(card)
-        # Shielded: cancelling the flow (switch, removal) must not cancel the
-        # session's own end report, which _end_session waits for.
-        ended = await asyncio.shield(session.wait_ended())
-        if self._session is not session:
-            return  # ended by the agent (switch, removal): _end_session reported it
-        self._session = None
-        self._report_end(project.id, ended)
-        if self._card is card:
-            self._set(State.PICKER, project=project.id, message=getattr(ended, "message", ""))
-
     # -- renewal in the background of a running session ---------------------------------
 
-    def _start_renewal(self, card: _Card) -> None:
+    def _start_renewal(self, card: Insertion) -> None:
         """Renew what is due, once per card, while the researcher works (card thread)."""
         due = [p.id for p in self.snapshot.projects if p.status.startswith("certificate expires")]
         if self.renewal is None or self._renewing or card.renewal_tried or not card.verified:
@@ -692,7 +353,7 @@ class Agent:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _renew(self, card: _Card, due: list[str]) -> None:
+    async def _renew(self, card: Insertion, due: list[str]) -> None:
         assert self.renewal is not None
         guid = card.guid.hex()
         audit(AuditEvent.RENEWAL_STARTED, "renewal started", card=guid, projects=",".join(due))
@@ -765,42 +426,3 @@ class Agent:
         if self._card is not None:
             self._card.handle.close()
             self._card = None
-
-
-async def _no_capture() -> bytes:
-    """The capture while the sensor is unplugged: none (cancelled when the prompt moves on)."""
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")
-
-
-def _verify_pin(pin: str) -> Callable[[BioSsoSession], None]:
-    def verify(session: BioSsoSession) -> None:
-        session.piv.verify_pin(pin)
-
-    return verify
-
-
-def _verify_finger(probe: bytes) -> Callable[[BioSsoSession], None]:
-    def verify(session: BioSsoSession) -> None:
-        session.piv.verify_finger(KeyRef.FINGER_PRIMARY, probe)
-
-    return verify
-
-
-def _prove_key_agreement(
-    certificate: x509.Certificate, slot: int
-) -> Callable[[BioSsoSession], None]:
-    def prove(session: BioSsoSession) -> None:
-        prove_key_agreement(certificate, slot, session.ecdh)
-
-    return prove
-
-
-def _trust_problem(exc: SdboxError) -> Problem:
-    if isinstance(exc, trust_errors.CertificateRevoked):
-        return Problem.CERTIFICATE_REVOKED
-    if isinstance(exc, trust_errors.CertificateExpired | trust_errors.CertificateNotYetValid):
-        return Problem.CERTIFICATE_EXPIRED
-    if isinstance(exc, trust_errors.ClockWrong):
-        return Problem.CLOCK_WRONG
-    return Problem.CERTIFICATE_INVALID

@@ -1,192 +1,88 @@
-"""The agent's ports bound to the real components: trust, sensor, sessions.
+"""The ports of the agent's state machine: what it talks to, as protocols.
 
-(Credential providers live in :mod:`sdbox.broker`; the agent picks one from
-its configuration in :mod:`sdbox.agent.service`.)
+The machine (:mod:`sdbox.agent.machine`) and the connection flow
+(:mod:`sdbox.agent.connect`) know only these; :mod:`sdbox.agent.adapters`
+binds them to the real components (trust store, sensor, session clients),
+:mod:`sdbox.agent.credentials` and :mod:`sdbox.agent.renewal` to the centre,
+and the unit tests to fakes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from sdbox.agent.config import AgentConfig, SensorConfig, SessionConfig
-from sdbox.agent.machine import SessionHandle
-from sdbox.errors import SdboxError
-from sdbox.session import Credential, Display, Endpoint, Policy, SessionSpec, open_session
-from sdbox.session import Protocol as SessionProtocol
-from sdbox.smartcard.directory import Project, Protocol
-from sdbox.trust import Purpose, validate, validate_directory_signer
-from sdbox.trust.store import RevocationStore
+from sdbox.agent.card import CardHandle
+from sdbox.smartcard.biosso import BioSsoSession
+from sdbox.smartcard.directory import Project
 
-_log = logging.getLogger("sdbox.agent")
+SIGNER_VALIDATOR = Callable[[x509.Certificate, list[x509.Certificate]], None]
 
 
-class TrustFilesError(SdboxError):
-    """The box's trust anchors or intermediates cannot be read."""
+class RenewalPort(Protocol):
+    """Renews the due project certificates of the verified card (runs on the card thread).
+
+    Returns one result per project with ``project``, ``outcome`` (an enum whose
+    ``value`` is the outcome name, see docs/renewal.md) and ``detail``.
+    """
+
+    def renew(self, session: BioSsoSession) -> list[Any]: ...
 
 
-def _load_pems(path: Path, what: str, *, required: bool) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(path.read_bytes())
-    except FileNotFoundError as exc:
-        if not required:
-            return []
-        raise TrustFilesError(f"{what} {path} is missing: the image is incomplete") from exc
-    except (OSError, ValueError) as exc:
-        raise TrustFilesError(f"{what} {path} cannot be read: {exc}") from exc
-
-
-class TrustService:
-    """sdbox.trust bound to the box's anchors, intermediates and CRL cache."""
-
-    def __init__(self, config: AgentConfig, *, now: Callable[[], datetime] | None = None) -> None:
-        trust = config.trust
-        # Missing anchors do not stop the agent: it starts, and every trust
-        # decision then fails closed with this error (the greeter shows it).
-        self.problem: TrustFilesError | None = None
-        try:
-            self.anchors = _load_pems(trust.anchors, "trust anchors", required=True)
-        except TrustFilesError as exc:
-            self.anchors, self.problem = [], exc
-        self.intermediates = _load_pems(
-            trust.intermediates, "intermediate certificates", required=False
-        )
-        self.store = RevocationStore(
-            trust.crl_dir, build_time=datetime.fromisoformat(trust.build_time)
-        )
-        self.check_revocation = trust.check_revocation
-        self.grace = timedelta(hours=trust.crl_grace_hours)
-        self._now = now or (lambda: datetime.now(UTC))
-
-    @property
-    def _crls(self) -> RevocationStore | None:
-        return self.store if self.check_revocation else None
-
-    def _usable(self) -> None:
-        if self.problem is not None:
-            raise self.problem
-
-    def directory_validator(self) -> Callable[[x509.Certificate, list[x509.Certificate]], None]:
-        """Checks the directory signer at the time of the call."""
-        at = self._now()
-
-        def check(signer: x509.Certificate, intermediates: list[x509.Certificate]) -> None:
-            self._usable()
-            validate_directory_signer(
-                signer, [*intermediates, *self.intermediates], self.anchors,
-                at=at, crls=self._crls, crl_grace=self.grace,
-            )  # fmt: skip
-
-        return check
-
-    def check_project(self, certificate: x509.Certificate, project: Project) -> None:
-        """The project certificate: chain, validity, keyAgreement, project binding, revocation."""
-        self._usable()
-        validate(
-            certificate, self.intermediates, self.anchors, at=self._now(), purpose=Purpose.PROJECT,
-            crls=self._crls, project=project.id, crl_grace=self.grace,
-        )  # fmt: skip
-
-    def check_server(self, certificate: x509.Certificate, project: Project) -> None:
-        """The bubble's certificate: server CA, serverAuth, its host name, revocation."""
-        self._usable()
-        validate(
-            certificate, self.intermediates, self.anchors, at=self._now(), purpose=Purpose.SERVER,
-            crls=self._crls, hostname=project.host, crl_grace=self.grace,
-        )  # fmt: skip
-
-    def server_ca_pem(self, server: x509.Certificate) -> str:
-        """PEM of the CA chain that issued ``server`` (for remote-viewer's own TLS check)."""
-        chain = [c for c in [*self.intermediates, *self.anchors] if c.subject == server.issuer]
-        chain += [
-            a for a in self.anchors if chain and a.subject == chain[0].issuer and a not in chain
-        ]
-        return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
-
-
-# -- sensors --------------------------------------------------------------------------
-
-
-class NoSensor:
-    """A box without a sensor: waits for the PIN only."""
+class SensorPort(Protocol):
+    """The fingerprint sensor: one capture gives one probe template (compact card format)."""
 
     async def capture(self) -> bytes:
-        """Never returns (cancelled when the flow ends)."""
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        """Wait for a finger; return the probe (cancellable)."""
+        ...
 
 
-def make_sensor(config: SensorConfig) -> Any:
-    """The configured sensor."""
-    from sdbox.biometric.sensor import EmulatedSensor, FileSensor  # noqa: PLC0415
+class TrustPort(Protocol):
+    """The trust decisions the agent needs (sdbox.trust, bound to anchors and CRLs)."""
 
-    if config.kind == "libfprint":
-        from sdbox.biometric.libfprint import LibfprintSensor  # noqa: PLC0415
+    def directory_validator(self) -> SIGNER_VALIDATOR:
+        """A validator for the directory signer, at the current time."""
+        ...
 
-        return LibfprintSensor(config.driver, config.ppi)
-    if config.kind == "emulated":
-        return EmulatedSensor(config.seed)
-    if config.kind == "file":
-        return FileSensor(Path(config.path))
-    return NoSensor()
+    def check_project(self, certificate: x509.Certificate, project: Project) -> None:
+        """Raise unless the project certificate is valid, unrevoked and names ``project``."""
+        ...
 
-
-# -- sessions -------------------------------------------------------------------------
+    def check_server(self, certificate: x509.Certificate, project: Project) -> None:
+        """Raise unless the bubble's certificate is valid, unrevoked and names its host."""
+        ...
 
 
-def host_subject(certificate: x509.Certificate) -> str:
-    """The subject as remote-viewer's host-subject expects it (most significant first)."""
-    return ",".join(reversed(certificate.subject.rfc4514_string().split(",")))
+class CredentialPort(Protocol):
+    """Obtains the session credential for a project (the broker, or none: interactive)."""
+
+    async def obtain(
+        self, project: Project, certificate: x509.Certificate, card: CardHandle
+    ) -> tuple[str, Any]:
+        """(user, credential) for the bubble."""
+        ...
 
 
-class SessionService:
-    """Opens sdbox.session clients for projects."""
+class SessionHandle(Protocol):
+    """A running session client (sdbox.session.Session)."""
 
-    def __init__(self, config: SessionConfig, trust: TrustService) -> None:
-        self.config = config
-        self.trust = trust
+    @property
+    def pid(self) -> int | None: ...
 
-    def display(self) -> Display:
-        """Where the clients draw."""
-        if self.config.x11_display:
-            return Display(x11=self.config.x11_display, xwayland=self.config.xwayland)
-        return Display(
-            wayland=self.config.wayland_display, runtime_dir=Path(self.config.runtime_dir)
-        )
+    async def start(self) -> None: ...
+    async def wait_connected(self) -> None: ...
+    async def wait_ended(self) -> Any: ...
+    async def kill(self) -> Any: ...
+    async def close(self) -> Any: ...
+
+
+class SessionPort(Protocol):
+    """Opens session clients."""
 
     def open(
         self, project: Project, user: str, credential: Any, server: x509.Certificate
     ) -> SessionHandle:
-        """A session client for ``project`` (not started)."""
-        der = server.public_bytes(serialization.Encoding.DER)
-        protocol = (
-            SessionProtocol.RDP if project.protocol == Protocol.RDP else SessionProtocol.SPICE
-        )
-        secret: Credential | None
-        if credential is None:  # interactive: the bubble runs its own logon
-            secret = None
-        elif isinstance(credential, Credential):
-            secret = credential
-        else:
-            secret = Credential(str(credential))
-        spec = SessionSpec(
-            endpoint=Endpoint(protocol, project.host, project.port),
-            user=user,
-            credential=secret,
-            display=self.display(),
-            server_fingerprint="sha256:" + hashlib.sha256(der).hexdigest(),
-            policy=Policy(audio=project.audio),
-            ca_pem=self.trust.server_ca_pem(server) if protocol is SessionProtocol.SPICE else None,
-            host_subject=host_subject(server) if protocol is SessionProtocol.SPICE else None,
-            connect_timeout=self.config.connect_timeout_s,
-        )
-        session: SessionHandle = open_session(spec, run_as=self.config.user or None)
-        return session
+        """A session for ``project`` (not started)."""
+        ...

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 from typing import Protocol
 
-from sdbox.agent.events import AuditEvent, SensorState, audit
+from sdbox.agent.api import SensorState
+from sdbox.audit import AuditEvent, audit
 
 # how long after a failed capture a udev removal still counts as the cause (the
 # capture's USB error and the kernel's uevent race each other)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from cryptography import x509
 
+from sdbox.agent.adapters import TrustService
 from sdbox.agent.config import AgentConfig
-from sdbox.agent.ports import TrustService
+from sdbox.centre.cards import BrokerCentre
 from sdbox.config import ConfigError
 from sdbox.identity import BoxIdentity
-from sdbox.renewal.centre import BrokerCentre
 from sdbox.renewal.flow import Renewer, Result
 from sdbox.renewal.ports import Centre, HttpCmpTransport, LocalCentre, RenewalTrust
 from sdbox.renewal.state import Journal

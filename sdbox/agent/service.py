@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from sdbox import __version__
+from sdbox.agent.adapters import SessionService, TrustService, make_sensor
 from sdbox.agent.card import CardHandle, ReaderWatcher
 from sdbox.agent.config import AgentConfig
-from sdbox.agent.events import AuditEvent, audit
 from sdbox.agent.machine import Agent
-from sdbox.agent.ports import SessionService, TrustService, make_sensor
+from sdbox.audit import AuditEvent, audit
 from sdbox.config import ConfigError
 from sdbox.errors import SdboxError
 from sdbox.identity import IdentitySource, probe

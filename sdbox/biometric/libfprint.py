@@ -54,7 +54,6 @@ NBIS_DIRECTIONS = 32
 NBIS_BIFURCATION = 0  # lfs.h
 NBIS_RIDGE_ENDING = 1
 MIN_RELIABILITY = 0.2  # NBIS gives 0.05/0.1 near the image border and in poor areas
-VIRTUAL_IMAGE_DRIVER = "virtual_image"
 
 # one capture at a time: libfprint's *_sync calls iterate the global default main context
 _CAPTURE_LOCK = threading.Lock()

@@ -171,8 +171,6 @@ class PartitionSpec:
 
 
 ALIGN = 1024 * 1024
-# GPT room at each end: protective MBR + header + 128 entries, then 1 MiB alignment
-_GPT_TAIL = 33 * SECTOR
 
 
 def layout(specs: list[PartitionSpec]) -> tuple[list[int], int]:

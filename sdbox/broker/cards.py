@@ -38,10 +38,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from sdbox.broker.errors import ProtocolError, Refused
-from sdbox.broker.protocol import (
+from sdbox.centre.protocol import (
     NONCE_BYTES,
     CardTranscript,
+    ProtocolError,
+    Refused,
     Transcript,
     b64,
     certificate_field,

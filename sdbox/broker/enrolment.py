@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sdbox.broker.errors import BrokerError, Refused
+from sdbox.broker.errors import BrokerError
+from sdbox.centre.protocol import Refused
 
 TOKEN_BYTES = 32
 MAX_TOKEN = 4096

@@ -27,9 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.broker.cards import CardManagement
 from sdbox.broker.enrolment import MAX_TOKEN, EnrolmentTokens
-from sdbox.broker.errors import BrokerError, ProtocolError, Refused
-from sdbox.broker.protocol import (
+from sdbox.broker.errors import BrokerError
+from sdbox.broker.provision import new_secret, provision_rdp, provision_spice
+from sdbox.centre.protocol import (
     NONCE_BYTES,
+    ProtocolError,
+    Refused,
     Transcript,
     b64,
     certificate_field,
@@ -37,7 +40,6 @@ from sdbox.broker.protocol import (
     text_field,
     unb64,
 )
-from sdbox.broker.provision import new_secret, provision_rdp, provision_spice
 from sdbox.config import load_file, setting
 from sdbox.errors import SdboxError
 from sdbox.trust import Purpose, validate

@@ -24,9 +24,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sdbox.broker.client import post_json, tls_context
-from sdbox.broker.errors import ProtocolError
-from sdbox.broker.protocol import b64
+from sdbox.centre.enrolment import request_certificate
+from sdbox.centre.protocol import ProtocolError
 from sdbox.errors import SdboxError
 from sdbox.identity import IdentityConfig, IdentityError, _box_id
 from sdbox.identity.provision import provision_tpm, tpm_csr
@@ -103,17 +102,10 @@ def enrol(
             return Enrolled(_box_id(current), current.not_valid_after_utc, True, False)
     token = read_token(token_file)
     csr = tpm_csr(config, x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "sdbox box")]))
-    answer = post_json(
-        f"{broker_url}/v1/enrol",
-        {"token": token, "csr": b64(csr.public_bytes(serialization.Encoding.DER))},
-        tls_context(broker_anchors),
-        timeout_s,
-    )
-    try:
-        certificate = x509.load_pem_x509_certificate(str(answer["certificate"]).encode())
-        chain = [x509.load_pem_x509_certificate(str(c).encode()) for c in answer.get("chain", [])]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ProtocolError("the centre's enrolment answer holds no usable certificate") from exc
+    certificate, chain = request_certificate(
+        broker_url, token=token, csr_der=csr.public_bytes(serialization.Encoding.DER),
+        anchors=broker_anchors, timeout_s=timeout_s,
+    )  # fmt: skip
     _check(certificate, provisioned.public_key, intermediates + chain, anchors)
     _write_certificate(config.certificate, certificate)
     try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sdbox.agent.events import AuditEvent, audit
+from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
 
 SEEN = "seen.json"

@@ -1,4 +1,4 @@
-"""Errors of remote certificate renewal."""
+"""Errors of remote certificate renewal (the centre's are in sdbox.centre.errors)."""
 
 from __future__ import annotations
 
@@ -15,18 +15,6 @@ class CmpProtocolError(RenewalError):
 
 class CaUnreachable(RenewalError):
     """The certificate authority (CMP server) could not be reached or did not answer."""
-
-
-class CentreError(RenewalError):
-    """The centre refused or failed to drive card management (9B, directory signing)."""
-
-    def __init__(self, message: str, *, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code  # the centre's refusal code (docs/broker-protocol.md), if it refused
-
-
-class CentreUnreachable(CentreError):
-    """The centre could not be reached for card management."""
 
 
 class JournalError(RenewalError):

@@ -38,15 +38,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sdbox.centre.errors import CentreError, CentreUnreachable
 from sdbox.errors import SdboxError
 from sdbox.renewal import cmp
-from sdbox.renewal.errors import (
-    CaUnreachable,
-    CentreError,
-    CentreUnreachable,
-    CmpProtocolError,
-    RenewalError,
-)
+from sdbox.renewal.errors import CaUnreachable, CmpProtocolError, RenewalError
 from sdbox.renewal.ports import Centre, CmpTransport, RenewalTrust
 from sdbox.renewal.state import Entry, Journal, Phase
 from sdbox.smartcard.biosso import BioSsoSession

@@ -2,7 +2,7 @@
 
 The centre holds the card's management key (9B) and the directory-signing
 key; the box relays the 9B challenge-response to it and never sees the key.
-On a box the centre is the broker (:class:`sdbox.renewal.centre.BrokerCentre`,
+On a box the centre is the broker (:class:`sdbox.centre.cards.BrokerCentre`,
 docs/broker-protocol.md "Card management"); :class:`LocalCentre` plays it from
 a development PKI directory and a management key in memory (enrolment
 station, tests, development boxes).
@@ -21,7 +21,8 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.renewal.errors import CaUnreachable, CentreError
+from sdbox.centre.errors import CentreError
+from sdbox.renewal.errors import CaUnreachable
 from sdbox.smartcard.directory import Directory, SignedDirectory, sign_directory
 from sdbox.smartcard.piv import LocalManagementKey, ManagementKeyHolder
 from sdbox.trust.errors import TrustError

@@ -60,8 +60,6 @@ TAG_GENERATE_TEMPLATE = 0xAC
 TAG_GENERATE_ALGORITHM = 0x80
 TAG_PUBLIC_KEY = 0x7F49
 TAG_EC_POINT = 0x86
-TAG_RSA_MODULUS = 0x81
-TAG_RSA_EXPONENT = 0x82
 P1_RESET_VERIFICATION = 0xFF
 _CURVES: dict[int, ec.EllipticCurve] = {
     Algorithm.ECCP256: ec.SECP256R1(),
@@ -240,32 +238,6 @@ class PivSession:
     def reset_verification(self, ref: int) -> None:
         """Drop the verified state of ``ref`` (VERIFY with P1=FF)."""
         self._expect_ok(Apdu(0x00, Ins.VERIFY, P1_RESET_VERIFICATION, ref), "VERIFY reset")
-
-    def change_pin(self, old: str, new: str) -> None:
-        """CHANGE REFERENCE DATA for the PIN."""
-        _data, sw = self._send(
-            Apdu(0x00, Ins.CHANGE_REFERENCE, 0x00, KeyRef.PIN, pad_pin(old) + pad_pin(new))
-        )
-        if sw != Sw.OK:
-            tries = sw_tries_left(sw)
-            if tries is not None:
-                raise PinBlocked() if tries == 0 else WrongPin(tries)
-            raise _translate("CHANGE REFERENCE DATA", sw)
-
-    def reset_pin(self, puk: str, new_pin: str) -> None:
-        """RESET RETRY COUNTER: unblock the PIN with the PUK."""
-        _data, sw = self._send(
-            Apdu(0x00, Ins.RESET_RETRY, 0x00, KeyRef.PIN, pad_pin(puk) + pad_pin(new_pin))
-        )
-        if sw != Sw.OK:
-            tries = sw_tries_left(sw)
-            if tries is not None:
-                raise (
-                    CardError(f"wrong PUK: {tries} attempts left")
-                    if tries
-                    else CardError("the PUK is blocked")
-                )
-            raise _translate("RESET RETRY COUNTER", sw)
 
     # -- management key -----------------------------------------------------
 

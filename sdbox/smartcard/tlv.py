@@ -28,12 +28,6 @@ class Tlv:
         """The element's encoding (tag, definite length, value)."""
         return encode_tag(self.tag) + encode_length(len(self.value)) + self.value
 
-    @property
-    def constructed(self) -> bool:
-        """Whether the tag says the value is itself TLV-encoded."""
-        first = encode_tag(self.tag)[0]
-        return bool(first & 0x20)
-
 
 def encode_tag(tag: int) -> bytes:
     """The bytes of ``tag`` (1 to 3)."""
@@ -153,12 +147,4 @@ def parse_dict(data: bytes) -> dict[int, bytes]:
         if item.tag in out:
             raise TlvError(f"tag {item.tag:X} appears twice")
         out[item.tag] = item.value
-    return out
-
-
-def parse_multi(data: bytes) -> dict[int, list[bytes]]:
-    """Elements as a tag -> list of values (for repeated tags)."""
-    out: dict[int, list[bytes]] = {}
-    for item in iter_tlv(data):
-        out.setdefault(item.tag, []).append(item.value)
     return out

@@ -23,14 +23,12 @@ gi.require_version("Gtk", "4.0")
 gi.require_version("Gdk", "4.0")
 from gi.repository import Gdk, Gio, GLib, Gtk  # noqa: E402  (after require_version)
 
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, SensorState, State  # noqa: E402
 from sdbox.ui import SCREEN_FILE_VARIABLE  # noqa: E402
 from sdbox.ui.view import AgentView, Screen, screen_for  # noqa: E402
 
 _log = logging.getLogger("sdbox.ui")
 
-BUS_NAME = "org.sdbox.Agent1"
-OBJECT_PATH = "/org/sdbox/Agent1"
-INTERFACE = "org.sdbox.Agent1"
 CALL_TIMEOUT_MS = 30_000
 REFRESH_S = 2
 
@@ -205,10 +203,10 @@ class Greeter:
             return self.properties.get(name, default)
 
         return AgentView(
-            state=prop("State", "idle"), projects=tuple(tuple(p) for p in prop("Projects", [])),
+            state=prop("State", State.IDLE), projects=tuple(tuple(p) for p in prop("Projects", [])),
             tries_left=prop("TriesLeft", -1), active_project=prop("ActiveProject", ""),
             message=prop("Message", ""), problem=prop("Problem", ""),
-            sensor=prop("Sensor", "unwatched"),
+            sensor=prop("Sensor", SensorState.UNWATCHED),
             end_reason=self.end_reason, end_message=self.end_message,
         )  # fmt: skip
 

@@ -3,6 +3,9 @@
 The GTK layer (:mod:`sdbox.ui.app`) only renders :class:`Screen`; every
 text and every decision about which screen to show is here, testable
 without a display. Texts go through gettext (``_``), French and English.
+Screens are chosen from the agent's states, problem codes and project
+records (:mod:`sdbox.agent.api`, the only sdbox module the greeter imports),
+never from the wording of its messages, which are shown, not parsed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sdbox.session.outcome import MESSAGES, EndReason
+from sdbox.agent.api import END_MESSAGES, EndReason, Problem, ProjectView, SensorState, State
 
 Translate = Callable[[str], str]
 
@@ -19,7 +22,7 @@ Translate = Callable[[str], str]
 class AgentView:
     """The agent's D-Bus properties, as the greeter reads them."""
 
-    state: str = "idle"
+    state: str = State.IDLE
     projects: tuple[tuple[str, str, str, str, str, str, bool], ...] = ()
     tries_left: int = -1
     active_project: str = ""
@@ -29,7 +32,7 @@ class AgentView:
     end_reason: str = ""
     end_message: str = ""
     # the fingerprint sensor: connected | disconnected | unwatched (no hotplug watch)
-    sensor: str = "unwatched"
+    sensor: str = SensorState.UNWATCHED
 
 
 @dataclass(frozen=True)
@@ -58,79 +61,79 @@ class Screen:
 
 def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
     return {
-        "finger_blocked": (
+        Problem.FINGER_BLOCKED: (
             _("This finger is blocked"),
             _("Your finger must be enrolled again at the card office."),
         ),
-        "pin_blocked": (
+        Problem.PIN_BLOCKED: (
             _("The PIN is blocked"),
             _("Have it reset with the PUK at the card office."),
         ),
-        "wrong_finger": (
+        Problem.WRONG_FINGER: (
             _("The finger did not match"),
             _("Place the same finger flat and centred."),
         ),
-        "wrong_pin": (_("Wrong PIN"), _("Type your PIN again.")),
-        "pin_not_allowed": (
+        Problem.WRONG_PIN: (_("Wrong PIN"), _("Type your PIN again.")),
+        Problem.PIN_NOT_ALLOWED: (
             _("This project needs your finger"),
             _("Place your finger on the sensor."),
         ),
-        "certificate_revoked": (
+        Problem.CERTIFICATE_REVOKED: (
             _("Access to this project was withdrawn"),
             _("Contact your project's data manager."),
         ),
-        "certificate_expired": (
+        Problem.CERTIFICATE_EXPIRED: (
             _("Your access to this project has expired"),
             _("Ask your data manager to renew it."),
         ),
-        "certificate_invalid": (
+        Problem.CERTIFICATE_INVALID: (
             _("Your access to this project is not valid"),
             _("Take your card to the card office."),
         ),
-        "clock_wrong": (_("The box's clock is wrong"), _("Call the service desk.")),
-        "server_untrusted": (
+        Problem.CLOCK_WRONG: (_("The box's clock is wrong"), _("Call the service desk.")),
+        Problem.SERVER_UNTRUSTED: (
             _("The project's desktop could not be trusted"),
             _("Call the service desk; do not try again."),
         ),
-        "endpoint_not_allowed": (
+        Problem.ENDPOINT_NOT_ALLOWED: (
             _("This box may not open this project"),
             _("Use a box of your centre for this project."),
         ),
-        "credential_refused": (
+        Problem.CREDENTIAL_REFUSED: (
             _("The centre refused the connection"),
             _("Try again; if it happens again, call the service desk."),
         ),
-        "broker_unreachable": (
+        Problem.BROKER_UNREACHABLE: (
             _("The centre cannot be reached"),
             _("Check the network cable, or try again in a few minutes."),
         ),
-        "session_failed": (_("The connection failed"), _("Try again in a few minutes.")),
-        "sensor_failed": (
+        Problem.SESSION_FAILED: (_("The connection failed"), _("Try again in a few minutes.")),
+        Problem.SENSOR_FAILED: (
             _("The fingerprint sensor did not work"),
             _("Place your finger again; if it happens again, call the service desk."),
         ),
-        "sensor_unplugged": (
+        Problem.SENSOR_UNPLUGGED: (
             _("The fingerprint sensor is not connected"),
             _("The fingerprint sensor is not connected: plug it in, or call the service desk."),
         ),
-        "directory_untrusted": (
+        Problem.DIRECTORY_UNTRUSTED: (
             _("This card is not recognised"),
             _("Remove the card and take it to the card office."),
         ),
-        "card_not_recognised": (
+        Problem.CARD_NOT_RECOGNISED: (
             _("This card is not recognised"),
             _("Remove the card and take it to the card office."),
         ),
-        "card_unreadable": (
+        Problem.CARD_UNREADABLE: (
             _("The card could not be read"),
             _("Remove the card and insert it again."),
         ),
     }
 
 
-def _detail(project: tuple[str, str, str, str, str, str, bool], _: Translate) -> str:
-    _id, _name, protocol, _factor, expires, status, _usable = project
-    kind = _("Remote desktop") if protocol == "rdp" else _("Virtual machine")
+def _detail(project: ProjectView, _: Translate) -> str:
+    status = project.status
+    kind = _("Remote desktop") if project.protocol == "rdp" else _("Virtual machine")
     if status == "ready":
         return kind
     if status.startswith("certificate expires in "):
@@ -140,7 +143,6 @@ def _detail(project: tuple[str, str, str, str, str, str, bool], _: Translate) ->
         return f"{kind} · " + _("access expired")
     if status == "not allowed on this box":
         return f"{kind} · " + _("not available on this box")
-    del expires
     return f"{kind} · {status}"
 
 
@@ -152,7 +154,7 @@ def _end_text(view: AgentView, _: Translate) -> str:
         return view.message
     if view.end_message != view.message:  # an older end: the agent's words are current
         return view.message
-    return _(MESSAGES[reason])
+    return _(END_MESSAGES[reason])
 
 
 def _sentence(message: str) -> str:
@@ -173,24 +175,28 @@ def _unless_said(message: str, hint: str) -> str:
 def screen_for(view: AgentView, _: Translate) -> Screen:
     """The screen for the agent's current state."""
     problems = _problem_texts(_)
-    projects = tuple(ProjectItem(p[0], p[1], _detail(p, _), p[6]) for p in view.projects)
-    name = next((p[1] for p in view.projects if p[0] == view.active_project), view.active_project)
-    if view.state == "idle":
+    records = [ProjectView.from_wire(p) for p in view.projects]
+    projects = tuple(ProjectItem(p.id, p.name, _detail(p, _), p.usable) for p in records)
+    active = next((p for p in records if p.id == view.active_project), None)
+    name = active.name if active else view.active_project
+    # the finger is always asked for; the PIN too where the project's policy allows it
+    pin = active is not None and active.accepts_pin
+    if view.state == State.IDLE:
         return Screen(
             "insert",
             _("Insert your card"),
             "",
             _("Insert your card into the reader to start."),
         )
-    if view.state == "reading":
+    if view.state == State.READING:
         return Screen("reading", _("Reading your card…"), hint=_("Leave the card in the reader."))
-    if view.state == "blocked":
+    if view.state == State.BLOCKED:
         title, hint = problems.get(
             view.problem, (_("This card cannot be used"), _("Remove the card."))
         )
         body = _sentence(view.message)
         return Screen("error", title, body, _unless_said(body, hint), alert=True)
-    if view.state == "picker":
+    if view.state == State.PICKER:
         if view.problem:
             title, hint = problems.get(view.problem, (_("Something went wrong"), _("Try again.")))
             body = _sentence(view.message)
@@ -210,13 +216,12 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
             "picker",
             _("Choose a project"),
             hint=_("The fingerprint sensor is not connected: plug it in, or call the service desk.")
-            if view.sensor == "disconnected"
+            if view.sensor == SensorState.DISCONNECTED
             else _("Use the arrow keys and Enter."),
             projects=projects,
         )
-    if view.state == "verifying" and view.problem == "sensor_unplugged":
+    if view.state == State.VERIFYING and view.problem == Problem.SENSOR_UNPLUGGED:
         # no try was spent; the finger prompt comes back by itself once it is plugged in
-        pin = "PIN" in view.message
         tries = view.tries_left
         return Screen(
             "finger",
@@ -229,16 +234,14 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
             can_cancel=True,
             alert=True,
         )
-    if view.state == "verifying":
-        finger = "finger" in view.message
-        pin = "PIN" in view.message
-        title = _("Place your finger on the sensor") if finger else _("Enter your PIN")
-        if view.problem in ("wrong_finger", "wrong_pin"):
+    if view.state == State.VERIFYING:
+        title = _("Place your finger on the sensor")
+        if view.problem in (Problem.WRONG_FINGER, Problem.WRONG_PIN):
             title = problems[view.problem][0]
         tries = view.tries_left
         body = _("{n} tries left").format(n=tries) if tries >= 0 else ""
-        hint = _("or type your PIN below") if pin and finger else ""
-        if pin and finger and tries == 0:  # the finger is blocked: only the PIN is left
+        hint = _("or type your PIN below") if pin else ""
+        if pin and tries == 0:  # the finger is blocked: only the PIN is left
             title, body, hint = (
                 _("Enter your PIN"),
                 _("Your finger is blocked: have it enrolled again at the card office."),
@@ -253,10 +256,10 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
             can_cancel=True,
             alert=bool(view.problem),
         )
-    if view.state in ("validating", "connecting"):
-        step = _("Checking your access…") if view.state == "validating" else _("Connecting…")
+    if view.state in (State.VALIDATING, State.CONNECTING):
+        step = _("Checking your access…") if view.state == State.VALIDATING else _("Connecting…")
         return Screen("connecting", name, step, _("This takes a few seconds."), can_cancel=True)
-    if view.state == "running":
+    if view.state == State.RUNNING:
         return Screen(
             "running", name, _("Your session is open."), _("Remove your card to end it."), projects
         )

@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sdbox.agent.api import State
 from sdbox.agent.card import ReaderWatcher
 from sdbox.agent.config import load
-from sdbox.agent.events import State
 from sdbox.agent.service import build_agent
 from tests.integration.agent_env import RdpBubble, StandInBroker, until
 

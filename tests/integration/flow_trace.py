@@ -25,7 +25,7 @@ _OURS = "/sdbox/"
 class AwaitPoint:
     """One suspension of the flow: where it waits, and the how-many-th time there."""
 
-    where: tuple[str, ...]  # sdbox frames, outermost first: "Agent._run_session:612"
+    where: tuple[str, ...]  # sdbox frames, outermost first: "ConnectionFlow._run_session:286"
     occurrence: int  # 0 for the first suspension at ``where`` in this run
 
     def __str__(self) -> str:

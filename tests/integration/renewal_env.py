@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.broker.cards import CardManagement, register_entry
+from sdbox.centre.cards import BrokerCentre
 from sdbox.identity import DevelopmentIdentity
-from sdbox.renewal.centre import BrokerCentre
 from sdbox.renewal.flow import Renewer, Result
 from sdbox.renewal.ports import Centre, HttpCmpTransport, LocalCentre, RenewalTrust
 from sdbox.renewal.state import Journal

@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from dbus_fast.aio import MessageBus, ProxyInterface
 from dbus_fast.errors import DBusError
 
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, State
 from sdbox.agent.card import ReaderWatcher
 from sdbox.agent.config import AgentConfig
-from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, export
-from sdbox.agent.events import State, Transition
+from sdbox.agent.dbus import export
+from sdbox.agent.events import Transition
 from sdbox.agent.machine import Agent
 from sdbox.agent.service import build_agent
 from sdbox.smartcard.emulator.faults import parse_fault

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, export
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH
+from sdbox.agent.dbus import export
 from sdbox.agent.machine import Agent
 from tests.integration.session_servers import stop
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
 from sdbox.smartcard.profile import ObjectTag
 from sdbox.trust.pki import Pki

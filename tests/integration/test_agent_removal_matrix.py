@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
+from sdbox.agent.api import State
 from sdbox.agent.card import ReaderEvent
-from sdbox.agent.events import State
 from sdbox.agent.machine import Agent
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
 from sdbox.trust.pki import Pki
@@ -193,7 +193,7 @@ def test_card_pulled_at_every_await_point_of_the_connection_flow(
             steps = {p.innermost.split(":")[0] for p in points}
             # The trace covers what the issue names; if a step is missing the
             # tracer (or the flow) changed, and this matrix would test less.
-            assert {"Agent._verify_holder", "ClientProcess.spawn", "Session.wait_connected"} <= (
+            assert {"ConnectionFlow._verify_holder", "ClientProcess.spawn", "Session.wait_connected"} <= (
                 steps
             ), steps
             # ... and the wait while the session runs, after "connected".

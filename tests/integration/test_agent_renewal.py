@@ -22,8 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from dbus_fast.aio import MessageBus
 
-from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH
-from sdbox.agent.events import State
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, State
 from sdbox.broker.cards import register_entry
 from sdbox.smartcard.directory import parse_signed_directory
 from sdbox.smartcard.emulator.state import deterministic_key

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.smartcard.profile import ObjectTag, certificate_object, decode_certificate
 from sdbox.trust.pki import Pki
 from tests.integration.agent_env import publish_crls

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
 from sdbox.trust.pki import Pki
 from tests.integration.agent_env import card_profile, rdp_bubble, spice_bubble

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from sdbox.agent.events import AuditEvent, Problem, State
+from sdbox.agent.api import Problem, State
+from sdbox.audit import AuditEvent
 from sdbox.smartcard.directory import parse_signed_directory
 from sdbox.smartcard.emulator.profiles import seeded_template
 from sdbox.smartcard.profile import ObjectTag, certificate_object, decode_certificate

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sdbox.agent.events import Problem, State
+from sdbox.agent.api import Problem, State
 from sdbox.biometric import matcher, ridges
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
 from sdbox.biometric.libfprint import LibfprintSensor, send_image, send_retry

@@ -14,9 +14,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.agent.events import State
-from sdbox.broker.client import request_credential
-from sdbox.broker.errors import BrokerRefused, BrokerUnreachable
+from sdbox.agent.api import State
+from sdbox.centre.client import request_credential
+from sdbox.centre.errors import CentreRefused, CentreUnreachable
 from sdbox.identity import DevelopmentIdentity
 from sdbox.smartcard import pcsc
 from sdbox.smartcard.biosso import BioSsoSession
@@ -192,10 +192,10 @@ def test_credentials_are_fresh_each_time_and_never_logged(
         second = asyncio.run(_ask(centre, session, project))
     assert first.kind == "password"
     assert first.user == "researcher"
-    assert first.secret.reveal() != second.secret.reveal()
+    assert first.secret != second.secret
     sam = Path(centre.broker.server.broker.config.bubbles["census-2021"].sam_file).read_text()
     assert sam.count("\n") == 1  # only the newest password is valid on the bubble
-    for secret in (first.secret.reveal(), second.secret.reveal()):
+    for secret in (first.secret, second.secret):
         assert secret not in caplog.text
         assert secret not in repr(first)
 
@@ -209,7 +209,7 @@ def test_wrong_key_proof_is_refused(
         async def wrong(peer: ec.EllipticCurvePublicKey) -> bytes:
             return await asyncio.to_thread(session.ecdh, 0x83, peer)  # another project's key
 
-        with pytest.raises(BrokerRefused, match="did not prove it holds the project key") as err:
+        with pytest.raises(CentreRefused, match="did not prove it holds the project key") as err:
             asyncio.run(_ask(centre, session, project, card_ecdh=wrong))
         assert err.value.code == "possession"
 
@@ -231,7 +231,7 @@ def test_unknown_box_is_refused(pki: Pki, centre: Centre, free_reader: int, tmp_
     )
     with (
         verified_card(pki, centre, free_reader, tmp_path) as (card, session),
-        pytest.raises(BrokerRefused, match="this box is not recognised") as err,
+        pytest.raises(CentreRefused, match="this box is not recognised") as err,
     ):
         asyncio.run(
             _ask(
@@ -251,7 +251,7 @@ def test_revoked_project_certificate_is_refused(
         project = _census(card)
         pki.revoke(session.certificate(project.slot), x509.ReasonFlags.key_compromise)
         publish_crls(pki, centre.broker.server.broker.config.crl_dir)
-        with pytest.raises(BrokerRefused, match="revoked") as err:
+        with pytest.raises(CentreRefused, match="revoked") as err:
             asyncio.run(_ask(centre, session, project))
     assert err.value.code == "project_certificate"
 
@@ -259,7 +259,7 @@ def test_revoked_project_certificate_is_refused(
 def test_unreachable_broker(pki: Pki, centre: Centre, free_reader: int, tmp_path: Path) -> None:
     with (
         verified_card(pki, centre, free_reader, tmp_path) as (card, session),
-        pytest.raises(BrokerUnreachable, match="cannot be reached"),
+        pytest.raises(CentreUnreachable, match="cannot be reached"),
     ):
         asyncio.run(_ask(centre, session, _census(card), url=f"https://127.0.0.1:{free_port()}"))
 

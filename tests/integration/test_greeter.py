@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.biometric import synth
 from sdbox.trust.pki import Pki
 from tests.integration.greeter_env import (

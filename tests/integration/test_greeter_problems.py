@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.biometric import synth
 from sdbox.smartcard.directory import parse_signed_directory
 from sdbox.smartcard.profile import ObjectTag, certificate_object, decode_certificate

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute
 from pkcs11 import exceptions as p11err
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.broker.enrolment import EnrolmentTokens
-from sdbox.broker.errors import BrokerRefused
+from sdbox.centre.errors import CentreRefused
 from sdbox.identity import IdentityConfig, IdentityError, IdentitySource, open_identity, probe
 from sdbox.identity.enrol import enrol
 from sdbox.identity.provision import _init_token, provision_tpm, so_pin_file, tpm_csr
@@ -232,7 +232,7 @@ def test_first_boot_enrolment_succeeds_once(
     assert _enrol(pki, enrolment_centre, config, token_file).already
     # the certificate lost: the used token is refused, and says why
     config.certificate.unlink()
-    with pytest.raises(BrokerRefused, match="already used") as err:
+    with pytest.raises(CentreRefused, match="already used") as err:
         _enrol(pki, enrolment_centre, config, token_file)
     assert err.value.code == "enrolment_token"
     assert not config.certificate.exists()
@@ -246,7 +246,7 @@ def test_wrong_enrolment_token_is_refused(
     )
     token_file = tmp_path / "enrolment-token"
     token_file.write_text("not-a-token-the-centre-issued\n")
-    with pytest.raises(BrokerRefused, match="not known to the centre") as err:
+    with pytest.raises(CentreRefused, match="not known to the centre") as err:
         _enrol(pki, enrolment_centre, config, token_file)
     assert err.value.code == "enrolment_token"
     assert not config.certificate.exists()

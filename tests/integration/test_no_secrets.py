@@ -44,7 +44,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.agent.events import State
+from sdbox.agent.api import State
 from sdbox.logging import TRACE
 from sdbox.smartcard import connection
 from sdbox.smartcard.apdu import Apdu, Ins

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from sdbox.renewal.centre import BrokerCentre
+from sdbox.centre.cards import BrokerCentre
 from sdbox.renewal.flow import Outcome
 from sdbox.renewal.ports import Centre
 from sdbox.smartcard.biosso import BioSsoSession
@@ -409,10 +409,10 @@ def _broker_config(bench: Bench, centre: CentreBench) -> Path:
 def _agent_renews(fresh: Bench, caplog: pytest.LogCaptureFixture, config_path: Path) -> None:
     import asyncio
 
+    from sdbox.agent.adapters import TrustService
+    from sdbox.agent.api import State
     from sdbox.agent.config import load
-    from sdbox.agent.events import State
     from sdbox.agent.machine import Agent
-    from sdbox.agent.ports import TrustService
     from sdbox.agent.service import make_renewal
     from tests.unit.test_agent_machine import (
         Credentials,

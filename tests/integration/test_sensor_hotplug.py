@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from dbus_fast.aio import MessageBus, ProxyInterface
 
-from sdbox.agent.dbus import BUS_NAME, INTERFACE, OBJECT_PATH
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
 from sdbox.smartcard.emulator.stack import reader_name
 from sdbox.trust.pki import Pki
@@ -124,6 +124,8 @@ class Box:
             message=await get.get_message(),  # type: ignore[attr-defined]
             problem=await get.get_problem(),  # type: ignore[attr-defined]
             sensor=await get.get_sensor(),  # type: ignore[attr-defined]
+            active_project=await get.get_active_project(),  # type: ignore[attr-defined]
+            projects=tuple(tuple(p) for p in await get.get_projects()),  # type: ignore[attr-defined]
         )
 
     async def screen(self) -> Screen:

@@ -12,9 +12,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from sdbox.agent.api import State
 from sdbox.agent.card import CardHandle
-from sdbox.agent.events import SessionEndedEvent, State, Transition
-from sdbox.agent.machine import Agent, Refusal
+from sdbox.agent.events import SessionEndedEvent, Transition
+from sdbox.agent.machine import Agent
+from sdbox.agent.problems import Refusal
 from sdbox.biometric.errors import PlaceFingerAgain
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Project

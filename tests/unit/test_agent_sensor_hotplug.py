@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sdbox.agent.events import SensorChanged, SensorState, State, Transition
+from sdbox.agent.api import SensorState, State
+from sdbox.agent.events import SensorChanged, Transition
 from sdbox.agent.machine import Agent
 from sdbox.agent.sensors import SensorEvent, parse_hwdb, sensor_table, usb_id_of
 from sdbox.biometric.errors import SensorUnavailable

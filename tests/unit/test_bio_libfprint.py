@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from sdbox.agent.adapters import make_sensor
 from sdbox.agent.config import load
-from sdbox.agent.ports import make_sensor
 from sdbox.biometric import compact, ridges
 from sdbox.biometric.compact import MinutiaType
 from sdbox.biometric.errors import PlaceFingerAgain

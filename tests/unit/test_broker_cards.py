@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox._cli import cli
 from sdbox.broker.cards import CardManagement, add_card, load_register
-from sdbox.broker.errors import ProtocolError, Refused
+from sdbox.centre.protocol import ProtocolError, Refused
 from sdbox.config import ConfigError
 from sdbox.trust.pki import Pki
 from sdbox.trust.store import RevocationStore

@@ -25,7 +25,7 @@ def test_unknown_errors_are_internal_and_sdbox_errors_are_one() -> None:
 def test_an_unreachable_centre_has_its_own_exit_code() -> None:
     # the first-boot enrolment retries on 8 only: a refused token or a TPM
     # failure (whose wrong PINs count towards a lockout) must not be retried
-    from sdbox.broker.errors import BrokerRefused, BrokerUnreachable
+    from sdbox.centre.errors import CentreRefused, CentreUnreachable
 
-    assert exit_code_for(BrokerUnreachable("down")) == 8
-    assert exit_code_for(BrokerRefused("enrolment_token", "used")) == 1
+    assert exit_code_for(CentreUnreachable("down")) == 8
+    assert exit_code_for(CentreRefused("enrolment_token", "used")) == 1

@@ -79,7 +79,7 @@ def test_reference_lists_every_setting() -> None:
 
 
 def test_agent_ports_start_without_anchors_and_refuse_every_trust_decision(tmp_path: Path) -> None:
-    from sdbox.agent.ports import TrustFilesError, TrustService
+    from sdbox.agent.adapters import TrustFilesError, TrustService
 
     config = load(write(tmp_path, f'[trust]\nanchors = "{tmp_path / "missing.pem"}"\ncrl_dir = "{tmp_path / "crl"}"\n'))
     trust = TrustService(config)  # the agent comes up...

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.broker.enrolment import EnrolmentTokens, digest
-from sdbox.broker.errors import ProtocolError, Refused
 from sdbox.broker.server import Broker, BrokerConfig
+from sdbox.centre.protocol import ProtocolError, Refused
 from sdbox.identity import IdentityError
 from sdbox.identity.csr import build_csr
 from sdbox.trust import Purpose, validate

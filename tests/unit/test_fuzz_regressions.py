@@ -14,8 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from fuzz import seeds
 from fuzz.targets import trust_chain
-from sdbox.broker.errors import Refused
-from sdbox.broker.protocol import certificate_field
+from sdbox.centre.protocol import Refused, certificate_field
 from sdbox.renewal import cmp
 from sdbox.renewal.errors import CmpProtocolError
 from sdbox.smartcard import profile, tlv

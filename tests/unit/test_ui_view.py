@@ -40,6 +40,11 @@ PROJECTS = (
         False,
     ),
 )
+# a project whose policy lets the PIN replace the finger (the agent's project record)
+FINGER_OR_PIN = (
+    ("survey-2024", "Household survey", "rdp", "finger_or_pin", "2027-11-22T00:00:00+00:00",
+     "ready", True),
+)  # fmt: skip
 EN, FR = translator("en"), translator("fr")
 
 
@@ -71,9 +76,12 @@ def test_finger_screen_shows_tries_and_the_pin_only_where_allowed() -> None:
     assert finger.body == "4 tries left"
     assert finger.pin_entry is False
     both = screen_for(
-        AgentView(state="verifying", message="place your finger or enter your PIN", tries_left=5),
+        AgentView(
+            state="verifying", message="place your finger or enter your PIN", tries_left=5,
+            active_project="survey-2024", projects=FINGER_OR_PIN,
+        ),
         EN,
-    )
+    )  # fmt: skip
     assert both.pin_entry is True
     wrong = screen_for(
         AgentView(
@@ -154,18 +162,21 @@ def test_every_text_has_a_french_translation_and_the_catalogue_is_compiled(tmp_p
 
 def test_a_blocked_finger_leaves_only_the_pin_where_the_project_allows_it() -> None:
     screen = screen_for(
-        AgentView(state="verifying", message="place your finger or enter your PIN", tries_left=0),
+        AgentView(
+            state="verifying", message="place your finger or enter your PIN", tries_left=0,
+            active_project="survey-2024", projects=FINGER_OR_PIN,
+        ),
         EN,
-    )
+    )  # fmt: skip
     assert screen.title == "Enter your PIN"
     assert "blocked" in screen.body
     assert screen.pin_entry is True
 
 
 def test_a_session_end_is_said_in_the_researchers_language() -> None:
-    from sdbox.session.outcome import MESSAGES, EndReason
+    from sdbox.agent.api import END_MESSAGES, EndReason
 
-    lost = MESSAGES[EndReason.CONNECTION_LOST]
+    lost = END_MESSAGES[EndReason.CONNECTION_LOST]
     view = AgentView(
         state="picker",
         projects=PROJECTS,
@@ -222,6 +233,7 @@ def test_an_unplugged_sensor_leaves_the_pin_where_the_project_allows_it() -> Non
         AgentView(
             state="verifying", problem="sensor_unplugged", sensor="disconnected", tries_left=5,
             message="the fingerprint sensor is not connected: enter your PIN, or plug the sensor back in",
+            active_project="survey-2024", projects=FINGER_OR_PIN,
         ),
         EN,
     )
@@ -236,3 +248,20 @@ def test_the_picker_says_when_the_sensor_is_unplugged() -> None:
     assert "not connected" in shown.hint
     plugged = screen_for(AgentView(state="picker", projects=PROJECTS, sensor="connected"), FR)
     assert "capteur" not in plugged.hint
+
+
+def test_the_finger_screen_follows_the_projects_policy_not_the_messages_wording() -> None:
+    # the agent's words are shown, never parsed: the PIN entry is the project's policy
+    reworded = screen_for(
+        AgentView(state="verifying", message="", tries_left=5, active_project="survey-2024",
+                  projects=FINGER_OR_PIN),
+        EN,
+    )  # fmt: skip
+    assert reworded.title == "Place your finger on the sensor"
+    assert reworded.pin_entry is True
+    finger_only = screen_for(
+        AgentView(state="verifying", message="enter your PIN", tries_left=5,
+                  active_project="census-2021", projects=PROJECTS),
+        EN,
+    )  # fmt: skip
+    assert finger_only.pin_entry is False

@@ -122,10 +122,6 @@ class VirtualCard:
         """Arm a fault."""
         self.faults.append(fault)
 
-    def clear_faults(self) -> None:
-        """Disarm every fault."""
-        self.faults.clear()
-
     # -- the connection loop -----------------------------------------------------
 
     def _serve(self, sock: socket.socket) -> None:

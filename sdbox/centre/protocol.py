@@ -1,13 +1,18 @@
-"""The session-credential protocol's messages and proofs (docs/broker-protocol.md).
+"""The centre protocol's definitions, shared by the box and the reference centre.
 
-Two requests over HTTPS. The box opens with its certificate and the project
-certificate; the broker answers with a fresh nonce and an ephemeral EC key
-on the project key's curve. The box runs ECDH with the project key ON THE
-CARD against that ephemeral key, derives a MAC key from the shared secret
-(HKDF-SHA256, salt = nonce) and returns a MAC over the transcript, plus its
-own signature over the same transcript with the box key (TPM). The
-transcript binds the exchange id, nonce, project, endpoint, both
-certificates and the ephemeral key, so nothing can be replayed elsewhere.
+The box's clients (:mod:`sdbox.centre`) and the reference centre
+(:mod:`sdbox.broker`) both import this module: transcripts, proofs, field
+helpers and the protocol's errors (docs/broker-protocol.md).
+
+Session credentials take two requests over HTTPS. The box opens with its
+certificate and the project certificate; the broker answers with a fresh
+nonce and an ephemeral EC key on the project key's curve. The box runs ECDH
+with the project key ON THE CARD against that ephemeral key, derives a MAC
+key from the shared secret (HKDF-SHA256, salt = nonce) and returns a MAC
+over the transcript, plus its own signature over the same transcript with
+the box key (TPM). The transcript binds the exchange id, nonce, project,
+endpoint, both certificates and the ephemeral key, so nothing can be
+replayed elsewhere.
 """
 
 from __future__ import annotations
@@ -23,13 +28,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sdbox.broker.errors import ProtocolError, Refused
+from sdbox.errors import SdboxError
 from sdbox.trust.errors import MalformedCertificate
 from sdbox.trust.loaders import load_certificate
 
 VERSION = "sdbox-broker/1"
 PROOF_INFO = b"sdbox broker possession proof v1"
 NONCE_BYTES = 32
+
+
+class ProtocolError(SdboxError):
+    """A message does not follow the protocol (either side)."""
+
+
+class Refused(SdboxError):
+    """Centre side: a refusal with its code (docs/broker-protocol.md) and HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
 
 
 def b64(data: bytes) -> str:

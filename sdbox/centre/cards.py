@@ -1,4 +1,4 @@
-"""The centre through the broker: the box's side of card management (docs/broker-protocol.md).
+"""The box's side of card management with the centre (docs/broker-protocol.md).
 
 The card's management key (9B) and the directory-signing key are the
 centre's. :class:`BrokerCentre` opens a card-management session with the
@@ -15,13 +15,18 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.broker.client import post_json, tls_context
-from sdbox.broker.errors import BrokerRefused, BrokerUnreachable, ProtocolError
-from sdbox.broker.protocol import CardTranscript, Transcript, b64, key_endpoint, proof_mac, unb64
-from sdbox.identity import BoxIdentity
-from sdbox.renewal.errors import CentreError, CentreUnreachable
+from sdbox.centre.client import BoxKey, ephemeral_key, post_json, tls_context
+from sdbox.centre.errors import CentreError, CentreRefused, CentreUnreachable
+from sdbox.centre.protocol import (
+    CardTranscript,
+    ProtocolError,
+    Transcript,
+    b64,
+    key_endpoint,
+    proof_mac,
+    unb64,
+)
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import (
     Directory,
@@ -31,7 +36,7 @@ from sdbox.smartcard.directory import (
 from sdbox.smartcard.errors import DirectoryError
 from sdbox.smartcard.profile import Slot
 
-_log = logging.getLogger("sdbox.renewal.centre")
+_log = logging.getLogger("sdbox.centre.cards")
 
 
 class BrokerCentre:
@@ -42,7 +47,7 @@ class BrokerCentre:
         url: str,
         *,
         anchors: list[x509.Certificate],
-        identity: BoxIdentity,
+        identity: BoxKey,
         session: BioSsoSession,
         timeout_s: float = 10.0,
     ) -> None:
@@ -77,13 +82,10 @@ class BrokerCentre:
         )  # fmt: skip
         exchange = _text(answer, "exchange")
         nonce, point = _bytes(answer, "nonce"), _bytes(answer, "ephemeral")
-        public = certificate.public_key()
-        if not isinstance(public, ec.EllipticCurvePublicKey):
-            raise CentreError("the new project key is not an EC key")
         try:
-            ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(public.curve, point)
-        except ValueError as exc:
-            raise CentreError("the centre's ephemeral key is not on the new key's curve") from exc
+            ephemeral = ephemeral_key(certificate, point)
+        except ProtocolError as exc:
+            raise CentreError(f"the new key cannot be proven: {exc.message}") from exc
         transcript = Transcript(
             exchange, nonce, project, key_endpoint(directory.card_guid, slot),
             self._identity.certificate.public_bytes(der), certificate_der, point,
@@ -136,12 +138,12 @@ class BrokerCentre:
     def _post(self, step: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             return post_json(f"{self.url}/v1/card/{step}", body, self._context, self._timeout_s)
-        except BrokerUnreachable as exc:
+        except CentreUnreachable as exc:
             raise CentreUnreachable(
                 f"the centre cannot be reached for card management ({exc.message}); "
                 "the card keeps its current certificates and renewal is tried again later"
             ) from exc
-        except BrokerRefused as exc:
+        except CentreRefused as exc:
             raise CentreError(f"card management ({step}): {exc.message}", code=exc.code) from exc
         except ProtocolError as exc:
             raise CentreError(f"card management ({step}): {exc.message}") from exc

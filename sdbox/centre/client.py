@@ -1,29 +1,44 @@
-"""The box's side of the session-credential protocol (docs/broker-protocol.md)."""
+"""The box's side of the session-credential protocol (docs/broker-protocol.md).
+
+The HTTPS exchange (:func:`post_json`, :func:`tls_context`) and the possession
+proof (:func:`ephemeral_key`) are shared by every box-side client of the
+centre: credentials here, enrolment (:mod:`sdbox.centre.enrolment`) and card
+management (:mod:`sdbox.centre.cards`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.broker.errors import BrokerRefused, BrokerUnreachable, ProtocolError
-from sdbox.broker.protocol import Transcript, b64, proof_mac, unb64
-from sdbox.identity import BoxIdentity
-from sdbox.session import Credential
+from sdbox.centre.errors import CentreRefused, CentreUnreachable
+from sdbox.centre.protocol import ProtocolError, Transcript, b64, proof_mac, unb64
 
-_log = logging.getLogger("sdbox.broker.client")
 CardEcdh = Callable[[ec.EllipticCurvePublicKey], Awaitable[bytes]]
+
+
+class BoxKey(Protocol):
+    """What the centre needs of the box's identity (``sdbox.identity.BoxIdentity`` is one)."""
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The box certificate."""
+        ...
+
+    def sign(self, message: bytes) -> bytes:
+        """The box key's signature over ``message`` (ECDSA, DER)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -32,7 +47,7 @@ class IssuedCredential:
 
     kind: Literal["password", "spice-ticket"]
     user: str
-    secret: Credential = field(repr=False)
+    secret: str = field(repr=False)
     expires_at: datetime
 
 
@@ -48,7 +63,7 @@ def tls_context(anchors: list[x509.Certificate]) -> ssl.SSLContext:
 def post_json(
     url: str, body: dict[str, Any], context: ssl.SSLContext, timeout_s: float
 ) -> dict[str, Any]:
-    """POST ``body`` as JSON; the answer object, or a typed broker error."""
+    """POST ``body`` as JSON; the answer object, or a typed centre error."""
     # https only (checked in request_credential): S310's file:/custom schemes cannot occur
     request = urllib.request.Request(  # noqa: S310
         url,
@@ -64,12 +79,12 @@ def post_json(
             detail = json.loads(exc.read(64 * 1024))
         except ValueError:
             detail = {}
-        raise BrokerRefused(
+        raise CentreRefused(
             str(detail.get("error", exc.code)), str(detail.get("message", exc.reason))
         ) from exc
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise BrokerUnreachable(
+        raise CentreUnreachable(
             f"the centre cannot be reached ({reason}); check the network and try again"
         ) from exc
     except ValueError as exc:
@@ -79,6 +94,17 @@ def post_json(
     return answer
 
 
+def ephemeral_key(certificate: x509.Certificate, point: bytes) -> ec.EllipticCurvePublicKey:
+    """The centre's ephemeral key for a possession proof, on the curve of ``certificate``'s key."""
+    public = certificate.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise ProtocolError("the project key is not an EC key")
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(public.curve, point)
+    except ValueError as exc:
+        raise ProtocolError("the centre's ephemeral key is not on the project key's curve") from exc
+
+
 async def request_credential(
     url: str,
     *,
@@ -86,7 +112,7 @@ async def request_credential(
     endpoint: str,
     project_certificate: x509.Certificate,
     card_ecdh: CardEcdh,
-    identity: BoxIdentity,
+    identity: BoxKey,
     server_anchors: list[x509.Certificate],
     timeout_s: float = 10.0,
 ) -> IssuedCredential:
@@ -113,13 +139,7 @@ async def request_credential(
         unb64(challenge.get("nonce"), "nonce"),
         unb64(challenge.get("ephemeral"), "ephemeral"),
     )
-    public = project_certificate.public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise ProtocolError("the project key is not an EC key")
-    try:
-        ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(public.curve, point)
-    except ValueError as exc:
-        raise ProtocolError("the broker's ephemeral key is not on the project key's curve") from exc
+    ephemeral = ephemeral_key(project_certificate, point)
     transcript = Transcript(exchange, nonce, project_id, endpoint, box_der, project_der, point)
     shared = await card_ecdh(ephemeral)  # on the card: the proof that it holds the project key
     body = {
@@ -133,7 +153,7 @@ async def request_credential(
         if kind not in ("password", "spice-ticket"):
             raise ProtocolError(f"unknown credential kind {kind!r}")
         return IssuedCredential(
-            kind=kind, user=str(answer.get("user", "")), secret=Credential(str(answer["secret"])),
+            kind=kind, user=str(answer.get("user", "")), secret=str(answer["secret"]),
             expires_at=datetime.fromisoformat(str(answer["expires"])),
         )  # fmt: skip
     except (KeyError, ValueError) as exc:

@@ -1,0 +1,346 @@
+"""The connection flow: holder verification, validation, credential, session.
+
+:class:`ConnectionFlow` is the part of :class:`sdbox.agent.machine.Agent`
+that runs once a project is chosen (``_connect``, the agent's flow task):
+the finger (or PIN) on the card, the project and server certificates and
+the possession proof, the session credential, then the session client until
+it ends. The agent owns the card, the session and what it publishes; this
+module only moves the flow along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from sdbox.agent.api import Problem, State
+from sdbox.agent.card import CardHandle
+from sdbox.agent.events import SessionEndedEvent
+from sdbox.agent.problems import Refusal, Step, problem_for
+from sdbox.audit import AuditEvent, audit
+from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
+from sdbox.errors import SdboxError
+from sdbox.smartcard.biosso import BioSsoSession
+from sdbox.smartcard.directory import Directory, Project, SecondFactor
+from sdbox.smartcard.errors import (
+    CardAccessError,
+    FingerBlocked,
+    InvalidTemplate,
+    PinBlocked,
+    WrongFinger,
+    WrongPin,
+)
+from sdbox.smartcard.profile import KeyRef
+from sdbox.trust.possession import prove_key_agreement
+
+if TYPE_CHECKING:
+    from sdbox.agent.events import AgentEvent, Snapshot
+    from sdbox.agent.ports import CredentialPort, SensorPort, SessionHandle, SessionPort, TrustPort
+    from sdbox.agent.presence import SensorPresence
+
+
+@dataclass
+class Insertion:
+    """One insertion of a card: what the agent learnt of it until it leaves."""
+
+    handle: CardHandle
+    guid: bytes = b""
+    directory: Directory | None = None
+    verified: bool = False
+    renewal_tried: bool = False  # renewal runs once per insertion
+
+
+class ConnectionFlow:
+    """The connection flow of :class:`sdbox.agent.machine.Agent`, which it is mixed into."""
+
+    if TYPE_CHECKING:  # what the flow uses of the agent (set in Agent.__init__)
+        trust: TrustPort
+        sensor: SensorPort
+        credentials: CredentialPort
+        sessions: SessionPort
+        endpoint_allowed: Callable[[str], bool]
+        snapshot: Snapshot
+        presence: SensorPresence
+        _card: Insertion | None
+        _session: SessionHandle | None
+        _session_project: str
+        _pin: asyncio.Future[str] | None
+
+        def _emit(self, event: AgentEvent) -> None: ...
+        def _set(
+            self,
+            state: State,
+            *,
+            project: str = "",
+            message: str = "",
+            problem: Problem | None = None,
+            tries_left: int | None = None,
+        ) -> None: ...
+        def _report_end(self, project: str, ended: Any) -> None: ...
+        def _start_renewal(self, card: Insertion) -> None: ...
+
+    # -- the connection flow ---------------------------------------------------------------
+
+    async def _connect(self, card: Insertion, project: Project) -> None:
+        try:
+            if not self.endpoint_allowed(project.endpoint):
+                raise Refusal(
+                    Problem.ENDPOINT_NOT_ALLOWED,
+                    f"project '{project.name}' points to a desktop this box may not reach ({project.endpoint})",
+                )
+            if not card.verified:
+                await self._verify_holder(card, project)
+            self._set(State.VALIDATING, project=project.id)
+            certificate, server = await self._validate(card, project)
+            user, credential = await self._obtain_credential(card, project, certificate)
+            await self._run_session(card, project, user, credential, server)
+        except Refusal as refusal:
+            if self._card is card:  # a refusal for a card that has left shows nothing
+                self._set(
+                    State.PICKER,
+                    project=project.id,
+                    message=refusal.message,
+                    problem=refusal.problem,
+                )
+
+    async def _verify_holder(self, card: Insertion, project: Project) -> None:
+        allow_pin = project.second_factor == SecondFactor.FINGER_OR_PIN
+        retry: Problem | None = None  # why the previous attempt failed, shown with the new prompt
+        while True:
+            tries = self.snapshot.tries_left
+            sensor_there = self.presence.connected
+            if sensor_there:
+                message = "place your finger" + (" or enter your PIN" if allow_pin else "")
+            else:  # nothing to capture with: wait for it to come back (or for the PIN)
+                message = "the fingerprint sensor is not connected: " + (
+                    "enter your PIN, or plug the sensor back in" if allow_pin
+                    else "plug it back in or call the service desk"
+                )  # fmt: skip
+                retry = Problem.SENSOR_UNPLUGGED
+            self._set(
+                State.VERIFYING, project=project.id, message=message, problem=retry,
+                tries_left=tries,
+            )  # fmt: skip
+            loop = asyncio.get_running_loop()
+            self._pin = loop.create_future() if allow_pin else None
+            capture = asyncio.ensure_future(
+                self.sensor.capture() if sensor_there else _no_capture()
+            )
+            plugged = asyncio.ensure_future(self.presence.changed())
+            waiting: set[asyncio.Future[Any]] = {capture, plugged} | (
+                {self._pin} if self._pin else set()
+            )
+            try:
+                done, _pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                capture.cancel()
+                plugged.cancel()
+            pin_future, self._pin = self._pin, None
+            try:
+                if pin_future is not None and pin_future in done and not pin_future.cancelled():
+                    await card.handle.run(_verify_pin(pin_future.result()))
+                    method = "pin"
+                elif capture in done:
+                    await card.handle.run(_verify_finger(capture.result()))
+                    method = "finger"
+                else:  # the sensor left or came back: the capture never reached the card
+                    retry = None
+                    continue
+            except (WrongFinger, WrongPin) as exc:
+                audit(
+                    AuditEvent.HOLDER_FAILED,
+                    "holder verification failed",
+                    method="finger" if isinstance(exc, WrongFinger) else "pin",
+                    tries_left=exc.tries_left,
+                    card=card.guid.hex(),
+                )
+                self.snapshot.tries_left = exc.tries_left
+                retry = problem_for(exc, Step.HOLDER)  # the next prompt says why, with the tries left
+                continue
+            except (InvalidTemplate, PlaceFingerAgain) as exc:
+                retry = problem_for(exc, Step.HOLDER)  # a poor capture costs no try: ask again
+                continue
+            except SensorUnavailable as exc:
+                if await self.presence.gone_soon():  # unplugged: wait for it (the loop says so)
+                    retry = None
+                    continue
+                raise Refusal(problem_for(exc, Step.HOLDER), exc.message) from exc
+            except (FingerBlocked, PinBlocked) as exc:
+                audit(
+                    AuditEvent.HOLDER_FAILED,
+                    "holder verification blocked",
+                    method="finger" if isinstance(exc, FingerBlocked) else "pin",
+                    tries_left=0,
+                    card=card.guid.hex(),
+                )
+                self.snapshot.tries_left = 0
+                raise Refusal(problem_for(exc, Step.HOLDER), exc.message) from exc
+            except CardAccessError:
+                raise
+            except SdboxError as exc:  # another refusal of the card (VerificationError), the sensor
+                raise Refusal(problem_for(exc, Step.HOLDER), exc.message) from exc
+            card.verified = True
+            self.snapshot.holder_verified = True
+            audit(
+                AuditEvent.HOLDER_VERIFIED, "holder verified", method=method, card=card.guid.hex()
+            )
+            await card.handle.make_exclusive()
+            # another card of the same model swapped in before the exclusive hold would show here
+            if await card.handle.guid(fresh=True) != card.guid:
+                raise CardAccessError("a different card is in the reader: remove it")
+            return
+
+    async def _validate(
+        self, card: Insertion, project: Project
+    ) -> tuple[x509.Certificate, x509.Certificate]:
+        certificate = await card.handle.certificate(project.slot)
+        if (
+            hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
+            != project.certificate_sha256
+        ):
+            raise Refusal(
+                Problem.CERTIFICATE_INVALID,
+                f"the certificate in slot {project.slot:02X} is not the one the directory lists",
+            )
+        try:
+            self.trust.check_project(certificate, project)
+            await card.handle.run(_prove_key_agreement(certificate, project.slot))
+        except CardAccessError:
+            raise
+        except SdboxError as exc:
+            audit(
+                AuditEvent.CREDENTIALS_REFUSED,
+                exc.message,
+                project=project.id,
+                card=card.guid.hex(),
+            )
+            raise Refusal(problem_for(exc, Step.PROJECT), exc.message) from exc
+        try:
+            server = x509.load_der_x509_certificate(project.server_certificate)
+            self.trust.check_server(server, project)
+        except (ValueError, x509.InvalidVersion) as exc:
+            raise Refusal(
+                problem_for(exc, Step.SERVER), "the directory's server certificate is malformed"
+            ) from exc
+        except SdboxError as exc:
+            audit(
+                AuditEvent.CREDENTIALS_REFUSED,
+                exc.message,
+                project=project.id,
+                server=project.endpoint,
+            )
+            raise Refusal(
+                problem_for(exc, Step.SERVER), f"the project's desktop is not trusted: {exc.message}"
+            ) from exc
+        audit(
+            AuditEvent.CREDENTIALS_VALIDATED,
+            "project and server certificates valid, key on the card",
+            project=project.id,
+            card=card.guid.hex(),
+        )
+        return certificate, server
+
+    async def _obtain_credential(
+        self, card: Insertion, project: Project, certificate: x509.Certificate
+    ) -> tuple[str, Any]:
+        try:
+            user, credential = await self.credentials.obtain(project, certificate, card.handle)
+        except CardAccessError:
+            raise
+        except SdboxError as exc:
+            raise Refusal(problem_for(exc, Step.CREDENTIAL), exc.message) from exc
+        if credential is None:  # interactive: nothing was issued, the bubble asks
+            return user, credential
+        audit(
+            AuditEvent.CREDENTIAL_ISSUED,
+            "one-time session credential obtained",
+            project=project.id,
+            user=user,
+        )
+        return user, credential
+
+    async def _run_session(
+        self, card: Insertion, project: Project, user: str, credential: Any, server: x509.Certificate
+    ) -> None:
+        if self._card is not card:
+            return  # the card left while the credential was being obtained
+        self._set(State.CONNECTING, project=project.id)
+        session = self.sessions.open(project, user, credential, server)
+        self._session, self._session_project = session, project.id
+        try:
+            await session.start()
+            await session.wait_connected()
+        except asyncio.CancelledError:
+            if self._session is session:  # cancelled by someone who did not end it: end it here
+                self._session = None
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(session.kill())
+            raise
+        except SdboxError as exc:
+            if self._session is not session:
+                return  # ended by the agent (removal, switch): _end_session reported it
+            ended = getattr(exc, "ended", None)
+            self._session = None
+            reason = getattr(getattr(ended, "reason", None), "value", "client_failed")
+            audit(AuditEvent.SESSION_ENDED, exc.message, project=project.id, reason=reason)
+            self._emit(SessionEndedEvent(project.id, reason, exc.message))
+            raise Refusal(Problem.SESSION_FAILED, exc.message) from exc
+        if self._session is not session or self._card is not card:
+            # Connected just as the card left or a switch began: never "running".
+            if self._session is session:
+                self._session = None
+                await session.kill()
+            return
+        audit(
+            AuditEvent.SESSION_STARTED,
+            "session connected",
+            project=project.id,
+            endpoint=project.endpoint,
+        )
+        self._set(State.RUNNING, project=project.id)
+        self._start_renewal(card)
+        # Shielded: cancelling the flow (switch, removal) must not cancel the
+        # session's own end report, which _end_session waits for.
+        ended = await asyncio.shield(session.wait_ended())
+        if self._session is not session:
+            return  # ended by the agent (switch, removal): _end_session reported it
+        self._session = None
+        self._report_end(project.id, ended)
+        if self._card is card:
+            self._set(State.PICKER, project=project.id, message=getattr(ended, "message", ""))
+
+
+async def _no_capture() -> bytes:
+    """The capture while the sensor is unplugged: none (cancelled when the prompt moves on)."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+def _verify_pin(pin: str) -> Callable[[BioSsoSession], None]:
+    def verify(session: BioSsoSession) -> None:
+        session.piv.verify_pin(pin)
+
+    return verify
+
+
+def _verify_finger(probe: bytes) -> Callable[[BioSsoSession], None]:
+    def verify(session: BioSsoSession) -> None:
+        session.piv.verify_finger(KeyRef.FINGER_PRIMARY, probe)
+
+    return verify
+
+
+def _prove_key_agreement(
+    certificate: x509.Certificate, slot: int
+) -> Callable[[BioSsoSession], None]:
+    def prove(session: BioSsoSession) -> None:
+        prove_key_agreement(certificate, slot, session.ecdh)
+
+    return prove

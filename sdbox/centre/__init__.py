@@ -1,0 +1,1 @@
+"""The box's clients of the centre's protocols (docs/broker-protocol.md): one place, box side."""
