@@ -239,6 +239,23 @@ def probe_kvm(work: Path) -> str:
     )
 
 
+def print_profile(report: dict[str, Any]) -> None:
+    """The guest's own account of the boot (systemd-analyze), if the image reports it."""
+    profile = report.get("boot_profile") or {}
+    for line in profile.get("time", [])[:2]:
+        print(f"  guest: {line}")
+    chain = profile.get("critical_chain", [])
+    if chain:
+        print("  guest: critical chain to the agent (time after boot it became active, +its start):")
+        for line in chain[2:14]:
+            print(f"    {line}")
+    blame = profile.get("blame", [])
+    if blame:
+        print("  guest: slowest units:")
+        for line in blame[:12]:
+            print(f"    {line.strip()}")
+
+
 def pick_accel(requested: str, work: Path) -> str:
     """KVM where it really boots the firmware, else TCG; says which and why."""
     if requested != "auto":
@@ -389,6 +406,7 @@ def first_boot(boot: Boot, work: Path, accel: str, timeout: float) -> tuple[int,
     before_kernel, ready = timeline(report, when - boot.started)
     print(f"firmware + loader: {before_kernel:.1f} s; kernel-to-ready: {kernel_to_ready:.1f} s "
           "(guest monotonic clock)")  # fmt: skip
+    print_profile(report)
     print(f"boot report after: {when - boot.started:.1f} s (its checks take a while)")
     print(f"boot-to-ready: {ready:.1f} s")
     result = {"accel": accel, "boot_to_ready_s": round(ready, 1),
@@ -533,6 +551,7 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
         _, second_ready = timeline(second, (arrived[0] if arrived else boot.started) - boot.started)
         print(f"second boot: report after {time.monotonic() - started:.1f} s; "
               f"boot-to-ready {second_ready:.1f} s")  # fmt: skip
+        print_profile(second)
         result_file = work / "result.json"
         if result_file.exists():
             result = json.loads(result_file.read_text())
