@@ -1,0 +1,39 @@
+"""``sdbox site``: the site profile (sdbox.network.site)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sdbox.config import describe
+
+
+@click.group()
+def site() -> None:
+    """The site profile: the centre's gateways and networks, the box's own network."""
+
+
+@site.command("check")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def check(path: Path) -> None:
+    """Validate a site profile (as `sdbox flash --site` does) and summarise it."""
+    from sdbox.network import site as site_profile  # noqa: PLC0415  (keeps `--help` fast)
+
+    profile = site_profile.load(path)
+    for i, gateway in enumerate(profile.gateways, start=1):
+        click.echo(f"gateway {i}:    {gateway.address} (IKE identity {gateway.identity})")
+    for network in profile.networks:
+        click.echo(f"network:      {network.cidr} ({network.purpose})")
+    box = profile.box
+    own = f"{box.address} via {box.gateway}" if box.mode == "static" else "DHCP"
+    click.echo(f"box network:  {box.interface}, {own}")
+
+
+@site.command("config-reference")
+def config_reference() -> None:
+    """Print every site profile setting with its default and meaning."""
+    from sdbox.network.site import SiteProfile  # noqa: PLC0415
+
+    for line in describe(SiteProfile):
+        click.echo(line)
