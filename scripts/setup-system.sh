@@ -44,7 +44,7 @@ tier[image]="mmdebstrap squashfs-tools cryptsetup-bin systemd-boot-efi sbsigntoo
 # (charon-systemd on the box; tests run one charon per network namespace with
 # its own strongswan.conf and VICI socket), its PKCS#11 and revocation plugins,
 # nftables for the outer interface, and tcpdump for the tests' captures.
-tier[network]="charon-systemd strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins nftables iproute2 tcpdump"
+tier[network]="charon-systemd strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins p11-kit p11-kit-modules nftables iproute2 tcpdump"
 
 tiers=("$@")
 [ ${#tiers[@]} -gt 0 ] || tiers=(base card session kiosk identity biometric network debian image)
