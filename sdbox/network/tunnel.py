@@ -557,6 +557,7 @@ class Tunnel:
         child: str = strongswan.CHILD_NAME,
         attempt_timeout_s: float = 15.0,
         retry_delay_s: float = 5.0,
+        watch_interval_s: float = 2.0,
         route_probe: RouteProbe = route_exists,
     ) -> None:
         if not gateways:
@@ -566,6 +567,7 @@ class Tunnel:
         self._child = child
         self._attempt_timeout_s = attempt_timeout_s
         self._retry_delay_s = retry_delay_s
+        self._watch_interval_s = watch_interval_s
         self._route_probe = route_probe
         self._alerts = AlertListener(notify_socket)
         self._events = EventListener(vici_socket, self._on_charon_event)
@@ -631,6 +633,9 @@ class Tunnel:
 
     def _emit(self, event: TunnelEvent) -> None:
         with self._lock:
+            last = self._current
+            if (event.state, event.gateway, event.reason) == (last.state, last.gateway, last.reason):
+                return  # retrying with the same outcome is not news
             self._current = event
             listeners = list(self._listeners)
         _log.info("%s", event.describe())
@@ -713,9 +718,18 @@ class Tunnel:
     def _watch(self, gateway: GatewayTarget, up: TunnelEvent) -> None:
         """Wait while the tunnel is up; emit why it went down."""
         while True:
-            self._wake.wait(5.0)
+            self._wake.wait(self._watch_interval_s)
             self._wake.clear()
             if self._stopping.is_set():
+                return
+            if not self._route_probe(gateway.address):
+                # with MOBIKE charon keeps an SA whose path is gone, waiting for an
+                # address to come back; for the box that is down until it does
+                self._up_connection = None
+                with contextlib.suppress(TunnelError), Vici(self._vici_socket) as command:
+                    command.terminate(gateway.connection, timeout_s=1.0)
+                self._emit(TunnelEvent(TunnelState.DOWN, gateway.address, Reason.NO_NETWORK,
+                                       f"no route to {gateway.address}"))  # fmt: skip
                 return
             try:
                 with Vici(self._vici_socket) as command:

@@ -139,3 +139,13 @@ def test_the_firewall_names_only_the_gateways_and_tunnel_networks(tmp_path: Path
     assert "dport 53" not in rules  # gateways are addresses: no DNS before the tunnel
     assert "ip daddr @tunnel4 rt ipsec exists accept" in rules
     assert "ct state established" not in rules.split("chain output")[1]
+
+
+def test_with_charons_own_data_plane_only_its_tun_device_carries_centre_traffic(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "site.toml").write_text(SITE)
+    rules = firewall.ruleset(load(tmp_path / "site.toml"), data_plane="libipsec")
+    assert 'ip daddr @tunnel4 oifname "ipsec0" accept' in rules
+    assert 'ip saddr @tunnel4 iifname != "ipsec0" drop' in rules
+    assert "rt ipsec" not in rules
