@@ -34,6 +34,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.renew", "renew"),
     ("sdbox._cli.renewal", "renewal"),
     ("sdbox._cli.site", "site"),
+    ("sdbox._cli.tunnel", "tunnel"),
 )
 
 

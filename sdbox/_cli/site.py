@@ -37,3 +37,22 @@ def config_reference() -> None:
 
     for line in describe(SiteProfile):
         click.echo(line)
+
+
+@site.command("firewall")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--data-plane",
+    type=click.Choice(["kernel", "libipsec"]),
+    default="kernel",
+    show_default=True,
+    help="Where ESP runs: the kernel (a box), or charon's TUN device (kernels without ESP).",
+)
+def firewall_command(path: Path, data_plane: str) -> None:
+    """Print the box's nftables ruleset for this site profile (for `nft -f`)."""
+    from sdbox.network import firewall  # noqa: PLC0415
+    from sdbox.network import site as site_profile  # noqa: PLC0415
+
+    profile = site_profile.load(path)
+    rules = firewall.ruleset(profile, "libipsec" if data_plane == "libipsec" else "kernel")
+    click.echo(rules, nl=False)

@@ -40,7 +40,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from sdbox.network.site import Gateway, SiteProfile
 
@@ -76,6 +76,9 @@ POOL_NAME = "boxes"
 # a VICI message: nested sections of strings, bytes and lists of them (Any: mypy
 # cannot check a recursive union through the dict literals that build them)
 Section = dict[str, Any]
+
+
+SHA256 = hashes.SHA256()
 
 
 def pem(cert: x509.Certificate | x509.CertificateRevocationList) -> bytes:

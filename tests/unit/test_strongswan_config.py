@@ -149,3 +149,21 @@ def test_with_charons_own_data_plane_only_its_tun_device_carries_centre_traffic(
     assert 'ip daddr @tunnel4 oifname "ipsec0" accept' in rules
     assert 'ip saddr @tunnel4 iifname != "ipsec0" drop' in rules
     assert "rt ipsec" not in rules
+
+
+def test_a_centre_operator_gets_the_gateways_swanctl_conf(tmp_path: Path, pki: Pki) -> None:
+    from click.testing import CliRunner
+
+    from sdbox._cli import cli
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    (tmp_path / "gw1.pem").write_bytes(strongswan.pem(pki.issue_server("gw1.centre.test", key.public_key())))
+    (tmp_path / "box-ca.pem").write_bytes(strongswan.pem(pki.box_ca.cert))
+    result = CliRunner().invoke(cli, [
+        "tunnel", "gateway-config", "--identity", "gw1.centre.test",
+        "--certificate", str(tmp_path / "gw1.pem"), "--box-ca", str(tmp_path / "box-ca.pem"),
+        "--network", "10.20.0.0/16", "--pool", "10.99.0.0/24"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "            certs = gw1.pem" in result.output
+    assert "            cacerts = box-ca.pem" in result.output
+    assert "        proposals = aes256gcm16-prfsha384-ecp384" in result.output
