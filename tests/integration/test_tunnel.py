@@ -86,7 +86,9 @@ def test_the_tunnel_comes_up_and_carries_the_centres_traffic(
     started = time.monotonic()
     rig.start_tunnel()
     up = rig.wait_for(is_up, UP_TIMEOUT)
-    print(f"\ntunnel up from cold: {up.at - started:.2f} s")
+    print(f"\ntunnel up: {up.at - started:.2f} s after start_tunnel, "
+          f"{up.at - rig.charons_started_at:.2f} s after both charons were started "
+          "(configuration over VICI included)")
     assert up.gateway == GATEWAYS[0]
     assert up.inner_address is not None
     assert up.inner_address.startswith("10.99.0.")
@@ -226,12 +228,16 @@ def test_a_killed_responder_takes_the_tunnel_down_and_it_returns_when_restarted(
     rig.wait_for(is_up, UP_TIMEOUT)
     mark = len(rig.events)
     rig.centre_charon.kill()
+    killed = time.monotonic()
     down = rig.wait_for(lambda e: e.state is TunnelState.DOWN, 60, since=mark)
+    print(f"\nresponder killed -> tunnel down reported: {down.at - killed:.2f} s")
     assert down.reason is Reason.GATEWAY_UNREACHABLE, down.describe()
     assert rig.echo(timeout=1) is None
     mark = len(rig.events)
     rig.centre_charon.start()
     rig.configure_gateways()
+    restarted = time.monotonic()
     up = rig.wait_for(is_up, 90, since=mark)
+    print(f"responder back -> tunnel up: {up.at - restarted:.2f} s")
     assert up.gateway in GATEWAYS
     assert rig.echo(b"again") == b"again"

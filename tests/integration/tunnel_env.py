@@ -265,6 +265,7 @@ class TunnelRig:
     workdir: Path
     tunnel: Tunnel | None = None
     events: list[TunnelEvent] = field(default_factory=list)
+    charons_started_at: float = 0.0  # monotonic, before both charons were started
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
     # -- the centre side ---------------------------------------------------
@@ -414,6 +415,7 @@ def tunnel_rig(workdir: Path, tpm: SoftwareTpm, identity: IdentityConfig, centre
         centre_charon = Charon(centre_ns, workdir / "centre")
         stack.callback(box_charon.stop)
         stack.callback(centre_charon.stop)
+        charons_started_at = time.monotonic()
         box_charon.start()
         centre_charon.start()
         echo = subprocess.Popen(["ip", "netns", "exec", centre_ns.name, "python3", "-c", ECHO_SERVER],
@@ -421,7 +423,7 @@ def tunnel_rig(workdir: Path, tpm: SoftwareTpm, identity: IdentityConfig, centre
                                 start_new_session=True)  # fmt: skip
         stack.callback(stop, echo)
         rig = TunnelRig(box, centre_ns, box_charon, centre_charon, centre, profile,
-                        box_certificate, workdir)  # fmt: skip
+                        box_certificate, workdir, charons_started_at=charons_started_at)  # fmt: skip
         rig.load_firewall()  # as on a box: from boot, before the tunnel
 
         def stop_tunnel() -> None:
