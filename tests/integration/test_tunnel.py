@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 
 from sdbox.identity import IdentityConfig
-from sdbox.network.tunnel import Reason, TunnelEvent, TunnelState
+from sdbox.network.events import Reason, TunnelEvent, TunnelState
 from sdbox.trust.pki import Pki
 from tests.integration.tpm_env import SoftwareTpm, swtpm, tpm_identity_config
 from tests.integration.tunnel_env import (

@@ -42,11 +42,11 @@ from sdbox.identity import IdentityConfig
 from sdbox.identity.provision import provision_tpm
 from sdbox.identity.tpm import read_pin
 from sdbox.network import firewall, strongswan
+from sdbox.network.events import TunnelEvent
 from sdbox.network.site import SiteProfile, load_bytes
 from sdbox.network.tunnel import (
     BoxTrust,
     Tunnel,
-    TunnelEvent,
     Vici,
     gateway_targets,
     load_box,

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from sdbox.network.tunnel import (
+from sdbox.network.events import (
     Alert,
     AlertMessage,
     Reason,
