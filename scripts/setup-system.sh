@@ -40,8 +40,14 @@ tier[debian]="debhelper dpkg-dev lintian fakeroot python3-venv python3-dev swig 
 # OVMF (Secure Boot variables with Debian's snakeoil keys) and swtpm boot it.
 tier[image]="mmdebstrap squashfs-tools cryptsetup-bin systemd-boot-efi sbsigntool binutils dosfstools mtools fdisk ovmf swtpm swtpm-tools qemu-system-x86 qemu-utils zstd rauc"
 
+# The site tunnel (docs/tunnel.md): Debian's strongSwan driven over VICI
+# (charon-systemd on the box; tests run one charon per network namespace with
+# its own strongswan.conf and VICI socket), its PKCS#11 and revocation plugins,
+# nftables for the outer interface, and tcpdump for the tests' captures.
+tier[network]="charon-systemd strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins p11-kit p11-kit-modules nftables iproute2 tcpdump"
+
 tiers=("$@")
-[ ${#tiers[@]} -gt 0 ] || tiers=(base card session kiosk identity biometric debian image)
+[ ${#tiers[@]} -gt 0 ] || tiers=(base card session kiosk identity biometric network debian image)
 
 wanted=()
 for t in "${tiers[@]}"; do

@@ -120,6 +120,21 @@ def load_section(cls: type[T], raw: dict[str, Any], where: str, section: str = "
                 typing.cast(type[Any], hint), raw[name], where, section_name
             )
             continue
+        if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            # an array of tables ([[name]]); entries are named name[1], name[2]...
+            (item,) = typing.get_args(hint)
+            if not isinstance(raw[name], list) or not all(isinstance(t, dict) for t in raw[name]):
+                raise ConfigError(f"{key_where}: expected tables ([[{name}]] entries)")
+            prefix = f"{section}.{name}" if section else name
+            values[name] = [
+                load_section(typing.cast(type[Any], item), table, where, f"{prefix}[{i}]")
+                for i, table in enumerate(raw[name], start=1)
+            ]
+            check = field.metadata.get("check")
+            problem = check(values[name]) if check is not None else None
+            if problem:
+                raise ConfigError(f"{key_where}: {problem}")
+            continue
         if typing.get_origin(hint) is dict:
             _key, item = typing.get_args(hint)
             if not isinstance(raw[name], dict):
@@ -172,6 +187,10 @@ def describe(cls: type[Any], prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(hint):
             lines.append(f"[{prefix}{field.name}]")
             lines.extend(describe(typing.cast(type[Any], hint), f"{prefix}{field.name}."))
+            continue
+        if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            lines.append(f"[[{prefix}{field.name}]]  # {field.metadata.get('help', '')}")
+            lines.extend(describe(typing.cast(type[Any], typing.get_args(hint)[0])))
             continue
         if field.default is not dataclasses.MISSING:
             default = repr(str(field.default) if isinstance(field.default, Path) else field.default)

@@ -33,6 +33,8 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.hwtest", "hwtest"),
     ("sdbox._cli.renew", "renew"),
     ("sdbox._cli.renewal", "renewal"),
+    ("sdbox._cli.site", "site"),
+    ("sdbox._cli.tunnel", "tunnel"),
 )
 
 

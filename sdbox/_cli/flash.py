@@ -22,6 +22,12 @@ import click
     help="The box's one-time enrolment token ('-' reads it from stdin; never on the command line).",
 )
 @click.option(
+    "--site",
+    "site_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The site profile (gateways and centre networks, docs/tunnel.md); checked before anything is written.",
+)
+@click.option(
     "--generations-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Where the generation profiles are (default: bootimage/generations of this tree).",
@@ -32,6 +38,7 @@ def flash(
     generation_name: str,
     yes: bool,
     enrolment_token_file: BinaryIO | None,
+    site_file: Path | None,
     generations_dir: Path | None,
 ) -> None:
     """Write IMAGE to the box disk DEVICE, verify it, and personalise the box."""
@@ -44,6 +51,7 @@ def flash(
     token = None
     if enrolment_token_file is not None:
         token = flashing.check_token(enrolment_token_file.read())
+    site = flashing.check_site(site_file) if site_file is not None else None
     info = flashing.check_image(image, generation)
     target = flashing.check_target(
         device, image, min_size=int(generation.storage.min_size_gib * 2**30)
@@ -63,6 +71,6 @@ def flash(
             bar.label = "verifying"
             bar.update(done)
 
-        report = flashing.flash(info, target, generation, token, bar.update, verifying)
+        report = flashing.flash(info, target, generation, token, bar.update, verifying, site)
     for line in report.lines():
         click.echo(line)

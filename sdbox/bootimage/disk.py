@@ -28,6 +28,8 @@ IMAGE_MANIFEST = "image.json"
 GENERATION_FILE = "generation.toml"
 TOKEN_FILE = "enrolment-token"  # noqa: S105  (a file name, not a secret)
 FLASH_RECORD = "flash.json"
+# The site profile (sdbox.network.site): the centre's gateways and networks.
+SITE_FILE = "site.toml"
 # The box's systemd machine ID (machine-id(5)): the root is read-only, so the
 # initramfs binds this over its empty /etc/machine-id (scripts/local-bottom/
 # sdbox-machine-id); without it systemd makes a new one at every boot.

@@ -11,8 +11,9 @@
 3. :func:`write_and_verify` copies the image, flushes, drops the kernel's
    cached copy and reads everything back, comparing SHA-256 digests;
 4. :func:`personalise` writes the generation profile, a fresh machine ID, the
-   box's one-time enrolment token and a flash record into the config area, and
-   reads them back.
+   box's one-time enrolment token, the site profile (checked first by
+   :func:`check_site`) and a flash record into the config area, and reads them
+   back.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sdbox import __version__
 from sdbox.bootimage import disk
 from sdbox.bootimage.errors import BootImageError, UnsafeTarget, VerificationFailed
 from sdbox.bootimage.generations import Generation
+from sdbox.network import site as site_profile
 
 CHUNK = 4 * 1024 * 1024
 _BLKFLSBUF = 0x1261  # linux/fs.h: flush the block device's buffer cache
@@ -80,6 +82,7 @@ class FlashReport:
     written: int = 0
     verified: bool = False
     token_written: bool = False
+    site_written: bool = False
     config_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -97,6 +100,8 @@ class FlashReport:
             + (
                 "one-time token written" if self.token_written else "NO TOKEN: the box cannot enrol"
             ),
+            "site:         "
+            + ("profile written" if self.site_written else "none: the box has no tunnel to a centre"),
             f"config area:  {', '.join(self.config_files)}",
         ]
 
@@ -239,6 +244,14 @@ def check_token(token: bytes) -> bytes:
     return token
 
 
+def check_site(path: Path) -> bytes:
+    """The site profile's bytes, if it validates (:class:`ConfigError` naming the key otherwise)."""
+    # the bytes validated are the bytes written: one read
+    data = site_profile.read_bytes(path)
+    site_profile.load_bytes(data, str(path))
+    return data
+
+
 # --- writing -----------------------------------------------------------------
 
 
@@ -322,9 +335,14 @@ def write_and_verify(
 
 
 def personalise(
-    target: Target, generation: Generation, token: bytes | None, image: ImageInfo, sha256: str
+    target: Target,
+    generation: Generation,
+    token: bytes | None,
+    image: ImageInfo,
+    sha256: str,
+    site: bytes | None = None,
 ) -> list[str]:
-    """Write profile, machine ID, token and flash record into the config area; read them back."""
+    """Write profile, machine ID, token, site and flash record into the config area; read back."""
     with target.path.open("rb") as stream:
         partitions = disk.read_gpt(stream)
     area = disk.ConfigArea(target.path, disk.find_partition(partitions, disk.CONFIG_PARTITION))
@@ -344,6 +362,8 @@ def personalise(
     }
     if token is not None:
         files[disk.TOKEN_FILE] = token
+    if site is not None:
+        files[disk.SITE_FILE] = site
     with tempfile.TemporaryDirectory(prefix="sdbox-flash-") as scratch:
         for name, data in files.items():
             area.write(name, data, Path(scratch))
@@ -362,13 +382,15 @@ def flash(
     token: bytes | None,
     on_write: Progress | None = None,
     on_verify: Progress | None = None,
+    site: bytes | None = None,
 ) -> FlashReport:
     """Write, verify and personalise; the report of what was done."""
     report = FlashReport(target, image, generation.name)
     start = time.monotonic()
     report.sha256, report.written = write_and_verify(image, target, on_write, on_verify)
     report.verified = True
-    report.config_files = personalise(target, generation, token, image, report.sha256)
+    report.config_files = personalise(target, generation, token, image, report.sha256, site)
     report.token_written = token is not None
+    report.site_written = site is not None
     report.seconds = time.monotonic() - start
     return report

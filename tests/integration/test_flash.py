@@ -231,3 +231,59 @@ def test_unknown_generation_names_the_known_ones(image: Path, tmp_path: Path) ->
     done = run_flash(image, tmp_path / "x.raw", "--generation", "nuc-g9", "--yes")
     assert done.returncode == 7
     assert "no such generation (known: nuc-g1, qemu-q35)" in done.stderr
+
+
+SITE = """
+[[gateways]]
+address = "198.51.100.1"
+identity = "gw1.centre.example"
+
+[[networks]]
+cidr = "10.20.0.0/16"
+purpose = "bubbles"
+"""
+
+
+def test_the_site_profile_is_written_into_the_config_area(image: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(SITE)
+    target = tmp_path / "box.raw"
+    target.write_bytes(b"")
+    done = run_flash(image, target, "--generation", "qemu-q35", "--yes", "--site", site)
+    assert done.returncode == 0, done.stderr
+    assert "site:         profile written" in done.stdout
+    assert config_area(target).read(disk.SITE_FILE) == SITE.encode()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (SITE.replace("10.20.0.0/16", "10.20.0.0/33"), r"\[networks\[1\]\] cidr: '10.20.0.0/33' is not a network"),
+        (SITE.replace('"198.51.100.1"', '"10.20.0.1"'), r"\[gateways\[1\]\] address: 10.20.0.1 is inside the tunnel network"),
+        (SITE.split("[[networks]]", maxsplit=1)[0], r"networks is required"),
+    ],
+)  # fmt: skip
+def test_a_bad_site_profile_is_refused_before_anything_is_written(
+    image: Path, tmp_path: Path, text: str, message: str
+) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(text)
+    target = tmp_path / "box.raw"
+    target.write_bytes(b"old contents")
+    done = run_flash(image, target, "--generation", "qemu-q35", "--yes", "--site", site)
+    assert done.returncode == 7, done.stderr
+    assert re.search(rf"site.toml: .*{message}", done.stderr), done.stderr
+    assert target.read_bytes() == b"old contents"
+    assert "About to overwrite" not in done.stderr
+
+
+def test_a_missing_site_profile_is_refused_before_anything_is_written(
+    image: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "box.raw"
+    target.write_bytes(b"old contents")
+    done = run_flash(image, target, "--generation", "qemu-q35", "--yes",
+                     "--site", tmp_path / "nowhere.toml")  # fmt: skip
+    assert done.returncode == 7
+    assert "nowhere.toml: the site profile does not exist" in done.stderr
+    assert target.read_bytes() == b"old contents"

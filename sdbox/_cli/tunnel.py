@@ -1,0 +1,60 @@
+"""``sdbox tunnel``: the IPsec tunnel (sdbox.network), box and reference gateway side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def tunnel() -> None:
+    """The box's IPsec tunnel to the centre (strongSwan over VICI, docs/tunnel.md)."""
+
+
+@tunnel.command("gateway-config")
+@click.option("--identity", required=True, help="The gateway's IKE identity (a SAN of its certificate).")
+@click.option("--certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="The gateway's certificate (PEM), from the gateway CA.")  # fmt: skip
+@click.option("--box-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="The box-identity CA (PEM): only boxes it certifies get in.")  # fmt: skip
+@click.option("--network", "networks", multiple=True, required=True,
+              help="A centre network offered to boxes (CIDR); repeat for several.")  # fmt: skip
+@click.option("--pool", required=True, help="Inner addresses for boxes (CIDR).")
+@click.option("--listen", "listen", multiple=True, help="The gateway's own address(es).")
+def gateway_config(identity: str, certificate: Path, box_ca: Path, networks: tuple[str, ...],
+                   pool: str, listen: tuple[str, ...]) -> None:  # fmt: skip
+    """Print the reference gateway's swanctl.conf (certificates by file name)."""
+    from cryptography import x509  # noqa: PLC0415
+
+    from sdbox.network import strongswan  # noqa: PLC0415
+
+    gateway_cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+    box_ca_cert = x509.load_pem_x509_certificate(box_ca.read_bytes())
+    names = {gateway_cert.fingerprint(strongswan.SHA256): certificate.name,
+             box_ca_cert.fingerprint(strongswan.SHA256): box_ca.name}  # fmt: skip
+    spec = strongswan.GatewaySpec(identity=identity, certificate=gateway_cert, box_ca=box_ca_cert,
+                                  networks=list(networks), pool=pool, local_addrs=list(listen))  # fmt: skip
+    click.echo(strongswan.swanctl_conf(
+        {"sdbox-boxes": strongswan.gateway_connection(
+            spec, cert_ref=lambda c: names[c.fingerprint(strongswan.SHA256)])},
+        pools=strongswan.gateway_pool(spec),
+    ), nl=False)  # fmt: skip
+
+
+@tunnel.command("status")
+@click.option("--vici", "vici_socket", type=click.Path(path_type=Path),
+              default=Path("/run/charon.vici"), show_default=True, help="charon's VICI socket.")  # fmt: skip
+def status(vici_socket: Path) -> None:
+    """List charon's IKE SAs (connection, state, gateway, inner address)."""
+    from sdbox.network.tunnel import Vici  # noqa: PLC0415
+
+    with Vici(vici_socket) as vici:
+        sas = vici.list_sas()
+    if not sas:
+        click.echo("no IKE SA: the tunnel is down")
+    for sa in sas:
+        inner = ", ".join(sa.inner_addresses) or "-"
+        up = "carrying traffic" if sa.established else "no CHILD_SA"
+        click.echo(f"{sa.connection}: {sa.state} with {sa.remote_host} ({sa.remote_id}), "
+                   f"inner {inner}, {up}")  # fmt: skip
