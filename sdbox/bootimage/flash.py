@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import sdbox.network.site as site_profile
 from sdbox import __version__
 from sdbox.bootimage import disk
 from sdbox.bootimage.errors import BootImageError, UnsafeTarget, VerificationFailed
 from sdbox.bootimage.generations import Generation
-from sdbox.network import site as site_profile
 
 CHUNK = 4 * 1024 * 1024
 _BLKFLSBUF = 0x1261  # linux/fs.h: flush the block device's buffer cache

@@ -43,7 +43,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sdbox.session": FOUNDATION | PURE,
     "sdbox.centre": FOUNDATION | PURE,
     "sdbox.identity": FOUNDATION | PURE | {"sdbox.centre"},
-    "sdbox.network": FOUNDATION | PURE | {"sdbox.identity", "sdbox.centre"},
+    "sdbox.network": FOUNDATION | PURE | {"sdbox.identity", "sdbox.centre", "sdbox.network.site"},
+    # the site profile: declared settings only, so that flashing can check one before writing it
+    "sdbox.network.site": FOUNDATION,
     "sdbox.renewal": FOUNDATION | PURE | {"sdbox.centre"},
     "sdbox.agent": FOUNDATION
     | PURE
@@ -57,6 +59,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     | PURE
     | {
         "sdbox.smartcard.emulator", "sdbox.session", "sdbox.identity", "sdbox.network",
+        "sdbox.network.site",
         "sdbox.centre", "sdbox.renewal", "sdbox.agent", "sdbox.agent.api", "sdbox.broker",
         "sdbox.fleet",
         "sdbox.bootimage",
@@ -66,12 +69,13 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sdbox.broker": FOUNDATION | PURE | {"sdbox.centre.protocol"},
     "sdbox.fleet": FOUNDATION | PURE | {"sdbox.centre.protocol"},
     # R&D tooling (image, flashing; slots.py runs on the box with the standard library only)
-    "sdbox.bootimage": FOUNDATION,
+    "sdbox.bootimage": FOUNDATION | {"sdbox.network.site"},
 }
 
 # third-party module -> the only sdbox modules that may import it (the transports)
 TRANSPORTS: dict[str, frozenset[str]] = {
     "smartcard": frozenset({"sdbox.smartcard.pcsc"}),  # pyscard
+    "vici": frozenset({"sdbox.network.tunnel"}),  # strongSwan's own binding
     "pkcs11": frozenset(
         {"sdbox.smartcard.pkcs11", "sdbox.identity.tpm", "sdbox.identity.provision"}
     ),
@@ -79,7 +83,6 @@ TRANSPORTS: dict[str, frozenset[str]] = {
     "systemd": frozenset({"sdbox.agent.service"}),
     "pyudev": frozenset({"sdbox.agent.sensors"}),
     "gi": frozenset({"sdbox.ui.app", "sdbox.biometric.libfprint"}),
-    "vici": frozenset(),  # the tunnel's, once sdbox.network exists
 }
 
 
