@@ -41,6 +41,7 @@ from sdbox.agent.events import (
 )
 from sdbox.agent.presence import SensorHotplug, SensorPresence
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
+from sdbox.biometric.quality import PoorCapture
 from sdbox.errors import SdboxError
 from sdbox.renewal.due import record_seen
 from sdbox.smartcard.biosso import BioSsoSession
@@ -512,6 +513,9 @@ class Agent:
                 )
                 self.snapshot.tries_left = exc.tries_left
                 retry = problem  # the next prompt says why, with the tries left
+                continue
+            except PoorCapture as exc:  # refused before the card: say what to do, no try spent
+                retry = Problem(exc.advice.value)
                 continue
             except (InvalidTemplate, PlaceFingerAgain):
                 retry = Problem.SENSOR_FAILED  # a poor capture costs no try: ask again

@@ -18,9 +18,13 @@ reliability) is written at its offset and read back through
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import threading
+from dataclasses import replace
+from pathlib import Path
 
+from sdbox.biometric import images, libfprint, quality
 from sdbox.biometric.errors import ImageError, SensorUnavailable
 from sdbox.biometric.libfprint import Capture, _gi, _libfprint, _object_pointer, _read_minutiae
 from sdbox.biometric.ridges import GreyImage
@@ -72,3 +76,23 @@ def detect(image: GreyImage) -> Capture:
         except glib.Error as exc:
             raise ImageError(f"mindtct found no ridges in the image ({exc.message})") from exc
         return Capture(image.width, image.height, _read_minutiae(fp_image), 0.0)
+
+
+def template(image: GreyImage, ppi: int, *, gated: bool = True) -> bytes:
+    """The compact card template of an image, as a capture makes it (quality gate first)."""
+    measured = quality.gate(image) if gated else None
+    capture = detect(image)
+    return libfprint.to_probe(replace(capture, quality=measured), ppi)
+
+
+class ImageFileSensor:
+    """Presents an image file (PNG or PGM at ``ppi``) as a capture: checks, quality gate, mindtct."""
+
+    def __init__(self, path: Path, ppi: int = libfprint.DEFAULT_PPI) -> None:
+        self.path = path
+        self.ppi = ppi
+
+    async def capture(self) -> bytes:
+        """The image's probe; a poor image is :class:`~sdbox.biometric.quality.PoorCapture`."""
+        image = await asyncio.to_thread(images.load, self.path, self.ppi)
+        return await asyncio.to_thread(template, image, self.ppi)

@@ -42,9 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sdbox.biometric import compact, record
+from sdbox.biometric import compact, quality, record
 from sdbox.biometric.compact import MinutiaType
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable, TemplateError
+from sdbox.biometric.images import MM_PER_INCH
+from sdbox.biometric.quality import Quality
 from sdbox.biometric.ridges import GreyImage
 from sdbox.biometric.sensor import MAX_PROBE_MINUTIAE, MIN_PROBE_MINUTIAE
 
@@ -85,6 +87,7 @@ class Capture:
     height: int
     minutiae: tuple[NbisMinutia, ...]
     seconds: float
+    quality: Quality | None = None  # None where the image was not measured
 
 
 def to_record(capture: Capture, ppi: int = DEFAULT_PPI) -> record.FingerRecord:
@@ -153,7 +156,11 @@ class LibfprintSensor:
                 image = device.capture_sync(True, cancellable)
                 minutiae = _read_minutiae(image)
                 seconds = time.perf_counter() - started
-                return Capture(image.get_width(), image.get_height(), minutiae, seconds)
+                width, height = image.get_width(), image.get_height()
+                # a poor capture is refused here, before the card: it costs the researcher no try
+                grey = GreyImage(width, height, bytes(image.get_data()), self.ppi / MM_PER_INCH)
+                found = quality.gate(grey)
+                return Capture(width, height, minutiae, seconds, found)
             except glib.Error as exc:
                 _raise_from(exc, fprint, glib)
             finally:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdbox.biometric import extract, images, libfprint
+from sdbox.biometric import extract, images
 from sdbox.biometric.errors import CaptureError
 
 SETS: dict[str, int] = {"DB1_B": 500, "DB2_B": 569, "DB3_B": 500}
@@ -81,18 +81,21 @@ def impressions(set_name: str) -> list[Impression]:
     return found
 
 
-def template(impression: Impression) -> bytes:
-    """The compact card template the box would make of this image (raises CaptureError)."""
+def template(impression: Impression, *, gated: bool = False) -> bytes:
+    """The compact card template the box would make of this image (raises CaptureError).
+
+    ``gated``: refuse it below the capture quality threshold, as the box does.
+    """
     image = images.load(impression.path, impression.ppi)
-    return libfprint.to_probe(extract.detect(image), impression.ppi)
+    return extract.template(image, impression.ppi, gated=gated)
 
 
-def templates(set_name: str) -> dict[Impression, bytes | None]:
+def templates(set_name: str, *, gated: bool = False) -> dict[Impression, bytes | None]:
     """Every impression's template, None where the box would ask for the finger again."""
     out: dict[Impression, bytes | None] = {}
     for impression in impressions(set_name):
         try:
-            out[impression] = template(impression)
+            out[impression] = template(impression, gated=gated)
         except CaptureError:
             out[impression] = None
     return out

@@ -109,6 +109,18 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
             _("The fingerprint sensor did not work"),
             _("Place your finger again; if it happens again, call the service desk."),
         ),
+        "capture_partial": (
+            _("Only part of your finger was on the sensor"),
+            _("Place your finger flat so that it covers the whole sensor."),
+        ),
+        "capture_faint": (
+            _("The fingerprint was too faint"),
+            _("Press your finger flatter on the sensor, and hold it still."),
+        ),
+        "capture_smudged": (
+            _("The fingerprint was smudged"),
+            _("Wipe the sensor and your finger with a dry cloth, then try again."),
+        ),
         "sensor_unplugged": (
             _("The fingerprint sensor is not connected"),
             _("The fingerprint sensor is not connected: plug it in, or call the service desk."),
