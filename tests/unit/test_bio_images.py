@@ -128,11 +128,11 @@ def test_the_agent_says_what_to_do_after_a_poor_capture_and_no_try_is_spent(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The greeter's prompt carries the advice (cover the sensor, clean it); the card is untouched."""
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
-    from sdbox.agent.events import State, Transition  # noqa: PLC0415
-    from sdbox.trust.pki import Pki  # noqa: PLC0415
-    from tests.unit.test_agent_machine import Sensor, make_agent, until  # noqa: PLC0415
+    from sdbox.agent.events import State, Transition
+    from sdbox.trust.pki import Pki
+    from tests.unit.test_agent_machine import Sensor, make_agent, until
 
     poor = [
         quality.Quality(clear_mm2=10.0, foreground_mm2=12.0, contrast=60.0, certainty=0.9),
