@@ -16,7 +16,7 @@ import statistics
 import time
 from dataclasses import asdict
 
-from sdbox.biometric import bozorth3, matcher, realprints
+from sdbox.biometric import bozorth3, matcher, quality, realprints
 from sdbox.biometric.realprints import Rates, Scores
 
 
@@ -75,6 +75,18 @@ def run() -> dict[str, object]:
         f"FMR {fmr * 100:.3f} % (pooled); median {median_ms:.2f} ms per comparison "
         f"(p99 {sorted(seconds)[int(len(seconds) * 0.99)] * 1000:.2f}), one process"
     )
+    pooled = realprints.rates(sdbox_sets, bootstrap=0)
+    print(f"capture quality gate (clear area >= {quality.THRESHOLD:.0f} mm²), genuine pairs failing "
+          f"at sdbox's pooled FMR-1 % threshold ({pooled.threshold_fmr_1pc:.4f}):")  # fmt: skip
+    gate: dict[str, object] = {}
+    for s in sdbox_sets:
+        below_count, below, above = realprints.gate_effect(
+            s, realprints.qualities(s.set_name), pooled.threshold_fmr_1pc
+        )
+        print(f"  {s.set_name}: {below_count} of 80 captures below; their pairs fail "
+              f"{below * 100:.0f} %, the others' {above * 100:.0f} %")  # fmt: skip
+        gate[s.set_name] = {"below": below_count, "fail_below": below, "fail_above": above}
+    out["quality_gate"] = gate
     if "bozorth3" not in matchers:
         print(f"Bozorth3 not run: no NBIS library at {bozorth3.library_path()} (make nbis)")
     out["sdbox_shipped"] = {"threshold": matcher.THRESHOLD, "fnmr": fnmr, "fmr": fmr,

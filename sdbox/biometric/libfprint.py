@@ -55,7 +55,7 @@ NBIS_DEGREES_PER_UNIT = 11.25  # 180 / NUM_DIRECTIONS (16)
 NBIS_DIRECTIONS = 32
 NBIS_BIFURCATION = 0  # lfs.h
 NBIS_RIDGE_ENDING = 1
-MIN_RELIABILITY = 0.2  # NBIS gives 0.05/0.1 near the image border and in poor areas
+MIN_RELIABILITY = 0.1  # mindtct reliability; chosen on the FVC2002 sets (docs/biometrics.md)
 VIRTUAL_IMAGE_DRIVER = "virtual_image"
 
 # one capture at a time: libfprint's *_sync calls iterate the global default main context

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdbox.biometric import extract, images
+from sdbox.biometric import extract, images, quality
 from sdbox.biometric.errors import CaptureError
 
 SETS: dict[str, int] = {"DB1_B": 500, "DB2_B": 569, "DB3_B": 500}
@@ -99,6 +99,31 @@ def templates(set_name: str, *, gated: bool = False) -> dict[Impression, bytes |
         except CaptureError:
             out[impression] = None
     return out
+
+
+def qualities(set_name: str) -> dict[Impression, quality.Quality]:
+    """Every impression's capture quality (:mod:`sdbox.biometric.quality`)."""
+    return {i: quality.measure(images.load(i.path, i.ppi)) for i in impressions(set_name)}
+
+
+def gate_effect(
+    scores: Scores, measured: dict[Impression, quality.Quality], threshold: float
+) -> tuple[int, float, float]:
+    """(captures below the quality threshold, share of their genuine pairs failing at
+    ``threshold``, the same share for the captures above it)."""
+    by_number = sorted(measured, key=lambda i: (i.finger, i.number))
+    poor = {i for i in by_number if not measured[i].acceptable}
+    fails = {True: [0, 0], False: [0, 0]}
+    genuine = iter(scores.genuine)
+    for pair in pairs(by_number):
+        if not pair.genuine:
+            continue
+        failed = next(genuine) < threshold
+        for side in (pair.reference, pair.probe):
+            fails[side in poor][0] += failed
+            fails[side in poor][1] += 1
+    share = {k: v[0] / v[1] if v[1] else 0.0 for k, v in fails.items()}
+    return len(poor), share[True], share[False]
 
 
 @dataclass(frozen=True)
@@ -225,6 +250,8 @@ def rates(sets: list[Scores], *, bootstrap: int = BOOTSTRAP) -> Rates:
     drawn_rates = np.array(samples)
 
     def interval(column: int) -> tuple[float, float]:
+        if not samples:  # no bootstrap asked for
+            return (point[column], point[column])
         low, high = np.percentile(drawn_rates[:, column], [2.5, 97.5])
         return (float(low), float(high))
 
