@@ -88,8 +88,9 @@ def sdbox(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[s
 
 def enrol(card: InsertedCard, finger: Finger, image: GreyImage) -> subprocess.CompletedProcess[str]:
     finger.place(image)
+    # one capture: several, cross-compared, are tested with real prints (test_bio_realprints.py)
     return sdbox("bio", "enrol", "--reader", card.reader, "--sensor", "libfprint",
-                 "--sensor-driver", DRIVER, stdin=DEMO_MANAGEMENT_KEY)  # fmt: skip
+                 "--sensor-driver", DRIVER, "--captures", "1", stdin=DEMO_MANAGEMENT_KEY)  # fmt: skip
 
 
 def verify(card: InsertedCard, finger: Finger, image: GreyImage | None) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ repository); every test here skips, saying why, where that folder is absent.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,16 @@ from sdbox.biometric.libfprint import LibfprintSensor
 from sdbox.biometric.quality import Advice, PoorCapture
 from sdbox.biometric.ridges import GreyImage
 from tests.integration.conftest import InsertedCard
-from tests.integration.test_bio_libfprint import DRIVER, Finger, enrol, finger, socket_path, verify
+from tests.integration.test_bio_card import DEMO_MANAGEMENT_KEY
+from tests.integration.test_bio_libfprint import (
+    DRIVER,
+    Finger,
+    enrol,
+    finger,
+    sdbox,
+    socket_path,
+    verify,
+)
 
 __all__ = ["finger", "socket_path"]  # fixtures of the libfprint capture path's tests
 
@@ -129,3 +139,53 @@ def test_images_a_sensor_does_not_make_are_refused_naming_the_problem(tmp_path: 
     blank = GreyImage(image.width, image.height, bytes([200]) * len(image.pixels), image.ppmm)
     with pytest.raises(ImageError, match="blank"):
         images.check(blank)
+
+
+def station(card: InsertedCard, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sdbox bio enrol` at the enrolment station, the management key on stdin."""
+    return sdbox("bio", "enrol", "--reader", card.reader, *args, stdin=DEMO_MANAGEMENT_KEY)
+
+
+def fvc(set_name: str, finger_number: int, impression: int) -> str:
+    return str(realprints.data_dir() / set_name / f"{finger_number}_{impression}.png")
+
+
+def test_enrolment_keeps_the_most_consistent_of_several_good_captures(
+    demo_card: InsertedCard, tmp_path: Path
+) -> None:
+    poor = tmp_path / "poor.pgm"
+    image = partial(real("DB1_B", 102, 1), 6.0)
+    poor.write_bytes(b"P5 %d %d 255\n" % (image.width, image.height) + image.pixels)
+    images_given = [str(poor), fvc("DB1_B", 102, 1), fvc("DB1_B", 102, 2), fvc("DB1_B", 102, 3)]
+    enrolled = station(demo_card, *(arg for path in images_given for arg in ("--image", path)))
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "covered too little of the sensor" in enrolled.stderr  # the poor one was asked again
+    assert "kept capture 2 of 3" in enrolled.stderr
+    reference = demo_card.state.fingers[0x96].reference
+    assert reference == extract.template(real("DB1_B", 102, 2), 500)
+
+
+def test_enrolment_of_captures_that_disagree_is_refused_and_nothing_is_written(
+    demo_card: InsertedCard,
+) -> None:
+    before = demo_card.state.fingers[0x96].reference
+    mixed = [fvc("DB1_B", 102, 1), fvc("DB1_B", 102, 2), fvc("DB1_B", 104, 1)]
+    refused = station(demo_card, *(arg for path in mixed for arg in ("--image", path)))
+    assert refused.returncode == 4
+    assert "captures 1 and 3 do not match each other" in refused.stderr
+    assert demo_card.state.fingers[0x96].reference == before
+
+
+def test_enrolment_with_no_finger_or_no_sensor_writes_nothing(
+    demo_card: InsertedCard, socket_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = demo_card.state.fingers[0x96].reference
+    timed_out = station(demo_card, "--sensor", "libfprint", "--sensor-driver", DRIVER,
+                        "--capture-timeout", "2")  # fmt: skip
+    assert timed_out.returncode == 4
+    assert "no finger on the sensor within 2 s: nothing was enrolled" in timed_out.stderr
+    monkeypatch.delenv("FP_VIRTUAL_IMAGE")  # the sensor is gone
+    unplugged = station(demo_card, "--sensor", "libfprint", "--sensor-driver", DRIVER)
+    assert unplugged.returncode == 4
+    assert "no fingerprint sensor" in unplugged.stderr
+    assert demo_card.state.fingers[0x96].reference == before
