@@ -231,7 +231,8 @@ def test_the_readme_walkthrough_with_present_image(demo_card: InsertedCard, sock
         assert waiting.returncode == 0, err
         return out
 
-    enrol_args = ["bio", "enrol", "--reader", demo_card.reader, "--sensor", "libfprint"]
+    enrol_args = ["bio", "enrol", "--reader", demo_card.reader, "--sensor", "libfprint",
+                  "--captures", "1"]  # fmt: skip
     assert "5 tries" in with_finger(enrol_args, ["--identity-seed", "2008", "--impression", "0"],
                                     stdin=DEMO_MANAGEMENT_KEY)  # fmt: skip
     verify_args = ["card", "verify", "--reader", demo_card.reader, "--sensor", "libfprint"]
