@@ -250,6 +250,8 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
         tries = view.tries_left
         body = _("{n} tries left").format(n=tries) if tries >= 0 else ""
         hint = _("or type your PIN below") if pin and finger else ""
+        if view.problem in ("capture_partial", "capture_faint", "capture_smudged"):
+            title, hint = problems[view.problem]  # refused before the card: say what to do
         if pin and finger and tries == 0:  # the finger is blocked: only the PIN is left
             title, body, hint = (
                 _("Enter your PIN"),

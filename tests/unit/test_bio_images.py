@@ -160,3 +160,28 @@ def test_the_agent_says_what_to_do_after_a_poor_capture_and_no_try_is_spent(
         assert applet.state.fingers[0x96].tries == 5
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("problem", "english", "french"),
+    [
+        ("capture_partial", "Place your finger flat so that it covers the whole sensor.",
+         "Posez votre doigt à plat pour qu’il couvre tout le capteur."),  # noqa: RUF001
+        ("capture_faint", "Press your finger flatter on the sensor, and hold it still.",
+         "Appuyez votre doigt plus à plat sur le capteur, sans bouger."),
+        ("capture_smudged", "Wipe the sensor and your finger with a dry cloth, then try again.",
+         "Essuyez le capteur et votre doigt avec un chiffon sec, puis réessayez."),
+    ],
+)  # fmt: skip
+def test_the_greeter_says_what_to_do_after_a_poor_capture_in_both_languages(
+    problem: str, english: str, french: str
+) -> None:
+    from sdbox.ui.app import translator
+    from sdbox.ui.view import AgentView, screen_for
+
+    view = AgentView(state="verifying", message="place your finger", problem=problem, tries_left=5)
+    en, fr = screen_for(view, translator("en")), screen_for(view, translator("fr"))
+    assert (en.hint, fr.hint) == (english, french)
+    assert en.body == "5 tries left"  # no try was spent
+    assert en.alert
+    assert en.title != "Place your finger on the sensor"
