@@ -40,15 +40,19 @@ def load(path: Path, ppi: int) -> GreyImage:
     except OSError as exc:
         raise ImageError(f"the image {path} cannot be read ({exc.strerror})") from exc
     try:
-        if data.startswith(PNG_SIGNATURE):
-            width, height, pixels = _decode_png(data)
-        elif data[:2] == b"P5":
-            width, height, pixels = _decode_pgm(data)
-        else:
-            raise ImageError("not a PNG or binary PGM image")
+        width, height, pixels = decode(data)
     except ImageError as exc:
         raise ImageError(f"{path}: {exc.message}") from None
     return check(GreyImage(width, height, pixels, ppi / MM_PER_INCH), source=str(path))
+
+
+def decode(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, pixels) of a PNG or binary PGM; anything else is an :class:`ImageError`."""
+    if data.startswith(PNG_SIGNATURE):
+        return _decode_png(data)
+    if data[:2] == b"P5":
+        return _decode_pgm(data)
+    raise ImageError("not a PNG or binary PGM image")
 
 
 def check(image: GreyImage, *, source: str = "the capture") -> GreyImage:
@@ -87,6 +91,8 @@ def _decode_pgm(data: bytes) -> tuple[int, int, bytes]:
         width, height, maxval = (int(f) for f in fields)
     except ValueError as exc:
         raise ImageError("the PGM header is not numeric") from exc
+    if width < 0 or height < 0:
+        raise ImageError(f"the PGM header gives a size of {width} x {height}")
     if maxval != 255:
         raise ImageError(f"a PGM of maximum value {maxval}: only 8-bit grey images are accepted")
     pixels = data[pos + 1 : pos + 1 + width * height]

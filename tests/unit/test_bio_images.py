@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sdbox.biometric import images, quality, realprints, ridges
 from sdbox.biometric.errors import ImageError
@@ -185,3 +187,36 @@ def test_the_greeter_says_what_to_do_after_a_poor_capture_in_both_languages(
     assert en.body == "5 tries left"  # no try was spent
     assert en.alert
     assert en.title != "Place your finger on the sensor"
+
+
+_SMALL = png(16, 16, [bytes([y % 5]) + bytes(range(y, y + 16)) for y in range(16)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(_SMALL) - 1), st.integers(0, 255)), max_size=8),
+       st.integers(8, len(_SMALL)))  # fmt: skip
+def test_a_damaged_image_file_is_an_image_error_never_a_crash(
+    edits: list[tuple[int, int]], length: int
+) -> None:
+    data = bytearray(_SMALL[:length])
+    for offset, value in edits:
+        if offset < len(data):
+            data[offset] = value
+    _decoded_or_image_error(bytes(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_a_damaged_pgm_header_is_an_image_error_never_a_crash(rest: bytes) -> None:
+    _decoded_or_image_error(b"P5" + rest)
+
+
+def _decoded_or_image_error(data: bytes) -> None:
+    """Decoding either fails with ImageError or gives a consistent image (any other error fails)."""
+    try:
+        width, height, pixels = images.decode(data)
+    except ImageError:
+        return
+    assert width >= 0
+    assert height >= 0
+    assert len(pixels) == width * height
