@@ -8,6 +8,7 @@ import pytest
 
 from sdbox.biometric import synth
 from sdbox.biometric.enrolment import EnrolmentPolicy, EnrolmentRefused, choose, enrol
+from sdbox.biometric.errors import SensorUnavailable
 from sdbox.biometric.quality import PoorCapture, Quality
 
 POOR = Quality(clear_mm2=10.0, foreground_mm2=12.0, contrast=60.0, certainty=0.9)
@@ -61,3 +62,17 @@ def test_a_capture_that_times_out_refuses_enrolment() -> None:
     policy = EnrolmentPolicy(capture_timeout_s=0.05)
     with pytest.raises(EnrolmentRefused, match=r"no finger on the sensor within 0\.05 s"):
         asyncio.run(enrol(Scripted(impressions(1001, 1)[0], None), policy))
+
+
+def test_a_sensor_unplugged_between_captures_ends_enrolment_with_nothing_chosen() -> None:
+    class Unplugged:
+        def __init__(self) -> None:
+            self.left = impressions(1001, 1)
+
+        async def capture(self) -> bytes:
+            if self.left:
+                return self.left.pop()
+            raise SensorUnavailable("no fingerprint sensor")
+
+    with pytest.raises(SensorUnavailable):
+        asyncio.run(enrol(Unplugged()))
