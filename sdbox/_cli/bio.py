@@ -60,6 +60,19 @@ def capture_with_libfprint(driver: str = "") -> bytes:
 )
 @click.option("--sensor-driver", default="", help="libfprint: the driver to use.")
 @click.option(
+    "--image",
+    "image_files",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Enrol from fingerprint images (8-bit grey PNG/PGM), one capture each, in order.",
+)
+@click.option("--ppi", type=click.IntRange(250, 1000), default=500, show_default=True,
+              help="--image: the images' resolution.")  # fmt: skip
+@click.option("--captures", type=click.IntRange(1, 10), default=3, show_default=True,
+              help="--sensor/--image: good captures needed, cross-compared, the best kept.")  # fmt: skip
+@click.option("--capture-timeout", type=click.FloatRange(1, 600), default=30.0, show_default=True,
+              help="--sensor: seconds to wait for a finger (nothing is written after a time-out).")  # fmt: skip
+@click.option(
     "--management-key-file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Hex management key (default: read from stdin).",
@@ -71,22 +84,33 @@ def enrol(
     template: Path | None,
     sensor: str | None,
     sensor_driver: str,
+    image_files: tuple[Path, ...],
+    ppi: int,
+    captures: int,
+    capture_timeout: float,
     management_key_file: Path | None,
 ) -> None:
-    """Write a finger's reference template to the card (resets and unblocks its counter)."""
+    """Write a finger's reference template to the card (resets and unblocks its counter).
+
+    From a sensor or images: several captures, each through the capture quality gate,
+    cross-compared, the most consistent kept (docs/biometrics.md, "Enrolment quality").
+    """
     from sdbox.biometric.sensor import to_probe  # noqa: PLC0415
     from sdbox.biometric.synth import enrolment_template  # noqa: PLC0415
     from sdbox.smartcard import pcsc  # noqa: PLC0415
     from sdbox.smartcard.biosso import BioSsoSession  # noqa: PLC0415
     from sdbox.smartcard.piv import LocalManagementKey  # noqa: PLC0415
 
-    if sum(x is not None for x in (identity_seed, template, sensor)) != 1:
-        raise click.UsageError("give exactly one of --identity-seed, --template or --sensor")
+    given = (identity_seed, template, sensor, image_files or None)
+    if sum(x is not None for x in given) != 1:
+        raise click.UsageError("give exactly one of --identity-seed, --template, --sensor or --image")
     key = _management_key(management_key_file)  # before the capture: the key comes from stdin
     if identity_seed is not None:
         reference = enrolment_template(identity_seed)
-    elif sensor is not None:
-        reference = capture_with_libfprint(sensor_driver)
+    elif sensor is not None or image_files:
+        # every capture happens before the card is touched: a time-out or an unplugged
+        # sensor ends the command with the card as it was
+        reference = _enrol_captures(sensor_driver, image_files, ppi, captures, capture_timeout)
     else:
         assert template is not None  # checked just above
         reference = to_probe(template.read_bytes())
@@ -101,6 +125,41 @@ def enrol(
     finally:
         conn.close()
     click.echo(f"enrolled the {which} finger ({len(reference) // 3} minutiae); {tries} tries")
+
+
+def _enrol_captures(
+    driver: str, image_files: tuple[Path, ...], ppi: int, captures: int, timeout_s: float
+) -> bytes:
+    """The reference from several captures (sdbox.biometric.enrolment), prompts on stderr."""
+    import asyncio  # noqa: PLC0415
+
+    from sdbox.biometric.enrolment import EnrolmentPolicy, EnrolmentRefused, enrol  # noqa: PLC0415
+    from sdbox.biometric.extract import ImageFileSensor  # noqa: PLC0415
+    from sdbox.biometric.libfprint import LibfprintSensor  # noqa: PLC0415
+    from sdbox.biometric.sensor import Sensor  # noqa: PLC0415
+
+    class Images:
+        """The image files, one per capture, in order."""
+
+        def __init__(self) -> None:
+            self.left = [ImageFileSensor(path, ppi) for path in image_files]
+
+        async def capture(self) -> bytes:
+            if not self.left:
+                raise EnrolmentRefused(
+                    f"the {len(image_files)} images gave fewer than {captures} good captures"
+                )
+            return await self.left.pop(0).capture()
+
+    source: Sensor = Images() if image_files else LibfprintSensor(driver)
+    policy = EnrolmentPolicy(captures=captures, capture_timeout_s=timeout_s)
+    enrolled = asyncio.run(enrol(source, policy, lambda text: click.echo(text, err=True)))
+    click.echo(
+        f"kept capture {enrolled.chosen + 1} of {len(enrolled.captures)} "
+        f"(the most consistent with the others)",
+        err=True,
+    )
+    return enrolled.reference
 
 
 @bio.command("present-image")

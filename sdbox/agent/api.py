@@ -64,6 +64,11 @@ class Problem(StrEnum):
     PIN_NOT_ALLOWED = "pin_not_allowed"
     SENSOR_FAILED = "sensor_failed"
     SENSOR_UNPLUGGED = "sensor_unplugged"  # the fingerprint sensor is not connected (no try spent)
+    # a capture refused before the card for its quality (no try spent), by what to do about it:
+    # the values are sdbox.biometric.quality.Advice's
+    CAPTURE_PARTIAL = "capture_partial"  # cover the sensor
+    CAPTURE_FAINT = "capture_faint"  # press flatter
+    CAPTURE_SMUDGED = "capture_smudged"  # clean the sensor
     CERTIFICATE_REVOKED = "certificate_revoked"
     CERTIFICATE_EXPIRED = "certificate_expired"
     CERTIFICATE_INVALID = "certificate_invalid"

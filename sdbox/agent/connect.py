@@ -165,7 +165,9 @@ class ConnectionFlow:
                 retry = problem_for(exc, Step.HOLDER)  # the next prompt says why, with the tries left
                 continue
             except (InvalidTemplate, PlaceFingerAgain) as exc:
-                retry = problem_for(exc, Step.HOLDER)  # a poor capture costs no try: ask again
+                # a poor capture (PoorCapture: refused before the card, with what to do) or
+                # an unusable probe costs no try: ask again
+                retry = problem_for(exc, Step.HOLDER)
                 continue
             except SensorUnavailable as exc:
                 if await self.presence.gone_soon():  # unplugged: wait for it (the loop says so)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from enum import Enum
 
 from sdbox.agent.api import Problem
+from sdbox.biometric.quality import PoorCapture
 from sdbox.centre.errors import CentreUnreachable
 from sdbox.errors import SdboxError
 from sdbox.smartcard.errors import FingerBlocked, PinBlocked, WrongFinger, WrongPin
@@ -74,6 +75,8 @@ _DEFAULT: dict[Step, Problem] = {
 
 def problem_for(exc: BaseException, step: Step) -> Problem:
     """The problem the greeter shows for ``exc``, raised during ``step``."""
+    if isinstance(exc, PoorCapture):  # refused before the card: the code says what to do
+        return Problem(exc.advice.value)
     for kind, problem in _BY_TYPE[step]:
         if isinstance(exc, kind):
             return problem

@@ -26,3 +26,7 @@ class PlaceFingerAgain(CaptureError):
 
 class SensorUnavailable(CaptureError):
     """The sensor is unplugged or not answering."""
+
+
+class ImageError(CaptureError):
+    """An image is not a usable fingerprint image (size, depth, empty, blank); the message says which."""

@@ -1,8 +1,15 @@
 """Synthetic fingers: seeded identities and distorted impressions, for tests, the demo and benchmarks.
 
 An identity (a seed) is a master set of minutiae on a finger-shaped area,
-with directions following a smooth ridge-orientation field (neighbouring
-minutiae are not independent in real prints). An impression applies what
+with directions following the ridge-orientation field of its pattern
+class (neighbouring minutiae are not independent in real prints, and
+fingers of one class share their flow): left loop, right loop, whorl or
+arch, drawn with about the frequencies seen in real populations
+(:data:`PATTERN_CLASSES`). The field is Sherlock and Monro's zero-pole
+model (1993): half the sum of the angles seen from each core, minus half
+the sum seen from each delta; an arch has none and bends its ridges over
+a hump. The singular points move a little per identity, and a little
+smooth noise is added. An impression applies what
 real captures do, in this order, with the parameters of a
 :class:`DistortionProfile` (docs/biometrics.md lists them):
 
@@ -62,6 +69,10 @@ ENROLMENT = DistortionProfile("enrolment", rotation=3.0, translation=0.3, warp=0
                               position_noise=0.06, angle_noise=3.0)  # fmt: skip
 PROFILES = {p.name: p for p in (DEFAULT, HARD, ENROLMENT)}
 
+PATTERN_CLASSES = {"left_loop": 0.34, "right_loop": 0.31, "whorl": 0.28, "arch": 0.07}
+"""Pattern classes and their share of fingers (loops about 65 %, whorls 30 %, arches 5 % in
+real populations; tented arches counted with arches)."""
+
 
 @dataclass(frozen=True)
 class Finger:
@@ -70,6 +81,7 @@ class Finger:
     xy: np.ndarray  # shape (n, 2)
     direction: np.ndarray  # shape (n,)
     kind: np.ndarray  # shape (n,), MinutiaType values
+    pattern: str  # one of PATTERN_CLASSES
 
 
 def finger(seed: int) -> Finger:
@@ -78,8 +90,9 @@ def finger(seed: int) -> Finger:
     count = int(rng.integers(*MASTER_MINUTIAE))
     cx, cy = FINGER_CENTRE
     ax, ay = FINGER_AXES
-    # a loop-like orientation field with a random core and a little smooth noise
-    core = np.array([cx + rng.normal(0, 1.5), cy + rng.normal(-1.0, 1.5)])
+    names = list(PATTERN_CLASSES)
+    pattern = names[int(rng.choice(len(names), p=list(PATTERN_CLASSES.values())))]
+    cores, deltas = _singular_points(pattern, rng)
     waves = rng.normal(0, 0.25, size=(3, 4))
     points: list[tuple[float, float]] = []
     while len(points) < count:
@@ -90,15 +103,49 @@ def finger(seed: int) -> Finger:
             continue
         points.append((x, y))
     xy = np.array(points)
-    rel = xy - core
-    field = 0.5 * np.arctan2(rel[:, 1], rel[:, 0]) + np.pi / 2
+    field = orientation(xy, pattern, cores, deltas, hump=float(rng.uniform(2.0, 4.0)))
     for a, b, c, d in waves:
         field += a * np.sin(b * xy[:, 0] + c * xy[:, 1] + d)
     direction = (field + np.pi * rng.integers(0, 2, size=count)) % (2 * np.pi)
     kind = rng.choice(
         [MinutiaType.RIDGE_ENDING, MinutiaType.BIFURCATION], size=count, p=[0.55, 0.45]
     )
-    return Finger(xy, direction, kind.astype(int))
+    return Finger(xy, direction, kind.astype(int), pattern)
+
+
+def _singular_points(pattern: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Cores and deltas (mm, image frame: y down) of a pattern class, jittered per identity."""
+    cx, cy = FINGER_CENTRE
+    jitter = rng.normal(0, 0.8, size=(4, 2))
+    if pattern == "arch":
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    if pattern == "whorl":
+        cores = np.array([(cx - 0.8, cy - 1.5), (cx + 0.8, cy - 0.5)]) + jitter[:2]
+        deltas = np.array([(cx - 6.0, cy + 5.0), (cx + 6.0, cy + 5.0)]) + jitter[2:]
+        return cores, deltas
+    side = -1.0 if pattern == "left_loop" else 1.0  # the delta lies opposite the loop's opening
+    cores = np.array([(cx - side * 1.0, cy - 1.5)]) + jitter[:1]
+    deltas = np.array([(cx + side * 5.5, cy + 5.5)]) + jitter[1:2]
+    return cores, deltas
+
+
+def orientation(
+    xy: np.ndarray, pattern: str, cores: np.ndarray, deltas: np.ndarray, hump: float = 3.0
+) -> np.ndarray:
+    """The ridge orientation (radians, modulo pi) at points ``xy`` of a finger of ``pattern``."""
+    if pattern == "arch":
+        cx, cy = FINGER_CENTRE
+        # ridges follow y = -h exp(-(x - cx)^2 / (2 s^2)), raised towards the fingertip
+        spread = 4.0
+        slope = hump * (xy[:, 0] - cx) / spread**2 * np.exp(-((xy[:, 0] - cx) ** 2) / (2 * spread**2))
+        result: np.ndarray = np.arctan(slope * np.clip((cy + 6 - xy[:, 1]) / 10, 0, 1))
+        return result
+    field = np.zeros(len(xy))
+    for core in cores:
+        field += 0.5 * np.arctan2(xy[:, 1] - core[1], xy[:, 0] - core[0])
+    for delta in deltas:
+        field -= 0.5 * np.arctan2(xy[:, 1] - delta[1], xy[:, 0] - delta[0])
+    return field
 
 
 def impression_minutiae(

@@ -112,6 +112,18 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
             _("The fingerprint sensor did not work"),
             _("Place your finger again; if it happens again, call the service desk."),
         ),
+        Problem.CAPTURE_PARTIAL: (
+            _("Only part of your finger was on the sensor"),
+            _("Place your finger flat so that it covers the whole sensor."),
+        ),
+        Problem.CAPTURE_FAINT: (
+            _("The fingerprint was too faint"),
+            _("Press your finger flatter on the sensor, and hold it still."),
+        ),
+        Problem.CAPTURE_SMUDGED: (
+            _("The fingerprint was smudged"),
+            _("Wipe the sensor and your finger with a dry cloth, then try again."),
+        ),
         Problem.SENSOR_UNPLUGGED: (
             _("The fingerprint sensor is not connected"),
             _("The fingerprint sensor is not connected: plug it in, or call the service desk."),
@@ -241,6 +253,10 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
         tries = view.tries_left
         body = _("{n} tries left").format(n=tries) if tries >= 0 else ""
         hint = _("or type your PIN below") if pin else ""
+        if view.problem in (
+            Problem.CAPTURE_PARTIAL, Problem.CAPTURE_FAINT, Problem.CAPTURE_SMUDGED
+        ):  # fmt: skip
+            title, hint = problems[view.problem]  # refused before the card: say what to do
         if pin and tries == 0:  # the finger is blocked: only the PIN is left
             title, body, hint = (
                 _("Enter your PIN"),

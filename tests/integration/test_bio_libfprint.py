@@ -88,8 +88,9 @@ def sdbox(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[s
 
 def enrol(card: InsertedCard, finger: Finger, image: GreyImage) -> subprocess.CompletedProcess[str]:
     finger.place(image)
+    # one capture: several, cross-compared, are tested with real prints (test_bio_realprints.py)
     return sdbox("bio", "enrol", "--reader", card.reader, "--sensor", "libfprint",
-                 "--sensor-driver", DRIVER, stdin=DEMO_MANAGEMENT_KEY)  # fmt: skip
+                 "--sensor-driver", DRIVER, "--captures", "1", stdin=DEMO_MANAGEMENT_KEY)  # fmt: skip
 
 
 def verify(card: InsertedCard, finger: Finger, image: GreyImage | None) -> subprocess.CompletedProcess[str]:
@@ -230,7 +231,8 @@ def test_the_readme_walkthrough_with_present_image(demo_card: InsertedCard, sock
         assert waiting.returncode == 0, err
         return out
 
-    enrol_args = ["bio", "enrol", "--reader", demo_card.reader, "--sensor", "libfprint"]
+    enrol_args = ["bio", "enrol", "--reader", demo_card.reader, "--sensor", "libfprint",
+                  "--captures", "1"]  # fmt: skip
     assert "5 tries" in with_finger(enrol_args, ["--identity-seed", "2008", "--impression", "0"],
                                     stdin=DEMO_MANAGEMENT_KEY)  # fmt: skip
     verify_args = ["card", "verify", "--reader", demo_card.reader, "--sensor", "libfprint"]

@@ -38,7 +38,7 @@ def test_record_keeps_pixels_and_the_sensor_resolution() -> None:
 
 
 def test_unreliable_minutiae_are_dropped() -> None:
-    assert to_record(_capture(5, reliability=0.1)).views[0].minutiae == ()
+    assert to_record(_capture(5, reliability=0.05)).views[0].minutiae == ()
 
 
 def test_probe_is_in_card_units() -> None:
