@@ -132,7 +132,8 @@ def test_the_agent_says_what_to_do_after_a_poor_capture_and_no_try_is_spent(
     """The greeter's prompt carries the advice (cover the sensor, clean it); the card is untouched."""
     import asyncio
 
-    from sdbox.agent.api import State, Transition
+    from sdbox.agent.api import State
+    from sdbox.agent.events import Transition
     from sdbox.trust.pki import Pki
     from tests.unit.test_agent_machine import Sensor, make_agent, until
 
