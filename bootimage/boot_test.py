@@ -240,20 +240,22 @@ def probe_kvm(work: Path) -> str:
 
 
 def print_profile(report: dict[str, Any]) -> None:
-    """The guest's own account of the boot (systemd-analyze), if the image reports it."""
+    """The guest's own account of the boot (systemd's timestamps), if the image reports it."""
     profile = report.get("boot_profile") or {}
-    for line in profile.get("time", [])[:2]:
-        print(f"  guest: {line}")
-    chain = profile.get("critical_chain", [])
+    phases = profile.get("phases") or {}
+    if phases:
+        print(f"  guest: initrd at {phases.get('InitRDTimestampMonotonic', 0):.1f} s, the real "
+              f"root's systemd at {phases.get('UserspaceTimestampMonotonic', 0):.1f} s")  # fmt: skip
+    chain = profile.get("agent_chain", [])
     if chain:
-        print("  guest: critical chain to the agent (time after boot it became active, +its start):")
-        for line in chain[2:14]:
+        print("  guest: what the agent waits for, by when it became active:")
+        for line in chain:
             print(f"    {line}")
-    blame = profile.get("blame", [])
-    if blame:
-        print("  guest: slowest units:")
-        for line in blame[:12]:
-            print(f"    {line.strip()}")
+    slowest = profile.get("slowest", [])
+    if slowest:
+        print("  guest: units by time spent activating:")
+        for line in slowest[:12]:
+            print(f"    {line}")
 
 
 def pick_accel(requested: str, work: Path) -> str:
