@@ -16,6 +16,7 @@ import pytest
 from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH
 from sdbox.agent.dbus import export
 from sdbox.agent.machine import Agent
+from tests.integration.agent_env import _accepts
 from tests.integration.session_servers import stop
 
 pytestmark = pytest.mark.skipif(
@@ -58,8 +59,10 @@ def _system_like_bus(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         """)
     )
     process = subprocess.Popen(["dbus-daemon", "--nofork", f"--config-file={workdir / 'bus.conf'}"])
-    for _ in range(100):
-        if socket.exists():
+    # The socket file appears at bind(), before listen(): wait until a connection
+    # is accepted, or the first client may be refused (seen under load).
+    for _ in range(200):
+        if socket.exists() and _accepts(socket):
             break
         subprocess.run(["sleep", "0.05"], check=True)
     return process, f"unix:path={socket}"
