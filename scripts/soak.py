@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import pwd
 import random
 import signal
 import subprocess
@@ -52,7 +51,7 @@ from tests.integration.agent_env import (
     until,
     write_config,
 )
-from tests.integration.session_servers import free_port, xvfb
+from tests.integration.session_servers import free_port, user_descendants, xvfb
 
 FD_BOUND = 8  # descriptors: a few may be cached (pcscd contexts, bus) after warm-up
 RSS_BOUND_MB = 25.0
@@ -105,32 +104,7 @@ class AgentView:
 
 def descendants(root: int) -> dict[int, str]:
     """Live processes of the session user under ``root``: pid -> command name."""
-    uid = pwd.getpwnam(SESSION_USER).pw_uid
-    parent: dict[int, int] = {}
-    mine: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            owner = (entry / "status").read_text().split("\nUid:\t", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        name, rest = stat.split(" (", 1)[1].rsplit(")", 1)
-        fields = rest.split()
-        if fields[0] == "Z":
-            continue
-        parent[int(entry.name)] = int(fields[1])
-        if int(owner) == uid:
-            mine[int(entry.name)] = name
-    found = {}
-    for pid, name in mine.items():
-        ancestor, hops = parent.get(pid, 0), 0
-        while ancestor not in (0, 1, root) and hops < 64:
-            ancestor, hops = parent.get(ancestor, 0), hops + 1
-        if ancestor == root:
-            found[pid] = name
-    return found
+    return user_descendants(root, SESSION_USER)
 
 
 def clients_of(agent_pid: int) -> set[int]:

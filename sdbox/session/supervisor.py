@@ -223,6 +223,11 @@ class ClientProcess:
         return self._client_pid
 
     @property
+    def reaper_pid(self) -> int:
+        """The client's reaper (its parent, of the client's uid), which the agent starts."""
+        return self._process.pid
+
+    @property
     def returncode(self) -> int | None:
         """Exit status once reaped (negative: killed by that signal); the reaper mirrors it."""
         return self._process.returncode

@@ -18,6 +18,11 @@ from sdbox.smartcard.emulator.state import CardState
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.trust.pki import Pki
 
+# One definition for the whole run: libtpm2-pkcs11 binds to one token store per
+# process, and a fixture imported into two test modules is two fixtures (two
+# software TPMs), which the second module's identity could not open.
+from tests.integration.tpm_env import swtpm  # noqa: F401  (a fixture, used by name)
+
 # Every test in this directory is marked `integration` at collection by
 # tests/conftest.py (a `pytestmark` here would mark nothing: pytest reads it
 # from test modules only).

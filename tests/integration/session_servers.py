@@ -561,3 +561,40 @@ def cage(workdir: Path, user: str | None) -> Iterator[Cage]:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def user_descendants(root: int, user: str) -> dict[int, str]:
+    """Live processes of ``user`` that descend from process ``root``: pid -> command name.
+
+    Session clients and their reapers run as the session user under the
+    agent; this finds every one, including a client whose pid the agent
+    never learnt (the removal matrix, the soak).
+    """
+    import pwd
+
+    uid = pwd.getpwnam(user).pw_uid
+    parent: dict[int, int] = {}
+    owned: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            owner = (entry / "status").read_text().split("\nUid:\t", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        name, rest = stat.split(" (", 1)[1].rsplit(")", 1)
+        fields = rest.split()
+        if fields[0] == "Z":
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        if int(owner) == uid:
+            owned[int(entry.name)] = name
+    found = {}
+    for pid, name in owned.items():
+        ancestor, hops = parent.get(pid, 0), 0
+        while ancestor not in (0, 1, root) and hops < 64:
+            ancestor, hops = parent.get(ancestor, 0), hops + 1
+        if ancestor == root:
+            found[pid] = name
+    return found

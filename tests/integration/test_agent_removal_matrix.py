@@ -21,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,18 +31,14 @@ import pytest
 from sdbox.agent.api import State
 from sdbox.agent.card import ReaderEvent
 from sdbox.agent.machine import Agent
-from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
 from sdbox.trust.pki import Pki
 from tests.integration.agent_env import (
-    card_profile,
-    rdp_bubble,
-    reference_broker,
-    spice_bubble,
     until,
 )
 from tests.integration.flow_trace import AwaitPoint, Traced
-from tests.integration.session_servers import free_port, tool_missing, xvfb
-from tests.integration.test_agent import Bubbles, Running, running_agent
+from tests.integration.session_servers import tool_missing, user_descendants
+from tests.integration.test_agent import Running, running_agent
+from tests.integration.test_broker import Centre, centre
 
 pytestmark = pytest.mark.skipif(
     bool(
@@ -56,66 +51,12 @@ pytestmark = pytest.mark.skipif(
 )  # fmt: skip
 
 SESSION_USER = "sdbox-session"
-
-
-@dataclass
-class Centre:
-    bubbles: Bubbles
-    broker: Any
-
-
-@pytest.fixture(scope="module")
-def centre(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Centre]:
-    """An RDP and a SPICE bubble behind the reference broker (real one-time credentials)."""
-    ports = {"census-2021": free_port(), "health-cohort": free_port(), "genomics-lab": free_port()}
-    work = tmp_path_factory.mktemp("matrix")
-    issue_card(parse_profile(card_profile(ports), source="test"), pki)
-    with xvfb() as display, contextlib.ExitStack() as stack:
-        env = Bubbles(display, ports)
-        for project in ("census-2021", "health-cohort"):
-            env.servers[project] = stack.enter_context(
-                rdp_bubble(work / project, pki, project, display, ports[project])
-            )
-        env.servers["genomics-lab"] = stack.enter_context(  # type: ignore[assignment]
-            spice_bubble(work / "genomics-lab", pki, "genomics-lab", ports["genomics-lab"])
-        )
-        broker = stack.enter_context(
-            reference_broker(work / "broker", pki, dict(env.servers), ports)
-        )
-        yield Centre(env, broker)
+__all__ = ["centre"]  # test_broker's fixture: RDP and SPICE bubbles behind the reference broker
 
 
 def session_processes() -> list[int]:
     """Live processes of the session user that descend from this test process."""
-    uid = pwd.getpwnam(SESSION_USER).pw_uid
-    me = os.getpid()
-    parents: dict[int, int] = {}
-    owners: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        owners[int(entry.name)] = int(next(
-            line.split()[1] for line in status.splitlines() if line.startswith("Uid:")
-        ))  # fmt: skip
-    found = []
-    for pid, owner in owners.items():
-        if owner != uid:
-            continue
-        ancestor, hops = parents.get(pid, 0), 0
-        while ancestor not in (0, 1, me) and hops < 64:
-            ancestor, hops = parents.get(ancestor, 0), hops + 1
-        if ancestor == me:
-            found.append(pid)
-    return found
+    return sorted(user_descendants(os.getpid(), SESSION_USER))
 
 
 @dataclass
@@ -193,9 +134,11 @@ def test_card_pulled_at_every_await_point_of_the_connection_flow(
             steps = {p.innermost.split(":")[0] for p in points}
             # The trace covers what the issue names; if a step is missing the
             # tracer (or the flow) changed, and this matrix would test less.
-            assert {"ConnectionFlow._verify_holder", "ClientProcess.spawn", "Session.wait_connected"} <= (
-                steps
-            ), steps
+            assert {
+                "ConnectionFlow._verify_holder",
+                "ClientProcess.spawn",
+                "Session.wait_connected",
+            } <= (steps), steps
             # ... and the wait while the session runs, after "connected".
             assert points[-1].innermost.split(":")[0] not in (
                 "ClientProcess.spawn", "Session.wait_connected"

@@ -39,9 +39,9 @@ from sdbox.trust.pki import Pki
 from tests.integration.agent_env import BrokerEnv, broker_settings, reference_broker, until
 from tests.integration.session_servers import tool_missing
 from tests.integration.test_broker import Centre, _ask, _census, centre, verified_card
-from tests.integration.tpm_env import SoftwareTpm, swtpm, tpm_identity_config
+from tests.integration.tpm_env import SoftwareTpm, tpm_identity_config
 
-__all__ = ["centre", "swtpm"]
+__all__ = ["centre"]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from cryptography import x509
 from sdbox.identity import IdentityConfig
 from sdbox.network.events import Reason, TunnelEvent, TunnelState
 from sdbox.trust.pki import Pki
-from tests.integration.tpm_env import SoftwareTpm, swtpm, tpm_identity_config
+from tests.integration.tpm_env import SoftwareTpm, tpm_identity_config
 from tests.integration.tunnel_env import (
     GATEWAY_IDS,
     GATEWAYS,
@@ -32,8 +32,6 @@ from tests.integration.tunnel_env import (
     tcpdump,
     tunnel_rig,
 )
-
-__all__ = ["swtpm"]  # the session's software TPM (tests/integration/tpm_env.py)
 
 pytestmark = [pytest.mark.integration, pytest.mark.network, pytest.mark.timeout(240)]
 
@@ -59,7 +57,10 @@ def box_identity(swtpm: SoftwareTpm, centre: Centre,
     if missing:
         pytest.skip(f"network namespace tests: {missing}")
     directory = tmp_path_factory.mktemp("box-identity")
-    config = tpm_identity_config(swtpm, directory, directory / "box.pem")
+    # a token of its own on the session's TPM (test_identity_tpm makes others there)
+    config = replace(
+        tpm_identity_config(swtpm, directory, directory / "box.pem"), token_label="tunnel-box"
+    )
     return BoxIdentity(config, provision_box(config, centre.pki))
 
 

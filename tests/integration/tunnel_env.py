@@ -23,10 +23,13 @@ a test fails.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +42,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.identity import IdentityConfig
-from sdbox.identity.provision import provision_tpm
 from sdbox.identity.tpm import read_pin
 from sdbox.network import firewall, strongswan
 from sdbox.network.events import TunnelEvent
@@ -52,6 +54,7 @@ from sdbox.network.tunnel import (
     load_box,
 )
 from sdbox.trust.pki import Pki
+from tests.cli import REPO_ROOT
 from tests.integration.session_servers import stop, tool_missing
 from tests.integration.tpm_env import SoftwareTpm
 
@@ -438,9 +441,38 @@ def tunnel_rig(workdir: Path, tpm: SoftwareTpm, identity: IdentityConfig, centre
         yield rig
 
 
+_PROVISION = """
+import dataclasses, json, sys
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+from sdbox.identity import IdentityConfig
+from sdbox.identity.provision import provision_tpm
+fields = json.loads(sys.argv[1])
+config = IdentityConfig(**{k: Path(v) if k in PATHS and v else v for k, v in fields.items()})
+public = provision_tpm(config).public_key
+sys.stdout.write(public.public_bytes(serialization.Encoding.PEM,
+                 serialization.PublicFormat.SubjectPublicKeyInfo).decode())
+"""
+
+
 def provision_box(identity: IdentityConfig, pki: Pki) -> x509.Certificate:
-    """The box key in the TPM (created once per session) and its certificate."""
-    public = provision_tpm(identity).public_key
+    """The box key in the TPM (created once per session) and its certificate.
+
+    In a process of its own: libtpm2-pkcs11, once initialised in the test
+    process (test_identity_tpm), lists a token created after that twice, and
+    the tunnel's charon reaches the key through p11-kit's server anyway.
+    """
+    fields = {f.name: getattr(identity, f.name) for f in dataclasses.fields(identity)}
+    paths = sorted(k for k, v in fields.items() if isinstance(v, Path))
+    encoded = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in fields.items()})
+    done = subprocess.run(
+        [sys.executable, "-c", f"PATHS = {paths!r}\n" + _PROVISION, encoded],
+        capture_output=True, text=True, timeout=120, check=False, cwd=REPO_ROOT,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"provisioning the box key failed: {done.stderr[-2000:]}")
+    public = serialization.load_pem_public_key(done.stdout.encode())
+    assert isinstance(public, ec.EllipticCurvePublicKey)
     return pki.issue_box(public, box_id="box-0001")
 
 
