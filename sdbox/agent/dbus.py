@@ -30,6 +30,9 @@ ProjectsType = Annotated[
 ]
 
 
+DetailArgsType = Annotated[dict[str, str], DBusSignature("a{ss}")]
+
+
 def _refused(refusal: Refusal) -> DBusError:
     return DBusError(ERROR_PREFIX + refusal.problem.value, refusal.message)
 
@@ -68,6 +71,16 @@ class AgentInterface(ServiceInterface):
     def Message(self) -> DBusStr:
         """The last message in plain words."""
         return self.agent.snapshot.message
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Detail(self) -> DBusStr:
+        """What Message says, as a code the greeter translates ('' if none; agent.api.Detail)."""
+        return self.agent.snapshot.detail.value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def DetailArgs(self) -> DetailArgsType:
+        """The detail's parameters (agent.api.DETAIL_ARGS): data, shown as it is."""
+        return dict(self.agent.snapshot.detail_args)
 
     @dbus_property(access=PropertyAccess.READ)
     def Problem(self) -> DBusStr:
@@ -147,7 +160,8 @@ class AgentInterface(ServiceInterface):
             self.StateChanged(event.state.value, event.project, event.message, problem, tries)
             self.emit_properties_changed(
                 {"State": event.state.value, "ActiveProject": event.project, "Message": event.message,
-                 "Problem": problem, "TriesLeft": tries}
+                 "Problem": problem, "TriesLeft": tries, "Detail": event.detail.value,
+                 "DetailArgs": dict(event.detail_args)}
             )  # fmt: skip
         elif isinstance(event, RenewalEvent):
             self.RenewalFinished(event.project, event.outcome, event.message)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sdbox.agent.api import Problem, ProjectView, SensorState, State
+from sdbox.agent.api import Detail, Problem, ProjectView, SensorState, State
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Transition:
     message: str = ""
     problem: Problem | None = None
     tries_left: int | None = None
+    detail: Detail = Detail.NONE  # what ``message`` says, as a code the greeter translates
+    detail_args: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Snapshot:
     message: str = ""
     problem: Problem | None = None
     tries_left: int = -1
+    detail: Detail = Detail.NONE
+    detail_args: dict[str, str] = field(default_factory=dict)
     holder_verified: bool = False
     sensor: SensorState = SensorState.UNWATCHED
 

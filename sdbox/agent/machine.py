@@ -18,12 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sdbox.agent.api import Problem, ProjectView, State
+from sdbox.agent.api import (
+    Detail,
+    Problem,
+    ProjectStatus,
+    ProjectView,
+    State,
+    project_status,
+)
 from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.connect import ConnectionFlow, Insertion
 from sdbox.agent.events import (
@@ -43,7 +50,7 @@ from sdbox.agent.ports import (
     TrustPort,
 )
 from sdbox.agent.presence import SensorHotplug, SensorPresence
-from sdbox.agent.problems import Refusal, Step, problem_for
+from sdbox.agent.problems import Refusal, Step, problem_for, refusal_for
 from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
 from sdbox.renewal.due import record_seen
@@ -108,8 +115,11 @@ class Agent(ConnectionFlow):
         message: str = "",
         problem: Problem | None = None,
         tries_left: int | None = None,
+        detail: Detail = Detail.NONE,
+        args: Mapping[str, str] | None = None,
     ) -> None:
         snap = self.snapshot
+        snap.detail, snap.detail_args = detail, dict(args or {})
         snap.state, snap.active_project, snap.message, snap.problem = (
             state,
             project,
@@ -124,7 +134,16 @@ class Agent(ConnectionFlow):
             f" [{project}]" if project else "",
             f": {message}" if message else "",
         )
-        self._emit(Transition(state, project, message, problem, tries_left))
+        self._emit(
+            Transition(state, project, message, problem, tries_left, detail, dict(args or {}))
+        )
+
+    def _refuse(self, state: State, refusal: Refusal, *, project: str = "") -> None:
+        """Show ``refusal`` (its problem, words and detail) in ``state``."""
+        self._set(
+            state, project=project, message=refusal.message, problem=refusal.problem,
+            detail=refusal.detail, args=refusal.detail_args,
+        )  # fmt: skip
 
     # -- sensor hotplug -----------------------------------------------------------------
 
@@ -181,7 +200,11 @@ class Agent(ConnectionFlow):
             card=card.guid.hex() or None,
         )
         self.snapshot = Snapshot(sensor=self.presence.state)
-        self._set(State.IDLE, message="the card was swapped" if swapped else "")
+        self._set(
+            State.IDLE,
+            message="the card was swapped" if swapped else "",
+            detail=Detail.CARD_SWAPPED if swapped else Detail.NONE,
+        )
 
     # -- flows ------------------------------------------------------------------------
 
@@ -194,7 +217,7 @@ class Agent(ConnectionFlow):
             except CardAccessError as exc:
                 _log.info("card access failed: %s", exc.message)
                 if self._card is not None:  # removal events follow; show the problem meanwhile
-                    self._set(State.BLOCKED, message=exc.message, problem=problem_for(exc, Step.CARD))
+                    self._refuse(State.BLOCKED, refusal_for(exc, Step.CARD))
             except Exception as exc:
                 _log.exception("agent flow failed")
                 if self._card is not None:
@@ -202,6 +225,7 @@ class Agent(ConnectionFlow):
                         State.BLOCKED,
                         message="internal error: remove the card and try again",
                         problem=problem_for(exc, Step.CARD),
+                        detail=Detail.INTERNAL_ERROR,
                     )
 
         self._flow = asyncio.ensure_future(guarded())
@@ -229,7 +253,7 @@ class Agent(ConnectionFlow):
         try:
             summary = await card.handle.summary(self.trust.directory_validator())
         except SdboxError as exc:
-            self._set(State.BLOCKED, message=exc.message, problem=problem_for(exc, Step.READING))
+            self._refuse(State.BLOCKED, refusal_for(exc, Step.READING))
             return
         card.guid = summary.guid
         audit(
@@ -245,7 +269,11 @@ class Agent(ConnectionFlow):
                 else "no project directory"
             )
             audit(AuditEvent.DIRECTORY_REFUSED, message, card=summary.guid.hex())
-            self._set(State.BLOCKED, message=message, problem=Problem.DIRECTORY_UNTRUSTED)
+            self._set(
+                State.BLOCKED, message=message, problem=Problem.DIRECTORY_UNTRUSTED,
+                detail=Detail.DIRECTORY_UNTRUSTED if summary.directory_error
+                else Detail.DIRECTORY_MISSING,
+            )  # fmt: skip
             return
         card.directory = summary.directory
         audit(
@@ -273,13 +301,13 @@ class Agent(ConnectionFlow):
         days = (project.not_after - now).days
         usable = True
         if project.not_after <= now:
-            status, usable = "certificate expired", False
+            status, usable = project_status(ProjectStatus.EXPIRED), False
         elif not self.endpoint_allowed(project.endpoint):
-            status, usable = "not allowed on this box", False
+            status, usable = project_status(ProjectStatus.NOT_ALLOWED), False
         elif days <= self.renewal_window_days:
-            status = f"certificate expires in {days} day{'s' if days != 1 else ''}"
+            status = project_status(ProjectStatus.EXPIRES_SOON, days)
         else:
-            status = "ready"
+            status = project_status(ProjectStatus.READY)
         return ProjectView(
             id=project.id, name=project.name, protocol=project.protocol.name.lower(),
             second_factor=project.second_factor.name.lower(), expires=project.not_after.isoformat(),

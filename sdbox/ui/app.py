@@ -9,11 +9,9 @@ Enter in the PIN field, Escape to go back.
 
 from __future__ import annotations
 
-import gettext
 import json
 import logging
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from gi.repository import Gdk, Gio, GLib, Gtk  # noqa: E402  (after require_vers
 
 from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, SensorState, State  # noqa: E402
 from sdbox.ui import SCREEN_FILE_VARIABLE  # noqa: E402
+from sdbox.ui.catalogue import translator  # noqa: E402
 from sdbox.ui.view import AgentView, Screen, screen_for  # noqa: E402
 
 _log = logging.getLogger("sdbox.ui")
@@ -45,14 +44,6 @@ row:selected { background: #2b5797; color: white; }
 .project { font-size: 20px; font-weight: bold; }
 .detail { font-size: 14px; }
 """
-
-
-def translator(language: str) -> Any:
-    """gettext for ``language`` (fr, en), from the .mo files shipped with the package."""
-    localedir = str(resources.files("sdbox.ui").joinpath("locale"))
-    return gettext.translation(
-        "sdbox", localedir=localedir, languages=[language], fallback=True
-    ).gettext
 
 
 def _label_texts(widget: Any) -> list[str]:
@@ -123,7 +114,6 @@ class Greeter:
             Gdk.Display.get_default(), provider, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION
         )
         self.properties: dict[str, Any] = {}
-        self.end_reason = self.end_message = ""
         self.screen: Screen | None = None
         self.proxy = self._connect(bus_address)
         self.refresh()
@@ -168,10 +158,8 @@ class Greeter:
         proxy.connect("notify::g-name-owner", lambda *_args: self.refresh())
         return proxy
 
-    def _on_signal(self, _proxy: Any, _sender: Any, name: str, parameters: Any) -> None:
-        if name == "SessionEnded":  # (project, reason, message): the reason picks the words
-            _project, self.end_reason, self.end_message = parameters.unpack()
-        self.refresh()
+    def _on_signal(self, _proxy: Any, _sender: Any, _name: str, _parameters: Any) -> None:
+        self.refresh()  # the properties say it all (a session's end: Detail session_ended)
 
     def _tick(self) -> bool:
         self.refresh()
@@ -207,7 +195,7 @@ class Greeter:
             tries_left=prop("TriesLeft", -1), active_project=prop("ActiveProject", ""),
             message=prop("Message", ""), problem=prop("Problem", ""),
             sensor=prop("Sensor", SensorState.UNWATCHED),
-            end_reason=self.end_reason, end_message=self.end_message,
+            detail=prop("Detail", ""), detail_args=dict(prop("DetailArgs", {})),
         )  # fmt: skip
 
     def fit_monitor(self) -> None:

@@ -57,6 +57,9 @@ VOLATILE: dict[str, tuple[tuple[int, int, int, int], ...]] = {
     "connecting": ((226, 252, 620, 660),),  # the spinner
     "certificate-revoked": ((150, 180, 730, 922),),  # "2026-12-06 19:34" (revoked on)
     "clock-wrong": ((150, 180, 306, 498), (150, 180, 782, 976)),  # the clock, the CRL's time
+    # the PIN entry's caret, caught at any point of its blink (GTK fades it in and out)
+    "pin-fr": ((236, 262, 100, 112),),
+    "pin-de": ((236, 262, 100, 112),),
 }
 
 

@@ -159,7 +159,8 @@ def test_blocked_finger_and_french(
                 )
                 await asyncio.to_thread(
                     expect, screen, "finger-blocked-fr", OUT,
-                    ("Ce doigt est bloqué", "Votre doigt doit être enrôlé à nouveau"),
+                    ("Ce doigt est bloqué", "Votre doigt doit être enrôlé à nouveau",
+                     "Trop d’essais : ce doigt est bloqué sur la carte."),  # noqa: RUF001
                 )  # fmt: skip
                 # the finger is blocked; the project that allows it still takes the PIN
                 await run.iface.call_choose_project("health-cohort")  # type: ignore[attr-defined]
@@ -167,6 +168,50 @@ def test_blocked_finger_and_french(
                 await asyncio.to_thread(
                     expect, screen, "pin-fr", OUT,
                     ("Saisissez votre code PIN", "Votre doigt est bloqué", "Health cohort study"),
+                )  # fmt: skip
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+@needs_kiosk
+def test_german(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path) -> None:
+    """A third language is one catalogue: the picker, the agent's detail and the PIN in German."""
+    bus_dir = _bus_dir()
+    sensor = ScriptedSensor()
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=sensor, bus_dir=bus_dir
+        ) as run:
+            await _wait(run.agent, State.PICKER)
+            with kiosk(run.bus_address, "de") as screen:
+                await asyncio.to_thread(
+                    expect, screen, "picker-de", OUT,
+                    ("Wählen Sie ein Projekt", "Census microdata 2021", "Remote-Desktop"),
+                )  # fmt: skip
+                await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
+                for number in range(1, 6):
+                    sensor.queue.put_nowait(synth.impression(4242, number))
+                await _wait_for(
+                    lambda: (
+                        run.agent.snapshot.problem is not None
+                        and run.agent.snapshot.problem.value == "finger_blocked"
+                    )
+                )
+                # the agent's detail (finger_blocked), said in German, not its English words
+                await asyncio.to_thread(
+                    expect, screen, "finger-blocked-de", OUT,
+                    ("Dieser Finger ist gesperrt",
+                     "Zu viele Versuche: Dieser Finger ist auf der Karte gesperrt."),
+                )  # fmt: skip
+                await run.iface.call_choose_project("health-cohort")  # type: ignore[attr-defined]
+                await _wait(run.agent, State.VERIFYING)
+                await asyncio.to_thread(
+                    expect, screen, "pin-de", OUT,
+                    ("Geben Sie Ihre PIN ein", "Ihr Finger ist gesperrt", "Health cohort study"),
                 )  # fmt: skip
 
     try:
