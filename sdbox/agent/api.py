@@ -25,6 +25,7 @@ __all__ = [
     "OBJECT_PATH",
     "Detail",
     "EndReason",
+    "Preference",
     "Problem",
     "ProjectStatus",
     "ProjectView",
@@ -80,6 +81,7 @@ class Problem(StrEnum):
     SESSION_FAILED = "session_failed"
     UNKNOWN_PROJECT = "unknown_project"
     BUSY = "busy"
+    INVALID_PREFERENCE = "invalid_preference"  # SetPreference refused (never a screen)
 
 
 class SensorState(StrEnum):
@@ -229,3 +231,14 @@ def parse_project_status(status: str) -> tuple[ProjectStatus | None, int]:
             return code, 0
     return None, 0
 
+
+class Preference(StrEnum):
+    """What the researcher may choose on the greeter, kept by the agent (D-Bus ``Preferences``).
+
+    ``SetPreference(key, value)`` validates the value and persists it on the
+    agent's state directory; ``KeyboardLayouts`` lists the layouts offered.
+    """
+
+    KEYBOARD_LAYOUT = "keyboard_layout"  # an XKB layout name, one of KeyboardLayouts
+    LARGE_TEXT = "large_text"  # "1" or "0"
+    HIGH_CONTRAST = "high_contrast"  # "1" or "0"

@@ -18,7 +18,13 @@ from dbus_fast.annotations import DBusInt32, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from sdbox.agent.api import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
-from sdbox.agent.events import RenewalEvent, SensorChanged, SessionEndedEvent, Transition
+from sdbox.agent.events import (
+    PreferencesChanged,
+    RenewalEvent,
+    SensorChanged,
+    SessionEndedEvent,
+    Transition,
+)
 from sdbox.agent.machine import Agent
 from sdbox.agent.problems import Refusal
 
@@ -89,6 +95,16 @@ class AgentInterface(ServiceInterface):
         return problem.value if problem else ""
 
     @dbus_property(access=PropertyAccess.READ)
+    def Preferences(self) -> DetailArgsType:
+        """The researcher's choices (agent.api.Preference): keyboard_layout, large_text, ..."""
+        return self.agent.preferences.values()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def KeyboardLayouts(self) -> Annotated[list[str], DBusSignature("as")]:
+        """The XKB layouts the greeter may offer ([keyboard] choices)."""
+        return list(self.agent.preferences.choices)
+
+    @dbus_property(access=PropertyAccess.READ)
     def Sensor(self) -> DBusStr:
         """The fingerprint sensor: connected | disconnected | unwatched (no hotplug watch)."""
         return self.agent.snapshot.sensor.value
@@ -116,6 +132,14 @@ class AgentInterface(ServiceInterface):
         """The PIN, where the chosen project accepts it."""
         try:
             await self.agent.submit_pin(pin)
+        except Refusal as refusal:
+            raise _refused(refusal) from refusal
+
+    @method()
+    def SetPreference(self, key: DBusStr, value: DBusStr) -> None:
+        """Keep a choice of the researcher's (validated; refused with invalid_preference)."""
+        try:
+            self.agent.set_preference(key, value)
         except Refusal as refusal:
             raise _refused(refusal) from refusal
 
@@ -148,9 +172,12 @@ class AgentInterface(ServiceInterface):
         return (project, outcome, message)
 
     def _on_event(
-        self, event: Transition | SessionEndedEvent | RenewalEvent | SensorChanged
+        self,
+        event: Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged,
     ) -> None:
-        if isinstance(event, SensorChanged):
+        if isinstance(event, PreferencesChanged):
+            self.emit_properties_changed({"Preferences": dict(event.values)})
+        elif isinstance(event, SensorChanged):
             self.emit_properties_changed({"Sensor": event.state.value})
         elif isinstance(event, Transition):
             tries = (

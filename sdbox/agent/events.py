@@ -49,6 +49,13 @@ class SensorChanged:
     state: SensorState
 
 
+@dataclass(frozen=True)
+class PreferencesChanged:
+    """The researcher changed a preference on the greeter (the values after the change)."""
+
+    values: dict[str, str]
+
+
 @dataclass
 class Snapshot:
     """The agent's observable state (D-Bus properties)."""
@@ -66,4 +73,4 @@ class Snapshot:
     sensor: SensorState = SensorState.UNWATCHED
 
 
-AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged
+AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged

@@ -25,6 +25,7 @@ from typing import Any
 
 from sdbox.agent.api import (
     Detail,
+    Preference,
     Problem,
     ProjectStatus,
     ProjectView,
@@ -35,6 +36,7 @@ from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.connect import ConnectionFlow, Insertion
 from sdbox.agent.events import (
     AgentEvent,
+    PreferencesChanged,
     RenewalEvent,
     SensorChanged,
     SessionEndedEvent,
@@ -49,6 +51,7 @@ from sdbox.agent.ports import (
     SessionPort,
     TrustPort,
 )
+from sdbox.agent.preferences import PreferenceError, Preferences
 from sdbox.agent.presence import SensorHotplug, SensorPresence
 from sdbox.agent.problems import Refusal, Step, problem_for, refusal_for
 from sdbox.audit import AuditEvent, audit
@@ -76,6 +79,7 @@ class Agent(ConnectionFlow):
         renewal_window_days: int = 30,
         renewal: RenewalPort | None = None,
         seen_dir: Path | None = None,
+        preferences: Preferences | None = None,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -86,6 +90,7 @@ class Agent(ConnectionFlow):
         self.renewal_window_days = renewal_window_days
         self.renewal = renewal
         self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
+        self.preferences = preferences or Preferences(None, layout="us", choices=("us",))
         self._renewing = False
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []
@@ -350,6 +355,21 @@ class Agent(ConnectionFlow):
             self._pin.cancel()
         if self._card is not None and self._card.directory is not None:
             self._set(State.PICKER)
+
+    def set_preference(self, key: str, value: str) -> None:
+        """A choice from the greeter (keyboard layout, large text, high contrast), kept."""
+        busy = (State.VALIDATING, State.CONNECTING, State.RUNNING)
+        if key == Preference.KEYBOARD_LAYOUT and self.snapshot.state in busy:
+            # the greeter restarts the kiosk compositor to apply a layout, and the
+            # session's window lives in it
+            raise Refusal(Problem.BUSY, "the keyboard layout can change when no session is open")
+        try:
+            changed = self.preferences.set(key, value)
+        except PreferenceError as exc:
+            raise Refusal(Problem.INVALID_PREFERENCE, str(exc)) from exc
+        if changed:
+            _log.info("preference %s set to %s", key, value)
+            self._emit(PreferencesChanged(self.preferences.values()))
 
     async def submit_pin(self, pin: str) -> None:
         """The PIN typed in the greeter, where the chosen project allows it."""

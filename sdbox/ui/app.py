@@ -4,7 +4,12 @@ It talks to nothing but the agent's D-Bus API (GDBus, so that GTK's main
 loop owns everything), has no decorations, no menus and no way out: under
 ``cage`` it is the only window there is. cage 0.1.4 does not maximise it, so
 it sizes itself to the monitor. Keyboard: arrows and Enter in the picker,
-Enter in the PIN field, Escape to go back.
+Enter in the PIN field, Escape to go back, F2 for the keyboard layout.
+
+A new keyboard layout is applied by the compositor, which takes its keymap
+once, at start (cage's ``XKB_DEFAULT_LAYOUT``): once the agent has kept the
+choice (and written it where the greeter's unit reads it), the greeter quits
+and its unit starts cage and the greeter again with the new layout.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ gi.require_version("Gtk", "4.0")
 gi.require_version("Gdk", "4.0")
 from gi.repository import Gdk, Gio, GLib, Gtk  # noqa: E402  (after require_version)
 
-from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, SensorState, State  # noqa: E402
+from sdbox.agent.api import (  # noqa: E402
+    BUS_NAME,
+    INTERFACE,
+    OBJECT_PATH,
+    Preference,
+    SensorState,
+    State,
+)
 from sdbox.ui import SCREEN_FILE_VARIABLE  # noqa: E402
 from sdbox.ui.catalogue import translator  # noqa: E402
 from sdbox.ui.view import AgentView, Screen, screen_for  # noqa: E402
@@ -30,6 +42,7 @@ _log = logging.getLogger("sdbox.ui")
 
 CALL_TIMEOUT_MS = 30_000
 REFRESH_S = 2
+XKB_DEFAULT = "us"  # XKB's own default: cage's layout when XKB_DEFAULT_LAYOUT is unset
 
 CSS = b"""
 window { background: #f4f5f7; }
@@ -43,6 +56,7 @@ row { padding: 12px 18px; border-radius: 8px; }
 row:selected { background: #2b5797; color: white; }
 .project { font-size: 20px; font-weight: bold; }
 .detail { font-size: 14px; }
+.footer { font-size: 14px; color: #4a5866; }
 """
 
 
@@ -114,6 +128,7 @@ class Greeter:
             Gdk.Display.get_default(), provider, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION
         )
         self.properties: dict[str, Any] = {}
+        self.choosing_layout = False  # the keyboard layout chooser is open (F2)
         self.screen: Screen | None = None
         self.proxy = self._connect(bus_address)
         self.refresh()
@@ -195,6 +210,9 @@ class Greeter:
             tries_left=prop("TriesLeft", -1), active_project=prop("ActiveProject", ""),
             message=prop("Message", ""), problem=prop("Problem", ""),
             sensor=prop("Sensor", SensorState.UNWATCHED),
+            preferences=dict(prop("Preferences", {})),
+            keyboard_layouts=tuple(prop("KeyboardLayouts", [])),
+            choosing_layout=self.choosing_layout,
             detail=prop("Detail", ""), detail_args=dict(prop("DetailArgs", {})),
         )  # fmt: skip
 
@@ -241,6 +259,8 @@ class Greeter:
             box.append(spinner)
         if screen.projects and screen.kind in ("picker", "ended", "running"):
             box.append(self._picker(screen))
+        if screen.options:
+            box.append(self._options(screen))
         if screen.pin_entry:
             entry = Gtk.PasswordEntry()
             entry.set_show_peek_icon(False)
@@ -248,6 +268,13 @@ class Greeter:
             entry.connect("activate", self._on_pin)
             box.append(entry)
             _focus_once(entry)
+        if screen.footer:
+            spacer = Gtk.Box()
+            spacer.set_vexpand(True)
+            box.append(spacer)
+            footer = self._label(screen.footer, "footer")
+            footer.set_margin_bottom(32)
+            box.append(footer)
         # Each screen is a new window, presented before the old one goes: with
         # cage 0.1.4 / wlroots 0.15 a mapped window's later frames are not
         # always composited (the output commit fails and the old screen stays
@@ -289,9 +316,32 @@ class Greeter:
             _focus_once(first)
         return listbox
 
+    def _options(self, screen: Screen) -> Any:
+        """The keyboard layout chooser: one row per layout, the one in use selected."""
+        listbox = Gtk.ListBox()
+        listbox.set_selection_mode(Gtk.SelectionMode.SINGLE)
+        rows = []
+        for item in screen.options:
+            row = Gtk.ListBoxRow()
+            row.layout = item.id
+            column = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+            column.append(self._label(item.name, "project"))
+            if item.detail:
+                column.append(self._label(item.detail, "detail"))
+            row.set_child(column)
+            listbox.append(row)
+            rows.append(row)
+        in_use = [row for row, item in zip(rows, screen.options, strict=True) if item.detail]
+        chosen = (in_use or rows or [None])[0]
+        listbox.connect("row-activated", self._on_layout)
+        if chosen is not None:
+            listbox.select_row(chosen)
+            _focus_once(chosen)
+        return listbox
+
     # -- actions ---------------------------------------------------------------
 
-    def _call(self, method: str, args: Any = None) -> None:
+    def _call(self, method: str, args: Any = None, then: Any = None) -> None:
         def done(proxy: Any, result: Any) -> None:
             try:
                 proxy.call_finish(result)
@@ -299,8 +349,27 @@ class Greeter:
                 _log.info(
                     "%s refused: %s", method, Gio.DBusError.get_remote_error(exc) or exc.message
                 )
+                return
+            if then is not None:
+                then()
 
         self.proxy.call(method, args, Gio.DBusCallFlags.NONE, CALL_TIMEOUT_MS, None, done)
+
+    def _on_layout(self, _listbox: Any, row: Any) -> None:
+        layout = str(row.layout)
+
+        def kept() -> None:
+            self.choosing_layout = False
+            if layout != os.environ.get("XKB_DEFAULT_LAYOUT", XKB_DEFAULT):
+                # cage applies a layout only at start: quit, and the unit starts both again
+                _log.info("keyboard layout %s chosen: restarting to apply it", layout)
+                self.app.quit()
+                return
+            self.render()
+
+        self._call(
+            "SetPreference", GLib.Variant("(ss)", (Preference.KEYBOARD_LAYOUT.value, layout)), kept
+        )
 
     def _on_row(self, _listbox: Any, row: Any) -> None:
         method = (
@@ -316,8 +385,17 @@ class Greeter:
         self._call("SubmitPin", GLib.Variant("(s)", (pin,)))
 
     def _on_key(self, _controller: Any, keyval: int, _code: int, _state: Any) -> bool:
+        if keyval == Gdk.KEY_Escape and self.choosing_layout:
+            self.choosing_layout = False  # the greeter's own screen: the agent is not asked
+            self.render()
+            return True
         if keyval == Gdk.KEY_Escape:
             self._call("Cancel")
+            return True
+        if keyval == Gdk.KEY_F2 and self.screen is not None:
+            if self.screen.kind not in ("connecting", "running"):
+                self.choosing_layout = True
+                self.render()
             return True
         return False
 

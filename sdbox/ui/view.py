@@ -20,6 +20,7 @@ from sdbox.agent.api import (
     END_MESSAGES,
     Detail,
     EndReason,
+    Preference,
     Problem,
     ProjectStatus,
     ProjectView,
@@ -46,6 +47,11 @@ class AgentView:
     detail_args: Mapping[str, str] = field(default_factory=dict)
     # the fingerprint sensor: connected | disconnected | unwatched (no hotplug watch)
     sensor: str = SensorState.UNWATCHED
+    # the researcher's choices (agent.api.Preference) and the layouts this box offers
+    preferences: Mapping[str, str] = field(default_factory=dict)
+    keyboard_layouts: tuple[str, ...] = ()
+    # the greeter's own: the keyboard layout chooser is open (F2)
+    choosing_layout: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class Screen:
     pin_entry: bool = False
     can_cancel: bool = False
     alert: bool = False
+    # the keyboard layout chooser's rows (id: the XKB layout), and a line at the bottom
+    options: tuple[ProjectItem, ...] = field(default_factory=tuple)
+    footer: str = ""
 
 
 def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
@@ -294,8 +303,66 @@ def _unless_said(said: str, hint: str) -> str:
     return "" if core and core in said.lower() else hint
 
 
+# while a session is being opened or runs, the layout stays (the agent refuses a change)
+_IN_SESSION = frozenset({State.VALIDATING, State.CONNECTING, State.RUNNING})
+
+
+def _layout_names(_: Translate) -> dict[str, str]:
+    """The keyboard layouts a box may offer (sdbox.session.keyboard.RDP_LAYOUTS), by XKB name."""
+    return {
+        "us": _("English (US, QWERTY)"),
+        "gb": _("English (UK, QWERTY)"),
+        "ie": _("Irish (QWERTY)"),
+        "fr": _("French (AZERTY)"),
+        "be": _("Belgian (AZERTY)"),
+        "ch": _("Swiss (QWERTZ)"),
+        "de": _("German (QWERTZ)"),
+        "at": _("Austrian (QWERTZ)"),
+        "nl": _("Dutch (QWERTY)"),
+        "it": _("Italian (QWERTY)"),
+        "es": _("Spanish (QWERTY)"),
+        "pt": _("Portuguese (QWERTY)"),
+        "dk": _("Danish (QWERTY)"),
+        "no": _("Norwegian (QWERTY)"),
+        "se": _("Swedish (QWERTY)"),
+        "fi": _("Finnish (QWERTY)"),
+        "pl": _("Polish (QWERTY)"),
+        "cz": _("Czech (QWERTZ)"),
+        "hu": _("Hungarian (QWERTZ)"),
+    }
+
+
+def layout_name(layout: str, _: Translate) -> str:
+    """A keyboard layout's name in the greeter's language (its XKB name if it has none)."""
+    return _layout_names(_).get(layout, layout)
+
+
+def _keyboard_screen(view: AgentView, _: Translate) -> Screen:
+    current = view.preferences.get(Preference.KEYBOARD_LAYOUT, "")
+    layouts = view.keyboard_layouts or ((current,) if current else ())
+    return Screen(
+        "keyboard",
+        _("Keyboard layout"),
+        _("Choose the layout of your keyboard: the box and your sessions use it."),
+        _("Use the arrow keys and Enter; Escape to go back."),
+        options=tuple(
+            ProjectItem(code, layout_name(code, _), _("in use") if code == current else "", True)
+            for code in layouts
+        ),
+    )
+
+
+def _footer(view: AgentView, _: Translate) -> str:
+    layout = view.preferences.get(Preference.KEYBOARD_LAYOUT, "")
+    if not layout:
+        return ""
+    return _("F2: keyboard layout ({layout})").format(layout=layout_name(layout, _))
+
+
 def screen_for(view: AgentView, _: Translate) -> Screen:
-    """The screen for the agent's current state."""
+    """The screen for the agent's current state (or the greeter's own chooser)."""
+    if view.choosing_layout and view.state not in _IN_SESSION:
+        return _keyboard_screen(view, _)
     problems = _problem_texts(_)
     records = [ProjectView.from_wire(p) for p in view.projects]
     projects = tuple(ProjectItem(p.id, p.name, _project_detail(p, _), p.usable) for p in records)
@@ -310,6 +377,7 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
             _("Insert your card"),
             "",
             _("Insert your card into the reader to start."),
+            footer=_footer(view, _),
         )
     if view.state == State.READING:
         return Screen("reading", _("Reading your card…"), hint=_("Leave the card in the reader."))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -122,7 +123,8 @@ def test_screens_in_english(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_pa
                 await _wait(run.agent, State.IDLE)
                 await asyncio.to_thread(
                     expect, screen, "insert-card", OUT,
-                    ("Insert your card", "Insert your card into the reader to start."),
+                    ("Insert your card", "Insert your card into the reader to start.",
+                     "F2: keyboard layout (English (US, QWERTY))"),
                 )  # fmt: skip
 
     try:
@@ -277,6 +279,54 @@ def test_keyboard_only(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: P
                 await asyncio.to_thread(_keys, display, *"123456", "Return")
                 await _wait(run.agent, State.RUNNING, timeout=60)
                 assert run.agent.snapshot.active_project == "health-cohort"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+@needs_kiosk
+@pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed (make setup)")
+def test_the_keyboard_layout_is_chosen_from_the_keyboard_and_kept(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    """F2, an arrow and Enter: the agent keeps the layout, and the greeter restarts to apply it."""
+    bus_dir = _bus_dir()
+    keyboard = '[keyboard]\nlayout = "fr"\nchoices = ["de", "gb"]\n'
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=ScriptedSensor(), bus_dir=bus_dir,
+            extra_config=keyboard,
+        ) as run:  # fmt: skip
+            await _wait(run.agent, State.PICKER)
+            env_file = run.config.state_dir / "preferences" / "greeter.env"
+            assert env_file.read_text() == "XKB_DEFAULT_LAYOUT=fr\n"  # what cage starts with
+            with (
+                xvfb() as display,
+                greeter_on_x11(
+                    run.bus_address, display, extra_env={"XKB_DEFAULT_LAYOUT": "fr"}
+                ) as greeter,
+            ):
+                await _wait_for(lambda: window_shown(display), timeout=30)
+                await asyncio.sleep(1.5)  # the picker replaces the first (empty) screen
+                # the chooser opens on the layout in use (fr); Escape leaves it, nothing asked
+                await asyncio.to_thread(_keys, display, "F2", "Escape")
+                await asyncio.sleep(1)
+                assert run.agent.snapshot.state == State.PICKER  # Escape was not a Cancel
+                assert run.agent.preferences.keyboard_layout == "fr"
+                await asyncio.to_thread(_keys, display, "F2")
+                await asyncio.sleep(1)
+                await asyncio.to_thread(_keys, display, "Down", "Return")
+                await _wait_for(lambda: run.agent.preferences.keyboard_layout == "de", timeout=20)
+                # cage takes a layout only at start: the greeter quits for its unit to restart it
+                await _wait_for(lambda: greeter.poll() is not None, timeout=20)
+                assert greeter.returncode == 0
+            assert env_file.read_text() == "XKB_DEFAULT_LAYOUT=de\n"
+            assert json.loads((env_file.parent / "preferences.json").read_text()) == {
+                "keyboard_layout": "de"
+            }
 
     try:
         asyncio.run(scenario())

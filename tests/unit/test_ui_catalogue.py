@@ -28,19 +28,21 @@ from sdbox.agent.api import (
     END_MESSAGES,
     Detail,
     EndReason,
+    Preference,
     Problem,
     ProjectStatus,
     State,
     project_status,
 )
+from sdbox.session.keyboard import RDP_LAYOUTS
 from sdbox.ui.catalogue import languages, locale_dir, translator
-from sdbox.ui.view import AgentView, detail_text, screen_for
+from sdbox.ui.view import AgentView, detail_text, layout_name, screen_for
 
 UI = Path(__file__).resolve().parents[2] / "sdbox" / "ui"
 LANGUAGES = [language for language in languages() if language != "en"]
 # Problems that are only ever a refused method call (a D-Bus error the greeter logs), never
 # a state the greeter shows.
-NOT_SHOWN = {Problem.BUSY, Problem.UNKNOWN_PROJECT}
+NOT_SHOWN = {Problem.BUSY, Problem.UNKNOWN_PROJECT, Problem.INVALID_PREFERENCE}
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
 
 
@@ -151,6 +153,13 @@ def rendered_msgids() -> frozenset[str]:
                               detail_args={"reason": "closed"}),
                     translate,
                 )  # fmt: skip
+    layouts = tuple(RDP_LAYOUTS)
+    for choosing, state in itertools.product((True, False), (State.IDLE, State.PICKER)):
+        screen_for(
+            AgentView(state=state, choosing_layout=choosing, keyboard_layouts=layouts,
+                      preferences={Preference.KEYBOARD_LAYOUT: "fr"}),
+            translate,
+        )  # fmt: skip
     for detail in Detail:
         detail_text(detail, sample_args(detail), translate)
     for reason in EndReason:
@@ -169,6 +178,8 @@ def test_every_code_the_agent_can_send_has_words() -> None:
     for reason in EndReason:
         said = detail_text(Detail.SESSION_ENDED, {"reason": reason.value}, english)
         assert said == END_MESSAGES[reason]
+    for layout in RDP_LAYOUTS:  # every layout a box may offer ([keyboard] is checked against it)
+        assert layout_name(layout, english) != layout, f"no name for the layout {layout}"
     generic = screen_for(AgentView(state="picker", problem="no-such-problem"), english).title
     for problem in Problem:
         if problem not in NOT_SHOWN:

@@ -1,6 +1,8 @@
-"""The greeter's screens, from the agent's state (no display needed), in both languages."""
+"""The greeter's screens, from the agent's state (no display needed), in its languages."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
@@ -260,3 +262,22 @@ def test_the_finger_screen_follows_the_projects_policy_not_the_messages_wording(
         EN,
     )  # fmt: skip
     assert finger_only.pin_entry is False
+
+
+def test_the_keyboard_layout_is_chosen_from_the_boxs_list_in_the_researchers_language() -> None:
+    view = AgentView(
+        state="idle", preferences={"keyboard_layout": "de"}, keyboard_layouts=("fr", "de", "gb"),
+    )  # fmt: skip
+    assert screen_for(view, EN).footer == "F2: keyboard layout (German (QWERTZ))"
+    assert screen_for(view, FR).footer == "F2 : disposition du clavier (Allemand (QWERTZ))"
+    chooser = screen_for(replace(view, choosing_layout=True), FR)
+    assert chooser.kind == "keyboard"
+    assert [(o.id, o.name, o.detail) for o in chooser.options] == [
+        ("fr", "Français (AZERTY)", ""),
+        ("de", "Allemand (QWERTZ)", "en service"),
+        ("gb", "Anglais (Royaume-Uni, QWERTY)", ""),
+    ]
+    # never while a session is opened or runs: the agent refuses, the greeter does not offer it
+    running = replace(view, state="running", choosing_layout=True, active_project="census-2021",
+                      projects=PROJECTS)  # fmt: skip
+    assert screen_for(running, EN).kind == "running"
