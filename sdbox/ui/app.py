@@ -4,7 +4,9 @@ It talks to nothing but the agent's D-Bus API (GDBus, so that GTK's main
 loop owns everything), has no decorations, no menus and no way out: under
 ``cage`` it is the only window there is. cage 0.1.4 does not maximise it, so
 it sizes itself to the monitor. Keyboard: arrows and Enter in the picker,
-Enter in the PIN field, Escape to go back, F2 for the keyboard layout.
+Enter in the PIN field, Escape to go back, F2 for the keyboard layout, F3
+for larger text, F4 for high contrast (both kept by the agent, so that they
+survive a restart; applied as CSS classes on the window).
 
 A new keyboard layout is applied by the compositor, which takes its keymap
 once, at start (cage's ``XKB_DEFAULT_LAYOUT``): once the agent has kept the
@@ -57,6 +59,22 @@ row:selected { background: #2b5797; color: white; }
 .project { font-size: 20px; font-weight: bold; }
 .detail { font-size: 14px; }
 .footer { font-size: 14px; color: #4a5866; }
+/* F3: larger text, about one and a half times (the layout wraps, nothing is cut) */
+window.large .title { font-size: 44px; }
+window.large .body { font-size: 30px; }
+window.large .hint { font-size: 24px; }
+window.large .brand { font-size: 20px; }
+window.large .project { font-size: 30px; }
+window.large .detail, window.large .footer { font-size: 21px; }
+window.large entry { font-size: 28px; min-height: 52px; }
+/* F4: high contrast: white and yellow on black, the selection black on yellow */
+window.contrast { background: #000000; }
+window.contrast label { color: #ffffff; }
+window.contrast .title.alert { color: #ffd60a; }
+window.contrast row { border: 2px solid #ffffff; margin-bottom: 6px; }
+window.contrast row:selected { background: #ffd60a; border-color: #ffd60a; }
+window.contrast row:selected label { color: #000000; }
+window.contrast entry { background: #000000; color: #ffffff; border: 3px solid #ffd60a; }
 """
 
 
@@ -121,6 +139,7 @@ class Greeter:
     def __init__(self, app: Gtk.Application, bus_address: str | None, language: str) -> None:
         self._ = translator(language)
         self.app = app
+        self.screen: Screen | None = None
         self.window = self._new_window()
         provider = Gtk.CssProvider()
         provider.load_from_data(CSS)
@@ -129,7 +148,6 @@ class Greeter:
         )
         self.properties: dict[str, Any] = {}
         self.choosing_layout = False  # the keyboard layout chooser is open (F2)
-        self.screen: Screen | None = None
         self.proxy = self._connect(bus_address)
         self.refresh()
         # A safety net: a signal missed while the bus or the agent restarts must
@@ -138,6 +156,7 @@ class Greeter:
 
     def _new_window(self) -> Any:
         window = Gtk.ApplicationWindow(application=self.app, title="sdbox")
+        self._style(window)
         window.set_decorated(False)
         window.set_deletable(False)
         keys = Gtk.EventControllerKey()
@@ -152,6 +171,18 @@ class Greeter:
         guard.connect("key-pressed", _swallow_debug_keys)
         window.add_controller(guard)
         return window
+
+    def _style(self, window: Any) -> None:
+        """The researcher's accessibility choices on ``window`` (CSS classes, see CSS)."""
+        screen = self.screen
+        for css, wanted in (
+            ("large", screen is not None and screen.large_text),
+            ("contrast", screen is not None and screen.high_contrast),
+        ):
+            if wanted:
+                window.add_css_class(css)
+            else:
+                window.remove_css_class(css)
 
     def _connect(self, address: str | None) -> Any:
         if address:
@@ -288,6 +319,7 @@ class Greeter:
             self.window.present()
             old.destroy()
         else:
+            self._style(self.window)
             self.window.set_child(box)
         _report_screen(screen.kind, box)
 
@@ -391,6 +423,15 @@ class Greeter:
             return True
         if keyval == Gdk.KEY_Escape:
             self._call("Cancel")
+            return True
+        if keyval in (Gdk.KEY_F3, Gdk.KEY_F4) and self.screen is not None:
+            key, now = (
+                (Preference.LARGE_TEXT, self.screen.large_text)
+                if keyval == Gdk.KEY_F3
+                else (Preference.HIGH_CONTRAST, self.screen.high_contrast)
+            )
+            # kept by the agent; its PropertiesChanged brings the new look
+            self._call("SetPreference", GLib.Variant("(ss)", (key.value, "0" if now else "1")))
             return True
         if keyval == Gdk.KEY_F2 and self.screen is not None:
             if self.screen.kind not in ("connecting", "running"):

@@ -13,7 +13,7 @@ never shown either: its ``Detail`` code is said in the greeter's language
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sdbox.agent.api import (
@@ -79,6 +79,9 @@ class Screen:
     # the keyboard layout chooser's rows (id: the XKB layout), and a line at the bottom
     options: tuple[ProjectItem, ...] = field(default_factory=tuple)
     footer: str = ""
+    # the researcher's accessibility choices (F3, F4), applied to every screen
+    large_text: bool = False
+    high_contrast: bool = False
 
 
 def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
@@ -353,14 +356,23 @@ def _keyboard_screen(view: AgentView, _: Translate) -> Screen:
 
 
 def _footer(view: AgentView, _: Translate) -> str:
+    keys = _("F3: larger text · F4: high contrast")
     layout = view.preferences.get(Preference.KEYBOARD_LAYOUT, "")
     if not layout:
-        return ""
-    return _("F2: keyboard layout ({layout})").format(layout=layout_name(layout, _))
+        return keys
+    return _("F2: keyboard layout ({layout})").format(layout=layout_name(layout, _)) + "\n" + keys
 
 
 def screen_for(view: AgentView, _: Translate) -> Screen:
     """The screen for the agent's current state (or the greeter's own chooser)."""
+    return replace(
+        _screen_for(view, _),
+        large_text=view.preferences.get(Preference.LARGE_TEXT) == "1",
+        high_contrast=view.preferences.get(Preference.HIGH_CONTRAST) == "1",
+    )
+
+
+def _screen_for(view: AgentView, _: Translate) -> Screen:
     if view.choosing_layout and view.state not in _IN_SESSION:
         return _keyboard_screen(view, _)
     problems = _problem_texts(_)

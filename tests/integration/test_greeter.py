@@ -124,7 +124,7 @@ def test_screens_in_english(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_pa
                 await asyncio.to_thread(
                     expect, screen, "insert-card", OUT,
                     ("Insert your card", "Insert your card into the reader to start.",
-                     "F2: keyboard layout (English (US, QWERTY))"),
+                     "F2: keyboard layout (English (US, QWERTY))\nF3: larger text · F4: high contrast"),
                 )  # fmt: skip
 
     try:
@@ -327,6 +327,84 @@ def test_the_keyboard_layout_is_chosen_from_the_keyboard_and_kept(
             assert json.loads((env_file.parent / "preferences.json").read_text()) == {
                 "keyboard_layout": "de"
             }
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+@needs_kiosk
+def test_larger_text_and_high_contrast(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    """The researcher's choices, kept by the agent, change every screen (references: the looks)."""
+    bus_dir = _bus_dir()
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=ScriptedSensor(), bus_dir=bus_dir
+        ) as run:
+            await _wait(run.agent, State.PICKER)
+            set_preference = run.iface.call_set_preference  # type: ignore[attr-defined]
+            with kiosk(run.bus_address) as screen:
+                await asyncio.to_thread(
+                    expect, screen, "picker", OUT, ("Choose a project", "Census microdata 2021")
+                )
+                await set_preference("large_text", "1")
+                await asyncio.to_thread(
+                    expect, screen, "picker-large", OUT, ("Choose a project", "Health cohort study")
+                )
+                await set_preference("large_text", "0")
+                await set_preference("high_contrast", "1")
+                await asyncio.to_thread(
+                    expect, screen, "picker-contrast", OUT, ("Choose a project",)
+                )
+                await set_preference("large_text", "1")
+                await asyncio.to_thread(run.card.remove)
+                await _wait(run.agent, State.IDLE)
+                await asyncio.to_thread(
+                    expect, screen, "insert-card-large-contrast", OUT,
+                    ("Insert your card", "F3: larger text · F4: high contrast"),
+                )  # fmt: skip
+            # kept: a greeter started now (after a restart, a power cut) has them at once
+            assert run.agent.preferences.values()["large_text"] == "1"
+            stored = json.loads((run.config.state_dir / "preferences" / "preferences.json").read_text())
+            assert stored["high_contrast"] == "1"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+@needs_kiosk
+@pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed (make setup)")
+def test_larger_text_and_high_contrast_from_the_keyboard(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    """F3 and F4 switch them on and off, through the agent, on any screen."""
+    bus_dir = _bus_dir()
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=ScriptedSensor(), bus_dir=bus_dir
+        ) as run:
+            await _wait(run.agent, State.PICKER)
+            prefs = run.agent.preferences.values
+            with xvfb() as display, greeter_on_x11(run.bus_address, display):
+                await _wait_for(lambda: window_shown(display), timeout=30)
+                await asyncio.sleep(1.5)  # the picker replaces the first (empty) screen
+                await asyncio.to_thread(_keys, display, "F3")
+                await _wait_for(lambda: prefs()["large_text"] == "1", timeout=20)
+                await asyncio.sleep(1)  # the new look is a new window: let it take the focus
+                await asyncio.to_thread(_keys, display, "F4")
+                await _wait_for(lambda: prefs()["high_contrast"] == "1", timeout=20)
+                await asyncio.sleep(1)
+                await asyncio.to_thread(_keys, display, "F3")
+                await _wait_for(lambda: prefs()["large_text"] == "0", timeout=20)
+                assert prefs()["high_contrast"] == "1"
+                assert run.agent.snapshot.state == State.PICKER  # nothing else was asked
 
     try:
         asyncio.run(scenario())

@@ -268,8 +268,10 @@ def test_the_keyboard_layout_is_chosen_from_the_boxs_list_in_the_researchers_lan
     view = AgentView(
         state="idle", preferences={"keyboard_layout": "de"}, keyboard_layouts=("fr", "de", "gb"),
     )  # fmt: skip
-    assert screen_for(view, EN).footer == "F2: keyboard layout (German (QWERTZ))"
-    assert screen_for(view, FR).footer == "F2 : disposition du clavier (Allemand (QWERTZ))"
+    assert screen_for(view, EN).footer.startswith("F2: keyboard layout (German (QWERTZ))\n")
+    assert screen_for(view, FR).footer.startswith(
+        "F2 : disposition du clavier (Allemand (QWERTZ))\n"
+    )
     chooser = screen_for(replace(view, choosing_layout=True), FR)
     assert chooser.kind == "keyboard"
     assert [(o.id, o.name, o.detail) for o in chooser.options] == [
@@ -281,3 +283,18 @@ def test_the_keyboard_layout_is_chosen_from_the_boxs_list_in_the_researchers_lan
     running = replace(view, state="running", choosing_layout=True, active_project="census-2021",
                       projects=PROJECTS)  # fmt: skip
     assert screen_for(running, EN).kind == "running"
+
+
+def test_larger_text_and_high_contrast_follow_the_kept_choices_on_every_screen() -> None:
+    plain = AgentView(state="picker", projects=PROJECTS)
+    assert not screen_for(plain, EN).large_text
+    assert not screen_for(plain, EN).high_contrast
+    chosen = replace(plain, preferences={"large_text": "1", "high_contrast": "1"})
+    for state in ("idle", "reading", "picker", "verifying", "blocked", "running"):
+        screen = screen_for(replace(chosen, state=state), FR)
+        assert screen.large_text
+        assert screen.high_contrast
+    assert not screen_for(replace(plain, preferences={"large_text": "0"}), EN).large_text
+    # the start screen says how to get them
+    assert screen_for(AgentView(), EN).footer == "F3: larger text · F4: high contrast"
+    assert screen_for(AgentView(), DE).footer == "F3: größere Schrift · F4: hoher Kontrast"
