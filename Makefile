@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck unit integration hwtest demo bench bench-image nbis soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
+.PHONY: setup setup-system venv test lint typecheck locale unit integration hwtest demo bench bench-image nbis soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
 
 setup: setup-system venv
 
@@ -127,6 +127,11 @@ bench-image: image image-test
 	PYTHONPATH=. $(PY) -m benchmarks.image --generation $(GENERATION)
 
 # Regenerate debian/*.lock after changing a pin in pyproject.toml.
+# locale: the greeter's catalogues, one .po per language (docs/greeter.md, "Languages");
+# the compiled .mo files are committed, and a unit test fails when one is stale.
+locale:
+	for po in sdbox/ui/locale/*/LC_MESSAGES/sdbox.po; do msgfmt --check-format -o $${po%.po}.mo $$po || exit 1; done
+
 lock: venv
 	$(PY) scripts/lock_requirements.py
 

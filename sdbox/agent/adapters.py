@@ -151,9 +151,15 @@ def host_subject(certificate: x509.Certificate) -> str:
 class SessionService:
     """Opens sdbox.session clients for projects."""
 
-    def __init__(self, config: SessionConfig, trust: TrustService) -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        trust: TrustService,
+        keyboard_layout: Callable[[], str] | None = None,
+    ) -> None:
         self.config = config
         self.trust = trust
+        self.keyboard_layout = keyboard_layout  # the researcher's current layout (Preferences)
 
     def display(self) -> Display:
         """Where the clients draw."""
@@ -188,6 +194,7 @@ class SessionService:
             ca_pem=self.trust.server_ca_pem(server) if protocol is SessionProtocol.SPICE else None,
             host_subject=host_subject(server) if protocol is SessionProtocol.SPICE else None,
             connect_timeout=self.config.connect_timeout_s,
+            keyboard_layout=self.keyboard_layout() if self.keyboard_layout else None,
         )
         session: SessionHandle = open_session(spec, run_as=self.config.user or None)
         return session

@@ -18,15 +18,21 @@ from sdbox.session.outcome import EndReason
 
 __all__ = [
     "BUS_NAME",
+    "DETAIL_ARGS",
     "END_MESSAGES",
     "ERROR_PREFIX",
     "INTERFACE",
     "OBJECT_PATH",
+    "Detail",
     "EndReason",
+    "Preference",
     "Problem",
+    "ProjectStatus",
     "ProjectView",
     "SensorState",
     "State",
+    "parse_project_status",
+    "project_status",
 ]
 
 BUS_NAME = "org.sdbox.Agent1"
@@ -80,6 +86,7 @@ class Problem(StrEnum):
     SESSION_FAILED = "session_failed"
     UNKNOWN_PROJECT = "unknown_project"
     BUSY = "busy"
+    INVALID_PREFERENCE = "invalid_preference"  # SetPreference refused (never a screen)
 
 
 class SensorState(StrEnum):
@@ -122,3 +129,121 @@ class ProjectView:
             str(id_), str(name), str(protocol), str(second_factor), str(expires), str(status),
             bool(usable),
         )  # fmt: skip
+
+
+class Detail(StrEnum):
+    """What the agent's ``Message`` says, as a code the greeter can say in its own language.
+
+    D-Bus ``Detail``, with its parameters in ``DetailArgs`` (``a{ss}``, see
+    :data:`DETAIL_ARGS`): ``Message`` stays the agent's English words for the
+    journal and the command line; the greeter renders the sentence for the
+    code from its catalogue and inserts the parameters as data (a
+    certificate's subject, a host name, a date), never the other way round.
+    """
+
+    NONE = ""  # nothing more to say than the problem code (or nothing this version knows)
+    # the card and the reader
+    CARD_SWAPPED = "card_swapped"
+    CARD_REMOVED = "card_removed"
+    CARD_NOT_RESPONDING = "card_not_responding"
+    CARD_BUSY = "card_busy"
+    READER_UNAVAILABLE = "reader_unavailable"
+    CARD_NOT_UNDERSTOOD = "card_not_understood"
+    DIRECTORY_MISSING = "directory_missing"
+    DIRECTORY_UNTRUSTED = "directory_untrusted"
+    INTERNAL_ERROR = "internal_error"
+    # the holder: the prompt, and what went wrong with it
+    PLACE_FINGER = "place_finger"
+    PLACE_FINGER_OR_PIN = "place_finger_or_pin"
+    SENSOR_UNPLUGGED = "sensor_unplugged"
+    SENSOR_UNPLUGGED_OR_PIN = "sensor_unplugged_or_pin"
+    FINGER_BLOCKED = "finger_blocked"
+    PIN_BLOCKED = "pin_blocked"
+    FINGER_NOT_ENROLLED = "finger_not_enrolled"
+    PIN_FORMAT = "pin_format"
+    VERIFICATION_FAILED = "verification_failed"
+    SENSOR_UNAVAILABLE = "sensor_unavailable"
+    CAPTURE_FAILED = "capture_failed"
+    # certificates (the project's, the bubble's) and revocation
+    CERTIFICATE_REVOKED = "certificate_revoked"  # subject, date, reason (may be "")
+    CERTIFICATE_EXPIRED = "certificate_expired"  # subject, date
+    CERTIFICATE_NOT_YET_VALID = "certificate_not_yet_valid"  # subject, date
+    CERTIFICATE_UNTRUSTED = "certificate_untrusted"  # subject
+    CERTIFICATE_NOT_LISTED = "certificate_not_listed"  # slot
+    PROJECT_MISMATCH = "project_mismatch"  # project
+    KEY_NOT_ON_CARD = "key_not_on_card"  # subject
+    REVOCATION_LIST_MISSING = "revocation_list_missing"  # issuer
+    REVOCATION_LIST_STALE = "revocation_list_stale"  # issuer, date
+    CLOCK_WRONG = "clock_wrong"  # now, floor
+    SERVER_NAME_MISMATCH = "server_name_mismatch"  # host
+    SERVER_CERTIFICATE_MALFORMED = "server_certificate_malformed"
+    # the centre and the session
+    ENDPOINT_NOT_ALLOWED = "endpoint_not_allowed"  # project, endpoint
+    CENTRE_UNREACHABLE = "centre_unreachable"
+    CENTRE_REFUSED = "centre_refused"  # code (the centre's refusal code)
+    SESSION_ENDED = "session_ended"  # reason (an EndReason value)
+    SESSION_NOT_STARTED = "session_not_started"
+
+
+# The parameters each detail comes with (the keys of DetailArgs): dates are ISO 8601 in
+# UTC, the rest is data shown as it is. The greeter's catalogue uses exactly these.
+DETAIL_ARGS: dict[Detail, frozenset[str]] = {
+    Detail.CERTIFICATE_REVOKED: frozenset({"subject", "date", "reason"}),
+    Detail.CERTIFICATE_EXPIRED: frozenset({"subject", "date"}),
+    Detail.CERTIFICATE_NOT_YET_VALID: frozenset({"subject", "date"}),
+    Detail.CERTIFICATE_UNTRUSTED: frozenset({"subject"}),
+    Detail.CERTIFICATE_NOT_LISTED: frozenset({"slot"}),
+    Detail.PROJECT_MISMATCH: frozenset({"project"}),
+    Detail.KEY_NOT_ON_CARD: frozenset({"subject"}),
+    Detail.REVOCATION_LIST_MISSING: frozenset({"issuer"}),
+    Detail.REVOCATION_LIST_STALE: frozenset({"issuer", "date"}),
+    Detail.CLOCK_WRONG: frozenset({"now", "floor"}),
+    Detail.SERVER_NAME_MISMATCH: frozenset({"host"}),
+    Detail.ENDPOINT_NOT_ALLOWED: frozenset({"project", "endpoint"}),
+    Detail.CENTRE_REFUSED: frozenset({"code"}),
+    Detail.SESSION_ENDED: frozenset({"reason"}),
+}
+
+
+class ProjectStatus(StrEnum):
+    """A project's status in the picker: ``ProjectView.status`` is one of these words.
+
+    The expiring status carries its number of days (``project_status`` writes
+    it, ``ProjectView.status_code`` / ``expires_in_days`` read it): the wire
+    form is defined here once, for the agent and the greeter.
+    """
+
+    READY = "ready"
+    EXPIRES_SOON = "certificate expires in"  # + " N day(s)"
+    EXPIRED = "certificate expired"
+    NOT_ALLOWED = "not allowed on this box"
+
+
+def project_status(status: ProjectStatus, days: int = 0) -> str:
+    """The ``status`` field for ``status`` (with ``days`` for an expiring certificate)."""
+    if status is ProjectStatus.EXPIRES_SOON:
+        return f"{status.value} {days} day{'s' if days != 1 else ''}"
+    return status.value
+
+
+def parse_project_status(status: str) -> tuple[ProjectStatus | None, int]:
+    """The code (None: a status this version does not know) and days of a ``status`` field."""
+    for code in ProjectStatus:
+        if code is ProjectStatus.EXPIRES_SOON and status.startswith(code.value + " "):
+            days = status.removeprefix(code.value + " ").split()[0]
+            return (code, int(days)) if days.lstrip("-").isdigit() else (None, 0)
+        if status == code.value:
+            return code, 0
+    return None, 0
+
+
+class Preference(StrEnum):
+    """What the researcher may choose on the greeter, kept by the agent (D-Bus ``Preferences``).
+
+    ``SetPreference(key, value)`` validates the value and persists it on the
+    agent's state directory; ``KeyboardLayouts`` lists the layouts offered.
+    """
+
+    KEYBOARD_LAYOUT = "keyboard_layout"  # an XKB layout name, one of KeyboardLayouts
+    LARGE_TEXT = "large_text"  # "1" or "0"
+    HIGH_CONTRAST = "high_contrast"  # "1" or "0"

@@ -14,6 +14,7 @@ from typing import Literal
 
 from sdbox.config import load_file, setting
 from sdbox.identity import IdentityConfig
+from sdbox.session.keyboard import layout_problem
 
 DEFAULT_PATH = Path("/etc/sdbox/agent.toml")
 
@@ -127,6 +128,32 @@ class SessionConfig:
     )
 
 
+def _layouts(values: list[str]) -> str | None:
+    for value in values:
+        problem = layout_problem(value)
+        if problem is not None:
+            return problem
+    return None
+
+
+@dataclass(frozen=True)
+class KeyboardConfig:
+    """The box's keyboard: its layout and those the researcher may pick on the greeter."""
+
+    layout: str = setting(
+        "us",
+        help="the box's XKB layout (fr, de, gb, us, ch...): the greeter's (cage) and the one RDP "
+        "sessions announce, until the researcher picks another on the greeter",
+        check=layout_problem,
+    )
+    choices: list[str] = setting(
+        ["fr", "de", "gb", "us"],
+        help="the XKB layouts the greeter offers (the box's layout is always one); the choice is "
+        "kept in the state directory",
+        check=_layouts,
+    )
+
+
 @dataclass(frozen=True)
 class CredentialConfig:
     """Where one-time session credentials come from."""
@@ -230,6 +257,7 @@ class AgentConfig:
     card: CardConfig = setting(CardConfig(), help="card readers")
     sensor: SensorConfig = setting(SensorConfig(), help="fingerprint sensor")
     session: SessionConfig = setting(SessionConfig(), help="session clients")
+    keyboard: KeyboardConfig = setting(KeyboardConfig(), help="keyboard layout")
     credentials: CredentialConfig = setting(CredentialConfig(), help="session credentials")
     identity: IdentityConfigSection = setting(IdentityConfigSection(), help="the box identity")
     policy: PolicyConfig = setting(PolicyConfig(), help="image policy")

@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sdbox.agent.api import Problem, State
+from sdbox.agent.api import Detail, Problem, State
 from sdbox.agent.card import CardHandle
 from sdbox.agent.events import SessionEndedEvent
-from sdbox.agent.problems import Refusal, Step, problem_for
+from sdbox.agent.problems import Refusal, Step, detail_for, problem_for, refusal_for
 from sdbox.audit import AuditEvent, audit
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
 from sdbox.errors import SdboxError
@@ -82,7 +82,10 @@ class ConnectionFlow:
             message: str = "",
             problem: Problem | None = None,
             tries_left: int | None = None,
+            detail: Detail = Detail.NONE,
+            args: Mapping[str, str] | None = None,
         ) -> None: ...
+        def _refuse(self, state: State, refusal: Refusal, *, project: str = "") -> None: ...
         def _report_end(self, project: str, ended: Any) -> None: ...
         def _start_renewal(self, card: Insertion) -> None: ...
 
@@ -94,6 +97,8 @@ class ConnectionFlow:
                 raise Refusal(
                     Problem.ENDPOINT_NOT_ALLOWED,
                     f"project '{project.name}' points to a desktop this box may not reach ({project.endpoint})",
+                    Detail.ENDPOINT_NOT_ALLOWED,
+                    {"project": project.name, "endpoint": project.endpoint},
                 )
             if not card.verified:
                 await self._verify_holder(card, project)
@@ -103,12 +108,7 @@ class ConnectionFlow:
             await self._run_session(card, project, user, credential, server)
         except Refusal as refusal:
             if self._card is card:  # a refusal for a card that has left shows nothing
-                self._set(
-                    State.PICKER,
-                    project=project.id,
-                    message=refusal.message,
-                    problem=refusal.problem,
-                )
+                self._refuse(State.PICKER, refusal, project=project.id)
 
     async def _verify_holder(self, card: Insertion, project: Project) -> None:
         allow_pin = project.second_factor == SecondFactor.FINGER_OR_PIN
@@ -118,15 +118,17 @@ class ConnectionFlow:
             sensor_there = self.presence.connected
             if sensor_there:
                 message = "place your finger" + (" or enter your PIN" if allow_pin else "")
+                detail = Detail.PLACE_FINGER_OR_PIN if allow_pin else Detail.PLACE_FINGER
             else:  # nothing to capture with: wait for it to come back (or for the PIN)
                 message = "the fingerprint sensor is not connected: " + (
                     "enter your PIN, or plug the sensor back in" if allow_pin
                     else "plug it back in or call the service desk"
                 )  # fmt: skip
+                detail = Detail.SENSOR_UNPLUGGED_OR_PIN if allow_pin else Detail.SENSOR_UNPLUGGED
                 retry = Problem.SENSOR_UNPLUGGED
             self._set(
                 State.VERIFYING, project=project.id, message=message, problem=retry,
-                tries_left=tries,
+                tries_left=tries, detail=detail,
             )  # fmt: skip
             loop = asyncio.get_running_loop()
             self._pin = loop.create_future() if allow_pin else None
@@ -173,7 +175,7 @@ class ConnectionFlow:
                 if await self.presence.gone_soon():  # unplugged: wait for it (the loop says so)
                     retry = None
                     continue
-                raise Refusal(problem_for(exc, Step.HOLDER), exc.message) from exc
+                raise refusal_for(exc, Step.HOLDER) from exc
             except (FingerBlocked, PinBlocked) as exc:
                 audit(
                     AuditEvent.HOLDER_FAILED,
@@ -183,11 +185,11 @@ class ConnectionFlow:
                     card=card.guid.hex(),
                 )
                 self.snapshot.tries_left = 0
-                raise Refusal(problem_for(exc, Step.HOLDER), exc.message) from exc
+                raise refusal_for(exc, Step.HOLDER) from exc
             except CardAccessError:
                 raise
             except SdboxError as exc:  # another refusal of the card (VerificationError), the sensor
-                raise Refusal(problem_for(exc, Step.HOLDER), exc.message) from exc
+                raise refusal_for(exc, Step.HOLDER) from exc
             card.verified = True
             self.snapshot.holder_verified = True
             audit(
@@ -210,6 +212,8 @@ class ConnectionFlow:
             raise Refusal(
                 Problem.CERTIFICATE_INVALID,
                 f"the certificate in slot {project.slot:02X} is not the one the directory lists",
+                Detail.CERTIFICATE_NOT_LISTED,
+                {"slot": f"{project.slot:02X}"},
             )
         try:
             self.trust.check_project(certificate, project)
@@ -223,13 +227,15 @@ class ConnectionFlow:
                 project=project.id,
                 card=card.guid.hex(),
             )
-            raise Refusal(problem_for(exc, Step.PROJECT), exc.message) from exc
+            raise refusal_for(exc, Step.PROJECT) from exc
         try:
             server = x509.load_der_x509_certificate(project.server_certificate)
             self.trust.check_server(server, project)
         except (ValueError, x509.InvalidVersion) as exc:
             raise Refusal(
-                problem_for(exc, Step.SERVER), "the directory's server certificate is malformed"
+                problem_for(exc, Step.SERVER),
+                "the directory's server certificate is malformed",
+                Detail.SERVER_CERTIFICATE_MALFORMED,
             ) from exc
         except SdboxError as exc:
             audit(
@@ -238,8 +244,8 @@ class ConnectionFlow:
                 project=project.id,
                 server=project.endpoint,
             )
-            raise Refusal(
-                problem_for(exc, Step.SERVER), f"the project's desktop is not trusted: {exc.message}"
+            raise refusal_for(
+                exc, Step.SERVER, f"the project's desktop is not trusted: {exc.message}"
             ) from exc
         audit(
             AuditEvent.CREDENTIALS_VALIDATED,
@@ -257,7 +263,7 @@ class ConnectionFlow:
         except CardAccessError:
             raise
         except SdboxError as exc:
-            raise Refusal(problem_for(exc, Step.CREDENTIAL), exc.message) from exc
+            raise refusal_for(exc, Step.CREDENTIAL) from exc
         if credential is None:  # interactive: nothing was issued, the bubble asks
             return user, credential
         audit(
@@ -293,7 +299,8 @@ class ConnectionFlow:
             reason = getattr(getattr(ended, "reason", None), "value", "client_failed")
             audit(AuditEvent.SESSION_ENDED, exc.message, project=project.id, reason=reason)
             self._emit(SessionEndedEvent(project.id, reason, exc.message))
-            raise Refusal(Problem.SESSION_FAILED, exc.message) from exc
+            detail, args = detail_for(exc)
+            raise Refusal(Problem.SESSION_FAILED, exc.message, detail, args) from exc
         if self._session is not session or self._card is not card:
             # Connected just as the card left or a switch began: never "running".
             if self._session is session:
@@ -316,7 +323,12 @@ class ConnectionFlow:
         self._session = None
         self._report_end(project.id, ended)
         if self._card is card:
-            self._set(State.PICKER, project=project.id, message=getattr(ended, "message", ""))
+            reason = getattr(getattr(ended, "reason", None), "value", "")
+            self._set(
+                State.PICKER, project=project.id, message=getattr(ended, "message", ""),
+                detail=Detail.SESSION_ENDED if reason else Detail.NONE,
+                args={"reason": reason} if reason else None,
+            )  # fmt: skip
 
 
 async def _no_capture() -> bytes:

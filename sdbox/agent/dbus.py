@@ -18,7 +18,13 @@ from dbus_fast.annotations import DBusInt32, DBusSignature, DBusStr
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from sdbox.agent.api import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
-from sdbox.agent.events import RenewalEvent, SensorChanged, SessionEndedEvent, Transition
+from sdbox.agent.events import (
+    PreferencesChanged,
+    RenewalEvent,
+    SensorChanged,
+    SessionEndedEvent,
+    Transition,
+)
 from sdbox.agent.machine import Agent
 from sdbox.agent.problems import Refusal
 
@@ -28,6 +34,9 @@ _log = logging.getLogger("sdbox.agent.dbus")
 ProjectsType = Annotated[
     list[tuple[str, str, str, str, str, str, bool]], DBusSignature("a(ssssssb)")
 ]
+
+
+DetailArgsType = Annotated[dict[str, str], DBusSignature("a{ss}")]
 
 
 def _refused(refusal: Refusal) -> DBusError:
@@ -70,10 +79,30 @@ class AgentInterface(ServiceInterface):
         return self.agent.snapshot.message
 
     @dbus_property(access=PropertyAccess.READ)
+    def Detail(self) -> DBusStr:
+        """What Message says, as a code the greeter translates ('' if none; agent.api.Detail)."""
+        return self.agent.snapshot.detail.value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def DetailArgs(self) -> DetailArgsType:
+        """The detail's parameters (agent.api.DETAIL_ARGS): data, shown as it is."""
+        return dict(self.agent.snapshot.detail_args)
+
+    @dbus_property(access=PropertyAccess.READ)
     def Problem(self) -> DBusStr:
         """The last problem code ('' if none)."""
         problem = self.agent.snapshot.problem
         return problem.value if problem else ""
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Preferences(self) -> DetailArgsType:
+        """The researcher's choices (agent.api.Preference): keyboard_layout, large_text, ..."""
+        return self.agent.preferences.values()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def KeyboardLayouts(self) -> Annotated[list[str], DBusSignature("as")]:
+        """The XKB layouts the greeter may offer ([keyboard] choices)."""
+        return list(self.agent.preferences.choices)
 
     @dbus_property(access=PropertyAccess.READ)
     def Sensor(self) -> DBusStr:
@@ -107,6 +136,14 @@ class AgentInterface(ServiceInterface):
             raise _refused(refusal) from refusal
 
     @method()
+    def SetPreference(self, key: DBusStr, value: DBusStr) -> None:
+        """Keep a choice of the researcher's (validated; refused with invalid_preference)."""
+        try:
+            self.agent.set_preference(key, value)
+        except Refusal as refusal:
+            raise _refused(refusal) from refusal
+
+    @method()
     async def Cancel(self) -> None:
         """Abandon the current step or end the session; back to the picker."""
         await self.agent.cancel()
@@ -135,9 +172,12 @@ class AgentInterface(ServiceInterface):
         return (project, outcome, message)
 
     def _on_event(
-        self, event: Transition | SessionEndedEvent | RenewalEvent | SensorChanged
+        self,
+        event: Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged,
     ) -> None:
-        if isinstance(event, SensorChanged):
+        if isinstance(event, PreferencesChanged):
+            self.emit_properties_changed({"Preferences": dict(event.values)})
+        elif isinstance(event, SensorChanged):
             self.emit_properties_changed({"Sensor": event.state.value})
         elif isinstance(event, Transition):
             tries = (
@@ -147,7 +187,8 @@ class AgentInterface(ServiceInterface):
             self.StateChanged(event.state.value, event.project, event.message, problem, tries)
             self.emit_properties_changed(
                 {"State": event.state.value, "ActiveProject": event.project, "Message": event.message,
-                 "Problem": problem, "TriesLeft": tries}
+                 "Problem": problem, "TriesLeft": tries, "Detail": event.detail.value,
+                 "DetailArgs": dict(event.detail_args)}
             )  # fmt: skip
         elif isinstance(event, RenewalEvent):
             self.RenewalFinished(event.project, event.outcome, event.message)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sdbox.agent.api import Problem, ProjectView, SensorState, State
+from sdbox.agent.api import Detail, Problem, ProjectView, SensorState, State
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Transition:
     message: str = ""
     problem: Problem | None = None
     tries_left: int | None = None
+    detail: Detail = Detail.NONE  # what ``message`` says, as a code the greeter translates
+    detail_args: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,13 @@ class SensorChanged:
     state: SensorState
 
 
+@dataclass(frozen=True)
+class PreferencesChanged:
+    """The researcher changed a preference on the greeter (the values after the change)."""
+
+    values: dict[str, str]
+
+
 @dataclass
 class Snapshot:
     """The agent's observable state (D-Bus properties)."""
@@ -58,8 +67,10 @@ class Snapshot:
     message: str = ""
     problem: Problem | None = None
     tries_left: int = -1
+    detail: Detail = Detail.NONE
+    detail_args: dict[str, str] = field(default_factory=dict)
     holder_verified: bool = False
     sensor: SensorState = SensorState.UNWATCHED
 
 
-AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged
+AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged

@@ -18,16 +18,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sdbox.agent.api import Problem, ProjectView, State
+from sdbox.agent.api import (
+    Detail,
+    Preference,
+    Problem,
+    ProjectStatus,
+    ProjectView,
+    State,
+    project_status,
+)
 from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.connect import ConnectionFlow, Insertion
 from sdbox.agent.events import (
     AgentEvent,
+    PreferencesChanged,
     RenewalEvent,
     SensorChanged,
     SessionEndedEvent,
@@ -42,8 +51,9 @@ from sdbox.agent.ports import (
     SessionPort,
     TrustPort,
 )
+from sdbox.agent.preferences import PreferenceError, Preferences
 from sdbox.agent.presence import SensorHotplug, SensorPresence
-from sdbox.agent.problems import Refusal, Step, problem_for
+from sdbox.agent.problems import Refusal, Step, problem_for, refusal_for
 from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
 from sdbox.renewal.due import record_seen
@@ -69,6 +79,7 @@ class Agent(ConnectionFlow):
         renewal_window_days: int = 30,
         renewal: RenewalPort | None = None,
         seen_dir: Path | None = None,
+        preferences: Preferences | None = None,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -79,6 +90,7 @@ class Agent(ConnectionFlow):
         self.renewal_window_days = renewal_window_days
         self.renewal = renewal
         self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
+        self.preferences = preferences or Preferences(None, layout="us", choices=("us",))
         self._renewing = False
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []
@@ -108,8 +120,11 @@ class Agent(ConnectionFlow):
         message: str = "",
         problem: Problem | None = None,
         tries_left: int | None = None,
+        detail: Detail = Detail.NONE,
+        args: Mapping[str, str] | None = None,
     ) -> None:
         snap = self.snapshot
+        snap.detail, snap.detail_args = detail, dict(args or {})
         snap.state, snap.active_project, snap.message, snap.problem = (
             state,
             project,
@@ -124,7 +139,16 @@ class Agent(ConnectionFlow):
             f" [{project}]" if project else "",
             f": {message}" if message else "",
         )
-        self._emit(Transition(state, project, message, problem, tries_left))
+        self._emit(
+            Transition(state, project, message, problem, tries_left, detail, dict(args or {}))
+        )
+
+    def _refuse(self, state: State, refusal: Refusal, *, project: str = "") -> None:
+        """Show ``refusal`` (its problem, words and detail) in ``state``."""
+        self._set(
+            state, project=project, message=refusal.message, problem=refusal.problem,
+            detail=refusal.detail, args=refusal.detail_args,
+        )  # fmt: skip
 
     # -- sensor hotplug -----------------------------------------------------------------
 
@@ -181,7 +205,11 @@ class Agent(ConnectionFlow):
             card=card.guid.hex() or None,
         )
         self.snapshot = Snapshot(sensor=self.presence.state)
-        self._set(State.IDLE, message="the card was swapped" if swapped else "")
+        self._set(
+            State.IDLE,
+            message="the card was swapped" if swapped else "",
+            detail=Detail.CARD_SWAPPED if swapped else Detail.NONE,
+        )
 
     # -- flows ------------------------------------------------------------------------
 
@@ -194,7 +222,7 @@ class Agent(ConnectionFlow):
             except CardAccessError as exc:
                 _log.info("card access failed: %s", exc.message)
                 if self._card is not None:  # removal events follow; show the problem meanwhile
-                    self._set(State.BLOCKED, message=exc.message, problem=problem_for(exc, Step.CARD))
+                    self._refuse(State.BLOCKED, refusal_for(exc, Step.CARD))
             except Exception as exc:
                 _log.exception("agent flow failed")
                 if self._card is not None:
@@ -202,6 +230,7 @@ class Agent(ConnectionFlow):
                         State.BLOCKED,
                         message="internal error: remove the card and try again",
                         problem=problem_for(exc, Step.CARD),
+                        detail=Detail.INTERNAL_ERROR,
                     )
 
         self._flow = asyncio.ensure_future(guarded())
@@ -229,7 +258,7 @@ class Agent(ConnectionFlow):
         try:
             summary = await card.handle.summary(self.trust.directory_validator())
         except SdboxError as exc:
-            self._set(State.BLOCKED, message=exc.message, problem=problem_for(exc, Step.READING))
+            self._refuse(State.BLOCKED, refusal_for(exc, Step.READING))
             return
         card.guid = summary.guid
         audit(
@@ -245,7 +274,11 @@ class Agent(ConnectionFlow):
                 else "no project directory"
             )
             audit(AuditEvent.DIRECTORY_REFUSED, message, card=summary.guid.hex())
-            self._set(State.BLOCKED, message=message, problem=Problem.DIRECTORY_UNTRUSTED)
+            self._set(
+                State.BLOCKED, message=message, problem=Problem.DIRECTORY_UNTRUSTED,
+                detail=Detail.DIRECTORY_UNTRUSTED if summary.directory_error
+                else Detail.DIRECTORY_MISSING,
+            )  # fmt: skip
             return
         card.directory = summary.directory
         audit(
@@ -273,13 +306,13 @@ class Agent(ConnectionFlow):
         days = (project.not_after - now).days
         usable = True
         if project.not_after <= now:
-            status, usable = "certificate expired", False
+            status, usable = project_status(ProjectStatus.EXPIRED), False
         elif not self.endpoint_allowed(project.endpoint):
-            status, usable = "not allowed on this box", False
+            status, usable = project_status(ProjectStatus.NOT_ALLOWED), False
         elif days <= self.renewal_window_days:
-            status = f"certificate expires in {days} day{'s' if days != 1 else ''}"
+            status = project_status(ProjectStatus.EXPIRES_SOON, days)
         else:
-            status = "ready"
+            status = project_status(ProjectStatus.READY)
         return ProjectView(
             id=project.id, name=project.name, protocol=project.protocol.name.lower(),
             second_factor=project.second_factor.name.lower(), expires=project.not_after.isoformat(),
@@ -322,6 +355,21 @@ class Agent(ConnectionFlow):
             self._pin.cancel()
         if self._card is not None and self._card.directory is not None:
             self._set(State.PICKER)
+
+    def set_preference(self, key: str, value: str) -> None:
+        """A choice from the greeter (keyboard layout, large text, high contrast), kept."""
+        busy = (State.VALIDATING, State.CONNECTING, State.RUNNING)
+        if key == Preference.KEYBOARD_LAYOUT and self.snapshot.state in busy:
+            # the greeter restarts the kiosk compositor to apply a layout, and the
+            # session's window lives in it
+            raise Refusal(Problem.BUSY, "the keyboard layout can change when no session is open")
+        try:
+            changed = self.preferences.set(key, value)
+        except PreferenceError as exc:
+            raise Refusal(Problem.INVALID_PREFERENCE, str(exc)) from exc
+        if changed:
+            _log.info("preference %s set to %s", key, value)
+            self._emit(PreferencesChanged(self.preferences.values()))
 
     async def submit_pin(self, pin: str) -> None:
         """The PIN typed in the greeter, where the chosen project allows it."""

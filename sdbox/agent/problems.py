@@ -10,27 +10,68 @@ the card unusable (``Step.CARD``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from enum import Enum
+from typing import Any
 
-from sdbox.agent.api import Problem
+from sdbox.agent.api import Detail, Problem
+from sdbox.biometric.errors import BiometricError, SensorUnavailable
 from sdbox.biometric.quality import PoorCapture
-from sdbox.centre.errors import CentreUnreachable
+from sdbox.centre.errors import CentreError, CentreRefused, CentreUnreachable
 from sdbox.errors import SdboxError
-from sdbox.smartcard.errors import FingerBlocked, PinBlocked, WrongFinger, WrongPin
+from sdbox.session.errors import SessionError, SessionFailed
+from sdbox.smartcard.errors import (
+    CardBusy,
+    CardError,
+    CardNotResponding,
+    CardRemoved,
+    DirectoryError,
+    FingerBlocked,
+    FingerNotEnrolled,
+    InvalidPinFormat,
+    NoCard,
+    NoReader,
+    PcscUnavailable,
+    PinBlocked,
+    SecurityStatusNotSatisfied,
+    VerificationError,
+    WrongFinger,
+    WrongPin,
+)
 from sdbox.trust.errors import (
     CertificateExpired,
     CertificateNotYetValid,
     CertificateRevoked,
     ClockWrong,
+    CrlMissing,
+    CrlStale,
+    PossessionFailed,
+    ProjectMismatch,
+    ServerNameMismatch,
+    TrustError,
 )
 
 
 class Refusal(SdboxError):
-    """A step refused, with the problem code the greeter shows."""
+    """A step refused, with the problem code the greeter shows.
 
-    def __init__(self, problem: Problem, message: str) -> None:
+    ``detail`` and ``args`` say what ``message`` says, as a code and its
+    parameters (:class:`sdbox.agent.api.Detail`), for the greeter to say in
+    the researcher's language; ``message`` stays English, for the journal.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        message: str,
+        detail: Detail = Detail.NONE,
+        args: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.problem = problem
+        self.detail = detail
+        self.detail_args = dict(args or {})  # not ``args``: BaseException's own
 
 
 class Step(Enum):
@@ -81,3 +122,88 @@ def problem_for(exc: BaseException, step: Step) -> Problem:
         if isinstance(exc, kind):
             return problem
     return _DEFAULT[step]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def _subject(exc: Any) -> dict[str, str]:
+    return {"subject": str(exc.subject)}
+
+
+# (exception type, detail, its parameters from the typed exception): the first match wins.
+# Free text (a subject, a host) travels as a parameter, never as the sentence.
+_DETAILS: tuple[
+    tuple[
+        type[BaseException] | tuple[type[BaseException], ...],
+        Detail,
+        Callable[[Any], dict[str, str]],
+    ],
+    ...,
+] = (
+    (CardRemoved, Detail.CARD_REMOVED, lambda e: {}),
+    (CardNotResponding, Detail.CARD_NOT_RESPONDING, lambda e: {}),
+    (CardBusy, Detail.CARD_BUSY, lambda e: {}),
+    ((NoReader, NoCard, PcscUnavailable), Detail.READER_UNAVAILABLE, lambda e: {}),
+    (DirectoryError, Detail.DIRECTORY_UNTRUSTED, lambda e: {}),
+    (FingerBlocked, Detail.FINGER_BLOCKED, lambda e: {}),
+    (PinBlocked, Detail.PIN_BLOCKED, lambda e: {}),
+    (FingerNotEnrolled, Detail.FINGER_NOT_ENROLLED, lambda e: {}),
+    (InvalidPinFormat, Detail.PIN_FORMAT, lambda e: {}),
+    ((VerificationError, SecurityStatusNotSatisfied), Detail.VERIFICATION_FAILED, lambda e: {}),
+    (CardError, Detail.CARD_NOT_UNDERSTOOD, lambda e: {}),
+    (SensorUnavailable, Detail.SENSOR_UNAVAILABLE, lambda e: {}),
+    (BiometricError, Detail.CAPTURE_FAILED, lambda e: {}),
+    (
+        CertificateRevoked,
+        Detail.CERTIFICATE_REVOKED,
+        lambda e: {**_subject(e), "date": _iso(e.revoked_at), "reason": e.reason or ""},
+    ),
+    (
+        CertificateExpired,
+        Detail.CERTIFICATE_EXPIRED,
+        lambda e: {**_subject(e), "date": _iso(e.not_after)},
+    ),
+    (
+        CertificateNotYetValid,
+        Detail.CERTIFICATE_NOT_YET_VALID,
+        lambda e: {**_subject(e), "date": _iso(e.not_before)},
+    ),
+    (ClockWrong, Detail.CLOCK_WRONG, lambda e: {"now": _iso(e.now), "floor": _iso(e.floor)}),
+    (CrlMissing, Detail.REVOCATION_LIST_MISSING, lambda e: {"issuer": e.issuer}),
+    (
+        CrlStale,
+        Detail.REVOCATION_LIST_STALE,
+        lambda e: {"issuer": e.issuer, "date": _iso(e.next_update)},
+    ),
+    (PossessionFailed, Detail.KEY_NOT_ON_CARD, _subject),
+    (ProjectMismatch, Detail.PROJECT_MISMATCH, lambda e: {"project": e.expected}),
+    (ServerNameMismatch, Detail.SERVER_NAME_MISMATCH, lambda e: {"host": e.hostname}),
+    (
+        TrustError,
+        Detail.CERTIFICATE_UNTRUSTED,
+        lambda e: {"subject": str(getattr(e, "subject", "") or getattr(e, "issuer", ""))},
+    ),
+    (CentreUnreachable, Detail.CENTRE_UNREACHABLE, lambda e: {}),
+    (CentreRefused, Detail.CENTRE_REFUSED, lambda e: {"code": e.code}),
+    (CentreError, Detail.CENTRE_REFUSED, lambda e: {"code": e.code}),
+    (SessionFailed, Detail.SESSION_ENDED, lambda e: {"reason": e.ended.reason.value}),
+    (SessionError, Detail.SESSION_NOT_STARTED, lambda e: {}),
+)
+
+
+def detail_for(exc: BaseException) -> tuple[Detail, dict[str, str]]:
+    """What ``exc`` says, as a detail code and its parameters (by type, never by wording)."""
+    for kind, detail, args in _DETAILS:
+        if isinstance(exc, kind):
+            return detail, args(exc)
+    return Detail.NONE, {}
+
+
+def refusal_for(exc: SdboxError, step: Step, message: str | None = None) -> Refusal:
+    """The refusal for ``exc`` raised during ``step``: its problem, its words, its detail."""
+    detail, args = detail_for(exc)
+    return Refusal(
+        problem_for(exc, step), exc.message if message is None else message, detail, args
+    )

@@ -25,6 +25,7 @@ from sdbox.agent.adapters import SessionService, TrustService, make_sensor
 from sdbox.agent.card import CardHandle, ReaderWatcher
 from sdbox.agent.config import AgentConfig
 from sdbox.agent.machine import Agent
+from sdbox.agent.preferences import Preferences
 from sdbox.audit import AuditEvent, audit
 from sdbox.config import ConfigError
 from sdbox.errors import SdboxError
@@ -112,10 +113,18 @@ def build_agent(
     trust = overrides.pop("trust", None) or TrustService(config)
     # shared by credentials and renewal: one PKCS#11 session
     identity = identity or IdentitySource(config.identity.identity_config())
+    preferences = overrides.pop("preferences", None) or Preferences(
+        config.state_dir / "preferences",
+        layout=config.keyboard.layout,
+        choices=tuple(config.keyboard.choices),
+    )
     ports: dict[str, Any] = {
         "trust": trust,
         "sensor": make_sensor(config.sensor),
-        "sessions": SessionService(config.session, trust),
+        "sessions": SessionService(
+            config.session, trust, keyboard_layout=lambda: preferences.keyboard_layout
+        ),
+        "preferences": preferences,
         "endpoint_allowed": config.policy.endpoint_allowed,
         "renewal_window_days": config.policy.renewal_window_days,
         "renewal": make_renewal(config, trust, identity),

@@ -32,6 +32,7 @@ import re
 from pathlib import Path
 
 from sdbox.session.base import Launch, LineEvent, Session
+from sdbox.session.keyboard import rdp_layout_argument
 from sdbox.session.outcome import EndReason, rdp_exit_name, rdp_reason
 from sdbox.session.spec import SessionSpec, check_text
 from sdbox.session.supervisor import DEFAULT_SESSION_USER
@@ -93,6 +94,7 @@ class RdpSession(Session):
             "-toggle-fullscreen",
             "-decorations",
             "+grab-keyboard",
+            *self._keyboard_arguments(),
             "/log-level:WARN",
             "/log-filters:" + ",".join(self._log_filters),
         ]
@@ -112,6 +114,12 @@ class RdpSession(Session):
         # password before the session exists), and an empty password given
         # explicitly, or FreeRDP would prompt for one on its terminal.
         return [f"/u:{spec.user}", "/p:", "/sec:tls"]
+
+    def _keyboard_arguments(self) -> list[str]:
+        # RDP sends scancodes; the server makes characters with the layout announced
+        # here (a Windows server sets the session's input language from it).
+        layout = self.spec.keyboard_layout
+        return [rdp_layout_argument(layout)] if layout is not None else []
 
     def _window_arguments(self) -> list[str]:
         if self.spec.display.x11 is not None:

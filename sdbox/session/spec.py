@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sdbox.session.errors import SessionConfigError
+from sdbox.session.keyboard import RDP_LAYOUTS
 
 _FINGERPRINT = re.compile(r"^sha256:([0-9a-f]{64})$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -167,9 +168,14 @@ class SessionSpec:
     ca_pem: str | None = None
     host_subject: str | None = None
     connect_timeout: float = 20.0
+    # the box's XKB layout (sdbox.session.keyboard): RDP announces it to the server;
+    # SPICE sends scancodes and the guest's own layout decides. None: the client's default.
+    keyboard_layout: str | None = None
 
     def __post_init__(self) -> None:
         check_text("user name", self.user)
+        if self.keyboard_layout is not None and self.keyboard_layout not in RDP_LAYOUTS:
+            raise SessionConfigError(f"No RDP keyboard layout for {self.keyboard_layout!r}.")
         if self.server_fingerprint is not None:
             object.__setattr__(
                 self, "server_fingerprint", parse_fingerprint(self.server_fingerprint)

@@ -1,4 +1,4 @@
-"""``python3 -m sdbox.ui [--bus ADDRESS] [--lang fr|en]``: the kiosk greeter."""
+"""``python3 -m sdbox.ui [--bus ADDRESS] [--lang en|fr|de|...]``: the kiosk greeter."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 
 from sdbox.ui.app import run
+from sdbox.ui.catalogue import languages
 
 
 def main() -> int:
@@ -14,7 +15,10 @@ def main() -> int:
         prog="sdbox.ui", description="The sdbox kiosk greeter (GTK 4)."
     )
     parser.add_argument("--bus", help="D-Bus address of the agent (default: the system bus)")
-    parser.add_argument("--lang", choices=["en", "fr"], default=os.environ.get("SDBOX_LANG", "en"))
+    parser.add_argument(
+        "--lang", choices=languages(), default=os.environ.get("SDBOX_LANG", "en"),
+        help="the greeter's language: English or any language with a catalogue",
+    )  # fmt: skip
     args = parser.parse_args()
     return run(args.bus, args.lang)
 

@@ -4,16 +4,21 @@ It talks to nothing but the agent's D-Bus API (GDBus, so that GTK's main
 loop owns everything), has no decorations, no menus and no way out: under
 ``cage`` it is the only window there is. cage 0.1.4 does not maximise it, so
 it sizes itself to the monitor. Keyboard: arrows and Enter in the picker,
-Enter in the PIN field, Escape to go back.
+Enter in the PIN field, Escape to go back, F2 for the keyboard layout, F3
+for larger text, F4 for high contrast (both kept by the agent, so that they
+survive a restart; applied as CSS classes on the window).
+
+A new keyboard layout is applied by the compositor, which takes its keymap
+once, at start (cage's ``XKB_DEFAULT_LAYOUT``): once the agent has kept the
+choice (and written it where the greeter's unit reads it), the greeter quits
+and its unit starts cage and the greeter again with the new layout.
 """
 
 from __future__ import annotations
 
-import gettext
 import json
 import logging
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +28,23 @@ gi.require_version("Gtk", "4.0")
 gi.require_version("Gdk", "4.0")
 from gi.repository import Gdk, Gio, GLib, Gtk  # noqa: E402  (after require_version)
 
-from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, SensorState, State  # noqa: E402
+from sdbox.agent.api import (  # noqa: E402
+    BUS_NAME,
+    INTERFACE,
+    OBJECT_PATH,
+    Preference,
+    SensorState,
+    State,
+)
 from sdbox.ui import SCREEN_FILE_VARIABLE  # noqa: E402
+from sdbox.ui.catalogue import translator  # noqa: E402
 from sdbox.ui.view import AgentView, Screen, screen_for  # noqa: E402
 
 _log = logging.getLogger("sdbox.ui")
 
 CALL_TIMEOUT_MS = 30_000
 REFRESH_S = 2
+XKB_DEFAULT = "us"  # XKB's own default: cage's layout when XKB_DEFAULT_LAYOUT is unset
 
 CSS = b"""
 window { background: #f4f5f7; }
@@ -44,15 +58,24 @@ row { padding: 12px 18px; border-radius: 8px; }
 row:selected { background: #2b5797; color: white; }
 .project { font-size: 20px; font-weight: bold; }
 .detail { font-size: 14px; }
+.footer { font-size: 14px; color: #4a5866; }
+/* F3: larger text, about one and a half times (the layout wraps, nothing is cut) */
+window.large .title { font-size: 44px; }
+window.large .body { font-size: 30px; }
+window.large .hint { font-size: 24px; }
+window.large .brand { font-size: 20px; }
+window.large .project { font-size: 30px; }
+window.large .detail, window.large .footer { font-size: 21px; }
+window.large entry { font-size: 28px; min-height: 52px; }
+/* F4: high contrast: white and yellow on black, the selection black on yellow */
+window.contrast { background: #000000; }
+window.contrast label { color: #ffffff; }
+window.contrast .title.alert { color: #ffd60a; }
+window.contrast row { border: 2px solid #ffffff; margin-bottom: 6px; }
+window.contrast row:selected { background: #ffd60a; border-color: #ffd60a; }
+window.contrast row:selected label { color: #000000; }
+window.contrast entry { background: #000000; color: #ffffff; border: 3px solid #ffd60a; }
 """
-
-
-def translator(language: str) -> Any:
-    """gettext for ``language`` (fr, en), from the .mo files shipped with the package."""
-    localedir = str(resources.files("sdbox.ui").joinpath("locale"))
-    return gettext.translation(
-        "sdbox", localedir=localedir, languages=[language], fallback=True
-    ).gettext
 
 
 def _label_texts(widget: Any) -> list[str]:
@@ -116,6 +139,7 @@ class Greeter:
     def __init__(self, app: Gtk.Application, bus_address: str | None, language: str) -> None:
         self._ = translator(language)
         self.app = app
+        self.screen: Screen | None = None
         self.window = self._new_window()
         provider = Gtk.CssProvider()
         provider.load_from_data(CSS)
@@ -123,8 +147,7 @@ class Greeter:
             Gdk.Display.get_default(), provider, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION
         )
         self.properties: dict[str, Any] = {}
-        self.end_reason = self.end_message = ""
-        self.screen: Screen | None = None
+        self.choosing_layout = False  # the keyboard layout chooser is open (F2)
         self.proxy = self._connect(bus_address)
         self.refresh()
         # A safety net: a signal missed while the bus or the agent restarts must
@@ -133,6 +156,7 @@ class Greeter:
 
     def _new_window(self) -> Any:
         window = Gtk.ApplicationWindow(application=self.app, title="sdbox")
+        self._style(window)
         window.set_decorated(False)
         window.set_deletable(False)
         keys = Gtk.EventControllerKey()
@@ -147,6 +171,18 @@ class Greeter:
         guard.connect("key-pressed", _swallow_debug_keys)
         window.add_controller(guard)
         return window
+
+    def _style(self, window: Any) -> None:
+        """The researcher's accessibility choices on ``window`` (CSS classes, see CSS)."""
+        screen = self.screen
+        for css, wanted in (
+            ("large", screen is not None and screen.large_text),
+            ("contrast", screen is not None and screen.high_contrast),
+        ):
+            if wanted:
+                window.add_css_class(css)
+            else:
+                window.remove_css_class(css)
 
     def _connect(self, address: str | None) -> Any:
         if address:
@@ -168,10 +204,8 @@ class Greeter:
         proxy.connect("notify::g-name-owner", lambda *_args: self.refresh())
         return proxy
 
-    def _on_signal(self, _proxy: Any, _sender: Any, name: str, parameters: Any) -> None:
-        if name == "SessionEnded":  # (project, reason, message): the reason picks the words
-            _project, self.end_reason, self.end_message = parameters.unpack()
-        self.refresh()
+    def _on_signal(self, _proxy: Any, _sender: Any, _name: str, _parameters: Any) -> None:
+        self.refresh()  # the properties say it all (a session's end: Detail session_ended)
 
     def _tick(self) -> bool:
         self.refresh()
@@ -207,7 +241,10 @@ class Greeter:
             tries_left=prop("TriesLeft", -1), active_project=prop("ActiveProject", ""),
             message=prop("Message", ""), problem=prop("Problem", ""),
             sensor=prop("Sensor", SensorState.UNWATCHED),
-            end_reason=self.end_reason, end_message=self.end_message,
+            preferences=dict(prop("Preferences", {})),
+            keyboard_layouts=tuple(prop("KeyboardLayouts", [])),
+            choosing_layout=self.choosing_layout,
+            detail=prop("Detail", ""), detail_args=dict(prop("DetailArgs", {})),
         )  # fmt: skip
 
     def fit_monitor(self) -> None:
@@ -253,6 +290,8 @@ class Greeter:
             box.append(spinner)
         if screen.projects and screen.kind in ("picker", "ended", "running"):
             box.append(self._picker(screen))
+        if screen.options:
+            box.append(self._options(screen))
         if screen.pin_entry:
             entry = Gtk.PasswordEntry()
             entry.set_show_peek_icon(False)
@@ -260,6 +299,13 @@ class Greeter:
             entry.connect("activate", self._on_pin)
             box.append(entry)
             _focus_once(entry)
+        if screen.footer:
+            spacer = Gtk.Box()
+            spacer.set_vexpand(True)
+            box.append(spacer)
+            footer = self._label(screen.footer, "footer")
+            footer.set_margin_bottom(32)
+            box.append(footer)
         # Each screen is a new window, presented before the old one goes: with
         # cage 0.1.4 / wlroots 0.15 a mapped window's later frames are not
         # always composited (the output commit fails and the old screen stays
@@ -273,6 +319,7 @@ class Greeter:
             self.window.present()
             old.destroy()
         else:
+            self._style(self.window)
             self.window.set_child(box)
         _report_screen(screen.kind, box)
 
@@ -301,9 +348,32 @@ class Greeter:
             _focus_once(first)
         return listbox
 
+    def _options(self, screen: Screen) -> Any:
+        """The keyboard layout chooser: one row per layout, the one in use selected."""
+        listbox = Gtk.ListBox()
+        listbox.set_selection_mode(Gtk.SelectionMode.SINGLE)
+        rows = []
+        for item in screen.options:
+            row = Gtk.ListBoxRow()
+            row.layout = item.id
+            column = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+            column.append(self._label(item.name, "project"))
+            if item.detail:
+                column.append(self._label(item.detail, "detail"))
+            row.set_child(column)
+            listbox.append(row)
+            rows.append(row)
+        in_use = [row for row, item in zip(rows, screen.options, strict=True) if item.detail]
+        chosen = (in_use or rows or [None])[0]
+        listbox.connect("row-activated", self._on_layout)
+        if chosen is not None:
+            listbox.select_row(chosen)
+            _focus_once(chosen)
+        return listbox
+
     # -- actions ---------------------------------------------------------------
 
-    def _call(self, method: str, args: Any = None) -> None:
+    def _call(self, method: str, args: Any = None, then: Any = None) -> None:
         def done(proxy: Any, result: Any) -> None:
             try:
                 proxy.call_finish(result)
@@ -311,8 +381,27 @@ class Greeter:
                 _log.info(
                     "%s refused: %s", method, Gio.DBusError.get_remote_error(exc) or exc.message
                 )
+                return
+            if then is not None:
+                then()
 
         self.proxy.call(method, args, Gio.DBusCallFlags.NONE, CALL_TIMEOUT_MS, None, done)
+
+    def _on_layout(self, _listbox: Any, row: Any) -> None:
+        layout = str(row.layout)
+
+        def kept() -> None:
+            self.choosing_layout = False
+            if layout != os.environ.get("XKB_DEFAULT_LAYOUT", XKB_DEFAULT):
+                # cage applies a layout only at start: quit, and the unit starts both again
+                _log.info("keyboard layout %s chosen: restarting to apply it", layout)
+                self.app.quit()
+                return
+            self.render()
+
+        self._call(
+            "SetPreference", GLib.Variant("(ss)", (Preference.KEYBOARD_LAYOUT.value, layout)), kept
+        )
 
     def _on_row(self, _listbox: Any, row: Any) -> None:
         method = (
@@ -328,8 +417,26 @@ class Greeter:
         self._call("SubmitPin", GLib.Variant("(s)", (pin,)))
 
     def _on_key(self, _controller: Any, keyval: int, _code: int, _state: Any) -> bool:
+        if keyval == Gdk.KEY_Escape and self.choosing_layout:
+            self.choosing_layout = False  # the greeter's own screen: the agent is not asked
+            self.render()
+            return True
         if keyval == Gdk.KEY_Escape:
             self._call("Cancel")
+            return True
+        if keyval in (Gdk.KEY_F3, Gdk.KEY_F4) and self.screen is not None:
+            key, now = (
+                (Preference.LARGE_TEXT, self.screen.large_text)
+                if keyval == Gdk.KEY_F3
+                else (Preference.HIGH_CONTRAST, self.screen.high_contrast)
+            )
+            # kept by the agent; its PropertiesChanged brings the new look
+            self._call("SetPreference", GLib.Variant("(ss)", (key.value, "0" if now else "1")))
+            return True
+        if keyval == Gdk.KEY_F2 and self.screen is not None:
+            if self.screen.kind not in ("connecting", "running"):
+                self.choosing_layout = True
+                self.render()
             return True
         return False
 

@@ -5,15 +5,29 @@ text and every decision about which screen to show is here, testable
 without a display. Texts go through gettext (``_``), French and English.
 Screens are chosen from the agent's states, problem codes and project
 records (:mod:`sdbox.agent.api`, the only sdbox module the greeter imports),
-never from the wording of its messages, which are shown, not parsed.
+never from the wording of its messages. The agent's English ``Message`` is
+never shown either: its ``Detail`` code is said in the greeter's language
+(:func:`detail_text`), with the code's parameters inserted as data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
-from sdbox.agent.api import END_MESSAGES, EndReason, Problem, ProjectView, SensorState, State
+from sdbox.agent.api import (
+    END_MESSAGES,
+    Detail,
+    EndReason,
+    Preference,
+    Problem,
+    ProjectStatus,
+    ProjectView,
+    SensorState,
+    State,
+    parse_project_status,
+)
 
 Translate = Callable[[str], str]
 
@@ -26,13 +40,18 @@ class AgentView:
     projects: tuple[tuple[str, str, str, str, str, str, bool], ...] = ()
     tries_left: int = -1
     active_project: str = ""
-    message: str = ""
+    message: str = ""  # the agent's English words: for the log, never shown
     problem: str = ""
-    # the reason code of the last SessionEnded signal, with the message it came with
-    end_reason: str = ""
-    end_message: str = ""
+    # what the message says, as a code (agent.api.Detail) and its parameters
+    detail: str = ""
+    detail_args: Mapping[str, str] = field(default_factory=dict)
     # the fingerprint sensor: connected | disconnected | unwatched (no hotplug watch)
     sensor: str = SensorState.UNWATCHED
+    # the researcher's choices (agent.api.Preference) and the layouts this box offers
+    preferences: Mapping[str, str] = field(default_factory=dict)
+    keyboard_layouts: tuple[str, ...] = ()
+    # the greeter's own: the keyboard layout chooser is open (F2)
+    choosing_layout: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,12 @@ class Screen:
     pin_entry: bool = False
     can_cancel: bool = False
     alert: bool = False
+    # the keyboard layout chooser's rows (id: the XKB layout), and a line at the bottom
+    options: tuple[ProjectItem, ...] = field(default_factory=tuple)
+    footer: str = ""
+    # the researcher's accessibility choices (F3, F4), applied to every screen
+    large_text: bool = False
+    high_contrast: bool = False
 
 
 def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
@@ -143,52 +168,229 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
     }
 
 
-def _detail(project: ProjectView, _: Translate) -> str:
-    status = project.status
+def _project_detail(project: ProjectView, _: Translate) -> str:
     kind = _("Remote desktop") if project.protocol == "rdp" else _("Virtual machine")
-    if status == "ready":
+    status, days = parse_project_status(project.status)
+    if status is ProjectStatus.READY:
         return kind
-    if status.startswith("certificate expires in "):
-        days = status.removeprefix("certificate expires in ").split()[0]
+    if status is ProjectStatus.EXPIRES_SOON:
         return f"{kind} · " + _("access expires in {days} days").format(days=days)
-    if status == "certificate expired":
+    if status is ProjectStatus.EXPIRED:
         return f"{kind} · " + _("access expired")
-    if status == "not allowed on this box":
+    if status is ProjectStatus.NOT_ALLOWED:
         return f"{kind} · " + _("not available on this box")
-    return f"{kind} · {status}"
+    return kind if project.usable else f"{kind} · " + _("not available on this box")
 
 
-def _end_text(view: AgentView, _: Translate) -> str:
-    """The agent's end message, translated when its reason code is known."""
+def _when(value: str) -> str:
+    """A date parameter (ISO 8601) as the screen shows it; the same in every language."""
     try:
-        reason = EndReason(view.end_reason)
+        moment = datetime.fromisoformat(value)
     except ValueError:
-        return view.message
-    if view.end_message != view.message:  # an older end: the agent's words are current
-        return view.message
-    return _(END_MESSAGES[reason])
+        return value
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _sentence(message: str) -> str:
-    """The agent's detail as a sentence: a capital first, a full stop last."""
-    text = message.strip()
-    if not text:
-        return text
-    text = text[0].upper() + text[1:]
-    return text if text[-1] in ".!?…" else text + "."
+def _detail_texts(_: Translate) -> dict[str, str]:
+    """Every detail code's sentence; ``{name}`` is a parameter (agent.api.DETAIL_ARGS)."""
+    return {
+        Detail.CARD_SWAPPED: _("The card was swapped."),
+        Detail.CARD_REMOVED: _("The card was removed while it was in use."),
+        Detail.CARD_NOT_RESPONDING: _("The card did not answer in time."),
+        Detail.CARD_BUSY: _("Another program is using the card."),
+        Detail.READER_UNAVAILABLE: _("The card reader cannot be reached."),
+        Detail.CARD_NOT_UNDERSTOOD: _("The card answered in a way this box does not understand."),
+        Detail.DIRECTORY_MISSING: _("This card holds no list of projects."),
+        Detail.DIRECTORY_UNTRUSTED: _("The card's list of projects could not be verified."),
+        Detail.INTERNAL_ERROR: _(
+            "Something went wrong on this box. Remove the card and try again."
+        ),
+        Detail.PLACE_FINGER: _("Place your finger on the sensor."),
+        Detail.PLACE_FINGER_OR_PIN: _("Place your finger on the sensor or type your PIN."),
+        Detail.SENSOR_UNPLUGGED: _(
+            "The fingerprint sensor is not connected: plug it back in or call the service desk."
+        ),
+        Detail.SENSOR_UNPLUGGED_OR_PIN: _(
+            "The fingerprint sensor is not connected: type your PIN, or plug the sensor back in."
+        ),
+        Detail.FINGER_BLOCKED: _("Too many tries: this finger is blocked on the card."),
+        Detail.PIN_BLOCKED: _("Too many wrong PINs: the PIN is blocked on the card."),
+        Detail.FINGER_NOT_ENROLLED: _("No finger is enrolled on this card."),
+        Detail.PIN_FORMAT: _("A PIN has 6 to 8 digits; nothing was sent to the card."),
+        Detail.VERIFICATION_FAILED: _("The card refused the verification."),
+        Detail.SENSOR_UNAVAILABLE: _("The fingerprint sensor is not answering."),
+        Detail.CAPTURE_FAILED: _("The fingerprint could not be read."),
+        Detail.CERTIFICATE_REVOKED: _(
+            "The certificate of {subject} was revoked on {date}; it can no longer be used. "
+            "Contact your project's data manager."
+        ),
+        Detail.CERTIFICATE_EXPIRED: _(
+            "The certificate of {subject} expired on {date}; "
+            "it must be renewed before it can be used."
+        ),
+        Detail.CERTIFICATE_NOT_YET_VALID: _(
+            "The certificate of {subject} is not valid before {date}; "
+            "check this box's clock, or wait until then."
+        ),
+        Detail.CERTIFICATE_UNTRUSTED: _("The certificate of {subject} cannot be trusted here."),
+        Detail.CERTIFICATE_NOT_LISTED: _(
+            "The certificate in slot {slot} is not the one the card's list of projects names."
+        ),
+        Detail.PROJECT_MISMATCH: _("The card's certificate is not for project {project}."),
+        Detail.KEY_NOT_ON_CARD: _(
+            "The card does not hold the key of the certificate of {subject}."
+        ),
+        Detail.REVOCATION_LIST_MISSING: _(
+            "This box has no revocation list for {issuer}; "
+            "connect the box to the network to refresh it."
+        ),
+        Detail.REVOCATION_LIST_STALE: _(
+            "The revocation list for {issuer} is out of date since {date}; "
+            "connect the box to the network to refresh it."
+        ),
+        Detail.CLOCK_WRONG: _(
+            "This box's clock says {now}, but it has already seen {floor}: the clock is wrong, "
+            "so no certificate can be checked. Ask IT to fix the time."
+        ),
+        Detail.SERVER_NAME_MISMATCH: _(
+            "The server's certificate is not for {host}; "
+            "the connection was refused to protect your session."
+        ),
+        Detail.SERVER_CERTIFICATE_MALFORMED: _(
+            "The card names the project's desktop with a damaged certificate."
+        ),
+        Detail.ENDPOINT_NOT_ALLOWED: _(
+            "Project {project} points to a desktop this box may not reach ({endpoint})."
+        ),
+        Detail.CENTRE_UNREACHABLE: _("The centre did not answer."),
+        Detail.CENTRE_REFUSED: _("The centre refused the request (code {code})."),
+        Detail.SESSION_NOT_STARTED: _(
+            "The remote desktop program could not be started on this box."
+        ),
+    }
 
 
-def _unless_said(message: str, hint: str) -> str:
-    """The hint, unless the agent's message already says it (no advice twice on one screen)."""
+# variants where an optional parameter is empty: the sentence without it
+def _variants(_: Translate) -> dict[str, str]:
+    return {
+        Detail.CERTIFICATE_REVOKED: _(
+            "The certificate of {subject} was revoked on {date} (reason: {reason}); "
+            "it can no longer be used. Contact your project's data manager."
+        ),
+    }
+
+
+def detail_text(detail: str, args: Mapping[str, str], _: Translate) -> str:
+    """The agent's detail said in the greeter's language ('' for a code it does not know).
+
+    The parameters are data: a subject or host name stays as it is; a date is
+    written the same way in every language.
+    """
+    if detail == Detail.SESSION_ENDED:
+        try:
+            return _(END_MESSAGES[EndReason(args.get("reason", ""))])
+        except ValueError:
+            return ""
+    texts = _detail_texts(_)
+    if detail not in texts:
+        return ""
+    template = texts[detail]
+    if detail == Detail.CERTIFICATE_REVOKED and args.get("reason"):
+        template = _variants(_)[detail]
+    if detail == Detail.CENTRE_REFUSED and not args.get("code"):
+        template = _("The centre refused the request.")
+    values = {
+        key: _when(value) if key in ("date", "now", "floor") else value
+        for key, value in args.items()
+    }
+    try:
+        return template.format_map(values)
+    except (KeyError, IndexError, ValueError):  # a parameter missing: the sentence without data
+        return ""
+
+
+def _unless_said(said: str, hint: str) -> str:
+    """The hint, unless the detail's sentence already gives it (no advice twice on one screen).
+
+    Both are the greeter's own catalogue texts in one language, not the agent's words.
+    """
     core = hint.strip().rstrip(".").lower()
-    return "" if core and core in message.lower() else hint
+    return "" if core and core in said.lower() else hint
+
+
+# while a session is being opened or runs, the layout stays (the agent refuses a change)
+_IN_SESSION = frozenset({State.VALIDATING, State.CONNECTING, State.RUNNING})
+
+
+def _layout_names(_: Translate) -> dict[str, str]:
+    """The keyboard layouts a box may offer (sdbox.session.keyboard.RDP_LAYOUTS), by XKB name."""
+    return {
+        "us": _("English (US, QWERTY)"),
+        "gb": _("English (UK, QWERTY)"),
+        "ie": _("Irish (QWERTY)"),
+        "fr": _("French (AZERTY)"),
+        "be": _("Belgian (AZERTY)"),
+        "ch": _("Swiss (QWERTZ)"),
+        "de": _("German (QWERTZ)"),
+        "at": _("Austrian (QWERTZ)"),
+        "nl": _("Dutch (QWERTY)"),
+        "it": _("Italian (QWERTY)"),
+        "es": _("Spanish (QWERTY)"),
+        "pt": _("Portuguese (QWERTY)"),
+        "dk": _("Danish (QWERTY)"),
+        "no": _("Norwegian (QWERTY)"),
+        "se": _("Swedish (QWERTY)"),
+        "fi": _("Finnish (QWERTY)"),
+        "pl": _("Polish (QWERTY)"),
+        "cz": _("Czech (QWERTZ)"),
+        "hu": _("Hungarian (QWERTZ)"),
+    }
+
+
+def layout_name(layout: str, _: Translate) -> str:
+    """A keyboard layout's name in the greeter's language (its XKB name if it has none)."""
+    return _layout_names(_).get(layout, layout)
+
+
+def _keyboard_screen(view: AgentView, _: Translate) -> Screen:
+    current = view.preferences.get(Preference.KEYBOARD_LAYOUT, "")
+    layouts = view.keyboard_layouts or ((current,) if current else ())
+    return Screen(
+        "keyboard",
+        _("Keyboard layout"),
+        _("Choose the layout of your keyboard: the box and your sessions use it."),
+        _("Use the arrow keys and Enter; Escape to go back."),
+        options=tuple(
+            ProjectItem(code, layout_name(code, _), _("in use") if code == current else "", True)
+            for code in layouts
+        ),
+    )
+
+
+def _footer(view: AgentView, _: Translate) -> str:
+    keys = _("F3: larger text · F4: high contrast")
+    layout = view.preferences.get(Preference.KEYBOARD_LAYOUT, "")
+    if not layout:
+        return keys
+    return _("F2: keyboard layout ({layout})").format(layout=layout_name(layout, _)) + "\n" + keys
 
 
 def screen_for(view: AgentView, _: Translate) -> Screen:
-    """The screen for the agent's current state."""
+    """The screen for the agent's current state (or the greeter's own chooser)."""
+    return replace(
+        _screen_for(view, _),
+        large_text=view.preferences.get(Preference.LARGE_TEXT) == "1",
+        high_contrast=view.preferences.get(Preference.HIGH_CONTRAST) == "1",
+    )
+
+
+def _screen_for(view: AgentView, _: Translate) -> Screen:
+    if view.choosing_layout and view.state not in _IN_SESSION:
+        return _keyboard_screen(view, _)
     problems = _problem_texts(_)
     records = [ProjectView.from_wire(p) for p in view.projects]
-    projects = tuple(ProjectItem(p.id, p.name, _detail(p, _), p.usable) for p in records)
+    projects = tuple(ProjectItem(p.id, p.name, _project_detail(p, _), p.usable) for p in records)
+    said = detail_text(view.detail, view.detail_args, _)
     active = next((p for p in records if p.id == view.active_project), None)
     name = active.name if active else view.active_project
     # the finger is always asked for; the PIN too where the project's policy allows it
@@ -199,6 +401,7 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
             _("Insert your card"),
             "",
             _("Insert your card into the reader to start."),
+            footer=_footer(view, _),
         )
     if view.state == State.READING:
         return Screen("reading", _("Reading your card…"), hint=_("Leave the card in the reader."))
@@ -206,21 +409,19 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
         title, hint = problems.get(
             view.problem, (_("This card cannot be used"), _("Remove the card."))
         )
-        body = _sentence(view.message)
-        return Screen("error", title, body, _unless_said(body, hint), alert=True)
+        return Screen("error", title, said, _unless_said(said, hint), alert=True)
     if view.state == State.PICKER:
         if view.problem:
             title, hint = problems.get(view.problem, (_("Something went wrong"), _("Try again.")))
-            body = _sentence(view.message)
             return Screen(
-                "picker", title, body, _unless_said(body, hint), projects,
+                "picker", title, said, _unless_said(said, hint), projects,
                 can_cancel=False, alert=True,
             )  # fmt: skip
-        if view.message:  # a session ended: say why, in the researcher's language
+        if view.detail == Detail.SESSION_ENDED:  # a session ended: say why
             return Screen(
                 "ended",
                 _("The session ended"),
-                _end_text(view, _),
+                said,
                 _("Choose a project to start again."),
                 projects,
             )

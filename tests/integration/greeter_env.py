@@ -57,6 +57,9 @@ VOLATILE: dict[str, tuple[tuple[int, int, int, int], ...]] = {
     "connecting": ((226, 252, 620, 660),),  # the spinner
     "certificate-revoked": ((150, 180, 730, 922),),  # "2026-12-06 19:34" (revoked on)
     "clock-wrong": ((150, 180, 306, 498), (150, 180, 782, 976)),  # the clock, the CRL's time
+    # the PIN entry's caret, caught at any point of its blink (GTK fades it in and out)
+    "pin-fr": ((236, 262, 100, 112),),
+    "pin-de": ((236, 262, 100, 112),),
 }
 
 
@@ -365,11 +368,13 @@ def kiosk(bus_address: str, language: str = "en") -> Iterator[Kiosk]:
 
 @contextlib.contextmanager
 def greeter_on_x11(
-    bus_address: str, display: str, language: str = "en"
+    bus_address: str, display: str, language: str = "en", extra_env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The greeter as its user on an X display (for keyboard tests: xdotool needs X).
 
-    Yields the ``runuser`` process the greeter runs under.
+    Yields the ``runuser`` process the greeter runs under; ``extra_env`` is
+    added to its environment (``XKB_DEFAULT_LAYOUT``, as the greeter's unit
+    gives it).
     """
     user = pwd.getpwnam(GREETER_USER)
     base = Path(tempfile.mkdtemp(prefix="sdbox-greeter-code-"))
@@ -379,6 +384,7 @@ def greeter_on_x11(
         "PATH": "/usr/bin:/bin", "HOME": user.pw_dir, "LANG": "C.UTF-8", "DISPLAY": display,
         "GDK_BACKEND": "x11", "GTK_THEME": "Adwaita", "NO_AT_BRIDGE": "1",
         "GSETTINGS_BACKEND": "memory", "PYTHONPATH": str(code), "PYTHONDONTWRITEBYTECODE": "1",
+        **(extra_env or {}),
     }  # fmt: skip
     argv = ["runuser", "-u", GREETER_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
             GREETER_PYTHON, "-m", "sdbox.ui", "--bus", bus_address, "--lang", language]  # fmt: skip

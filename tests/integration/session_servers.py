@@ -364,12 +364,18 @@ class ShadowServer:
 
 @contextlib.contextmanager
 def shadow_server(
-    display: str, workdir: Path, certificate: Issued, *, own_logon: bool = False
+    display: str,
+    workdir: Path,
+    certificate: Issued,
+    *,
+    own_logon: bool = False,
+    interact: bool = False,
 ) -> Iterator[ShadowServer]:
     """``freerdp-shadow-cli3`` on 127.0.0.1 sharing ``display``, with ``certificate``.
 
     ``own_logon``: the server asks for no credential at connection (no NLA),
-    as a bubble that runs its own logon screen does.
+    as a bubble that runs its own logon screen does. ``interact``: the
+    client's keys and pointer reach ``display`` (XTest), as in a bubble.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config"
@@ -396,7 +402,7 @@ def shadow_server(
                 f"/port:{port}",
                 "/bind-address:127.0.0.1",
                 *(["-auth", "/sec:tls"] if own_logon else [f"/sam-file:{sam}"]),
-                "-may-interact",
+                "+may-interact" if interact else "-may-interact",
                 "/log-level:INFO",
             ],
             env={

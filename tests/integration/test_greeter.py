@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -122,7 +123,8 @@ def test_screens_in_english(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_pa
                 await _wait(run.agent, State.IDLE)
                 await asyncio.to_thread(
                     expect, screen, "insert-card", OUT,
-                    ("Insert your card", "Insert your card into the reader to start."),
+                    ("Insert your card", "Insert your card into the reader to start.",
+                     "F2: keyboard layout (English (US, QWERTY))\nF3: larger text · F4: high contrast"),
                 )  # fmt: skip
 
     try:
@@ -159,7 +161,8 @@ def test_blocked_finger_and_french(
                 )
                 await asyncio.to_thread(
                     expect, screen, "finger-blocked-fr", OUT,
-                    ("Ce doigt est bloqué", "Votre doigt doit être enrôlé à nouveau"),
+                    ("Ce doigt est bloqué", "Votre doigt doit être enrôlé à nouveau",
+                     "Trop d’essais : ce doigt est bloqué sur la carte."),  # noqa: RUF001
                 )  # fmt: skip
                 # the finger is blocked; the project that allows it still takes the PIN
                 await run.iface.call_choose_project("health-cohort")  # type: ignore[attr-defined]
@@ -167,6 +170,50 @@ def test_blocked_finger_and_french(
                 await asyncio.to_thread(
                     expect, screen, "pin-fr", OUT,
                     ("Saisissez votre code PIN", "Votre doigt est bloqué", "Health cohort study"),
+                )  # fmt: skip
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+@needs_kiosk
+def test_german(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path) -> None:
+    """A third language is one catalogue: the picker, the agent's detail and the PIN in German."""
+    bus_dir = _bus_dir()
+    sensor = ScriptedSensor()
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=sensor, bus_dir=bus_dir
+        ) as run:
+            await _wait(run.agent, State.PICKER)
+            with kiosk(run.bus_address, "de") as screen:
+                await asyncio.to_thread(
+                    expect, screen, "picker-de", OUT,
+                    ("Wählen Sie ein Projekt", "Census microdata 2021", "Remote-Desktop"),
+                )  # fmt: skip
+                await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
+                for number in range(1, 6):
+                    sensor.queue.put_nowait(synth.impression(4242, number))
+                await _wait_for(
+                    lambda: (
+                        run.agent.snapshot.problem is not None
+                        and run.agent.snapshot.problem.value == "finger_blocked"
+                    )
+                )
+                # the agent's detail (finger_blocked), said in German, not its English words
+                await asyncio.to_thread(
+                    expect, screen, "finger-blocked-de", OUT,
+                    ("Dieser Finger ist gesperrt",
+                     "Zu viele Versuche: Dieser Finger ist auf der Karte gesperrt."),
+                )  # fmt: skip
+                await run.iface.call_choose_project("health-cohort")  # type: ignore[attr-defined]
+                await _wait(run.agent, State.VERIFYING)
+                await asyncio.to_thread(
+                    expect, screen, "pin-de", OUT,
+                    ("Geben Sie Ihre PIN ein", "Ihr Finger ist gesperrt", "Health cohort study"),
                 )  # fmt: skip
 
     try:
@@ -232,6 +279,132 @@ def test_keyboard_only(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: P
                 await asyncio.to_thread(_keys, display, *"123456", "Return")
                 await _wait(run.agent, State.RUNNING, timeout=60)
                 assert run.agent.snapshot.active_project == "health-cohort"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+@needs_kiosk
+@pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed (make setup)")
+def test_the_keyboard_layout_is_chosen_from_the_keyboard_and_kept(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    """F2, an arrow and Enter: the agent keeps the layout, and the greeter restarts to apply it."""
+    bus_dir = _bus_dir()
+    keyboard = '[keyboard]\nlayout = "fr"\nchoices = ["de", "gb"]\n'
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=ScriptedSensor(), bus_dir=bus_dir,
+            extra_config=keyboard,
+        ) as run:  # fmt: skip
+            await _wait(run.agent, State.PICKER)
+            env_file = run.config.state_dir / "preferences" / "greeter.env"
+            assert env_file.read_text() == "XKB_DEFAULT_LAYOUT=fr\n"  # what cage starts with
+            with (
+                xvfb() as display,
+                greeter_on_x11(
+                    run.bus_address, display, extra_env={"XKB_DEFAULT_LAYOUT": "fr"}
+                ) as greeter,
+            ):
+                await _wait_for(lambda: window_shown(display), timeout=30)
+                await asyncio.sleep(1.5)  # the picker replaces the first (empty) screen
+                # the chooser opens on the layout in use (fr); Escape leaves it, nothing asked
+                await asyncio.to_thread(_keys, display, "F2", "Escape")
+                await asyncio.sleep(1)
+                assert run.agent.snapshot.state == State.PICKER  # Escape was not a Cancel
+                assert run.agent.preferences.keyboard_layout == "fr"
+                await asyncio.to_thread(_keys, display, "F2")
+                await asyncio.sleep(1)
+                await asyncio.to_thread(_keys, display, "Down", "Return")
+                await _wait_for(lambda: run.agent.preferences.keyboard_layout == "de", timeout=20)
+                # cage takes a layout only at start: the greeter quits for its unit to restart it
+                await _wait_for(lambda: greeter.poll() is not None, timeout=20)
+                assert greeter.returncode == 0
+            assert env_file.read_text() == "XKB_DEFAULT_LAYOUT=de\n"
+            assert json.loads((env_file.parent / "preferences.json").read_text()) == {
+                "keyboard_layout": "de"
+            }
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+@needs_kiosk
+def test_larger_text_and_high_contrast(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    """The researcher's choices, kept by the agent, change every screen (references: the looks)."""
+    bus_dir = _bus_dir()
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=ScriptedSensor(), bus_dir=bus_dir
+        ) as run:
+            await _wait(run.agent, State.PICKER)
+            set_preference = run.iface.call_set_preference  # type: ignore[attr-defined]
+            with kiosk(run.bus_address) as screen:
+                await asyncio.to_thread(
+                    expect, screen, "picker", OUT, ("Choose a project", "Census microdata 2021")
+                )
+                await set_preference("large_text", "1")
+                await asyncio.to_thread(
+                    expect, screen, "picker-large", OUT, ("Choose a project", "Health cohort study")
+                )
+                await set_preference("large_text", "0")
+                await set_preference("high_contrast", "1")
+                await asyncio.to_thread(
+                    expect, screen, "picker-contrast", OUT, ("Choose a project",)
+                )
+                await set_preference("large_text", "1")
+                await asyncio.to_thread(run.card.remove)
+                await _wait(run.agent, State.IDLE)
+                await asyncio.to_thread(
+                    expect, screen, "insert-card-large-contrast", OUT,
+                    ("Insert your card", "F3: larger text · F4: high contrast"),
+                )  # fmt: skip
+            # kept: a greeter started now (after a restart, a power cut) has them at once
+            assert run.agent.preferences.values()["large_text"] == "1"
+            stored = json.loads((run.config.state_dir / "preferences" / "preferences.json").read_text())
+            assert stored["high_contrast"] == "1"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+@needs_kiosk
+@pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed (make setup)")
+def test_larger_text_and_high_contrast_from_the_keyboard(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    """F3 and F4 switch them on and off, through the agent, on any screen."""
+    bus_dir = _bus_dir()
+
+    async def scenario() -> None:
+        async with running_agent(
+            pki, bubbles, free_reader, tmp_path, sensor_port=ScriptedSensor(), bus_dir=bus_dir
+        ) as run:
+            await _wait(run.agent, State.PICKER)
+            prefs = run.agent.preferences.values
+            with xvfb() as display, greeter_on_x11(run.bus_address, display):
+                await _wait_for(lambda: window_shown(display), timeout=30)
+                await asyncio.sleep(1.5)  # the picker replaces the first (empty) screen
+                await asyncio.to_thread(_keys, display, "F3")
+                await _wait_for(lambda: prefs()["large_text"] == "1", timeout=20)
+                await asyncio.sleep(1)  # the new look is a new window: let it take the focus
+                await asyncio.to_thread(_keys, display, "F4")
+                await _wait_for(lambda: prefs()["high_contrast"] == "1", timeout=20)
+                await asyncio.sleep(1)
+                await asyncio.to_thread(_keys, display, "F3")
+                await _wait_for(lambda: prefs()["large_text"] == "0", timeout=20)
+                assert prefs()["high_contrast"] == "1"
+                assert run.agent.snapshot.state == State.PICKER  # nothing else was asked
 
     try:
         asyncio.run(scenario())

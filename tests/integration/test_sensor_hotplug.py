@@ -30,7 +30,7 @@ from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH
 from sdbox.smartcard.emulator.profiles import issue_card, parse_profile
 from sdbox.smartcard.emulator.stack import reader_name
 from sdbox.trust.pki import Pki
-from sdbox.ui.app import translator
+from sdbox.ui.catalogue import translator
 from sdbox.ui.view import AgentView, Screen, screen_for
 from tests.cli import REPO_ROOT
 from tests.integration.agent_env import card_profile, dbus_daemon, publish_crls, write_config

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives import serialization
 
 from sdbox.agent.api import State
 from sdbox.agent.card import CardHandle
-from sdbox.agent.events import SessionEndedEvent, Transition
+from sdbox.agent.events import PreferencesChanged, SessionEndedEvent, Transition
 from sdbox.agent.machine import Agent
+from sdbox.agent.preferences import Preferences
 from sdbox.agent.problems import Refusal
 from sdbox.biometric.errors import PlaceFingerAgain
 from sdbox.smartcard.biosso import BioSsoSession
@@ -394,3 +395,29 @@ def test_renewal_runs_in_the_background_of_a_running_session(
     assert events.index(("renewal_succeeded", "census-2021", "")) > next(
         i for i, e in enumerate(events) if e[0] == "session_started"
     )
+
+
+def test_the_keyboard_layout_is_kept_and_never_changed_under_a_session(
+    pki: Pki, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        agent, _sessions, events, _applet = make_agent(pki, tmp_path)
+        agent.preferences = Preferences(tmp_path / "prefs", layout="fr", choices=("de", "gb"))
+        agent.set_preference("keyboard_layout", "de")
+        assert [e.values["keyboard_layout"] for e in events if isinstance(e, PreferencesChanged)] == [
+            "de"
+        ]
+        with pytest.raises(Refusal) as refused:
+            agent.set_preference("keyboard_layout", "us")
+        assert refused.value.problem.value == "invalid_preference"
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        await agent.choose_project("census-2021")
+        await until(lambda: agent.snapshot.state == State.RUNNING)
+        # applying a layout restarts the kiosk compositor, which holds the session's window
+        with pytest.raises(Refusal) as busy:
+            agent.set_preference("keyboard_layout", "gb")
+        assert busy.value.problem.value == "busy"
+        assert Preferences(tmp_path / "prefs", layout="fr", choices=("de",)).keyboard_layout == "de"
+
+    asyncio.run(scenario())

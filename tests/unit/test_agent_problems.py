@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sdbox.agent.api import Problem
-from sdbox.agent.problems import Step, problem_for
+from sdbox.agent.api import DETAIL_ARGS, Detail, Problem
+from sdbox.agent.problems import Step, detail_for, problem_for, refusal_for
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
 from sdbox.centre.errors import CentreError, CentreRefused, CentreUnreachable
 from sdbox.config import ConfigError
@@ -69,3 +69,38 @@ class BubbleUnreachable(SdboxError):
 )
 def test_each_error_has_its_problem(error: BaseException, step: Step, problem: Problem) -> None:
     assert problem_for(error, step) is problem
+
+
+@pytest.mark.parametrize(
+    ("error", "detail", "args"),
+    [
+        (FingerBlocked(), Detail.FINGER_BLOCKED, {}),
+        (CardRemoved("gone"), Detail.CARD_REMOVED, {}),
+        (DirectoryError("bad signature"), Detail.DIRECTORY_UNTRUSTED, {}),
+        (
+            CertificateRevoked("CN=Ada (census)", NOW, "keyCompromise"),
+            Detail.CERTIFICATE_REVOKED,
+            {"subject": "CN=Ada (census)", "date": NOW.isoformat(), "reason": "keyCompromise"},
+        ),
+        (CertificateExpired("CN=Ada", NOW), Detail.CERTIFICATE_EXPIRED,
+         {"subject": "CN=Ada", "date": NOW.isoformat()}),
+        (ClockWrong(NOW, NOW), Detail.CLOCK_WRONG, {"now": NOW.isoformat(), "floor": NOW.isoformat()}),
+        (UnknownIssuer("CN=bubble"), Detail.CERTIFICATE_UNTRUSTED, {"subject": "CN=bubble"}),
+        (CentreUnreachable("down"), Detail.CENTRE_UNREACHABLE, {}),
+        (CentreRefused("possession", "no"), Detail.CENTRE_REFUSED, {"code": "possession"}),
+        (BubbleUnreachable("named like one"), Detail.NONE, {}),
+    ],
+)  # fmt: skip
+def test_the_detail_is_a_code_with_its_data_never_the_words(
+    error: BaseException, detail: Detail, args: dict[str, str]
+) -> None:
+    assert detail_for(error) == (detail, args)
+    assert set(args) <= DETAIL_ARGS.get(detail, frozenset())
+
+
+def test_a_refusal_carries_problem_words_and_detail() -> None:
+    refusal = refusal_for(CertificateRevoked("CN=Ada", NOW, None), Step.PROJECT)
+    assert refusal.problem is Problem.CERTIFICATE_REVOKED
+    assert "was revoked" in refusal.message  # English, for the journal
+    assert refusal.detail is Detail.CERTIFICATE_REVOKED
+    assert refusal.detail_args["subject"] == "CN=Ada"

@@ -179,7 +179,7 @@ def test_the_agent_says_what_to_do_after_a_poor_capture_and_no_try_is_spent(
 def test_the_greeter_says_what_to_do_after_a_poor_capture_in_both_languages(
     problem: str, english: str, french: str
 ) -> None:
-    from sdbox.ui.app import translator
+    from sdbox.ui.catalogue import translator
     from sdbox.ui.view import AgentView, screen_for
 
     view = AgentView(state="verifying", message="place your finger", problem=problem, tries_left=5)

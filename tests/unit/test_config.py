@@ -52,11 +52,25 @@ def test_defaults_load_from_an_empty_file(tmp_path: Path) -> None:
         ("state_dir = \n", r"not valid TOML"),
         ("[trust]\nanchors = 5\n", r"\[trust\] anchors: expected a path"),
         ("trust = 1\n", r"trust: expected a table"),
+        ('[keyboard]\nlayout = "xq"\n', r"\[keyboard\] layout: 'xq' is not a layout XKB knows"),
+        ('[keyboard]\nlayout = "Fr"\n', r"\[keyboard\] layout: 'Fr' is not an XKB layout name"),
+        (
+            '[keyboard]\nlayout = "mn"\n',
+            r"\[keyboard\] layout: 'mn' \(Mongolian\) has no RDP keyboard layout here",
+        ),
+        ('[keyboard]\nchoices = ["fr", "xx"]\n', r"\[keyboard\] choices: 'xx' is not a layout"),
     ],
 )
 def test_errors_name_the_key_and_problem(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(write(tmp_path, text))
+
+
+def test_the_keyboard_is_the_boxs_layout_and_its_choices(tmp_path: Path) -> None:
+    config = load(write(tmp_path, '[keyboard]\nlayout = "ch"\nchoices = ["ch", "fr", "de"]\n'))
+    assert config.keyboard.layout == "ch"
+    assert config.keyboard.choices == ["ch", "fr", "de"]
+    assert load(write(tmp_path, "")).keyboard.layout == "us"
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
