@@ -178,7 +178,7 @@ class Bench:
 
         conn = pcsc.connect(self.reader, exclusive=exclusive)
         try:
-            session = BioSsoSession(conn)
+            session = BioSsoSession.for_atr(conn, conn.atr)
             session.piv.select()
             check_identity(session.guid, self.guid, self.reader)
             session.stack.stats.reset()
@@ -223,7 +223,7 @@ def read_guid(reader: str) -> bytes:
 
     conn = pcsc.connect(reader)
     try:
-        session = BioSsoSession(conn)
+        session = BioSsoSession.for_atr(conn, conn.atr)
         session.piv.select()
         return session.guid
     finally:

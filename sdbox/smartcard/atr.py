@@ -136,3 +136,17 @@ def build_atr(*, transmission: Transmission, chaining: bool, extended: bool, tag
     for byte in body[1:]:
         check ^= byte
     return body + bytes((check,))
+
+
+def uses_extended_length(atr: bytes) -> bool:
+    """Whether to send extended-length APDUs to the card that answered ``atr``.
+
+    A card that states its capabilities is taken at its word; one that states
+    none (a YubiKey's ATR has no compact-TLV capabilities) or whose ATR does
+    not parse keeps the assumption sdbox has always made of PIV cards.
+    """
+    try:
+        info = parse_atr(atr)
+    except CardProtocolError:
+        return True
+    return info.extended_length if info.capabilities_stated else True

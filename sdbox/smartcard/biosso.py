@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sdbox.errors import SdboxError
+from sdbox.smartcard.atr import uses_extended_length
 from sdbox.smartcard.connection import ApduStack, SmartCardConnection
 from sdbox.smartcard.directory import Directory, SignedDirectory, parse_signed_directory
 from sdbox.smartcard.errors import (
@@ -75,6 +76,11 @@ class BioSsoSession:
         self.stack = ApduStack(connection, extended=extended)
         self.piv = PivSession(self.stack)
         self._guid: bytes | None = None
+
+    @classmethod
+    def for_atr(cls, connection: SmartCardConnection, atr: bytes) -> BioSsoSession:
+        """A session whose APDU stack follows what the card's ATR states (extended length)."""
+        return cls(connection, extended=uses_extended_length(atr))
 
     @property
     def guid(self) -> bytes:

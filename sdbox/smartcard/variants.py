@@ -525,3 +525,28 @@ def _check_consistency(evidence: Evidence) -> None:
             f"the project directory lists {evidence.directory_projects} project(s) but the "
             f"key history counts {history}"
         )
+
+
+def abilities(variant: Variant) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What sdbox can do with a card of ``variant``, and what it cannot, in plain words."""
+    caps = variant.capabilities
+    can = ["list its projects" if caps.multi_project else "open its one project at insertion"]
+    if caps.on_card_comparison:
+        can.append(f"verify the holder by finger on the card ({caps.fingers} finger(s)) or PIN")
+    else:
+        can.append("verify the holder by PIN (no finger is enrolled)")
+    can.append(
+        "prove possession of a project key by ECDH"
+        if caps.possession_by_ecdh
+        else "prove possession of a project key by an RSA signature"
+    )
+    if not caps.extended_length:
+        can.append(
+            "talk to it with command and response chaining"
+            + (" over T=0 (61XX, 6CXX)" if caps.transmission == Transmission.T0 else "")
+        )
+    if caps.compressed_certificates:
+        can.append("read its compressed certificates")
+    if caps.multi_project and caps.possession_by_ecdh:
+        can.append("renew its project certificates on the box")
+    return tuple(can), variant.limits
