@@ -142,7 +142,7 @@ def uses_extended_length(atr: bytes) -> bool:
     """Whether to send extended-length APDUs to the card that answered ``atr``.
 
     A card that states its capabilities is taken at its word; one that states
-    none (a YubiKey's ATR has no compact-TLV capabilities) or whose ATR does
+    none (proprietary historical bytes) or whose ATR does
     not parse keeps the assumption sdbox has always made of PIV cards.
     """
     try:

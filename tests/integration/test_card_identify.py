@@ -169,3 +169,21 @@ def test_list_profiles_and_emulate_a_named_variant(
         _out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert wait_for_card(reader, present=False, timeout_s=10)
+
+
+@pytest.mark.parametrize("name", VARIANT_PROFILES)
+def test_card_info_lists_the_same_projects_on_every_multi_project_variant(
+    card_of: CardOf, name: str
+) -> None:
+    card = card_of(name)
+    out = sdbox("card", "info", "--reader", card.reader, "--json", "--anchors", str(card.anchors))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["guid"] == card.state.guid.hex().upper()
+    if name == "legacy-one-project":
+        assert doc["directory_verified"] is False
+        assert "no project directory" in doc["directory_error"]
+        return
+    assert doc["directory_verified"] is True, doc.get("directory_error")
+    assert {p["id"] for p in doc["projects"]} == {"census-2021", "health-cohort", "genomics-lab"}
+    assert doc["occ"] is (name != "biosso-pin-only")

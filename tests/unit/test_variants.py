@@ -165,9 +165,10 @@ def test_atr_capabilities_and_protocols() -> None:
     assert (chaining.extended_length, chaining.command_chaining) == (False, True)
     t0 = parse_atr(build_atr("T=0", extended=False))
     assert t0.protocols == {Transmission.T0}
-    # a YubiKey 5's ATR states no capabilities in compact-TLV
+    # a YubiKey 5's ATR (T=1, capabilities 73 C0 21 C0)
     yubikey = parse_atr(bytes.fromhex("3BFD1300008131FE158073C021C057597562694B657940"))
-    assert Transmission.T1 in yubikey.protocols
+    assert yubikey.protocols == {Transmission.T1}
+    assert yubikey.extended_length
 
 
 @pytest.mark.parametrize(
