@@ -157,7 +157,7 @@ def card_variant(data: bytes) -> None:
         classify(gather(BioSsoSession.for_atr(_Replay(answers), atr), atr))
     card = _t0_applet()
     card.state.path = None
-    if len(card.process(answers)) < 2:  # noqa: PLR2004
+    if len(card.process(answers)) < 2:
         raise AssertionError("the T=0 card answered without a status word")
 
 
