@@ -282,7 +282,9 @@ def build() -> dict[str, dict[str, bytes]]:
         "demo-profile.toml": (profiles / "demo-profile.toml").read_bytes(),
         # the [card] table of the chip variants (docs/card-variants.md)
         "biosso-t0.toml": (profiles / "card-profiles/biosso-t0.toml").read_bytes(),
-        "legacy-one-project.toml": (profiles / "card-profiles/legacy-one-project.toml").read_bytes(),
+        "legacy-one-project.toml": (
+            profiles / "card-profiles/legacy-one-project.toml"
+        ).read_bytes(),
     }
     seeds["agent-config"] = {"agent.toml": (_REPO / "debian/agent.toml").read_bytes()}
     missing = set(TARGETS) - set(seeds)
