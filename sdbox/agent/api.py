@@ -56,6 +56,7 @@ class Problem(StrEnum):
 
     CARD_UNREADABLE = "card_unreadable"
     CARD_NOT_RECOGNISED = "card_not_recognised"
+    CARD_NOT_SUPPORTED = "card_not_supported"  # a card variant this box does not handle
     DIRECTORY_UNTRUSTED = "directory_untrusted"
     WRONG_FINGER = "wrong_finger"
     FINGER_BLOCKED = "finger_blocked"

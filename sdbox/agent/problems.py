@@ -15,7 +15,14 @@ from enum import Enum
 from sdbox.agent.api import Problem
 from sdbox.centre.errors import CentreUnreachable
 from sdbox.errors import SdboxError
-from sdbox.smartcard.errors import FingerBlocked, PinBlocked, WrongFinger, WrongPin
+from sdbox.smartcard.errors import (
+    FingerBlocked,
+    NotSupported,
+    PinBlocked,
+    WrongFinger,
+    WrongPin,
+)
+from sdbox.smartcard.variants import ContradictoryCard
 from sdbox.trust.errors import (
     CertificateExpired,
     CertificateNotYetValid,
@@ -45,7 +52,10 @@ class Step(Enum):
 
 # Per step: (exception type, problem), the first match wins; else the step's default.
 _BY_TYPE: dict[Step, tuple[tuple[type[BaseException], Problem], ...]] = {
-    Step.READING: (),  # whatever fails, the card is not one this box can use
+    Step.READING: (  # otherwise, whatever fails, the card is not one this box can use
+        (NotSupported, Problem.CARD_NOT_SUPPORTED),  # no PIV application: another kind of card
+        (ContradictoryCard, Problem.CARD_NOT_SUPPORTED),  # the message names the contradiction
+    ),
     Step.CARD: (),
     Step.HOLDER: (
         (WrongFinger, Problem.WRONG_FINGER),

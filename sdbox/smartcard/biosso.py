@@ -23,6 +23,7 @@ from sdbox.smartcard.directory import Directory, SignedDirectory, parse_signed_d
 from sdbox.smartcard.errors import (
     CardProtocolError,
     DirectoryError,
+    DirectoryMissing,
     FingerNotEnrolled,
     NotSupported,
 )
@@ -117,7 +118,7 @@ class BioSsoSession:
         try:
             value = self.piv.get_object(ObjectTag.DIRECTORY)
         except FileNotFoundOnCard as exc:
-            raise DirectoryError(
+            raise DirectoryMissing(
                 "this card has no project directory: it was not issued for sdbox; "
                 "take it to your card office"
             ) from exc

@@ -550,3 +550,18 @@ def abilities(variant: Variant) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if caps.multi_project and caps.possession_by_ecdh:
         can.append("renew its project certificates on the box")
     return tuple(can), variant.limits
+
+
+def one_project_of(session: BioSsoSession) -> str | None:
+    """The project a card without a directory stands for (its 9A certificate), else None.
+
+    One APDU: what the agent reads at insertion, after the picker's listing
+    found no directory, to tell the earlier one-project card from a card
+    that was never issued for sdbox.
+    """
+    try:
+        return certificate_facts(
+            Slot.AUTHENTICATION, session.piv.get_object(certificate_object(Slot.AUTHENTICATION))
+        ).project_id
+    except FileNotFoundOnCard:
+        return None

@@ -120,6 +120,10 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
             _("This card is not recognised"),
             _("Remove the card and take it to the card office."),
         ),
+        Problem.CARD_NOT_SUPPORTED: (
+            _("This card is not supported on this box"),
+            _("Remove it: the box is ready for the next card."),
+        ),
         Problem.CARD_NOT_RECOGNISED: (
             _("This card is not recognised"),
             _("Remove the card and take it to the card office."),
