@@ -70,6 +70,11 @@ def agent_with(applet: PivApplet, pki: Pki) -> tuple[Agent, Sessions]:
     return agent, sessions
 
 
+def state_of(agent: Agent) -> State:
+    """The agent's state, read afresh (the flow moves it between two reads)."""
+    return agent.snapshot.state
+
+
 @pytest.mark.parametrize("name", FINGER_FLOW_VARIANTS)
 def test_insert_list_finger_session_remove_on_each_variant(pki: Pki, name: str) -> None:
     applet = PivApplet(issue_card(load_profile(name), pki, keygen_seed=b"variants"))
@@ -78,7 +83,7 @@ def test_insert_list_finger_session_remove_on_each_variant(pki: Pki, name: str) 
         agent, sessions = agent_with(applet, pki)
         await agent.card_inserted("reader")
         await until(lambda: agent.snapshot.state in (State.PICKER, State.BLOCKED))
-        assert agent.snapshot.state == State.PICKER, agent.snapshot.message
+        assert state_of(agent) == State.PICKER, agent.snapshot.message
         assert [p.id for p in agent.snapshot.projects] == [
             "census-2021", "health-cohort", "genomics-lab",
         ]  # fmt: skip
@@ -86,7 +91,7 @@ def test_insert_list_finger_session_remove_on_each_variant(pki: Pki, name: str) 
         await until(
             lambda: agent.snapshot.state == State.RUNNING or agent.snapshot.problem is not None
         )
-        assert agent.snapshot.state == State.RUNNING, agent.snapshot.message
+        assert state_of(agent) == State.RUNNING, agent.snapshot.message
         await agent.switch("census-2021")
         await until(
             lambda: (
