@@ -63,6 +63,7 @@ class Problem(StrEnum):
     WRONG_PIN = "wrong_pin"
     PIN_BLOCKED = "pin_blocked"
     PIN_NOT_ALLOWED = "pin_not_allowed"
+    NO_FINGER_ENROLLED = "no_finger_enrolled"  # a PIN-only card, a project that needs the finger
     SENSOR_FAILED = "sensor_failed"
     SENSOR_UNPLUGGED = "sensor_unplugged"  # the fingerprint sensor is not connected (no try spent)
     CERTIFICATE_REVOKED = "certificate_revoked"

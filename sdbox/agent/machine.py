@@ -231,6 +231,7 @@ class Agent(ConnectionFlow):
             self._set(State.BLOCKED, message=exc.message, problem=problem_for(exc, Step.READING))
             return
         card.guid = summary.guid
+        card.occ = summary.occ  # what the card can verify: the finger prompt follows it
         audit(
             AuditEvent.CARD_INSERTED,
             "card inserted",

@@ -74,6 +74,10 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
             _("Place the same finger flat and centred."),
         ),
         Problem.WRONG_PIN: (_("Wrong PIN"), _("Type your PIN again.")),
+        Problem.NO_FINGER_ENROLLED: (
+            _("This project needs a finger, and none is enrolled on this card"),
+            _("Take the card to the enrolment station."),
+        ),
         Problem.PIN_NOT_ALLOWED: (
             _("This project needs your finger"),
             _("Place your finger on the sensor."),

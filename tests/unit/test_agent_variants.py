@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import pytest
@@ -159,3 +160,31 @@ def test_a_card_without_a_directory_or_project_is_still_an_untrusted_directory(p
     problem, message, _after = _blocked_then_next_card(pki, PivApplet(state))
     assert problem == Problem.DIRECTORY_UNTRUSTED
     assert "no project directory" in message
+
+
+def test_a_pin_only_card_asks_for_the_pin_and_refuses_finger_only_projects(pki: Pki) -> None:
+    pin_only = PivApplet(issue_card(load_profile("biosso-pin-only"), pki))
+    demo = load_profile("demo")  # census-2021 needs the finger on the demo card
+    no_finger = PivApplet(issue_card(replace(demo, fingers=()), pki))
+
+    async def scenario() -> None:
+        agent, _sessions = agent_with(pin_only, pki)
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        await agent.choose_project("health-cohort")
+        await until(lambda: agent.snapshot.state == State.VERIFYING)
+        assert agent.snapshot.message == "enter your PIN"  # no finger to ask for
+        await agent.submit_pin("123456")
+        await until(lambda: state_of(agent) == State.RUNNING)
+        await agent.card_removed("reader")
+
+        agent, _sessions = agent_with(no_finger, pki)
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        await agent.choose_project("census-2021")
+        await until(lambda: agent.snapshot.problem is not None)
+        assert agent.snapshot.problem == Problem.NO_FINGER_ENROLLED
+        assert "enrolment station" in agent.snapshot.message
+        assert state_of(agent) == State.PICKER
+
+    asyncio.run(scenario())
