@@ -182,8 +182,8 @@ VARIANTS: tuple[Variant, ...] = (
         "multi-project card with RSA-2048 keys",
         replace(_TODAY, holder_algorithm=_RSA, key_algorithms=frozenset({_RSA})),
         (
-            "possession proof: RSA keys cannot do ECDH, the proof is a signature over the "
-            "broker's challenge (docs/card-variants.md)",
+            "opening its projects: RSA keys cannot do ECDH, and the signature-based possession "
+            "proof the broker would need is not written yet (docs/card-variants.md)",
             _NO_RENEWAL_RSA,
         ),
     ),
@@ -209,6 +209,8 @@ VARIANTS: tuple[Variant, ...] = (
             _TODAY, project_layout=ProjectLayout.CARD_IS_PROJECT, key_algorithms=frozenset({_P256})
         ),
         (
+            "opening its project: the box does not open one-project cards yet (where its "
+            "endpoint comes from is not decided, docs/card-variants.md)",
             "switching projects means swapping cards: the card holds one project",
             "renewal: no directory to switch and no free slot, so the box does not renew "
             "this card; the card office re-issues it",
@@ -530,16 +532,13 @@ def _check_consistency(evidence: Evidence) -> None:
 def abilities(variant: Variant) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What sdbox can do with a card of ``variant``, and what it cannot, in plain words."""
     caps = variant.capabilities
-    can = ["list its projects" if caps.multi_project else "open its one project at insertion"]
+    can = ["list its projects" if caps.multi_project else "recognise its one project"]
     if caps.on_card_comparison:
         can.append(f"verify the holder by finger on the card ({caps.fingers} finger(s)) or PIN")
     else:
         can.append("verify the holder by PIN (no finger is enrolled)")
-    can.append(
-        "prove possession of a project key by ECDH"
-        if caps.possession_by_ecdh
-        else "prove possession of a project key by an RSA signature"
-    )
+    if caps.possession_by_ecdh and caps.multi_project:
+        can.append("prove possession of a project key by ECDH and open its projects")
     if not caps.extended_length:
         can.append(
             "talk to it with command and response chaining"
