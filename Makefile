@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck locale unit integration hwtest demo bench bench-image nbis soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
+.PHONY: setup setup-system venv test lint typecheck locale unit integration hwtest hwtest-variants demo bench bench-image nbis soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
 
 setup: setup-system venv
 
@@ -34,6 +34,7 @@ typecheck: venv
 test: setup nbis lint typecheck
 	SDBOX_REQUIRE_NBIS=1 $(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) hwtest
+	$(MAKE) hwtest-variants
 	$(MAKE) fuzz FUZZ_SECONDS=3
 
 unit: venv
@@ -68,6 +69,14 @@ $(NBIS_LIB): benchmarks/nbis-requirements.txt
 # real bench: `sdbox hwtest --target pcsc:"READER" --card-serial GUID`.
 hwtest: venv
 	$(PY) -m sdbox hwtest --allow-write --junit build/hwtests.xml
+
+# The same suite on every card variant's emulated card (docs/card-variants.md):
+# scenarios a variant cannot run skip, saying which capability it lacks.
+hwtest-variants: venv
+	set -e; for profile in $$($(PY) -m sdbox emulate card --list-profiles | grep -vx demo); do \
+		echo "== hwtests on $$profile"; \
+		$(PY) -m sdbox hwtest --allow-write --junit build/hwtests-$$profile.xml -- --card-profile $$profile; \
+	done
 
 # Coverage-guided fuzzing (atheris) of every parser and of the card and the
 # client facing garbage: a short run in `make test`, longer on demand.

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1_modules import rfc2459, rfc4210
 
-from fuzz.targets import TARGETS, encode_answers
+from fuzz.targets import TARGETS, encode_answers, encode_variant_input
 from sdbox.biometric import compact, synth
 from sdbox.centre.protocol import b64
 from sdbox.renewal import cmp
@@ -41,7 +41,9 @@ from sdbox.smartcard.directory import parse_signed_directory
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile
 from sdbox.smartcard.emulator.state import CardState
+from sdbox.smartcard.emulator.vpcd import build_atr
 from sdbox.smartcard.profile import KeyRef, ObjectTag, decode_certificate
+from sdbox.smartcard.variants import gather
 from sdbox.trust.pki import Pki
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -106,6 +108,22 @@ def _card_seeds(state: CardState) -> dict[str, dict[str, bytes]]:
             "key-history": objects[ObjectTag.KEY_HISTORY],
         },
     }
+
+
+_VARIANT_SEEDS = ("biosso-t0", "biosso-chaining", "legacy-one-project", "biosso-pin-only")
+_VARIANT_ANSWERS = 7  # SELECT and the small objects: the certificates would not fit in 8 KB
+
+
+def _variant_seeds(pki: Pki) -> dict[str, bytes]:
+    """Identification sessions of a few variants: the ATR and the first answers."""
+    out = {}
+    for name in _VARIANT_SEEDS:
+        state = issue_card(load_profile(name), pki)
+        atr = build_atr(state.transmission, extended=state.extended_length)
+        recorder = _Recorder(PivApplet(state))
+        gather(BioSsoSession.for_atr(recorder, atr), atr)
+        out[name] = encode_variant_input(atr, recorder.answers[:_VARIANT_ANSWERS])
+    return out
 
 
 def _biometric_seeds() -> dict[str, bytes]:
@@ -254,12 +272,19 @@ def build() -> dict[str, dict[str, bytes]]:
         }
         seeds["tlv"] |= {name: seeds["applet"][name] for name in ("command-00", "command-01")}
         seeds["biometric"] = _biometric_seeds()
+        seeds["card-variant"] = _variant_seeds(pki)
         seeds["certificates"] = _certificate_seeds(pki, holder)
         seeds["cmp-answer"] = _cmp_seeds(pki, holder)
         project = decode_certificate(state.objects[ObjectTag.RETIRED_CERT_1])
         seeds["trust-chain"] = _trust_chain_seeds(pki, x509.load_der_x509_certificate(project))
+    profiles = _REPO / "sdbox/smartcard/emulator"
     seeds["card-profile"] = {
-        "demo-profile.toml": (_REPO / "sdbox/smartcard/emulator/demo-profile.toml").read_bytes()
+        "demo-profile.toml": (profiles / "demo-profile.toml").read_bytes(),
+        # the [card] table of the chip variants (docs/card-variants.md)
+        "biosso-t0.toml": (profiles / "card-profiles/biosso-t0.toml").read_bytes(),
+        "legacy-one-project.toml": (
+            profiles / "card-profiles/legacy-one-project.toml"
+        ).read_bytes(),
     }
     seeds["agent-config"] = {"agent.toml": (_REPO / "debian/agent.toml").read_bytes()}
     missing = set(TARGETS) - set(seeds)

@@ -38,11 +38,13 @@ from sdbox.renewal import cmp
 from sdbox.smartcard import profile
 from sdbox.smartcard import tlv as tlv_codec
 from sdbox.smartcard.apdu import decode_command
+from sdbox.smartcard.atr import parse_atr
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import parse_directory_tbs, parse_signed_directory
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile, parse_profile
 from sdbox.smartcard.errors import CardNotResponding
+from sdbox.smartcard.variants import classify, gather
 from sdbox.trust.loaders import load_certificate, load_certificates, load_crl
 from sdbox.trust.pki import Issued, Pki
 from sdbox.trust.validate import Purpose, validate
@@ -128,6 +130,35 @@ def client(data: bytes) -> None:
     session.read_summary(lambda _s, _i: None)
     session.tries_left()
     session.certificate(0x82)
+
+
+def _t0_applet() -> PivApplet:
+    """A T=0 chip without extended length (the biosso-t0 variant), issued once."""
+    if "t0" not in _STATE:
+        pki = Pki.init(Path(tempfile.mkdtemp(prefix="sdbox-fuzz-")) / "pki")
+        _STATE["t0"] = PivApplet(issue_card(load_profile("biosso-t0"), pki))
+    card = _STATE["t0"]
+    assert isinstance(card, PivApplet)
+    return card
+
+
+def encode_variant_input(atr: bytes, answers: list[bytes]) -> bytes:
+    """The card-variant target's input: the ATR behind its length byte, then the answers."""
+    return bytes((len(atr),)) + atr + encode_answers(answers)
+
+
+def card_variant(data: bytes) -> None:
+    """Identification facing any ATR and any answers; a T=0, chaining-only chip facing any command."""
+    size = data[0] if data else 0
+    atr, answers = data[1 : 1 + size], data[1 + size :]
+    with contextlib.suppress(SdboxError):
+        parse_atr(atr)
+    with contextlib.suppress(SdboxError):  # a contradiction is a typed refusal
+        classify(gather(BioSsoSession.for_atr(_Replay(answers), atr), atr))
+    card = _t0_applet()
+    card.state.path = None
+    if len(card.process(answers)) < 2:
+        raise AssertionError("the T=0 card answered without a status word")
 
 
 def profile_toml(data: bytes) -> None:
@@ -391,6 +422,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "directory": directory,
     "applet": applet,
     "client": client,
+    "card-variant": card_variant,
     "card-profile": profile_toml,
     "agent-config": agent_config,
     "biometric": biometric,

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import pytest
 from cryptography import x509
 
 from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import BioSsoSession, SignerValidator
+from sdbox.smartcard.variants import Capabilities
 
 EMULATED = "emulated"
 PCSC_PREFIX = "pcsc:"
@@ -103,8 +106,11 @@ class EmulatedCard:
         self._stack.close()
 
 
-def start_emulated(workdir: Path) -> EmulatedCard:
-    """pcscd + vpcd (the running one, or ours) and the demo card in a reader held for this run."""
+def start_emulated(workdir: Path, profile_name: str = "demo") -> EmulatedCard:
+    """pcscd + vpcd (the running one, or ours) and an emulated card in a reader held for this run.
+
+    ``profile_name``: the demo card, or a card variant's profile (docs/card-variants.md).
+    """
     from sdbox.smartcard.emulator.applet import PivApplet
     from sdbox.smartcard.emulator.profiles import guid_for, issue_card, load_profile
     from sdbox.smartcard.emulator.stack import (
@@ -124,7 +130,7 @@ def start_emulated(workdir: Path) -> EmulatedCard:
         index = stack.enter_context(reserve_reader())
         reader = reader_name(index)
         pki = Pki.init(workdir / "pki")
-        profile = load_profile("demo")
+        profile = load_profile(profile_name)
         state = issue_card(
             profile,
             pki,
@@ -143,7 +149,7 @@ def start_emulated(workdir: Path) -> EmulatedCard:
         return EmulatedCard(
             reader=reader,
             pki_path=pki.path,
-            finger_seed=profile.fingers[0].identity_seed,
+            finger_seed=profile.fingers[0].identity_seed if profile.fingers else 0,
             management_key=profile.management_key,
             state=state,
             virtual=virtual,
@@ -170,6 +176,7 @@ class Bench:
     interactive: bool = False
     operator_timeout_s: float = 30.0
     emulated: EmulatedCard | None = None
+    _capabilities: Capabilities | Literal[False] | None = None  # False: read, no known variant
 
     @contextlib.contextmanager
     def session(self, *, exclusive: bool = False) -> Iterator[BioSsoSession]:
@@ -178,13 +185,43 @@ class Bench:
 
         conn = pcsc.connect(self.reader, exclusive=exclusive)
         try:
-            session = BioSsoSession(conn)
+            session = BioSsoSession.for_atr(conn, conn.atr)
             session.piv.select()
             check_identity(session.guid, self.guid, self.reader)
             session.stack.stats.reset()
             yield session
         finally:
             conn.close()
+
+    def capabilities(self) -> Capabilities | None:
+        """The card's variant capabilities (docs/card-variants.md), read once; None: no known variant.
+
+        Scenarios gate on these, never on a variant's name; on a card of no
+        known variant every scenario runs as it always has.
+        """
+        if self._capabilities is None:
+            from sdbox.smartcard import pcsc
+            from sdbox.smartcard.variants import ContradictoryCard, identify
+
+            conn = pcsc.connect(self.reader)
+            try:
+                session = BioSsoSession.for_atr(conn, conn.atr)
+                try:
+                    found = identify(session, conn.atr)
+                except ContradictoryCard:
+                    found = None
+                if found is not None and found.evidence.guid is not None:
+                    check_identity(found.evidence.guid, self.guid, self.reader)
+            finally:
+                conn.close()
+            self._capabilities = (found.capabilities if found else None) or False
+        return self._capabilities or None
+
+    def require(self, predicate: Callable[[Capabilities], bool], reason: str) -> None:
+        """Skip the scenario, saying why, when the card's variant lacks a capability."""
+        caps = self.capabilities()
+        if caps is not None and not predicate(caps):
+            pytest.skip(reason)
 
     def validate_signer(self) -> SignerValidator | None:
         """The directory signer's check against ``--anchors`` (None: no anchors given)."""
@@ -223,7 +260,7 @@ def read_guid(reader: str) -> bytes:
 
     conn = pcsc.connect(reader)
     try:
-        session = BioSsoSession(conn)
+        session = BioSsoSession.for_atr(conn, conn.atr)
         session.piv.select()
         return session.guid
     finally:

@@ -73,6 +73,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "for renewal on a real card")  # fmt: skip
     group.addoption("--operator", action="store_true", default=False,
                     help="someone at the bench pulls and inserts the card when asked (use -s)")  # fmt: skip
+    group.addoption("--card-profile", default="demo",
+                    help="emulated bench: the card variant's profile (`sdbox emulate card "
+                         "--list-profiles`; docs/card-variants.md)")  # fmt: skip
     group.addoption("--operator-timeout", type=float, default=30.0,
                     help="seconds the operator has for each step")  # fmt: skip
 
@@ -173,7 +176,9 @@ def bench(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory)
     }
     if target.emulated:
         try:
-            emulated = start_emulated(tmp_path_factory.mktemp("hwtests"))
+            emulated = start_emulated(
+                tmp_path_factory.mktemp("hwtests"), pytestconfig.getoption("--card-profile")
+            )
         except SdboxError as exc:
             _refuse(f"the emulated bench did not start: {exc.message}")
         try:

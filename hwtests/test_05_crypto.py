@@ -45,6 +45,10 @@ def test_holder_signature_verifies_with_its_certificate(
 def test_project_keys_agree_with_their_certificates(
     bench: Bench, verified_card: BioSsoSession, record_property: RecordProperty
 ) -> None:
+    bench.require(lambda c: c.multi_project, "one-project card: its project key is the 9A key, "
+                  "checked by the signature scenario")  # fmt: skip
+    bench.require(lambda c: c.possession_by_ecdh, "RSA project keys: no ECDH, possession is "
+                  "proven by a signature (docs/card-variants.md)")  # fmt: skip
     directory = verified_card.read_signed_directory().directory  # slots only; keys checked below
     if not directory.projects:
         pytest.skip("the card's directory lists no project")

@@ -170,6 +170,10 @@ def test_renewal_on_a_spare_slot(
     from sdbox.renewal.state import Journal
     from sdbox.smartcard.profile import KeyRef
 
+    bench.require(lambda c: c.multi_project, "one-project card: not renewed on the box (no "
+                  "directory to switch, no free slot); the card office re-issues it")  # fmt: skip
+    bench.require(lambda c: c.possession_by_ecdh, "RSA project keys: not renewed on the box "
+                  "(it generates EC keys); the card office re-issues them")  # fmt: skip
     if bench.emulated is None and bench.renewal_config is None:
         pytest.skip(REAL_BENCH_SKIP)
     before = verified_card.read_signed_directory().directory  # verified below, with the CA's trust

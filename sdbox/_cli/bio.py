@@ -117,7 +117,7 @@ def enrol(
     ref = KeyRef.FINGER_PRIMARY if which == "primary" else KeyRef.FINGER_SECONDARY
     conn = pcsc.connect(reader, exclusive=True)
     try:
-        session = BioSsoSession(conn)
+        session = BioSsoSession.for_atr(conn, conn.atr)
         session.piv.select()
         session.piv.authenticate_management(LocalManagementKey(key))
         session.piv.put_object(FINGER_REFERENCE_OBJECT[ref], reference)

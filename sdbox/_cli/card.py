@@ -54,7 +54,7 @@ def _open(reader: str | None, *, exclusive: bool = False) -> tuple[Any, BioSsoSe
     from sdbox.smartcard import pcsc  # noqa: PLC0415  (pyscard only when a card is used)
 
     conn = pcsc.connect(reader, exclusive=exclusive)
-    return conn, BioSsoSession(conn)
+    return conn, BioSsoSession.for_atr(conn, conn.atr)
 
 
 anchors_option = click.option(
@@ -139,6 +139,25 @@ def info_document(
     if summary.directory_error is not None:
         doc["directory_error"] = summary.directory_error.message
     return doc
+
+
+@card.command()
+@reader_option
+@json_option("One JSON object; its `variant` field names the variant (docs/card-variants.md).")
+def identify(reader: str | None, as_json: bool) -> None:
+    """Which card variant this is, what sdbox can do with it, and a support-safe dump."""
+    from sdbox._cli.card_identify import identify_document, print_identification  # noqa: PLC0415
+    from sdbox.smartcard.variants import gather  # noqa: PLC0415
+
+    conn, session = _open(reader)
+    try:
+        doc = identify_document(conn.reader, gather(session, conn.atr))
+    finally:
+        conn.close()
+    if as_json:
+        emit_json(doc)
+    else:
+        print_identification(doc)
 
 
 @card.command()

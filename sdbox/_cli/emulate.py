@@ -11,7 +11,7 @@ import click
 
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.faults import parse_fault
-from sdbox.smartcard.emulator.profiles import issue_card, load_profile
+from sdbox.smartcard.emulator.profiles import issue_card, load_profile, profile_names
 from sdbox.smartcard.emulator.stack import reader_name
 from sdbox.smartcard.emulator.state import CardState
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
@@ -22,9 +22,29 @@ def emulate() -> None:
     """Emulated hardware for tests, demos and development."""
 
 
+def _list_profiles(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    for name in profile_names():
+        click.echo(name)
+    ctx.exit(0)
+
+
 @emulate.command("card")
 @click.option(
-    "--profile", default="demo", show_default=True, help="'demo' or a card profile TOML file."
+    "--profile",
+    default="demo",
+    show_default=True,
+    help="A built-in profile (see --list-profiles: 'demo' and one per card variant) "
+    "or a card profile TOML file.",
+)
+@click.option(
+    "--list-profiles",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_list_profiles,
+    help="Print the built-in profile names, one per line, and exit.",
 )
 @click.option(
     "--reader-index",

@@ -106,7 +106,7 @@ def renew(
     identity = IdentitySource(config.identity.identity_config())
     conn = pcsc.connect(reader, exclusive=True)
     try:
-        session = BioSsoSession(conn)
+        session = BioSsoSession.for_atr(conn, conn.atr)
         session.piv.select()
         if pin:
             session.piv.verify_pin(pin)

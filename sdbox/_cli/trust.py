@@ -49,7 +49,7 @@ def check(config_path: Path, reader: str | None, as_json: bool) -> None:
         raise service.problem
     conn = pcsc.connect(reader)
     try:
-        session = BioSsoSession(conn)
+        session = BioSsoSession.for_atr(conn, conn.atr)
         results = check_card(session, service)
         guid = session.guid.hex().upper()
     finally:

@@ -62,12 +62,14 @@ class Problem(StrEnum):
 
     CARD_UNREADABLE = "card_unreadable"
     CARD_NOT_RECOGNISED = "card_not_recognised"
+    CARD_NOT_SUPPORTED = "card_not_supported"  # a card variant this box does not handle
     DIRECTORY_UNTRUSTED = "directory_untrusted"
     WRONG_FINGER = "wrong_finger"
     FINGER_BLOCKED = "finger_blocked"
     WRONG_PIN = "wrong_pin"
     PIN_BLOCKED = "pin_blocked"
     PIN_NOT_ALLOWED = "pin_not_allowed"
+    NO_FINGER_ENROLLED = "no_finger_enrolled"  # a PIN-only card, a project that needs the finger
     SENSOR_FAILED = "sensor_failed"
     SENSOR_UNPLUGGED = "sensor_unplugged"  # the fingerprint sensor is not connected (no try spent)
     # a capture refused before the card for its quality (no try spent), by what to do about it:
@@ -155,6 +157,7 @@ class Detail(StrEnum):
     # the holder: the prompt, and what went wrong with it
     PLACE_FINGER = "place_finger"
     PLACE_FINGER_OR_PIN = "place_finger_or_pin"
+    ENTER_PIN = "enter_pin"  # a PIN-only card: no finger to ask for
     SENSOR_UNPLUGGED = "sensor_unplugged"
     SENSOR_UNPLUGGED_OR_PIN = "sensor_unplugged_or_pin"
     FINGER_BLOCKED = "finger_blocked"

@@ -47,7 +47,7 @@ class CardHandle:
     def _call(self, fn: Callable[[BioSsoSession], T]) -> T:
         if self._session is None:
             self._conn = pcsc.PcscConnection(self.reader)
-            self._session = BioSsoSession(self._conn)
+            self._session = BioSsoSession.for_atr(self._conn, self._conn.atr)
         return fn(self._session)
 
     async def summary(self, validate_signer: SignerValidator) -> CardSummary:

@@ -53,6 +53,7 @@ class Insertion:
     handle: CardHandle
     guid: bytes = b""
     directory: Directory | None = None
+    occ: bool = True  # the card compares a finger (discovery object): else PIN only
     verified: bool = False
     renewal_tried: bool = False  # renewal runs once per insertion
 
@@ -112,11 +113,21 @@ class ConnectionFlow:
 
     async def _verify_holder(self, card: Insertion, project: Project) -> None:
         allow_pin = project.second_factor == SecondFactor.FINGER_OR_PIN
+        if not card.occ and not allow_pin:
+            raise Refusal(
+                Problem.NO_FINGER_ENROLLED,
+                f"project '{project.name}' needs your finger, and this card has none enrolled: "
+                "take it to the enrolment station",
+                Detail.FINGER_NOT_ENROLLED,
+            )
         retry: Problem | None = None  # why the previous attempt failed, shown with the new prompt
         while True:
             tries = self.snapshot.tries_left
-            sensor_there = self.presence.connected
-            if sensor_there:
+            sensor_there = self.presence.connected and card.occ
+            if not card.occ:  # a PIN-only card (its capability): no finger to ask for
+                message = "enter your PIN"
+                detail = Detail.ENTER_PIN
+            elif sensor_there:
                 message = "place your finger" + (" or enter your PIN" if allow_pin else "")
                 detail = Detail.PLACE_FINGER_OR_PIN if allow_pin else Detail.PLACE_FINGER
             else:  # nothing to capture with: wait for it to come back (or for the PIN)

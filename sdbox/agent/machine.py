@@ -58,9 +58,8 @@ from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
 from sdbox.renewal.due import record_seen
 from sdbox.smartcard.directory import Project
-from sdbox.smartcard.errors import (
-    CardAccessError,
-)
+from sdbox.smartcard.errors import CardAccessError, DirectoryMissing
+from sdbox.smartcard.variants import one_project_of
 
 _log = logging.getLogger("sdbox.agent")
 
@@ -261,12 +260,28 @@ class Agent(ConnectionFlow):
             self._refuse(State.BLOCKED, refusal_for(exc, Step.READING))
             return
         card.guid = summary.guid
+        card.occ = summary.occ  # what the card can verify: the finger prompt follows it
         audit(
             AuditEvent.CARD_INSERTED,
             "card inserted",
             reader=card.handle.reader,
             card=summary.guid.hex(),
         )
+        if isinstance(summary.directory_error, DirectoryMissing):
+            # Capabilities, not names: a card whose 9A certificate is a project credential is
+            # the earlier one-project card (docs/card-variants.md), which this box cannot open yet.
+            try:
+                project = await card.handle.run(one_project_of)
+            except SdboxError:  # an unreadable 9A certificate: no directory is what is reported
+                project = None
+            if project is not None:
+                message = (
+                    f"this is a one-project card (project '{project}'): this box does not "
+                    "open one-project cards yet"
+                )
+                audit(AuditEvent.DIRECTORY_REFUSED, message, card=summary.guid.hex())
+                self._set(State.BLOCKED, message=message, problem=Problem.CARD_NOT_SUPPORTED)
+                return
         if summary.directory is None:
             message = (
                 summary.directory_error.message

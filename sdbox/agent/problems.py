@@ -32,6 +32,7 @@ from sdbox.smartcard.errors import (
     InvalidPinFormat,
     NoCard,
     NoReader,
+    NotSupported,
     PcscUnavailable,
     PinBlocked,
     SecurityStatusNotSatisfied,
@@ -39,6 +40,7 @@ from sdbox.smartcard.errors import (
     WrongFinger,
     WrongPin,
 )
+from sdbox.smartcard.variants import ContradictoryCard
 from sdbox.trust.errors import (
     CertificateExpired,
     CertificateNotYetValid,
@@ -87,7 +89,10 @@ class Step(Enum):
 
 # Per step: (exception type, problem), the first match wins; else the step's default.
 _BY_TYPE: dict[Step, tuple[tuple[type[BaseException], Problem], ...]] = {
-    Step.READING: (),  # whatever fails, the card is not one this box can use
+    Step.READING: (  # otherwise, whatever fails, the card is not one this box can use
+        (NotSupported, Problem.CARD_NOT_SUPPORTED),  # no PIV application: another kind of card
+        (ContradictoryCard, Problem.CARD_NOT_SUPPORTED),  # the message names the contradiction
+    ),
     Step.CARD: (),
     Step.HOLDER: (
         (WrongFinger, Problem.WRONG_FINGER),

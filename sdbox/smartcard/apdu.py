@@ -27,6 +27,7 @@ class Sw(IntEnum):
     VERIFY_FAIL_00 = 0x63C0  # 63CX: verification failed, X tries left
     MEMORY_FAILURE = 0x6581
     WRONG_LENGTH = 0x6700
+    WRONG_LE_00 = 0x6C00  # 6CXX: wrong Le, XX bytes are available (resend with Le=XX)
     LAST_COMMAND_OF_CHAIN_EXPECTED = 0x6883
     COMMAND_CHAINING_NOT_SUPPORTED = 0x6884
     SECURITY_STATUS_NOT_SATISFIED = 0x6982

@@ -17,11 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sdbox.errors import SdboxError
+from sdbox.smartcard.atr import uses_extended_length
 from sdbox.smartcard.connection import ApduStack, SmartCardConnection
 from sdbox.smartcard.directory import Directory, SignedDirectory, parse_signed_directory
 from sdbox.smartcard.errors import (
     CardProtocolError,
     DirectoryError,
+    DirectoryMissing,
     FingerNotEnrolled,
     NotSupported,
 )
@@ -76,6 +78,11 @@ class BioSsoSession:
         self.piv = PivSession(self.stack)
         self._guid: bytes | None = None
 
+    @classmethod
+    def for_atr(cls, connection: SmartCardConnection, atr: bytes) -> BioSsoSession:
+        """A session whose APDU stack follows what the card's ATR states (extended length)."""
+        return cls(connection, extended=uses_extended_length(atr))
+
     @property
     def guid(self) -> bytes:
         """The card's GUID (read once per session)."""
@@ -111,7 +118,7 @@ class BioSsoSession:
         try:
             value = self.piv.get_object(ObjectTag.DIRECTORY)
         except FileNotFoundOnCard as exc:
-            raise DirectoryError(
+            raise DirectoryMissing(
                 "this card has no project directory: it was not issued for sdbox; "
                 "take it to your card office"
             ) from exc

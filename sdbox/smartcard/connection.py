@@ -3,15 +3,18 @@
 A transport implements one call, :meth:`SmartCardConnection.send_and_receive`
 (raw command bytes in, response data and status word out). Above it, small
 processors each add one ISO/IEC 7816-4 mechanism: extended length or command
-chaining (``CLA | 0x10``) for long commands, and response chaining (``61XX``
-answered by GET RESPONSE). The session classes only see :class:`ApduStack`.
+chaining (``CLA | 0x10``) for long commands, response chaining (``61XX``
+answered by GET RESPONSE) and T=0's wrong-Le answer (``6CXX``: the command sent
+again with Le = XX). Which of them a card gets is its capability (its ATR,
+:mod:`sdbox.smartcard.atr`), not an assumption. The session classes only see
+:class:`ApduStack`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from sdbox.logging import TRACE
@@ -127,16 +130,22 @@ class ApduStack:
             apdu.data[i : i + SHORT_MAX_DATA] for i in range(0, len(apdu.data), SHORT_MAX_DATA)
         ]
         if len(chunks) <= 1:
-            return self._exchange(
-                Apdu(apdu.cla, apdu.ins, apdu.p1, apdu.p2, apdu.data, le), extended=False
-            )
+            return self._exchange_short(Apdu(apdu.cla, apdu.ins, apdu.p1, apdu.p2, apdu.data, le))
         for chunk in chunks[:-1]:
             part = Apdu(apdu.cla | CLA_CHAINING, apdu.ins, apdu.p1, apdu.p2, chunk)
             data, sw = self._exchange(part, extended=False)
             if sw != Sw.OK:
                 return data, sw
         last = Apdu(apdu.cla, apdu.ins, apdu.p1, apdu.p2, chunks[-1], le)
-        return self._exchange(last, extended=False)
+        return self._exchange_short(last)
+
+    def _exchange_short(self, apdu: Apdu, answering: Apdu | None = None) -> tuple[bytes, int]:
+        """A short exchange; a T=0 card's 6CXX (wrong Le) is answered by asking again with XX."""
+        data, sw = self._exchange(apdu, extended=False, answering=answering)
+        if sw & 0xFF00 == Sw.WRONG_LE_00 and apdu.le is not None:
+            exact = sw & 0xFF or SHORT_MAX_LE
+            data, sw = self._exchange(replace(apdu, le=exact), extended=False, answering=answering)
+        return data, sw
 
     def _gather(self, apdu: Apdu, data: bytes, sw: int) -> tuple[bytes, int]:
         parts = [data]
@@ -148,8 +157,8 @@ class ApduStack:
             more = sw & 0xFF or SHORT_MAX_LE
             # The rest of a sensitive answer (a T=0 card answers 61XX even to
             # a short one) is redacted like its start.
-            data, sw = self._exchange(
-                Apdu(0x00, Ins.GET_RESPONSE, 0, 0, le=more), extended=False, answering=apdu
+            data, sw = self._exchange_short(
+                Apdu(0x00, Ins.GET_RESPONSE, 0, 0, le=more), answering=apdu
             )
             parts.append(data)
         return b"".join(parts), sw

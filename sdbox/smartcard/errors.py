@@ -140,3 +140,7 @@ class SecurityStatusNotSatisfied(CardError):
 
 class DirectoryError(CardError):
     """The project directory is missing, malformed, or its signature does not verify."""
+
+
+class DirectoryMissing(DirectoryError):
+    """The card has no project directory at all (another card variant, or not issued for sdbox)."""

@@ -172,11 +172,15 @@ def object_id(tag: int) -> bytes:
 # -- certificate containers ---------------------------------------------------
 
 
-def encode_certificate(der: bytes) -> bytes:
-    """A certificate container (value of the 53 element)."""
+def encode_certificate(der: bytes, *, compressed: bool = False) -> bytes:
+    """A certificate container (value of the 53 element); ``compressed``: gzip, CertInfo 01."""
+    if compressed:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+        der = packer.compress(der) + packer.flush()
+    info = CERT_INFO_GZIP if compressed else CERT_INFO_UNCOMPRESSED
     return (
         tlv.tlv(TAG_CERTIFICATE, der)
-        + tlv.tlv(TAG_CERT_INFO, bytes((CERT_INFO_UNCOMPRESSED,)))
+        + tlv.tlv(TAG_CERT_INFO, bytes((info,)))
         + tlv.tlv(TAG_ERROR_DETECTION)
     )
 

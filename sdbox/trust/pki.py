@@ -31,7 +31,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
@@ -336,15 +336,26 @@ class Pki:
     def issue_project(
         self,
         project_id: str,
-        public_key: ec.EllipticCurvePublicKey,
+        public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
         *,
         subject_cn: str,
         not_before: datetime | None = None,
         not_after: datetime | None = None,
     ) -> x509.Certificate:
-        """A project credential: an EC key-agreement key bound to ``project_id``."""
-        if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            raise PkiError("Project keys are EC keys (P-256 or P-384): PIV uses them for ECDH.")
+        """A project credential bound to ``project_id``.
+
+        EC keys (P-256, P-384) are key-agreement keys: PIV uses them for ECDH.
+        RSA-2048 keys (an older card variant, docs/card-variants.md) cannot do
+        ECDH: theirs is a signature key, and possession is proven by signing.
+        """
+        if isinstance(public_key, rsa.RSAPublicKey):
+            if public_key.key_size != 2048:
+                raise PkiError("RSA project keys are RSA-2048.")
+            usage = _key_usage(digital_signature=True)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            usage = _key_usage(key_agreement=True)
+        else:
+            raise PkiError("Project keys are EC (P-256, P-384) or RSA-2048 keys.")
         if not project_id or any(c.isspace() or c in ":/" for c in project_id):
             raise PkiError(f"{project_id!r} is not a valid project id (no spaces, ':' or '/').")
         return self._issue(
@@ -353,7 +364,7 @@ class Pki:
             subject_cn=subject_cn,
             not_before=not_before,
             not_after=not_after,
-            key_usage=_key_usage(key_agreement=True),
+            key_usage=usage,
             eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
             san=[x509.UniformResourceIdentifier(oids.PROJECT_URN_PREFIX + project_id)],
         )

@@ -99,6 +99,10 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
             _("Place the same finger flat and centred."),
         ),
         Problem.WRONG_PIN: (_("Wrong PIN"), _("Type your PIN again.")),
+        Problem.NO_FINGER_ENROLLED: (
+            _("This project needs a finger, and none is enrolled on this card"),
+            _("Take the card to the enrolment station."),
+        ),
         Problem.PIN_NOT_ALLOWED: (
             _("This project needs your finger"),
             _("Place your finger on the sensor."),
@@ -157,6 +161,10 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
             _("This card is not recognised"),
             _("Remove the card and take it to the card office."),
         ),
+        Problem.CARD_NOT_SUPPORTED: (
+            _("This card is not supported on this box"),
+            _("Remove it: the box is ready for the next card."),
+        ),
         Problem.CARD_NOT_RECOGNISED: (
             _("This card is not recognised"),
             _("Remove the card and take it to the card office."),
@@ -207,6 +215,7 @@ def _detail_texts(_: Translate) -> dict[str, str]:
         ),
         Detail.PLACE_FINGER: _("Place your finger on the sensor."),
         Detail.PLACE_FINGER_OR_PIN: _("Place your finger on the sensor or type your PIN."),
+        Detail.ENTER_PIN: _("Type your PIN: this card holds no finger."),
         Detail.SENSOR_UNPLUGGED: _(
             "The fingerprint sensor is not connected: plug it back in or call the service desk."
         ),

@@ -224,6 +224,7 @@ NO_HARDWARE: dict[tuple[str, ...], tuple[str, ...]] = {
 WITH_HARDWARE: dict[tuple[str, ...], str] = {
     ("card", "readers"): "test_cli_json.py::test_card_readers_json_is_the_document_alone",
     ("card", "info"): "test_card_cli.py::test_info_json_lists_the_demo_projects_with_a_verified_directory",
+    ("card", "identify"): "test_card_identify.py::test_identify_names_each_variant",
     ("trust", "check"): "test_trust_check.py::test_a_freshly_issued_card_passes_every_check",
     ("agent", "bench"): "test_cli_json.py::test_agent_bench_json_is_the_document_alone_and_runs_from_anywhere",
     ("renew",): "test_renewal.py::test_a_certificate_for_another_key_is_refused",

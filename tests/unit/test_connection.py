@@ -6,7 +6,10 @@ import pytest
 
 from sdbox.logging import TRACE
 from sdbox.smartcard.apdu import Apdu
+from sdbox.smartcard.atr import uses_extended_length
+from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.connection import ApduStack, redacted
+from sdbox.smartcard.emulator.vpcd import build_atr
 from sdbox.smartcard.errors import CardProtocolError
 
 
@@ -90,3 +93,57 @@ def test_a_general_authenticate_answer_is_redacted_also_where_it_is_chained(
     assert "<16 bytes redacted>" in caplog.text
     for form in (secret[-16:].hex().upper(), secret[:16].hex().upper()):
         assert form not in caplog.text
+
+
+# -- the stack follows the card's variant (docs/card-variants.md) ---------------------
+
+
+def test_t0_wrong_le_is_answered_by_asking_again_with_the_exact_length() -> None:
+    # a T=0 card: GET RESPONSE asked for 256 bytes, the card has 0x1D (6C1D)
+    conn = Recorded([("", 0x6C1D), ("CC" * 0x1D, 0x9000)])
+    data, sw = ApduStack(conn, extended=False).send(Apdu(0, 0xC0, 0, 0, le=256))
+    assert (data, sw) == (b"\xcc" * 0x1D, 0x9000)
+    assert conn.sent == ["00C0000000", "00C000001D"]
+
+
+def test_t0_case_4_answer_comes_through_get_response_and_6cxx() -> None:
+    # T=0: GET DATA (case 4) answered 61 1D with no data; the GET RESPONSE is exact
+    conn = Recorded([("", 0x611D), ("DD" * 0x1D, 0x9000)])
+    data, sw = ApduStack(conn, extended=False).send(
+        Apdu(0, 0xCB, 0x3F, 0xFF, bytes.fromhex("5C017E"), le=65536)
+    )
+    assert (data, sw) == (b"\xdd" * 0x1D, 0x9000)
+    assert conn.sent == ["00CB3FFF035C017E00", "00C000001D"]
+
+
+def test_a_6cxx_answer_is_followed_once_not_forever() -> None:
+    conn = Recorded([("", 0x6C10), ("", 0x6C08)])
+    _data, sw = ApduStack(conn, extended=False).send(Apdu(0, 0xC0, 0, 0, le=256))
+    assert sw == 0x6C08
+    assert len(conn.sent) == 2
+
+
+def test_a_chaining_only_card_gets_short_apdus_from_its_atr() -> None:
+    directory = "53820140" + "AB" * 320  # a 324-byte object answer, in two parts
+    first, rest = directory[: 256 * 2], directory[256 * 2 :]
+    conn = Recorded([(first, 0x6144), (rest, 0x9000)])
+    session = BioSsoSession.for_atr(conn, build_atr("T=1", extended=False))
+    assert session.piv.get_object(0x5FFF40) == b"\xab" * 320
+    assert conn.sent == ["00CB3FFF055C035FFF4000", "00C0000044"]
+
+
+def test_a_card_stating_extended_length_gets_one_extended_apdu() -> None:
+    conn = Recorded([("53820140" + "AB" * 320, 0x9000)])
+    session = BioSsoSession.for_atr(conn, build_atr("T=1", extended=True))
+    assert session.piv.get_object(0x5FFF40) == b"\xab" * 320
+    assert conn.sent == ["00CB3FFF00000" + "55C035FFF400000"]
+
+
+def test_extended_length_follows_what_the_atr_states() -> None:
+    # a YubiKey 5's ATR states chaining and extended length (73 C0 21 C0)
+    assert uses_extended_length(bytes.fromhex("3BFD1300008131FE158073C021C057597562694B657940"))
+    assert not uses_extended_length(build_atr("T=0", extended=False))
+    # no compact-TLV capabilities (proprietary historical bytes), or no ATR that parses:
+    # the assumption sdbox has always made of PIV cards
+    assert uses_extended_length(bytes.fromhex("3B021480"))
+    assert uses_extended_length(b"\x00")

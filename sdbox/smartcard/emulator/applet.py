@@ -139,8 +139,15 @@ class PivApplet:
             apdu, extended = decode_command(raw)
         except CardProtocolError:
             return response(b"", Sw.WRONG_LENGTH)
+        if extended and not self.state.extended_length:
+            # A chip without extended length does not parse the 3-byte length at all.
+            self._pending = b""
+            return response(b"", Sw.WRONG_LENGTH)
         if apdu.ins != Ins.GET_RESPONSE:
             self._pending = b""
+        elif self.t0 and self._pending and (apdu.le or 0) > len(self._pending):
+            # T=0: Le must name what is there; 6CXX tells the exact count (ISO/IEC 7816-3 10.3.4).
+            return response(b"", Sw.WRONG_LE_00 | len(self._pending))
         try:
             if apdu.cla & ~CLA_CHAINING & 0xFF != 0:
                 raise _Refusal(Sw.CLA_NOT_SUPPORTED)
@@ -158,7 +165,29 @@ class PivApplet:
             return response(b"", refusal.sw)
         except (TlvError, CardProtocolError):
             return response(b"", Sw.INCORRECT_DATA)
+        if self.t0:
+            return self._answer_t0(apdu, data)
         return self._answer(data, apdu.le, extended)
+
+    @property
+    def t0(self) -> bool:
+        """The chip speaks T=0 (its variant; docs/card-variants.md)."""
+        return self.state.transmission == "T=0"
+
+    def _answer_t0(self, apdu: Apdu, data: bytes) -> bytes:
+        """T=0 answers: case 4 data only through GET RESPONSE (61XX); a wrong Le gets 6CXX."""
+        if not data:
+            return response(b"", Sw.OK)
+        if apdu.data and apdu.ins != Ins.GET_RESPONSE:
+            # T=0 carries no Le with command data: the answer waits for GET RESPONSE.
+            self._pending = data
+            return response(b"", Sw.BYTES_REMAINING_00 | (min(len(data), SHORT_MAX_LE) % 256))
+        le = apdu.le or SHORT_MAX_LE
+        if le > len(data) and len(data) < SHORT_MAX_LE:
+            if apdu.ins == Ins.GET_RESPONSE:
+                self._pending = data
+            return response(b"", Sw.WRONG_LE_00 | len(data))
+        return self._answer(data, le, False)
 
     def _answer(self, data: bytes, le: int | None, extended: bool) -> bytes:
         limit = (le or EXTENDED_MAX_LE) if extended else min(le or SHORT_MAX_LE, SHORT_MAX_LE)

@@ -49,6 +49,7 @@ from sdbox.smartcard.profile import (
     ObjectTag,
     Slot,
     certificate_object,
+    decode_certificate,
     encode_bit_group,
     encode_ccc,
     encode_certificate,
@@ -92,6 +93,16 @@ class ProjectSpec:
 
 
 @dataclass(frozen=True)
+class ChipSpec:
+    """How the card generation is built ([card] table; docs/card-variants.md)."""
+
+    layout: str = "directory"  # or "one-project": the 9A key and certificate are the project
+    transmission: str = "T=1"  # or "T=0"
+    extended_length: bool = True
+    compress_certificates: bool = False
+
+
+@dataclass(frozen=True)
 class CardProfile:
     """A parsed, validated card profile."""
 
@@ -104,13 +115,36 @@ class CardProfile:
     holder_key: str
     fingers: tuple[FingerSpec, ...]
     projects: tuple[ProjectSpec, ...]
+    chip: ChipSpec = ChipSpec()
+
+
+PROFILE_DIR = "card-profiles"  # beside this module: one TOML file per card variant
+
+
+def profile_names() -> list[str]:
+    """The built-in profiles: ``demo``, then one per card variant (docs/card-variants.md)."""
+    folder = resources.files("sdbox.smartcard.emulator").joinpath(PROFILE_DIR)
+    names = sorted(
+        item.name.removesuffix(".toml") for item in folder.iterdir() if item.name.endswith(".toml")
+    )
+    return ["demo", *names]
 
 
 def load_profile(name_or_path: str) -> CardProfile:
-    """Load ``demo`` (built in) or a profile file."""
+    """Load a built-in profile by name (``demo``, a variant's) or a profile file."""
+    package = resources.files("sdbox.smartcard.emulator")
     if name_or_path == "demo":
-        text = resources.files("sdbox.smartcard.emulator").joinpath("demo-profile.toml").read_text()
+        text = package.joinpath("demo-profile.toml").read_text()
         return parse_profile(text, source="demo profile")
+    if re.fullmatch(r"[a-z0-9-]+", name_or_path):
+        builtin = package.joinpath(PROFILE_DIR, f"{name_or_path}.toml")
+        if builtin.is_file():
+            return parse_profile(builtin.read_text(), source=f"{name_or_path} profile")
+        if not Path(name_or_path).exists():
+            raise ProfileError(
+                f"no card profile named '{name_or_path}' "
+                f"(built in: {', '.join(profile_names())}; or a path to a TOML file)"
+            )
     path = Path(name_or_path)
     try:
         text = path.read_text()
@@ -167,8 +201,8 @@ def parse_profile(text: str, *, source: str) -> CardProfile:
                 f"{where}: protocol must be rdp|spice and second_factor finger|finger_or_pin"
             ) from exc
         curve = _get(p, "curve", str, where, "p256")
-        if curve not in _CURVES:
-            raise ProfileError(f"{where}: 'curve' must be p256 or p384")
+        if curve not in (*_CURVES, "rsa2048"):
+            raise ProfileError(f"{where}: 'curve' must be p256, p384 or rsa2048")
         projects.append(
             ProjectSpec(
                 id=_get(p, "id", str, where),
@@ -183,6 +217,9 @@ def parse_profile(text: str, *, source: str) -> CardProfile:
         )
     if len(projects) > len(RETIRED_SLOTS):
         raise ProfileError(f"{source}: at most {len(RETIRED_SLOTS)} projects fit on a card")
+    chip = _parse_chip(raw.get("card", {}), f"{source}: [card]")
+    if chip.layout == "one-project" and len(projects) != 1:
+        raise ProfileError(f"{source}: a one-project card holds exactly one project")
     return CardProfile(
         source=source,
         label=_get(raw, "label", str, source, "BIO SSO"),
@@ -193,6 +230,27 @@ def parse_profile(text: str, *, source: str) -> CardProfile:
         holder_key=holder_key,
         fingers=tuple(fingers),
         projects=tuple(projects),
+        chip=chip,
+    )
+
+
+def _parse_chip(raw: Any, where: str) -> ChipSpec:
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: must be a table")
+    layout = _get(raw, "layout", str, where, "directory")
+    if layout not in ("directory", "one-project"):
+        raise ProfileError(f"{where}: 'layout' must be directory or one-project")
+    transmission = _get(raw, "transmission", str, where, "T=1")
+    if transmission not in ("T=0", "T=1"):
+        raise ProfileError(f"{where}: 'transmission' must be T=0 or T=1")
+    extended = _get(raw, "extended_length", bool, where, True)
+    if transmission == "T=0" and extended:
+        raise ProfileError(f"{where}: a T=0 chip has no extended length (set it false)")
+    return ChipSpec(
+        layout=layout,
+        transmission=transmission,
+        extended_length=extended,
+        compress_certificates=_get(raw, "compress_certificates", bool, where, False),
     )
 
 
@@ -260,7 +318,6 @@ def issue_card(
     """Issue a new card from ``profile`` under ``pki`` (the issuing station's job)."""
     now = now or datetime.now(UTC).replace(microsecond=0)
     guid = guid or secrets.token_bytes(16)
-    der = serialization.Encoding.DER
     state = CardState(
         guid=guid,
         label=profile.label,
@@ -270,12 +327,67 @@ def issue_card(
         management_key=profile.management_key,
         keygen_seed=keygen_seed,
         path=state_path,
+        transmission=profile.chip.transmission,
+        extended_length=profile.chip.extended_length,
     )
-    holder_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if profile.holder_key == "rsa2048":
-        holder_key = rsa.generate_private_key(65537, 2048)
+    compressed = profile.chip.compress_certificates
+    if profile.chip.layout == "one-project":
+        _issue_one_project(profile, pki, state, now)
     else:
-        holder_key = ec.generate_private_key(_CURVES[profile.holder_key])
+        _issue_directory_card(profile, pki, state, now, guid)
+    _enrol_fingers(profile, state)
+    state.objects[ObjectTag.CHUID] = encode_chuid(
+        guid, (now + timedelta(days=5 * 365)).strftime("%Y%m%d")
+    )
+    state.objects[ObjectTag.CCC] = encode_ccc(guid)
+    if compressed:
+        for tag, value in list(state.objects.items()):
+            if _is_certificate_object(tag):
+                state.objects[tag] = _recompress(value)
+    state.save()
+    return state
+
+
+def _is_certificate_object(tag: int) -> bool:
+    return (
+        tag == ObjectTag.AUTH_CERT or ObjectTag.RETIRED_CERT_1 <= tag <= ObjectTag.RETIRED_CERT_20
+    )
+
+
+def _recompress(container: bytes) -> bytes:
+    return encode_certificate(decode_certificate(container), compressed=True)
+
+
+def _new_key(kind: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    if kind == "rsa2048":
+        return rsa.generate_private_key(65537, 2048)
+    return ec.generate_private_key(_CURVES[kind])
+
+
+def _issue_one_project(profile: CardProfile, pki: Pki, state: CardState, now: datetime) -> None:
+    """The earlier one-project card: the 9A key and certificate are the project's credential."""
+    spec = profile.projects[0]
+    key = _new_key(spec.curve)
+    cert = pki.issue_project(
+        spec.id,
+        key.public_key(),
+        subject_cn=f"{profile.holder} ({spec.id})",
+        not_before=now - timedelta(minutes=5),
+        not_after=now + timedelta(days=spec.valid_days),
+    )
+    state.keys[Slot.AUTHENTICATION] = key
+    state.objects[ObjectTag.AUTH_CERT] = encode_certificate(
+        cert.public_bytes(serialization.Encoding.DER)
+    )
+    _bubble_certificate(pki, spec)
+
+
+def _issue_directory_card(
+    profile: CardProfile, pki: Pki, state: CardState, now: datetime, guid: bytes
+) -> None:
+    """The multi-project card: holder key in 9A, one retired slot per project, the directory."""
+    der = serialization.Encoding.DER
+    holder_key = _new_key(profile.holder_key)
     holder_cert = pki.issue_holder(holder_key.public_key(), subject_cn=profile.holder)
     state.keys[Slot.AUTHENTICATION] = holder_key
     state.objects[ObjectTag.AUTH_CERT] = encode_certificate(holder_cert.public_bytes(der))
@@ -283,7 +395,7 @@ def issue_card(
     projects = []
     for index, spec in enumerate(profile.projects):
         slot = RETIRED_SLOTS[index]
-        key = ec.generate_private_key(_CURVES[spec.curve])
+        key = _new_key(spec.curve)
         cert = pki.issue_project(
             spec.id,
             key.public_key(),
@@ -318,6 +430,8 @@ def issue_card(
     signed = sign_directory(directory, signer.key, signer.cert, [pki.project_ca.cert])
     state.objects[ObjectTag.DIRECTORY] = signed.encode()
 
+
+def _enrol_fingers(profile: CardProfile, state: CardState) -> None:
     bits = []
     for finger in profile.fingers:
         template = seeded_template(finger.identity_seed)
@@ -334,12 +448,6 @@ def issue_card(
     ).encode()
     if bits:
         state.objects[ObjectTag.BIT_GROUP] = encode_bit_group(bits)
-    state.objects[ObjectTag.CHUID] = encode_chuid(
-        guid, (now + timedelta(days=5 * 365)).strftime("%Y%m%d")
-    )
-    state.objects[ObjectTag.CCC] = encode_ccc(guid)
-    state.save()
-    return state
 
 
 def guid_for(seed: str) -> bytes:

@@ -78,6 +78,9 @@ class CardState:
     keygen_counter: int = 0
     label: str = "BIO SSO (sdbox emulator)"
     path: Path | None = None
+    # How the chip talks (its variant, docs/card-variants.md): stated in its ATR.
+    transmission: str = "T=1"
+    extended_length: bool = True
 
     # -- persistence --------------------------------------------------------
 
@@ -103,6 +106,8 @@ class CardState:
             "objects": {f"{tag:x}": value.hex() for tag, value in sorted(self.objects.items())},
             "keygen_seed": None if self.keygen_seed is None else self.keygen_seed.hex(),
             "keygen_counter": self.keygen_counter,
+            "transmission": self.transmission,
+            "extended_length": self.extended_length,
         }
 
     @classmethod
@@ -130,6 +135,8 @@ class CardState:
             keygen_seed=None if seed is None else bytes.fromhex(seed),
             keygen_counter=int(raw.get("keygen_counter", 0)),
             path=path,
+            transmission=str(raw.get("transmission", "T=1")),
+            extended_length=bool(raw.get("extended_length", True)),
         )
 
     def save(self) -> None:

@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from sdbox.smartcard import atr
+from sdbox.smartcard.atr import Transmission
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.faults import Fault, FaultKind
 
@@ -29,23 +31,15 @@ CTRL_RESET = 0x02
 CTRL_GET_ATR = 0x04
 
 
-def _with_tck(atr: bytes) -> bytes:
-    check = 0
-    for byte in atr[1:]:
-        check ^= byte
-    return atr + bytes((check,))
+def build_atr(transmission: str = "T=1", *, extended: bool = True) -> bytes:
+    """The emulator's ATR: its transmission protocol and card capabilities (tag 7).
 
-
-def build_atr() -> bytes:
-    """The emulator's ATR: TS, T0, TD1, TD2 (T=1), 8 historical bytes, TCK.
-
-    The historical bytes carry card capabilities (tag 7, 3 bytes) announcing
-    command chaining and extended Lc/Le. It is no known vendor's ATR, so
-    OpenSC finds the card by selecting the PIV application, not by a quirk.
+    The historical bytes announce command chaining and, on chips that have
+    it, extended Lc/Le (docs/card-variants.md). It is no known vendor's ATR,
+    so OpenSC finds the card by selecting the PIV application, not by a quirk.
     """
-    historical = bytes.fromhex("8073C021C0") + b"SDB"
-    body = bytes((0x3B, 0x80 | len(historical), 0x80, 0x01)) + historical
-    return _with_tck(body)
+    protocol = Transmission.T0 if transmission == "T=0" else Transmission.T1
+    return atr.build_atr(transmission=protocol, chaining=True, extended=extended, tag=b"SDB")
 
 
 class VirtualCard:
@@ -63,7 +57,7 @@ class VirtualCard:
         self.applet = applet
         self.host, self.port = host, port
         self.latency_ms = latency_ms
-        self.atr = build_atr()
+        self.atr = build_atr(applet.state.transmission, extended=applet.state.extended_length)
         self.faults: list[Fault] = []
         self.apdus = 0
         self._on_event = on_event or (lambda _event: None)

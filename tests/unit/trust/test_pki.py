@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sdbox.trust import oids
@@ -96,10 +96,19 @@ def test_project_certificate_names_its_project_and_only_agrees_keys(pki: Pki) ->
     assert "project-ca.crl" in points[0].full_name[0].value
 
 
-def test_project_certificates_refuse_non_ec_keys(pki: Pki) -> None:
-    key = rsa.generate_private_key(65537, 2048)
-    with pytest.raises(PkiError, match="EC keys"):
-        pki.issue_project("p", key.public_key(), subject_cn="x")  # type: ignore[arg-type]
+def test_project_certificates_take_ec_or_rsa2048_keys_only(pki: Pki) -> None:
+    # RSA-2048 is an older card variant's (docs/card-variants.md): a signature key
+    rsa_cert = pki.issue_project(
+        "p", rsa.generate_private_key(65537, 2048).public_key(), subject_cn="x"
+    )
+    usage = _ext(rsa_cert, x509.KeyUsage)
+    assert isinstance(usage, x509.KeyUsage)
+    assert usage.digital_signature
+    assert not usage.key_agreement
+    with pytest.raises(PkiError, match="RSA-2048"):
+        pki.issue_project("p", rsa.generate_private_key(65537, 1024).public_key(), subject_cn="x")
+    with pytest.raises(PkiError, match="EC"):
+        pki.issue_project("p", ed25519.Ed25519PrivateKey.generate().public_key(), subject_cn="x")  # type: ignore[arg-type]
 
 
 def test_server_certificate_names_host_or_ip(pki: Pki) -> None:
