@@ -12,10 +12,10 @@ import json
 import os
 import secrets
 import socket
-import subprocess
 import tempfile
 from pathlib import Path
 
+from sdbox import process
 from sdbox.broker.errors import BrokerError
 
 SECRET_BYTES = 18
@@ -36,14 +36,16 @@ def provision_rdp(sam_file: Path, user: str, password: str) -> None:
     # short-lived process runs on the broker host, not on the box, and the
     # password is single-use and expires with the session.
     try:
-        out = subprocess.run(
+        out = process.run(
             ["winpr-hash3", "-u", user, "-p", password, "-f", "sam"],
-            capture_output=True, check=True, timeout=30, env={"PATH": os.environ.get("PATH", "/usr/bin")},
-        ).stdout.decode()  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as exc:
+            what="preparing the RDP bubble's account", timeout=30,
+            env={"PATH": os.environ.get("PATH", "/usr/bin")},
+        )  # fmt: skip
+    except process.CommandFailed:
+        # its detail is winpr-hash3's output, which may echo the password: not kept
         raise ProvisioningError(
             "the RDP bubble's account could not be prepared (winpr-hash3 failed)"
-        ) from exc
+        ) from None
     line = next((x for x in out.splitlines() if x.startswith(f"{user}:")), None)
     if line is None:
         raise ProvisioningError("winpr-hash3 gave no SAM entry")

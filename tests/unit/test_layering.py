@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SDBOX = ROOT / "sdbox"
 
 # What every part may use (foundation, pure libraries), then what each part may import.
-FOUNDATION = frozenset({"sdbox", "sdbox.errors", "sdbox.logging", "sdbox.config", "sdbox.audit"})
+FOUNDATION = frozenset(
+    {"sdbox", "sdbox.errors", "sdbox.logging", "sdbox.config", "sdbox.audit", "sdbox.process"}
+)
 BASE = frozenset({"sdbox", "sdbox.errors", "sdbox.logging"})  # what the pure libraries may use
 PURE = frozenset({"sdbox.smartcard", "sdbox.biometric", "sdbox.trust"})
 
@@ -33,6 +35,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sdbox.logging": frozenset(),
     "sdbox.config": frozenset({"sdbox.errors"}),
     "sdbox.audit": frozenset(),
+    "sdbox.process": frozenset({"sdbox.errors"}),  # the one runner of external programs
     # pure libraries: no D-Bus, no CLI, no printing, nothing of the box
     "sdbox.smartcard": BASE,
     "sdbox.biometric": BASE,
