@@ -91,10 +91,10 @@ def register_card(
     config_path: Path, guid: str, holder_certificate: Path, management_key_file: Path
 ) -> None:
     """Let the centre manage a card during renewal (9B relay, directory signing)."""
-    from cryptography import x509  # noqa: PLC0415
 
     from sdbox.broker.cards import add_card  # noqa: PLC0415
     from sdbox.broker.server import load_config  # noqa: PLC0415
+    from sdbox.certificates import UnreadableCertificate, load_certificate  # noqa: PLC0415
     from sdbox.config import ConfigError  # noqa: PLC0415
 
     config = load_config(config_path)
@@ -103,8 +103,8 @@ def register_card(
     try:
         card = bytes.fromhex(guid)
         key = bytes.fromhex(management_key_file.read_text().strip())
-        holder = x509.load_pem_x509_certificate(holder_certificate.read_bytes())
-    except ValueError as exc:
+        holder = load_certificate(holder_certificate.read_bytes(), "holder certificate")
+    except (ValueError, UnreadableCertificate) as exc:
         raise ConfigError(f"register-card: {exc}") from exc
     add_card(Path(config.card_register), card, key, holder)
     click.echo(f"card {card.hex()} registered in {config.card_register}", err=True)

@@ -12,6 +12,7 @@ import click
 from cryptography import x509
 
 from sdbox._cli.output import emit_json, json_option
+from sdbox.certificates import UnreadableCertificate, load_certificates
 from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import BioSsoSession, CardSummary, TriesLeft
 from sdbox.smartcard.profile import KeyRef
@@ -32,8 +33,8 @@ def load_anchors(path: Path) -> list[x509.Certificate]:
             f"trust anchors {path}: cannot be read ({exc.strerror}); pass --anchors FILE"
         ) from exc
     try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
+        certs = load_certificates(data)
+    except UnreadableCertificate as exc:
         raise AnchorsError(f"trust anchors {path}: not a PEM certificate bundle ({exc})") from exc
     return certs
 

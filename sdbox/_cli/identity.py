@@ -24,15 +24,15 @@ _config_option = click.option(
 
 
 def _certificates(path: Path) -> list[x509.Certificate]:
-    from cryptography import x509  # noqa: PLC0415
 
+    from sdbox.certificates import UnreadableCertificate, load_certificates  # noqa: PLC0415
     from sdbox.config import ConfigError  # noqa: PLC0415
 
     try:
-        return x509.load_pem_x509_certificates(path.read_bytes())
+        return load_certificates(path.read_bytes())
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as exc:
+    except (OSError, UnreadableCertificate) as exc:
         raise ConfigError(f"{path}: cannot be read ({exc})") from exc
 
 

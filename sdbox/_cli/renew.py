@@ -22,15 +22,15 @@ def _config(path: Path) -> AgentConfig:
 
 
 def _pems(path: Path, what: str, *, required: bool) -> list[Any]:
-    from cryptography import x509  # noqa: PLC0415
+    from sdbox.certificates import UnreadableCertificate, load_certificates  # noqa: PLC0415
 
     try:
-        return x509.load_pem_x509_certificates(path.read_bytes())
+        return load_certificates(path.read_bytes())
     except FileNotFoundError as exc:
         if required:
             raise ConfigError(f"{what} {path} is missing") from exc
         return []
-    except (OSError, ValueError) as exc:
+    except (OSError, UnreadableCertificate) as exc:
         raise ConfigError(f"{what} {path} cannot be read: {exc}") from exc
 
 

@@ -13,7 +13,9 @@ def tunnel() -> None:
 
 
 @tunnel.command("gateway-config")
-@click.option("--identity", required=True, help="The gateway's IKE identity (a SAN of its certificate).")
+@click.option(
+    "--identity", required=True, help="The gateway's IKE identity (a SAN of its certificate)."
+)
 @click.option("--certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="The gateway's certificate (PEM), from the gateway CA.")  # fmt: skip
 @click.option("--box-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -25,12 +27,12 @@ def tunnel() -> None:
 def gateway_config(identity: str, certificate: Path, box_ca: Path, networks: tuple[str, ...],
                    pool: str, listen: tuple[str, ...]) -> None:  # fmt: skip
     """Print the reference gateway's swanctl.conf (certificates by file name)."""
-    from cryptography import x509  # noqa: PLC0415
 
+    from sdbox.certificates import load_certificate  # noqa: PLC0415
     from sdbox.network import strongswan  # noqa: PLC0415
 
-    gateway_cert = x509.load_pem_x509_certificate(certificate.read_bytes())
-    box_ca_cert = x509.load_pem_x509_certificate(box_ca.read_bytes())
+    gateway_cert = load_certificate(certificate.read_bytes(), f"certificate {certificate}")
+    box_ca_cert = load_certificate(box_ca.read_bytes(), f"certificate {box_ca}")
     names = {gateway_cert.fingerprint(strongswan.SHA256): certificate.name,
              box_ca_cert.fingerprint(strongswan.SHA256): box_ca.name}  # fmt: skip
     spec = strongswan.GatewaySpec(identity=identity, certificate=gateway_cert, box_ca=box_ca_cert,

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from sdbox.agent.config import AgentConfig, SensorConfig, SessionConfig
 from sdbox.agent.ports import SessionHandle
+from sdbox.certificates import UnreadableCertificate, load_certificates
 from sdbox.errors import SdboxError
 from sdbox.session import Credential, Display, Endpoint, Policy, SessionSpec, open_session
 from sdbox.session import Protocol as SessionProtocol
@@ -36,12 +37,12 @@ class TrustFilesError(SdboxError):
 
 def _load_pems(path: Path, what: str, *, required: bool) -> list[x509.Certificate]:
     try:
-        return x509.load_pem_x509_certificates(path.read_bytes())
+        return load_certificates(path.read_bytes())
     except FileNotFoundError as exc:
         if not required:
             return []
         raise TrustFilesError(f"{what} {path} is missing: the image is incomplete") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, UnreadableCertificate) as exc:
         raise TrustFilesError(f"{what} {path} cannot be read: {exc}") from exc
 
 

@@ -26,6 +26,7 @@ from sdbox.agent.events import SessionEndedEvent
 from sdbox.agent.problems import Refusal, Step, detail_for, problem_for, refusal_for
 from sdbox.audit import AuditEvent, audit
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable
+from sdbox.certificates import UnreadableCertificate, load_certificate
 from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Directory, Project, SecondFactor
@@ -240,9 +241,9 @@ class ConnectionFlow:
             )
             raise refusal_for(exc, Step.PROJECT) from exc
         try:
-            server = x509.load_der_x509_certificate(project.server_certificate)
+            server = load_certificate(project.server_certificate, "server certificate")
             self.trust.check_server(server, project)
-        except (ValueError, x509.InvalidVersion) as exc:
+        except UnreadableCertificate as exc:
             raise Refusal(
                 problem_for(exc, Step.SERVER),
                 "the directory's server certificate is malformed",

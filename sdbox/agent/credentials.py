@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sdbox.agent.card import CardHandle
 from sdbox.agent.config import AgentConfig
 from sdbox.centre.client import request_credential
+from sdbox.certificates import UnreadableCertificate, load_certificates
 from sdbox.config import ConfigError
 from sdbox.identity import BoxIdentity, IdentitySource
 from sdbox.session import Credential
@@ -38,8 +39,8 @@ class BrokerCredentials:
 
     def _anchors(self) -> list[x509.Certificate]:
         try:
-            return x509.load_pem_x509_certificates(self._anchors_path.read_bytes())
-        except (OSError, ValueError) as exc:
+            return load_certificates(self._anchors_path.read_bytes())
+        except (OSError, UnreadableCertificate) as exc:
             raise ConfigError(
                 f"[credentials] broker_anchors {self._anchors_path}: cannot be read ({exc})"
             ) from exc

@@ -12,6 +12,7 @@ from cryptography import x509
 from sdbox.agent.adapters import TrustService
 from sdbox.agent.config import AgentConfig
 from sdbox.centre.cards import BrokerCentre
+from sdbox.certificates import UnreadableCertificate, load_certificate, load_certificates
 from sdbox.config import ConfigError
 from sdbox.identity import BoxIdentity
 from sdbox.renewal.flow import Renewer, Result
@@ -42,8 +43,8 @@ def make_centre(
     if not credentials.broker_url:
         raise ConfigError("[credentials] broker_url is not set: renewal needs the centre's broker")
     try:
-        anchors = x509.load_pem_x509_certificates(credentials.broker_anchors.read_bytes())
-    except (OSError, ValueError) as exc:
+        anchors = load_certificates(credentials.broker_anchors.read_bytes())
+    except (OSError, UnreadableCertificate) as exc:
         raise ConfigError(
             f"[credentials] broker_anchors {credentials.broker_anchors}: cannot be read ({exc})"
         ) from exc
@@ -70,8 +71,8 @@ class RenewalService:
     def _cmp_server(self) -> x509.Certificate:
         path = self.config.renewal.cmp_server_cert
         try:
-            return x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError) as exc:
+            return load_certificate(path.read_bytes())
+        except (OSError, UnreadableCertificate) as exc:
             raise ConfigError(f"[renewal] cmp_server_cert {path}: cannot be read ({exc})") from exc
 
     def renew(self, session: BioSsoSession) -> list[Result]:

@@ -40,6 +40,7 @@ from sdbox.centre.protocol import (
     text_field,
     unb64,
 )
+from sdbox.certificates import load_certificates
 from sdbox.config import load_file, setting
 from sdbox.errors import SdboxError
 from sdbox.trust import Purpose, validate
@@ -121,8 +122,10 @@ class Broker:
 
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.anchors = x509.load_pem_x509_certificates(config.anchors.read_bytes())
-        self.intermediates = x509.load_pem_x509_certificates(config.intermediates.read_bytes())
+        self.anchors = load_certificates(config.anchors.read_bytes(), "anchors bundle")
+        self.intermediates = load_certificates(
+            config.intermediates.read_bytes(), "intermediates bundle"
+        )
         self.store = RevocationStore(
             config.crl_dir, build_time=datetime.fromisoformat(config.build_time)
         )

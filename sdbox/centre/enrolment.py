@@ -10,6 +10,7 @@ from cryptography import x509
 
 from sdbox.centre.client import post_json, tls_context
 from sdbox.centre.protocol import ProtocolError, b64
+from sdbox.certificates import UnreadableCertificate, load_certificate
 
 
 def request_certificate(
@@ -27,8 +28,8 @@ def request_certificate(
         f"{url}/v1/enrol", {"token": token, "csr": b64(csr_der)}, tls_context(anchors), timeout_s
     )
     try:
-        certificate = x509.load_pem_x509_certificate(str(answer["certificate"]).encode())
-        chain = [x509.load_pem_x509_certificate(str(c).encode()) for c in answer.get("chain", [])]
-    except (KeyError, ValueError, TypeError) as exc:
+        certificate = load_certificate(str(answer["certificate"]).encode())
+        chain = [load_certificate(str(c).encode()) for c in answer.get("chain", [])]
+    except (KeyError, TypeError, UnreadableCertificate) as exc:
         raise ProtocolError("the centre's enrolment answer holds no usable certificate") from exc
     return certificate, chain

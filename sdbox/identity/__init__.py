@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sdbox.certificates import UnreadableCertificate, load_certificate
 from sdbox.errors import SdboxError
 
 _log = logging.getLogger("sdbox.identity")
@@ -58,12 +59,12 @@ class IdentityConfig:
 
 def _load_certificate(path: Path) -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        return load_certificate(path.read_bytes())
     except FileNotFoundError as exc:
         raise IdentityError(
             f"the box certificate {path} is missing: the box is not enrolled"
         ) from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, UnreadableCertificate) as exc:
         raise IdentityError(f"the box certificate {path} cannot be read: {exc}") from exc
 
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from sdbox.centre.enrolment import request_certificate
 from sdbox.centre.protocol import ProtocolError
+from sdbox.certificates import load_certificate
 from sdbox.errors import SdboxError
 from sdbox.identity import IdentityConfig, IdentityError, _box_id
 from sdbox.identity.provision import provision_tpm, tpm_csr
@@ -94,7 +95,7 @@ def enrol(
     provisioned = provision_tpm(config)
     if config.certificate.exists():
         try:
-            current = x509.load_pem_x509_certificate(config.certificate.read_bytes())
+            current = load_certificate(config.certificate.read_bytes())
             _check(current, provisioned.public_key, intermediates, anchors)
         except (ValueError, OSError, SdboxError) as exc:  # unreadable, another key, expired...
             _log.warning("the stored box certificate is not usable (%s): enrolling again", exc)

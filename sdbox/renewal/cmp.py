@@ -31,6 +31,7 @@ from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
 from pyasn1_modules import rfc2459, rfc2511, rfc4210, rfc4211
 
+from sdbox.certificates import UnreadableCertificate, load_certificate
 from sdbox.renewal.errors import CmpProtocolError
 
 PVNO_CMP2000 = 2
@@ -354,7 +355,7 @@ def parse_answer(der: bytes) -> Answer:
         extra: list[x509.Certificate] = []
         if message["extraCerts"].isValue:
             for item in message["extraCerts"]:
-                extra.append(x509.load_der_x509_certificate(bytes(der_encoder.encode(item))))
+                extra.append(load_certificate(bytes(der_encoder.encode(item)), "extra certificate"))
         fields: dict[str, Any] = {}
         content = body[kind_name]
         if kind in (BodyType.IP, BodyType.CP, BodyType.KUP):
@@ -374,8 +375,8 @@ def parse_answer(der: bytes) -> Answer:
                 untagged = rfc2459.Certificate()
                 for name in ("tbsCertificate", "signatureAlgorithm", "signatureValue"):
                     untagged[name] = plain[name]
-                fields["certificate"] = x509.load_der_x509_certificate(
-                    bytes(der_encoder.encode(untagged))
+                fields["certificate"] = load_certificate(
+                    bytes(der_encoder.encode(untagged)), "issued certificate"
                 )
         elif kind == BodyType.ERROR:
             status, text, fail = _status(content["pKIStatusInfo"])
@@ -412,3 +413,5 @@ def parse_answer(der: bytes) -> Answer:
     # OverflowError: a DER length beyond 2**63 (pyasn1 reads it as a size; found by fuzzing)
     except (PyAsn1Error, ValueError, KeyError, IndexError, OverflowError) as exc:
         raise CmpProtocolError(f"the CA's answer does not parse: {exc}") from exc
+    except UnreadableCertificate as exc:
+        raise CmpProtocolError(f"the CA's answer does not parse: {exc.message}") from exc

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.centre.errors import CentreError, CentreUnreachable
+from sdbox.certificates import load_certificate
 from sdbox.errors import SdboxError
 from sdbox.renewal import cmp
 from sdbox.renewal.errors import CaUnreachable, CmpProtocolError, RenewalError
@@ -518,7 +519,7 @@ class Renewer:
             )
         if entry.phase in (Phase.CONFIRMED, Phase.SWITCHING) and entry.certificate_pem:
             _log.info("renewal of %s was interrupted after pkiConf: finishing", entry.project)
-            certificate = x509.load_pem_x509_certificate(entry.certificate_pem.encode())
+            certificate = load_certificate(entry.certificate_pem.encode(), "journaled certificate")
             self._write_certificate(entry.new_slot, certificate, self.session.key_history_count())
             self._switch(entry, certificate)
             return replace(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from sdbox.certificates import UnreadableCertificate, load_certificate
 from sdbox.errors import SdboxError
 from sdbox.smartcard.atr import uses_extended_length
 from sdbox.smartcard.connection import ApduStack, SmartCardConnection
@@ -156,8 +157,8 @@ class BioSsoSession:
         """The certificate stored for ``slot``."""
         der = decode_certificate(self.piv.get_object(certificate_object(slot)))
         try:
-            return x509.load_der_x509_certificate(der)
-        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
+            return load_certificate(der)
+        except UnreadableCertificate as exc:
             raise CardProtocolError(
                 f"the certificate of slot {slot:02X} is malformed: {exc}"
             ) from exc

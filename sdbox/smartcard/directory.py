@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from sdbox.certificates import UnreadableCertificate, load_certificate
 from sdbox.smartcard import tlv
 from sdbox.smartcard.errors import DirectoryError, TlvError
 from sdbox.smartcard.profile import RETIRED_SLOTS
@@ -229,11 +230,11 @@ def parse_signed_directory(value: bytes) -> SignedDirectory:
             "the project directory lacks its content (70), signer (71) or signature (73)"
         )
     try:
-        signer = x509.load_der_x509_certificate(signers[0].value)
+        signer = load_certificate(signers[0].value)
         intermediates = tuple(
-            x509.load_der_x509_certificate(i.value) for i in items if i.tag == TAG_INTERMEDIATE
+            load_certificate(i.value) for i in items if i.tag == TAG_INTERMEDIATE
         )
-    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
+    except UnreadableCertificate as exc:
         raise DirectoryError(
             f"the project directory's signer certificate is malformed: {exc}"
         ) from exc

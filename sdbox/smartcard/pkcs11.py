@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11err
 
+from sdbox.certificates import UnreadableCertificate, load_certificate
 from sdbox.smartcard.errors import CardAccessError, NoCard, VerificationError
 
 OPENSC_MODULE = Path("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
@@ -72,7 +73,10 @@ class Pkcs11Card:
             for obj in session.get_objects(
                 {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: HOLDER_KEY_ID}
             ):
-                return x509.load_der_x509_certificate(bytes(obj[Attribute.VALUE]))
+                try:
+                    return load_certificate(bytes(obj[Attribute.VALUE]), "holder certificate")
+                except UnreadableCertificate as exc:
+                    raise Pkcs11Error(exc.message) from exc
         raise Pkcs11Error("the token has no holder certificate (PIV slot 9A)")
 
     def sign(self, message: bytes, pin: str) -> bytes:

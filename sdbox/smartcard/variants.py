@@ -25,6 +25,7 @@ from enum import Enum
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from sdbox.certificates import UnreadableCertificate, load_certificate
 from sdbox.smartcard import tlv
 from sdbox.smartcard.atr import AtrInfo, Transmission, parse_atr
 from sdbox.smartcard.biosso import BioSsoSession
@@ -373,8 +374,8 @@ def certificate_facts(slot: int, container: bytes) -> CertificateFacts:
         info = tlv.parse_dict(container).get(TAG_CERT_INFO, b"\x00")
         compressed = info[:1] == bytes((CERT_INFO_GZIP,))
         der = decode_certificate(container)
-        cert = x509.load_der_x509_certificate(der)
-    except (ValueError, x509.InvalidVersion) as exc:
+        cert = load_certificate(der)
+    except (ValueError, UnreadableCertificate) as exc:  # ValueError: the container's TLV
         raise CardProtocolError(f"the certificate does not parse: {exc}") from exc
     return CertificateFacts(
         slot=slot,

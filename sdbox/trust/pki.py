@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sdbox.certificates import load_certificate
 from sdbox.trust import oids
 from sdbox.trust.errors import PkiError
 
@@ -576,7 +577,7 @@ def _build_ca_cert(
 
 
 def _load_issued(path: Path, stem: str) -> Issued:
-    cert = x509.load_pem_x509_certificate((path / f"{stem}.pem").read_bytes())
+    cert = load_certificate((path / f"{stem}.pem").read_bytes(), f"{stem} certificate")
     key_path = path / f"{stem}.key"
     key = None
     with contextlib.suppress(FileNotFoundError):

@@ -20,9 +20,11 @@ SDBOX = ROOT / "sdbox"
 
 # What every part may use (foundation, pure libraries), then what each part may import.
 FOUNDATION = frozenset(
-    {"sdbox", "sdbox.errors", "sdbox.logging", "sdbox.config", "sdbox.audit", "sdbox.process"}
-)
-BASE = frozenset({"sdbox", "sdbox.errors", "sdbox.logging"})  # what the pure libraries may use
+    {"sdbox", "sdbox.errors", "sdbox.logging", "sdbox.config", "sdbox.audit", "sdbox.process",
+     "sdbox.certificates"}
+)  # fmt: skip
+# what the pure libraries may use
+BASE = frozenset({"sdbox", "sdbox.errors", "sdbox.logging", "sdbox.certificates"})
 PURE = frozenset({"sdbox.smartcard", "sdbox.biometric", "sdbox.trust"})
 
 # part -> the parts it may import (besides itself). A module belongs to the longest
@@ -36,6 +38,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sdbox.config": frozenset({"sdbox.errors"}),
     "sdbox.audit": frozenset(),
     "sdbox.process": frozenset({"sdbox.errors"}),  # the one runner of external programs
+    "sdbox.certificates": frozenset({"sdbox.errors"}),  # the one certificate and CRL loader
     # pure libraries: no D-Bus, no CLI, no printing, nothing of the box
     "sdbox.smartcard": BASE,
     "sdbox.biometric": BASE,

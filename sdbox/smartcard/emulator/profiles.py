@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from sdbox.certificates import load_certificate
 from sdbox.errors import SdboxError
 from sdbox.smartcard.directory import (
     Directory,
@@ -283,7 +284,7 @@ def _bubble_certificate(pki: Pki, spec: ProjectSpec) -> x509.Certificate:
     where = bubble_dir(pki.path, spec.id)
     existing = where / "server.pem"
     if existing.exists() and (where / "server.key").exists():
-        cert = x509.load_pem_x509_certificate(existing.read_bytes())
+        cert = load_certificate(existing.read_bytes())
         if cert.not_valid_after_utc > datetime.now(UTC) and host in _san_values(cert):
             return cert
     server_key = ec.generate_private_key(ec.SECP256R1())
