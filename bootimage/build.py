@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sdbox import __version__  # noqa: E402
-from sdbox.bootimage import bundle, checks, disk, generations, tools  # noqa: E402
+from sdbox.bootimage import bundle, checks, disk, generations, pe, tools  # noqa: E402
 from sdbox.bootimage.errors import BootImageError  # noqa: E402
 
 MIB = 2**20
@@ -465,6 +465,7 @@ def make_uki(build: Build, kernel: Path, initrd: Path, cmdline: str, name: str) 
          STUB, unsigned],
         what="assembling the UKI", timeout=120,
     )  # fmt: skip
+    pe.set_timestamp(unsigned, build.epoch)  # objcopy wrote the wall clock (sdbox.bootimage.pe)
     return unsigned
 
 
