@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck locale unit integration hwtest hwtest-variants demo bench bench-image nbis soak fuzz clean deb lock image image-test bundle update-bundle image-update-test
+.PHONY: setup setup-system venv test lint typecheck locale unit integration hwtest hwtest-variants demo bench bench-image nbis soak fuzz clean deb lock image image-test image-repro bundle update-bundle image-update-test
 
 setup: setup-system venv
 
@@ -129,6 +129,13 @@ image-update-test: venv
 image-test: venv
 	bash scripts/setup-system.sh image
 	$(PY) bootimage/boot_test.py --generation $(GENERATION) --negative
+
+# On demand (two builds, ~5 min): the same sources and keys give byte-identical
+# root squashfs, verity tree, root hash and unsigned UKIs (docs/image.md, "Reproducible").
+image-repro: venv
+	bash scripts/setup-system.sh image
+	bash scripts/build-deb.sh
+	$(PY) bootimage/repro_check.py --generation $(GENERATION)
 
 # Image size (compressed and installed), build time and boot-to-ready in QEMU
 # (software emulation here: TCG), from a fresh build and boot test.
