@@ -133,10 +133,31 @@ def test_screens_in_english(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_pa
         shutil.rmtree(bus_dir, ignore_errors=True)
 
 
+# What each language's screens must say: the picker, the finger blocked (with the agent's
+# detail in that language, not its English words), the PIN prompt. A third language is
+# one catalogue, and one row here.
+_WORDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "fr": (
+        ("Choisissez un projet", "Census microdata 2021", "Bureau à distance"),
+        ("Ce doigt est bloqué", "Votre doigt doit être enrôlé à nouveau",
+         "Trop d’essais : ce doigt est bloqué sur la carte."),  # noqa: RUF001
+        ("Saisissez votre code PIN", "Votre doigt est bloqué", "Health cohort study"),
+    ),
+    "de": (
+        ("Wählen Sie ein Projekt", "Census microdata 2021", "Remote-Desktop"),
+        ("Dieser Finger ist gesperrt",
+         "Zu viele Versuche: Dieser Finger ist auf der Karte gesperrt."),
+        ("Geben Sie Ihre PIN ein", "Ihr Finger ist gesperrt", "Health cohort study"),
+    ),
+}  # fmt: skip
+
+
 @needs_kiosk
-def test_blocked_finger_and_french(
-    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+@pytest.mark.parametrize("language", sorted(_WORDS))
+def test_blocked_finger_in_another_language(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path, language: str
 ) -> None:
+    picker, blocked, pin = _WORDS[language]
     bus_dir = _bus_dir()
     sensor = ScriptedSensor()
 
@@ -145,11 +166,8 @@ def test_blocked_finger_and_french(
             pki, bubbles, free_reader, tmp_path, sensor_port=sensor, bus_dir=bus_dir
         ) as run:
             await _wait(run.agent, State.PICKER)
-            with kiosk(run.bus_address, "fr") as screen:
-                await asyncio.to_thread(
-                    expect, screen, "picker-fr", OUT,
-                    ("Choisissez un projet", "Census microdata 2021", "Bureau à distance"),
-                )  # fmt: skip
+            with kiosk(run.bus_address, language) as screen:
+                await asyncio.to_thread(expect, screen, f"picker-{language}", OUT, picker)
                 await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
                 for number in range(1, 6):
                     sensor.queue.put_nowait(synth.impression(4242, number))
@@ -160,61 +178,12 @@ def test_blocked_finger_and_french(
                     )
                 )
                 await asyncio.to_thread(
-                    expect, screen, "finger-blocked-fr", OUT,
-                    ("Ce doigt est bloqué", "Votre doigt doit être enrôlé à nouveau",
-                     "Trop d’essais : ce doigt est bloqué sur la carte."),  # noqa: RUF001
-                )  # fmt: skip
+                    expect, screen, f"finger-blocked-{language}", OUT, blocked
+                )
                 # the finger is blocked; the project that allows it still takes the PIN
                 await run.iface.call_choose_project("health-cohort")  # type: ignore[attr-defined]
                 await _wait(run.agent, State.VERIFYING)
-                await asyncio.to_thread(
-                    expect, screen, "pin-fr", OUT,
-                    ("Saisissez votre code PIN", "Votre doigt est bloqué", "Health cohort study"),
-                )  # fmt: skip
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        shutil.rmtree(bus_dir, ignore_errors=True)
-
-
-@needs_kiosk
-def test_german(pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path) -> None:
-    """A third language is one catalogue: the picker, the agent's detail and the PIN in German."""
-    bus_dir = _bus_dir()
-    sensor = ScriptedSensor()
-
-    async def scenario() -> None:
-        async with running_agent(
-            pki, bubbles, free_reader, tmp_path, sensor_port=sensor, bus_dir=bus_dir
-        ) as run:
-            await _wait(run.agent, State.PICKER)
-            with kiosk(run.bus_address, "de") as screen:
-                await asyncio.to_thread(
-                    expect, screen, "picker-de", OUT,
-                    ("Wählen Sie ein Projekt", "Census microdata 2021", "Remote-Desktop"),
-                )  # fmt: skip
-                await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
-                for number in range(1, 6):
-                    sensor.queue.put_nowait(synth.impression(4242, number))
-                await _wait_for(
-                    lambda: (
-                        run.agent.snapshot.problem is not None
-                        and run.agent.snapshot.problem.value == "finger_blocked"
-                    )
-                )
-                # the agent's detail (finger_blocked), said in German, not its English words
-                await asyncio.to_thread(
-                    expect, screen, "finger-blocked-de", OUT,
-                    ("Dieser Finger ist gesperrt",
-                     "Zu viele Versuche: Dieser Finger ist auf der Karte gesperrt."),
-                )  # fmt: skip
-                await run.iface.call_choose_project("health-cohort")  # type: ignore[attr-defined]
-                await _wait(run.agent, State.VERIFYING)
-                await asyncio.to_thread(
-                    expect, screen, "pin-de", OUT,
-                    ("Geben Sie Ihre PIN ein", "Ihr Finger ist gesperrt", "Health cohort study"),
-                )  # fmt: skip
+                await asyncio.to_thread(expect, screen, f"pin-{language}", OUT, pin)
 
     try:
         asyncio.run(scenario())
