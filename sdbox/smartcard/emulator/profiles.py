@@ -365,9 +365,10 @@ def _new_key(kind: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
     return ec.generate_private_key(_CURVES[kind])
 
 
-def _issue_one_project(profile: CardProfile, pki: Pki, state: CardState, now: datetime) -> None:
-    """The earlier one-project card: the 9A key and certificate are the project's credential."""
-    spec = profile.projects[0]
+def _project_credential(
+    profile: CardProfile, spec: ProjectSpec, pki: Pki, now: datetime
+) -> tuple[ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, x509.Certificate]:
+    """A fresh key of the project's curve and its certificate from the project CA."""
     key = _new_key(spec.curve)
     cert = pki.issue_project(
         spec.id,
@@ -376,6 +377,13 @@ def _issue_one_project(profile: CardProfile, pki: Pki, state: CardState, now: da
         not_before=now - timedelta(minutes=5),
         not_after=now + timedelta(days=spec.valid_days),
     )
+    return key, cert
+
+
+def _issue_one_project(profile: CardProfile, pki: Pki, state: CardState, now: datetime) -> None:
+    """The earlier one-project card: the 9A key and certificate are the project's credential."""
+    spec = profile.projects[0]
+    key, cert = _project_credential(profile, spec, pki, now)
     state.keys[Slot.AUTHENTICATION] = key
     state.objects[ObjectTag.AUTH_CERT] = encode_certificate(
         cert.public_bytes(serialization.Encoding.DER)
@@ -396,14 +404,7 @@ def _issue_directory_card(
     projects = []
     for index, spec in enumerate(profile.projects):
         slot = RETIRED_SLOTS[index]
-        key = _new_key(spec.curve)
-        cert = pki.issue_project(
-            spec.id,
-            key.public_key(),
-            subject_cn=f"{profile.holder} ({spec.id})",
-            not_before=now - timedelta(minutes=5),
-            not_after=now + timedelta(days=spec.valid_days),
-        )
+        key, cert = _project_credential(profile, spec, pki, now)
         state.keys[slot] = key
         cert_der = cert.public_bytes(der)
         state.objects[certificate_object(slot)] = encode_certificate(cert_der)
