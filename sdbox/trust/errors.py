@@ -147,11 +147,17 @@ class CrlStale(TrustError):
 class CrlRollback(TrustError):
     """A CRL older than the one already accepted was offered."""
 
-    def __init__(self, issuer: str, offered: int, held: int) -> None:
-        super().__init__(
-            f"Refused a revocation list for {issuer} numbered {offered}: "
-            f"this box already holds number {held}, and lists never go backwards."
-        )
+    def __init__(self, issuer: str, offered: int, held: int | None) -> None:
+        if held is None:
+            # The held list was damaged and no number was recorded for it: only
+            # the time floor can tell a replay from a newer list.
+            why = (
+                "the list this box held was damaged and its number was not recorded, so only "
+                "a list issued after the box's time floor can replace it; fetch the current list"
+            )
+        else:
+            why = f"this box already holds number {held}, and lists never go backwards"
+        super().__init__(f"Refused a revocation list for {issuer} numbered {offered}: {why}.")
         self.issuer = issuer
         self.offered = offered
         self.held = held

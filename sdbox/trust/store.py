@@ -11,12 +11,21 @@ The time floor is the newest of the image's build time and every accepted
 CRL's thisUpdate, persisted beside the CRLs: a box whose clock reads earlier
 than that has a wrong clock, and validating certificates against it would
 resurrect expired ones, so :func:`sdbox.trust.validate` refuses.
+
+Beside the lists, a ledger records the number of every list accepted. A
+cached list that no longer parses (a damaged sector, a file truncated by
+hand) is moved aside as ``<stem>.crl.damaged`` when the next list for that
+authority arrives, and the ledger still refuses a replayed older list; with
+no ledger entry (a store written by an older release) the replacement must
+be at least as recent as the time floor. Until a new list arrives, the
+damaged one makes revocation checks of that authority fail closed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -31,6 +40,9 @@ from sdbox.trust.names import describe
 from sdbox.trust.revocation import IndexedCrl
 
 _FLOOR_FILE = "time-floor.json"
+_LEDGER_FILE = "crl-numbers.json"
+
+log = logging.getLogger(__name__)
 
 
 def _file_stem(issuer: x509.Name) -> str:
@@ -113,7 +125,13 @@ class RevocationStore:
                 "revocation list",
                 f"{who}'s list is a delta or partial list; the box keeps complete lists only",
             )
-        held = self._load(_file_stem(issuer.subject))
+        stem = _file_stem(issuer.subject)
+        try:
+            held = self._load(stem)
+        except MalformedCertificate as damaged:
+            self._set_aside(stem, who, damaged)
+            held = None
+            self._check_replacement(who, number, indexed, self._ledger().get(stem))
         # A held list refused for its number (kept by an older release) still
         # has its number read, so that only a newer list replaces it.
         if held is not None and held.number is not None:
@@ -121,13 +139,50 @@ class RevocationStore:
                 raise CrlRollback(who, number, held.number)
             if number == held.number:
                 return held  # the same list again: nothing to do
-        stem = _file_stem(issuer.subject)
         target = self.path / f"{stem}.crl"
         _atomic_write(target, _der(crl))
         stat = target.stat()
         self._cache[stem] = ((stat.st_mtime_ns, stat.st_size), indexed)
+        self._record_number(stem, number)
         self._raise_floor(indexed.this_update)
         return indexed
+
+    # -- the ledger of accepted numbers, and damaged lists -------------------
+
+    def _ledger(self) -> dict[str, int]:
+        try:
+            saved = json.loads((self.path / _LEDGER_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}  # a damaged ledger: the time floor still bounds replays
+        if not isinstance(saved, dict):
+            return {}
+        return {k: v for k, v in saved.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+    def _record_number(self, stem: str, number: int) -> None:
+        ledger = self._ledger()
+        if ledger.get(stem, -1) < number:
+            ledger[stem] = number
+            _atomic_write(self.path / _LEDGER_FILE, json.dumps(ledger, sort_keys=True).encode())
+
+    def _set_aside(self, stem: str, who: str, damaged: MalformedCertificate) -> None:
+        """Move a cached list that no longer parses out of the way (kept for support)."""
+        target = self.path / f"{stem}.crl"
+        os.replace(target, target.with_name(f"{target.name}.damaged"))
+        self._cache.pop(stem, None)
+        log.warning(
+            "the cached revocation list of %s was damaged and is replaced: %s", who, damaged
+        )
+
+    def _check_replacement(
+        self, who: str, number: int, offered: IndexedCrl, recorded: int | None
+    ) -> None:
+        """The rollback rule for a list that replaces a damaged one."""
+        if recorded is not None:
+            if number < recorded:
+                raise CrlRollback(who, number, recorded)
+            return
+        if offered.this_update < self.time_floor:
+            raise CrlRollback(who, number, None)
 
     def _load(self, stem: str) -> IndexedCrl | None:
         target = self.path / f"{stem}.crl"

@@ -164,3 +164,63 @@ def test_the_index_cache_lets_go_of_big_lists_first(pki: Pki) -> None:
     assert cache.get(big) is not first
     lonely, _ = big_crl(pki.project_ca, entries=5, now=AT, number=3)
     assert cache.get(lonely) is cache.get(lonely)  # the newest list always stays
+
+
+def _damage(store: RevocationStore, pki: Pki) -> Path:
+    """Truncate the project CA's cached list (the file of the CA whose serial is listed)."""
+    (cached,) = [
+        p
+        for p in store.path.glob("*.crl")
+        if x509.load_der_x509_crl(p.read_bytes()).issuer == pki.project_ca.cert.subject
+    ]
+    cached.write_bytes(cached.read_bytes()[:40])  # a truncated file: no longer a CRL
+    return cached
+
+
+def test_a_damaged_cached_crl_fails_closed_and_does_not_block_its_refresh(
+    pki: Pki, tmp_path: Path
+) -> None:
+    cert = pki.issue_project(
+        "p", ec.generate_private_key(ec.SECP256R1()).public_key(), subject_cn="x", not_before=T0
+    )
+    store = _store(tmp_path)
+    store.accept(_der(pki.crl("project-ca", now=AT)), pki.project_ca.cert)
+    store.accept(_der(pki.crl("root", now=AT)), pki.root.cert)
+    cached = _damage(store, pki)
+    damaged = _store(tmp_path)
+    with pytest.raises(MalformedCertificate):  # no revocation answer: refused, not waved through
+        validate(
+            cert, pki.intermediates, [pki.root.cert], at=AT, purpose=Purpose.PROJECT, crls=damaged
+        )
+    later = AT + timedelta(hours=1)
+    damaged.accept(_der(pki.crl("project-ca", now=later)), pki.project_ca.cert)
+    assert cached.with_name(cached.name + ".damaged").exists()  # kept for a support ticket
+    validate(
+        cert, pki.intermediates, [pki.root.cert], at=later, purpose=Purpose.PROJECT, crls=damaged
+    )
+
+
+def test_a_damaged_cached_crl_still_refuses_a_replayed_older_list(pki: Pki, tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    older = pki.crl("project-ca", now=AT)
+    store.accept(_der(older), pki.project_ca.cert)
+    store.accept(_der(pki.crl("project-ca", now=AT + timedelta(hours=1))), pki.project_ca.cert)
+    _damage(store, pki)
+    with pytest.raises(CrlRollback, match="already holds number"):
+        _store(tmp_path).accept(_der(older), pki.project_ca.cert)
+
+
+def test_without_a_recorded_number_a_replacement_must_reach_the_time_floor(
+    pki: Pki, tmp_path: Path
+) -> None:
+    store = _store(tmp_path)
+    older = pki.crl("project-ca", now=AT)
+    store.accept(_der(older), pki.project_ca.cert)
+    store.accept(_der(pki.crl("project-ca", now=AT + timedelta(hours=1))), pki.project_ca.cert)
+    _damage(store, pki)
+    (store.path / "crl-numbers.json").unlink()  # a store written before the ledger existed
+    with pytest.raises(CrlRollback, match="damaged"):
+        _store(tmp_path).accept(_der(older), pki.project_ca.cert)
+    _store(tmp_path).accept(
+        _der(pki.crl("project-ca", now=AT + timedelta(hours=2))), pki.project_ca.cert
+    )
