@@ -14,6 +14,7 @@ public keys), decoded into the pyasn1 schema first.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +160,28 @@ class Answer:
 
 
 # -- building ------------------------------------------------------------------
+
+
+_SCHEMA_OBJECT = re.compile(r"<(\w+) schema object")
+_UNEXPECTED_TAG = re.compile(r"<TagSet object, tags ([\d:]+)> not in asn1Spec: <(\w+) schema object")
+_SUMMARY_CHARS = 160
+
+
+def _asn1_summary(exc: BaseException) -> str:
+    """pyasn1's message without the schema it dumps (pages of nested types): one short line.
+
+    A dump is replaced by the name of its outermost type ("not in asn1Spec:
+    PKIHeader"); the full text stays on the exception chain (``__cause__``) for
+    a developer, while an operator reading the renewal log needs what failed.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    unexpected = _UNEXPECTED_TAG.match(text)
+    if unexpected:
+        text = f"an element tagged {unexpected[1]} where a {unexpected[2]} was expected"
+    elif "<" in text:
+        named = _SCHEMA_OBJECT.search(text)
+        text = text.split("<", 1)[0].strip() + (f" {named[1]}" if named else "")
+    return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 1] + "…"
 
 
 def _decode(der: bytes, spec: Any) -> Any:
@@ -412,6 +435,6 @@ def parse_answer(der: bytes) -> Answer:
         )
     # OverflowError: a DER length beyond 2**63 (pyasn1 reads it as a size; found by fuzzing)
     except (PyAsn1Error, ValueError, KeyError, IndexError, OverflowError) as exc:
-        raise CmpProtocolError(f"the CA's answer does not parse: {exc}") from exc
+        raise CmpProtocolError(f"the CA's answer does not parse: {_asn1_summary(exc)}") from exc
     except UnreadableCertificate as exc:
         raise CmpProtocolError(f"the CA's answer does not parse: {exc.message}") from exc

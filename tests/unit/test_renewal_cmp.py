@@ -83,6 +83,16 @@ def test_answers_that_do_not_parse_are_protocol_errors() -> None:
         cmp.parse_answer(b"garbage")
 
 
+def test_a_malformed_answer_is_named_in_one_short_line_not_a_schema_dump() -> None:
+    # an INTEGER where the header should start: pyasn1's own message dumps the
+    # whole PKIHeader schema (kilobytes) into the renewal log
+    with pytest.raises(CmpProtocolError) as refused:
+        cmp.parse_answer(b"\x30\x03\x02\x01\x05")
+    message = str(refused.value)
+    assert "where a PKIHeader was expected" in message
+    assert "schema object" not in message and len(message) < 200
+
+
 def test_journal_round_trip_and_damage(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j" / "journal.json")
     assert journal.read() is None
