@@ -149,7 +149,12 @@ class Fleet:
             self.store.remember(db, box_id, envelope.sequence, digest, {})
             if envelope.kind == "checkin":
                 self.store.record_checkin(db, box_id, envelope.sequence, report)
-                answer: dict[str, Any] = {"accepted": envelope.sequence}
+                # how far the centre holds the box's audit trail: a box whose state was
+                # reset continues the numbering from there
+                answer: dict[str, Any] = {
+                    "accepted": envelope.sequence,
+                    "audit_through": self.store.audit_through(db, box_id),
+                }
                 _log.info("check-in %d of box %s (%s)", envelope.sequence, box_id, report.trigger)
             else:
                 through = self.store.record_audit(db, box_id, records)

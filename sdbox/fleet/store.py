@@ -251,6 +251,14 @@ class FleetStore:
             )
 
     @staticmethod
+    def audit_through(db: sqlite3.Connection, box_id: str) -> int:
+        """The highest audit event number held for the box (0: none)."""
+        (through,) = db.execute(
+            "SELECT COALESCE(MAX(number), 0) FROM audit_events WHERE box_id = ?", (box_id,)
+        ).fetchone()
+        return int(through)
+
+    @staticmethod
     def record_audit(db: sqlite3.Connection, box_id: str, records: list[AuditRecord]) -> int:
         """Store each event number once; return how far the centre holds the box's events."""
         received = _now()
@@ -261,11 +269,9 @@ class FleetStore:
                 (box_id, record.number, record.realtime_us, record.event,
                  json.dumps(record.fields, sort_keys=True), received),
             )  # fmt: skip
-        (through,) = db.execute(
-            "SELECT COALESCE(MAX(number), 0) FROM audit_events WHERE box_id = ?", (box_id,)
-        ).fetchone()
+        through = FleetStore.audit_through(db, box_id)
         db.execute("UPDATE boxes SET audit_through = ? WHERE box_id = ?", (through, box_id))
-        return int(through)
+        return through
 
     # -- reads -------------------------------------------------------------------
 
