@@ -19,6 +19,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,13 @@ from sdbox.trust.oids import BOX_URN_PREFIX
 from sdbox.trust.store import RevocationStore
 
 _log = logging.getLogger("sdbox.fleet")
+
+# A box's validated chain is reused for this long (never past the certificate's
+# end), as long as the CRLs held do not change: chain validation is most of a
+# check-in's cost, and a box checks in every few minutes. A new CRL drops every
+# kept result, so a revocation takes effect with the list that carries it.
+VALIDATION_TTL_S = 60.0
+_CHAIN_CACHE_SIZE = 50_000
 
 
 @dataclass(frozen=True)
@@ -101,11 +109,33 @@ class Fleet:
         self.crls = RevocationStore(
             config.crl_dir, build_time=datetime.fromisoformat(config.build_time)
         )
+        # box certificate (DER) -> (validated certificate, monotonic deadline)
+        self._chains: dict[bytes, tuple[x509.Certificate, float]] = {}
+        self._chains_crls: tuple[tuple[str, int, int], ...] = ()
 
-    def authenticate(self, envelope: Envelope) -> str:
-        """The box id, once the certificate and the signature hold; :class:`Refused` otherwise."""
+    def _crl_state(self) -> tuple[tuple[str, int, int], ...]:
+        """The CRL files held (name, mtime, size): any change drops the validated chains."""
+        found = []
+        for path in sorted(self.config.crl_dir.glob("*.crl")):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            found.append((path.name, stat.st_mtime_ns, stat.st_size))
+        return tuple(found)
+
+    def _validated(self, der: bytes) -> x509.Certificate:
+        """The box certificate, validated (the result kept for :data:`VALIDATION_TTL_S`)."""
+        now = time.monotonic()
+        crls = self._crl_state()
+        if crls != self._chains_crls:  # a new list arrived: every box is checked against it
+            self._chains.clear()
+            self._chains_crls = crls
+        cached = self._chains.get(der)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         try:
-            certificate = load_certificate(envelope.box_certificate, "box certificate")
+            certificate = load_certificate(der, "box certificate")
         except UnreadableCertificate as exc:
             raise Refused(400, "box_identity", exc.message) from exc
         try:
@@ -115,6 +145,15 @@ class Fleet:
             )  # fmt: skip
         except SdboxError as exc:
             raise Refused(403, "box_identity", f"this box is not recognised: {exc.message}") from exc
+        left = (certificate.not_valid_after_utc - datetime.now(UTC)).total_seconds()
+        if len(self._chains) > _CHAIN_CACHE_SIZE:
+            self._chains.clear()  # a crude bound: the cache refills at one validation per box
+        self._chains[der] = (certificate, now + min(VALIDATION_TTL_S, left))
+        return certificate
+
+    def authenticate(self, envelope: Envelope) -> str:
+        """The box id, once the certificate and the signature hold; :class:`Refused` otherwise."""
+        certificate = self._validated(envelope.box_certificate)
         key = certificate.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise Refused(403, "box_identity", "the box key is not an EC key")
@@ -139,7 +178,7 @@ class Fleet:
         except FleetProtocolError as exc:
             raise Refused(400, "protocol", exc.message) from exc
         digest = envelope.digest()
-        with self.store.transaction() as db:
+        with self.store.transaction(durable=envelope.kind == "audit") as db:
             try:
                 earlier = self.store.admit(db, box_id, envelope.sequence, digest)
             except Replayed as exc:
@@ -251,6 +290,12 @@ def load_config(path: Path) -> FleetConfig:
     return load_file(FleetConfig, path)
 
 
+class _Server(ThreadingHTTPServer):
+    # thousands of boxes connect at once after a centre outage: the default listen
+    # backlog (5) drops their SYNs and each waits a second to retransmit
+    request_queue_size = 512
+
+
 class FleetServer:
     """The service in a thread (``start``/``stop``) or the foreground (``serve``)."""
 
@@ -258,7 +303,7 @@ class FleetServer:
         self.fleet = Fleet(config)
         host, _, port = config.listen.rpartition(":")
         handler = type("Handler", (_Handler,), {"fleet": self.fleet})
-        self.httpd = ThreadingHTTPServer((host, int(port)), handler)
+        self.httpd = _Server((host, int(port)), handler)
         self.tls = bool(config.tls_certificate)
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
