@@ -44,10 +44,14 @@ tier[image]="mmdebstrap squashfs-tools cryptsetup-bin systemd-boot-efi sbsigntoo
 # (charon-systemd on the box; tests run one charon per network namespace with
 # its own strongswan.conf and VICI socket), its PKCS#11 and revocation plugins,
 # nftables for the outer interface, and tcpdump for the tests' captures.
+# The fleet (docs/fleet.md): the box ships its audit trail from the systemd
+# journal; tests write real journal files from export format with
+# systemd-journal-remote (test machines run no journald).
+tier[fleet]="systemd-journal-remote"
 tier[network]="charon-systemd strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins p11-kit p11-kit-modules nftables iproute2 tcpdump"
 
 tiers=("$@")
-[ ${#tiers[@]} -gt 0 ] || tiers=(base card session kiosk identity biometric network debian image)
+[ ${#tiers[@]} -gt 0 ] || tiers=(base card session kiosk identity biometric network fleet debian image)
 
 wanted=()
 for t in "${tiers[@]}"; do

@@ -9,6 +9,8 @@ shared with the reference centre.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sdbox.errors import SdboxError
 
 
@@ -27,5 +29,6 @@ class CentreUnreachable(CentreError):
 class CentreRefused(CentreError):
     """The centre answered with a refusal; ``code`` says why."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, detail: dict[str, Any] | None = None) -> None:
         super().__init__(f"the centre refused: {message}", code=code)
+        self.detail = detail or {}  # the refusal's other fields (the fleet's last sequence)

@@ -228,6 +228,7 @@ WITH_HARDWARE: dict[tuple[str, ...], str] = {
     ("trust", "check"): "test_trust_check.py::test_a_freshly_issued_card_passes_every_check",
     ("agent", "bench"): "test_cli_json.py::test_agent_bench_json_is_the_document_alone_and_runs_from_anywhere",
     ("renew",): "test_renewal.py::test_a_certificate_for_another_key_is_refused",
+    ("fleet", "report"): "test_fleet.py::test_a_box_checks_in_and_ships_its_audit_trail",
 }
 
 

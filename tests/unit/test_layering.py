@@ -73,7 +73,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sdbox.__main__": frozenset({"sdbox._cli"}),
     # the centre side: the pure libraries and the protocol's definitions, never the box's runtime
     "sdbox.broker": FOUNDATION | PURE | {"sdbox.centre.protocol"},
-    "sdbox.fleet": FOUNDATION | PURE | {"sdbox.centre.protocol"},
+    "sdbox.fleet": FOUNDATION | PURE | {"sdbox.centre.protocol", "sdbox.centre.fleet"},
     # R&D tooling (image, flashing; slots.py runs on the box with the standard library only)
     "sdbox.bootimage": FOUNDATION | {"sdbox.network.site"},
 }
@@ -86,7 +86,7 @@ TRANSPORTS: dict[str, frozenset[str]] = {
         {"sdbox.smartcard.pkcs11", "sdbox.identity.tpm", "sdbox.identity.provision"}
     ),
     "dbus_fast": frozenset({"sdbox.agent.dbus"}),
-    "systemd": frozenset({"sdbox.agent.service"}),
+    "systemd": frozenset({"sdbox.agent.service", "sdbox.centre.journal"}),
     "pyudev": frozenset({"sdbox.agent.sensors"}),
     "gi": frozenset({"sdbox.ui.app", "sdbox.biometric.libfprint"}),
 }

@@ -1,0 +1,360 @@
+"""The fleet's database: boxes, their check-ins, audit events and request sequence.
+
+SQLite by default (one file, one machine). The SQL is the common subset that
+PostgreSQL also speaks (``INSERT ... ON CONFLICT``, no SQLite-only types), so
+that a centre's PostgreSQL can take the same migrations; the PostgreSQL
+driver is not wired yet (docs/fleet.md says so). Every request runs in one
+transaction on its own connection: the service holds no state between
+requests, and several service processes can share one database.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sdbox.centre.fleet import AuditRecord, Report
+from sdbox.errors import SdboxError
+
+HISTORY_KEPT = 200  # check-ins kept per box (the box page's history)
+
+# Applied in order; the database records how many ran. Never edit one that shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE boxes (
+        box_id TEXT PRIMARY KEY,
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        last_sequence BIGINT NOT NULL,
+        last_digest TEXT NOT NULL,
+        last_answer TEXT NOT NULL,
+        version TEXT NOT NULL DEFAULT '',
+        image_version TEXT NOT NULL DEFAULT '',
+        slot TEXT NOT NULL DEFAULT '',
+        generation TEXT NOT NULL DEFAULT '',
+        tunnel_state TEXT NOT NULL DEFAULT '',
+        problems TEXT NOT NULL DEFAULT '[]',
+        report TEXT NOT NULL DEFAULT '{}',
+        audit_through BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE checkins (
+        box_id TEXT NOT NULL,
+        received TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        report TEXT NOT NULL,
+        PRIMARY KEY (box_id, sequence)
+    );
+    CREATE TABLE audit_events (
+        box_id TEXT NOT NULL,
+        number BIGINT NOT NULL,
+        realtime_us BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        fields TEXT NOT NULL,
+        received TEXT NOT NULL,
+        PRIMARY KEY (box_id, number)
+    );
+    CREATE TABLE certificates (
+        box_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        not_after TEXT NOT NULL,
+        PRIMARY KEY (box_id, role)
+    );
+    CREATE INDEX checkins_by_time ON checkins (box_id, received);
+    CREATE INDEX certificates_by_expiry ON certificates (not_after);
+    """,
+)
+
+
+class FleetStoreError(SdboxError):
+    """The fleet database cannot be used (names the file and what to do)."""
+
+
+class Replayed(SdboxError):
+    """A request older than the last one accepted from this box."""
+
+    def __init__(self, message: str, last_sequence: int) -> None:
+        super().__init__(message)
+        self.last_sequence = last_sequence
+
+
+@dataclass(frozen=True)
+class BoxRow:
+    """What the dashboard lists for one box."""
+
+    box_id: str
+    first_seen: str
+    last_seen: str
+    version: str
+    image_version: str
+    slot: str
+    generation: str
+    tunnel_state: str
+    problems: tuple[str, ...]
+    audit_through: int
+
+
+@dataclass(frozen=True)
+class BoxFilter:
+    """The dashboard's filters ('' and 0: any)."""
+
+    version: str = ""
+    generation: str = ""
+    problem: str = ""  # a problem code in the box's latest report
+    silent_for_s: int = 0  # not seen for at least this long
+
+
+def _box_row(r: tuple[Any, ...]) -> BoxRow:
+    return BoxRow(
+        box_id=r[0], first_seen=r[1], last_seen=r[2], version=r[3], image_version=r[4],
+        slot=r[5], generation=r[6], tunnel_state=r[7], problems=tuple(json.loads(r[8])),
+        audit_through=int(r[9]),
+    )  # fmt: skip
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class FleetStore:
+    """One SQLite database file (created and migrated on first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection per service thread, kept: opening is cheap, but closing the
+        # last connection of a WAL database checkpoints it (measured: a third of a
+        # request's time). A connection holds no application state between requests.
+        self._local = threading.local()
+        with self._connection() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+            self._migrate(db)
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(
+                    self.path, timeout=10, isolation_level=None, check_same_thread=True
+                )
+                db.execute("PRAGMA busy_timeout=10000")
+            except sqlite3.Error as exc:
+                raise FleetStoreError(
+                    f"the fleet database {self.path} cannot be opened: {exc}"
+                ) from exc
+            self._local.db = db
+        try:
+            yield db
+        except sqlite3.DatabaseError as exc:
+            db.close()  # a broken connection is not reused (the database may have restarted)
+            self._local.db = None
+            raise FleetStoreError(
+                f"the fleet database {self.path} failed ({exc}): check the disk, restore a backup"
+            ) from exc
+
+    @contextmanager
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One request's work, all or nothing (the writer lock is taken at the start).
+
+        ``durable=False`` lets the commit skip its fsync (WAL's synchronous=NORMAL:
+        a power cut may lose the last commits, never corrupt): for check-ins, which
+        the next one supersedes. Audit events are always durable: once acknowledged,
+        the box moves its cursor past them.
+        """
+        with self._connection() as db:
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (applied BIGINT NOT NULL)")
+        row = db.execute("SELECT applied FROM schema_version").fetchone()
+        applied = row[0] if row else 0
+        if row is None:
+            db.execute("INSERT INTO schema_version (applied) VALUES (0)")
+        if applied > len(MIGRATIONS):
+            raise FleetStoreError(
+                f"the fleet database {self.path} is newer (schema {applied}) than this service "
+                f"({len(MIGRATIONS)}): run the newer release"
+            )
+        for number, script in enumerate(MIGRATIONS[applied:], start=applied + 1):
+            # one migration and its record commit together (executescript runs its own BEGIN)
+            db.executescript("BEGIN;" + script + ";")
+            try:
+                db.execute("UPDATE schema_version SET applied = ?", (number,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    # -- writes (inside one transaction) ---------------------------------------
+
+    @staticmethod
+    def admit(
+        db: sqlite3.Connection, box_id: str, sequence: int, digest: str
+    ) -> dict[str, Any] | None:
+        """Check the request's sequence: None for a new request, the earlier answer for a retry.
+
+        Raises :class:`Replayed` for an older request, or a different one under
+        the same number.
+        """
+        row = db.execute(
+            "SELECT last_sequence, last_digest, last_answer FROM boxes WHERE box_id = ?", (box_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        last_sequence, last_digest, last_answer = row
+        if sequence == last_sequence and digest == last_digest:
+            answer: dict[str, Any] = json.loads(last_answer)
+            return answer
+        if sequence <= last_sequence:
+            raise Replayed(
+                f"request {sequence} of box {box_id} is not newer than {last_sequence}, "
+                "the last one accepted",
+                last_sequence,
+            )
+        return None
+
+    @staticmethod
+    def remember(
+        db: sqlite3.Connection, box_id: str, sequence: int, digest: str, answer: dict[str, Any]
+    ) -> None:
+        """Record the accepted request and its answer (for an idempotent retry)."""
+        now = _now()
+        db.execute(
+            "INSERT INTO boxes (box_id, first_seen, last_seen, last_sequence, last_digest, last_answer)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (box_id) DO UPDATE SET last_seen = excluded.last_seen,"
+            " last_sequence = excluded.last_sequence, last_digest = excluded.last_digest,"
+            " last_answer = excluded.last_answer",
+            (box_id, now, now, sequence, digest, json.dumps(answer)),
+        )
+
+    @staticmethod
+    def record_checkin(db: sqlite3.Connection, box_id: str, sequence: int, report: Report) -> None:
+        """The box's latest state, one row of history, its certificates' expiries."""
+        data = json.dumps(report.to_json(), sort_keys=True)
+        db.execute(
+            "UPDATE boxes SET version = ?, image_version = ?, slot = ?, generation = ?,"
+            " tunnel_state = ?, problems = ?, report = ? WHERE box_id = ?",
+            (report.version, report.image_version, report.slot, report.generation,
+             report.tunnel_state, json.dumps(list(report.problems)), data, box_id),
+        )  # fmt: skip
+        db.execute(
+            "INSERT INTO checkins (box_id, received, sequence, report) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (box_id, sequence) DO NOTHING",
+            (box_id, _now(), sequence, data),
+        )
+        db.execute(
+            "DELETE FROM checkins WHERE box_id = ? AND sequence NOT IN (SELECT sequence FROM"
+            " checkins WHERE box_id = ? ORDER BY sequence DESC LIMIT ?)",
+            (box_id, box_id, HISTORY_KEPT),
+        )
+        db.execute("DELETE FROM certificates WHERE box_id = ?", (box_id,))
+        for cert in report.certificates:
+            db.execute(
+                "INSERT INTO certificates (box_id, role, not_after) VALUES (?, ?, ?)"
+                " ON CONFLICT (box_id, role) DO UPDATE SET not_after = excluded.not_after",
+                (box_id, cert.role, datetime.fromisoformat(cert.not_after).astimezone(UTC).isoformat()),
+            )
+
+    @staticmethod
+    def audit_through(db: sqlite3.Connection, box_id: str) -> int:
+        """The highest audit event number held for the box (0: none)."""
+        (through,) = db.execute(
+            "SELECT COALESCE(MAX(number), 0) FROM audit_events WHERE box_id = ?", (box_id,)
+        ).fetchone()
+        return int(through)
+
+    @staticmethod
+    def record_audit(db: sqlite3.Connection, box_id: str, records: list[AuditRecord]) -> int:
+        """Store each event number once; return how far the centre holds the box's events."""
+        received = _now()
+        for record in records:
+            db.execute(
+                "INSERT INTO audit_events (box_id, number, realtime_us, event, fields, received)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (box_id, number) DO NOTHING",
+                (box_id, record.number, record.realtime_us, record.event,
+                 json.dumps(record.fields, sort_keys=True), received),
+            )  # fmt: skip
+        through = FleetStore.audit_through(db, box_id)
+        db.execute("UPDATE boxes SET audit_through = ? WHERE box_id = ?", (through, box_id))
+        return through
+
+    # -- reads -------------------------------------------------------------------
+
+    def boxes(self, where: BoxFilter | None = None) -> list[BoxRow]:
+        """The boxes, filtered; most recently seen first."""
+        where = where or BoxFilter()
+        since = datetime.now(UTC) - timedelta(seconds=where.silent_for_s)
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT box_id, first_seen, last_seen, version, image_version, slot, generation,"
+                " tunnel_state, problems, audit_through FROM boxes"
+                " WHERE (? = '' OR version = ?) AND (? = '' OR generation = ?)"
+                " AND (? = 0 OR last_seen < ?) ORDER BY last_seen DESC, box_id",
+                (where.version, where.version, where.generation, where.generation,
+                 where.silent_for_s, since.isoformat(timespec="seconds")),
+            ).fetchall()  # fmt: skip
+        found = [_box_row(r) for r in rows]
+        return [b for b in found if not where.problem or where.problem in b.problems]
+
+    def box(self, box_id: str) -> tuple[BoxRow, list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """One box, its recent check-ins (newest first) and its recent audit events."""
+        rows = [b for b in self.boxes() if b.box_id == box_id]
+        if not rows:
+            return None
+        with self._connection() as db:
+            history = [
+                {"received": r[0], "sequence": r[1], **json.loads(r[2])}
+                for r in db.execute(
+                    "SELECT received, sequence, report FROM checkins WHERE box_id = ?"
+                    " ORDER BY sequence DESC LIMIT 50",
+                    (box_id,),
+                )
+            ]
+            events = [
+                {"number": r[0], "realtime_us": r[1], "event": r[2], "fields": json.loads(r[3])}
+                for r in db.execute(
+                    "SELECT number, realtime_us, event, fields FROM audit_events WHERE box_id = ?"
+                    " ORDER BY number DESC LIMIT 100",
+                    (box_id,),
+                )
+            ]
+        return rows[0], history, events
+
+    def expiring(self, within_days: int) -> list[tuple[str, str, str]]:
+        """(box, role, not after) for certificates that expire within ``within_days``, soonest first."""
+        until = (datetime.now(UTC) + timedelta(days=within_days)).isoformat()
+        with self._connection() as db:
+            return [
+                (str(r[0]), str(r[1]), str(r[2]))
+                for r in db.execute(
+                    "SELECT box_id, role, not_after FROM certificates WHERE not_after <= ?"
+                    " ORDER BY not_after, box_id",
+                    (until,),
+                )
+            ]
+
+    def audit_events(self, box_id: str) -> list[AuditRecord]:
+        """Every event the centre holds for a box, in order (tests and exports)."""
+        with self._connection() as db:
+            return [
+                AuditRecord(number=r[0], realtime_us=r[1], event=r[2], fields=json.loads(r[3]))
+                for r in db.execute(
+                    "SELECT number, realtime_us, event, fields FROM audit_events WHERE box_id = ?"
+                    " ORDER BY number",
+                    (box_id,),
+                )
+            ]
