@@ -30,7 +30,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from sdbox.centre.fleet import AuditRecord, CertificateExpiry, Envelope, Report, canonical
-from tests.fleet_env import FleetPki, SoftwareBox
+from tests.fleet_env import POSTGRES_BIN, FleetPki, PostgresCluster, SoftwareBox
 
 BOXES = 10_000
 NEEDED_PER_S = BOXES / 300
@@ -65,12 +65,12 @@ def _post(port: int, path: str, data: bytes) -> int:
         connection.close()
 
 
-def _serve(root: Path, centre: FleetPki, port: int) -> subprocess.Popen[bytes]:
+def _serve(root: Path, centre: FleetPki, port: int, postgres: str) -> subprocess.Popen[bytes]:
     config = root / "fleet.toml"
     config.write_text(
         f'database = "{root / "fleet.db"}"\nanchors = "{centre.anchors}"\n'
         f'intermediates = "{centre.intermediates}"\ncrl_dir = "{centre.crl_dir}"\n'
-        f'listen = "127.0.0.1:{port}"\n'
+        f'listen = "127.0.0.1:{port}"\npostgres = "{postgres}"\n'
     )
     sdbox = Path(sys.executable).parent / "sdbox"
     argv = [str(sdbox)] if sdbox.exists() else [sys.executable, "-m", "sdbox"]
@@ -87,21 +87,44 @@ def _serve(root: Path, centre: FleetPki, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the fleet service did not start")
 
 
-def _db_bytes(database: Path) -> int:
-    """The database's size with its write-ahead log folded in."""
+def _db_bytes(database: Path, postgres: str) -> int:
+    """The database's size (SQLite: with its write-ahead log folded in)."""
+    if postgres:
+        import psycopg
+
+        with psycopg.connect(postgres) as db:
+            row = db.execute("SELECT pg_database_size(current_database())").fetchone()
+            return int(row[0]) if row else 0
     with sqlite3.connect(database) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return database.stat().st_size
 
 
 def run() -> dict[str, object]:
-    """Print and return the figures (targets alongside, never asserted)."""
+    """Print and return the figures (targets alongside, never asserted): SQLite, then PostgreSQL."""
+    figures: dict[str, object] = {"sqlite": _measure("")}
+    if not (POSTGRES_BIN / "initdb").exists():
+        print("\nPostgreSQL: not measured (Debian's postgresql-15 is not installed)")
+        return {"figures": figures, "targets": {"checkins_per_s": TARGET_PER_S}}
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        print()
+        figures["postgresql"] = _measure(cluster.conninfo)
+    finally:
+        cluster.remove()
+    return {"figures": figures, "targets": {"checkins_per_s": TARGET_PER_S}}
+
+
+def _measure(postgres: str) -> dict[str, float]:
+    """One run against SQLite ('') or the PostgreSQL connection string."""
+    print(f"database: {'PostgreSQL 15 (private cluster, fsync off)' if postgres else 'SQLite (WAL)'}")
     with tempfile.TemporaryDirectory(prefix="sdbox-bench-fleet-") as tmp:
         root = Path(tmp)
         centre = FleetPki(root / "centre")
         boxes = [centre.box(f"bench-{i:05d}") for i in range(SIMULATED)]
         port = 20000 + os.getpid() % 20000
-        service = _serve(root, centre, port)
+        service = _serve(root, centre, port, postgres)
         try:
             sequences = dict.fromkeys(range(SIMULATED), 0)
             lock = threading.Lock()
@@ -128,7 +151,7 @@ def run() -> dict[str, object]:
                     pool.submit(one_box, worker)
             elapsed = time.monotonic() - began
             rate = len(latencies) / elapsed
-            after_checkins = _db_bytes(root / "fleet.db")
+            after_checkins = _db_bytes(root / "fleet.db", postgres)
             # audit shipping: one batch of 50 events per box, the same signed path
             audit_began = time.perf_counter()
             for index in range(SIMULATED):
@@ -140,7 +163,7 @@ def run() -> dict[str, object]:
         finally:
             service.terminate()
             service.wait(10)
-        after_audit = _db_bytes(root / "fleet.db")
+        after_audit = _db_bytes(root / "fleet.db", postgres)
     ordered = sorted(latencies)
     p99 = ordered[int(len(ordered) * 0.99) - 1] * 1000 if ordered else float("nan")
     per_checkin = after_checkins / max(1, len(latencies))
@@ -166,5 +189,4 @@ def run() -> dict[str, object]:
     print(f"audit events per second       {audit_per_s:10.1f}   (batches of 50)")
     print(f"database per box per month    {per_box_month / 1024:10.1f} KiB "
           f"({per_checkin:.0f} B per check-in, 200 kept; {per_event:.0f} B per audit event, 1,500)")
-    print("database: SQLite (WAL); PostgreSQL not measured (not wired yet)")
-    return {"figures": figures, "targets": {"checkins_per_s": TARGET_PER_S}}
+    return figures

@@ -46,8 +46,10 @@ tier[image]="mmdebstrap squashfs-tools cryptsetup-bin systemd-boot-efi sbsigntoo
 # nftables for the outer interface, and tcpdump for the tests' captures.
 # The fleet (docs/fleet.md): the box ships its audit trail from the systemd
 # journal; tests write real journal files from export format with
-# systemd-journal-remote (test machines run no journald).
-tier[fleet]="systemd-journal-remote"
+# systemd-journal-remote (test machines run no journald). PostgreSQL's server
+# binaries for the tests' private clusters (the package's own "main" cluster is
+# not created: nothing listens on the machine).
+tier[fleet]="systemd-journal-remote postgresql-15"
 tier[network]="charon-systemd strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins libcharon-extra-plugins p11-kit p11-kit-modules nftables iproute2 tcpdump"
 
 tiers=("$@")
@@ -86,6 +88,11 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 echo "setup-system: installing ${missing[*]}"
+if [[ " ${missing[*]} " == *" postgresql-15 "* ]]; then
+    # tests start their own clusters; the package would create and start a system one
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/sdbox.conf
+fi
 apt-get update -qq
 # Packages that exist only in backports (FreeRDP 3) are picked from there by
 # apt itself; everything else stays on bookworm's own versions.

@@ -9,6 +9,9 @@ cover that).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -79,12 +82,68 @@ class FleetPki:
         certificate = self.pki.issue_box(key.public_key(), box_id=name)
         return SoftwareBox(name, certificate, key)
 
-    def config(self, database: Path, listen: str = "127.0.0.1:0") -> FleetConfig:
+    def config(
+        self, database: Path, listen: str = "127.0.0.1:0", postgres: str = ""
+    ) -> FleetConfig:
         """The service's configuration over this PKI."""
         return FleetConfig(
             database=database,
+            postgres=postgres,
             anchors=self.anchors,
             intermediates=self.intermediates,
             crl_dir=self.crl_dir,
             listen=listen,
         )
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster (Debian's server binaries), run as the postgres account.
+
+    Its socket lives in its own directory and TCP is off: only this test reaches it.
+    """
+
+    def __init__(self) -> None:
+        import pwd
+        import tempfile
+
+        self.account = pwd.getpwnam("postgres")
+        self.root = Path(tempfile.mkdtemp(prefix="sdbox-pg-", dir="/tmp"))
+        os.chown(self.root, self.account.pw_uid, self.account.pw_gid)
+        self.data = self.root / "data"
+        self.port = 5432  # on a private socket directory: no clash with a system server
+        self.conninfo = f"host={self.root} port={self.port} dbname=fleet user=postgres"
+
+    def _as_postgres(self, *argv: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *argv],
+            check=True, capture_output=True, timeout=120, cwd=self.root,
+        )  # fmt: skip
+
+    def start(self, *, init: bool = True) -> None:
+        if init:
+            self._as_postgres(
+                str(POSTGRES_BIN / "initdb"), "-D", str(self.data), "--auth=trust",
+                "--no-sync", "-U", "postgres",
+            )  # fmt: skip
+        self._as_postgres(
+            str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.root / "log"),
+            "-o", f"-k {self.root} -p {self.port} -c listen_addresses='' -c fsync=off",
+            "start",
+        )  # fmt: skip
+        if init:
+            self._as_postgres(
+                str(POSTGRES_BIN / "createdb"), "-h", str(self.root), "-p", str(self.port), "fleet"
+            )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres(str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-m", mode, "stop")
+
+    def remove(self) -> None:
+        import shutil
+
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)

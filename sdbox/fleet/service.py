@@ -44,7 +44,8 @@ from sdbox.certificates import UnreadableCertificate, load_certificate, load_cer
 from sdbox.config import load_file, setting
 from sdbox.errors import SdboxError
 from sdbox.fleet import dashboard
-from sdbox.fleet.store import BoxFilter, FleetStore, FleetStoreError, Replayed
+from sdbox.fleet.db import FleetStoreError, open_database
+from sdbox.fleet.store import BoxFilter, FleetStore, Replayed
 from sdbox.trust import Purpose, validate
 from sdbox.trust.oids import BOX_URN_PREFIX
 from sdbox.trust.store import RevocationStore
@@ -63,10 +64,17 @@ _CHAIN_CACHE_SIZE = 50_000
 class FleetConfig:
     """`sdbox fleet serve --config FILE`."""
 
-    database: Path = setting(help="the SQLite database file (created on first use)")
     anchors: Path = setting(help="trusted roots (PEM): the centre's root")
     intermediates: Path = setting(help="issuing CA certificates (PEM): the box-identity CA")
     crl_dir: Path = setting(help="CRLs of the CAs (RevocationStore): a revoked box is refused")
+    database: Path = setting(
+        Path("/var/lib/sdbox-fleet/fleet.db"), help="the SQLite database file (created on first use)"
+    )
+    postgres: str = setting(
+        "",
+        help="a PostgreSQL libpq connection string (no password: ~/.pgpass or peer); "
+        "'' = the SQLite file",
+    )
     listen: str = setting("127.0.0.1:8480", help="HOST:PORT (the centre's side of the tunnel)")
     tls_certificate: str = setting("", help="the service's certificate (PEM chain); '' = plain HTTP")
     tls_key: str = setting("", help="its private key (PEM)")
@@ -101,7 +109,7 @@ class Fleet:
 
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
-        self.store = FleetStore(config.database)
+        self.store = FleetStore(open_database(config.database, config.postgres))
         self.anchors = load_certificates(config.anchors.read_bytes(), "anchors bundle")
         self.intermediates = load_certificates(
             config.intermediates.read_bytes(), "intermediates bundle"
@@ -178,7 +186,7 @@ class Fleet:
         except FleetProtocolError as exc:
             raise Refused(400, "protocol", exc.message) from exc
         digest = envelope.digest()
-        with self.store.transaction(durable=envelope.kind == "audit") as db:
+        with self.store.transaction(lock=box_id, durable=envelope.kind == "audit") as db:
             try:
                 earlier = self.store.admit(db, box_id, envelope.sequence, digest)
             except Replayed as exc:

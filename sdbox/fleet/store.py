@@ -1,20 +1,14 @@
-"""The fleet's database: boxes, their check-ins, audit events and request sequence.
+"""The fleet's records: boxes, their check-ins, audit events and request sequence.
 
-SQLite by default (one file, one machine). The SQL is the common subset that
-PostgreSQL also speaks (``INSERT ... ON CONFLICT``, no SQLite-only types), so
-that a centre's PostgreSQL can take the same migrations; the PostgreSQL
-driver is not wired yet (docs/fleet.md says so). Every request runs in one
-transaction on its own connection: the service holds no state between
-requests, and several service processes can share one database.
+One SQL text for SQLite (one file, one machine) and PostgreSQL (a centre's
+database shared by several service processes): :mod:`sdbox.fleet.db` runs it.
+Every request is one transaction; the service holds no state between
+requests.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +16,7 @@ from typing import Any
 
 from sdbox.centre.fleet import AuditRecord, Report
 from sdbox.errors import SdboxError
+from sdbox.fleet.db import Database, FleetStoreError, SqliteDatabase, Tx
 
 HISTORY_KEPT = 200  # check-ins kept per box (the box page's history)
 
@@ -72,10 +67,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class FleetStoreError(SdboxError):
-    """The fleet database cannot be used (names the file and what to do)."""
-
-
 class Replayed(SdboxError):
     """A request older than the last one accepted from this box."""
 
@@ -123,99 +114,54 @@ def _now() -> str:
 
 
 class FleetStore:
-    """One SQLite database file (created and migrated on first use)."""
+    """The fleet's records in one database (created and migrated on first use)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection per service thread, kept: opening is cheap, but closing the
-        # last connection of a WAL database checkpoints it (measured: a third of a
-        # request's time). A connection holds no application state between requests.
-        self._local = threading.local()
-        with self._connection() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
-            self._migrate(db)
+    def __init__(self, database: Database | Path) -> None:
+        self.db: Database = SqliteDatabase(database) if isinstance(database, Path) else database
+        with self.db.transaction() as tx:
+            self._migrate(tx)
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    self.path, timeout=10, isolation_level=None, check_same_thread=True
-                )
-                db.execute("PRAGMA busy_timeout=10000")
-            except sqlite3.Error as exc:
-                raise FleetStoreError(
-                    f"the fleet database {self.path} cannot be opened: {exc}"
-                ) from exc
-            self._local.db = db
-        try:
-            yield db
-        except sqlite3.DatabaseError as exc:
-            db.close()  # a broken connection is not reused (the database may have restarted)
-            self._local.db = None
-            raise FleetStoreError(
-                f"the fleet database {self.path} failed ({exc}): check the disk, restore a backup"
-            ) from exc
+    def transaction(self, *, lock: str | None = None, durable: bool = True) -> Any:
+        """One request's work, all or nothing (see :meth:`sdbox.fleet.db.Database.transaction`).
 
-    @contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One request's work, all or nothing (the writer lock is taken at the start).
-
-        ``durable=False`` lets the commit skip its fsync (WAL's synchronous=NORMAL:
-        a power cut may lose the last commits, never corrupt): for check-ins, which
-        the next one supersedes. Audit events are always durable: once acknowledged,
-        the box moves its cursor past them.
+        Check-ins pass ``durable=False`` (the next one supersedes a lost one);
+        audit events are always durable: once acknowledged, the box moves its
+        cursor past them.
         """
-        with self._connection() as db:
-            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        return self.db.transaction(lock=lock, durable=durable)
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        db.execute("CREATE TABLE IF NOT EXISTS schema_version (applied BIGINT NOT NULL)")
-        row = db.execute("SELECT applied FROM schema_version").fetchone()
-        applied = row[0] if row else 0
-        if row is None:
-            db.execute("INSERT INTO schema_version (applied) VALUES (0)")
+    def _migrate(self, tx: Tx) -> None:
+        tx.execute("CREATE TABLE IF NOT EXISTS schema_version (applied BIGINT NOT NULL)")
+        rows = tx.execute("SELECT applied FROM schema_version")
+        applied = int(rows[0][0]) if rows else 0
+        if not rows:
+            tx.execute("INSERT INTO schema_version (applied) VALUES (0)")
         if applied > len(MIGRATIONS):
             raise FleetStoreError(
-                f"the fleet database {self.path} is newer (schema {applied}) than this service "
-                f"({len(MIGRATIONS)}): run the newer release"
+                f"the fleet database {self.db.name} is newer (schema {applied}) than this "
+                f"service ({len(MIGRATIONS)}): run the newer release"
             )
         for number, script in enumerate(MIGRATIONS[applied:], start=applied + 1):
-            # one migration and its record commit together (executescript runs its own BEGIN)
-            db.executescript("BEGIN;" + script + ";")
-            try:
-                db.execute("UPDATE schema_version SET applied = ?", (number,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            self.db.script(tx, script)  # in the same transaction as its record
+            tx.execute("UPDATE schema_version SET applied = ?", (number,))
 
     # -- writes (inside one transaction) ---------------------------------------
 
     @staticmethod
     def admit(
-        db: sqlite3.Connection, box_id: str, sequence: int, digest: str
+        db: Tx, box_id: str, sequence: int, digest: str
     ) -> dict[str, Any] | None:
         """Check the request's sequence: None for a new request, the earlier answer for a retry.
 
         Raises :class:`Replayed` for an older request, or a different one under
         the same number.
         """
-        row = db.execute(
+        rows = db.execute(
             "SELECT last_sequence, last_digest, last_answer FROM boxes WHERE box_id = ?", (box_id,)
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             return None
-        last_sequence, last_digest, last_answer = row
+        last_sequence, last_digest, last_answer = rows[0]
         if sequence == last_sequence and digest == last_digest:
             answer: dict[str, Any] = json.loads(last_answer)
             return answer
@@ -229,7 +175,7 @@ class FleetStore:
 
     @staticmethod
     def remember(
-        db: sqlite3.Connection, box_id: str, sequence: int, digest: str, answer: dict[str, Any]
+        db: Tx, box_id: str, sequence: int, digest: str, answer: dict[str, Any]
     ) -> None:
         """Record the accepted request and its answer (for an idempotent retry)."""
         now = _now()
@@ -242,7 +188,7 @@ class FleetStore:
         )
 
     @staticmethod
-    def record_checkin(db: sqlite3.Connection, box_id: str, sequence: int, report: Report) -> None:
+    def record_checkin(db: Tx, box_id: str, sequence: int, report: Report) -> None:
         """The box's latest state, one row of history, its certificates' expiries."""
         data = json.dumps(report.to_json(), sort_keys=True)
         db.execute(
@@ -270,15 +216,15 @@ class FleetStore:
             )
 
     @staticmethod
-    def audit_through(db: sqlite3.Connection, box_id: str) -> int:
+    def audit_through(db: Tx, box_id: str) -> int:
         """The highest audit event number held for the box (0: none)."""
-        (through,) = db.execute(
+        ((through,),) = db.execute(
             "SELECT COALESCE(MAX(number), 0) FROM audit_events WHERE box_id = ?", (box_id,)
-        ).fetchone()
+        )
         return int(through)
 
     @staticmethod
-    def record_audit(db: sqlite3.Connection, box_id: str, records: list[AuditRecord]) -> int:
+    def record_audit(db: Tx, box_id: str, records: list[AuditRecord]) -> int:
         """Store each event number once; return how far the centre holds the box's events."""
         received = _now()
         for record in records:
@@ -298,7 +244,7 @@ class FleetStore:
         """The boxes, filtered; most recently seen first."""
         where = where or BoxFilter()
         since = datetime.now(UTC) - timedelta(seconds=where.silent_for_s)
-        with self._connection() as db:
+        with self.db.read() as db:
             rows = db.execute(
                 "SELECT box_id, first_seen, last_seen, version, image_version, slot, generation,"
                 " tunnel_state, problems, audit_through FROM boxes"
@@ -306,7 +252,7 @@ class FleetStore:
                 " AND (? = 0 OR last_seen < ?) ORDER BY last_seen DESC, box_id",
                 (where.version, where.version, where.generation, where.generation,
                  where.silent_for_s, since.isoformat(timespec="seconds")),
-            ).fetchall()  # fmt: skip
+            )  # fmt: skip
         found = [_box_row(r) for r in rows]
         return [b for b in found if not where.problem or where.problem in b.problems]
 
@@ -315,7 +261,7 @@ class FleetStore:
         rows = [b for b in self.boxes() if b.box_id == box_id]
         if not rows:
             return None
-        with self._connection() as db:
+        with self.db.read() as db:
             history = [
                 {"received": r[0], "sequence": r[1], **json.loads(r[2])}
                 for r in db.execute(
@@ -337,7 +283,7 @@ class FleetStore:
     def expiring(self, within_days: int) -> list[tuple[str, str, str]]:
         """(box, role, not after) for certificates that expire within ``within_days``, soonest first."""
         until = (datetime.now(UTC) + timedelta(days=within_days)).isoformat()
-        with self._connection() as db:
+        with self.db.read() as db:
             return [
                 (str(r[0]), str(r[1]), str(r[2]))
                 for r in db.execute(
@@ -349,7 +295,7 @@ class FleetStore:
 
     def audit_events(self, box_id: str) -> list[AuditRecord]:
         """Every event the centre holds for a box, in order (tests and exports)."""
-        with self._connection() as db:
+        with self.db.read() as db:
             return [
                 AuditRecord(number=r[0], realtime_us=r[1], event=r[2], fields=json.loads(r[3]))
                 for r in db.execute(
