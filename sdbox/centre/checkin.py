@@ -91,10 +91,23 @@ class Delivery:
     events_sent: int = 0
     audit_through: int | None = None
     error: str = ""
+    update: dict[str, Any] | None = None  # the last check-in answer's update offer, as sent
 
 
 def _positive(value: int) -> str | None:
     return None if value > 0 else "must be a positive number of seconds"
+
+
+def _window(value: str) -> str | None:
+    parts = value.split("-")
+    try:
+        if len(parts) == 2:
+            for part in parts:
+                datetime.strptime(part.strip(), "%H:%M")  # a time of day: no zone
+            return None
+    except ValueError:
+        pass
+    return "must be HH:MM-HH:MM (local time, may wrap past midnight)"
 
 
 def backoff_s(failures: int, interval_s: float, rng: Callable[[], float] = random.random) -> float:
@@ -185,6 +198,7 @@ class Reporter:
         """Send what is queued, then the audit trail; stop at the first failure (kept for later)."""
         sent = events = 0
         through: int | None = None
+        offer: dict[str, Any] | None = None
         try:
             for path in self.pending():
                 body = json.loads(path.read_text())
@@ -198,14 +212,15 @@ class Reporter:
                 if state.dropped:
                     self._save(replace(state, dropped=0))
                 self._align(answer)
+                offer = answer.get("update") if isinstance(answer.get("update"), dict) else None
             while True:
                 count, through = self._ship_audit()
                 events += count
                 if count < MAX_EVENTS_PER_BATCH:
                     break
         except (CentreUnreachable, CentreRefused, ProtocolError) as exc:
-            return Delivery(sent, len(self.pending()), events, through, exc.message)
-        return Delivery(sent, len(self.pending()), events, through)
+            return Delivery(sent, len(self.pending()), events, through, exc.message, offer)
+        return Delivery(sent, len(self.pending()), events, through, "", offer)
 
     def _align(self, answer: dict[str, Any]) -> None:
         """On a fresh state, continue the audit numbering where the centre holds it."""
@@ -306,4 +321,10 @@ class ReporterConfig:
     )
     image_version_file: Path = setting(
         Path("/etc/sdbox/image-version"), help="the running image's version"
+    )
+    updates: bool = setting(True, help="run: install the updates the fleet service offers")
+    reboot_window: str = setting(
+        "01:00-05:00",
+        help="run: local hours when the box may reboot into an installed update (never with a card in)",
+        check=_window,
     )

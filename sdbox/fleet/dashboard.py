@@ -12,6 +12,7 @@ import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
+from sdbox.fleet.rollouts import Progress
 from sdbox.fleet.store import BoxFilter, BoxRow
 
 _STYLE = """
@@ -34,7 +35,8 @@ def _page(title: str, body: str) -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>{_e(title)} · sdbox fleet</title><style>{_STYLE}</style></head><body>"
-        '<nav><a href="/">Boxes</a><a href="/certificates">Certificates</a></nav>'
+        '<nav><a href="/">Boxes</a><a href="/rollout">Rollout</a>'
+        '<a href="/certificates">Certificates</a></nav>'
         f"<h1>{_e(title)}</h1>{body}</body></html>"
     )
 
@@ -123,6 +125,25 @@ def certificates_page(expiring: list[tuple[str, str, str]], days: int) -> str:
         else "<p>None.</p>"
     )
     return _page(f"Certificates expiring within {days} days", body)
+
+
+def rollout_page(progress: Progress | None) -> str:
+    """The current rollout: its bundle, stage, and how many boxes were offered, installed, failed."""
+    if progress is None:
+        return _page("Rollout", "<p>No rollout is running.</p>")
+    r = progress.rollout
+    stage = "first ring" if r.stage == 0 else f"ring + {r.steps[r.stage - 1]} %"
+    facts = (
+        ("Version", r.version), ("Bundle SHA-256", r.digest), ("State", r.state),
+        ("Stage", f"{stage} (steps {', '.join(f'{s} %' for s in r.steps)})"),
+        ("First ring", ", ".join(r.ring) or "none"),
+        ("Pauses above failure rate", f"{r.max_failure_rate:.0%}"),
+        ("Offered, not yet reported", progress.offered), ("Installed", progress.installed),
+        ("Failed (fell back)", progress.failed),
+    )  # fmt: skip
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
+    css = "bad" if r.state == "paused" else ""
+    return _page(f"Rollout {r.id}", f'<p class="{css}">{_e(r.state)}</p><table>{rows}</table>')
 
 
 def not_found_page() -> str:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import ssl
 import threading
 import time
@@ -43,7 +45,7 @@ from sdbox.centre.fleet import (
 from sdbox.certificates import UnreadableCertificate, load_certificate, load_certificates
 from sdbox.config import load_file, setting
 from sdbox.errors import SdboxError
-from sdbox.fleet import dashboard
+from sdbox.fleet import dashboard, rollouts
 from sdbox.fleet.db import FleetStoreError, open_database
 from sdbox.fleet.store import BoxFilter, FleetStore, Replayed
 from sdbox.trust import Purpose, validate
@@ -80,6 +82,9 @@ class FleetConfig:
     tls_key: str = setting("", help="its private key (PEM)")
     build_time: str = setting("2026-01-01T00:00:00+00:00", help="time floor for validation")
     expiry_warning_days: int = setting(30, help="the dashboard lists certificates expiring within")
+    bundles: Path = setting(
+        Path("/var/lib/sdbox-fleet/bundles"), help="published update bundles (by SHA-256)"
+    )
 
 
 class Refused(SdboxError):
@@ -202,6 +207,9 @@ class Fleet:
                     "accepted": envelope.sequence,
                     "audit_through": self.store.audit_through(db, box_id),
                 }
+                offer = rollouts.on_checkin(db, box_id, report.image_version, report.problems)
+                if offer is not None:
+                    answer["update"] = offer
                 _log.info("check-in %d of box %s (%s)", envelope.sequence, box_id, report.trigger)
             else:
                 through = self.store.record_audit(db, box_id, records)
@@ -244,6 +252,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
+        if url.path.startswith("/v1/bundles/"):
+            self._bundle(url.path[len("/v1/bundles/") :])
+            return
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         store = self.fleet.store
         try:
@@ -267,6 +278,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self._html(404, dashboard.not_found_page())
                 else:
                     self._html(200, dashboard.box_page(*found))
+            elif url.path == "/rollout":
+                with store.db.read() as tx:
+                    self._html(200, dashboard.rollout_page(rollouts.progress(tx)))
             elif url.path == "/certificates":
                 days = self.fleet.config.expiry_warning_days
                 self._html(200, dashboard.certificates_page(store.expiring(days), days))
@@ -275,6 +289,25 @@ class _Handler(BaseHTTPRequestHandler):
         except FleetStoreError as exc:
             _log.error("%s", exc.message)
             self._html(503, dashboard.unavailable_page())
+
+    def _bundle(self, digest: str) -> None:
+        """A published bundle, by its SHA-256 (the box checks the hash and RAUC the signature)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            self._json(404, {"error": "not_found", "message": "no such bundle"})
+            return
+        path = self.fleet.config.bundles / f"{digest}.raucb"
+        try:
+            source = path.open("rb")
+        except FileNotFoundError:
+            self._json(404, {"error": "not_found", "message": "no such bundle"})
+            return
+        with source:
+            size = path.stat().st_size
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            shutil.copyfileobj(source, self.wfile, 1 << 20)
 
     def _json(self, status: int, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json")

@@ -17,6 +17,7 @@ from typing import Any
 from sdbox.centre.fleet import AuditRecord, Report
 from sdbox.errors import SdboxError
 from sdbox.fleet.db import Database, FleetStoreError, SqliteDatabase, Tx
+from sdbox.fleet.rollouts import ROLLOUT_MIGRATION
 
 HISTORY_KEPT = 200  # check-ins kept per box (the box page's history)
 
@@ -64,6 +65,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX checkins_by_time ON checkins (box_id, received);
     CREATE INDEX certificates_by_expiry ON certificates (not_after);
     """,
+    ROLLOUT_MIGRATION,
 )
 
 

@@ -10,6 +10,7 @@ identity is a development (software) key: the TPM path is the identity tests'.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -82,7 +83,7 @@ class Service:
         self.config.write_text(
             f'database = "{self.database}"\nanchors = "{centre.anchors}"\n'
             f'intermediates = "{centre.intermediates}"\ncrl_dir = "{centre.crl_dir}"\n'
-            f'listen = "127.0.0.1:{self.port}"\n'
+            f'listen = "127.0.0.1:{self.port}"\nbundles = "{root / "bundles"}"\n'
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -258,3 +259,49 @@ def test_malformed_and_oversized_requests_are_refused_and_the_service_keeps_serv
         assert refused.value.code == status
     assert service.get("/")[0] == 200
     assert service.get("/boxes/nobody")[0] == 404
+
+
+def _fleet_cli(service: Service, *args: str) -> str:
+    """`sdbox fleet <command> [<sub>] --config <the service's> <args>`."""
+    split = 2 if args[0] == "rollout" else 1
+    done = subprocess.run(
+        [*sdbox_argv(), "fleet", *args[:split], "--config", str(service.config), *args[split:]],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
+def test_a_rollout_reaches_its_first_ring_and_pauses_on_a_failed_update(
+    centre: FleetPki, service: Service, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "sdbox-qemu-q35-0.4.0.raucb"
+    bundle.write_bytes(os.urandom(300_000))  # the service never opens it: the box's RAUC does
+    digest = _fleet_cli(service, "publish", str(bundle), "--version", "0.4.0+1766000000").strip()
+    assert len(digest) == 64
+    ring = [Box(centre.box(f"box-00{n}"), tmp_path / f"box{n}", service.url) for n in (50, 51)]
+    outside = Box(centre.box("box-0099"), tmp_path / "box99", service.url)
+    _fleet_cli(service, "rollout", "create", "--bundle", digest, "--ring", "box-0050,box-0051",
+               "--steps", "50,100", "--pause-above", "0.4")  # fmt: skip
+    offers = [b.report()[1]["update"] for b in (*ring, outside)]
+    assert offers[2] is None  # not in the ring, stage 0
+    for offer in offers[:2]:
+        assert offer == {"version": "0.4.0+1766000000", "sha256": digest, "path": f"/v1/bundles/{digest}"}
+    # the offered bundle is what was published, byte for byte
+    with urllib.request.urlopen(f"{service.url}/v1/bundles/{digest}", timeout=10) as answer:
+        assert answer.read() == bundle.read_bytes()
+    # box 50 boots into the new image; box 51 fell back (RAUC) and says so
+    (ring[0].root / "image-version").write_text("0.4.0+1766000000\n")
+    assert ring[0].report()[1]["update"] is None
+    progress = json.loads(_fleet_cli(service, "rollout", "status", "--json"))
+    assert (progress["installed"], progress["failed"], progress["rollout"]["state"]) == (1, 0, "running")
+    ring[1].journal.append(1, event="agent_started", problem="update_failed:0.4.0+1766000000")
+    ring[1].report()
+    progress = json.loads(_fleet_cli(service, "rollout", "status", "--json"))
+    assert (progress["installed"], progress["failed"]) == (1, 1)
+    assert progress["rollout"]["state"] == "paused"  # 1 of 2 failed: above 40 %
+    _fleet_cli(service, "rollout", "advance")
+    assert outside.report()[1]["update"] is None  # paused: nobody new is offered it
+    assert service.get("/v1/bundles/" + "0" * 64)[0] == 404
+    status, page = service.get("/rollout")
+    assert status == 200
+    assert "paused" in page
