@@ -17,6 +17,7 @@ from sdbox._cli.output import emit_json, json_option
 if TYPE_CHECKING:
     from sdbox.centre.checkin import Reporter, ReporterConfig
     from sdbox.centre.facts import TunnelFacts
+    from sdbox.centre.fleet import Report
     from sdbox.fleet.store import FleetStore
 
 _CONFIG = click.option(
@@ -79,20 +80,7 @@ def _reporter(config: ReporterConfig) -> Reporter:
 def _report_once(
     config: ReporterConfig, reporter: Reporter, trigger: str, problems: tuple[str, ...] = ()
 ) -> dict[str, object]:
-    from sdbox.centre import facts  # noqa: PLC0415
-    from sdbox.centre.fleet import MAX_EVENTS_PER_BATCH  # noqa: PLC0415
-
-    state = reporter.state()
-    recent = reporter.audit.read_after(state.audit_cursor, MAX_EVENTS_PER_BATCH)
-    report = facts.gather(
-        generation_file=config.generation_file,
-        image_version_file=config.image_version_file,
-        tunnel=lambda: _tunnel_facts(config.vici_socket),
-        box_certificate=reporter.identity.certificate,
-        crls=(),
-        recent_events=recent,
-        trigger=trigger,
-    )
+    report = _gather(config, reporter, trigger)
     if problems:
         report = replace(report, problems=(*report.problems, *problems)[-64:])
     reporter.queue(report)
@@ -123,6 +111,55 @@ def _tunnel_facts(vici_socket: Path) -> TunnelFacts:
     if up:
         return TunnelFacts(state="up", gateway=up[0].remote_host)
     return TunnelFacts(state="down")
+
+
+def _gather(config: ReporterConfig, reporter: Reporter, trigger: str) -> Report:
+    from sdbox.centre import facts  # noqa: PLC0415
+    from sdbox.centre.fleet import MAX_EVENTS_PER_BATCH  # noqa: PLC0415
+
+    recent = reporter.audit.read_after(reporter.state().audit_cursor, MAX_EVENTS_PER_BATCH)
+    return facts.gather(
+        generation_file=config.generation_file,
+        image_version_file=config.image_version_file,
+        tunnel=lambda: _tunnel_facts(config.vici_socket),
+        box_certificate=reporter.identity.certificate,
+        crls=(),
+        recent_events=recent,
+        trigger=trigger,
+    )
+
+
+@fleet.command("diagnostics")
+@_CONFIG
+@click.option("--reason", default="", help="What it is for (a ticket number, the helpdesk's words).")
+@json_option()
+def send_diagnostics(config_path: Path, reason: str, as_json: bool) -> None:
+    """Box side: send diagnostics to the fleet service now (the support screen's button)."""
+    from sdbox.centre import facts  # noqa: PLC0415
+    from sdbox.centre.checkin import ReporterConfig  # noqa: PLC0415
+    from sdbox.centre.journal import recent_lines  # noqa: PLC0415
+    from sdbox.config import load_file  # noqa: PLC0415
+    from sdbox.process import CommandFailed  # noqa: PLC0415
+    from sdbox.process import run as run_command  # noqa: PLC0415
+
+    config = load_file(ReporterConfig, config_path)
+    reporter = _reporter(config)
+    network = []
+    for argv in (["ip", "-brief", "address"], ["ip", "route"]):
+        try:
+            network.append(f"$ {' '.join(argv)}\n" + run_command(argv, what=argv[0], timeout=10.0))
+        except CommandFailed as exc:
+            network.append(f"$ {' '.join(argv)}\n{exc.message}")
+    journal = Path(config.journal_dir) if config.journal_dir else None
+    upload = facts.diagnostics(
+        _gather(config, reporter, "event"), "\n".join(network),
+        recent_lines(facts.SDBOX_UNITS, 300, journal), reason,
+    )  # fmt: skip
+    sequence = reporter.send_diagnostics(upload)
+    if as_json:
+        emit_json({"accepted": sequence, "sections": sorted(upload.sections)})
+    else:
+        click.echo(f"diagnostics sent ({len(upload.sections)} sections), request {sequence}")
 
 
 @fleet.command("report")

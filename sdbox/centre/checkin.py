@@ -41,6 +41,7 @@ from sdbox.centre.errors import CentreRefused, CentreUnreachable
 from sdbox.centre.fleet import (
     MAX_EVENTS_PER_BATCH,
     AuditRecord,
+    Diagnostics,
     Envelope,
     Report,
 )
@@ -221,6 +222,14 @@ class Reporter:
         except (CentreUnreachable, CentreRefused, ProtocolError) as exc:
             return Delivery(sent, len(self.pending()), events, through, exc.message, offer)
         return Delivery(sent, len(self.pending()), events, through, "", offer)
+
+    def send_diagnostics(self, upload: Diagnostics) -> int:
+        """Upload diagnostics now (not queued: the helpdesk is waiting); the request's sequence."""
+        answer = self._request("diagnostics", upload.to_json())
+        accepted = answer.get("accepted")
+        if not isinstance(accepted, int):
+            raise ProtocolError("the fleet service did not confirm the diagnostics")
+        return accepted
 
     def _align(self, answer: dict[str, Any]) -> None:
         """On a fresh state, continue the audit numbering where the centre holds it."""

@@ -20,7 +20,14 @@ from typing import Any
 from cryptography import x509
 
 from sdbox import __version__
-from sdbox.centre.fleet import MAX_LIST, CertificateExpiry, Report
+from sdbox.centre.fleet import (
+    MAX_LIST,
+    MAX_SECTION,
+    MAX_TEXT,
+    CertificateExpiry,
+    Diagnostics,
+    Report,
+)
 
 # systemd-boot's record of the entry it booted (the Boot Loader Interface)
 LOADER_ENTRY = Path(
@@ -120,3 +127,30 @@ def gather(
         problems=problems,
         trigger=trigger,
     )
+
+
+SDBOX_UNITS = (
+    "sdbox-agent.service", "sdbox-greeter.service", "sdbox-enrol.service",
+    "sdbox-crl-refresh.service", "sdbox-renewal-due.service", "sdbox-fleet.service",
+)  # fmt: skip
+
+
+def diagnostics(report: Report, network: str, journal_lines: Sequence[str], reason: str) -> Diagnostics:
+    """What the support screen sends: the report, the network as the box sees it, sdbox's log."""
+    versions = "\n".join(
+        f"{name}: {value}"
+        for name, value in (
+            ("sdbox", report.version), ("image", report.image_version),
+            ("slot", report.slot or "?"), ("generation", report.generation),
+            ("uptime", f"{report.uptime_s} s"),
+        )
+    )  # fmt: skip
+    tunnel = f"state: {report.tunnel_state}\ngateway: {report.tunnel_gateway}\nreason: {report.tunnel_reason}"
+    expiries = "\n".join(f"{c.role}: {c.not_after}" for c in report.certificates)
+    recent = "\n".join(report.problems) or "none"
+    sections = {
+        "versions": versions, "tunnel": tunnel, "network": network or "unknown",
+        "certificates": expiries or "none", "recent problems": recent,
+        "journal (sdbox units)": "\n".join(journal_lines)[-MAX_SECTION:] or "empty",
+    }  # fmt: skip
+    return Diagnostics(reason=reason[:MAX_TEXT], sections={k: v[-MAX_SECTION:] for k, v in sections.items()})

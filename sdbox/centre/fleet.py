@@ -44,7 +44,9 @@ MAX_TEXT = 512  # any one string in a report
 MAX_LIST = 64  # problems, certificates, card variants
 MAX_FIELDS = 32  # fields of one audit event
 
-KINDS = ("checkin", "audit")
+KINDS = ("checkin", "audit", "diagnostics")
+MAX_SECTION = 64 * 1024  # one section of a diagnostics upload
+MAX_SECTIONS = 16
 
 
 class FleetProtocolError(SdboxError):
@@ -277,3 +279,35 @@ def parse_audit_batch(body: dict[str, Any]) -> list[AuditRecord]:
     if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
         raise FleetProtocolError("the events of a batch must be numbered consecutively, in order")
     return records
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """What the support screen's "send diagnostics" uploads: named text sections, no secrets.
+
+    The box assembles them from sources that never hold a secret (versions, the
+    network's and the tunnel's state, sdbox's own journal lines, which carry no
+    PIN, template, key or credential by design: tests/integration/test_no_secrets.py).
+    """
+
+    reason: str  # what the researcher or the helpdesk said it is for (may be empty)
+    sections: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {"reason": self.reason, "sections": dict(self.sections)}
+
+
+def parse_diagnostics(body: dict[str, Any]) -> Diagnostics:
+    """A diagnostics body, every section checked."""
+    sections = body.get("sections")
+    if not isinstance(sections, dict) or not sections:
+        raise FleetProtocolError("field 'sections' must be a non-empty object")
+    if len(sections) > MAX_SECTIONS:
+        raise FleetProtocolError(f"a diagnostics upload has at most {MAX_SECTIONS} sections")
+    for name, text in sections.items():
+        if not (isinstance(text, str) and 0 < len(name) <= 64 and len(text) <= MAX_SECTION):
+            raise FleetProtocolError(
+                f"section '{name[:64]}' must be text of at most {MAX_SECTION} characters"
+            )
+    return Diagnostics(reason=_text(body, "reason"), sections=dict(sections))

@@ -75,3 +75,22 @@ def _event(entry: dict[str, object]) -> JournalEvent:
         event=str(entry["SDBOX_EVENT"]),
         fields=fields,
     )
+
+
+def recent_lines(units: tuple[str, ...], limit: int, path: Path | None = None) -> list[str]:
+    """The last ``limit`` messages of ``units`` (sdbox's own: no secret by design), oldest first."""
+    reader = journal.Reader(path=str(path)) if path else journal.Reader()
+    try:
+        for unit in units:
+            reader.add_match(_SYSTEMD_UNIT=unit)
+        reader.seek_tail()
+        lines: list[str] = []
+        entry = reader.get_previous()
+        while entry and len(lines) < limit:
+            stamp = entry.get("__REALTIME_TIMESTAMP")
+            when = stamp.isoformat(timespec="seconds") if hasattr(stamp, "isoformat") else ""
+            lines.append(f"{when} {entry.get('_SYSTEMD_UNIT', '')}: {entry.get('MESSAGE', '')}")
+            entry = reader.get_previous()
+        return lines[::-1]
+    finally:
+        reader.close()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import html
 import urllib.parse
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sdbox.centre.fleet import Diagnostics
 from sdbox.fleet.rollouts import Progress
 from sdbox.fleet.store import BoxFilter, BoxRow
 
@@ -81,8 +83,13 @@ def boxes_page(boxes: list[BoxRow], filters: BoxFilter) -> str:
     return _page(f"Boxes ({len(boxes)})", form + table)
 
 
-def box_page(box: BoxRow, history: list[dict[str, Any]], events: list[dict[str, Any]]) -> str:
-    """One box: its state, its check-in history, its recent audit events."""
+def box_page(
+    box: BoxRow,
+    history: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    uploads: Sequence[tuple[int, str, str]] = (),
+) -> str:
+    """One box: its state, its diagnostics uploads, its check-in history, its recent audit events."""
     facts = (
         ("First seen", box.first_seen), ("Last seen", box.last_seen), ("Version", box.version),
         ("Image", f"{box.image_version} (slot {box.slot or '?'})"),
@@ -102,9 +109,15 @@ def box_page(box: BoxRow, history: list[dict[str, Any]], events: list[dict[str, 
         f"<td>{_e(' '.join(f'{k}={v}' for k, v in sorted(ev['fields'].items())))}</td></tr>"
         for ev in events
     )
+    quoted = urllib.parse.quote(box.box_id, safe="")
+    diagnostics = "".join(
+        f'<li><a href="/boxes/{quoted}/diagnostics/{number}">{_e(received)}</a> {_e(reason)}</li>'
+        for number, received, reason in uploads
+    )
     return _page(
         f"Box {box.box_id}",
         summary
+        + (f"<h2>Diagnostics sent</h2><ul>{diagnostics}</ul>" if uploads else "")
         + "<h2>Check-ins</h2><table><tr><th>Received</th><th>Why</th><th>Version</th><th>Tunnel</th>"
         f"<th>Problems</th><th>Card variants seen</th></tr>{checkins}</table>"
         + "<h2>Audit trail (latest)</h2><table><tr><th>#</th><th>When (UTC)</th><th>Event</th>"
@@ -144,6 +157,15 @@ def rollout_page(progress: Progress | None) -> str:
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     css = "bad" if r.state == "paused" else ""
     return _page(f"Rollout {r.id}", f'<p class="{css}">{_e(r.state)}</p><table>{rows}</table>')
+
+
+def diagnostics_page(box_id: str, received: str, upload: Diagnostics) -> str:
+    """One diagnostics upload, section by section."""
+    sections = "".join(
+        f"<h2>{_e(name)}</h2><pre>{_e(text)}</pre>" for name, text in upload.sections.items()
+    )
+    reason = f"<p>{_e(upload.reason)}</p>" if upload.reason else ""
+    return _page(f"Diagnostics from {box_id}, {received}", reason + sections)
 
 
 def not_found_page() -> str:

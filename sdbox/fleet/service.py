@@ -39,6 +39,7 @@ from sdbox.centre.fleet import (
     Envelope,
     FleetProtocolError,
     parse_audit_batch,
+    parse_diagnostics,
     parse_envelope,
     parse_report,
 )
@@ -186,8 +187,10 @@ class Fleet:
         try:
             if envelope.kind == "checkin":
                 report = parse_report(envelope.body)
-            else:
+            elif envelope.kind == "audit":
                 records = parse_audit_batch(envelope.body)
+            else:
+                diagnostics = parse_diagnostics(envelope.body)
         except FleetProtocolError as exc:
             raise Refused(400, "protocol", exc.message) from exc
         digest = envelope.digest()
@@ -211,6 +214,10 @@ class Fleet:
                 if offer is not None:
                     answer["update"] = offer
                 _log.info("check-in %d of box %s (%s)", envelope.sequence, box_id, report.trigger)
+            elif envelope.kind == "diagnostics":
+                self.store.record_diagnostics(db, box_id, envelope.sequence, diagnostics)
+                answer = {"accepted": envelope.sequence}
+                _log.info("box %s sent diagnostics (%d sections)", box_id, len(diagnostics.sections))
             else:
                 through = self.store.record_audit(db, box_id, records)
                 answer = {"accepted": envelope.sequence, "audit_through": through}
@@ -228,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("http: " + format, *args)
 
     def do_POST(self) -> None:
-        if self.path not in ("/v1/checkin", "/v1/audit"):
+        if self.path not in ("/v1/checkin", "/v1/audit", "/v1/diagnostics"):
             self._json(404, {"error": "not_found", "message": "no such endpoint"})
             return
         try:
@@ -272,12 +279,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, {"boxes": [b.__dict__ for b in store.boxes(filters)]})
             elif url.path == "/":
                 self._html(200, dashboard.boxes_page(store.boxes(filters), filters))
+            elif re.fullmatch(r"/boxes/[^/]+/diagnostics/\d+", url.path):
+                _, _, box, _, number = url.path.split("/")
+                upload = store.diagnostics(urllib.parse.unquote(box), int(number))
+                if upload is None:
+                    self._html(404, dashboard.not_found_page())
+                else:
+                    self._html(200, dashboard.diagnostics_page(urllib.parse.unquote(box), *upload))
             elif url.path.startswith("/boxes/"):
-                found = store.box(urllib.parse.unquote(url.path[len("/boxes/") :]))
+                box_id = urllib.parse.unquote(url.path[len("/boxes/") :])
+                found = store.box(box_id)
                 if found is None:
                     self._html(404, dashboard.not_found_page())
                 else:
-                    self._html(200, dashboard.box_page(*found))
+                    self._html(200, dashboard.box_page(*found, store.diagnostics_list(box_id)))
             elif url.path == "/rollout":
                 with store.db.read() as tx:
                     self._html(200, dashboard.rollout_page(rollouts.progress(tx)))

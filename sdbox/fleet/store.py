@@ -14,12 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sdbox.centre.fleet import AuditRecord, Report
+from sdbox.centre.fleet import AuditRecord, Diagnostics, Report
 from sdbox.errors import SdboxError
 from sdbox.fleet.db import Database, FleetStoreError, SqliteDatabase, Tx
 from sdbox.fleet.rollouts import ROLLOUT_MIGRATION
 
 HISTORY_KEPT = 200  # check-ins kept per box (the box page's history)
+DIAGNOSTICS_KEPT = 10  # diagnostics uploads kept per box
 
 # Applied in order; the database records how many ran. Never edit one that shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -66,6 +67,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX certificates_by_expiry ON certificates (not_after);
     """,
     ROLLOUT_MIGRATION,
+    """
+    CREATE TABLE diagnostics (
+        box_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        received TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (box_id, sequence)
+    )
+    """,
 )
 
 
@@ -240,7 +250,43 @@ class FleetStore:
         db.execute("UPDATE boxes SET audit_through = ? WHERE box_id = ?", (through, box_id))
         return through
 
+    @staticmethod
+    def record_diagnostics(db: Tx, box_id: str, sequence: int, upload: Diagnostics) -> None:
+        """Keep one diagnostics upload (the newest :data:`DIAGNOSTICS_KEPT` per box)."""
+        db.execute(
+            "INSERT INTO diagnostics (box_id, sequence, received, body) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (box_id, sequence) DO NOTHING",
+            (box_id, sequence, _now(), json.dumps(upload.to_json())),
+        )
+        db.execute(
+            "DELETE FROM diagnostics WHERE box_id = ? AND sequence NOT IN (SELECT sequence FROM"
+            " diagnostics WHERE box_id = ? ORDER BY sequence DESC LIMIT ?)",
+            (box_id, box_id, DIAGNOSTICS_KEPT),
+        )
+
     # -- reads -------------------------------------------------------------------
+
+    def diagnostics(self, box_id: str, sequence: int) -> tuple[str, Diagnostics] | None:
+        """One upload: when it arrived and what it holds."""
+        with self.db.read() as db:
+            rows = db.execute(
+                "SELECT received, body FROM diagnostics WHERE box_id = ? AND sequence = ?",
+                (box_id, sequence),
+            )
+        if not rows:
+            return None
+        body = json.loads(rows[0][1])
+        return str(rows[0][0]), Diagnostics(body.get("reason", ""), body.get("sections", {}))
+
+    def diagnostics_list(self, box_id: str) -> list[tuple[int, str, str]]:
+        """(sequence, received, reason) of a box's uploads, newest first."""
+        with self.db.read() as db:
+            rows = db.execute(
+                "SELECT sequence, received, body FROM diagnostics WHERE box_id = ?"
+                " ORDER BY sequence DESC",
+                (box_id,),
+            )
+        return [(int(r[0]), str(r[1]), str(json.loads(r[2]).get("reason", ""))) for r in rows]
 
     def boxes(self, where: BoxFilter | None = None) -> list[BoxRow]:
         """The boxes, filtered; most recently seen first."""

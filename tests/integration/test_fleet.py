@@ -69,7 +69,8 @@ class Journal:
         self.files += 1
         subprocess.run(
             [str(JOURNAL_REMOTE), f"--output={self.directory}/part{self.files:03d}.journal", "-"],
-            input="\n".join(entries).encode(), check=True, capture_output=True, timeout=30,
+            # export format: every entry ends with an empty line, the last one too
+            input=("\n".join(entries) + "\n").encode(), check=True, capture_output=True, timeout=30,
         )  # fmt: skip
 
 
@@ -305,3 +306,39 @@ def test_a_rollout_reaches_its_first_ring_and_pauses_on_a_failed_update(
     status, page = service.get("/rollout")
     assert status == 200
     assert "paused" in page
+
+
+def test_diagnostics_reach_the_box_page_with_sdbox_lines_only(
+    centre: FleetPki, service: Service, tmp_path: Path
+) -> None:
+    box = Box(centre.box("box-0060"), tmp_path / "box", service.url)
+    lines = "\n".join(
+        f"__REALTIME_TIMESTAMP={1_765_000_000_000_000 + n}\n_BOOT_ID=0123456789abcdef0123456789abcdef\n"
+        f"_SYSTEMD_UNIT={unit}\nMESSAGE={text}\n"
+        for n, (unit, text) in enumerate([
+            ("sdbox-agent.service", "the centre cannot be reached: gateway refused the box"),
+            ("cron.service", "an unrelated unit's line"),
+            ("sdbox-greeter.service", "greeter connected to the agent"),
+        ])
+    )  # fmt: skip
+    box.journal.directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [str(JOURNAL_REMOTE), f"--output={box.journal.directory}/units.journal", "-"],
+        input=(lines + "\n").encode(), check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    done = subprocess.run(
+        [*sdbox_argv(), "fleet", "diagnostics", "--config", str(box.config),
+         "--reason", "ticket 4711", "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    sent = json.loads(done.stdout)
+    assert {"versions", "network", "tunnel", "journal (sdbox units)"} <= set(sent["sections"])
+    status, page = service.get("/boxes/box-0060")
+    assert status == 200
+    assert "ticket 4711" in page
+    status, page = service.get(f"/boxes/box-0060/diagnostics/{sent['accepted']}")
+    assert status == 200
+    assert "gateway refused the box" in page
+    assert "greeter connected" in page
+    assert "unrelated unit" not in page
+    assert "qemu-q35" in page  # the versions section

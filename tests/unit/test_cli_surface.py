@@ -229,6 +229,7 @@ WITH_HARDWARE: dict[tuple[str, ...], str] = {
     ("agent", "bench"): "test_cli_json.py::test_agent_bench_json_is_the_document_alone_and_runs_from_anywhere",
     ("renew",): "test_renewal.py::test_a_certificate_for_another_key_is_refused",
     ("fleet", "report"): "test_fleet.py::test_a_box_checks_in_and_ships_its_audit_trail",
+    ("fleet", "diagnostics"): "test_fleet.py::test_diagnostics_reach_the_box_page_with_sdbox_lines_only",
     ("fleet", "rollout", "status"): "test_fleet.py::test_a_rollout_reaches_its_first_ring_and_pauses_on_a_failed_update",
 }
 
