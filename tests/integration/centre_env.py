@@ -98,6 +98,7 @@ class TunnelBox:
     def provision(cls, tpm: SoftwareTpm, directory: Path, pki: Pki,
                   token_label: str = "tunnel-box") -> TunnelBox:  # fmt: skip
         """A key made in the TPM and certified by the PKI's box CA (what enrolment gives)."""
+        directory = directory.resolve()
         directory.mkdir(parents=True, exist_ok=True)
         config = replace(tpm_identity_config(tpm, directory, directory / "box.pem"),
                          token_label=token_label)  # fmt: skip
@@ -125,6 +126,7 @@ def wait_up(rig: TunnelRig, timeout: float = 40.0, since: int = 0) -> TunnelEven
 def centre_behind_tunnel(workdir: Path, tpm: SoftwareTpm, box: TunnelBox, pki: Pki, *,
                          rtt_ms: float | None = None) -> Iterator[TunnelUp]:  # fmt: skip
     """Box and centre namespaces, the gateways of ``pki`` configured, the tunnel up."""
+    workdir = workdir.resolve()  # charon and p11-kit's server do not share our working directory
     workdir.mkdir(parents=True, exist_ok=True)
     centre = Centre(pki, pki)  # no foreign gateway here: the second PKI is never used
     certificate = x509.load_pem_x509_certificate(box.config.certificate.read_bytes())
