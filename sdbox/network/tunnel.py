@@ -189,6 +189,10 @@ class Vici:
         """A CRL: the revocation plugin uses it instead of fetching anything."""
         self._call("a CRL", lambda: self._session.load_cert({"type": "X509_CRL", "data": pem}))
 
+    def flush_cached_crls(self) -> None:
+        """Drop the CRLs charon cached while checking certificates (crl_push.py says why)."""
+        self._call("flushing cached CRLs", lambda: self._session.flush_certs({"type": "X509_CRL"}))
+
     def load_token_key(self, key: strongswan.TokenKey, pin: str) -> None:
         """The box key, used where it lives (PKCS#11); the PIN goes over the socket only."""
         message = key.load_token(pin)
