@@ -10,29 +10,60 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from sdbox.network import firewall, strongswan
 from sdbox.network.events import Reason, TunnelEvent, TunnelState
+from sdbox.network.named import NamedGateways
+from sdbox.network.site import SiteProfile, load_bytes
+from sdbox.network.tunnel import GatewayTarget, Tunnel, gateway_targets
 from sdbox.trust.pki import Pki
 from tests.cli import sdbox_argv
 from tests.integration import test_tunnel
+from tests.integration.centre_env import thread_in_netns
 from tests.integration.session_servers import free_port
 from tests.integration.test_tunnel import UP_TIMEOUT, BoxIdentity
-from tests.integration.tunnel_env import GATEWAY_IDS, Centre, TunnelRig
+from tests.integration.tpm_env import SoftwareTpm, tpm_identity_config
+from tests.integration.tunnel_env import (
+    BOX_OUTER,
+    CENTRE_NET,
+    GATEWAY_IDS,
+    GATEWAYS,
+    Centre,
+    TunnelRig,
+    network_missing,
+    provision_box,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.network, pytest.mark.timeout(240)]
 
-# test_tunnel.py's fixtures, under the same names here
+# test_tunnel.py's fixtures, under the same names here (the box key is this module's own)
 centre = test_tunnel.centre
-box_identity = test_tunnel.box_identity
 rig = test_tunnel.rig
+
+
+@pytest.fixture(scope="module")
+def box_identity(swtpm: SoftwareTpm, centre: Centre,
+                 tmp_path_factory: pytest.TempPathFactory) -> BoxIdentity:  # fmt: skip
+    missing = network_missing()
+    if missing:
+        pytest.skip(f"network namespace tests: {missing}")
+    directory = tmp_path_factory.mktemp("box-identity-upkeep")
+    # a token of its own: test_tunnel.py's is on the same session TPM, with its PIN elsewhere
+    config = replace(
+        tpm_identity_config(swtpm, directory, directory / "box.pem"), token_label="tunnel-upkeep"
+    )
+    return BoxIdentity(config, provision_box(config, centre.pki))
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -149,3 +180,147 @@ def test_loading_crls_into_a_charon_that_is_not_there_is_a_failure_that_says_so(
                        "--vici", str(tmp_path / "no-charon.vici"))  # fmt: skip
     assert code == 1
     assert "no-charon.vici" in str(doc["error"])
+
+
+# --- gateways given as DNS names ----------------------------------------------------
+
+RESOLVER = "192.0.2.53"  # the site's resolver, on the outer network (the centre's side of it)
+
+
+class TinyDns:
+    """A DNS server for the test (dnsmasq is not installed here): A records from ``zone``.
+
+    Written apart from sdbox.network.dns on purpose: the client is not checked
+    against its own reading of RFC 1035. AAAA questions get an empty answer,
+    unknown names NXDOMAIN. Every question is kept in ``asked`` as (name, type, source).
+    """
+
+    def __init__(self, zone: dict[str, str]) -> None:
+        self.zone = zone
+        self.asked: list[tuple[str, int, str]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((RESOLVER, 53))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message, source = self.sock.recvfrom(512)
+            except TimeoutError:
+                continue
+            ident, _flags, _qd, _an, _ns, _ar = struct.unpack_from("!6H", message)
+            labels, offset = [], 12
+            while message[offset]:
+                labels.append(message[offset + 1 : offset + 1 + message[offset]].decode())
+                offset += 1 + message[offset]
+            question = message[12 : offset + 5]
+            name, qtype = ".".join(labels).lower(), struct.unpack_from("!H", message, offset + 1)[0]
+            self.asked.append((name, qtype, source[0]))
+            address = self.zone.get(name)
+            rcode, answers = (3, b"") if address is None else (0, b"")
+            if address is not None and qtype == 1:
+                answers = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(address)
+            header = struct.pack("!6H", ident, 0x8180 | rcode, 1, 1 if answers else 0, 0, 0)
+            self.sock.sendto(header + question + answers, source)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def _named_site(gateways: list[tuple[str, str]]) -> SiteProfile:
+    entries = "".join(f'[[gateways]]\naddress = "{a}"\nidentity = "{i}"\n\n' for a, i in gateways)
+    return load_bytes((entries + f"""
+[[networks]]
+cidr = "{CENTRE_NET}"
+purpose = "bubbles"
+
+[box]
+interface = "eth0"
+mode = "static"
+address = "{BOX_OUTER}/24"
+gateway = "{GATEWAYS[0]}"
+dns = ["{RESOLVER}"]
+
+[tunnel]
+gateway_ca = "/unused/in/tests.pem"
+dpd_delay_s = 2
+rekey_time_s = 3600
+""").encode(), "site.toml")
+
+
+@pytest.fixture
+def named_rig(rig: TunnelRig) -> Iterator[tuple[TunnelRig, TinyDns]]:
+    rig.centre_ns.ip("addr", "add", f"{RESOLVER}/24", "dev", "uplink")
+    with thread_in_netns(rig.centre_ns.name):  # the server's socket lives in the centre's namespace
+        dns = TinyDns({GATEWAY_IDS[0]: GATEWAYS[0], GATEWAY_IDS[1]: GATEWAYS[1]})
+    try:
+        yield rig, dns
+    finally:
+        dns.close()
+
+
+def _start_named(rig: TunnelRig, box_identity: BoxIdentity) -> Tunnel:
+    """The box's tunnel on ``rig.profile``, named gateways resolved from inside the box."""
+    rig.load_firewall()  # the named profile's ruleset: no gateway address in it yet
+    rig.configure_gateways()
+    rig.configure_box(box_identity.config)
+    connections = strongswan.box_connections(rig.profile, box_certificate=rig.box_certificate,
+                                             gateway_ca=rig.centre.pki.server_ca.cert)  # fmt: skip
+    named = NamedGateways(rig.profile, connections, rig.box_charon.paths.vici_socket)
+
+    def prepare(target: GatewayTarget) -> str:
+        with thread_in_netns(rig.box.name):  # its DNS and its nft, as on the box
+            return named(target)
+
+    tunnel = Tunnel(rig.box_charon.paths.vici_socket, rig.box_charon.paths.notify_socket,
+                    gateway_targets([g.address for g in rig.profile.gateways]),
+                    retry_delay_s=30, route_probe=rig.box.route_exists, prepare=prepare)  # fmt: skip
+    tunnel.subscribe(rig._record)
+    rig.tunnel = tunnel
+    tunnel.start()
+    return tunnel
+
+
+def _gateway_set(rig: TunnelRig) -> str:
+    return rig.box.exec("nft", "list", "set", "inet", "sdbox", "gateways4").stdout
+
+
+def test_a_gateway_given_by_name_is_resolved_through_the_sites_resolver_and_let_through(
+    named_rig: tuple[TunnelRig, TinyDns], box_identity: BoxIdentity
+) -> None:
+    rig, dns = named_rig
+    rig.profile = _named_site([(GATEWAY_IDS[0], GATEWAY_IDS[0])])
+    _start_named(rig, box_identity)
+    up = rig.wait_for(lambda e: e.state is TunnelState.UP, UP_TIMEOUT)
+    assert up.gateway == GATEWAYS[0]
+    assert GATEWAY_IDS[0] in up.detail
+    assert rig.echo(b"by name") == b"by name"
+    # asked from the box's outer address, of the site's resolver (not /etc/hosts, not the host's)
+    assert (GATEWAY_IDS[0], 1, BOX_OUTER) in dns.asked
+    # the firewall learnt the address at run time: it was not in the profile's ruleset
+    assert GATEWAYS[0] in _gateway_set(rig)
+    assert GATEWAYS[0] not in firewall.ruleset(rig.profile, "libipsec")
+
+
+def test_a_gateway_name_that_does_not_resolve_is_unreachable_and_the_next_one_is_used(
+    named_rig: tuple[TunnelRig, TinyDns], box_identity: BoxIdentity
+) -> None:
+    rig, dns = named_rig
+    rig.profile = _named_site([("gw-gone.centre.test", GATEWAY_IDS[0]),
+                               (GATEWAY_IDS[1], GATEWAY_IDS[1])])  # fmt: skip
+    _start_named(rig, box_identity)
+    gone = rig.wait_for(lambda e: e.gateway == "gw-gone.centre.test", UP_TIMEOUT)
+    assert gone.reason is Reason.GATEWAY_UNREACHABLE, gone.describe()
+    assert "does not exist" in gone.detail
+    assert ("gw-gone.centre.test", 1, BOX_OUTER) in dns.asked
+    up = rig.wait_for(lambda e: e.state is TunnelState.UP, UP_TIMEOUT)
+    assert up.gateway == GATEWAYS[1]
+    assert rig.echo(b"second") == b"second"
+    # only the address that resolved is let through
+    assert GATEWAYS[1] in _gateway_set(rig)
+    assert GATEWAYS[0] not in _gateway_set(rig)
