@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +42,7 @@ from tests.integration.tunnel_env import (
     GATEWAYS,
     Centre,
     TunnelRig,
+    namespaces,
     network_missing,
     provision_box,
 )
@@ -324,3 +326,33 @@ def test_a_gateway_name_that_does_not_resolve_is_unreachable_and_the_next_one_is
     # only the address that resolved is let through
     assert GATEWAYS[1] in _gateway_set(rig)
     assert GATEWAYS[0] not in _gateway_set(rig)
+
+
+# --- the benchmark's distance ---------------------------------------------------------
+
+
+def test_the_delaying_link_holds_every_round_trip_for_what_it_is_asked() -> None:
+    """The instrument of `make bench` (no netem here): a TCP handshake across it is one round trip.
+
+    A lower bound only, which load cannot break: the relay holds each frame at
+    least half the round trip each way (how much longer depends on the machine).
+    """
+    missing = network_missing()
+    if missing:
+        pytest.skip(f"network namespace tests: {missing}")
+    with namespaces(rtt_ms=120) as (box, centre_ns):
+        with thread_in_netns(centre_ns.name):
+            listener = socket.create_server((GATEWAYS[0], 0))
+        port = listener.getsockname()[1]
+        handshakes = []
+        try:
+            with thread_in_netns(box.name):
+                for _ in range(3):
+                    started = time.monotonic()
+                    with socket.create_connection((GATEWAYS[0], port), timeout=10):
+                        handshakes.append(time.monotonic() - started)
+                    listener.accept()[0].close()
+        finally:
+            listener.close()
+    assert len(handshakes) == 3
+    assert min(handshakes) >= 0.120, handshakes
