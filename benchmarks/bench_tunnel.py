@@ -94,11 +94,9 @@ def _spread(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 3)}  # fmt: skip
 
 
-def _tunnel_rounds(rig: TunnelRig, box: TunnelBox, first_cold: float,
-                   first_start: float) -> dict[str, list[float]]:  # fmt: skip
-    times: dict[str, list[float]] = {"cold_up_s": [first_cold], "start_to_up_s": [first_start],
-                                     "reestablish_s": []}  # fmt: skip
-    for _ in range(ROUNDS - 1):
+def _tunnel_rounds(rig: TunnelRig, box: TunnelBox) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"cold_up_s": [], "start_to_up_s": [], "reestablish_s": []}
+    for _ in range(ROUNDS):
         if rig.tunnel is not None:
             rig.tunnel.stop()
             rig.tunnel = None
@@ -184,10 +182,10 @@ async def _sessions(work: Path, pki: Pki, display: str, index: int, broker: Brok
 def _at(rtt_ms: float, work: Path, pki: Pki, box: TunnelBox, tpm: SoftwareTpm, display: str,
         index: int) -> dict[str, object]:  # fmt: skip
     """Every figure at one round trip, in one rig."""
-    with centre_behind_tunnel(work, tpm, box, pki, rtt_ms=rtt_ms) as first, \
+    with centre_behind_tunnel(work, tpm, box, pki, rtt_ms=rtt_ms) as up, \
             contextlib.ExitStack() as stack:  # fmt: skip
-        rig = first.rig
-        times = _tunnel_rounds(rig, box, first.seconds_from_cold, first.seconds_from_start)
+        rig = up.rig
+        times = _tunnel_rounds(rig, box)
         # the bubbles and the broker in the centre's namespace, on the centre network
         with thread_in_netns(rig.centre_ns.name):
             servers = {

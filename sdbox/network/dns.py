@@ -4,8 +4,8 @@ Why not the C library's resolver: it asks whatever /etc/resolv.conf names,
 while the box's firewall lets DNS out only to the site profile's resolvers
 (or the DHCP lease's), and the answer must go into the firewall's gateway
 set before charon sends its first packet. So the box asks those resolvers
-itself, for A and AAAA, over UDP (TCP when the answer was truncated), and
-uses what they say.
+itself, for A (AAAA when there is no A), over UDP (TCP when the answer was
+truncated), and uses what the first resolver that answers says.
 
 What DNS cannot do here, and need not: the answer is not authenticated, but
 the gateway is pinned by its IKE identity and CA (docs/tunnel.md), so a
@@ -165,26 +165,29 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def _ask(resolver: str, name: str, rtype: RecordType, timeout_s: float) -> list[str]:
+    ident = secrets.randbelow(0x10000)
+    answer = parse_answer(
+        _exchange(resolver, query(name, rtype, ident), timeout_s), name, rtype, ident
+    )
+    if answer.rcode == Rcode.NXDOMAIN:
+        raise DnsError(f"{resolver} says {name} does not exist")
+    if answer.rcode != Rcode.NOERROR:
+        known = answer.rcode in {r.value for r in Rcode}
+        raise DnsError(f"{resolver} answered {Rcode(answer.rcode).name if known else answer.rcode}")
+    return list(answer.addresses)
+
+
 def resolve(name: str, resolvers: Sequence[str], *, timeout_s: float = 2.0) -> list[str]:
-    """``name``'s addresses (IPv4 first), asking ``resolvers`` in order until one answers."""
+    """``name``'s IPv4 addresses (IPv6 when it has none), from the first resolver that answers."""
     if not resolvers:
         raise DnsError(f"cannot resolve {name}: the site profile names no resolver")
     problems: list[str] = []
     for resolver in resolvers:
-        found: list[str] = []
         try:
-            for rtype in (RecordType.A, RecordType.AAAA):
-                ident = secrets.randbelow(0x10000)
-                answer = parse_answer(
-                    _exchange(resolver, query(name, rtype, ident), timeout_s), name, rtype, ident
-                )
-                if answer.rcode == Rcode.NXDOMAIN:
-                    raise DnsError(f"{resolver} says {name} does not exist")
-                if answer.rcode != Rcode.NOERROR:
-                    known = answer.rcode in {r.value for r in Rcode}
-                    code = Rcode(answer.rcode).name if known else str(answer.rcode)
-                    raise DnsError(f"{resolver} answered {code}")
-                found += answer.addresses
+            found = _ask(resolver, name, RecordType.A, timeout_s) or _ask(
+                resolver, name, RecordType.AAAA, timeout_s
+            )
         except DnsError as exc:
             problems.append(exc.message)
             continue
