@@ -1,20 +1,29 @@
 """`make demo`: the researcher's flow on emulated hardware, end to end.
 
 Starts the real pcscd with the vpcd reader driver and the emulated demo card,
-bubbles on loopback (two freerdp-shadow-cli3 RDP bubbles sharing an Xvfb
-that shows a test pattern, one QEMU SPICE bubble), a private D-Bus and the
-agent; then drives the flow a researcher follows — insert, list, choose,
+the bubbles (two freerdp-shadow-cli3 RDP bubbles sharing an Xvfb that shows a
+test pattern, one QEMU SPICE bubble), a private D-Bus and the agent; then drives the flow a researcher follows — insert, list, choose,
 finger, session, switch, remove — through the agent's D-Bus API. Every step
 is timed; screenshots of the box's screen go to build/demo/, the summary to
 build/demo/summary.json. Everything started is stopped, by pid.
 
 Each session's one-time credential comes from the reference broker (`sdbox
-broker`, HTTPS on loopback), which checks a fresh ECDH proof of the project
+broker`, HTTPS), which checks a fresh ECDH proof of the project
 key on the card and the box's identity: a key made in a software TPM
 (swtpm behind tpm2-abrmd) at the box's "first boot" and certified by the
 broker against a one-time enrolment token. Headless here: the kiosk greeter
 runs under cage on a headless output (its screens are captured with grim)
 and the session clients on an Xvfb.
+
+Through the tunnel where the machine can (root, strongSwan, p11-kit, the TPM
+stack): the broker and the bubbles in a "centre" network namespace behind
+the reference gateway, on the centre network; the agent's event loop (and
+the session clients, the enrolment, the greeter it starts) in the "box"
+namespace, which reaches them only through its IPsec tunnel
+(tests/integration/centre_env.py says how a thread, not a process, is moved).
+The tunnel comes up first, with a key of its own in the same TPM, certified
+by the demo PKI's box CA: how a box enrols before it has a tunnel is not
+settled yet (docs/tunnel.md). Elsewhere the demo says why and uses loopback.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from sdbox.agent.service import build_agent
 from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.identity.enrol import enrol
 from sdbox.smartcard.emulator.applet import PivApplet
-from sdbox.smartcard.emulator.profiles import issue_card, load_profile
+from sdbox.smartcard.emulator.profiles import CardProfile, issue_card, load_profile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.trust.pki import Pki
@@ -58,9 +67,19 @@ from tests.integration.agent_env import (
     until,
     write_config,
 )
+from tests.integration.centre_env import (
+    BUBBLE,
+    HostNetns,
+    TunnelBox,
+    TunnelUp,
+    centre_behind_tunnel,
+    thread_in_netns,
+)
+from tests.integration.centre_env import why_not as tunnel_missing
 from tests.integration.greeter_env import Kiosk, kiosk, missing
 from tests.integration.session_servers import paint_pattern, pattern_in, screenshot, xvfb
-from tests.integration.tpm_env import software_tpm, tpm_identity_config, tpm_missing
+from tests.integration.tpm_env import SoftwareTpm, software_tpm, tpm_identity_config, tpm_missing
+from tests.integration.tunnel_env import GATEWAY_IDS, GATEWAYS
 
 OUT = Path("build/demo")
 
@@ -94,6 +113,11 @@ class Demo:
             )
         return result
 
+    def record(self, name: str, seconds: float) -> None:
+        """A step that happened outside ``step`` (set-up measured by its own clock)."""
+        self.steps.append({"name": name, "seconds": round(seconds, 3), "ok": True})
+        print(f"[{'ok':>6}] {name:58} {seconds:6.2f} s", flush=True)
+
     def shot(self, display: str, name: str) -> bool:
         path = OUT / f"{name}.png"
         subprocess.run(
@@ -122,14 +146,19 @@ async def flow(
     box_display: str,
     broker: BrokerEnv,
     index: int,
+    profile: CardProfile,
+    host: HostNetns | None,
     interactive: bool = False,
 ) -> None:
+    """The researcher's flow; ``host``: the card's namespace when this thread is the box's."""
     publish_crls(pki, work / "crl")
-    config = write_config(work, pki, display=box_display, broker=broker)
+    endpoint_host = profile.projects[0].endpoint.rsplit(":", 1)[0]
+    config = write_config(work, pki, display=box_display, broker=broker,
+                          endpoint_host=endpoint_host)  # fmt: skip
     agent = build_agent(config)
     ended: list[SessionEndedEvent] = []
     agent.listeners.append(lambda e: ended.append(e) if isinstance(e, SessionEndedEvent) else None)
-    state = issue_card(load_profile("demo"), pki, state_path=OUT / "card.json")
+    state = issue_card(profile, pki, state_path=OUT / "card.json")
     card = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index, latency_ms=20.0)
     # the greeter runs as its own user: the bus socket must be reachable for it
     bus_dir = Path(tempfile.mkdtemp(prefix="sdbox-demo-bus-"))
@@ -155,9 +184,9 @@ async def flow(
         watcher.start()
         try:
             if interactive:
-                await _interactive(demo, card, agent)
+                await _interactive(demo, card, agent, host)
             else:
-                await _scripted(demo, api, agent, card, screen, box_display, ended)
+                await _scripted(demo, api, agent, card, screen, box_display, ended, host)
         finally:
             await agent.shutdown()
             await asyncio.to_thread(watcher.stop)
@@ -174,12 +203,13 @@ async def _scripted(
     screen: Kiosk | None,
     box_display: str,
     ended: list[SessionEndedEvent],
+    host: HostNetns | None,
 ) -> None:
     """The researcher's flow, driven through the agent's D-Bus API."""
     await demo.greeter_shot(screen, "insert-card")
     await demo.step(
         "insert the card: projects listed (directory verified)",
-        lambda: _insert(card, agent),
+        lambda: _insert(card, agent, host),
     )
     await demo.greeter_shot(screen, "picker")
     projects = await api.get_projects()
@@ -228,14 +258,14 @@ def _greeter_on_display(bus_address: str) -> Any:
             process.wait()
 
 
-async def _interactive(demo: Demo, card: VirtualCard, agent: Any) -> None:
+async def _interactive(demo: Demo, card: VirtualCard, agent: Any, host: HostNetns | None) -> None:
     """The researcher's flow by hand: the card goes in and out on Enter."""
     print(
         "\ninteractive demo: use the greeter window (arrows, Enter, Escape); the emulated\n"
         "finger is the card holder's. Enter here pulls or inserts the card; q then Enter stops.",
         flush=True,
     )
-    await demo.step("insert the card", lambda: _insert(card, agent))
+    await demo.step("insert the card", lambda: _insert(card, agent, host))
     while True:
         line = await asyncio.to_thread(sys.stdin.readline)
         if not line or line.strip().lower() == "q":
@@ -244,11 +274,12 @@ async def _interactive(demo: Demo, card: VirtualCard, agent: Any) -> None:
             pid = agent._session.pid if agent._session else None
             await demo.step("remove the card", functools.partial(_remove, card, agent, pid))
         else:
-            await demo.step("insert the card", lambda: _insert(card, agent))
+            await demo.step("insert the card", lambda: _insert(card, agent, host))
 
 
-async def _insert(card: VirtualCard, agent: Any) -> None:
-    await asyncio.to_thread(card.insert)
+async def _insert(card: VirtualCard, agent: Any, host: HostNetns | None) -> None:
+    # vpcd listens on the host's loopback: from the box's namespace, the card goes in from there
+    await asyncio.to_thread(host.call if host else _now, card.insert)
     await until(lambda: agent.snapshot.state == State.PICKER)
 
 
@@ -286,9 +317,42 @@ async def _remove(card: VirtualCard, agent: Any, pid: int | None) -> None:
     )
 
 
+def _now(action: Callable[[], None]) -> None:
+    action()
+
+
 async def _check(ok: bool) -> None:
     if not ok:
         raise RuntimeError("the box's screen does not show the bubble's test pattern")
+
+
+def _tunnel(demo: Demo, stack: contextlib.ExitStack, work: Path, pki: Pki,
+            tpm: SoftwareTpm) -> TunnelUp:  # fmt: skip
+    """Box and centre namespaces, a charon in each, the tunnel up with the box's TPM key."""
+    started = time.perf_counter()
+    # the tunnel's key and certificate, as flashing and the centre's CA would give them
+    box = TunnelBox.provision(tpm, work / "tunnel-identity", pki)
+    demo.record("the box's tunnel key made in the TPM, certified", time.perf_counter() - started)
+    up = stack.enter_context(centre_behind_tunnel(work / "tunnel", tpm, box, pki))
+    gateway = up.event.gateway or ""
+    demo.record(f"tunnel up through {GATEWAY_IDS[GATEWAYS.index(gateway)]} ({gateway})",
+                up.seconds_from_cold)  # fmt: skip
+    return up
+
+
+def _behind_tunnel(profile: CardProfile) -> CardProfile:
+    """The demo card's projects with their bubbles on the centre network, same ports."""
+    projects = tuple(
+        dataclasses.replace(p, endpoint=f"{BUBBLE}:{p.endpoint.rsplit(':', 1)[1]}")
+        for p in profile.projects
+    )
+    return dataclasses.replace(profile, projects=projects)
+
+
+def _in_netns(netns: str | None, action: Callable[[], Any]) -> Any:
+    """``action()`` from inside ``netns`` (this thread only), or here when None."""
+    with thread_in_netns(netns) if netns else contextlib.nullcontext():
+        return action()
 
 
 def main() -> int:
@@ -306,6 +370,13 @@ def main() -> int:
     daemon = PcscDaemon()
     failed = False
     started = time.perf_counter()
+    # the researcher's side reaches the centre only through the tunnel, where the machine can
+    why_no_tunnel = tunnel_missing()
+    if why_no_tunnel is None and interactive and not os.environ["DISPLAY"].startswith(":"):
+        why_no_tunnel = "the display is not local (the box's namespace cannot reach it)"
+    tunnel_summary: dict[str, object] = {
+        "up": False, "why_not": why_no_tunnel or "the demo stopped before the tunnel was up"
+    }  # fmt: skip
     try:
         with contextlib.ExitStack() as stack:
             daemon.start()
@@ -313,34 +384,59 @@ def main() -> int:
             index = stack.enter_context(reserve_reader())
             work = OUT / "run"
             pki = Pki.init(OUT / "pki")
-            issue_card(load_profile("demo"), pki)  # the bubbles' certificates
+            profile = load_profile("demo")
+            tpm: SoftwareTpm | None = None
+            up: TunnelUp | None = None
+            if why_no_tunnel is None:
+                tpm = stack.enter_context(software_tpm((work / "tpm").resolve()))
+                # the tabrmd TCTI finds its private bus through the environment only
+                os.environ["DBUS_SESSION_BUS_ADDRESS"] = tpm.bus_address
+                up = _tunnel(demo, stack, work, pki, tpm)
+                tunnel_summary = {
+                    "up": True, "gateway": up.event.gateway,
+                    "gateway_identity": GATEWAY_IDS[GATEWAYS.index(up.event.gateway or "")],
+                    "inner_address": up.event.inner_address,
+                    "seconds_from_cold": round(up.seconds_from_cold, 3),
+                    "seconds_ike": round(up.seconds_from_start, 3),
+                    "centre_network": f"{BUBBLE} (broker and bubbles, centre namespace)",
+                }  # fmt: skip
+                profile = _behind_tunnel(profile)
+            else:
+                print(f"tunnel: not used ({why_no_tunnel}); broker and bubbles on loopback",
+                      flush=True)  # fmt: skip
+            host = profile.projects[0].endpoint.rsplit(":", 1)[0]
+            issue_card(profile, pki)  # the bubbles' certificates
             bubble_display = stack.enter_context(xvfb())
             paint_pattern(bubble_display, work.parent)
             box_display = os.environ["DISPLAY"] if interactive else stack.enter_context(xvfb())
-            profile = load_profile("demo")
             ports = {p.id: int(p.endpoint.rsplit(":", 1)[1]) for p in profile.projects}
             servers: dict[str, Any] = {}
-            for p in profile.projects:
-                if p.protocol.name == "RDP":
-                    servers[p.id] = stack.enter_context(
-                        rdp_bubble(work / p.id, pki, p.id, bubble_display, ports[p.id])
-                    )
-                else:
-                    servers[p.id] = stack.enter_context(
-                        spice_bubble(work / p.id, pki, p.id, ports[p.id])
-                    )
+            register = work / "enrolment-tokens.json"
+            # the centre's side: started from a thread inside the centre's namespace
+            with thread_in_netns(up.rig.centre_ns.name) if up else contextlib.nullcontext():
+                for p in profile.projects:
+                    if p.protocol.name == "RDP":
+                        servers[p.id] = stack.enter_context(
+                            rdp_bubble(work / p.id, pki, p.id, bubble_display, ports[p.id], host)
+                        )
+                    else:
+                        servers[p.id] = stack.enter_context(
+                            spice_bubble(work / p.id, pki, p.id, ports[p.id], host)
+                        )
+                broker = stack.enter_context(
+                    reference_broker(work / "broker", pki, servers, ports,
+                                     enrolment_tokens=register, host=host)
+                )  # fmt: skip
             print(
-                f"bubbles up: {', '.join(f'{k} on 127.0.0.1:{v}' for k, v in ports.items())}",
+                f"bubbles up: {', '.join(f'{k} on {host}:{v}' for k, v in ports.items())}",
                 flush=True,
             )
-            register = work / "enrolment-tokens.json"
-            broker = stack.enter_context(
-                reference_broker(work / "broker", pki, servers, ports, enrolment_tokens=register)
-            )
             print(f"reference broker on {broker.url}", flush=True)
+            box_netns = up.rig.box.name if up else None
             why_no_tpm = tpm_missing()
             if why_no_tpm is None:
-                tpm = stack.enter_context(software_tpm(work / "tpm"))
+                if tpm is None:
+                    tpm = stack.enter_context(software_tpm((work / "tpm").resolve()))
                 # the tabrmd TCTI finds its private bus through the environment only
                 os.environ["DBUS_SESSION_BUS_ADDRESS"] = tpm.bus_address
                 sealed = work / "sealed"  # the box's TPM-sealed data partition
@@ -348,22 +444,29 @@ def main() -> int:
                 token_file = work / "config" / "enrolment-token"  # what `sdbox flash` writes
                 token_file.parent.mkdir(parents=True, exist_ok=True)
                 token_file.write_text(EnrolmentTokens(register).add("demo-box-1") + "\n")
+                enrolment = functools.partial(
+                    enrol, identity, broker_url=broker.url, token_file=token_file,
+                    broker_anchors=[pki.root.cert], anchors=[pki.root.cert],
+                    intermediates=pki.intermediates,
+                )  # fmt: skip
                 asyncio.run(
                     demo.step(
                         "first boot: box key made in the TPM, enrolled with the centre",
-                        lambda: asyncio.to_thread(
-                            enrol, identity, broker_url=broker.url, token_file=token_file,
-                            broker_anchors=[pki.root.cert], anchors=[pki.root.cert],
-                            intermediates=pki.intermediates,
-                        ),
+                        lambda: asyncio.to_thread(_in_netns, box_netns, enrolment),
                     )
-                )  # fmt: skip
+                )
                 broker = dataclasses.replace(broker, identity=identity)
             else:
                 print(f"box identity: development key ({why_no_tpm})", flush=True)
-            asyncio.run(
-                flow(demo, work, pki, bubble_display, box_display, broker, index, interactive)
-            )
+            card_side = HostNetns() if up else None
+            if card_side:
+                stack.callback(card_side.close)
+            # the agent's event loop, and all it starts, in the box's namespace
+            with thread_in_netns(box_netns) if box_netns else contextlib.nullcontext():
+                asyncio.run(
+                    flow(demo, work, pki, bubble_display, box_display, broker, index, profile,
+                         card_side, interactive)
+                )  # fmt: skip
             wait_for_card(reader_name(index), present=False)
     except Exception as exc:
         failed = True
@@ -372,12 +475,20 @@ def main() -> int:
         "steps": demo.steps,
         "screenshots": demo.screenshots,
         "session_outcomes": demo.outcomes,
+        "tunnel": tunnel_summary,
     }
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
     ok_steps = sum(1 for s in demo.steps if s["ok"])
     print(
         f"\nsummary: {ok_steps}/{len(demo.steps)} steps ok in {time.perf_counter() - started:.1f} s"
     )
+    if tunnel_summary["up"]:
+        print(f"  tunnel: up through {tunnel_summary['gateway_identity']} "
+              f"({tunnel_summary['gateway']}) in {tunnel_summary['seconds_from_cold']} s from "
+              f"cold (IKE {tunnel_summary['seconds_ike']} s); box inner address "
+              f"{tunnel_summary['inner_address']}; broker and bubbles reached only through it")
+    else:
+        print(f"  tunnel: not used ({tunnel_summary['why_not']}); broker and bubbles on loopback")
     for outcome in demo.outcomes:
         print(f"  session ended: {outcome}")
     print(f"  screenshots: {', '.join(demo.screenshots) or 'none'}")

@@ -144,8 +144,14 @@ def renew(
     show_default=True, help="Agent configuration ([trust]).",
 )  # fmt: skip
 @click.option("--url", "urls", multiple=True, help="Refresh this distribution point as well.")
+@click.option(
+    "--charon-vici", type=click.Path(path_type=Path), default=None,
+    help="Then give every CRL held to the charon behind this VICI socket (the tunnel checks "
+    "the gateway against them); root only. `sdbox tunnel load-crls` does that step alone.",
+)  # fmt: skip
 @json_option("Machine-readable result per CRL.")
-def refresh(config_path: Path, urls: tuple[str, ...], as_json: bool) -> None:
+def refresh(config_path: Path, urls: tuple[str, ...], charon_vici: Path | None,
+            as_json: bool) -> None:  # fmt: skip
     """Fetch each CA's CRL from its distribution point; keep the old copy on any doubt."""
     from sdbox.renewal.crls import distribution_points  # noqa: PLC0415
     from sdbox.renewal.crls import refresh as do_refresh  # noqa: PLC0415
@@ -157,16 +163,45 @@ def refresh(config_path: Path, urls: tuple[str, ...], as_json: bool) -> None:
     for url in [*config.trust.crl_urls, *urls]:
         if url not in points:
             points.append(url)
-    results = do_refresh(_store(config), points, [*anchors, *intermediates], now=datetime.now(UTC))
+    store = _store(config)
+    results = do_refresh(store, points, [*anchors, *intermediates], now=datetime.now(UTC))
     for result in results:
         _log.log(
             logging.INFO if result.ok else logging.WARNING,
             "CRL %s: %s %s", result.url, result.status.value, result.detail,
         )  # fmt: skip
+    # whatever the refresh's outcome: charon gets the newest lists held, failed URLs or not
+    charon = None if charon_vici is None else push_to_charon(charon_vici, store)
     if as_json:
-        emit_json({"results": [r.to_json() for r in results]})
+        doc: dict[str, object] = {"results": [r.to_json() for r in results]}
+        if charon is not None:
+            doc["charon"] = charon
+        emit_json(doc)
     else:
         for result in results:
             click.echo(f"{result.url}: {result.status.value} {result.detail}".rstrip())
-    if any(not r.ok for r in results):
+        if charon is not None:
+            click.echo(describe_push(charon))
+    if any(not r.ok for r in results) or (charon is not None and "error" in charon):
         click.get_current_context().exit(1)
+
+
+def push_to_charon(vici_socket: Path, store: Any) -> dict[str, object]:
+    """Every CRL ``store`` holds, loaded into charon; the outcome as JSON (``error`` on failure)."""
+    from sdbox.network.crl_push import push_crls  # noqa: PLC0415
+    from sdbox.network.tunnel import TunnelError  # noqa: PLC0415
+
+    try:
+        pushed = push_crls(vici_socket, [held.crl for held in store.held()])
+    except TunnelError as exc:
+        _log.warning("CRLs not given to charon: %s", exc.message)
+        return {"socket": str(vici_socket), "error": exc.message}
+    _log.info("%d CRLs given to charon (%s)", len(pushed.issuers), vici_socket)
+    return pushed.to_json()
+
+
+def describe_push(outcome: dict[str, object]) -> str:
+    """One line for people."""
+    if "error" in outcome:
+        return f"charon: not updated: {outcome['error']}"
+    return f"charon: {outcome['loaded']} CRLs loaded ({outcome['socket']})"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from sdbox._cli.output import emit_json, json_option
+
 
 @click.group()
 def tunnel() -> None:
@@ -60,3 +62,23 @@ def status(vici_socket: Path) -> None:
         up = "carrying traffic" if sa.established else "no CHILD_SA"
         click.echo(f"{sa.connection}: {sa.state} with {sa.remote_host} ({sa.remote_id}), "
                    f"inner {inner}, {up}")  # fmt: skip
+
+
+@tunnel.command("load-crls")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Agent configuration ([trust] crl_dir, build_time); the packaged one by default.")  # fmt: skip
+@click.option("--vici", "vici_socket", type=click.Path(path_type=Path),
+              default=Path("/run/charon.vici"), show_default=True, help="charon's VICI socket.")  # fmt: skip
+@json_option("The CRLs loaded, or why not.")
+def load_crls(config_path: Path | None, vici_socket: Path, as_json: bool) -> None:
+    """Give charon every CRL the box holds (after `sdbox trust refresh`; root only)."""
+    from sdbox._cli.renew import _config, _store, describe_push, push_to_charon  # noqa: PLC0415
+    from sdbox.agent.config import DEFAULT_PATH  # noqa: PLC0415
+
+    outcome = push_to_charon(vici_socket, _store(_config(config_path or DEFAULT_PATH)))
+    if as_json:
+        emit_json(outcome)
+    else:
+        click.echo(describe_push(outcome))
+    if "error" in outcome:
+        click.get_current_context().exit(1)

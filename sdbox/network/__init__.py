@@ -7,5 +7,6 @@
   alerts, and :class:`~sdbox.network.events.TunnelPort` for the agent;
 - :mod:`sdbox.network.tunnel`: the tunnel driven and watched over VICI (the
   only module that imports ``vici``);
-- :mod:`sdbox.network.firewall`: the box's nftables ruleset.
+- :mod:`sdbox.network.firewall`: the box's nftables ruleset;
+- :mod:`sdbox.network.crl_push`: the box's CRLs given to charon after a refresh.
 """

@@ -131,3 +131,18 @@ def ruleset(profile: SiteProfile, data_plane: DataPlane = "kernel") -> str:
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def gateway_sets(addresses: Iterable[str]) -> str:
+    """An ``nft -f`` script that makes the gateway sets exactly ``addresses`` (one transaction).
+
+    At run time, once gateways given as names are resolved: the profile's
+    literal addresses must be among ``addresses``, or they are dropped too.
+    """
+    parsed = sorted({ipaddress.ip_address(a) for a in addresses}, key=lambda a: (a.version, a))
+    lines = [f"flush set inet {TABLE} gateways4", f"flush set inet {TABLE} gateways6"]
+    for version, name in ((4, "gateways4"), (6, "gateways6")):
+        members = [str(a) for a in parsed if a.version == version]
+        if members:
+            lines.append(f"add element inet {TABLE} {name} {{ {', '.join(members)} }}")
+    return "\n".join(lines) + "\n"

@@ -189,6 +189,10 @@ class Vici:
         """A CRL: the revocation plugin uses it instead of fetching anything."""
         self._call("a CRL", lambda: self._session.load_cert({"type": "X509_CRL", "data": pem}))
 
+    def flush_cached_crls(self) -> None:
+        """Drop the CRLs charon cached while checking certificates (crl_push.py says why)."""
+        self._call("flushing cached CRLs", lambda: self._session.flush_certs({"type": "X509_CRL"}))
+
     def load_token_key(self, key: strongswan.TokenKey, pin: str) -> None:
         """The box key, used where it lives (PKCS#11); the PIN goes over the socket only."""
         message = key.load_token(pin)
@@ -368,7 +372,10 @@ class Tunnel:
         retry_delay_s: float = 5.0,
         watch_interval_s: float = 2.0,
         route_probe: RouteProbe = route_exists,
+        prepare: Callable[[GatewayTarget], str] | None = None,
     ) -> None:
+        """``prepare``: before each attempt, the address to use for a gateway (named.py
+        resolves names and opens the firewall); its SdboxError is "gateway unreachable"."""
         if not gateways:
             raise TunnelError("no gateway to connect to: the site profile names none")
         self._vici_socket = vici_socket
@@ -378,6 +385,7 @@ class Tunnel:
         self._retry_delay_s = retry_delay_s
         self._watch_interval_s = watch_interval_s
         self._route_probe = route_probe
+        self._prepare = prepare
         self._alerts = AlertListener(notify_socket)
         self._events = EventListener(vici_socket, self._on_charon_event)
         self._wake = threading.Event()  # an SA went down, or stop()
@@ -477,10 +485,21 @@ class Tunnel:
                 if not self._sleep(self._retry_delay_s):
                     return
                 continue
-            self._watch(gateway, up)
+            self._watch(*up)
 
-    def _attempt(self, gateway: GatewayTarget) -> TunnelEvent | None:
-        """Try one gateway; the UP event, or None after emitting why not."""
+    def _attempt(self, gateway: GatewayTarget) -> tuple[GatewayTarget, TunnelEvent] | None:
+        """Try one gateway; it (by address) and the UP event, or None after emitting why not."""
+        named = ""
+        if self._prepare is not None:
+            try:
+                address = self._prepare(gateway)
+            except SdboxError as exc:
+                self._emit(TunnelEvent(TunnelState.DOWN, gateway.address,
+                                       Reason.GATEWAY_UNREACHABLE, exc.message))  # fmt: skip
+                return None
+            if address != gateway.address:
+                named = f"{gateway.address} is {address}"
+                gateway = GatewayTarget(gateway.connection, address)
         if not self._route_probe(gateway.address):
             self._emit(TunnelEvent(TunnelState.DOWN, gateway.address, Reason.NO_NETWORK,
                                    f"no route to {gateway.address}"))  # fmt: skip
@@ -502,9 +521,9 @@ class Tunnel:
             return None
         inner = next((a for s in sas for a in s.inner_addresses), None)
         self._up_connection = gateway.connection
-        event = TunnelEvent(TunnelState.UP, gateway.address, inner_address=inner)
+        event = TunnelEvent(TunnelState.UP, gateway.address, detail=named, inner_address=inner)
         self._emit(event)
-        return event
+        return gateway, event
 
     def _failure(self, gateway: GatewayTarget, fallback: str, *, was_up: bool = False) -> TunnelEvent:
         # the alert and the command's answer travel on two sockets: give the alert a moment

@@ -114,6 +114,7 @@ def write_config(
     extra: str = "",
     broker: BrokerEnv | None = None,
     connect_timeout_s: float = 30.0,
+    endpoint_host: str = "127.0.0.1",
 ) -> AgentConfig:
     """An agent configuration for this test environment."""
     intermediates = workdir / "intermediates.pem"
@@ -144,7 +145,7 @@ def write_config(
         broker_url = "{broker.url if broker else ""}"
         broker_anchors = "{pki.path / "root.pem"}"
         [policy]
-        allowed_endpoints = ["127.0.0.1:*"]
+        allowed_endpoints = ["{endpoint_host}:*"]
         """)
         + extra
         + (broker_settings(broker) if broker else "")
@@ -178,9 +179,9 @@ class RdpBubble:
 
 @contextlib.contextmanager
 def rdp_bubble(
-    workdir: Path, pki: Pki, project_id: str, display: str, port: int
+    workdir: Path, pki: Pki, project_id: str, display: str, port: int, host: str = "127.0.0.1"
 ) -> Iterator[RdpBubble]:
-    """The bubble of ``project_id`` on 127.0.0.1:``port``."""
+    """The bubble of ``project_id`` on ``host``:``port``."""
     from sdbox.smartcard.emulator.profiles import bubble_dir
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -196,13 +197,13 @@ def rdp_bubble(
     log = workdir / "shadow.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            ["freerdp-shadow-cli3", f"/port:{port}", "/bind-address:127.0.0.1", f"/sam-file:{sam}",
+            ["freerdp-shadow-cli3", f"/port:{port}", f"/bind-address:{host}", f"/sam-file:{sam}",
              "-may-interact", "/log-level:INFO"],
             env={"DISPLAY": display, "HOME": str(workdir), "XDG_CONFIG_HOME": str(config), "PATH": os.environ["PATH"]},
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process, host=host)
         yield RdpBubble(process, port, sam)
     finally:
         stop(process)
@@ -241,8 +242,9 @@ class SpiceBubble:
 
 
 @contextlib.contextmanager
-def spice_bubble(workdir: Path, pki: Pki, project_id: str, port: int) -> Iterator[SpiceBubble]:
-    """The SPICE bubble of ``project_id`` on 127.0.0.1:``port`` (QEMU, no disk, paused)."""
+def spice_bubble(workdir: Path, pki: Pki, project_id: str, port: int,
+                 host: str = "127.0.0.1") -> Iterator[SpiceBubble]:  # fmt: skip
+    """The SPICE bubble of ``project_id`` on ``host``:``port`` (QEMU, no disk, paused)."""
     from sdbox.smartcard.emulator.profiles import bubble_dir
 
     x509_dir = workdir / "x509"
@@ -258,11 +260,11 @@ def spice_bubble(workdir: Path, pki: Pki, project_id: str, port: int) -> Iterato
     process = subprocess.Popen(
         ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-S", "-display", "none",
          "-qmp", f"unix:{qmp},server=on,wait=off",
-         "-spice", f"tls-port={port},addr=127.0.0.1,x509-dir={x509_dir},disable-ticketing=off"],
+         "-spice", f"tls-port={port},addr={host},x509-dir={x509_dir},disable-ticketing=off"],
         stdout=subprocess.DEVNULL, stderr=(workdir / "qemu.log").open("wb"), start_new_session=True,
     )  # fmt: skip
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process, host=host)
         yield SpiceBubble(process, port, qmp)
     finally:
         stop(process)
@@ -283,8 +285,8 @@ class StandInBroker:
         return RDP_USER, await asyncio.to_thread(bubble.provision)
 
 
-def card_profile(ports: dict[str, int]) -> str:
-    """A card profile whose projects point at this test's bubbles."""
+def card_profile(ports: dict[str, int], host: str = "127.0.0.1") -> str:
+    """A card profile whose projects point at this test's bubbles (on ``host``)."""
     return textwrap.dedent(f"""\
         label = "agent test card"
         holder = "Dr Test Holder"
@@ -299,13 +301,13 @@ def card_profile(ports: dict[str, int]) -> str:
         id = "census-2021"
         name = "Census microdata 2021"
         protocol = "rdp"
-        endpoint = "127.0.0.1:{ports["census-2021"]}"
+        endpoint = "{host}:{ports["census-2021"]}"
         second_factor = "finger"
         [[projects]]
         id = "health-cohort"
         name = "Health cohort study"
         protocol = "rdp"
-        endpoint = "127.0.0.1:{ports["health-cohort"]}"
+        endpoint = "{host}:{ports["health-cohort"]}"
         second_factor = "finger_or_pin"
         """) + (
         textwrap.dedent(f"""\
@@ -313,7 +315,7 @@ def card_profile(ports: dict[str, int]) -> str:
         id = "genomics-lab"
         name = "Genomics lab"
         protocol = "spice"
-        endpoint = "127.0.0.1:{ports.get("genomics-lab", 0)}"
+        endpoint = "{host}:{ports.get("genomics-lab", 0)}"
         second_factor = "finger"
         curve = "p384"
         """)
@@ -347,8 +349,13 @@ def reference_broker(
     enrolment_tokens: Path | None = None,
     card_register: Path | None = None,
     renewal_window_days: int = 30,
+    host: str = "127.0.0.1",
 ) -> Iterator[BrokerEnv]:
-    """`sdbox broker` (in a thread) provisioning the given bubbles, with a development box identity."""
+    """`sdbox broker` (in a thread) provisioning the given bubbles, with a development box identity.
+
+    The broker and the bubbles are on ``host``; the listening socket is made in the
+    calling thread's network namespace (centre_env.thread_in_netns puts it behind a tunnel).
+    """
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from sdbox.broker.server import BrokerServer, load_config
@@ -359,7 +366,7 @@ def reference_broker(
     (workdir / "broker.key").write_bytes(
         tls_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
-    tls_cert = pki.issue_server("127.0.0.1", tls_key.public_key())
+    tls_cert = pki.issue_server(host, tls_key.public_key())
     chain = tls_cert.public_bytes(pem) + pki.server_ca.cert.public_bytes(pem)
     (workdir / "broker.pem").write_bytes(chain)
     box_key = ec.generate_private_key(ec.SECP256R1())
@@ -374,7 +381,7 @@ def reference_broker(
     )
     publish_crls(pki, workdir / "crl")
     lines = [
-        'listen = "127.0.0.1:0"',
+        f'listen = "{host}:0"',
         f'tls_certificate = "{workdir / "broker.pem"}"',
         f'tls_key = "{workdir / "broker.key"}"',
         f'anchors = "{pki.path / "root.pem"}"',
@@ -391,7 +398,7 @@ def reference_broker(
         ]  # fmt: skip
     for project, bubble in bubbles.items():
         lines.append(f'[bubbles."{project}"]')
-        lines.append(f'endpoint = "127.0.0.1:{ports[project]}"')
+        lines.append(f'endpoint = "{host}:{ports[project]}"')
         if isinstance(bubble, RdpBubble):
             lines += ['kind = "rdp"', f'user = "{RDP_USER}"', f'sam_file = "{bubble.sam}"']
         else:

@@ -65,14 +65,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """Wait until something listens on 127.0.0.1:port (or the process died)."""
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0,
+                  host: str = "127.0.0.1") -> None:  # fmt: skip
+    """Wait until something listens on ``host``:port (or the process died)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before listening")
         with socket.socket() as s, contextlib.suppress(OSError):
-            s.connect(("127.0.0.1", port))
+            s.connect((host, port))
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listening on port {port} after {timeout} s")

@@ -55,6 +55,7 @@ from sdbox.network.tunnel import (
 )
 from sdbox.trust.pki import Pki
 from tests.cli import REPO_ROOT
+from tests.integration.delay_link import delayed_link
 from tests.integration.session_servers import stop, tool_missing
 from tests.integration.tpm_env import SoftwareTpm
 
@@ -137,18 +138,23 @@ class Netns:
 
 
 @contextlib.contextmanager
-def namespaces() -> Iterator[tuple[Netns, Netns]]:
-    """The box and the centre, joined by a veth pair."""
+def namespaces(rtt_ms: float | None = None) -> Iterator[tuple[Netns, Netns]]:
+    """The box and the centre, joined by a veth pair (or, with ``rtt_ms``, a delaying link)."""
     tag = f"{os.getpid()}-{secrets.token_hex(2)}"
     box, centre = Netns(f"sdbt-box-{tag}"), Netns(f"sdbt-centre-{tag}")
     made: list[Netns] = []
+    link = contextlib.ExitStack()  # the delaying process, when there is one
     try:
         for ns in (box, centre):
             run("ip", "netns", "add", ns.name)
             made.append(ns)
             ns.ip("link", "set", "lo", "up")
-        # created inside the box namespace, its peer moved straight into the centre's
-        box.ip("link", "add", "eth0", "type", "veth", "peer", "name", "uplink", "netns", centre.name)
+        if rtt_ms is None:
+            # created inside the box namespace, its peer moved straight into the centre's
+            box.ip("link", "add", "eth0", "type", "veth", "peer", "name", "uplink", "netns",
+                   centre.name)  # fmt: skip
+        else:  # no netem in this kernel: two TAPs and a process that delays (delay_link.py)
+            link.enter_context(delayed_link((box.name, "eth0"), (centre.name, "uplink"), rtt_ms))
         box.ip("addr", "add", f"{BOX_OUTER}/24", "dev", "eth0")
         box.ip("link", "set", "eth0", "up")
         # gateway 2 must outlive gateway 1's address (the subnet's primary) in the failover test
@@ -163,6 +169,7 @@ def namespaces() -> Iterator[tuple[Netns, Netns]]:
         centre.ip("route", "add", POOL, "via", BOX_OUTER)
         yield box, centre
     finally:
+        link.close()
         for ns in reversed(made):
             run("ip", "netns", "del", ns.name, check=False)
 
@@ -393,11 +400,15 @@ while True:
 
 @contextlib.contextmanager
 def tunnel_rig(workdir: Path, tpm: SoftwareTpm, identity: IdentityConfig, centre: Centre,
-               box_certificate: x509.Certificate) -> Iterator[TunnelRig]:  # fmt: skip
-    """Namespaces, p11-kit's server for the TPM token, both charons and the echo server."""
+               box_certificate: x509.Certificate, *,
+               rtt_ms: float | None = None) -> Iterator[TunnelRig]:  # fmt: skip
+    """Namespaces, p11-kit's server for the TPM token, both charons and the echo server.
+
+    ``rtt_ms``: the box's outer link delays every frame (half each way; delay_link.py).
+    """
     profile = load_bytes(SITE.encode(), "site.toml")
     with contextlib.ExitStack() as stack:
-        box, centre_ns = stack.enter_context(namespaces())
+        box, centre_ns = stack.enter_context(namespaces(rtt_ms))
         p11_dir = workdir / "p11"
         p11_dir.mkdir(mode=0o700, exist_ok=True)
         p11_socket = p11_dir / "box.sock"

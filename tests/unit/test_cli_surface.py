@@ -222,6 +222,7 @@ NO_HARDWARE: dict[tuple[str, ...], tuple[str, ...]] = {
 }
 # Needing a card, pcscd or the agent's stack: the integration test that parses their --json output.
 WITH_HARDWARE: dict[tuple[str, ...], str] = {
+    ("tunnel", "load-crls"): "test_tunnel_upkeep.py::test_a_refreshed_crl_reaches_charon_and_a_gateway_revoked_since_is_refused",
     ("card", "readers"): "test_cli_json.py::test_card_readers_json_is_the_document_alone",
     ("card", "info"): "test_card_cli.py::test_info_json_lists_the_demo_projects_with_a_verified_directory",
     ("card", "identify"): "test_card_identify.py::test_identify_names_each_variant",
