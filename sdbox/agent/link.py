@@ -14,7 +14,8 @@ running session over a short loss:
   the session is being reconnected);
 - the tunnel is back in time: the old client is ended and the project opened
   again with a fresh one-time credential from the broker, without a new
-  finger, since the card never left;
+  finger, since the card never left (audit ``session_reconnecting``; no
+  session end is reported: for the researcher the session goes on);
 - not back in time: the session ends with reason ``network`` (no client
   left), and the picker returns by itself once the tunnel is up again;
 - the card pulled meanwhile: everything ends at once, as always (the card
@@ -231,10 +232,14 @@ class CentreLink:
             (p for p in (card.directory.projects if card.directory else ()) if p.id == outage.project),
             None,
         )
-        had_client = self._session is not None
-        await self._end_flow_and_session(kill=True, because=EndReason.NETWORK)
-        if not had_client:
-            self._report_end(outage.project, SessionEnded(EndReason.NETWORK, "tunnel down"))
+        # replaced, not ended: the researcher's session goes on, so no end is reported
+        stale, self._session = self._session, None
+        await self._end_flow_and_session(kill=True)
+        if stale is not None:
+            try:
+                await stale.kill()
+            except Exception:  # the client may be gone already
+                _log.debug("ending the stale session client", exc_info=True)
         if self._card is not card or project is None:
             return
         audit(

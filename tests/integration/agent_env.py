@@ -347,8 +347,14 @@ def reference_broker(
     enrolment_tokens: Path | None = None,
     card_register: Path | None = None,
     renewal_window_days: int = 30,
+    host: str = "127.0.0.1",
+    construct: Callable[[Callable[[], Any]], Any] | None = None,
 ) -> Iterator[BrokerEnv]:
-    """`sdbox broker` (in a thread) provisioning the given bubbles, with a development box identity."""
+    """`sdbox broker` (in a thread) provisioning the given bubbles, with a development box identity.
+
+    ``host``: where it listens and its bubbles are (its TLS name); ``construct`` builds the
+    server (its listening socket) somewhere else, e.g. in the centre's network namespace.
+    """
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from sdbox.broker.server import BrokerServer, load_config
@@ -359,7 +365,7 @@ def reference_broker(
     (workdir / "broker.key").write_bytes(
         tls_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
-    tls_cert = pki.issue_server("127.0.0.1", tls_key.public_key())
+    tls_cert = pki.issue_server(host, tls_key.public_key())
     chain = tls_cert.public_bytes(pem) + pki.server_ca.cert.public_bytes(pem)
     (workdir / "broker.pem").write_bytes(chain)
     box_key = ec.generate_private_key(ec.SECP256R1())
@@ -374,7 +380,7 @@ def reference_broker(
     )
     publish_crls(pki, workdir / "crl")
     lines = [
-        'listen = "127.0.0.1:0"',
+        f'listen = "{host}:0"',
         f'tls_certificate = "{workdir / "broker.pem"}"',
         f'tls_key = "{workdir / "broker.key"}"',
         f'anchors = "{pki.path / "root.pem"}"',
@@ -391,13 +397,14 @@ def reference_broker(
         ]  # fmt: skip
     for project, bubble in bubbles.items():
         lines.append(f'[bubbles."{project}"]')
-        lines.append(f'endpoint = "127.0.0.1:{ports[project]}"')
+        lines.append(f'endpoint = "{host}:{ports[project]}"')
         if isinstance(bubble, RdpBubble):
             lines += ['kind = "rdp"', f'user = "{RDP_USER}"', f'sam_file = "{bubble.sam}"']
         else:
             lines += ['kind = "spice"', f'qmp_socket = "{bubble.qmp}"']
     (workdir / "broker.toml").write_text("\n".join(lines) + "\n")
-    server = BrokerServer(load_config(workdir / "broker.toml"))
+    config = load_config(workdir / "broker.toml")
+    server = construct(lambda: BrokerServer(config)) if construct else BrokerServer(config)
     server.start()
     try:
         yield BrokerEnv(

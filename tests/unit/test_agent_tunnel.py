@@ -197,7 +197,7 @@ def test_a_blip_within_the_grace_reopens_the_session_with_a_fresh_credential_and
     pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        agent, sessions, _events, tunnel, credentials = tunnelled_agent(pki, tmp_path, UP, 30.0)
+        agent, sessions, events, tunnel, credentials = tunnelled_agent(pki, tmp_path, UP, 30.0)
         await running(agent)
         first = sessions.opened[0]
         await tunnel.push(UNREACHABLE)
@@ -210,6 +210,8 @@ def test_a_blip_within_the_grace_reopens_the_session_with_a_fresh_credential_and
         assert agent.snapshot.active_project == "census-2021"
         assert credentials.issued == 2  # a fresh one-time credential
         assert sessions.opened[1].credential == "one-time-2"
+        # for the researcher the session went on: no end is reported
+        assert [e for e in events if isinstance(e, SessionEndedEvent)] == []
         sensor = agent.sensor
         assert isinstance(sensor, Sensor)
         assert sensor.captures == 1
@@ -221,7 +223,7 @@ def test_a_blip_within_the_grace_reopens_the_session_with_a_fresh_credential_and
 
 def test_a_blip_under_a_live_client_replaces_it(pki: Pki, tmp_path: Path) -> None:
     async def scenario() -> None:
-        agent, sessions, _events, tunnel, credentials = tunnelled_agent(pki, tmp_path, UP, 30.0)
+        agent, sessions, events, tunnel, credentials = tunnelled_agent(pki, tmp_path, UP, 30.0)
         await running(agent)
         await tunnel.push(TunnelEvent(TunnelState.DOWN, GATEWAY, Reason.NO_NETWORK))
         await tunnel.push(UP)
@@ -229,6 +231,7 @@ def test_a_blip_under_a_live_client_replaces_it(pki: Pki, tmp_path: Path) -> Non
         assert sessions.opened[0].killed
         assert not sessions.opened[1].killed
         assert credentials.issued == 2
+        assert [e for e in events if isinstance(e, SessionEndedEvent)] == []
 
     asyncio.run(scenario())
 
