@@ -256,7 +256,8 @@ class TunnelConfig:
     watch: bool = setting(
         False,
         help="follow the tunnel to the centre through charon's sockets: sessions open only while "
-        "it is up, and a lost tunnel ends them; false on a site without a tunnel (lab, demo)",
+        "it is up, and one lost for longer than grace_s ends them; false on a site without a tunnel "
+        "(lab, demo)",
     )
     vici_socket: Path = setting(
         Path("/run/charon.vici"), help="charon's VICI socket (its up/down events, its SAs)"
