@@ -34,7 +34,7 @@ from sdbox.agent.api import CentreState, Detail, EndReason, Problem, State
 from sdbox.agent.events import CentreChanged
 from sdbox.agent.problems import Refusal
 from sdbox.audit import AuditEvent, audit
-from sdbox.network.events import TunnelEvent, TunnelState
+from sdbox.network.events import Reason, TunnelEvent, TunnelState
 from sdbox.session.outcome import SessionEnded
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class CentreLink:
         ) -> None: ...
 
     _centre: TunnelEvent | None = None  # the last event seen on the loop (None: no tunnel)
+    _audited: tuple[TunnelState, Reason | None] | None = None  # the last state and reason audited
     _outage: Outage | None = None
     _unsubscribe: Callable[[], None] | None = None
 
@@ -111,14 +112,14 @@ class CentreLink:
         self.tunnel.start()
         self.on_tunnel_event(self.tunnel.current())
 
-    def stop_tunnel_watch(self) -> None:
+    async def stop_tunnel_watch(self) -> None:
         """Stop following the tunnel (the tunnel itself is its daemon's)."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self.tunnel is not None:
-            self.tunnel.stop()
         self._forget_outage()
+        if self.tunnel is not None:
+            await asyncio.to_thread(self.tunnel.stop)  # joins the port's threads: off the loop
 
     def centre(self) -> CentreChanged:
         """The centre's state as D-Bus shows it."""
@@ -138,7 +139,9 @@ class CentreLink:
             return
         self._emit(self.centre())
         kind = _AUDIT.get(event.state)
-        if kind is not None:
+        # a daemon trying gateway after gateway for the same reason is one event, not one a try
+        if kind is not None and (event.state, event.reason) != self._audited:
+            self._audited = (event.state, event.reason)
             audit(
                 kind, event.describe(), gateway=event.gateway,
                 reason=event.reason.value if event.reason else None,

@@ -502,7 +502,7 @@ class Agent(CentreLink, ConnectionFlow):
 
     async def shutdown(self) -> None:
         """Stop: kill any session, release the card, stop following the tunnel."""
-        self.stop_tunnel_watch()
+        await self.stop_tunnel_watch()
         await self._end_flow_and_session(kill=True)
         if self._card is not None:
             self._card.handle.close()

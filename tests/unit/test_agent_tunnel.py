@@ -257,3 +257,22 @@ def test_the_card_pulled_during_the_grace_ends_everything_at_once(pki: Pki, tmp_
 def test_the_greeters_reasons_are_the_tunnels() -> None:
     assert {r.value for r in TunnelReason} == {r.value for r in Reason}
     assert {s.value for s in CentreState} - {"unwatched"} == {s.value for s in TunnelState}
+
+
+def test_a_daemon_retrying_gateway_after_gateway_is_one_audit_event_per_change(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        agent, _sessions, _events, tunnel, _credentials = tunnelled_agent(pki, tmp_path, UP)
+        for _ in range(3):  # the daemon tries both gateways in turn, each as unreachable
+            for gateway in (GATEWAY, "192.0.2.3"):
+                await tunnel.push(TunnelEvent(TunnelState.CONNECTING, gateway))
+                await tunnel.push(TunnelEvent(TunnelState.DOWN, gateway, Reason.GATEWAY_UNREACHABLE))
+        assert agent.centre() == CentreChanged(CentreState.DOWN, "gateway_unreachable", "192.0.2.3")
+        await tunnel.push(UP)
+
+    with caplog.at_level(logging.INFO, logger="sdbox.audit"):
+        asyncio.run(scenario())
+    audited = [getattr(r, "SDBOX_EVENT", "") for r in caplog.records
+               if getattr(r, "SDBOX_EVENT", "").startswith("tunnel_")]  # fmt: skip
+    assert audited == ["tunnel_up", "tunnel_down", "tunnel_up"]
