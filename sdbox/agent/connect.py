@@ -91,7 +91,7 @@ class ConnectionFlow:
         def _report_end(self, project: str, ended: Any) -> None: ...
         def _start_renewal(self, card: Insertion) -> None: ...
         def _centre_refusal(self) -> Refusal | None: ...
-        def _session_waits_for_centre(self, card: Insertion, project: str) -> bool: ...
+        def _session_waits_for_centre(self, card: Insertion, project: str, ended: Any) -> bool: ...
 
     # -- the connection flow ---------------------------------------------------------------
 
@@ -339,7 +339,7 @@ class ConnectionFlow:
         if self._session is not session:
             return  # ended by the agent (switch, removal): _end_session reported it
         self._session = None
-        if self._session_waits_for_centre(card, project.id):
+        if self._session_waits_for_centre(card, project.id, ended):
             return  # the tunnel dropped under it: agent/link.py reopens or ends it
         self._report_end(project.id, ended)
         if self._card is card:

@@ -60,6 +60,10 @@ class Outage:
     card: Insertion
     project: str
     timer: asyncio.Task[None]
+    # False while only the client's lost transport points at the tunnel (charon not yet
+    # seen the loss); what the client said then, reported if the tunnel proves innocent
+    tunnel_lost: bool = True
+    client_end: Any = None
 
 
 class CentreLink:
@@ -172,10 +176,23 @@ class CentreLink:
             {"reason": event.reason.value, "gateway": event.gateway or ""},
         )
 
-    def _session_waits_for_centre(self, card: Insertion, project: str) -> bool:
-        """The session client ended during an outage: keep the session's place (True) or not."""
+    def _session_waits_for_centre(self, card: Insertion, project: str, ended: Any) -> bool:
+        """The session client ended: keep the session's place for the tunnel (True) or not.
+
+        During an outage, yes. Also when the client lost its transport while the tunnel is
+        watched and still said up: the client notices first (FreeRDP gives up on unanswered
+        TCP after 9 s, charon's dead-peer detection takes longer), so the tunnel is the
+        suspect until the grace period says otherwise.
+        """
         outage = self._outage
-        if outage is None or outage.card is not card or outage.project != project:
+        if outage is None:
+            reason = getattr(getattr(ended, "reason", None), "value", None)
+            lost_transport = reason == EndReason.CONNECTION_LOST.value
+            if self._centre is None or not lost_transport or not card.verified:
+                return False
+            outage = self._wait_for_centre(card, project)
+            outage.tunnel_lost, outage.client_end = False, ended
+        if outage.card is not card or outage.project != project:
             return False
         self._set(
             State.CONNECTING, project=project,
@@ -187,18 +204,36 @@ class CentreLink:
     # -- losing and finding the centre -----------------------------------------------
 
     def _centre_lost(self) -> None:
-        card, session = self._card, self._session
-        if self._outage is not None or card is None or session is None or not card.verified:
+        if self._outage is not None:
+            self._outage.tunnel_lost = True  # the client's lost transport was the tunnel's
             return
-        project = self._session_project
-        _log.info("the tunnel dropped under session %s: waiting %.0f s for it", project, self.grace_s)
+        card, session = self._card, self._session
+        if card is None or session is None or not card.verified:
+            return
+        self._wait_for_centre(card, self._session_project)
+
+    def _wait_for_centre(self, card: Insertion, project: str) -> Outage:
+        _log.info("session %s waits up to %.0f s for the tunnel", project, self.grace_s)
         timer = asyncio.ensure_future(self._grace_over(self.grace_s))
         self._outage = Outage(card, project, timer)
+        return self._outage
 
     async def _grace_over(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         outage, self._outage = self._outage, None
         if outage is None:
+            return
+        up = self._centre is not None and self._centre.state is TunnelState.UP
+        if not outage.tunnel_lost and up and self._session is None:
+            # the tunnel never went down: the session ended for the client's own reason
+            self._report_end(outage.project, outage.client_end)
+            if self._card is outage.card:
+                reason = getattr(getattr(outage.client_end, "reason", None), "value", "")
+                self._set(
+                    State.PICKER, project=outage.project,
+                    message=getattr(outage.client_end, "message", ""),
+                    detail=Detail.SESSION_ENDED, args={"reason": reason},
+                )  # fmt: skip
             return
         _log.info("the tunnel stayed down for %.0f s: ending session %s", seconds, outage.project)
         had_client = self._session is not None

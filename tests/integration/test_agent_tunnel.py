@@ -326,3 +326,34 @@ def test_a_refused_gateway_reaches_the_greeters_detail_and_nothing_reaches_the_b
             assert "celle du centre. Ne contournez pas" in shown.body
 
     asyncio.run(scenario())
+
+
+def test_a_killed_gateway_ends_the_session_as_unreachable_and_its_return_brings_the_picker(
+    rig: TunnelRig, box_identity: BoxIdentity, centre: Centre, display: str, free_reader: int,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    rig.configure_gateways()
+    rig.configure_box(box_identity.config)
+
+    async def scenario() -> None:
+        async with box_agent(rig, centre, display, free_reader, tmp_path, grace_s=8) as box:
+            rig.start_tunnel(gateways=1)
+            await box.until(lambda s: s["centre"] == "up", UP_TIMEOUT)
+            await start_session(box)
+            # the gateway dies without a word: the RDP client gives up on its unanswered TCP
+            # (9 s) before charon's dead-peer detection (2 s + 9.5 s of retransmissions) says
+            # the tunnel is down, and why (its alert, not a route); the grace period counts
+            # from the client's end
+            rig.centre_charon.kill()
+            seen = await box.until(lambda s: s["detail"] == "session_reconnecting")
+            assert seen["state"] == "connecting"
+            seen = await box.until(lambda s: s["state"] == "picker" and s["detail"] == "session_ended")
+            assert seen["detail_args"] == {"reason": "network"}
+            assert (seen["centre"], seen["centre_reason"]) == ("down", "gateway_unreachable")
+            assert box.session_clients() == []
+            await asyncio.to_thread(rig.centre_charon.start)
+            await asyncio.to_thread(rig.configure_gateways)
+            seen = await box.until(lambda s: s["centre"] == "up" and s["detail"] == "", 90)
+            assert seen["state"] == "picker"
+
+    asyncio.run(scenario())

@@ -276,3 +276,43 @@ def test_a_daemon_retrying_gateway_after_gateway_is_one_audit_event_per_change(
     audited = [getattr(r, "SDBOX_EVENT", "") for r in caplog.records
                if getattr(r, "SDBOX_EVENT", "").startswith("tunnel_")]  # fmt: skip
     assert audited == ["tunnel_up", "tunnel_down", "tunnel_up"]
+
+
+LOST = ("connection_lost", "The connection to the project's desktop was lost.")
+
+
+def test_a_client_that_loses_its_transport_first_waits_for_the_tunnels_verdict(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """A dead gateway: the client gives up before charon's dead-peer detection does."""
+
+    async def scenario() -> None:
+        agent, sessions, events, tunnel, credentials = tunnelled_agent(pki, tmp_path, UP, 30.0)
+        await running(agent)
+        sessions.opened[0].end(*LOST)  # the tunnel is still said up
+        await until(lambda: agent.snapshot.state == State.CONNECTING)
+        assert agent.snapshot.detail == Detail.SESSION_RECONNECTING
+        await tunnel.push(UNREACHABLE)  # charon's verdict follows
+        await tunnel.push(UP)
+        await until(lambda: len(sessions.opened) == 2 and agent.snapshot.state == State.RUNNING)
+        assert credentials.issued == 2
+        assert [e for e in events if isinstance(e, SessionEndedEvent)] == []
+
+    asyncio.run(scenario())
+
+
+def test_a_lost_transport_under_a_tunnel_that_stays_up_ends_with_the_clients_reason(
+    pki: Pki, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        agent, sessions, events, _tunnel, credentials = tunnelled_agent(pki, tmp_path, UP, 0.3)
+        await running(agent)
+        sessions.opened[0].end(*LOST)
+        await until(lambda: agent.snapshot.state == State.PICKER)
+        snap = agent.snapshot
+        assert (snap.detail, snap.detail_args) == (Detail.SESSION_ENDED, {"reason": "connection_lost"})
+        assert [e.reason for e in events if isinstance(e, SessionEndedEvent)] == ["connection_lost"]
+        assert len(sessions.opened) == 1
+        assert credentials.issued == 1
+
+    asyncio.run(scenario())
