@@ -11,7 +11,10 @@ running session over a short loss:
 
 - the tunnel drops during a session: the session waits ``grace_s`` (its
   client may still be up, or may have ended on its own: the greeter then says
-  the session is being reconnected);
+  the session is being reconnected). A client that lost its transport while
+  the tunnel is still said up starts the wait too (it usually notices a dead
+  gateway before charon's dead-peer detection); if the tunnel stays up
+  throughout, its own reason ends the session;
 - the tunnel is back in time: the old client is ended and the project opened
   again with a fresh one-time credential from the broker, without a new
   finger, since the card never left (audit ``session_reconnecting``; no
