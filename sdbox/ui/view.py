@@ -144,7 +144,7 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
         ),
         Problem.CENTRE_UNREACHABLE: (
             _("The centre cannot be reached"),
-            _("Your card can stay in: the box reconnects by itself."),
+            _("Your card can stay in: the box keeps trying to reach the centre."),
         ),
         Problem.SESSION_FAILED: (_("The connection failed"), _("Try again in a few minutes.")),
         Problem.SENSOR_FAILED: (
