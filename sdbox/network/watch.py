@@ -87,7 +87,12 @@ class TunnelWatch:
             return self._current
 
     def subscribe(self, listener: Callable[[TunnelEvent], None]) -> Callable[[], None]:
-        """Call ``listener`` on every change (from a watcher thread)."""
+        """Call ``listener`` on every change (from a watcher thread).
+
+        Listeners are called in order under the watch's lock, so that two of
+        charon's threads (alerts, events) never deliver changes out of order:
+        they must return at once (the agent's hands the event to its loop).
+        """
         with self._lock:
             self._listeners.append(listener)
 
