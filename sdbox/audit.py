@@ -38,6 +38,10 @@ class AuditEvent(StrEnum):
     AGENT_STARTED = "agent_started"
     AGENT_STOPPED = "agent_stopped"
     BOX_IDENTITY_CHECKED = "box_identity_checked"
+    TUNNEL_UP = "tunnel_up"
+    TUNNEL_DOWN = "tunnel_down"
+    TUNNEL_REFUSED = "tunnel_refused"
+    SESSION_RECONNECTING = "session_reconnecting"
 
 
 def audit(event: AuditEvent, message: str, **fields: str | int | None) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "ERROR_PREFIX",
     "INTERFACE",
     "OBJECT_PATH",
+    "CentreState",
     "Detail",
     "EndReason",
     "Preference",
@@ -31,6 +32,7 @@ __all__ = [
     "ProjectView",
     "SensorState",
     "State",
+    "TunnelReason",
     "parse_project_status",
     "project_status",
 ]
@@ -87,8 +89,45 @@ class Problem(StrEnum):
     BROKER_UNREACHABLE = "broker_unreachable"
     SESSION_FAILED = "session_failed"
     UNKNOWN_PROJECT = "unknown_project"
+    CENTRE_UNREACHABLE = "centre_unreachable"  # the tunnel to the centre is not up
     BUSY = "busy"
     INVALID_PREFERENCE = "invalid_preference"  # SetPreference refused (never a screen)
+
+
+class CentreState(StrEnum):
+    """The tunnel to the centre as the agent sees it (D-Bus ``Centre``).
+
+    The values are :class:`sdbox.network.events.TunnelState`'s, plus
+    ``unwatched``: no tunnel on this site (``[tunnel] watch = false``: lab,
+    tests, demo), where the centre is taken to be reachable.
+    """
+
+    UNWATCHED = "unwatched"
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+    REFUSED = "refused"
+
+
+class TunnelReason(StrEnum):
+    """Why the centre cannot be reached (D-Bus ``CentreReason``, ``DetailArgs`` ``reason``).
+
+    The values are :class:`sdbox.network.events.Reason`'s (a unit test holds
+    them equal); the greeter says each in its own words, for the researcher
+    and for the operator on the phone.
+    """
+
+    NO_NETWORK = "no_network"
+    GATEWAY_UNREACHABLE = "gateway_unreachable"
+    GATEWAY_REFUSED_BOX = "gateway_refused_box"
+    GATEWAY_CERTIFICATE_REFUSED = "gateway_certificate_refused"
+    GATEWAY_CERTIFICATE_EXPIRED = "gateway_certificate_expired"
+    GATEWAY_CERTIFICATE_REVOKED = "gateway_certificate_revoked"
+    GATEWAY_CERTIFICATE_UNCHECKED = "gateway_certificate_unchecked"
+    PROPOSAL_MISMATCH = "proposal_mismatch"
+    CLOSED = "closed"
+    DAEMON_UNAVAILABLE = "daemon_unavailable"
+    STOPPED = "stopped"
 
 
 class SensorState(StrEnum):
@@ -186,6 +225,10 @@ class Detail(StrEnum):
     CENTRE_REFUSED = "centre_refused"  # code (the centre's refusal code)
     SESSION_ENDED = "session_ended"  # reason (an EndReason value)
     SESSION_NOT_STARTED = "session_not_started"
+    # the tunnel to the centre
+    CENTRE_CONNECTING = "centre_connecting"  # not up yet, no failure known
+    TUNNEL_DOWN = "tunnel_down"  # reason (a TunnelReason value), gateway (may be "")
+    SESSION_RECONNECTING = "session_reconnecting"  # the tunnel dropped: waiting for it (grace)
 
 
 # The parameters each detail comes with (the keys of DetailArgs): dates are ISO 8601 in
@@ -205,6 +248,7 @@ DETAIL_ARGS: dict[Detail, frozenset[str]] = {
     Detail.ENDPOINT_NOT_ALLOWED: frozenset({"project", "endpoint"}),
     Detail.CENTRE_REFUSED: frozenset({"code"}),
     Detail.SESSION_ENDED: frozenset({"reason"}),
+    Detail.TUNNEL_DOWN: frozenset({"reason", "gateway"}),
 }
 
 

@@ -250,6 +250,31 @@ class RenewalConfig:
 
 
 @dataclass(frozen=True)
+class TunnelConfig:
+    """The tunnel to the centre, as the agent follows it (its daemon keeps it up)."""
+
+    watch: bool = setting(
+        False,
+        help="follow the tunnel to the centre through charon's sockets: sessions open only while "
+        "it is up, and one lost for longer than grace_s ends them; false on a site without a tunnel "
+        "(lab, demo)",
+    )
+    vici_socket: Path = setting(
+        Path("/run/charon.vici"), help="charon's VICI socket (its up/down events, its SAs)"
+    )
+    notify_socket: Path = setting(
+        Path("/run/charon.enfy"),
+        help="charon's error-notify socket (why the tunnel was refused or lost)",
+    )
+    grace_s: float = setting(
+        20.0,
+        help="how long a running session waits for a lost tunnel to come back; back in time, "
+        "it is reopened with a fresh credential and no new finger, else it ends (reason network)",
+        check=_positive,
+    )
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole agent configuration."""
 
@@ -262,6 +287,7 @@ class AgentConfig:
     identity: IdentityConfigSection = setting(IdentityConfigSection(), help="the box identity")
     policy: PolicyConfig = setting(PolicyConfig(), help="image policy")
     renewal: RenewalConfig = setting(RenewalConfig(), help="certificate renewal")
+    tunnel: TunnelConfig = setting(TunnelConfig(), help="the tunnel to the centre")
     state_dir: Path = setting(Path("/var/lib/sdbox"), help="the agent's state directory")
     watchdog: bool = setting(True, help="send watchdog keep-alives when systemd asks for them")
 

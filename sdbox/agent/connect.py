@@ -90,11 +90,17 @@ class ConnectionFlow:
         def _refuse(self, state: State, refusal: Refusal, *, project: str = "") -> None: ...
         def _report_end(self, project: str, ended: Any) -> None: ...
         def _start_renewal(self, card: Insertion) -> None: ...
+        def _centre_refusal(self) -> Refusal | None: ...
+        def _session_waits_for_centre(self, card: Insertion, project: str, ended: Any) -> bool: ...
 
     # -- the connection flow ---------------------------------------------------------------
 
     async def _connect(self, card: Insertion, project: Project) -> None:
         try:
+            # the centre first: no finger is asked for a session that cannot open
+            centre = self._centre_refusal()
+            if centre is not None:
+                raise centre
             if not self.endpoint_allowed(project.endpoint):
                 raise Refusal(
                     Problem.ENDPOINT_NOT_ALLOWED,
@@ -333,6 +339,8 @@ class ConnectionFlow:
         if self._session is not session:
             return  # ended by the agent (switch, removal): _end_session reported it
         self._session = None
+        if self._session_waits_for_centre(card, project.id, ended):
+            return  # the tunnel dropped under it: agent/link.py reopens or ends it
         self._report_end(project.id, ended)
         if self._card is card:
             reason = getattr(getattr(ended, "reason", None), "value", "")

@@ -19,6 +19,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from sdbox.agent.api import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
 from sdbox.agent.events import (
+    CentreChanged,
     PreferencesChanged,
     RenewalEvent,
     SensorChanged,
@@ -109,6 +110,21 @@ class AgentInterface(ServiceInterface):
         """The fingerprint sensor: connected | disconnected | unwatched (no hotplug watch)."""
         return self.agent.snapshot.sensor.value
 
+    @dbus_property(access=PropertyAccess.READ)
+    def Centre(self) -> DBusStr:
+        """The tunnel to the centre: unwatched (no tunnel) | connecting | up | down | refused."""
+        return self.agent.centre().state.value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CentreReason(self) -> DBusStr:
+        """Why the centre cannot be reached (agent.api.TunnelReason; '' when up)."""
+        return self.agent.centre().reason
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CentreGateway(self) -> DBusStr:
+        """The gateway the tunnel is up through, or last tried ('' if none)."""
+        return self.agent.centre().gateway
+
     # -- methods ---------------------------------------------------------------
 
     @method()
@@ -173,9 +189,14 @@ class AgentInterface(ServiceInterface):
 
     def _on_event(
         self,
-        event: Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged,
+        event: Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged
+        | CentreChanged,
     ) -> None:
-        if isinstance(event, PreferencesChanged):
+        if isinstance(event, CentreChanged):
+            self.emit_properties_changed({"Centre": event.state.value,
+                                          "CentreReason": event.reason,
+                                          "CentreGateway": event.gateway})  # fmt: skip
+        elif isinstance(event, PreferencesChanged):
             self.emit_properties_changed({"Preferences": dict(event.values)})
         elif isinstance(event, SensorChanged):
             self.emit_properties_changed({"Sensor": event.state.value})

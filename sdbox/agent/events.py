@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sdbox.agent.api import Detail, Problem, ProjectView, SensorState, State
+from sdbox.agent.api import CentreState, Detail, Problem, ProjectView, SensorState, State
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,15 @@ class PreferencesChanged:
     values: dict[str, str]
 
 
+@dataclass(frozen=True)
+class CentreChanged:
+    """The tunnel to the centre changed (``reason``: a TunnelReason value or '')."""
+
+    state: CentreState
+    reason: str = ""
+    gateway: str = ""
+
+
 @dataclass
 class Snapshot:
     """The agent's observable state (D-Bus properties)."""
@@ -73,4 +82,7 @@ class Snapshot:
     sensor: SensorState = SensorState.UNWATCHED
 
 
-AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged
+AgentEvent = (
+    Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged
+    | CentreChanged
+)

@@ -25,6 +25,7 @@ from typing import Any
 
 from sdbox.agent.api import (
     Detail,
+    EndReason,
     Preference,
     Problem,
     ProjectStatus,
@@ -43,6 +44,7 @@ from sdbox.agent.events import (
     Snapshot,
     Transition,
 )
+from sdbox.agent.link import CentreLink
 from sdbox.agent.ports import (
     CredentialPort,
     RenewalPort,
@@ -56,14 +58,16 @@ from sdbox.agent.presence import SensorHotplug, SensorPresence
 from sdbox.agent.problems import Refusal, Step, problem_for, refusal_for
 from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
+from sdbox.network.events import TunnelPort
 from sdbox.renewal.due import record_seen
+from sdbox.session.outcome import SessionEnded
 from sdbox.smartcard.directory import Project
 from sdbox.smartcard.errors import CardAccessError, DirectoryMissing
 from sdbox.smartcard.variants import one_project_of
 
 _log = logging.getLogger("sdbox.agent")
 
-class Agent(ConnectionFlow):
+class Agent(CentreLink, ConnectionFlow):
     """The state machine (see the module docstring)."""
 
     def __init__(
@@ -79,6 +83,8 @@ class Agent(ConnectionFlow):
         renewal: RenewalPort | None = None,
         seen_dir: Path | None = None,
         preferences: Preferences | None = None,
+        tunnel: TunnelPort | None = None,
+        grace_s: float = 20.0,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -90,6 +96,8 @@ class Agent(ConnectionFlow):
         self.renewal = renewal
         self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
         self.preferences = preferences or Preferences(None, layout="us", choices=("us",))
+        self.tunnel = tunnel  # None: no tunnel on this site, the centre is taken as reachable
+        self.grace_s = grace_s  # how long a session waits for a lost tunnel (agent/link.py)
         self._renewing = False
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []
@@ -234,7 +242,9 @@ class Agent(ConnectionFlow):
 
         self._flow = asyncio.ensure_future(guarded())
 
-    async def _end_flow_and_session(self, *, kill: bool) -> None:
+    async def _end_flow_and_session(
+        self, *, kill: bool, because: EndReason | None = None
+    ) -> None:
         """Stop the connection flow and end its session, together (removal, switch, cancel).
 
         The flow is cancelled first and the session told to end before
@@ -243,12 +253,13 @@ class Agent(ConnectionFlow):
         moment its client exists, and the flow can no longer move on to
         "running".
         """
+        self._forget_outage()  # whatever ends the session, no reconnection follows
         flow, self._flow = self._flow, None
         if flow is not None and (flow.done() or flow is asyncio.current_task()):
             flow = None
         if flow is not None:
             flow.cancel()
-        await self._end_session(kill=kill)
+        await self._end_session(kill=kill, because=because)
         if flow is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await flow
@@ -468,8 +479,12 @@ class Agent(ConnectionFlow):
         audit(AuditEvent.SESSION_ENDED, message, project=project, reason=reason)
         self._emit(SessionEndedEvent(project, reason, message))
 
-    async def _end_session(self, *, kill: bool) -> None:
-        """End the agent's session (kill: card removed; else close: switch) and report it once."""
+    async def _end_session(self, *, kill: bool, because: EndReason | None = None) -> None:
+        """End the agent's session (kill: card removed; else close: switch) and report it once.
+
+        ``because``: the reason reported instead of the client's own (the agent's decision,
+        e.g. the tunnel stayed down).
+        """
         session, self._session = self._session, None
         if session is None:
             return
@@ -481,10 +496,13 @@ class Agent(ConnectionFlow):
         if not hasattr(ended, "reason"):
             with contextlib.suppress(Exception):
                 ended = await asyncio.wait_for(session.wait_ended(), 5)
+        if because is not None:
+            ended = SessionEnded(because, getattr(ended, "detail", ""))
         self._report_end(self._session_project, ended)
 
     async def shutdown(self) -> None:
-        """Stop: kill any session, release the card."""
+        """Stop: kill any session, release the card, stop following the tunnel."""
+        await self.stop_tunnel_watch()
         await self._end_flow_and_session(kill=True)
         if self._card is not None:
             self._card.handle.close()

@@ -106,6 +106,15 @@ def make_renewal(config: AgentConfig, trust: Any, identity: IdentitySource | Non
     )
 
 
+def make_tunnel(config: AgentConfig) -> Any:
+    """The tunnel port ([tunnel] watch), or None on a site without a tunnel."""
+    if not config.tunnel.watch:
+        return None
+    from sdbox.network.watch import TunnelWatch  # noqa: PLC0415  (vici only where it is used)
+
+    return TunnelWatch(config.tunnel.vici_socket, config.tunnel.notify_socket)
+
+
 def build_agent(
     config: AgentConfig, identity: IdentitySource | None = None, **overrides: Any
 ) -> Agent:
@@ -129,7 +138,10 @@ def build_agent(
         "renewal_window_days": config.policy.renewal_window_days,
         "renewal": make_renewal(config, trust, identity),
         "seen_dir": config.state_dir / "renewal",
+        "grace_s": config.tunnel.grace_s,
     }
+    if "tunnel" not in overrides:
+        ports["tunnel"] = make_tunnel(config)
     if "credentials" not in overrides:
         ports["credentials"] = make_credentials(config, identity)
     ports.update(overrides)
@@ -211,6 +223,7 @@ async def run(
         raise SdboxError(
             f"the D-Bus {'bus ' + bus_address if bus_address else 'system bus'} cannot be reached: {exc}"
         ) from exc
+    agent.start_tunnel_watch(loop)  # before the readers: a card's first screen knows the centre
     watcher = ReaderWatcher(loop, agent.on_reader_event, config.card.readers or None)
     watcher.start()
     sensors = start_sensor_watch(config, agent, loop)

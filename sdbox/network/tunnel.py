@@ -12,8 +12,8 @@ events) and the error-notify plugin's, whose alerts carry the *why* as
 numbers (``CERT_REVOKED``, ``PEER_AUTH_FAILED``...), so nothing here reads
 log text. :class:`Tunnel` keeps the tunnel up: gateways in the site
 profile's order, the next one when one fails, from the first again after a
-loss. This is the only module that imports ``vici``. The agent consumes it
-through :class:`TunnelPort` (the wiring is a later step).
+loss. This is the only module that imports ``vici``. The agent watches the
+same two sockets without driving anything (:mod:`sdbox.network.watch`).
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ class TunnelError(SdboxError):
 class AlertListener:
     """Reads charon's error-notify socket in a thread and queues what it says."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_alert: Callable[[AlertMessage], None] | None = None) -> None:
         self._path = path
+        self._on_alert = on_alert  # also told of each alert as it arrives (a watcher's push)
         self._queue: queue.Queue[AlertMessage] = queue.Queue()
         self._stopping = threading.Event()
         self._socket: socket.socket | None = None
@@ -101,6 +102,8 @@ class AlertListener:
                 buffer = buffer[NOTIFY_MESSAGE.size :]
                 _log.debug("charon alert %s on %s: %s", alert.kind, alert.connection, alert.text)
                 self._queue.put(alert)
+                if self._on_alert is not None:
+                    self._on_alert(alert)
 
 
 def _connect_unix(path: Path, timeout: float = 10.0) -> socket.socket:

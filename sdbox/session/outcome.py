@@ -36,6 +36,7 @@ class EndReason(Enum):
     LICENSING = "licensing"
     PROTOCOL_ERROR = "protocol_error"
     CLIENT_FAILED = "client_failed"  # crash or internal error of the viewer on this box
+    NETWORK = "network"  # the agent ended it: the tunnel to the centre stayed down too long
 
 
 def N_(text: str) -> str:  # gettext's conventional name for a marker
@@ -84,6 +85,10 @@ MESSAGES: dict[EndReason, str] = {
     ),
     EndReason.CLIENT_FAILED: N_(
         "The remote desktop program on this box stopped unexpectedly. Please try again."
+    ),
+    EndReason.NETWORK: N_(
+        "The connection to the centre was lost for too long, so the session ended. "
+        "It can be opened again once the centre is reachable."
     ),
 }
 

@@ -32,6 +32,7 @@ from sdbox.agent.api import (  # noqa: E402
     BUS_NAME,
     INTERFACE,
     OBJECT_PATH,
+    CentreState,
     Preference,
     SensorState,
     State,
@@ -245,6 +246,8 @@ class Greeter:
             keyboard_layouts=tuple(prop("KeyboardLayouts", [])),
             choosing_layout=self.choosing_layout,
             detail=prop("Detail", ""), detail_args=dict(prop("DetailArgs", {})),
+            centre=prop("Centre", CentreState.UNWATCHED), centre_reason=prop("CentreReason", ""),
+            centre_gateway=prop("CentreGateway", ""),
         )  # fmt: skip
 
     def fit_monitor(self) -> None:

@@ -18,6 +18,7 @@ from datetime import datetime
 
 from sdbox.agent.api import (
     END_MESSAGES,
+    CentreState,
     Detail,
     EndReason,
     Preference,
@@ -26,6 +27,7 @@ from sdbox.agent.api import (
     ProjectView,
     SensorState,
     State,
+    TunnelReason,
     parse_project_status,
 )
 
@@ -50,6 +52,10 @@ class AgentView:
     # the researcher's choices (agent.api.Preference) and the layouts this box offers
     preferences: Mapping[str, str] = field(default_factory=dict)
     keyboard_layouts: tuple[str, ...] = ()
+    # the tunnel to the centre (agent.api.CentreState), why it is not up and its gateway
+    centre: str = CentreState.UNWATCHED
+    centre_reason: str = ""
+    centre_gateway: str = ""
     # the greeter's own: the keyboard layout chooser is open (F2)
     choosing_layout: bool = False
 
@@ -135,6 +141,10 @@ def _problem_texts(_: Translate) -> dict[str, tuple[str, str]]:
         Problem.BROKER_UNREACHABLE: (
             _("The centre cannot be reached"),
             _("Check the network cable, or try again in a few minutes."),
+        ),
+        Problem.CENTRE_UNREACHABLE: (
+            _("The centre cannot be reached"),
+            _("Your card can stay in: the box keeps trying to reach the centre."),
         ),
         Problem.SESSION_FAILED: (_("The connection failed"), _("Try again in a few minutes.")),
         Problem.SENSOR_FAILED: (
@@ -276,7 +286,70 @@ def _detail_texts(_: Translate) -> dict[str, str]:
         Detail.SESSION_NOT_STARTED: _(
             "The remote desktop program could not be started on this box."
         ),
+        Detail.CENTRE_CONNECTING: _("This box is still connecting to the centre."),
+        Detail.SESSION_RECONNECTING: _(
+            "The connection to the centre was interrupted: your session is reopened as soon "
+            "as it is back."
+        ),
     }
+
+
+def _tunnel_reasons(_: Translate) -> dict[str, str]:
+    """Why the centre cannot be reached, for the researcher and the operator on the phone."""
+    return {
+        TunnelReason.NO_NETWORK: _("This box has no network: check its network cable."),
+        TunnelReason.GATEWAY_UNREACHABLE: _(
+            "The centre's gateway does not answer: it or the network on the way is down."
+        ),
+        TunnelReason.GATEWAY_REFUSED_BOX: _(
+            "The centre's gateway refused this box: it may be revoked or not enrolled. "
+            "Call the service desk."
+        ),
+        TunnelReason.GATEWAY_CERTIFICATE_REFUSED: _(
+            "The gateway did not prove that it is the centre's. Do not work around this: "
+            "call the service desk."
+        ),
+        TunnelReason.GATEWAY_CERTIFICATE_EXPIRED: _(
+            "The centre's gateway certificate has expired, or this box's clock is wrong. "
+            "Call the service desk."
+        ),
+        TunnelReason.GATEWAY_CERTIFICATE_REVOKED: _(
+            "The centre's gateway certificate was revoked. Call the service desk."
+        ),
+        TunnelReason.GATEWAY_CERTIFICATE_UNCHECKED: _(
+            "The centre's gateway certificate could not be checked: this box's revocation "
+            "lists are out of date. Call the service desk."
+        ),
+        TunnelReason.PROPOSAL_MISMATCH: _(
+            "The centre's gateway offers no encryption this box accepts. Call the service desk."
+        ),
+        TunnelReason.CLOSED: _("The centre closed the connection."),
+        TunnelReason.DAEMON_UNAVAILABLE: _(
+            "The box's connection service is not running. Restart the box; if it happens "
+            "again, call the service desk."
+        ),
+        TunnelReason.STOPPED: _("The connection to the centre was stopped on this box."),
+    }
+
+
+def _tunnel_text(reason: str, gateway: str, _: Translate) -> str:
+    """The centre cannot be reached, why, and through which gateway (for the operator)."""
+    said = _tunnel_reasons(_).get(reason, _("The centre cannot be reached."))
+    if gateway:
+        said += " " + _("Gateway: {gateway}.").format(gateway=gateway)
+    return said
+
+
+def _centre_line(view: AgentView, _: Translate) -> str:
+    """What the start and picker screens say about the centre ('' when it is reachable)."""
+    if view.centre == CentreState.CONNECTING:
+        return _("Connecting to the centre…")
+    if view.centre in (CentreState.DOWN, CentreState.REFUSED):
+        return (
+            _("The centre cannot be reached.") + " "
+            + _tunnel_text(view.centre_reason, view.centre_gateway, _)
+        )  # fmt: skip
+    return ''
 
 
 # variants where an optional parameter is empty: the sentence without it
@@ -300,6 +373,8 @@ def detail_text(detail: str, args: Mapping[str, str], _: Translate) -> str:
             return _(END_MESSAGES[EndReason(args.get("reason", ""))])
         except ValueError:
             return ""
+    if detail == Detail.TUNNEL_DOWN:
+        return _tunnel_text(args.get("reason", ""), args.get("gateway", ""), _)
     texts = _detail_texts(_)
     if detail not in texts:
         return ""
@@ -404,13 +479,16 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
     name = active.name if active else view.active_project
     # the finger is always asked for; the PIN too where the project's policy allows it
     pin = active is not None and active.accepts_pin
+    centre = _centre_line(view, _)
+    centre_down = view.centre in (CentreState.DOWN, CentreState.REFUSED)
     if view.state == State.IDLE:
         return Screen(
             "insert",
             _("Insert your card"),
-            "",
+            centre,
             _("Insert your card into the reader to start."),
             footer=_footer(view, _),
+            alert=centre_down,
         )
     if view.state == State.READING:
         return Screen("reading", _("Reading your card…"), hint=_("Leave the card in the reader."))
@@ -431,16 +509,19 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
                 "ended",
                 _("The session ended"),
                 said,
-                _("Choose a project to start again."),
+                centre or _("Choose a project to start again."),
                 projects,
+                alert=centre_down,
             )
         return Screen(
             "picker",
             _("Choose a project"),
+            centre,
             hint=_("The fingerprint sensor is not connected: plug it in, or call the service desk.")
             if view.sensor == SensorState.DISCONNECTED
             else _("Use the arrow keys and Enter."),
             projects=projects,
+            alert=centre_down,
         )
     if view.state == State.VERIFYING and view.problem == Problem.SENSOR_UNPLUGGED:
         # no try was spent; the finger prompt comes back by itself once it is plugged in
@@ -482,6 +563,12 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
             can_cancel=True,
             alert=bool(view.problem),
         )
+    if view.state == State.CONNECTING and view.detail == Detail.SESSION_RECONNECTING:
+        # the tunnel dropped under the session: it comes back by itself, or ends
+        return Screen(
+            "connecting", name, said, _("Leave the card in the reader."), can_cancel=True,
+            alert=True,
+        )  # fmt: skip
     if view.state in (State.VALIDATING, State.CONNECTING):
         step = _("Checking your access…") if view.state == State.VALIDATING else _("Connecting…")
         return Screen("connecting", name, step, _("This takes a few seconds."), can_cancel=True)

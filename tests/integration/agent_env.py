@@ -350,11 +350,12 @@ def reference_broker(
     card_register: Path | None = None,
     renewal_window_days: int = 30,
     host: str = "127.0.0.1",
+    construct: Callable[[Callable[[], Any]], Any] | None = None,
 ) -> Iterator[BrokerEnv]:
     """`sdbox broker` (in a thread) provisioning the given bubbles, with a development box identity.
 
-    The broker and the bubbles are on ``host``; the listening socket is made in the
-    calling thread's network namespace (centre_env.thread_in_netns puts it behind a tunnel).
+    ``host``: where it listens and its bubbles are (its TLS name); ``construct`` builds the
+    server (its listening socket) somewhere else, e.g. in the centre's network namespace.
     """
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -404,7 +405,8 @@ def reference_broker(
         else:
             lines += ['kind = "spice"', f'qmp_socket = "{bubble.qmp}"']
     (workdir / "broker.toml").write_text("\n".join(lines) + "\n")
-    server = BrokerServer(load_config(workdir / "broker.toml"))
+    config = load_config(workdir / "broker.toml")
+    server = construct(lambda: BrokerServer(config)) if construct else BrokerServer(config)
     server.start()
     try:
         yield BrokerEnv(

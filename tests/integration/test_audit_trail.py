@@ -59,6 +59,12 @@ FIELDS = {
     "agent_started": {"version", "provider", "identity"},
     "agent_stopped": {"reason"},
     "box_identity_checked": {"outcome", "identity"},
+    # the tunnel to the centre: checked through charon in namespaces in test_agent_tunnel.py and
+    # with a fake tunnel port in tests/unit/test_agent_tunnel.py (gateway: when one is known)
+    "tunnel_up": {"gateway"},
+    "tunnel_down": {"reason"},
+    "tunnel_refused": {"gateway", "reason"},
+    "session_reconnecting": {"project", "card"},
 }
 
 

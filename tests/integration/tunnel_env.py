@@ -23,6 +23,7 @@ a test fails.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
@@ -36,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -55,6 +57,7 @@ from sdbox.network.tunnel import (
 )
 from sdbox.trust.pki import Pki
 from tests.cli import REPO_ROOT
+from tests.integration.agent_env import RdpBubble
 from tests.integration.delay_link import delayed_link
 from tests.integration.session_servers import stop, tool_missing
 from tests.integration.tpm_env import SoftwareTpm
@@ -68,6 +71,7 @@ BUBBLE = "10.20.0.1"
 ECHO_PORT = 7777
 POOL = "10.99.0.0/24"
 DATA_PLANE: strongswan.DataPlane = "libipsec"
+T = TypeVar("T")
 
 SITE = f"""
 [[gateways]]
@@ -507,3 +511,78 @@ def read_capture(path: Path) -> list[str]:
     """The packets of a capture, one line each."""
     done = run("tcpdump", "-n", "-r", str(path), check=False)
     return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+# -- for tests that run the agent, its broker and bubbles across the tunnel --------------
+
+_CLONE_NEWNET = 0x40000000
+
+
+def in_netns(ns: Netns, build: Callable[[], T]) -> T:
+    """``build()`` run in a thread that entered ``ns``: the sockets it opens live there.
+
+    A listening socket stays in the namespace it was created in, whichever
+    thread serves it afterwards (the reference broker's, in the centre).
+    """
+    outcome: dict[str, object] = {}
+
+    def enter_and_build() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {ns.name}")
+        finally:
+            os.close(fd)
+        try:
+            outcome["value"] = build()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    # a thread of its own: the namespace of the thread that built is never the test's again
+    worker = threading.Thread(target=enter_and_build, name=f"in-{ns.name}")
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def wait_for_listener(ns: Netns, port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until something listens on TCP ``port`` inside ``ns`` (or ``process`` died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server for port {port} in {ns.name} exited ({process.returncode})")
+        if f":{port} " in ns.exec("ss", "-ltnH", check=False).stdout:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} in {ns.name}")
+
+
+@contextlib.contextmanager
+def centre_rdp_bubble(ns: Netns, workdir: Path, bubble_certificate: Path, bubble_key: Path,
+                      display: str, port: int) -> Iterator[RdpBubble]:  # fmt: skip
+    """freerdp-shadow-cli3 on the centre network (``BUBBLE``:``port``), reachable only through
+    the tunnel (its SAM file is what the reference broker rewrites per credential)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    certs = workdir / "config" / "freerdp" / "shadow"
+    certs.mkdir(parents=True, exist_ok=True)
+    (certs / "shadow.crt").write_bytes(bubble_certificate.read_bytes())
+    (certs / "shadow.key").write_bytes(bubble_key.read_bytes())
+    (certs / "shadow.key").chmod(0o600)
+    sam = workdir / "SAM"
+    sam.write_text("")
+    with (workdir / "shadow.log").open("wb") as out:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", ns.name, "freerdp-shadow-cli3", f"/port:{port}",
+             f"/bind-address:{BUBBLE}", f"/sam-file:{sam}", "-may-interact", "/log-level:INFO"],
+            env={"DISPLAY": display, "HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir / "config"),
+                 "PATH": os.environ["PATH"]},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for_listener(ns, port, process)
+        yield RdpBubble(process, port, sam)
+    finally:
+        stop(process)

@@ -26,12 +26,14 @@ import pytest
 from sdbox.agent.api import (
     DETAIL_ARGS,
     END_MESSAGES,
+    CentreState,
     Detail,
     EndReason,
     Preference,
     Problem,
     ProjectStatus,
     State,
+    TunnelReason,
     project_status,
 )
 from sdbox.session.keyboard import RDP_LAYOUTS
@@ -158,6 +160,17 @@ def rendered_msgids() -> frozenset[str]:
         screen_for(
             AgentView(state=state, choosing_layout=choosing, keyboard_layouts=layouts,
                       preferences={Preference.KEYBOARD_LAYOUT: "fr"}),
+            translate,
+        )  # fmt: skip
+    # the centre's state on the start and picker screens, each reason, and a session waiting
+    # for the tunnel
+    for state, centre, reason, detail in itertools.product(
+        (State.IDLE, State.PICKER, State.CONNECTING), CentreState, ["", *TunnelReason],
+        (Detail.NONE, Detail.SESSION_ENDED, Detail.SESSION_RECONNECTING),
+    ):  # fmt: skip
+        screen_for(
+            AgentView(state=state, centre=centre, centre_reason=reason, centre_gateway="192.0.2.1",
+                      detail=detail, detail_args={"reason": "network"}, projects=projects),
             translate,
         )  # fmt: skip
     for detail in Detail:
