@@ -128,6 +128,17 @@ class Box:
     box: Netns
 
     async def view(self) -> dict[str, Any]:
+        # the properties are read one call at a time: a transition between two calls
+        # would give a state that never was (the old state with the new detail), so a
+        # view counts only when two reads in a row agree
+        previous = await self._read()
+        while True:
+            current = await self._read()
+            if current == previous:
+                return current
+            previous = current
+
+    async def _read(self) -> dict[str, Any]:
         iface: Any = self.iface
         return {
             "state": await iface.get_state(), "problem": await iface.get_problem(),
