@@ -26,8 +26,6 @@ import logging
 import os
 import random
 import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -37,6 +35,7 @@ from typing import Any, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from sdbox.centre.client import post_json
 from sdbox.centre.errors import CentreRefused, CentreUnreachable
 from sdbox.centre.fleet import (
     MAX_EVENTS_PER_BATCH,
@@ -283,29 +282,7 @@ class Reporter:
         raise ProtocolError("the fleet service refused the request's sequence twice")
 
     def _http_post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(  # noqa: S310  (http(s) only: checked in __init__)
-            url, data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, context=self.context, timeout=TIMEOUT_S) as answer:  # noqa: S310
-                data = json.loads(answer.read(64 * 1024))
-        except urllib.error.HTTPError as exc:
-            try:
-                detail = json.loads(exc.read(64 * 1024))
-            except ValueError:
-                detail = {}
-            raise CentreRefused(
-                str(detail.get("error", exc.code)), str(detail.get("message", exc.reason)), detail
-            ) from exc
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise CentreUnreachable(f"the fleet service cannot be reached ({reason})") from exc
-        except ValueError as exc:
-            raise ProtocolError("the fleet service's answer is not JSON") from exc
-        if not isinstance(data, dict):
-            raise ProtocolError("the fleet service's answer is not a JSON object")
-        return data
+        return post_json(url, body, self.context, TIMEOUT_S)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def tls_context(anchors: list[x509.Certificate]) -> ssl.SSLContext:
 
 
 def post_json(
-    url: str, body: dict[str, Any], context: ssl.SSLContext, timeout_s: float
+    url: str, body: dict[str, Any], context: ssl.SSLContext | None, timeout_s: float
 ) -> dict[str, Any]:
     """POST ``body`` as JSON; the answer object, or a typed centre error."""
     # https only (checked in request_credential): S310's file:/custom schemes cannot occur
@@ -80,7 +80,8 @@ def post_json(
         except ValueError:
             detail = {}
         raise CentreRefused(
-            str(detail.get("error", exc.code)), str(detail.get("message", exc.reason))
+            str(detail.get("error", exc.code)), str(detail.get("message", exc.reason)),
+            detail if isinstance(detail, dict) else {},
         ) from exc
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -27,13 +27,13 @@ duplicate an event, and the answer says how far the centre holds them.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sdbox.centre.protocol import ProtocolError, b64, unb64
 from sdbox.errors import SdboxError
 
 VERSION = "sdbox-fleet/1"
@@ -109,25 +109,7 @@ class Envelope:
     body: dict[str, Any]
     signature: bytes = b""
 
-    def signed_bytes(self) -> bytes:
-        """What the box key signs: the domain, then the canonical JSON of everything else."""
-        return DOMAIN + canonical(
-            {
-                "version": VERSION,
-                "kind": self.kind,
-                "sequence": self.sequence,
-                "sent": self.sent,
-                "box_certificate": b64(self.box_certificate),
-                "body": self.body,
-            }
-        )
-
-    def digest(self) -> str:
-        """Identifies the request for an idempotent retry."""
-        return hashlib.sha256(self.signed_bytes()).hexdigest()
-
-    def to_json(self) -> dict[str, Any]:
-        """The envelope as sent."""
+    def _fields(self) -> dict[str, Any]:
         return {
             "version": VERSION,
             "kind": self.kind,
@@ -135,8 +117,19 @@ class Envelope:
             "sent": self.sent,
             "box_certificate": b64(self.box_certificate),
             "body": self.body,
-            "signature": b64(self.signature),
         }
+
+    def signed_bytes(self) -> bytes:
+        """What the box key signs: the domain, then the canonical JSON of everything else."""
+        return DOMAIN + canonical(self._fields())
+
+    def digest(self) -> str:
+        """Identifies the request for an idempotent retry."""
+        return hashlib.sha256(self.signed_bytes()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        """The envelope as sent."""
+        return {**self._fields(), "signature": b64(self.signature)}
 
 
 def canonical(value: Any) -> bytes:
@@ -144,18 +137,11 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def b64(data: bytes) -> str:
-    """Standard base64 text."""
-    return base64.b64encode(data).decode()
-
-
 def _unb64(value: object, name: str) -> bytes:
-    if not isinstance(value, str):
-        raise FleetProtocolError(f"field '{name}' must be base64 text")
     try:
-        return base64.b64decode(value, validate=True)
-    except ValueError as exc:
-        raise FleetProtocolError(f"field '{name}' is not valid base64") from exc
+        return unb64(value, name)
+    except ProtocolError as exc:
+        raise FleetProtocolError(exc.message) from exc
 
 
 def _text(raw: dict[str, Any], name: str, *, empty: bool = True) -> str:
