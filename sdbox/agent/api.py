@@ -23,6 +23,7 @@ __all__ = [
     "ERROR_PREFIX",
     "INTERFACE",
     "OBJECT_PATH",
+    "CardLayout",
     "Detail",
     "EndReason",
     "Preference",
@@ -89,6 +90,18 @@ class Problem(StrEnum):
     UNKNOWN_PROJECT = "unknown_project"
     BUSY = "busy"
     INVALID_PREFERENCE = "invalid_preference"  # SetPreference refused (never a screen)
+
+
+class CardLayout(StrEnum):
+    """Where the inserted card keeps its projects (D-Bus ``CardLayout``): a capability.
+
+    On a one-project card the picker lists its one project, and switching
+    projects means swapping cards: the greeter says so.
+    """
+
+    NONE = ""  # no card, or not read yet
+    DIRECTORY = "directory"  # several projects on the card (signed directory)
+    ONE_PROJECT = "one_project"  # the card is its project (the earlier cards)
 
 
 class SensorState(StrEnum):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sdbox.agent.api import Detail, Problem, ProjectView, SensorState, State
+from sdbox.agent.api import CardLayout, Detail, Problem, ProjectView, SensorState, State
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class Snapshot:
     detail_args: dict[str, str] = field(default_factory=dict)
     holder_verified: bool = False
     sensor: SensorState = SensorState.UNWATCHED
+    card_layout: CardLayout = CardLayout.NONE
 
 
 AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged

@@ -129,6 +129,7 @@ def build_agent(
         "renewal_window_days": config.policy.renewal_window_days,
         "renewal": make_renewal(config, trust, identity),
         "seen_dir": config.state_dir / "renewal",
+        "catalogue": config.card.project_catalogue,
     }
     if "credentials" not in overrides:
         ports["credentials"] = make_credentials(config, identity)

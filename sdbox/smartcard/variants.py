@@ -210,8 +210,8 @@ VARIANTS: tuple[Variant, ...] = (
             _TODAY, project_layout=ProjectLayout.CARD_IS_PROJECT, key_algorithms=frozenset({_P256})
         ),
         (
-            "opening its project: the box does not open one-project cards yet (where its "
-            "endpoint comes from is not decided, docs/card-variants.md)",
+            "opening its project needs the site's signed project catalogue on the box (its "
+            "endpoint, server certificate and policy are not on the card, docs/card-variants.md)",
             "switching projects means swapping cards: the card holds one project",
             "renewal: no directory to switch and no free slot, so the box does not renew "
             "this card; the card office re-issues it",
@@ -540,6 +540,11 @@ def abilities(variant: Variant) -> tuple[tuple[str, ...], tuple[str, ...]]:
         can.append("verify the holder by PIN (no finger is enrolled)")
     if caps.possession_by_ecdh and caps.multi_project:
         can.append("prove possession of a project key by ECDH and open its projects")
+    elif caps.possession_by_ecdh:
+        can.append(
+            "go straight to its project at insertion, found in the site's signed project "
+            "catalogue, and prove possession of its key by ECDH"
+        )
     if not caps.extended_length:
         can.append(
             "talk to it with command and response chaining"
@@ -559,9 +564,21 @@ def one_project_of(session: BioSsoSession) -> str | None:
     found no directory, to tell the earlier one-project card from a card
     that was never issued for sdbox.
     """
+    facts = one_project_certificate(session)
+    return facts.project_id if facts is not None else None
+
+
+def one_project_certificate(session: BioSsoSession) -> CertificateFacts | None:
+    """The public facts of a card's 9A certificate when it names a project, else None.
+
+    The same one APDU as :func:`one_project_of`, for a caller that also needs
+    the certificate's digest, subject and expiry (the agent's listing of a
+    one-project card).
+    """
     try:
-        return certificate_facts(
+        facts = certificate_facts(
             Slot.AUTHENTICATION, session.piv.get_object(certificate_object(Slot.AUTHENTICATION))
-        ).project_id
+        )
     except FileNotFoundOnCard:
         return None
+    return facts if facts.project_id is not None else None

@@ -245,6 +245,7 @@ class Greeter:
             keyboard_layouts=tuple(prop("KeyboardLayouts", [])),
             choosing_layout=self.choosing_layout,
             detail=prop("Detail", ""), detail_args=dict(prop("DetailArgs", {})),
+            card_layout=prop("CardLayout", ""),
         )  # fmt: skip
 
     def fit_monitor(self) -> None:

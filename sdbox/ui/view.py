@@ -18,6 +18,7 @@ from datetime import datetime
 
 from sdbox.agent.api import (
     END_MESSAGES,
+    CardLayout,
     Detail,
     EndReason,
     Preference,
@@ -52,6 +53,8 @@ class AgentView:
     keyboard_layouts: tuple[str, ...] = ()
     # the greeter's own: the keyboard layout chooser is open (F2)
     choosing_layout: bool = False
+    # where the card keeps its projects (agent.api.CardLayout): one project means swap to switch
+    card_layout: str = CardLayout.NONE
 
 
 @dataclass(frozen=True)
@@ -426,17 +429,24 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
                 "picker", title, said, _unless_said(said, hint), projects,
                 can_cancel=False, alert=True,
             )  # fmt: skip
+        # a one-project card: the only way to another project is another card
+        swap = (
+            _("This card holds one project: to work on another, swap cards.")
+            if view.card_layout == CardLayout.ONE_PROJECT
+            else ""
+        )
         if view.detail == Detail.SESSION_ENDED:  # a session ended: say why
             return Screen(
                 "ended",
                 _("The session ended"),
-                said,
+                said + ("\n" + swap if said and swap else swap),
                 _("Choose a project to start again."),
                 projects,
             )
         return Screen(
             "picker",
             _("Choose a project"),
+            swap,
             hint=_("The fingerprint sensor is not connected: plug it in, or call the service desk.")
             if view.sensor == SensorState.DISCONNECTED
             else _("Use the arrow keys and Enter."),

@@ -298,3 +298,20 @@ def test_larger_text_and_high_contrast_follow_the_kept_choices_on_every_screen()
     # the start screen says how to get them
     assert screen_for(AgentView(), EN).footer == "F3: larger text · F4: high contrast"
     assert screen_for(AgentView(), DE).footer == "F3: größere Schrift · F4: hoher Kontrast"
+
+
+def test_a_one_project_card_says_that_switching_means_swapping_cards() -> None:
+    one = PROJECTS[:1]
+    for language, words in ((EN, "swap cards"), (FR, "changez de carte"), (DE, "wechseln Sie")):
+        picker = screen_for(
+            AgentView(state="picker", projects=one, card_layout="one_project"), language
+        )
+        assert words in picker.body
+        ended = screen_for(
+            AgentView(state="picker", projects=one, card_layout="one_project",
+                      detail="session_ended", detail_args={"reason": "closed"}),
+            language,
+        )  # fmt: skip
+        assert words in ended.body
+    several = screen_for(AgentView(state="picker", projects=PROJECTS, card_layout="directory"), EN)
+    assert "swap" not in several.body
