@@ -182,11 +182,7 @@ VARIANTS: tuple[Variant, ...] = (
         "biosso-rsa2048",
         "multi-project card with RSA-2048 keys",
         replace(_TODAY, holder_algorithm=_RSA, key_algorithms=frozenset({_RSA})),
-        (
-            "opening its projects: RSA keys cannot do ECDH, and the signature-based possession "
-            "proof the broker would need is not written yet (docs/card-variants.md)",
-            _NO_RENEWAL_RSA,
-        ),
+        (_NO_RENEWAL_RSA,),
     ),
     Variant(
         "biosso-chaining",
@@ -540,6 +536,11 @@ def abilities(variant: Variant) -> tuple[tuple[str, ...], tuple[str, ...]]:
         can.append("verify the holder by PIN (no finger is enrolled)")
     if caps.possession_by_ecdh and caps.multi_project:
         can.append("prove possession of a project key by ECDH and open its projects")
+    elif caps.multi_project:
+        can.append(
+            "prove possession of a project key by an RSA signature (PKCS#1 v1.5) and open "
+            "its projects"
+        )
     elif caps.possession_by_ecdh:
         can.append(
             "go straight to its project at insertion, found in the site's signed project "

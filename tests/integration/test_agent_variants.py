@@ -8,6 +8,7 @@ listed as usual.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from sdbox.smartcard.emulator.profiles import bubble_dir, issue_card, load_profi
 from sdbox.smartcard.emulator.stack import reader_name, wait_for_card
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
 from sdbox.trust.pki import Pki
+from tests.integration.agent_env import reference_broker
 from tests.integration.conftest import insert_card
 from tests.integration.session_servers import pid_alive
 from tests.integration.test_agent import Bubbles, _wait, bubbles, running_agent
@@ -164,5 +166,39 @@ def test_a_one_project_card_is_refused_when_the_catalogue_is_not_the_centres(
             finally:
                 await asyncio.to_thread(inserted.remove)
             await _wait(run.agent, State.IDLE)
+
+    asyncio.run(scenario())
+
+
+def test_the_rsa_card_proves_its_project_key_by_signing_and_gets_a_session(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    """RSA-2048 project keys cannot do ECDH: the card signs the broker's transcript instead."""
+    profile = load_profile("biosso-rsa2048")
+    profile = replace(profile, projects=tuple(
+        replace(p, endpoint=f"127.0.0.1:{bubbles.ports[p.id]}")
+        for p in profile.projects if p.id in bubbles.ports
+    ))  # fmt: skip
+
+    async def scenario() -> None:
+        with reference_broker(
+            tmp_path / "broker", pki, dict(bubbles.servers), bubbles.ports
+        ) as broker:
+            async with running_agent(pki, bubbles, free_reader, tmp_path, broker=broker) as run:
+                await _wait(run.agent, State.PICKER)
+                await asyncio.to_thread(run.card.remove)
+                await _wait(run.agent, State.IDLE)
+                card = issue_card(profile, pki)
+                inserted = await asyncio.to_thread(insert_card, card, pki, free_reader)
+                try:
+                    await _wait(run.agent, State.PICKER)
+                    issued = broker.server.broker.issued
+                    await run.iface.call_choose_project("census-2021")  # type: ignore[attr-defined]
+                    await _wait(run.agent, State.RUNNING)
+                    assert await run.iface.get_active_project() == "census-2021"  # type: ignore[attr-defined]
+                    assert broker.server.broker.issued == issued + 1
+                finally:
+                    await asyncio.to_thread(inserted.remove)
+                await _wait(run.agent, State.IDLE, timeout=10)
 
     asyncio.run(scenario())

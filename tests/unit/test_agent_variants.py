@@ -27,11 +27,11 @@ from tests.unit.test_agent_machine import Credentials, Sensor, Sessions, Trust, 
 from tests.unit.test_applet import Direct
 
 T = TypeVar("T")
-# RSA-2048 keys cannot do the ECDH possession proof, and the PIN-only card has no finger
-# for the emulated sensor: their flows are not written yet (docs/card-variants.md).
+# The PIN-only card has no finger for the emulated sensor (its own test below); the RSA card
+# proves its project keys by signing (docs/card-variants.md).
 FINGER_FLOW_VARIANTS = (
-    "biosso-p256", "biosso-p384", "biosso-one-finger", "biosso-chaining", "biosso-t0",
-    "biosso-compressed",
+    "biosso-p256", "biosso-p384", "biosso-one-finger", "biosso-rsa2048", "biosso-chaining",
+    "biosso-t0", "biosso-compressed",
 )  # fmt: skip
 
 
