@@ -78,11 +78,14 @@ class BioSsoSession:
         self.stack = ApduStack(connection, extended=extended)
         self.piv = PivSession(self.stack)
         self._guid: bytes | None = None
+        self.atr = b""  # what the card answered at reset, when known (for_atr): its capabilities
 
     @classmethod
     def for_atr(cls, connection: SmartCardConnection, atr: bytes) -> BioSsoSession:
         """A session whose APDU stack follows what the card's ATR states (extended length)."""
-        return cls(connection, extended=uses_extended_length(atr))
+        session = cls(connection, extended=uses_extended_length(atr))
+        session.atr = atr
+        return session
 
     @property
     def guid(self) -> bytes:

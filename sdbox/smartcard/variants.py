@@ -159,6 +159,24 @@ _NO_RENEWAL_RSA = (
     "renewal: the box generates EC project keys only, so RSA project keys are not renewed "
     "on the box; the card office re-issues them"
 )
+_NO_RENEWAL_ONE_PROJECT = (
+    "renewal: no directory to switch and no free slot, so the box does not renew "
+    "this card; the card office re-issues it"
+)
+_BOX_GENERATES = frozenset({_P256, _P384})  # what renewal's GENERATE asks the card for
+
+
+def renewal_limit(caps: Capabilities) -> str | None:
+    """Why the box cannot renew the project keys of a card with ``caps`` (None: it can).
+
+    The renewal job (:mod:`sdbox.renewal.flow`) and ``sdbox card identify``
+    both ask this, so what the job refuses is what identify says it cannot do.
+    """
+    if not caps.multi_project:  # renewal moves a project to a new slot and re-signs the directory
+        return _NO_RENEWAL_ONE_PROJECT
+    if not caps.key_algorithms <= _BOX_GENERATES:  # and proves the new key by ECDH
+        return _NO_RENEWAL_RSA
+    return None
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("biosso-p256", "multi-project biometric card, P-256 generation (today's)", _TODAY),
@@ -209,8 +227,7 @@ VARIANTS: tuple[Variant, ...] = (
             "opening its project needs the site's signed project catalogue on the box (its "
             "endpoint, server certificate and policy are not on the card, docs/card-variants.md)",
             "switching projects means swapping cards: the card holds one project",
-            "renewal: no directory to switch and no free slot, so the box does not renew "
-            "this card; the card office re-issues it",
+            _NO_RENEWAL_ONE_PROJECT,
         ),
     ),
 )
@@ -516,9 +533,12 @@ def _check_consistency(evidence: Evidence) -> None:
             f"the key history counts {history} project key(s) but {present} project "
             "certificate(s) are on the card"
         )
+    # A renewed card may keep one superseded key inside the Key History range (docs/renewal.md,
+    # "Slots and Key History"): P projects use P or P + 1 retired slots, never more.
     if evidence.directory_projects is not None and evidence.directory_projects not in (
         -1,
         history,
+        history - 1,
     ):
         raise ContradictoryCard(
             f"the project directory lists {evidence.directory_projects} project(s) but the "
@@ -553,7 +573,7 @@ def abilities(variant: Variant) -> tuple[tuple[str, ...], tuple[str, ...]]:
         )
     if caps.compressed_certificates:
         can.append("read its compressed certificates")
-    if caps.multi_project and caps.possession_by_ecdh:
+    if renewal_limit(caps) is None:
         can.append("renew its project certificates on the box")
     return tuple(can), variant.limits
 
