@@ -405,7 +405,7 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
     said = detail_text(view.detail, view.detail_args, _)
     active = next((p for p in records if p.id == view.active_project), None)
     name = active.name if active else view.active_project
-    # the finger is always asked for; the PIN too where the project's policy allows it
+    # the finger is asked for (but on a PIN-only card); the PIN too where the policy allows it
     pin = active is not None and active.accepts_pin
     if view.state == State.IDLE:
         return Screen(
@@ -466,6 +466,19 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
             can_cancel=True,
             alert=True,
         )
+    if view.state == State.VERIFYING and view.detail == Detail.ENTER_PIN:
+        # a PIN-only card (the agent's detail says so): its own screen, no finger, no sensor
+        tries = view.tries_left
+        return Screen(
+            "pin",
+            problems[Problem.WRONG_PIN][0] if view.problem == Problem.WRONG_PIN
+            else _("Enter your PIN"),
+            said,
+            _("{n} tries left").format(n=tries) if tries >= 0 else name,
+            pin_entry=True,
+            can_cancel=True,
+            alert=bool(view.problem),
+        )  # fmt: skip
     if view.state == State.VERIFYING:
         title = _("Place your finger on the sensor")
         if view.problem in (Problem.WRONG_FINGER, Problem.WRONG_PIN):
