@@ -35,6 +35,7 @@ from sdbox.agent.api import (
 )
 from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.connect import ConnectionFlow, Insertion
+from sdbox.agent.dircache import DirectoryCache
 from sdbox.agent.events import (
     AgentEvent,
     PreferencesChanged,
@@ -81,6 +82,7 @@ class Agent(ConnectionFlow):
         seen_dir: Path | None = None,
         preferences: Preferences | None = None,
         catalogue: Path | None = None,
+        directory_cache: Path | None = None,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -93,6 +95,7 @@ class Agent(ConnectionFlow):
         self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
         self.preferences = preferences or Preferences(None, layout="us", choices=("us",))
         self.catalogue = catalogue  # one-project cards' projects (sdbox.agent.oneproject)
+        self.directories = DirectoryCache(directory_cache)  # for chips without extended length
         self._renewing = False
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []
@@ -258,7 +261,9 @@ class Agent(ConnectionFlow):
 
     async def _read_card(self, card: Insertion) -> None:
         try:
-            summary = await card.handle.summary(self.trust.directory_validator())
+            summary = await card.handle.summary(
+                self.trust.directory_validator(), self.directories.get
+            )
         except SdboxError as exc:
             self._refuse(State.BLOCKED, refusal_for(exc, Step.READING))
             return
@@ -304,6 +309,7 @@ class Agent(ConnectionFlow):
             return
         card.directory = summary.directory
         self.snapshot.card_layout = CardLayout.DIRECTORY
+        await asyncio.to_thread(self.directories.put, summary.guid, summary.directory_object)
         audit(
             AuditEvent.DIRECTORY_VERIFIED,
             "project directory verified",

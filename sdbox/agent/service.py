@@ -130,6 +130,7 @@ def build_agent(
         "renewal": make_renewal(config, trust, identity),
         "seen_dir": config.state_dir / "renewal",
         "catalogue": config.card.project_catalogue,
+        "directory_cache": config.state_dir / "directories",
     }
     if "credentials" not in overrides:
         ports["credentials"] = make_credentials(config, identity)

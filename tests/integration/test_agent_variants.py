@@ -202,3 +202,36 @@ def test_the_rsa_card_proves_its_project_key_by_signing_and_gets_a_session(
                 await _wait(run.agent, State.IDLE, timeout=10)
 
     asyncio.run(scenario())
+
+
+def test_a_chip_without_extended_length_is_listed_from_the_cache_at_its_next_insertion(
+    pki: Pki, bubbles: Bubbles, free_reader: int, tmp_path: Path
+) -> None:
+    """The agent keeps the verified directory; the same card is listed alike from its head."""
+
+    async def scenario() -> None:
+        async with running_agent(pki, bubbles, free_reader, tmp_path) as run:
+            await _wait(run.agent, State.PICKER)
+            await asyncio.to_thread(run.card.remove)
+            await _wait(run.agent, State.IDLE)
+            chaining = issue_card(load_profile("biosso-chaining"), pki)
+            cached = run.config.state_dir / "directories" / f"{chaining.guid.hex()}.dir"
+            listed, apdus = [], []
+            for _ in range(2):
+                inserted = await asyncio.to_thread(insert_card, chaining, pki, free_reader)
+                try:
+                    await _wait(run.agent, State.PICKER)
+                    listed.append([p.id for p in run.agent.snapshot.projects])
+                    assert cached.exists()
+                    card = run.agent._card
+                    assert card is not None
+                    assert card.handle._session is not None
+                    apdus.append(card.handle._session.stack.stats.apdus)
+                finally:
+                    await asyncio.to_thread(inserted.remove)
+                await _wait(run.agent, State.IDLE)
+            assert listed[0] == listed[1] == ["census-2021", "health-cohort", "genomics-lab"]
+            assert apdus[0] >= 18  # the directory, 256 bytes at a time
+            assert apdus[1] <= 6  # its head, then the box's verified copy
+
+    asyncio.run(scenario())
