@@ -127,3 +127,40 @@ def test_a_signed_but_malformed_entry_is_refused(
 def test_garbage_is_a_catalogue_error_never_a_traceback(pki: Pki, data: bytes) -> None:
     with pytest.raises(CatalogueError):
         verify_catalogue(data, _validator(pki))
+
+
+def test_the_centre_signs_a_catalogue_the_box_accepts(pki: Pki, tmp_path: Path) -> None:
+    """`sdbox broker project-catalogue`: TOML in, a catalogue the box verifies out."""
+    from click.testing import CliRunner
+
+    from sdbox._cli import cli
+
+    server = pki.issue_server("bubble.example", ec.generate_private_key(ec.SECP256R1()).public_key())
+    (tmp_path / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    spec = tmp_path / "projects.toml"
+    spec.write_text(
+        'sequence = 7\n[projects."census-2021"]\nname = "Census microdata 2021"\n'
+        'protocol = "rdp"\nendpoint = "bubble.example:3389"\n'
+        f'server_certificate = "{tmp_path / "server.pem"}"\nsecond_factor = "finger_or_pin"\n'
+    )
+    out = tmp_path / "project-catalogue.json"
+    result = CliRunner().invoke(
+        cli, ["broker", "project-catalogue", "--projects", str(spec), "--pki", str(pki.path),
+              "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    catalogue = verify_catalogue(out.read_bytes(), _validator(pki))
+    entry = catalogue.entry("census-2021")
+    assert (catalogue.sequence, entry.endpoint, entry.second_factor) == (
+        7, "bubble.example:3389", SecondFactor.FINGER_OR_PIN,
+    )  # fmt: skip
+    assert entry.server_certificate == server.public_bytes(serialization.Encoding.DER)
+
+    spec.write_text(spec.read_text().replace("bubble.example:3389", "bubble.example"))
+    result = CliRunner().invoke(
+        cli, ["broker", "project-catalogue", "--projects", str(spec), "--pki", str(pki.path),
+              "--out", str(tmp_path / "bad.json")],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "invalid endpoint" in str(result.exception)  # ConfigError: the CLI maps it to its exit code
+    assert not (tmp_path / "bad.json").exists()
