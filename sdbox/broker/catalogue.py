@@ -75,12 +75,13 @@ def build_catalogue(description: Path, pki_dir: Path) -> bytes:
             SecondFactor[project.second_factor.upper()], project.audio,
         )  # fmt: skip
         entries.append(entry)
-    signer = Pki.open(pki_dir).directory_signer
+    pki = Pki.open(pki_dir)
+    signer = pki.directory_signer
     if not isinstance(signer.key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{pki_dir}: the directory signer's key is not an EC key")
-    data = sign_catalogue(
+    data = sign_catalogue(  # with the project CA, as a card's directory carries it
         ProjectCatalogue(spec.sequence, datetime.now(UTC), tuple(entries)), signer.key,
-        signer.cert, [],
+        signer.cert, [pki.project_ca.cert],
     )  # fmt: skip
     try:  # what a box will check of the content (ids, endpoints): refuse it here first
         verify_catalogue(data, lambda signer, chain: None)
