@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.agent.api import CardLayout, Detail, Problem, State
 from sdbox.agent.card import CardHandle
+from sdbox.agent.events import Transition
 from sdbox.agent.machine import Agent
 from sdbox.certificates import load_certificate
 from sdbox.smartcard.biosso import BioSsoSession
@@ -199,7 +200,9 @@ def test_a_one_project_card_goes_to_its_project_and_asks_what_the_catalogue_says
         agent.catalogue = catalogue
         agent.sensor = _NoFinger()  # the researcher types the PIN: no finger arrives
         states: list[State] = []
-        agent.listeners.append(lambda e: states.append(e.state) if hasattr(e, "state") else None)
+        agent.listeners.append(
+            lambda e: states.append(e.state) if isinstance(e, Transition) else None
+        )
         await agent.card_inserted("reader")
         await until(lambda: agent.snapshot.state in (State.VERIFYING, State.BLOCKED))
         assert state_of(agent) == State.VERIFYING, agent.snapshot.message

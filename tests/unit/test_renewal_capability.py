@@ -55,7 +55,7 @@ class _Untouchable:
 def _renewer(pki: Pki, session: BioSsoSession, atr: bytes, tmp_path: Path) -> Renewer:
     trust = RenewalTrust([pki.root.cert], [], None, pki.root.cert, lambda: datetime.now(UTC))
     return Renewer(
-        session=session, centre=_Untouchable(), transport=_Untouchable(), trust=trust,  # type: ignore[arg-type]
+        session=session, centre=_Untouchable(), transport=_Untouchable(), trust=trust,
         journal=Journal(tmp_path / "journal.json"), validate_signer=lambda signer, chain: None,
         window=timedelta(days=30), atr=atr,
     )  # fmt: skip
