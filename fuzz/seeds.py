@@ -23,6 +23,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from sdbox.biometric import compact, synth
 from sdbox.centre.protocol import b64
 from sdbox.renewal import cmp
 from sdbox.smartcard.biosso import BioSsoSession
-from sdbox.smartcard.directory import parse_signed_directory
+from sdbox.smartcard.catalogue import CatalogueEntry, ProjectCatalogue, sign_catalogue
+from sdbox.smartcard.directory import Protocol, SecondFactor, parse_signed_directory
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile
 from sdbox.smartcard.emulator.state import CardState
@@ -257,6 +259,19 @@ def _trust_chain_seeds(pki: Pki, project: x509.Certificate) -> dict[str, bytes]:
     }
 
 
+def _catalogue_seeds(pki: Pki) -> dict[str, bytes]:
+    """A signed catalogue of one project (docs/card-variants.md, the one-project card)."""
+    server = pki.issue_server("bubble.example", ec.generate_private_key(ec.SECP256R1()).public_key())
+    entry = CatalogueEntry(
+        "census-2021", "Census microdata 2021", Protocol.RDP, "bubble.example:3389",
+        server.public_bytes(serialization.Encoding.DER), SecondFactor.FINGER, False,
+    )  # fmt: skip
+    signer = pki.directory_signer
+    assert isinstance(signer.key, ec.EllipticCurvePrivateKey)
+    catalogue = ProjectCatalogue(1, datetime(2026, 12, 1, tzinfo=UTC), (entry,))
+    return {"signed": sign_catalogue(catalogue, signer.key, signer.cert, [])}
+
+
 def build() -> dict[str, dict[str, bytes]]:
     """Every target's seeds: {target: {file name: bytes}}."""
     with tempfile.TemporaryDirectory(prefix="sdbox-seeds-") as tmp:
@@ -273,6 +288,7 @@ def build() -> dict[str, dict[str, bytes]]:
         seeds["tlv"] |= {name: seeds["applet"][name] for name in ("command-00", "command-01")}
         seeds["biometric"] = _biometric_seeds()
         seeds["card-variant"] = _variant_seeds(pki)
+        seeds["project-catalogue"] = _catalogue_seeds(pki)
         seeds["certificates"] = _certificate_seeds(pki, holder)
         seeds["cmp-answer"] = _cmp_seeds(pki, holder)
         project = decode_certificate(state.objects[ObjectTag.RETIRED_CERT_1])

@@ -40,6 +40,7 @@ from sdbox.smartcard import tlv as tlv_codec
 from sdbox.smartcard.apdu import decode_command
 from sdbox.smartcard.atr import parse_atr
 from sdbox.smartcard.biosso import BioSsoSession
+from sdbox.smartcard.catalogue import verify_catalogue
 from sdbox.smartcard.directory import parse_directory_tbs, parse_signed_directory
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile, parse_profile
@@ -80,6 +81,11 @@ def directory(data: bytes) -> None:
         parse_directory_tbs(data)
     signed = parse_signed_directory(data)
     signed.verify(card_guid=bytes(16), validate_signer=lambda _s, _i: None)
+
+
+def project_catalogue(data: bytes) -> None:
+    """The site's project catalogue as a box reads it (one-project cards), signer trusted."""
+    verify_catalogue(data, lambda _s, _i: None)
 
 
 def applet(data: bytes) -> None:
@@ -420,6 +426,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "tlv": tlv,
     "card-objects": card_objects,
     "directory": directory,
+    "project-catalogue": project_catalogue,
     "applet": applet,
     "client": client,
     "card-variant": card_variant,

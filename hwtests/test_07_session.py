@@ -77,8 +77,9 @@ def test_session_to_the_projects_bubble_connects(
         open_session,
     )
 
-    bench.require(lambda c: c.multi_project, "one-project card: its session flow (endpoint "
-                  "without a directory) is not written yet (docs/card-variants.md)")  # fmt: skip
+    bench.require(lambda c: c.multi_project, "one-project card: its endpoint comes from the "
+                  "site's signed catalogue, not the card (the agent's flow on it: "
+                  "tests/integration/test_agent_variants.py, docs/card-variants.md)")  # fmt: skip
     if bench.emulated is None and bench.bubble is None:
         pytest.skip("real bench: give --bubble rdp://HOST:PORT of a test bubble")
     project = _rdp_project(bench)

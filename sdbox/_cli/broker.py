@@ -108,3 +108,28 @@ def register_card(
         raise ConfigError(f"register-card: {exc}") from exc
     add_card(Path(config.card_register), card, key, holder)
     click.echo(f"card {card.hex()} registered in {config.card_register}", err=True)
+
+
+@broker.command("project-catalogue")
+@click.option(
+    "--projects",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="TOML: sequence, and per project its name, protocol, endpoint, server certificate, "
+    "policy (sdbox/broker/catalogue.py).",
+)
+@click.option(
+    "--pki",
+    "pki_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="The PKI directory whose directory signer signs (the broker's directory_pki).",
+)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+def project_catalogue(projects: Path, pki_dir: Path, out: Path) -> None:
+    """Sign the site's project catalogue: where one-project cards' projects are."""
+    from sdbox.broker.catalogue import build_catalogue  # noqa: PLC0415
+
+    data = build_catalogue(projects, pki_dir)
+    out.write_bytes(data)
+    click.echo(f"project catalogue written to {out}", err=True)

@@ -117,6 +117,7 @@ def renew(
             transport=HttpCmpTransport(section.cmp_url, timeout_s=section.timeout_s),
             trust=trust, journal=Journal(section.journal), validate_signer=validate_signer,
             window=timedelta(days=config.policy.renewal_window_days), max_wait_s=section.max_wait_s,
+            atr=conn.atr,
         )  # fmt: skip
         results = renewer.run(force=projects)
     finally:

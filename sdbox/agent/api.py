@@ -23,6 +23,7 @@ __all__ = [
     "ERROR_PREFIX",
     "INTERFACE",
     "OBJECT_PATH",
+    "CardLayout",
     "CentreState",
     "Detail",
     "EndReason",
@@ -128,6 +129,16 @@ class TunnelReason(StrEnum):
     CLOSED = "closed"
     DAEMON_UNAVAILABLE = "daemon_unavailable"
     STOPPED = "stopped"
+class CardLayout(StrEnum):
+    """Where the inserted card keeps its projects (D-Bus ``CardLayout``): a capability.
+
+    On a one-project card the picker lists its one project, and switching
+    projects means swapping cards: the greeter says so.
+    """
+
+    NONE = ""  # no card, or not read yet
+    DIRECTORY = "directory"  # several projects on the card (signed directory)
+    ONE_PROJECT = "one_project"  # the card is its project (the earlier cards)
 
 
 class SensorState(StrEnum):

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.smartcard import pcsc
-from sdbox.smartcard.biosso import BioSsoSession, CardSummary, SignerValidator
+from sdbox.smartcard.biosso import BioSsoSession, CardSummary, DirectoryCache, SignerValidator
 from sdbox.smartcard.errors import CardAccessError
 
 _log = logging.getLogger(__name__)
@@ -50,9 +50,11 @@ class CardHandle:
             self._session = BioSsoSession.for_atr(self._conn, self._conn.atr)
         return fn(self._session)
 
-    async def summary(self, validate_signer: SignerValidator) -> CardSummary:
-        """The picker's listing."""
-        return await self.run(lambda s: s.read_summary(validate_signer))
+    async def summary(
+        self, validate_signer: SignerValidator, cached: DirectoryCache | None = None
+    ) -> CardSummary:
+        """The picker's listing (``cached``: the box's verified directories, by card GUID)."""
+        return await self.run(lambda s: s.read_summary(validate_signer, cached))
 
     async def make_exclusive(self) -> None:
         """Hold the card exclusively from now on (after holder verification)."""

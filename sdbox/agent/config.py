@@ -72,6 +72,11 @@ class CardConfig:
     """Which readers to watch."""
 
     readers: list[str] = setting([], help="reader names to use (empty: every reader)")
+    project_catalogue: Path = setting(
+        Path("/etc/sdbox/project-catalogue.json"),
+        help="one-project cards: the centre's signed catalogue of their projects "
+        "(endpoint, server certificate, policy; docs/card-variants.md)",
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sdbox.agent.api import Detail, Problem, State
 from sdbox.agent.card import CardHandle
@@ -39,7 +40,7 @@ from sdbox.smartcard.errors import (
     WrongPin,
 )
 from sdbox.smartcard.profile import KeyRef
-from sdbox.trust.possession import prove_key_agreement
+from sdbox.trust.possession import prove_key_agreement, prove_signature
 
 if TYPE_CHECKING:
     from sdbox.agent.events import AgentEvent, Snapshot
@@ -235,7 +236,7 @@ class ConnectionFlow:
             )
         try:
             self.trust.check_project(certificate, project)
-            await card.handle.run(_prove_key_agreement(certificate, project.slot))
+            await card.handle.run(_prove_possession(certificate, project.slot))
         except CardAccessError:
             raise
         except SdboxError as exc:
@@ -371,10 +372,21 @@ def _verify_finger(probe: bytes) -> Callable[[BioSsoSession], None]:
     return verify
 
 
-def _prove_key_agreement(
+def _prove_possession(
     certificate: x509.Certificate, slot: int
 ) -> Callable[[BioSsoSession], None]:
+    """The card proves the project key: ECDH for an EC key, a signature for an RSA one.
+
+    By the certificate's key (validated as a project credential just before),
+    not by a variant's name: RSA keys cannot do ECDH (docs/card-variants.md).
+    """
+
     def prove(session: BioSsoSession) -> None:
-        prove_key_agreement(certificate, slot, session.ecdh)
+        if isinstance(certificate.public_key(), rsa.RSAPublicKey):
+            prove_signature(
+                certificate, slot, lambda s, m: session.sign(m, slot=s, certificate=certificate)
+            )
+        else:
+            prove_key_agreement(certificate, slot, session.ecdh)
 
     return prove

@@ -57,8 +57,14 @@ class BrokerCredentials:
         async def card_ecdh(peer: ec.EllipticCurvePublicKey) -> bytes:
             return await card.ecdh(project.slot, peer)
 
+        async def card_sign(message: bytes) -> bytes:  # an RSA project key (docs/broker-protocol.md)
+            return await card.run(
+                lambda s: s.sign(message, slot=project.slot, certificate=certificate)
+            )
+
         issued = await request_credential(
             self.url, project_id=project.id, endpoint=project.endpoint, project_certificate=certificate,
             card_ecdh=card_ecdh, identity=self.identity, server_anchors=self._anchors(), timeout_s=self.timeout_s,
+            card_sign=card_sign,
         )  # fmt: skip
         return issued.user, Credential(issued.secret)

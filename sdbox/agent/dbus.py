@@ -106,6 +106,11 @@ class AgentInterface(ServiceInterface):
         return list(self.agent.preferences.choices)
 
     @dbus_property(access=PropertyAccess.READ)
+    def CardLayout(self) -> DBusStr:
+        """Where the card keeps its projects: directory | one_project ('' before it is read)."""
+        return self.agent.snapshot.card_layout.value
+
+    @dbus_property(access=PropertyAccess.READ)
     def Sensor(self) -> DBusStr:
         """The fingerprint sensor: connected | disconnected | unwatched (no hotplug watch)."""
         return self.agent.snapshot.sensor.value
@@ -209,7 +214,8 @@ class AgentInterface(ServiceInterface):
             self.emit_properties_changed(
                 {"State": event.state.value, "ActiveProject": event.project, "Message": event.message,
                  "Problem": problem, "TriesLeft": tries, "Detail": event.detail.value,
-                 "DetailArgs": dict(event.detail_args)}
+                 "DetailArgs": dict(event.detail_args),
+                 "CardLayout": self.agent.snapshot.card_layout.value}
             )  # fmt: skip
         elif isinstance(event, RenewalEvent):
             self.RenewalFinished(event.project, event.outcome, event.message)

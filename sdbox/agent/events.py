@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sdbox.agent.api import CentreState, Detail, Problem, ProjectView, SensorState, State
+from sdbox.agent.api import (
+    CardLayout,
+    CentreState,
+    Detail,
+    Problem,
+    ProjectView,
+    SensorState,
+    State,
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class Snapshot:
     detail_args: dict[str, str] = field(default_factory=dict)
     holder_verified: bool = False
     sensor: SensorState = SensorState.UNWATCHED
+    card_layout: CardLayout = CardLayout.NONE
 
 
 AgentEvent = (

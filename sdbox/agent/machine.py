@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sdbox.agent.api import (
+    CardLayout,
     Detail,
     EndReason,
     Preference,
@@ -35,6 +36,7 @@ from sdbox.agent.api import (
 )
 from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.connect import ConnectionFlow, Insertion
+from sdbox.agent.dircache import DirectoryCache
 from sdbox.agent.events import (
     AgentEvent,
     PreferencesChanged,
@@ -45,6 +47,7 @@ from sdbox.agent.events import (
     Transition,
 )
 from sdbox.agent.link import CentreLink
+from sdbox.agent.oneproject import one_project_listing
 from sdbox.agent.ports import (
     CredentialPort,
     RenewalPort,
@@ -61,9 +64,8 @@ from sdbox.errors import SdboxError
 from sdbox.network.events import TunnelPort
 from sdbox.renewal.due import record_seen
 from sdbox.session.outcome import SessionEnded
-from sdbox.smartcard.directory import Project
+from sdbox.smartcard.directory import Directory, Project
 from sdbox.smartcard.errors import CardAccessError, DirectoryMissing
-from sdbox.smartcard.variants import one_project_of
 
 _log = logging.getLogger("sdbox.agent")
 
@@ -85,6 +87,8 @@ class Agent(CentreLink, ConnectionFlow):
         preferences: Preferences | None = None,
         tunnel: TunnelPort | None = None,
         grace_s: float = 20.0,
+        catalogue: Path | None = None,
+        directory_cache: Path | None = None,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -98,6 +102,8 @@ class Agent(CentreLink, ConnectionFlow):
         self.preferences = preferences or Preferences(None, layout="us", choices=("us",))
         self.tunnel = tunnel  # None: no tunnel on this site, the centre is taken as reachable
         self.grace_s = grace_s  # how long a session waits for a lost tunnel (agent/link.py)
+        self.catalogue = catalogue  # one-project cards' projects (sdbox.agent.oneproject)
+        self.directories = DirectoryCache(directory_cache)  # for chips without extended length
         self._renewing = False
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []
@@ -266,7 +272,9 @@ class Agent(CentreLink, ConnectionFlow):
 
     async def _read_card(self, card: Insertion) -> None:
         try:
-            summary = await card.handle.summary(self.trust.directory_validator())
+            summary = await card.handle.summary(
+                self.trust.directory_validator(), self.directories.get
+            )
         except SdboxError as exc:
             self._refuse(State.BLOCKED, refusal_for(exc, Step.READING))
             return
@@ -280,18 +288,22 @@ class Agent(CentreLink, ConnectionFlow):
         )
         if isinstance(summary.directory_error, DirectoryMissing):
             # Capabilities, not names: a card whose 9A certificate is a project credential is
-            # the earlier one-project card (docs/card-variants.md), which this box cannot open yet.
+            # the earlier one-project card (docs/card-variants.md): its project comes from the
+            # site's signed catalogue, and the card goes straight to it.
             try:
-                project = await card.handle.run(one_project_of)
-            except SdboxError:  # an unreadable 9A certificate: no directory is what is reported
-                project = None
-            if project is not None:
-                message = (
-                    f"this is a one-project card (project '{project}'): this box does not "
-                    "open one-project cards yet"
+                listing = await one_project_listing(
+                    card.handle, summary.guid, self.catalogue, self.trust.directory_validator()
                 )
-                audit(AuditEvent.DIRECTORY_REFUSED, message, card=summary.guid.hex())
-                self._set(State.BLOCKED, message=message, problem=Problem.CARD_NOT_SUPPORTED)
+            except Refusal as refusal:
+                audit(AuditEvent.DIRECTORY_REFUSED, refusal.message, card=summary.guid.hex())
+                self._refuse(State.BLOCKED, refusal)
+                return
+            except CardAccessError:
+                raise
+            except SdboxError:  # an unreadable 9A certificate: no directory is what is reported
+                listing = None
+            if listing is not None:
+                await self._open_one_project(card, listing, summary.finger_primary_tries)
                 return
         if summary.directory is None:
             message = (
@@ -307,6 +319,8 @@ class Agent(CentreLink, ConnectionFlow):
             )  # fmt: skip
             return
         card.directory = summary.directory
+        self.snapshot.card_layout = CardLayout.DIRECTORY
+        await asyncio.to_thread(self.directories.put, summary.guid, summary.directory_object)
         audit(
             AuditEvent.DIRECTORY_VERIFIED,
             "project directory verified",
@@ -326,6 +340,26 @@ class Agent(CentreLink, ConnectionFlow):
                 _log.warning("cannot note the card's expiries for the renewal timer: %s", exc)
         tries = summary.finger_primary_tries if summary.finger_primary_tries is not None else -1
         self._set(State.PICKER, tries_left=tries)
+
+    async def _open_one_project(
+        self, card: Insertion, listing: Directory, tries: int | None
+    ) -> None:
+        """A one-project card: straight to its project, no choice (unless it cannot be opened)."""
+        card.directory = listing
+        self.snapshot.card_layout = CardLayout.ONE_PROJECT
+        project = listing.projects[0]
+        audit(
+            AuditEvent.DIRECTORY_VERIFIED, "one-project card: its project is in the catalogue",
+            card=card.guid.hex(), projects=1, sequence=listing.sequence,
+        )  # fmt: skip
+        view = self._view(project)
+        self.snapshot.projects = [view]
+        self.snapshot.tries_left = tries if tries is not None else -1
+        if not view.usable:  # expired, or not allowed here: the picker shows which
+            self._set(State.PICKER)
+            return
+        audit(AuditEvent.PROJECT_CHOSEN, "project chosen", project=project.id, card=card.guid.hex())
+        await self._connect(card, project)
 
     def _view(self, project: Project) -> ProjectView:
         now = datetime.now(UTC)
@@ -419,6 +453,8 @@ class Agent(CentreLink, ConnectionFlow):
         due = [p.id for p in self.snapshot.projects if p.status.startswith("certificate expires")]
         if self.renewal is None or self._renewing or card.renewal_tried or not card.verified:
             return
+        if self.snapshot.card_layout != CardLayout.DIRECTORY:
+            return  # a one-project card: no directory to switch, no free slot (docs/renewal.md)
         if not due:
             return
         card.renewal_tried = True

@@ -89,6 +89,6 @@ class RenewalService:
             trust=trust, journal=Journal(section.journal),
             validate_signer=self.trust.directory_validator(),
             window=timedelta(days=self.config.policy.renewal_window_days),
-            max_wait_s=section.max_wait_s,
+            max_wait_s=section.max_wait_s, atr=session.atr,
         )  # fmt: skip
         return renewer.run()

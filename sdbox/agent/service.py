@@ -139,6 +139,8 @@ def build_agent(
         "renewal": make_renewal(config, trust, identity),
         "seen_dir": config.state_dir / "renewal",
         "grace_s": config.tunnel.grace_s,
+        "catalogue": config.card.project_catalogue,
+        "directory_cache": config.state_dir / "directories",
     }
     if "tunnel" not in overrides:
         ports["tunnel"] = make_tunnel(config)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from sdbox.broker.cards import CardManagement
 from sdbox.broker.enrolment import MAX_TOKEN, EnrolmentTokens
@@ -31,12 +31,15 @@ from sdbox.broker.errors import BrokerError
 from sdbox.broker.provision import new_secret, provision_rdp, provision_spice
 from sdbox.centre.protocol import (
     NONCE_BYTES,
+    POSSESSION_ECDH,
+    POSSESSION_SIGNATURE,
     ProtocolError,
     Refused,
     Transcript,
     b64,
     certificate_field,
     proof_mac,
+    signature_message,
     text_field,
     unb64,
 )
@@ -110,7 +113,7 @@ def load_config(path: Path) -> BrokerConfig:
 @dataclass
 class _Exchange:
     transcript_base: dict[str, Any]
-    ephemeral: ec.EllipticCurvePrivateKey
+    ephemeral: ec.EllipticCurvePrivateKey | None  # None: an RSA project key proves by signing
     nonce: bytes
     expires: float
     project_certificate: x509.Certificate
@@ -198,12 +201,19 @@ class Broker:
             )
         except SdboxError as exc:
             raise Refused("project_certificate", exc.message) from exc
+        # The proof follows the validated certificate's key, never the request: EC project keys
+        # agree a key with a fresh ephemeral one (ECDH); RSA ones (Purpose.PROJECT allows them
+        # as signature keys only) sign the transcript.
         public = project_cert.public_key()
-        assert isinstance(public, ec.EllipticCurvePublicKey)  # Purpose.PROJECT guarantees an EC key
-        ephemeral = ec.generate_private_key(public.curve)
-        point = ephemeral.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
+        ephemeral: ec.EllipticCurvePrivateKey | None = None
+        point = b""
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            ephemeral = ec.generate_private_key(public.curve)
+            point = ephemeral.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+        elif not isinstance(public, rsa.RSAPublicKey):  # validation refuses others: never reached
+            raise Refused("project_certificate", "the project key is neither EC nor RSA")
         exchange, nonce = secrets.token_urlsafe(16), secrets.token_bytes(NONCE_BYTES)
         base = {"exchange": exchange, "nonce": nonce, "project": project, "endpoint": endpoint,
                 "box_certificate": box_der, "project_certificate": project_der, "ephemeral": point}  # fmt: skip
@@ -217,12 +227,15 @@ class Broker:
                 project_cert,
                 box_cert,
             )
-        return {
+        answer: dict[str, Any] = {
             "exchange": exchange,
             "nonce": b64(nonce),
-            "ephemeral": b64(point),
+            "possession": POSSESSION_ECDH if ephemeral is not None else POSSESSION_SIGNATURE,
             "expires_in": self.config.exchange_lifetime_s,
         }
+        if ephemeral is not None:
+            answer["ephemeral"] = b64(point)
+        return answer
 
     def credential(self, request: dict[str, Any]) -> dict[str, Any]:
         """Step 2: check both proofs, provision and return a one-time credential."""
@@ -234,11 +247,7 @@ class Broker:
             raise Refused("exchange", "the challenge expired or was already used: try again")
         transcript = Transcript(**exchange.transcript_base)
         proof = unb64(request.get("proof"), "proof")
-        public = exchange.project_certificate.public_key()
-        assert isinstance(public, ec.EllipticCurvePublicKey)
-        expected = proof_mac(exchange.ephemeral.exchange(ec.ECDH(), public), transcript)
-        if not secrets.compare_digest(proof, expected):
-            raise Refused("possession", "the card did not prove it holds the project key")
+        _check_possession(exchange, transcript, proof)
         box_key = exchange.box_certificate.public_key()
         if not isinstance(box_key, ec.EllipticCurvePublicKey):
             raise Refused("box_identity", "the box key is not an EC key")
@@ -310,6 +319,25 @@ class Broker:
         now = time.monotonic()
         for key in [k for k, e in self._exchanges.items() if e.expires < now]:
             del self._exchanges[key]
+
+
+def _check_possession(exchange: _Exchange, transcript: Transcript, proof: bytes) -> None:
+    """Refuse unless ``proof`` shows the card holds the project key (ECDH MAC or RSA signature)."""
+    public = exchange.project_certificate.public_key()
+    if exchange.ephemeral is not None and isinstance(public, ec.EllipticCurvePublicKey):
+        expected = proof_mac(exchange.ephemeral.exchange(ec.ECDH(), public), transcript)
+        if secrets.compare_digest(proof, expected):
+            return
+    elif exchange.ephemeral is None and isinstance(public, rsa.RSAPublicKey):
+        try:
+            public.verify(
+                proof, signature_message(transcript), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except InvalidSignature:
+            pass
+        else:
+            return
+    raise Refused("possession", "the card did not prove it holds the project key")
 
 
 class _Handler(BaseHTTPRequestHandler):

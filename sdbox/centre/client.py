@@ -20,12 +20,22 @@ from typing import Any, Literal, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sdbox.centre.errors import CentreRefused, CentreUnreachable
-from sdbox.centre.protocol import ProtocolError, Transcript, b64, proof_mac, unb64
+from sdbox.centre.protocol import (
+    POSSESSION_SIGNATURE,
+    ProtocolError,
+    Transcript,
+    b64,
+    proof_mac,
+    signature_message,
+    unb64,
+)
 
 CardEcdh = Callable[[ec.EllipticCurvePublicKey], Awaitable[bytes]]
+CardSign = Callable[[bytes], Awaitable[bytes]]
+"""The project key's signature on the card over a message (RSA: PKCS#1 v1.5, SHA-256)."""
 
 
 class BoxKey(Protocol):
@@ -116,8 +126,16 @@ async def request_credential(
     identity: BoxKey,
     server_anchors: list[x509.Certificate],
     timeout_s: float = 10.0,
+    card_sign: CardSign | None = None,
 ) -> IssuedCredential:
-    """Ask the broker for a one-time credential for ``project_id``'s bubble at ``endpoint``."""
+    """Ask the broker for a one-time credential for ``project_id``'s bubble at ``endpoint``.
+
+    The possession proof follows the project key's type, never the broker's
+    answer: ECDH for an EC key, ``card_sign`` over the transcript for RSA.
+    """
+    signs = isinstance(project_certificate.public_key(), rsa.RSAPublicKey)
+    if signs and card_sign is None:
+        raise ProtocolError("an RSA project key proves possession by signing: no signer given")
     if not url.startswith("https://"):
         raise ProtocolError("the broker URL must be https://")
     context = tls_context(server_anchors)
@@ -136,16 +154,23 @@ async def request_credential(
     exchange = challenge.get("exchange")
     if not isinstance(exchange, str):
         raise ProtocolError("the challenge has no exchange id")
-    nonce, point = (
-        unb64(challenge.get("nonce"), "nonce"),
-        unb64(challenge.get("ephemeral"), "ephemeral"),
-    )
-    ephemeral = ephemeral_key(project_certificate, point)
-    transcript = Transcript(exchange, nonce, project_id, endpoint, box_der, project_der, point)
-    shared = await card_ecdh(ephemeral)  # on the card: the proof that it holds the project key
+    nonce = unb64(challenge.get("nonce"), "nonce")
+    if signs:
+        assert card_sign is not None
+        if challenge.get("possession") != POSSESSION_SIGNATURE:
+            raise ProtocolError("the centre did not ask for the signature an RSA key gives")
+        transcript = Transcript(exchange, nonce, project_id, endpoint, box_der, project_der, b"")
+        # on the card: the project key signs the whole transcript, context-prefixed
+        proof = await card_sign(signature_message(transcript))
+    else:
+        point = unb64(challenge.get("ephemeral"), "ephemeral")
+        ephemeral = ephemeral_key(project_certificate, point)
+        transcript = Transcript(exchange, nonce, project_id, endpoint, box_der, project_der, point)
+        shared = await card_ecdh(ephemeral)  # on the card: the proof that it holds the project key
+        proof = proof_mac(shared, transcript)
     body = {
         "exchange": exchange,
-        "proof": b64(proof_mac(shared, transcript)),
+        "proof": b64(proof),
         "box_signature": b64(await asyncio.to_thread(identity.sign, transcript.encode())),
     }
     answer = await asyncio.to_thread(post_json, f"{url}/v1/credential", body, context, timeout_s)

@@ -112,6 +112,18 @@ class Transcript:
         ).encode()
 
 
+SIGNATURE_CONTEXT = b"sdbox broker possession signature v1\x00"
+"""Prefix of what an RSA project key signs as its possession proof, so that the signature
+cannot be replayed as a CMP request, a login, a card management opening or a holder proof."""
+POSSESSION_ECDH = "ecdh"
+POSSESSION_SIGNATURE = "rsa-pkcs1v15-sha256"
+
+
+def signature_message(transcript: Transcript) -> bytes:
+    """What an RSA project key signs (PKCS#1 v1.5, SHA-256) to prove the card holds it."""
+    return SIGNATURE_CONTEXT + transcript.encode()
+
+
 def proof_mac(shared_secret: bytes, transcript: Transcript) -> bytes:
     """The possession proof: HMAC-SHA256 over the transcript, keyed from the ECDH secret."""
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=transcript.nonce, info=PROOF_INFO).derive(

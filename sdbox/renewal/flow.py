@@ -42,12 +42,13 @@ from sdbox.centre.errors import CentreError, CentreUnreachable
 from sdbox.certificates import load_certificate
 from sdbox.errors import SdboxError
 from sdbox.renewal import cmp
+from sdbox.renewal.capability import renewal_refusal
 from sdbox.renewal.errors import CaUnreachable, CmpProtocolError, RenewalError
 from sdbox.renewal.ports import Centre, CmpTransport, RenewalTrust
 from sdbox.renewal.state import Entry, Journal, Phase
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Directory, Project, certificate_sha256
-from sdbox.smartcard.errors import CardError, SecurityStatusNotSatisfied
+from sdbox.smartcard.errors import CardError, DirectoryMissing, SecurityStatusNotSatisfied
 from sdbox.smartcard.piv import FileNotFoundOnCard
 from sdbox.smartcard.profile import (
     RETIRED_SLOTS,
@@ -58,6 +59,7 @@ from sdbox.smartcard.profile import (
     encode_certificate,
     encode_key_history,
 )
+from sdbox.smartcard.variants import one_project_of
 from sdbox.trust.errors import (
     CertificateNotYetValid,
     ClockWrong,
@@ -86,6 +88,7 @@ class Outcome(StrEnum):
     CENTRE_UNREACHABLE = "centre_unreachable"
     CENTRE_REFUSED = "centre_refused"
     NO_FREE_SLOT = "no_free_slot"
+    NOT_RENEWABLE = "not_renewable"  # the card's capabilities do not allow it (docs/renewal.md)
     FAILED = "failed"
 
 
@@ -144,6 +147,9 @@ class Renewer:
     max_polls: int = 3
     max_wait_s: float = 5.0
     sleep: Callable[[float], None] = time.sleep
+    # the card's ATR: given, the run first asks the card's capabilities whether the box may
+    # renew it at all (sdbox.renewal.capability); the agent and `sdbox renew` give it
+    atr: bytes | None = None
 
     _management_ok: bool = False
     _journal: Journal = field(init=False)
@@ -154,6 +160,36 @@ class Renewer:
         """Resume an interrupted renewal, then renew every project due (or forced)."""
         forced = set(force)
         self._management_ok = False
+        limit = renewal_refusal(self.session, self.atr) if self.atr is not None else None
+        try:
+            if limit is not None:
+                return self._not_renewable(limit, forced)
+            return self._run(forced)
+        except DirectoryMissing:  # a one-project card, met without its capabilities
+            return self._not_renewable(
+                "renewal: the card has no project directory to switch; the card office "
+                "re-issues it",
+                forced,
+            )
+
+    def _not_renewable(self, reason: str, forced: set[str]) -> list[Result]:
+        """Every project due (or forced) refused with ``reason``; nothing is written."""
+        try:
+            directory = self._directory()
+        except DirectoryMissing:
+            return [Result(one_project_of(self.session) or "card", Outcome.NOT_RENEWABLE, reason)]
+        try:
+            now = self.trust.check_clock()
+        except ClockWrong:
+            now = None  # nothing can be said due: refuse them all
+        return [
+            Result(p.id, Outcome.NOT_DUE, old_slot=p.slot, not_after=p.not_after)
+            if now is not None and p.id not in forced and p.not_after - now > self.window
+            else Result(p.id, Outcome.NOT_RENEWABLE, reason, old_slot=p.slot)
+            for p in directory.projects
+        ]
+
+    def _run(self, forced: set[str]) -> list[Result]:
         guid = self.session.guid
         self._journal = self.journal.for_card(guid)
         resumed: set[str] = set()
@@ -234,8 +270,12 @@ class Renewer:
         old_cert = self.session.certificate(project.slot)
         holder_cert = self.session.certificate(Slot.AUTHENTICATION)
         old_key = old_cert.public_key()
-        if not isinstance(old_key, ec.EllipticCurvePublicKey):
-            return replace(base, detail="the current project key is not an EC key")
+        if not isinstance(old_key, ec.EllipticCurvePublicKey):  # checked before anything is written
+            return replace(
+                base, outcome=Outcome.NOT_RENEWABLE,
+                detail="renewal: the project key is not an EC key, and the box generates EC "
+                "keys only; the card office re-issues it",
+            )  # fmt: skip
         entry = Entry(
             card=self.session.guid.hex(), project=project.id,
             old_slot=project.slot, new_slot=new_slot, phase=Phase.GENERATING,

@@ -44,6 +44,13 @@ from sdbox.smartcard.profile import (
 )
 
 SignerValidator = Callable[[x509.Certificate, list[x509.Certificate]], None]
+DirectoryCache = Callable[[bytes], bytes | None]
+"""A card GUID -> the directory object the box last verified for that card (or None)."""
+
+# What a chip without extended length reads of the directory before deciding whether the
+# box's cached copy is the card's: one short answer (the content's head: version, sequence,
+# issue time, card GUID, and the first project).
+_DIRECTORY_HEAD = 250
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class CardSummary:
     directory: Directory | None
     directory_error: SdboxError | None
     finger_primary_tries: int | None
+    directory_object: bytes = b""  # as read (or as cached), for the box's cache
 
     @property
     def directory_verified(self) -> bool:
@@ -78,11 +86,14 @@ class BioSsoSession:
         self.stack = ApduStack(connection, extended=extended)
         self.piv = PivSession(self.stack)
         self._guid: bytes | None = None
+        self.atr = b""  # what the card answered at reset, when known (for_atr): its capabilities
 
     @classmethod
     def for_atr(cls, connection: SmartCardConnection, atr: bytes) -> BioSsoSession:
         """A session whose APDU stack follows what the card's ATR states (extended length)."""
-        return cls(connection, extended=uses_extended_length(atr))
+        session = cls(connection, extended=uses_extended_length(atr))
+        session.atr = atr
+        return session
 
     @property
     def guid(self) -> bytes:
@@ -95,15 +106,24 @@ class BioSsoSession:
         """Read the GUID again on next use (to notice a swapped card)."""
         self._guid = None
 
-    def read_summary(self, validate_signer: SignerValidator) -> CardSummary:
-        """The picker's listing (see the module docstring)."""
+    def read_summary(
+        self, validate_signer: SignerValidator, cached: DirectoryCache | None = None
+    ) -> CardSummary:
+        """The picker's listing (see the module docstring).
+
+        ``cached``: the directories the box verified before, by card GUID. A
+        chip without extended length then reads only the head of its
+        directory, and a cached directory of the same card, length and head
+        stands for the rest (:meth:`_directory_object`).
+        """
         self.piv.select()
         discovery = Discovery.parse(self.piv.get_object(ObjectTag.DISCOVERY))
         guid = self.guid
         directory: Directory | None = None
         error: SdboxError | None = None
+        raw = b""
         try:
-            directory = self.read_directory(validate_signer)
+            raw, directory = self._directory_object(validate_signer, cached)
         except SdboxError as exc:  # a bad directory is reported, the card is still listed
             error = exc
         tries: int | None = None
@@ -112,20 +132,60 @@ class BioSsoSession:
                 tries = self.piv.finger_tries_left(KeyRef.FINGER_PRIMARY)
             except FingerNotEnrolled:
                 tries = None
-        return CardSummary(guid, discovery.occ, directory, error, tries)
+        return CardSummary(guid, discovery.occ, directory, error, tries, raw)
+
+    def _directory_object(
+        self, validate_signer: SignerValidator, cached: DirectoryCache | None
+    ) -> tuple[bytes, Directory]:
+        """The directory object and its verified content, the box's cached copy where it may.
+
+        The cache saves reading a long object 256 bytes at a time; it changes
+        no trust decision. A cached object is used only for the card whose
+        CHUID names its GUID, whose directory has the same length and the
+        same head (sequence and issue time included), and it is verified
+        again in full (signature, card binding, signer's trust now). A card
+        showing that head but another tail gets the directory the centre
+        signed for it, not what it carries: a directory is public, proves no
+        card, and every project is still proven by its certificate (matched
+        to the directory's digest) and its key on the card. A cached copy
+        that no longer verifies is dropped and the card is read.
+        """
+        if cached is None or self.stack.extended:
+            raw = self._read_directory_object()
+        else:
+            try:
+                head, size, rest = self.piv.get_object_head(ObjectTag.DIRECTORY, _DIRECTORY_HEAD)
+            except FileNotFoundOnCard as exc:
+                raise _no_directory() from exc
+            except CardProtocolError as exc:
+                raise DirectoryError(f"the project directory could not be read: {exc}") from exc
+            kept = cached(self.guid) if len(head) < size else None
+            if kept is not None and len(kept) == size and kept.startswith(head):
+                try:
+                    signed = parse_signed_directory(kept)
+                    return kept, signed.verify(card_guid=self.guid, validate_signer=validate_signer)
+                except DirectoryError:  # a damaged cache: the card says what it holds
+                    pass
+            try:  # a miss: read on from the head (no command was sent since)
+                raw = head if len(head) == size else rest()
+            except CardProtocolError as exc:
+                raise DirectoryError(f"the project directory could not be read: {exc}") from exc
+        directory = parse_signed_directory(raw).verify(
+            card_guid=self.guid, validate_signer=validate_signer
+        )
+        return raw, directory
+
+    def _read_directory_object(self) -> bytes:
+        try:
+            return self.piv.get_object(ObjectTag.DIRECTORY)
+        except FileNotFoundOnCard as exc:
+            raise _no_directory() from exc
+        except CardProtocolError as exc:
+            raise DirectoryError(f"the project directory could not be read: {exc}") from exc
 
     def read_signed_directory(self) -> SignedDirectory:
         """The directory object as stored (not yet verified)."""
-        try:
-            value = self.piv.get_object(ObjectTag.DIRECTORY)
-        except FileNotFoundOnCard as exc:
-            raise DirectoryMissing(
-                "this card has no project directory: it was not issued for sdbox; "
-                "take it to your card office"
-            ) from exc
-        except CardProtocolError as exc:
-            raise DirectoryError(f"the project directory could not be read: {exc}") from exc
-        return parse_signed_directory(value)
+        return parse_signed_directory(self._read_directory_object())
 
     def read_directory(self, validate_signer: SignerValidator) -> Directory:
         """The verified directory (signature, card binding, trusted signer)."""
@@ -198,6 +258,13 @@ class BioSsoSession:
     def ecdh(self, slot: int, peer: ec.EllipticCurvePublicKey) -> bytes:
         """ECDH of the project key in ``slot`` with ``peer`` (possession proof)."""
         return self.piv.ecdh(slot, peer)
+
+
+def _no_directory() -> DirectoryMissing:
+    return DirectoryMissing(
+        "this card has no project directory: it was not issued for sdbox; "
+        "take it to your card office"
+    )
 
 
 _SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")

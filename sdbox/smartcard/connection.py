@@ -124,6 +124,37 @@ class ApduStack:
             data, sw = self._send_short(apdu)
         return self._gather(apdu, data, sw)
 
+    def send_head(self, apdu: Apdu, at_least: int) -> tuple[bytes, int]:
+        """The start of ``apdu``'s answer: at least ``at_least`` bytes where there are as many.
+
+        Without extended length a long answer comes 256 bytes at a time
+        (61XX + GET RESPONSE): this stops asking once it has ``at_least``
+        bytes and returns the last status word, 61XX when more remained
+        (the card drops the rest at the next command, ISO/IEC 7816-4 7.1.3).
+        With extended length the whole answer is one exchange anyway.
+        """
+        if self.extended:
+            return self.send(apdu)
+        data, sw = self._send_short(apdu)
+        parts, have, rounds = [data], len(data), 0
+        while sw & 0xFF00 == Sw.BYTES_REMAINING_00 and have < at_least:
+            rounds += 1
+            if rounds > _MAX_RESPONSE_CHAIN:
+                raise CardProtocolError(f"{apdu.name()}: the card never ended its answer (61XX)")
+            data, sw = self._exchange_short(
+                Apdu(0x00, Ins.GET_RESPONSE, 0, 0, le=sw & 0xFF or SHORT_MAX_LE), answering=apdu
+            )
+            parts.append(data)
+            have += len(data)
+        return b"".join(parts), sw
+
+    def send_rest(self, apdu: Apdu, head: bytes, sw: int) -> tuple[bytes, int]:
+        """The whole answer to ``apdu``, from what :meth:`send_head` returned.
+
+        Only before any other command: the card drops the rest at the next one.
+        """
+        return self._gather(apdu, head, sw)
+
     def _send_short(self, apdu: Apdu) -> tuple[bytes, int]:
         le = None if apdu.le is None else min(apdu.le, SHORT_MAX_LE)
         chunks = [

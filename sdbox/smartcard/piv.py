@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -178,6 +179,46 @@ class PivSession:
             raise CardProtocolError(
                 f"{what}: the object is not wrapped as PIV requires: {exc}"
             ) from exc
+
+    def get_object_head(
+        self, tag: int, at_least: int
+    ) -> tuple[bytes, int, Callable[[], bytes]]:
+        """The start of a data object's value, the value's full length, and how to read the rest.
+
+        At least ``at_least`` bytes of the value where it has them (all of it
+        when it is shorter, or when the card has extended length); the length
+        comes from the 53 wrapper in the first bytes. The third element reads
+        on from there and returns the whole value: call it before any other
+        command, or not at all. FileNotFound if absent.
+        """
+        what = f"GET DATA {tag:X}"
+        apdu = Apdu(0x00, Ins.GET_DATA, 0x3F, 0xFF, tlv.tlv(TAG_OBJECT_ID, object_id(tag)), le=65536)
+        data, sw = self.stack.send_head(apdu, at_least + 4)  # + the 53 wrapper's tag and length
+        if sw != Sw.OK and sw & 0xFF00 != Sw.BYTES_REMAINING_00:
+            raise _translate(what, sw)
+        if len(data) < 2 or data[0] != TAG_DATA_OBJECT:
+            raise CardProtocolError(f"{what}: the object is not wrapped as PIV requires")
+        size, start = data[1], 2
+        if size in (0x81, 0x82) and len(data) >= 2 + (size - 0x80):
+            size, start = int.from_bytes(data[2 : 2 + size - 0x80], "big"), 2 + size - 0x80
+        elif size >= 0x80:
+            raise CardProtocolError(f"{what}: the object's length does not parse")
+        value = data[start : start + size]
+        if sw == Sw.OK and len(value) != size:
+            raise CardProtocolError(f"{what}: the object is shorter than its length says")
+
+        def rest() -> bytes:
+            whole, last = self.stack.send_rest(apdu, data, sw)
+            if last != Sw.OK:
+                raise _translate(what, last)
+            try:
+                return tlv.parse_one(whole, TAG_DATA_OBJECT).value
+            except TlvError as exc:
+                raise CardProtocolError(
+                    f"{what}: the object is not wrapped as PIV requires: {exc}"
+                ) from exc
+
+        return value, size, rest
 
     def put_object(self, tag: int, value: bytes) -> None:
         """Write a data object (needs the management key)."""

@@ -159,6 +159,24 @@ _NO_RENEWAL_RSA = (
     "renewal: the box generates EC project keys only, so RSA project keys are not renewed "
     "on the box; the card office re-issues them"
 )
+_NO_RENEWAL_ONE_PROJECT = (
+    "renewal: no directory to switch and no free slot, so the box does not renew "
+    "this card; the card office re-issues it"
+)
+_BOX_GENERATES = frozenset({_P256, _P384})  # what renewal's GENERATE asks the card for
+
+
+def renewal_limit(caps: Capabilities) -> str | None:
+    """Why the box cannot renew the project keys of a card with ``caps`` (None: it can).
+
+    The renewal job (:mod:`sdbox.renewal.flow`) and ``sdbox card identify``
+    both ask this, so what the job refuses is what identify says it cannot do.
+    """
+    if not caps.multi_project:  # renewal moves a project to a new slot and re-signs the directory
+        return _NO_RENEWAL_ONE_PROJECT
+    if not caps.key_algorithms <= _BOX_GENERATES:  # and proves the new key by ECDH
+        return _NO_RENEWAL_RSA
+    return None
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("biosso-p256", "multi-project biometric card, P-256 generation (today's)", _TODAY),
@@ -182,11 +200,7 @@ VARIANTS: tuple[Variant, ...] = (
         "biosso-rsa2048",
         "multi-project card with RSA-2048 keys",
         replace(_TODAY, holder_algorithm=_RSA, key_algorithms=frozenset({_RSA})),
-        (
-            "opening its projects: RSA keys cannot do ECDH, and the signature-based possession "
-            "proof the broker would need is not written yet (docs/card-variants.md)",
-            _NO_RENEWAL_RSA,
-        ),
+        (_NO_RENEWAL_RSA,),
     ),
     Variant(
         "biosso-chaining",
@@ -210,11 +224,10 @@ VARIANTS: tuple[Variant, ...] = (
             _TODAY, project_layout=ProjectLayout.CARD_IS_PROJECT, key_algorithms=frozenset({_P256})
         ),
         (
-            "opening its project: the box does not open one-project cards yet (where its "
-            "endpoint comes from is not decided, docs/card-variants.md)",
+            "opening its project needs the site's signed project catalogue on the box (its "
+            "endpoint, server certificate and policy are not on the card, docs/card-variants.md)",
             "switching projects means swapping cards: the card holds one project",
-            "renewal: no directory to switch and no free slot, so the box does not renew "
-            "this card; the card office re-issues it",
+            _NO_RENEWAL_ONE_PROJECT,
         ),
     ),
 )
@@ -520,9 +533,12 @@ def _check_consistency(evidence: Evidence) -> None:
             f"the key history counts {history} project key(s) but {present} project "
             "certificate(s) are on the card"
         )
+    # A renewed card may keep one superseded key inside the Key History range (docs/renewal.md,
+    # "Slots and Key History"): P projects use P or P + 1 retired slots, never more.
     if evidence.directory_projects is not None and evidence.directory_projects not in (
         -1,
         history,
+        history - 1,
     ):
         raise ContradictoryCard(
             f"the project directory lists {evidence.directory_projects} project(s) but the "
@@ -540,6 +556,16 @@ def abilities(variant: Variant) -> tuple[tuple[str, ...], tuple[str, ...]]:
         can.append("verify the holder by PIN (no finger is enrolled)")
     if caps.possession_by_ecdh and caps.multi_project:
         can.append("prove possession of a project key by ECDH and open its projects")
+    elif caps.multi_project:
+        can.append(
+            "prove possession of a project key by an RSA signature (PKCS#1 v1.5) and open "
+            "its projects"
+        )
+    elif caps.possession_by_ecdh:
+        can.append(
+            "go straight to its project at insertion, found in the site's signed project "
+            "catalogue, and prove possession of its key by ECDH"
+        )
     if not caps.extended_length:
         can.append(
             "talk to it with command and response chaining"
@@ -547,7 +573,7 @@ def abilities(variant: Variant) -> tuple[tuple[str, ...], tuple[str, ...]]:
         )
     if caps.compressed_certificates:
         can.append("read its compressed certificates")
-    if caps.multi_project and caps.possession_by_ecdh:
+    if renewal_limit(caps) is None:
         can.append("renew its project certificates on the box")
     return tuple(can), variant.limits
 
@@ -559,9 +585,21 @@ def one_project_of(session: BioSsoSession) -> str | None:
     found no directory, to tell the earlier one-project card from a card
     that was never issued for sdbox.
     """
+    facts = one_project_certificate(session)
+    return facts.project_id if facts is not None else None
+
+
+def one_project_certificate(session: BioSsoSession) -> CertificateFacts | None:
+    """The public facts of a card's 9A certificate when it names a project, else None.
+
+    The same one APDU as :func:`one_project_of`, for a caller that also needs
+    the certificate's digest, subject and expiry (the agent's listing of a
+    one-project card).
+    """
     try:
-        return certificate_facts(
+        facts = certificate_facts(
             Slot.AUTHENTICATION, session.piv.get_object(certificate_object(Slot.AUTHENTICATION))
-        ).project_id
+        )
     except FileNotFoundOnCard:
         return None
+    return facts if facts.project_id is not None else None

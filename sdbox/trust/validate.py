@@ -49,7 +49,8 @@ class Purpose(enum.Enum):
     """What the leaf certificate is being trusted for."""
 
     PROJECT = "project"
-    """A project credential on the card (ECDH key, names its project)."""
+    """A project credential on the card (names its project): an EC key-agreement key (ECDH),
+    or an RSA-2048 signature key (an older card variant)."""
     HOLDER = "holder"
     """The holder's PIV authentication certificate (signature key)."""
     SERVER = "server"
@@ -242,7 +243,7 @@ def validate(
     _check_leaf_key(leaf)
     if purpose is not Purpose.PATH:
         _check_eku(leaf, rules)
-        _check_key_usage(leaf, rules)
+        _check_key_usage(leaf, _project_rules(leaf, rules) if purpose is Purpose.PROJECT else rules)
     if rules.role is not None:
         _check_role(chain, rules.role)
     projects = tuple(
@@ -329,6 +330,19 @@ def _check_eku(leaf: x509.Certificate, rules: _Rules) -> None:
         ) from None
     if rules.eku not in usages:
         raise WrongPurpose(subject_of(leaf), "its extended key usage does not allow this use")
+
+
+def _project_rules(leaf: x509.Certificate, rules: _Rules) -> _Rules:
+    """A project key's usage by its type: EC keys agree keys (ECDH), RSA keys sign.
+
+    An RSA key cannot do key agreement, so an RSA project credential (an
+    older card variant, docs/card-variants.md) is a signature key and its
+    possession is proven by a signature; an EC one must still be a
+    key-agreement key (PIV's retired slots), never a signature key.
+    """
+    if isinstance(leaf.public_key(), rsa.RSAPublicKey):
+        return _Rules(rules.eku, ("digital_signature",), rules.role)
+    return rules
 
 
 def _check_key_usage(leaf: x509.Certificate, rules: _Rules) -> None:

@@ -248,6 +248,7 @@ class Greeter:
             detail=prop("Detail", ""), detail_args=dict(prop("DetailArgs", {})),
             centre=prop("Centre", CentreState.UNWATCHED), centre_reason=prop("CentreReason", ""),
             centre_gateway=prop("CentreGateway", ""),
+            card_layout=prop("CardLayout", ""),
         )  # fmt: skip
 
     def fit_monitor(self) -> None:

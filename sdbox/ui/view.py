@@ -18,6 +18,7 @@ from datetime import datetime
 
 from sdbox.agent.api import (
     END_MESSAGES,
+    CardLayout,
     CentreState,
     Detail,
     EndReason,
@@ -58,6 +59,8 @@ class AgentView:
     centre_gateway: str = ""
     # the greeter's own: the keyboard layout chooser is open (F2)
     choosing_layout: bool = False
+    # where the card keeps its projects (agent.api.CardLayout): one project means swap to switch
+    card_layout: str = CardLayout.NONE
 
 
 @dataclass(frozen=True)
@@ -477,7 +480,7 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
     said = detail_text(view.detail, view.detail_args, _)
     active = next((p for p in records if p.id == view.active_project), None)
     name = active.name if active else view.active_project
-    # the finger is always asked for; the PIN too where the project's policy allows it
+    # the finger is asked for (but on a PIN-only card); the PIN too where the policy allows it
     pin = active is not None and active.accepts_pin
     centre = _centre_line(view, _)
     centre_down = view.centre in (CentreState.DOWN, CentreState.REFUSED)
@@ -504,11 +507,17 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
                 "picker", title, said, _unless_said(said, hint), projects,
                 can_cancel=False, alert=True,
             )  # fmt: skip
+        # a one-project card: the only way to another project is another card
+        swap = (
+            _("This card holds one project: to work on another, swap cards.")
+            if view.card_layout == CardLayout.ONE_PROJECT
+            else ""
+        )
         if view.detail == Detail.SESSION_ENDED:  # a session ended: say why
             return Screen(
                 "ended",
                 _("The session ended"),
-                said,
+                said + ("\n" + swap if said and swap else swap),
                 centre or _("Choose a project to start again."),
                 projects,
                 alert=centre_down,
@@ -516,7 +525,7 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
         return Screen(
             "picker",
             _("Choose a project"),
-            centre,
+            "\n".join(line for line in (centre, swap) if line),
             hint=_("The fingerprint sensor is not connected: plug it in, or call the service desk.")
             if view.sensor == SensorState.DISCONNECTED
             else _("Use the arrow keys and Enter."),
@@ -537,6 +546,19 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
             can_cancel=True,
             alert=True,
         )
+    if view.state == State.VERIFYING and view.detail == Detail.ENTER_PIN:
+        # a PIN-only card (the agent's detail says so): its own screen, no finger, no sensor
+        tries = view.tries_left
+        return Screen(
+            "pin",
+            problems[Problem.WRONG_PIN][0] if view.problem == Problem.WRONG_PIN
+            else _("Enter your PIN"),
+            said,
+            _("{n} tries left").format(n=tries) if tries >= 0 else name,
+            pin_entry=True,
+            can_cancel=True,
+            alert=bool(view.problem),
+        )  # fmt: skip
     if view.state == State.VERIFYING:
         title = _("Place your finger on the sensor")
         if view.problem in (Problem.WRONG_FINGER, Problem.WRONG_PIN):

@@ -60,6 +60,7 @@ VOLATILE: dict[str, tuple[tuple[int, int, int, int], ...]] = {
     # the PIN entry's caret, caught at any point of its blink (GTK fades it in and out)
     "pin-fr": ((236, 262, 100, 112),),
     "pin-de": ((236, 262, 100, 112),),
+    "pin-only": ((236, 262, 100, 112),),
 }
 
 

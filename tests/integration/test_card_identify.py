@@ -91,15 +91,16 @@ def test_a_one_project_card_says_swapping_cards_switches_projects(card_of: CardO
     assert "variant:    legacy-one-project" in out.stdout
     assert "switching projects means swapping cards" in out.stdout
     assert "recognise its one project" in out.stdout
-    assert "does not open one-project cards yet" in out.stdout
+    assert "go straight to its project at insertion" in out.stdout
+    assert "needs the site's signed project catalogue" in out.stdout
 
 
 def test_the_rsa_card_says_what_sdbox_cannot_do(card_of: CardOf) -> None:
     doc = json.loads(identify(card_of("biosso-rsa2048").reader, "--json").stdout)
     assert doc["capabilities"]["key_algorithms"] == ["RSA-2048"]
     assert any("not renewed" in line for line in doc["cannot"])
-    assert any("possession proof" in line for line in doc["cannot"])
-    assert not any("open its projects" in line for line in doc["can"])
+    assert not any("possession proof" in line for line in doc["cannot"])
+    assert any("RSA signature" in line and "open its projects" in line for line in doc["can"])
 
 
 class _PlainCard(PivApplet):

@@ -23,6 +23,7 @@ from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import Project
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import issue_card, load_profile, seeded_template
+from sdbox.smartcard.emulator.vpcd import build_atr
 from sdbox.trust import Purpose, validate, validate_directory_signer
 from sdbox.trust.pki import Pki
 from tests.unit.test_applet import Direct
@@ -36,8 +37,10 @@ class InProcessCard(CardHandle):
     applet: PivApplet
 
     def _call(self, fn: Callable[[BioSsoSession], T]) -> T:
-        if self._session is None:
-            self._session = BioSsoSession(Direct(self.applet))
+        if self._session is None:  # the ATR the emulator's card answers (its capabilities)
+            state = self.applet.state
+            atr = build_atr(state.transmission, extended=state.extended_length)
+            self._session = BioSsoSession.for_atr(Direct(self.applet), atr)
         return fn(self._session)
 
     async def make_exclusive(self) -> None:

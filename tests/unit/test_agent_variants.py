@@ -10,16 +10,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.agent.api import Problem, State
+from sdbox.agent.api import CardLayout, Detail, Problem, State
 from sdbox.agent.card import CardHandle
+from sdbox.agent.events import Transition
 from sdbox.agent.machine import Agent
+from sdbox.certificates import load_certificate
 from sdbox.smartcard.biosso import BioSsoSession
+from sdbox.smartcard.catalogue import CatalogueEntry, ProjectCatalogue, sign_catalogue
+from sdbox.smartcard.directory import Protocol, SecondFactor
 from sdbox.smartcard.emulator.applet import PivApplet, response
-from sdbox.smartcard.emulator.profiles import issue_card, load_profile
+from sdbox.smartcard.emulator.profiles import bubble_dir, issue_card, load_profile
 from sdbox.smartcard.emulator.vpcd import build_atr
 from sdbox.smartcard.profile import ObjectTag
 from sdbox.trust.pki import Pki
@@ -27,11 +35,11 @@ from tests.unit.test_agent_machine import Credentials, Sensor, Sessions, Trust, 
 from tests.unit.test_applet import Direct
 
 T = TypeVar("T")
-# RSA-2048 keys cannot do the ECDH possession proof, and the PIN-only card has no finger
-# for the emulated sensor: their flows are not written yet (docs/card-variants.md).
+# The PIN-only card has no finger for the emulated sensor (its own test below); the RSA card
+# proves its project keys by signing (docs/card-variants.md).
 FINGER_FLOW_VARIANTS = (
-    "biosso-p256", "biosso-p384", "biosso-one-finger", "biosso-chaining", "biosso-t0",
-    "biosso-compressed",
+    "biosso-p256", "biosso-p384", "biosso-one-finger", "biosso-rsa2048", "biosso-chaining",
+    "biosso-t0", "biosso-compressed",
 )  # fmt: skip
 
 
@@ -147,11 +155,85 @@ def test_a_card_of_another_kind_is_not_supported_and_the_box_stays_usable(pki: P
     assert after == State.PICKER
 
 
-def test_a_one_project_card_is_named_and_not_supported_yet(pki: Pki) -> None:
+def test_a_one_project_card_on_a_box_without_the_catalogue_is_named_and_refused(
+    pki: Pki,
+) -> None:
     legacy = PivApplet(issue_card(load_profile("legacy-one-project"), pki))
     problem, message, _after = _blocked_then_next_card(pki, legacy)
     assert problem == Problem.CARD_NOT_SUPPORTED
     assert "one-project card (project 'census-2021')" in message
+    assert "no project catalogue" in message
+
+
+class _NoFinger:
+    async def capture(self) -> bytes:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def _catalogue(pki: Pki, path: Path, factor: SecondFactor, project: str = "census-2021") -> Path:
+    server = load_certificate((bubble_dir(pki.path, "census-2021") / "server.pem").read_bytes())
+    entry = CatalogueEntry(
+        project, "Census microdata 2021", Protocol.RDP, "127.0.0.1:33891",
+        server.public_bytes(serialization.Encoding.DER), factor, False,
+    )  # fmt: skip
+    signer = pki.directory_signer
+    assert isinstance(signer.key, ec.EllipticCurvePrivateKey)
+    path.write_bytes(
+        sign_catalogue(
+            ProjectCatalogue(1, datetime.now(UTC), (entry,)), signer.key, signer.cert,
+            [pki.project_ca.cert],
+        )
+    )
+    return path
+
+
+def test_a_one_project_card_goes_to_its_project_and_asks_what_the_catalogue_says(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """finger_or_pin in the catalogue: the PIN is accepted; no picker choice on the way."""
+    legacy = PivApplet(issue_card(load_profile("legacy-one-project"), pki))
+    catalogue = _catalogue(pki, tmp_path / "catalogue.json", SecondFactor.FINGER_OR_PIN)
+
+    async def scenario() -> None:
+        agent, sessions = agent_with(legacy, pki)
+        agent.catalogue = catalogue
+        agent.sensor = _NoFinger()  # the researcher types the PIN: no finger arrives
+        states: list[State] = []
+        agent.listeners.append(
+            lambda e: states.append(e.state) if isinstance(e, Transition) else None
+        )
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state in (State.VERIFYING, State.BLOCKED))
+        assert state_of(agent) == State.VERIFYING, agent.snapshot.message
+        assert agent.snapshot.card_layout == CardLayout.ONE_PROJECT
+        assert agent.snapshot.detail == Detail.PLACE_FINGER_OR_PIN
+        await agent.submit_pin("123456")
+        await until(lambda: state_of(agent) == State.RUNNING)
+        assert State.PICKER not in states
+        assert sessions.opened[-1].project.endpoint == "127.0.0.1:33891"  # the catalogue's
+        await agent.card_removed("reader")
+        assert sessions.opened[-1].killed
+
+    asyncio.run(scenario())
+
+
+def test_a_one_project_card_whose_project_the_site_does_not_list_is_refused(
+    pki: Pki, tmp_path: Path
+) -> None:
+    legacy = PivApplet(issue_card(load_profile("legacy-one-project"), pki))
+    catalogue = _catalogue(pki, tmp_path / "c.json", SecondFactor.FINGER, project="genomics-lab")
+
+    async def scenario() -> None:
+        agent, sessions = agent_with(legacy, pki)
+        agent.catalogue = catalogue
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state == State.BLOCKED)
+        assert agent.snapshot.problem == Problem.CARD_NOT_SUPPORTED
+        assert "not in this box's project catalogue" in agent.snapshot.message
+        assert not sessions.opened
+
+    asyncio.run(scenario())
 
 
 def test_a_card_without_a_directory_or_project_is_still_an_untrusted_directory(pki: Pki) -> None:

@@ -147,3 +147,28 @@ def test_extended_length_follows_what_the_atr_states() -> None:
     # the assumption sdbox has always made of PIV cards
     assert uses_extended_length(bytes.fromhex("3B021480"))
     assert uses_extended_length(b"\x00")
+
+
+def test_a_head_read_stops_asking_once_it_has_enough_and_reads_on_on_request() -> None:
+    """The directory's head on a chip without extended length: one exchange, the rest on demand."""
+    from sdbox.smartcard.piv import PivSession
+
+    value = bytes(range(256)) * 2  # 512 bytes: 53 82 02 00 + value, sent 256 bytes at a time
+    wire = bytes.fromhex("53820200") + value
+    conn = Recorded([(wire[:256].hex(), 0x6100), (wire[256:512].hex(), 0x6104),
+                     (wire[512:].hex(), 0x9000)])  # fmt: skip
+    piv = PivSession(ApduStack(conn, extended=False))
+    head, size, rest = piv.get_object_head(0x5FFF40, 200)
+    assert (head, size) == (value[:252], 512)
+    assert conn.sent == ["00CB3FFF055C035FFF4000"]  # GET DATA only: no GET RESPONSE yet
+    assert rest() == value
+    assert conn.sent[1:] == ["00C0000000", "00C0000004"]
+
+
+def test_a_head_read_on_a_t0_chip_asks_for_the_first_answer() -> None:
+    conn = Recorded([("", 0x6100), (("53 10" + "AB" * 16).replace(" ", ""), 0x9000)])
+    from sdbox.smartcard.piv import PivSession
+
+    head, size, _rest = PivSession(ApduStack(conn, extended=False)).get_object_head(0x5FFF40, 200)
+    assert (head, size) == (b"\xab" * 16, 16)
+    assert conn.sent == ["00CB3FFF055C035FFF4000", "00C0000000"]

@@ -26,6 +26,7 @@ import pytest
 from sdbox.agent.api import (
     DETAIL_ARGS,
     END_MESSAGES,
+    CardLayout,
     CentreState,
     Detail,
     EndReason,
@@ -145,14 +146,14 @@ def rendered_msgids() -> frozenset[str]:
     )  # fmt: skip
     for state in [*State, "a state this greeter does not know"]:
         for problem in ["", *(p for p in Problem if p not in NOT_SHOWN)]:
-            for tries, sensor, active, detail in itertools.product(
+            for tries, sensor, active, detail, layout in itertools.product(
                 (-1, 0, 3), ("connected", "disconnected"), ("p0", "p1"),
-                (Detail.NONE, Detail.SESSION_ENDED),
+                (Detail.NONE, Detail.SESSION_ENDED, Detail.ENTER_PIN), CardLayout,
             ):  # fmt: skip
                 screen_for(
                     AgentView(state=state, problem=problem, tries_left=tries, sensor=sensor,
                               projects=projects, active_project=active, detail=detail,
-                              detail_args={"reason": "closed"}),
+                              detail_args={"reason": "closed"}, card_layout=layout),
                     translate,
                 )  # fmt: skip
     layouts = tuple(RDP_LAYOUTS)

@@ -298,3 +298,46 @@ def test_larger_text_and_high_contrast_follow_the_kept_choices_on_every_screen()
     # the start screen says how to get them
     assert screen_for(AgentView(), EN).footer == "F3: larger text · F4: high contrast"
     assert screen_for(AgentView(), DE).footer == "F3: größere Schrift · F4: hoher Kontrast"
+
+
+def test_a_one_project_card_says_that_switching_means_swapping_cards() -> None:
+    one = PROJECTS[:1]
+    for language, words in ((EN, "swap cards"), (FR, "changez de carte"), (DE, "wechseln Sie")):
+        picker = screen_for(
+            AgentView(state="picker", projects=one, card_layout="one_project"), language
+        )
+        assert words in picker.body
+        ended = screen_for(
+            AgentView(state="picker", projects=one, card_layout="one_project",
+                      detail="session_ended", detail_args={"reason": "closed"}),
+            language,
+        )  # fmt: skip
+        assert words in ended.body
+    several = screen_for(AgentView(state="picker", projects=PROJECTS, card_layout="directory"), EN)
+    assert "swap" not in several.body
+
+
+def test_a_pin_only_card_gets_a_pin_screen_without_a_finger() -> None:
+    """The agent's detail enter_pin (a card without on-card comparison): no finger, no sensor."""
+    for language, title, words in (
+        (EN, "Enter your PIN", "this card holds no finger"),
+        (FR, "Saisissez votre code PIN", "aucun doigt"),
+        (DE, "Geben Sie Ihre PIN ein", "kein Finger"),
+    ):
+        view = AgentView(
+            state="verifying", projects=FINGER_OR_PIN, active_project="survey-2024",
+            detail="enter_pin", sensor="disconnected",
+        )  # fmt: skip
+        screen = screen_for(view, language)
+        assert (screen.kind, screen.title, screen.pin_entry) == ("pin", title, True)
+        assert words in screen.body
+        shown = " ".join((screen.title, screen.body, screen.hint)).lower()
+        assert "sensor" not in shown
+        assert "finger on" not in shown
+        assert screen.hint == "Household survey"
+    wrong = screen_for(
+        AgentView(state="verifying", projects=FINGER_OR_PIN, active_project="survey-2024",
+                  detail="enter_pin", problem="wrong_pin", tries_left=2),
+        EN,
+    )  # fmt: skip
+    assert (wrong.title, wrong.hint, wrong.alert) == ("Wrong PIN", "2 tries left", True)

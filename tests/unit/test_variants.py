@@ -18,7 +18,7 @@ from sdbox.smartcard.emulator.profiles import (
 from sdbox.smartcard.emulator.state import CardState
 from sdbox.smartcard.emulator.vpcd import build_atr
 from sdbox.smartcard.errors import CardProtocolError
-from sdbox.smartcard.profile import Discovery, ObjectTag, encode_key_history
+from sdbox.smartcard.profile import Discovery, ObjectTag, certificate_object, encode_key_history
 from sdbox.smartcard.variants import (
     VARIANTS,
     VARIANTS_BY_NAME,
@@ -128,6 +128,20 @@ def test_a_key_history_that_disagrees_with_the_certificates_is_a_contradiction(p
     state.objects[ObjectTag.KEY_HISTORY] = encode_key_history(1)
     session, atr = _session(state)
     with pytest.raises(ContradictoryCard, match="key history counts 1"):
+        identify(session, atr)
+
+
+def test_a_renewed_card_with_one_superseded_key_is_not_a_contradiction(pki: Pki) -> None:
+    """After a renewal, P projects may use P + 1 retired slots (docs/renewal.md); not P + 2."""
+    state = _card(pki, "biosso-p256")
+    state.objects[certificate_object(0x85)] = state.objects[certificate_object(0x84)]
+    state.objects[ObjectTag.KEY_HISTORY] = encode_key_history(4)
+    session, atr = _session(state)
+    assert identify(session, atr).variant == VARIANTS_BY_NAME["biosso-p256"]
+    state.objects[certificate_object(0x86)] = state.objects[certificate_object(0x84)]
+    state.objects[ObjectTag.KEY_HISTORY] = encode_key_history(5)
+    session, atr = _session(state)
+    with pytest.raises(ContradictoryCard, match="lists 3 project"):
         identify(session, atr)
 
 
