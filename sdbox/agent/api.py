@@ -25,12 +25,14 @@ __all__ = [
     "OBJECT_PATH",
     "Detail",
     "EndReason",
+    "NetworkStatus",
     "Preference",
     "Problem",
     "ProjectStatus",
     "ProjectView",
     "SensorState",
     "State",
+    "SupportField",
     "parse_project_status",
     "project_status",
 ]
@@ -89,6 +91,7 @@ class Problem(StrEnum):
     UNKNOWN_PROJECT = "unknown_project"
     BUSY = "busy"
     INVALID_PREFERENCE = "invalid_preference"  # SetPreference refused (never a screen)
+    INVALID_NETWORK = "invalid_network"  # SetNetwork refused: the error's message names the field
 
 
 class SensorState(StrEnum):
@@ -250,3 +253,41 @@ class Preference(StrEnum):
     KEYBOARD_LAYOUT = "keyboard_layout"  # an XKB layout name, one of KeyboardLayouts
     LARGE_TEXT = "large_text"  # "1" or "0"
     HIGH_CONTRAST = "high_contrast"  # "1" or "0"
+
+
+class NetworkStatus(StrEnum):
+    """Where the outer network and the tunnel stand (D-Bus ``NetworkStatus``), most basic first.
+
+    The greeter's network and support screens say where the problem is from
+    this code alone (docs/desk.md, "Where the problem is").
+    """
+
+    UNKNOWN = "unknown"  # not looked at yet
+    NO_LINK = "no_link"  # no cable (no carrier), or no Wi-Fi association
+    NO_ADDRESS = "no_address"  # a link, but no address (DHCP unanswered, static not applied)
+    NO_ROUTE = "no_route"  # an address, but no route towards the centre's gateway
+    UDP_BLOCKED = "udp_blocked"  # the gateway never answers IKE (UDP 500/4500): blocked locally
+    GATEWAY_REFUSED = "gateway_refused"  # the gateway answered and refused (or was refused)
+    TUNNEL_DOWN = "tunnel_down"  # the tunnel is down for another reason (stopped, closed)
+    CONNECTING = "connecting"  # the local network is fine; the tunnel is being set up
+    CONNECTED = "connected"  # the tunnel is up
+    LOCAL_ONLY = "local_only"  # the local network is fine; this agent does not watch a tunnel
+
+
+class SupportField(StrEnum):
+    """The keys of D-Bus ``Support`` (``a{ss}``): what a helpdesk asks for on the phone.
+
+    Nothing personal: the last card is its kind and when it was seen, never
+    its holder, serial or projects.
+    """
+
+    BOX = "box"  # the box's identity (its certificate's subject, else the host name)
+    VERSION = "version"  # the software (image) version
+    SLOT = "slot"  # the A/B root slot booted (RAUC's), '' outside the image
+    GENERATION = "generation"  # the hardware generation's name
+    ADDRESSES = "addresses"  # the outer interface's addresses, space-separated
+    INTERFACE = "interface"  # the outer interface
+    TUNNEL = "tunnel"  # a NetworkStatus value
+    CARD = "card"  # the last card's kind ('' if none since the agent started)
+    CARD_SEEN = "card_seen"  # when (ISO 8601, UTC)
+    PROBLEMS = "problems"  # the last problems, newest first: one "ISO-time code" per line

@@ -56,6 +56,13 @@ class PreferencesChanged:
     values: dict[str, str]
 
 
+@dataclass(frozen=True)
+class NetworkChanged:
+    """The outer network settings changed (their public values: never the passphrase)."""
+
+    values: dict[str, str]
+
+
 @dataclass
 class Snapshot:
     """The agent's observable state (D-Bus properties)."""
@@ -73,4 +80,7 @@ class Snapshot:
     sensor: SensorState = SensorState.UNWATCHED
 
 
-AgentEvent = Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged
+AgentEvent = (
+    Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged
+    | NetworkChanged
+)

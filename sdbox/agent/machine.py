@@ -34,6 +34,7 @@ from sdbox.agent.api import (
 )
 from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.connect import ConnectionFlow, Insertion
+from sdbox.agent.desk import DeskMixin
 from sdbox.agent.events import (
     AgentEvent,
     PreferencesChanged,
@@ -43,6 +44,7 @@ from sdbox.agent.events import (
     Snapshot,
     Transition,
 )
+from sdbox.agent.outer_network import LinkFacts, NetworkStore
 from sdbox.agent.ports import (
     CredentialPort,
     RenewalPort,
@@ -54,8 +56,10 @@ from sdbox.agent.ports import (
 from sdbox.agent.preferences import PreferenceError, Preferences
 from sdbox.agent.presence import SensorHotplug, SensorPresence
 from sdbox.agent.problems import Refusal, Step, problem_for, refusal_for
+from sdbox.agent.support import SupportRecord
 from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
+from sdbox.network.events import TunnelEvent
 from sdbox.renewal.due import record_seen
 from sdbox.smartcard.directory import Project
 from sdbox.smartcard.errors import CardAccessError, DirectoryMissing
@@ -63,7 +67,7 @@ from sdbox.smartcard.variants import one_project_of
 
 _log = logging.getLogger("sdbox.agent")
 
-class Agent(ConnectionFlow):
+class Agent(ConnectionFlow, DeskMixin):
     """The state machine (see the module docstring)."""
 
     def __init__(
@@ -79,6 +83,10 @@ class Agent(ConnectionFlow):
         renewal: RenewalPort | None = None,
         seen_dir: Path | None = None,
         preferences: Preferences | None = None,
+        network: NetworkStore | None = None,
+        support: SupportRecord | None = None,
+        tunnel_state: Callable[[], TunnelEvent | None] | None = None,
+        link_reader: Callable[[str], LinkFacts] | None = None,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -90,6 +98,7 @@ class Agent(ConnectionFlow):
         self.renewal = renewal
         self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
         self.preferences = preferences or Preferences(None, layout="us", choices=("us",))
+        self._desk_init(network, support, tunnel_state, link_reader)
         self._renewing = False
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []
@@ -132,6 +141,8 @@ class Agent(ConnectionFlow):
         )
         if tries_left is not None:
             snap.tries_left = tries_left
+        if problem is not None:
+            self.support.problem(problem)
         _log.info(
             "state %s%s%s",
             state.value,
@@ -261,6 +272,8 @@ class Agent(ConnectionFlow):
             return
         card.guid = summary.guid
         card.occ = summary.occ  # what the card can verify: the finger prompt follows it
+        # the support screen's "last card": its kind only, never its identity
+        self.support.card_inserted("BIO SSO, on-card finger" if summary.occ else "PIV, PIN only")
         audit(
             AuditEvent.CARD_INSERTED,
             "card inserted",
