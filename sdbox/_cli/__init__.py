@@ -35,6 +35,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.renewal", "renewal"),
     ("sdbox._cli.site", "site"),
     ("sdbox._cli.tunnel", "tunnel"),
+    ("sdbox._cli.network", "network"),
 )
 
 
