@@ -25,6 +25,7 @@ __all__ = [
     "OBJECT_PATH",
     "Detail",
     "EndReason",
+    "NetworkRefusal",
     "NetworkStatus",
     "Preference",
     "Problem",
@@ -291,3 +292,25 @@ class SupportField(StrEnum):
     CARD = "card"  # the last card's kind ('' if none since the agent started)
     CARD_SEEN = "card_seen"  # when (ISO 8601, UTC)
     PROBLEMS = "problems"  # the last problems, newest first: one "ISO-time code" per line
+
+
+class NetworkRefusal(StrEnum):
+    """Why ``SetNetwork`` refused a setting; its D-Bus error message starts ``FIELD CODE: ``.
+
+    The field is one of ``mode address gateway dns ssid passphrase``; the
+    greeter marks it and says the code in its language (the English rest is
+    for the journal). The values are :class:`sdbox.network.outer.Why`'s.
+    """
+
+    NOT_A_SETTING = "not_a_setting"
+    MISSING = "missing"
+    NO_PREFIX = "no_prefix"
+    NOT_AN_ADDRESS = "not_an_address"
+    NOT_A_HOST = "not_a_host"
+    ROUTER_OUTSIDE = "router_outside"
+    OVERLAPS_CENTRE = "overlaps_centre"
+    NEEDS_RESOLVER = "needs_resolver"
+    SSID_LENGTH = "ssid_length"
+    SSID_CHARACTERS = "ssid_characters"
+    PASSPHRASE_LENGTH = "passphrase_length"  # noqa: S105  (a code, not a secret)
+    PASSPHRASE_CHARACTERS = "passphrase_characters"  # noqa: S105

@@ -58,8 +58,10 @@ class DeskMixin:
         try:
             settings = self.network.set(values)
         except NetworkSettingsError as exc:
-            # "field: reason": the greeter marks the field and says the reason
-            raise Refusal(Problem.INVALID_NETWORK, f"{exc.field.value}: {exc.message}") from exc
+            # "FIELD CODE: words": the greeter marks the field and says the code (api.NetworkRefusal)
+            raise Refusal(
+                Problem.INVALID_NETWORK, f"{exc.field.value} {exc.why.value}: {exc.message}"
+            ) from exc
         self._link = None
         self._emit(NetworkChanged(settings.public()))
 

@@ -42,12 +42,37 @@ class Field(StrEnum):
     PASSPHRASE = "passphrase"  # noqa: S105  (the key's name; its value is never read back or logged)
 
 
-class NetworkSettingsError(SdboxError):
-    """Settings refused: ``field`` says which one, the message says why. Nothing was kept."""
+class Why(StrEnum):
+    """Why a setting was refused, as a code the greeter says in its language.
 
-    def __init__(self, setting: Field, message: str) -> None:
+    The same values as :class:`sdbox.agent.api.NetworkRefusal` (a unit test
+    holds them together): the greeter may import only the agent's API.
+    """
+
+    NOT_A_SETTING = "not_a_setting"
+    MISSING = "missing"
+    NO_PREFIX = "no_prefix"
+    NOT_AN_ADDRESS = "not_an_address"
+    NOT_A_HOST = "not_a_host"  # the network's own address, loopback, multicast, link-local
+    ROUTER_OUTSIDE = "router_outside"
+    OVERLAPS_CENTRE = "overlaps_centre"
+    NEEDS_RESOLVER = "needs_resolver"
+    SSID_LENGTH = "ssid_length"
+    SSID_CHARACTERS = "ssid_characters"
+    PASSPHRASE_LENGTH = "passphrase_length"  # noqa: S105  (a code, not a secret)
+    PASSPHRASE_CHARACTERS = "passphrase_characters"  # noqa: S105
+
+
+class NetworkSettingsError(SdboxError):
+    """Settings refused: ``field`` says which one, ``why`` the reason's code, the message why.
+
+    Nothing was kept.
+    """
+
+    def __init__(self, setting: Field, why: Why, message: str) -> None:
         super().__init__(message)
         self.field = setting
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -86,12 +111,12 @@ def from_fields(values: dict[str, str], previous: OuterSettings | None = None) -
     known = {f.value for f in Field}
     for key in values:
         if key not in known:
-            raise NetworkSettingsError(Field.MODE, f"{key!r} is not a network setting")
+            raise NetworkSettingsError(Field.MODE, Why.NOT_A_SETTING, f"{key!r} is not a network setting")
     try:
         mode = Mode(values.get(Field.MODE, Mode.DHCP.value))
     except ValueError:
         raise NetworkSettingsError(
-            Field.MODE, f"{values.get(Field.MODE)!r} is not dhcp, static or wifi"
+            Field.MODE, Why.NOT_A_SETTING, f"{values.get(Field.MODE)!r} is not dhcp, static or wifi"
         ) from None
     dns = tuple(part for part in re.split(r"[\s,]+", values.get(Field.DNS, "")) if part)
     ssid = values.get(Field.SSID, "")
@@ -113,53 +138,53 @@ def from_fields(values: dict[str, str], previous: OuterSettings | None = None) -
 
 def _check_static(settings: OuterSettings, site: SiteProfile | None) -> None:
     if not settings.address:
-        raise NetworkSettingsError(Field.ADDRESS, "an address is needed (e.g. 192.168.1.20/24)")
+        raise NetworkSettingsError(Field.ADDRESS, Why.MISSING, "an address is needed (e.g. 192.168.1.20/24)")
     if "/" not in settings.address:
         raise NetworkSettingsError(
-            Field.ADDRESS, f"{settings.address!r} has no prefix length (e.g. 192.168.1.20/24)"
+            Field.ADDRESS, Why.NO_PREFIX, f"{settings.address!r} has no prefix length (e.g. 192.168.1.20/24)"
         )
     try:
         own = ipaddress.ip_interface(settings.address)
     except ValueError:
         raise NetworkSettingsError(
-            Field.ADDRESS, f"{settings.address!r} is not an address (e.g. 192.168.1.20/24)"
+            Field.ADDRESS, Why.NOT_AN_ADDRESS, f"{settings.address!r} is not an address (e.g. 192.168.1.20/24)"
         ) from None
     if own.ip in (own.network.network_address, own.network.broadcast_address) and (
         own.network.num_addresses > 2
     ):
         raise NetworkSettingsError(
-            Field.ADDRESS, f"{own.ip} is the network's own address, not a host's"
+            Field.ADDRESS, Why.NOT_A_HOST, f"{own.ip} is the network's own address, not a host's"
         )
     if own.ip.is_loopback or own.ip.is_multicast or own.ip.is_unspecified or own.ip.is_link_local:
-        raise NetworkSettingsError(Field.ADDRESS, f"{own.ip} cannot be the box's address")
+        raise NetworkSettingsError(Field.ADDRESS, Why.NOT_A_HOST, f"{own.ip} cannot be the box's address")
     router = parse_address(settings.gateway)
     if router is None:
         raise NetworkSettingsError(
-            Field.GATEWAY, f"{settings.gateway!r} is not an address (the local router, e.g. 192.168.1.1)"
+            Field.GATEWAY, Why.NOT_AN_ADDRESS, f"{settings.gateway!r} is not an address (the local router, e.g. 192.168.1.1)"
         )
     if router not in own.network or router == own.ip:
         raise NetworkSettingsError(
-            Field.GATEWAY, f"{router} is not another address of the network {own.network}"
+            Field.GATEWAY, Why.ROUTER_OUTSIDE, f"{router} is not another address of the network {own.network}"
         )
     for server in settings.dns:
         if parse_address(server) is None:
-            raise NetworkSettingsError(Field.DNS, f"{server!r} is not an address")
+            raise NetworkSettingsError(Field.DNS, Why.NOT_AN_ADDRESS, f"{server!r} is not an address")
     if site is None:
         return
     for network in site.tunnel_networks:
         if network.version == own.network.version and network.overlaps(own.network):
             raise NetworkSettingsError(
-                Field.ADDRESS,
+                Field.ADDRESS, Why.OVERLAPS_CENTRE,
                 f"the network {own.network} overlaps the centre's network {network}, which only "
                 "the tunnel may carry: choose another address",
             )
     for gateway in site.gateways:
         address = parse_address(gateway.address)
         if address is not None and address == own.ip:
-            raise NetworkSettingsError(Field.ADDRESS, f"{own.ip} is the centre's gateway")
+            raise NetworkSettingsError(Field.ADDRESS, Why.OVERLAPS_CENTRE, f"{own.ip} is the centre's gateway")
     if site.gateways_are_names() and not settings.dns:
         raise NetworkSettingsError(
-            Field.DNS, "the centre's gateway is a name: a static network needs a resolver"
+            Field.DNS, Why.NEEDS_RESOLVER, "the centre's gateway is a name: a static network needs a resolver"
         )
 
 
@@ -170,19 +195,21 @@ _HEX_KEY = re.compile(r"[0-9A-Fa-f]{64}")
 def _check_wifi(settings: OuterSettings) -> None:
     raw = settings.ssid.encode("utf-8")
     if not 1 <= len(raw) <= 32:
-        raise NetworkSettingsError(Field.SSID, "a network name has 1 to 32 bytes")
+        raise NetworkSettingsError(Field.SSID, Why.SSID_LENGTH, "a network name has 1 to 32 bytes")
     if any(ord(ch) < 32 for ch in settings.ssid):
-        raise NetworkSettingsError(Field.SSID, "the network name has a control character")
+        raise NetworkSettingsError(
+            Field.SSID, Why.SSID_CHARACTERS, "the network name has a control character"
+        )
     secret = settings.passphrase
     if _HEX_KEY.fullmatch(secret):
         return
     if not 8 <= len(secret) <= 63:
         raise NetworkSettingsError(
-            Field.PASSPHRASE, "a Wi-Fi passphrase has 8 to 63 characters (WPA2/WPA3 personal)"
+            Field.PASSPHRASE, Why.PASSPHRASE_LENGTH, "a Wi-Fi passphrase has 8 to 63 characters (WPA2/WPA3 personal)"
         )
     if not all(32 <= ord(ch) <= 126 for ch in secret):
         raise NetworkSettingsError(
-            Field.PASSPHRASE, "a Wi-Fi passphrase has letters, digits and ASCII signs only"
+            Field.PASSPHRASE, Why.PASSPHRASE_CHARACTERS, "a Wi-Fi passphrase has letters, digits and ASCII signs only"
         )
 
 

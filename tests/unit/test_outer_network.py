@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdbox.agent.api import NetworkStatus, Problem
+from sdbox.agent.api import NetworkRefusal, NetworkStatus, Problem
 from sdbox.agent.machine import Agent
 from sdbox.agent.outer_network import (
     DIRECTORY,
@@ -21,7 +21,7 @@ from sdbox.agent.outer_network import (
 )
 from sdbox.agent.problems import Refusal
 from sdbox.network.events import Reason, TunnelEvent, TunnelState
-from sdbox.network.outer import Field, Mode, NetworkSettingsError, iwd_file_name
+from sdbox.network.outer import Field, Mode, NetworkSettingsError, Why, iwd_file_name
 from sdbox.network.site import SiteProfile, load_bytes
 
 SITE = b"""
@@ -183,7 +183,7 @@ def test_the_agent_refuses_with_the_field_and_publishes_a_change(tmp_path: Path,
     with pytest.raises(Refusal) as refused:
         agent.set_network({"mode": "static", "address": "10.20.5.9/24", "gateway": "10.20.5.1"})
     assert refused.value.problem is Problem.INVALID_NETWORK
-    assert refused.value.message.startswith("address: ")
+    assert refused.value.message.startswith("address overlaps_centre: ")
     assert events == []
     agent.set_network(WIFI)
     assert len(events) == 1
@@ -203,3 +203,7 @@ def test_support_says_what_a_helpdesk_asks_for(tmp_path: Path, site: SiteProfile
     assert values["version"]
     lines = values["problems"].splitlines()
     assert [line.split()[1] for line in lines] == ["broker_unreachable", "wrong_finger"]  # newest first
+
+
+def test_the_refusal_codes_are_the_apis() -> None:
+    assert [w.value for w in Why] == [r.value for r in NetworkRefusal]
