@@ -88,7 +88,7 @@ TRANSPORTS: dict[str, frozenset[str]] = {
     "dbus_fast": frozenset({"sdbox.agent.dbus"}),
     "systemd": frozenset({"sdbox.agent.service"}),
     "pyudev": frozenset({"sdbox.agent.sensors"}),
-    "gi": frozenset({"sdbox.ui.app", "sdbox.biometric.libfprint"}),
+    "gi": frozenset({"sdbox.ui.app", "sdbox.ui.panels", "sdbox.biometric.libfprint"}),
 }
 
 

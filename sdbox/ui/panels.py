@@ -1,0 +1,168 @@
+"""The GTK side of the screens without a card (sdbox.ui.desk): the network form and support lines.
+
+Mixed into :class:`sdbox.ui.app.Greeter`, which owns the window, the
+agent's proxy and the rendering loop; kept apart so that the greeter's
+module stays about the agent's screens. The passphrase entry's text goes
+to the agent once (``SetNetwork``) and is cleared from the widget at once;
+it is never a label, so it never reaches the tests' screen file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gi
+
+gi.require_version("Gtk", "4.0")
+from gi.repository import GLib, Gtk  # noqa: E402  (after require_version)
+
+from sdbox.ui.desk import DeskScreen  # noqa: E402
+
+
+def label(text: str, css: str) -> Any:
+    """A wrapping, left-aligned label with a CSS class."""
+    widget = Gtk.Label(label=text, xalign=0, wrap=True)
+    widget.add_css_class(css)
+    return widget
+
+
+def focus_once(widget: Any) -> None:
+    """Give ``widget`` the focus once the window is built.
+
+    Not ``idle_add(widget.grab_focus)``: grab_focus returns True, which
+    keeps an idle source alive, so the focus would be taken back for ever
+    (arrow keys would seem dead) and the greeter would spin a core.
+    """
+
+    def grab() -> bool:
+        widget.grab_focus()
+        return False  # GLib.SOURCE_REMOVE: run once
+
+    GLib.idle_add(grab)
+
+
+class DeskPanels:
+    """The network (F5) and support (F1) screens' widgets and actions."""
+
+    _: Callable[[str], str]
+    screen: Any
+    panel: str
+    net_mode: str
+    typed: dict[str, str]
+    secret: str
+    refusal: str
+    saved: bool
+    choosing_layout: bool
+    entries: dict[str, Any]
+
+    def render(self) -> None:  # the greeter's
+        raise NotImplementedError
+
+    def _call(
+        self, method: str, args: Any = None, then: Any = None, refused: Any = None
+    ) -> None:  # the greeter's
+        raise NotImplementedError
+
+    def _desk_box(self, screen: DeskScreen) -> Any:
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=14)
+        box.set_margin_top(48)
+        box.set_margin_start(96)
+        box.set_margin_end(96)
+        box.append(label(self._("Secure data access"), "brand"))
+        box.append(label(screen.title, "title"))
+        if screen.body:
+            body = label(screen.body, "body")
+            if screen.alert:
+                body.add_css_class("field-problem")
+            box.append(body)
+        if screen.kind == "network":
+            box.append(self._modes(screen))
+            self.entries = {}
+            first_problem = None
+            for item in screen.fields:
+                box.append(label(item.label, "field"))
+                entry = Gtk.PasswordEntry() if item.secret else Gtk.Entry()
+                if item.secret:
+                    entry.set_show_peek_icon(False)
+                else:
+                    entry.set_text(item.value)
+                entry.connect("changed", self._on_typed, item.key, item.secret)
+                entry.connect("activate", lambda _entry: self._save_network())
+                self.entries[item.key] = entry
+                box.append(entry)
+                if item.problem:
+                    box.append(label(item.problem, "field-problem"))
+                    first_problem = first_problem or entry
+            if first_problem is not None:
+                focus_once(first_problem)
+        for key, value in screen.lines:
+            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=24)
+            name = label(key, "support-key")
+            name.set_size_request(220, -1)
+            row.append(name)
+            row.append(label(value, "support-value"))
+            box.append(row)
+        box.append(label(screen.hint, "hint"))
+        return box
+
+    def _modes(self, screen: DeskScreen) -> Any:
+        """The kinds of network, one row each; selecting one shows its fields."""
+        listbox = Gtk.ListBox()
+        listbox.set_selection_mode(Gtk.SelectionMode.SINGLE)
+        chosen = None
+        for mode, name in screen.modes:
+            row = Gtk.ListBoxRow()
+            row.mode = mode
+            row.set_child(label(name, "project"))
+            listbox.append(row)
+            if mode == screen.mode:
+                chosen = row
+        if chosen is not None:
+            listbox.select_row(chosen)
+            if not any(item.problem for item in screen.fields):
+                focus_once(chosen)
+        listbox.connect("row-selected", self._on_mode)
+        return listbox
+
+    def _on_mode(self, _listbox: Any, row: Any) -> None:
+        if row is None or row.mode == self.net_mode:
+            return
+        self.net_mode, self.refusal, self.saved = str(row.mode), "", False
+        self.render()
+
+    def _on_typed(self, entry: Any, key: str, secret: bool) -> None:
+        if secret:
+            self.secret = entry.get_text()  # kept for the one SetNetwork, never reported
+        else:
+            self.typed[key] = entry.get_text()
+
+    def _save_network(self) -> None:
+        screen = self.screen
+        if not isinstance(screen, DeskScreen) or screen.kind != "network":
+            return
+        values = {"mode": screen.mode}
+        for item in screen.fields:
+            widget = self.entries.get(item.key)
+            values[item.key] = widget.get_text() if widget is not None else ""
+
+        def kept() -> None:
+            self.typed, self.secret, self.refusal, self.saved = {}, "", "", True
+            self.render()
+
+        def refused(message: str) -> None:
+            self.refusal, self.saved = message, False
+            self.render()
+
+        self._call("SetNetwork", GLib.Variant("(a{ss})", (values,)), kept, refused)
+        for widget in self.entries.values():  # the passphrase leaves the widgets at once
+            if isinstance(widget, Gtk.PasswordEntry):
+                widget.set_text("")
+        values.clear()
+
+    def _open_panel(self, panel: str) -> None:
+        self.panel = "" if self.panel == panel else panel
+        self.net_mode, self.typed, self.secret, self.refusal, self.saved = "", {}, "", "", False
+        self.choosing_layout = False
+        self.render()
+
