@@ -173,6 +173,7 @@ class Greeter(DeskPanels):
         self.refusal = ""  # the agent's last SetNetwork refusal ("FIELD CODE: words")
         self.saved = False
         self.entries: dict[str, Any] = {}
+        self.last_field = ""  # the network form's field typed in last
         self.proxy = self._connect(bus_address)
         self.refresh()
         # A safety net: a signal missed while the bus or the agent restarts must
@@ -440,8 +441,12 @@ class Greeter(DeskPanels):
                     "%s refused: %s", method, Gio.DBusError.get_remote_error(exc) or exc.message
                 )
                 if refused is not None:
-                    Gio.DBusError.strip_remote_error(exc)
-                    refused(exc.message)
+                    # "GDBus.Error:org.sdbox.Agent1.Error.CODE: message" (PyGObject hands a
+                    # copy of the error, so Gio.DBusError.strip_remote_error cannot strip it)
+                    message = str(exc.message)
+                    if message.startswith("GDBus.Error:"):
+                        message = message.partition(": ")[2]
+                    refused(message)
                 return
             if then is not None:
                 then()
@@ -485,8 +490,14 @@ class Greeter(DeskPanels):
         if self.panel and keyval == Gdk.KEY_Escape:
             self._open_panel(self.panel)  # closes it: back to the agent's screen
             return True
+        if self.panel == "network" and keyval in (Gdk.KEY_Up, Gdk.KEY_Down):
+            self.step_mode(-1 if keyval == Gdk.KEY_Up else 1)
+            return True
+        if self.panel == "network" and keyval in (Gdk.KEY_Return, Gdk.KEY_KP_Enter):
+            self._save_network()  # no field has the focus (DHCP): Enter still saves
+            return True
         if self.panel:
-            return False  # the form's own keys (arrows, Tab, typing, Enter)
+            return False  # the form's own keys (Tab, typing; Enter in a field saves)
         if keyval == Gdk.KEY_Escape and self.choosing_layout:
             self.choosing_layout = False  # the greeter's own screen: the agent is not asked
             self.render()

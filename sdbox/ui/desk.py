@@ -27,7 +27,9 @@ class FormField:
 
     key: str  # SetNetwork's key
     label: str
-    value: str = ""  # what the entry starts with (never a passphrase)
+    # what the entry starts with (never a passphrase); not compared: what the researcher types
+    # must not rebuild the screen under their fingers
+    value: str = field(default="", compare=False)
     secret: bool = False  # a password entry: its text is never shown, read back or reported
     problem: str = ""  # why the agent refused this field, in the greeter's language
 

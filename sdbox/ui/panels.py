@@ -55,8 +55,12 @@ class DeskPanels:
     saved: bool
     choosing_layout: bool
     entries: dict[str, Any]
+    last_field: str
 
     def render(self) -> None:  # the greeter's
+        raise NotImplementedError
+
+    def refresh(self) -> None:  # the greeter's
         raise NotImplementedError
 
     def _call(
@@ -94,8 +98,13 @@ class DeskPanels:
                 if item.problem:
                     box.append(label(item.problem, "field-problem"))
                     first_problem = first_problem or entry
-            if first_problem is not None:
-                focus_once(first_problem)
+            first = (
+                first_problem
+                or self.entries.get(self.last_field)
+                or next(iter(self.entries.values()), None)
+            )
+            if first is not None:
+                focus_once(first)
         for key, value in screen.lines:
             row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=24)
             name = label(key, "support-key")
@@ -107,31 +116,43 @@ class DeskPanels:
         return box
 
     def _modes(self, screen: DeskScreen) -> Any:
-        """The kinds of network, one row each; selecting one shows its fields."""
+        """The kinds of network, one row each, the chosen one selected.
+
+        Not focusable: Up and Down change the kind from anywhere on the screen
+        (:meth:`step_mode`), so that Tab goes through the fields only (in a
+        focusable list, Tab moved the selection to the next kind).
+        """
         listbox = Gtk.ListBox()
         listbox.set_selection_mode(Gtk.SelectionMode.SINGLE)
-        chosen = None
+        listbox.set_can_focus(False)
         for mode, name in screen.modes:
             row = Gtk.ListBoxRow()
-            row.mode = mode
+            row.set_can_focus(False)
             row.set_child(label(name, "project"))
             listbox.append(row)
             if mode == screen.mode:
-                chosen = row
-        if chosen is not None:
-            listbox.select_row(chosen)
-            if not any(item.problem for item in screen.fields):
-                focus_once(chosen)
-        listbox.connect("row-selected", self._on_mode)
+                listbox.select_row(row)
         return listbox
 
-    def _on_mode(self, _listbox: Any, row: Any) -> None:
-        if row is None or row.mode == self.net_mode:
+    def step_mode(self, step: int) -> None:
+        """The next (+1) or previous (-1) kind of network, its fields shown."""
+        screen = self.screen
+        if not isinstance(screen, DeskScreen) or screen.kind != "network" or not screen.modes:
             return
-        self.net_mode, self.refusal, self.saved = str(row.mode), "", False
-        self.render()
+        modes = [mode for mode, _name in screen.modes]
+        index = modes.index(screen.mode) if screen.mode in modes else 0
+        self.net_mode = modes[(index + step) % len(modes)]
+        self.refusal, self.saved = "", False
+
+        def later() -> bool:
+            # not from inside the key handler: the new window would get the key too
+            self.render()
+            return False
+
+        GLib.idle_add(later)
 
     def _on_typed(self, entry: Any, key: str, secret: bool) -> None:
+        self.last_field = key  # a rebuilt screen gives this field the focus back
         if secret:
             self.secret = entry.get_text()  # kept for the one SetNetwork, never reported
         else:
@@ -148,7 +169,7 @@ class DeskPanels:
 
         def kept() -> None:
             self.typed, self.secret, self.refusal, self.saved = {}, "", "", True
-            self.render()
+            self.refresh()  # the agent's Network as kept fills the fields again
 
         def refused(message: str) -> None:
             self.refusal, self.saved = message, False
