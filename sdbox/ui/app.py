@@ -42,13 +42,12 @@ from sdbox.agent.api import (  # noqa: E402
 from sdbox.ui import SCREEN_FILE_VARIABLE  # noqa: E402
 from sdbox.ui.catalogue import translator  # noqa: E402
 from sdbox.ui.desk import DeskScreen, DeskView, network_screen, support_screen  # noqa: E402
-from sdbox.ui.panels import DeskPanels  # noqa: E402
+from sdbox.ui.panels import REFRESH_S, DeskPanels  # noqa: E402
 from sdbox.ui.view import AgentView, Screen, screen_for  # noqa: E402
 
 _log = logging.getLogger("sdbox.ui")
 
 CALL_TIMEOUT_MS = 30_000
-REFRESH_S = 2
 XKB_DEFAULT = "us"  # XKB's own default: cage's layout when XKB_DEFAULT_LAYOUT is unset
 
 CSS = b"""
@@ -88,6 +87,8 @@ window.contrast entry { background: #000000; color: #ffffff; border: 3px solid #
 window.large .field, window.large .field-problem { font-size: 24px; }
 window.large .support-key, window.large .support-value { font-size: 24px; }
 window.contrast .field-problem { color: #ffd60a; }
+/* idle: the screen blanked (black; a key or a card wakes it) */
+window.blank, window.blank.contrast { background: #000000; }
 """
 
 # The screens without a card, and the states in which they may open (never over a session)
@@ -174,11 +175,12 @@ class Greeter(DeskPanels):
         self.saved = False
         self.entries: dict[str, Any] = {}
         self.last_field = ""  # the network form's field typed in last
+        self.idle_init()  # the idle blank (sdbox.ui.panels)
         self.proxy = self._connect(bus_address)
         self.refresh()
         # A safety net: a signal missed while the bus or the agent restarts must
-        # not leave a stale screen in front of the researcher.
-        GLib.timeout_add_seconds(REFRESH_S, self._tick)
+        # not leave a stale screen in front of the researcher (slower while blank).
+        self.tick_source = GLib.timeout_add_seconds(REFRESH_S, self._tick)
 
     def _new_window(self) -> Any:
         window = Gtk.ApplicationWindow(application=self.app, title="sdbox")
@@ -204,6 +206,7 @@ class Greeter(DeskPanels):
         for css, wanted in (
             ("large", screen is not None and screen.large_text),
             ("contrast", screen is not None and screen.high_contrast),
+            ("blank", isinstance(screen, DeskScreen) and screen.kind == "blank"),
         ):
             if wanted:
                 window.add_css_class(css)
@@ -234,6 +237,7 @@ class Greeter(DeskPanels):
         self.refresh()  # the properties say it all (a session's end: Detail session_ended)
 
     def _tick(self) -> bool:
+        self.check_idle()
         self.refresh()
         # redraw too: a frame the compositor failed to present (seen with
         # wlroots 0.15 on a headless output) must not stay on screen
@@ -250,6 +254,7 @@ class Greeter(DeskPanels):
                 _log.info("agent unavailable: %s", exc.message)
                 values = {}
             self.properties = dict(values)
+            self.note_state(str(self.properties.get("State", "")))  # a card wakes the screen
             self.render()
 
         self.proxy.get_connection().call(
@@ -299,7 +304,9 @@ class Greeter(DeskPanels):
         )  # fmt: skip
 
     def _desk_screen(self) -> DeskScreen | None:
-        """The network or support screen when one is open and may be (never over a session)."""
+        """The blank screen, or the network or support screen when one is open and may be."""
+        if self.blanked:
+            return DeskScreen("blank")
         if self.panel and self.properties.get("State", State.IDLE) not in _PANEL_STATES:
             self.panel = ""  # a session started (or is starting): its screen wins
         if not self.panel:
@@ -483,6 +490,8 @@ class Greeter(DeskPanels):
         self._call("SubmitPin", GLib.Variant("(s)", (pin,)))
 
     def _on_key(self, _controller: Any, keyval: int, _code: int, _state: Any) -> bool:
+        if self.wake():
+            return True  # the key that wakes the screen does nothing else
         if keyval in _PANEL_KEYS:
             if self.properties.get("State", State.IDLE) in _PANEL_STATES:
                 self._open_panel(_PANEL_KEYS[keyval])

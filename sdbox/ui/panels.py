@@ -9,7 +9,11 @@ it is never a label, so it never reaches the tests' screen file.
 
 from __future__ import annotations
 
+import os
+import time
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gi
@@ -17,7 +21,30 @@ import gi
 gi.require_version("Gtk", "4.0")
 from gi.repository import GLib, Gtk  # noqa: E402  (after require_version)
 
+from sdbox.agent.api import State  # noqa: E402
+from sdbox.ui import BLANK_VARIABLE  # noqa: E402
 from sdbox.ui.desk import DeskScreen  # noqa: E402
+
+# The idle blank: the generation's [power] blank_after_s (the image writes the profile to
+# /etc/sdbox/generation.toml), or BLANK_VARIABLE (tests, the benchmark); 0 never blanks.
+GENERATION_FILE = Path("/etc/sdbox/generation.toml")
+DEFAULT_BLANK_AFTER_S = 300
+REFRESH_S = 2  # the safety-net refresh (sdbox.ui.app), and while blank:
+BLANK_REFRESH_S = 60  # signals still wake the greeter; the net is for missed ones
+_BLANK_STATES = frozenset({State.IDLE, State.PICKER})  # never over a prompt or a session
+
+
+def blank_after(generation: Path = GENERATION_FILE) -> int:
+    """Seconds of idleness before the screen blanks (0: never)."""
+    value = os.environ.get(BLANK_VARIABLE)
+    if value is not None and value.strip().isdigit():
+        return int(value)
+    try:
+        power = tomllib.loads(generation.read_text(encoding="utf-8")).get("power", {})
+        seconds = power.get("blank_after_s", DEFAULT_BLANK_AFTER_S)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        return DEFAULT_BLANK_AFTER_S
+    return seconds if isinstance(seconds, int) and seconds >= 0 else DEFAULT_BLANK_AFTER_S
 
 
 def label(text: str, css: str) -> Any:
@@ -56,6 +83,54 @@ class DeskPanels:
     choosing_layout: bool
     entries: dict[str, Any]
     last_field: str
+    properties: dict[str, Any]
+    tick_source: int
+    blanked: bool
+    blank_after_s: int
+    last_activity: float
+    state_seen: str
+
+    def _tick(self) -> bool:  # the greeter's
+        raise NotImplementedError
+
+    # -- the idle blank ------------------------------------------------------------------
+
+    def idle_init(self) -> None:
+        self.blanked = False
+        self.blank_after_s = blank_after()
+        self.last_activity = time.monotonic()
+        self.state_seen = ""
+
+    def _retick(self, seconds: int) -> None:
+        GLib.source_remove(self.tick_source)
+        self.tick_source = GLib.timeout_add_seconds(seconds, self._tick)
+
+    def check_idle(self) -> None:
+        """Blank the screen once it has been idle long enough at the start screen or the picker."""
+        if self.blanked or self.blank_after_s <= 0 or self.panel or self.choosing_layout:
+            return
+        if self.properties.get("State", State.IDLE) not in _BLANK_STATES:
+            return
+        if time.monotonic() - self.last_activity >= self.blank_after_s:
+            self.blanked = True
+            self._retick(BLANK_REFRESH_S)  # fewer wake-ups while nobody looks
+            self.render()
+
+    def wake(self) -> bool:
+        """Activity (a key, a new state): wake the screen; whether it was blank."""
+        self.last_activity = time.monotonic()
+        if not self.blanked:
+            return False
+        self.blanked = False
+        self._retick(REFRESH_S)
+        self.render()
+        return True
+
+    def note_state(self, state: str) -> None:
+        """The agent's state as last read: a change (a card in or out) is activity."""
+        if state != self.state_seen:
+            self.state_seen = state
+            self.wake()
 
     def render(self) -> None:  # the greeter's
         raise NotImplementedError
@@ -70,6 +145,8 @@ class DeskPanels:
 
     def _desk_box(self, screen: DeskScreen) -> Any:
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=14)
+        if screen.kind == "blank":
+            return box  # nothing but the window's black (CSS: window.blank)
         box.set_margin_top(48)
         box.set_margin_start(96)
         box.set_margin_end(96)

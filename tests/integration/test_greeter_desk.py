@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import pwd
 import shutil
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdbox.agent.api import NetworkStatus
+from sdbox.agent.api import NetworkStatus, State
 from sdbox.agent.dbus import export
 from sdbox.agent.machine import Agent
 from sdbox.agent.outer_network import LinkFacts, NetworkStore
@@ -34,7 +35,7 @@ from sdbox.agent.support import SupportRecord, SupportSources
 from sdbox.network.events import Reason, TunnelEvent, TunnelState
 from sdbox.network.outer import Mode
 from sdbox.network.site import load_bytes
-from sdbox.ui import SCREEN_FILE_VARIABLE
+from sdbox.ui import BLANK_VARIABLE, SCREEN_FILE_VARIABLE
 from tests.integration.agent_env import dbus_daemon
 from tests.integration.greeter_env import (
     GREETER_USER,
@@ -238,3 +239,48 @@ def test_desk_references_tell_screens_apart() -> None:
         assert not compare(blank, pictures[name]).matches, f"a blank screen passes for {name}"
     for (shown, shot), (name, reference) in itertools.permutations(pictures.items(), 2):
         assert not compare(shot, reference).matches, f"{shown} passes for {name}"
+
+
+def _kind(report: Path) -> str:
+    try:
+        return str(json.loads((report / "screen.json").read_text(encoding="utf-8"))["kind"])
+    except (FileNotFoundError, ValueError):
+        return ""
+
+
+def test_the_screen_blanks_when_idle_and_wakes_on_a_key_or_a_card(tmp_path: Path) -> None:
+    bus_dir = Path(tempfile.mkdtemp(prefix="sdbox-desk-bus-"))
+    bus_dir.chmod(0o755)
+    agent = _agent(tmp_path)
+
+    async def scenario() -> None:
+        with dbus_daemon(bus_dir) as address, _report_dir() as report:
+            bus = await export(agent, address)
+            try:
+                # 3 s instead of the generation's minutes (the variable is for tests and bench)
+                env = {SCREEN_FILE_VARIABLE: str(report / "screen.json"), BLANK_VARIABLE: "3"}
+                with xvfb(SIZE) as display, greeter_on_x11(address, display, "en", env):
+                    screen = X11Screen(process=None, runtime=report, display=display)  # type: ignore[arg-type]
+                    await _until(lambda: _kind(report) == "insert")
+                    await _until(lambda: _kind(report) == "blank", timeout=20)
+                    pixels = await asyncio.to_thread(screen.pixels)
+                    black = (pixels[:-1, :-1] == 0).all(axis=2).mean()
+                    assert black > 0.999, f"the blank screen is {black:.1%} black"
+                    # a key wakes it (and does nothing else)
+                    await asyncio.to_thread(_keys, display, "Escape")
+                    await _until(lambda: _kind(report) == "insert")
+                    await _until(lambda: _kind(report) == "blank", timeout=20)
+                    # a card wakes it: the agent's first step with an inserted card
+                    agent._set(State.READING)
+                    await _until(lambda: _kind(report) == "reading")
+                    # the picker is idle too; a prompt (the finger) never blanks
+                    agent._set(State.VERIFYING, project="census-2021")
+                    await asyncio.sleep(6)
+                    assert _kind(report) == "finger"
+            finally:
+                bus.disconnect()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
