@@ -109,6 +109,17 @@ class Display:
     connector: str = setting("auto", help="DRM connector (e.g. HDMI-A-1), or auto")
     resolution: str = setting("auto", help="WIDTHxHEIGHT or auto", check=_resolution)
 
+    def kernel_args(self) -> list[str]:
+        """``video=CONNECTOR:WIDTHxHEIGHT`` when both are named: the kernel's mode for it.
+
+        The DRM core adds the command line's mode to that connector's modes (as
+        a user-defined one), which is how a box whose monitor prefers another
+        mode gets the generation's; "auto" leaves the monitor's preferred mode.
+        """
+        if self.connector == "auto" or self.resolution == "auto":
+            return []
+        return [f"video={self.connector}:{self.resolution}"]
+
 
 @dataclass(frozen=True)
 class Storage:

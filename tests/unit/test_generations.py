@@ -85,3 +85,10 @@ def test_power_settings_reach_the_kernel_command_line() -> None:
     assert nuc.power.kernel_args() == ["cpufreq.default_governor=schedutil", "usbcore.autosuspend=2"]
     qemu = generations.load("qemu-q35", DIRECTORY)
     assert "usbcore.autosuspend=-1" in qemu.power.kernel_args()
+
+
+def test_the_generations_resolution_is_the_kernels_mode_for_its_connector() -> None:
+    assert generations.load("nuc-g1", DIRECTORY).display.kernel_args() == [
+        "video=HDMI-A-1:1920x1080"
+    ]
+    assert generations.Display().kernel_args() == []  # auto: the monitor's preferred mode
