@@ -4,7 +4,7 @@ Mixed into :class:`sdbox.agent.machine.Agent` (as the connection flow is),
 so that the machine stays about cards and sessions. The tunnel's state is a
 hook (:attr:`DeskMixin.tunnel_state`): a callable that returns the tunnel's
 latest :class:`~sdbox.network.events.TunnelEvent`, or None where the agent
-does not run the tunnel; the agent's tunnel wiring sets it.
+does not run the tunnel; by default the machine's own ``tunnel`` port.
 """
 
 from __future__ import annotations
@@ -46,9 +46,21 @@ class DeskMixin:
     ) -> None:
         self.network = network or NetworkStore(None, None)
         self.support = support or SupportRecord()
-        self.tunnel_state = tunnel_state or (lambda: None)
+        self.tunnel_state = tunnel_state or self._followed_tunnel
         self.read_link = link_reader or read_link
         self._link = None
+
+    def _followed_tunnel(self) -> TunnelEvent | None:
+        """The tunnel the machine follows, where it has one (``Agent(tunnel=TunnelPort)``).
+
+        The agent's tunnel wiring landed on main beside this branch: by the
+        attribute's name, so that either order of merging gives the right
+        answer (None: no tunnel, the link alone is judged).
+        """
+        port = getattr(self, "tunnel", None)
+        current = getattr(port, "current", None)
+        event = current() if callable(current) else None
+        return event if isinstance(event, TunnelEvent) else None
 
     def _emit(self, event: AgentEvent) -> None:  # the machine's
         raise NotImplementedError

@@ -207,3 +207,18 @@ def test_support_says_what_a_helpdesk_asks_for(tmp_path: Path, site: SiteProfile
 
 def test_the_refusal_codes_are_the_apis() -> None:
     assert [w.value for w in Why] == [r.value for r in NetworkRefusal]
+
+
+def test_without_a_hook_the_machines_own_tunnel_is_followed(tmp_path: Path, site: SiteProfile) -> None:
+    class Port:
+        def current(self) -> TunnelEvent:
+            return TunnelEvent(TunnelState.REFUSED, reason=Reason.GATEWAY_REFUSED_BOX)
+
+    agent = Agent(
+        trust=None, sensor=None, credentials=None, sessions=None,  # type: ignore[arg-type]
+        endpoint_allowed=lambda _e: True, network=NetworkStore(tmp_path, site),
+        link_reader=lambda _i: UP,
+    )  # fmt: skip
+    assert agent.network_status() is NetworkStatus.LOCAL_ONLY  # no tunnel on this site
+    setattr(agent, "tunnel", Port())  # noqa: B010  (Agent(tunnel=...) on main's agent)
+    assert agent.network_status() is NetworkStatus.GATEWAY_REFUSED
