@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from sdbox.agent.problems import Refusal
 from sdbox.network.events import Reason, TunnelEvent, TunnelState
 from sdbox.network.outer import Field, Mode, NetworkSettingsError, Why, iwd_file_name
 from sdbox.network.site import SiteProfile, load_bytes
+from tests.cli import sdbox_argv
 
 SITE = b"""
 [[gateways]]
@@ -222,3 +224,19 @@ def test_without_a_hook_the_machines_own_tunnel_is_followed(tmp_path: Path, site
     assert agent.network_status() is NetworkStatus.LOCAL_ONLY  # no tunnel on this site
     setattr(agent, "tunnel", Port())  # noqa: B010  (Agent(tunnel=...) on main's agent)
     assert agent.network_status() is NetworkStatus.GATEWAY_REFUSED
+
+
+def test_sdbox_network_reset_forgets_the_settings(tmp_path: Path, site: SiteProfile) -> None:
+    """The factory reset's step for the network: after it, the image's wired DHCP applies."""
+    NetworkStore(tmp_path, site).set(WIFI)
+    done = subprocess.run(
+        [*sdbox_argv(), "network", "reset", "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "cleared" in done.stdout
+    assert not (tmp_path / DIRECTORY / SETTINGS_FILE).exists()
+    assert NetworkStore(tmp_path, site).settings.mode is Mode.DHCP
+    # what `sdbox network apply` then installs: nothing of ours
+    networkd, iwd = tmp_path / "networkd", tmp_path / "iwd"
+    assert install(tmp_path / DIRECTORY / PENDING, networkd, iwd) == []
