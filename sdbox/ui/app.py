@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -314,9 +315,9 @@ class Greeter(DeskPanels):
         view = self._desk_view()
         screen = network_screen if self.panel == "network" else support_screen
         agent = screen_for(self._view(), self._)  # the kept look (larger text, contrast)
-        desk = screen(view, self._)
-        return DeskScreen(**{**desk.__dict__, "large_text": agent.large_text,
-                             "high_contrast": agent.high_contrast})  # fmt: skip
+        return replace(
+            screen(view, self._), large_text=agent.large_text, high_contrast=agent.high_contrast
+        )
 
     def render(self) -> None:
         """Rebuild the window for the agent's current state."""
