@@ -538,7 +538,8 @@ def slot_cmdline(generation: generations.Generation, slot: str, roothash: str) -
         f"systemd.verity_root_data=PARTUUID={data}",
         f"systemd.verity_root_hash=PARTUUID={hash_tree}",
         f"rauc.slot={slot}",
-        *KERNEL_ARGS, *generation.firmware.kernel_args,
+        *KERNEL_ARGS, *generation.firmware.kernel_args, *generation.power.kernel_args(),
+        *generation.display.kernel_args(),
     ])  # fmt: skip
 
 

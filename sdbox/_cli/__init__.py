@@ -36,6 +36,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.site", "site"),
     ("sdbox._cli.tunnel", "tunnel"),
     ("sdbox._cli.fleet", "fleet"),
+    ("sdbox._cli.network", "network"),
 )
 
 

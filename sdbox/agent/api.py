@@ -27,12 +27,15 @@ __all__ = [
     "CentreState",
     "Detail",
     "EndReason",
+    "NetworkRefusal",
+    "NetworkStatus",
     "Preference",
     "Problem",
     "ProjectStatus",
     "ProjectView",
     "SensorState",
     "State",
+    "SupportField",
     "TunnelReason",
     "parse_project_status",
     "project_status",
@@ -93,6 +96,7 @@ class Problem(StrEnum):
     CENTRE_UNREACHABLE = "centre_unreachable"  # the tunnel to the centre is not up
     BUSY = "busy"
     INVALID_PREFERENCE = "invalid_preference"  # SetPreference refused (never a screen)
+    INVALID_NETWORK = "invalid_network"  # SetNetwork refused: the error's message names the field
 
 
 class CentreState(StrEnum):
@@ -305,3 +309,63 @@ class Preference(StrEnum):
     KEYBOARD_LAYOUT = "keyboard_layout"  # an XKB layout name, one of KeyboardLayouts
     LARGE_TEXT = "large_text"  # "1" or "0"
     HIGH_CONTRAST = "high_contrast"  # "1" or "0"
+
+
+class NetworkStatus(StrEnum):
+    """Where the outer network and the tunnel stand (D-Bus ``NetworkStatus``), most basic first.
+
+    The greeter's network and support screens say where the problem is from
+    this code alone (docs/desk.md, "Where the problem is").
+    """
+
+    UNKNOWN = "unknown"  # not looked at yet
+    NO_LINK = "no_link"  # no cable (no carrier), or no Wi-Fi association
+    NO_ADDRESS = "no_address"  # a link, but no address (DHCP unanswered, static not applied)
+    NO_ROUTE = "no_route"  # an address, but no route towards the centre's gateway
+    UDP_BLOCKED = "udp_blocked"  # the gateway never answers IKE (UDP 500/4500): blocked locally
+    GATEWAY_REFUSED = "gateway_refused"  # the gateway answered and refused (or was refused)
+    TUNNEL_DOWN = "tunnel_down"  # the tunnel is down for another reason (stopped, closed)
+    CONNECTING = "connecting"  # the local network is fine; the tunnel is being set up
+    CONNECTED = "connected"  # the tunnel is up
+    LOCAL_ONLY = "local_only"  # the local network is fine; this agent does not watch a tunnel
+
+
+class SupportField(StrEnum):
+    """The keys of D-Bus ``Support`` (``a{ss}``): what a helpdesk asks for on the phone.
+
+    Nothing personal: the last card is its kind and when it was seen, never
+    its holder, serial or projects.
+    """
+
+    BOX = "box"  # the box's identity (its certificate's subject, else the host name)
+    VERSION = "version"  # the software (image) version
+    SLOT = "slot"  # the A/B root slot booted (RAUC's), '' outside the image
+    GENERATION = "generation"  # the hardware generation's name
+    ADDRESSES = "addresses"  # the outer interface's addresses, space-separated
+    INTERFACE = "interface"  # the outer interface
+    TUNNEL = "tunnel"  # a NetworkStatus value
+    CARD = "card"  # the last card's kind ('' if none since the agent started)
+    CARD_SEEN = "card_seen"  # when (ISO 8601, UTC)
+    PROBLEMS = "problems"  # the last problems, newest first: one "ISO-time code" per line
+
+
+class NetworkRefusal(StrEnum):
+    """Why ``SetNetwork`` refused a setting; its D-Bus error message starts ``FIELD CODE: ``.
+
+    The field is one of ``mode address gateway dns ssid passphrase``; the
+    greeter marks it and says the code in its language (the English rest is
+    for the journal). The values are :class:`sdbox.network.outer.Why`'s.
+    """
+
+    NOT_A_SETTING = "not_a_setting"
+    MISSING = "missing"
+    NO_PREFIX = "no_prefix"
+    NOT_AN_ADDRESS = "not_an_address"
+    NOT_A_HOST = "not_a_host"
+    ROUTER_OUTSIDE = "router_outside"
+    OVERLAPS_CENTRE = "overlaps_centre"
+    NEEDS_RESOLVER = "needs_resolver"
+    SSID_LENGTH = "ssid_length"
+    SSID_CHARACTERS = "ssid_characters"
+    PASSPHRASE_LENGTH = "passphrase_length"  # noqa: S105  (a code, not a secret)
+    PASSPHRASE_CHARACTERS = "passphrase_characters"  # noqa: S105

@@ -20,6 +20,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 from sdbox.agent.api import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
 from sdbox.agent.events import (
     CentreChanged,
+    NetworkChanged,
     PreferencesChanged,
     RenewalEvent,
     SensorChanged,
@@ -130,6 +131,21 @@ class AgentInterface(ServiceInterface):
         """The gateway the tunnel is up through, or last tried ('' if none)."""
         return self.agent.centre().gateway
 
+    @dbus_property(access=PropertyAccess.READ)
+    def Network(self) -> DetailArgsType:
+        """The outer network settings (sdbox.network.outer.Field), never the passphrase."""
+        return self.agent.network.settings.public()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def NetworkStatus(self) -> DBusStr:
+        """Where the outer network and the tunnel stand (agent.api.NetworkStatus)."""
+        return self.agent.network_status().value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Support(self) -> DetailArgsType:
+        """What the support screen shows (agent.api.SupportField): nothing personal."""
+        return self.agent.support_values()
+
     # -- methods ---------------------------------------------------------------
 
     @method()
@@ -165,6 +181,17 @@ class AgentInterface(ServiceInterface):
             raise _refused(refusal) from refusal
 
     @method()
+    def SetNetwork(self, values: DetailArgsType) -> None:
+        """The outer network (keys: sdbox.network.outer.Field); refused with invalid_network.
+
+        The refusal's message is "FIELD: reason"; nothing is kept then.
+        """
+        try:
+            self.agent.set_network(values)
+        except Refusal as refusal:
+            raise _refused(refusal) from refusal
+
+    @method()
     async def Cancel(self) -> None:
         """Abandon the current step or end the session; back to the picker."""
         await self.agent.cancel()
@@ -195,12 +222,15 @@ class AgentInterface(ServiceInterface):
     def _on_event(
         self,
         event: Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged
-        | CentreChanged,
+        | CentreChanged
+        | NetworkChanged,
     ) -> None:
         if isinstance(event, CentreChanged):
             self.emit_properties_changed({"Centre": event.state.value,
                                           "CentreReason": event.reason,
                                           "CentreGateway": event.gateway})  # fmt: skip
+        elif isinstance(event, NetworkChanged):
+            self.emit_properties_changed({"Network": dict(event.values)})
         elif isinstance(event, PreferencesChanged):
             self.emit_properties_changed({"Preferences": dict(event.values)})
         elif isinstance(event, SensorChanged):

@@ -73,6 +73,13 @@ class CentreChanged:
     gateway: str = ""
 
 
+@dataclass(frozen=True)
+class NetworkChanged:
+    """The outer network settings changed (their public values: never the passphrase)."""
+
+    values: dict[str, str]
+
+
 @dataclass
 class Snapshot:
     """The agent's observable state (D-Bus properties)."""
@@ -94,4 +101,5 @@ class Snapshot:
 AgentEvent = (
     Transition | SessionEndedEvent | RenewalEvent | SensorChanged | PreferencesChanged
     | CentreChanged
+    | NetworkChanged
 )

@@ -36,6 +36,7 @@ from sdbox.agent.api import (
 )
 from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.connect import ConnectionFlow, Insertion
+from sdbox.agent.desk import DeskMixin
 from sdbox.agent.dircache import DirectoryCache
 from sdbox.agent.events import (
     AgentEvent,
@@ -48,6 +49,7 @@ from sdbox.agent.events import (
 )
 from sdbox.agent.link import CentreLink
 from sdbox.agent.oneproject import one_project_listing
+from sdbox.agent.outer_network import LinkFacts, NetworkStore
 from sdbox.agent.ports import (
     CredentialPort,
     RenewalPort,
@@ -59,9 +61,10 @@ from sdbox.agent.ports import (
 from sdbox.agent.preferences import PreferenceError, Preferences
 from sdbox.agent.presence import SensorHotplug, SensorPresence
 from sdbox.agent.problems import Refusal, Step, problem_for, refusal_for
+from sdbox.agent.support import SupportRecord
 from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
-from sdbox.network.events import TunnelPort
+from sdbox.network.events import TunnelEvent, TunnelPort
 from sdbox.renewal.due import record_seen
 from sdbox.session.outcome import SessionEnded
 from sdbox.smartcard.directory import Directory, Project
@@ -69,7 +72,7 @@ from sdbox.smartcard.errors import CardAccessError, DirectoryMissing
 
 _log = logging.getLogger("sdbox.agent")
 
-class Agent(CentreLink, ConnectionFlow):
+class Agent(CentreLink, ConnectionFlow, DeskMixin):
     """The state machine (see the module docstring)."""
 
     def __init__(
@@ -89,6 +92,10 @@ class Agent(CentreLink, ConnectionFlow):
         grace_s: float = 20.0,
         catalogue: Path | None = None,
         directory_cache: Path | None = None,
+        network: NetworkStore | None = None,
+        support: SupportRecord | None = None,
+        tunnel_state: Callable[[], TunnelEvent | None] | None = None,
+        link_reader: Callable[[str], LinkFacts] | None = None,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -104,6 +111,7 @@ class Agent(CentreLink, ConnectionFlow):
         self.grace_s = grace_s  # how long a session waits for a lost tunnel (agent/link.py)
         self.catalogue = catalogue  # one-project cards' projects (sdbox.agent.oneproject)
         self.directories = DirectoryCache(directory_cache)  # for chips without extended length
+        self._desk_init(network, support, tunnel_state, link_reader)
         self._renewing = False
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []
@@ -146,6 +154,8 @@ class Agent(CentreLink, ConnectionFlow):
         )
         if tries_left is not None:
             snap.tries_left = tries_left
+        if problem is not None:
+            self.support.problem(problem)
         _log.info(
             "state %s%s%s",
             state.value,
@@ -280,6 +290,8 @@ class Agent(CentreLink, ConnectionFlow):
             return
         card.guid = summary.guid
         card.occ = summary.occ  # what the card can verify: the finger prompt follows it
+        # the support screen's "last card": its kind only, never its identity
+        self.support.card_inserted("BIO SSO, on-card finger" if summary.occ else "PIV, PIN only")
         audit(
             AuditEvent.CARD_INSERTED,
             "card inserted",

@@ -25,11 +25,14 @@ from sdbox.agent.adapters import SessionService, TrustService, make_sensor
 from sdbox.agent.card import CardHandle, ReaderWatcher
 from sdbox.agent.config import AgentConfig
 from sdbox.agent.machine import Agent
+from sdbox.agent.outer_network import NetworkStore
 from sdbox.agent.preferences import Preferences
 from sdbox.audit import AuditEvent, audit
 from sdbox.config import ConfigError
 from sdbox.errors import SdboxError
 from sdbox.identity import IdentitySource, probe
+from sdbox.network import site
+from sdbox.network.site import SiteProfile
 from sdbox.smartcard.directory import Project
 
 if TYPE_CHECKING:
@@ -115,6 +118,17 @@ def make_tunnel(config: AgentConfig) -> Any:
     return TunnelWatch(config.tunnel.vici_socket, config.tunnel.notify_socket)
 
 
+def _site_profile() -> SiteProfile | None:
+    """The site profile flashing wrote, for the network settings' checks (None: none there)."""
+    if not site.DEFAULT_PATH.exists():
+        return None
+    try:
+        return site.load()
+    except ConfigError as exc:  # the tunnel refuses to start on it; the settings are unchecked
+        _log.warning("the site profile cannot be read: %s", exc.message)
+        return None
+
+
 def build_agent(
     config: AgentConfig, identity: IdentitySource | None = None, **overrides: Any
 ) -> Agent:
@@ -128,6 +142,7 @@ def build_agent(
         choices=tuple(config.keyboard.choices),
     )
     ports: dict[str, Any] = {
+        "network": NetworkStore(config.state_dir, _site_profile()),
         "trust": trust,
         "sensor": make_sensor(config.sensor),
         "sessions": SessionService(

@@ -109,6 +109,17 @@ class Display:
     connector: str = setting("auto", help="DRM connector (e.g. HDMI-A-1), or auto")
     resolution: str = setting("auto", help="WIDTHxHEIGHT or auto", check=_resolution)
 
+    def kernel_args(self) -> list[str]:
+        """``video=CONNECTOR:WIDTHxHEIGHT`` when both are named: the kernel's mode for it.
+
+        The DRM core adds the command line's mode to that connector's modes (as
+        a user-defined one), which is how a box whose monitor prefers another
+        mode gets the generation's; "auto" leaves the monitor's preferred mode.
+        """
+        if self.connector == "auto" or self.resolution == "auto":
+            return []
+        return [f"video={self.connector}:{self.resolution}"]
+
 
 @dataclass(frozen=True)
 class Storage:
@@ -136,6 +147,48 @@ class Firmware:
     quirks: list[str] = setting([], help="known quirks, for people")
 
 
+_GOVERNORS = ("schedutil", "powersave", "performance", "ondemand", "conservative")
+
+
+def _blank_after(value: int) -> str | None:
+    if value == 0 or 30 <= value <= 86400:
+        return None
+    return f"{value} is neither 0 (never) nor 30 to 86400 seconds"
+
+
+def _governor(value: str) -> str | None:
+    return None if value in _GOVERNORS else f"{value!r} is not one of {', '.join(_GOVERNORS)}"
+
+
+def _autosuspend(value: int) -> str | None:
+    return None if -1 <= value <= 3600 else f"{value} is not -1 (never) to 3600 seconds"
+
+
+@dataclass(frozen=True)
+class Power:
+    """Power settings: the greeter's idle blank, the CPU governor, USB autosuspend."""
+
+    blank_after_s: int = setting(
+        300, help="the greeter blanks the screen after this many idle seconds at the picker "
+        "or the start screen (0: never)", check=_blank_after,
+    )  # fmt: skip
+    cpu_governor: str = setting(
+        "schedutil", help="cpufreq's governor (kernel argument cpufreq.default_governor)",
+        check=_governor,
+    )  # fmt: skip
+    usb_autosuspend_s: int = setting(
+        2, help="idle USB devices suspend after this many seconds (-1: never; a reader or "
+        "sensor that does not wake from it needs -1)", check=_autosuspend,
+    )  # fmt: skip
+
+    def kernel_args(self) -> list[str]:
+        """The kernel arguments that apply these settings (the blank is the greeter's)."""
+        return [
+            f"cpufreq.default_governor={self.cpu_governor}",
+            f"usbcore.autosuspend={self.usb_autosuspend_s}",
+        ]
+
+
 @dataclass(frozen=True)
 class GenerationInfo:
     """The [generation] table."""
@@ -153,6 +206,7 @@ class Generation:
     sensor: Sensor = setting(help="fingerprint sensor")
     display: Display = setting(Display(), help="screen")
     firmware: Firmware = setting(Firmware(), help="kernel arguments, firmware packages")
+    power: Power = setting(Power(), help="idle blank, CPU governor, USB autosuspend")
     readers: list[Reader] = field(default_factory=list, metadata={"help": "card readers"})
     source: Path = field(default=Path(), metadata={"help": "the file it came from"})
 
@@ -183,7 +237,7 @@ class Generation:
         return "\n".join(lines) + "\n"
 
 
-_TABLES = {"generation", "storage", "sensor", "display", "firmware", "readers"}
+_TABLES = {"generation", "storage", "sensor", "display", "firmware", "power", "readers"}
 
 
 def parse(text: str, source: Path) -> Generation:
@@ -226,6 +280,7 @@ def parse(text: str, source: Path) -> Generation:
         sensor=profile.sensor,
         display=profile.display,
         firmware=profile.firmware,
+        power=profile.power,
         readers=readers,
         source=source,
     )

@@ -6,7 +6,9 @@ loop owns everything), has no decorations, no menus and no way out: under
 it sizes itself to the monitor. Keyboard: arrows and Enter in the picker,
 Enter in the PIN field, Escape to go back, F2 for the keyboard layout, F3
 for larger text, F4 for high contrast (both kept by the agent, so that they
-survive a restart; applied as CSS classes on the window).
+survive a restart; applied as CSS classes on the window), F5 for the network
+settings and F1 for the support screen (sdbox.ui.desk; not while a session is
+opened or runs).
 
 A new keyboard layout is applied by the compositor, which takes its keymap
 once, at start (cage's ``XKB_DEFAULT_LAYOUT``): once the agent has kept the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +36,20 @@ from sdbox.agent.api import (  # noqa: E402
     INTERFACE,
     OBJECT_PATH,
     CentreState,
+    NetworkStatus,
     Preference,
     SensorState,
     State,
 )
 from sdbox.ui import SCREEN_FILE_VARIABLE  # noqa: E402
 from sdbox.ui.catalogue import translator  # noqa: E402
+from sdbox.ui.desk import DeskScreen, DeskView, network_screen, support_screen  # noqa: E402
+from sdbox.ui.panels import REFRESH_S, DeskPanels  # noqa: E402
 from sdbox.ui.view import AgentView, Screen, screen_for  # noqa: E402
 
 _log = logging.getLogger("sdbox.ui")
 
 CALL_TIMEOUT_MS = 30_000
-REFRESH_S = 2
 XKB_DEFAULT = "us"  # XKB's own default: cage's layout when XKB_DEFAULT_LAYOUT is unset
 
 CSS = b"""
@@ -76,7 +81,21 @@ window.contrast row { border: 2px solid #ffffff; margin-bottom: 6px; }
 window.contrast row:selected { background: #ffd60a; border-color: #ffd60a; }
 window.contrast row:selected label { color: #000000; }
 window.contrast entry { background: #000000; color: #ffffff; border: 3px solid #ffd60a; }
+/* F5 and F1: the network form and the support lines */
+.field { font-size: 16px; color: #1c2733; }
+.field-problem { font-size: 16px; color: #a3231f; font-weight: bold; }
+.support-key { font-size: 16px; color: #4a5866; }
+.support-value { font-size: 16px; color: #1c2733; }
+window.large .field, window.large .field-problem { font-size: 24px; }
+window.large .support-key, window.large .support-value { font-size: 24px; }
+window.contrast .field-problem { color: #ffd60a; }
+/* idle: the screen blanked (black; a key or a card wakes it) */
+window.blank, window.blank.contrast { background: #000000; }
 """
+
+# The screens without a card, and the states in which they may open (never over a session)
+_PANEL_KEYS = {Gdk.KEY_F5: "network", Gdk.KEY_F1: "support"}
+_PANEL_STATES = frozenset({State.IDLE, State.PICKER, State.BLOCKED, State.READING})
 
 
 def _label_texts(widget: Any) -> list[str]:
@@ -134,13 +153,13 @@ def _focus_once(widget: Any) -> None:
     GLib.idle_add(grab)
 
 
-class Greeter:
+class Greeter(DeskPanels):
     """The window, the D-Bus proxy and the rendering."""
 
     def __init__(self, app: Gtk.Application, bus_address: str | None, language: str) -> None:
         self._ = translator(language)
         self.app = app
-        self.screen: Screen | None = None
+        self.screen: Screen | DeskScreen | None = None
         self.window = self._new_window()
         provider = Gtk.CssProvider()
         provider.load_from_data(CSS)
@@ -149,11 +168,21 @@ class Greeter:
         )
         self.properties: dict[str, Any] = {}
         self.choosing_layout = False  # the keyboard layout chooser is open (F2)
+        # F5 / F1: the network or support screen is open ("" : the agent's screen)
+        self.panel = ""
+        self.net_mode = ""  # the network form's mode as selected ('' : the kept one)
+        self.typed: dict[str, str] = {}  # the form's entries as typed (never the passphrase)
+        self.secret = ""  # the passphrase as typed: sent once, never shown or reported
+        self.refusal = ""  # the agent's last SetNetwork refusal ("FIELD CODE: words")
+        self.saved = False
+        self.entries: dict[str, Any] = {}
+        self.last_field = ""  # the network form's field typed in last
+        self.idle_init()  # the idle blank (sdbox.ui.panels)
         self.proxy = self._connect(bus_address)
         self.refresh()
         # A safety net: a signal missed while the bus or the agent restarts must
-        # not leave a stale screen in front of the researcher.
-        GLib.timeout_add_seconds(REFRESH_S, self._tick)
+        # not leave a stale screen in front of the researcher (slower while blank).
+        self.tick_source = GLib.timeout_add_seconds(REFRESH_S, self._tick)
 
     def _new_window(self) -> Any:
         window = Gtk.ApplicationWindow(application=self.app, title="sdbox")
@@ -179,6 +208,7 @@ class Greeter:
         for css, wanted in (
             ("large", screen is not None and screen.large_text),
             ("contrast", screen is not None and screen.high_contrast),
+            ("blank", isinstance(screen, DeskScreen) and screen.kind == "blank"),
         ):
             if wanted:
                 window.add_css_class(css)
@@ -209,6 +239,7 @@ class Greeter:
         self.refresh()  # the properties say it all (a session's end: Detail session_ended)
 
     def _tick(self) -> bool:
+        self.check_idle()
         self.refresh()
         # redraw too: a frame the compositor failed to present (seen with
         # wlroots 0.15 on a headless output) must not stay on screen
@@ -225,6 +256,7 @@ class Greeter:
                 _log.info("agent unavailable: %s", exc.message)
                 values = {}
             self.properties = dict(values)
+            self.note_state(str(self.properties.get("State", "")))  # a card wakes the screen
             self.render()
 
         self.proxy.get_connection().call(
@@ -268,8 +300,37 @@ class Greeter:
 
     # -- rendering -------------------------------------------------------------
 
+    def _desk_view(self) -> DeskView:
+        return DeskView(
+            network=dict(self.properties.get("Network", {})),
+            status=self.properties.get("NetworkStatus", NetworkStatus.UNKNOWN),
+            support=dict(self.properties.get("Support", {})),
+            mode=self.net_mode, typed=dict(self.typed), refusal=self.refusal, saved=self.saved,
+        )  # fmt: skip
+
+    def _desk_screen(self) -> DeskScreen | None:
+        """The blank screen, or the network or support screen when one is open and may be."""
+        if self.blanked:
+            return DeskScreen("blank")
+        if self.panel and self.properties.get("State", State.IDLE) not in _PANEL_STATES:
+            self.panel = ""  # a session started (or is starting): its screen wins
+        if not self.panel:
+            return None
+        view = self._desk_view()
+        screen = network_screen if self.panel == "network" else support_screen
+        agent = screen_for(self._view(), self._)  # the kept look (larger text, contrast)
+        return replace(
+            screen(view, self._), large_text=agent.large_text, high_contrast=agent.high_contrast
+        )
+
     def render(self) -> None:
         """Rebuild the window for the agent's current state."""
+        desk = self._desk_screen()
+        if desk is not None:
+            if desk != self.screen:
+                self.screen = desk
+                self._show(self._desk_box(desk), desk.kind)
+            return
         screen = screen_for(self._view(), self._)
         if screen == self.screen:
             return
@@ -310,6 +371,10 @@ class Greeter:
             footer = self._label(screen.footer, "footer")
             footer.set_margin_bottom(32)
             box.append(footer)
+        self._show(box, screen.kind)
+
+    def _show(self, box: Any, kind: str) -> None:
+        """Put ``box`` on screen (a new window each time, see below) and report it."""
         # Each screen is a new window, presented before the old one goes: with
         # cage 0.1.4 / wlroots 0.15 a mapped window's later frames are not
         # always composited (the output commit fails and the old screen stays
@@ -325,7 +390,7 @@ class Greeter:
         else:
             self._style(self.window)
             self.window.set_child(box)
-        _report_screen(screen.kind, box)
+        _report_screen(kind, box)
 
     @staticmethod
     def _label(text: str, css: str) -> Any:
@@ -377,7 +442,9 @@ class Greeter:
 
     # -- actions ---------------------------------------------------------------
 
-    def _call(self, method: str, args: Any = None, then: Any = None) -> None:
+    def _call(
+        self, method: str, args: Any = None, then: Any = None, refused: Any = None
+    ) -> None:
         def done(proxy: Any, result: Any) -> None:
             try:
                 proxy.call_finish(result)
@@ -385,6 +452,13 @@ class Greeter:
                 _log.info(
                     "%s refused: %s", method, Gio.DBusError.get_remote_error(exc) or exc.message
                 )
+                if refused is not None:
+                    # "GDBus.Error:org.sdbox.Agent1.Error.CODE: message" (PyGObject hands a
+                    # copy of the error, so Gio.DBusError.strip_remote_error cannot strip it)
+                    message = str(exc.message)
+                    if message.startswith("GDBus.Error:"):
+                        message = message.partition(": ")[2]
+                    refused(message)
                 return
             if then is not None:
                 then()
@@ -421,6 +495,23 @@ class Greeter:
         self._call("SubmitPin", GLib.Variant("(s)", (pin,)))
 
     def _on_key(self, _controller: Any, keyval: int, _code: int, _state: Any) -> bool:
+        if self.wake():
+            return True  # the key that wakes the screen does nothing else
+        if keyval in _PANEL_KEYS:
+            if self.properties.get("State", State.IDLE) in _PANEL_STATES:
+                self._open_panel(_PANEL_KEYS[keyval])
+            return True
+        if self.panel and keyval == Gdk.KEY_Escape:
+            self._open_panel(self.panel)  # closes it: back to the agent's screen
+            return True
+        if self.panel == "network" and keyval in (Gdk.KEY_Up, Gdk.KEY_Down):
+            self.step_mode(-1 if keyval == Gdk.KEY_Up else 1)
+            return True
+        if self.panel == "network" and keyval in (Gdk.KEY_Return, Gdk.KEY_KP_Enter):
+            self._save_network()  # no field has the focus (DHCP): Enter still saves
+            return True
+        if self.panel:
+            return False  # the form's own keys (Tab, typing; Enter in a field saves)
         if keyval == Gdk.KEY_Escape and self.choosing_layout:
             self.choosing_layout = False  # the greeter's own screen: the agent is not asked
             self.render()

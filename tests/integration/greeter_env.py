@@ -327,8 +327,13 @@ def expect(
 
 
 @contextlib.contextmanager
-def kiosk(bus_address: str, language: str = "en") -> Iterator[Kiosk]:
-    """cage + the greeter, as the greeter's user, on a headless 1280x720 output."""
+def kiosk(
+    bus_address: str, language: str = "en", extra_env: dict[str, str] | None = None
+) -> Iterator[Kiosk]:
+    """cage + the greeter, as the greeter's user, on a headless 1280x720 output.
+
+    ``extra_env`` is added to their environment (the idle blank's delay, for the benchmark).
+    """
     user = pwd.getpwnam(GREETER_USER)
     base = Path(tempfile.mkdtemp(prefix="sdbox-kiosk-"))
     base.chmod(0o755)  # the greeter's user must reach its runtime directory
@@ -341,7 +346,7 @@ def kiosk(bus_address: str, language: str = "en") -> Iterator[Kiosk]:
         "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman", "WLR_LIBINPUT_NO_DEVICES": "1",
         "WLR_HEADLESS_OUTPUTS": "1", "GTK_THEME": "Adwaita", "GSK_RENDERER": "cairo", "GDK_BACKEND": "wayland", "NO_AT_BRIDGE": "1",
         "GSETTINGS_BACKEND": "memory", "PYTHONPATH": str(code), "PYTHONDONTWRITEBYTECODE": "1",
-        SCREEN_FILE_VARIABLE: str(runtime / "screen.json"),
+        SCREEN_FILE_VARIABLE: str(runtime / "screen.json"), **(extra_env or {}),
     }  # fmt: skip
     argv = ["runuser", "-u", GREETER_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
             "cage", "--", GREETER_PYTHON, "-m", "sdbox.ui", "--bus", bus_address, "--lang", language]  # fmt: skip

@@ -115,8 +115,8 @@ def group_members(pgid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def xvfb() -> Iterator[str]:
-    """An Xvfb on a free display number of its own; yields ``":N"``.
+def xvfb(size: tuple[int, int] = (SCREEN_W, SCREEN_H)) -> Iterator[str]:
+    """An Xvfb on a free display number of its own (``size``: its screen); yields ``":N"``.
 
     Numbers start high: low ones are what people type by hand and what
     wlroots (cage's Xwayland) takes for itself.
@@ -131,7 +131,7 @@ def xvfb() -> Iterator[str]:
                 f":{number}",
                 "-screen",
                 "0",
-                f"{SCREEN_W}x{SCREEN_H}x24",
+                f"{size[0]}x{size[1]}x24",
                 "-nolisten",
                 "tcp",
                 "-noreset",

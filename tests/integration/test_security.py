@@ -44,6 +44,11 @@ EXPOSURE_CEILING: dict[str, tuple[float, str]] = {
         "an unprivileged job that only marks what is due: no network, nothing writable "
         "but its state",
     ),
+    "sdbox-outer-network.service": (
+        2.0,
+        "root (it writes networkd's and iwd's directories, and networkctl reloads networkd "
+        "over the system bus), file capabilities only, no network of its own beyond the bus",
+    ),
     "pcscd.service": (
         4.5,
         "Debian's pcscd with sdbox's drop-in: root with its capabilities, host network "

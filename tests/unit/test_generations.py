@@ -50,6 +50,9 @@ def _error(text: str, tmp_path: Path, name: str = "nuc-g1") -> str:
         ('name = "nuc-g1"', 'name = "nuc-g2"', "differs from the file name 'nuc-g1'"),
         ("[display]", "[screen]", "unknown table [screen]"),
         ('connector = "HDMI-A-1"', 'connector = "HDMI-A-1"\nrefresh = 60', "[display] unknown key 'refresh'"),
+        ("blank_after_s = 300", "blank_after_s = 5", "[power] blank_after_s: 5 is neither 0 (never) nor 30"),
+        ('cpu_governor = "schedutil"', 'cpu_governor = "turbo"', "[power] cpu_governor: 'turbo' is not one of"),
+        ("usb_autosuspend_s = 2", "usb_autosuspend_s = -5", "[power] usb_autosuspend_s: -5 is not -1"),
     ],
 )  # fmt: skip
 def test_mistakes_name_file_key_and_problem(
@@ -74,3 +77,18 @@ def test_a_generation_needs_a_reader(tmp_path: Path) -> None:
 def test_a_libfprint_sensor_needs_its_usb_id(tmp_path: Path) -> None:
     text = GOOD.replace('usb_id = "05ba:000a"\n', "")
     assert "[sensor] usb_id: a libfprint sensor needs its USB id" in _error(text, tmp_path)
+
+
+def test_power_settings_reach_the_kernel_command_line() -> None:
+    nuc = generations.load("nuc-g1", DIRECTORY)
+    assert nuc.power.blank_after_s == 300
+    assert nuc.power.kernel_args() == ["cpufreq.default_governor=schedutil", "usbcore.autosuspend=2"]
+    qemu = generations.load("qemu-q35", DIRECTORY)
+    assert "usbcore.autosuspend=-1" in qemu.power.kernel_args()
+
+
+def test_the_generations_resolution_is_the_kernels_mode_for_its_connector() -> None:
+    assert generations.load("nuc-g1", DIRECTORY).display.kernel_args() == [
+        "video=HDMI-A-1:1920x1080"
+    ]
+    assert generations.Display().kernel_args() == []  # auto: the monitor's preferred mode

@@ -56,7 +56,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sdbox.agent": FOUNDATION
     | PURE
     | {"sdbox.agent.api", "sdbox.session", "sdbox.identity", "sdbox.network", "sdbox.centre",
-       "sdbox.renewal"},
+       "sdbox.renewal", "sdbox.network.site"},
     # the agent's API without D-Bus: what the greeter may know of the agent
     "sdbox.agent.api": frozenset({"sdbox.session"}),
     # on top
@@ -88,7 +88,7 @@ TRANSPORTS: dict[str, frozenset[str]] = {
     "dbus_fast": frozenset({"sdbox.agent.dbus"}),
     "systemd": frozenset({"sdbox.agent.service", "sdbox.centre.journal"}),
     "pyudev": frozenset({"sdbox.agent.sensors"}),
-    "gi": frozenset({"sdbox.ui.app", "sdbox.biometric.libfprint"}),
+    "gi": frozenset({"sdbox.ui.app", "sdbox.ui.panels", "sdbox.biometric.libfprint"}),
 }
 
 

@@ -30,6 +30,8 @@ from sdbox.agent.api import (
     CentreState,
     Detail,
     EndReason,
+    NetworkRefusal,
+    NetworkStatus,
     Preference,
     Problem,
     ProjectStatus,
@@ -39,13 +41,14 @@ from sdbox.agent.api import (
 )
 from sdbox.session.keyboard import RDP_LAYOUTS
 from sdbox.ui.catalogue import languages, locale_dir, translator
+from sdbox.ui.desk import MODES, DeskView, network_screen, support_screen
 from sdbox.ui.view import AgentView, detail_text, layout_name, screen_for
 
 UI = Path(__file__).resolve().parents[2] / "sdbox" / "ui"
 LANGUAGES = [language for language in languages() if language != "en"]
 # Problems that are only ever a refused method call (a D-Bus error the greeter logs), never
 # a state the greeter shows.
-NOT_SHOWN = {Problem.BUSY, Problem.UNKNOWN_PROJECT, Problem.INVALID_PREFERENCE}
+NOT_SHOWN = {Problem.BUSY, Problem.UNKNOWN_PROJECT, Problem.INVALID_PREFERENCE, Problem.INVALID_NETWORK}
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
 
 
@@ -174,6 +177,23 @@ def rendered_msgids() -> frozenset[str]:
                       detail=detail, detail_args={"reason": "network"}, projects=projects),
             translate,
         )  # fmt: skip
+    # the screens without a card (sdbox.ui.desk): every status, mode, refusal, support line
+    for status, mode, code in itertools.product(
+        [*NetworkStatus, "unknown-status"], MODES, ["", *NetworkRefusal]
+    ):
+        for saved, kept in itertools.product((False, True), ("0", "1")):
+            network_screen(
+                DeskView(network={"mode": mode, "passphrase_set": kept}, status=status, mode=mode,
+                         refusal=f"address {code}: words" if code else "", saved=saved),
+                translate,
+            )  # fmt: skip
+    for full in (False, True):
+        problems = "\n".join(f"2026-12-07T14:00:00+00:00 {p.value}" for p in Problem)
+        support = {"box": "CN=box-1", "version": "0.1.0", "slot": "A", "generation": "nuc-g1",
+                   "interface": "eth0", "addresses": "192.0.2.100/24", "tunnel": "udp_blocked",
+                   "card": "BIO SSO", "card_seen": "2026-12-07T14:00:00+00:00",
+                   "problems": problems} if full else {}  # fmt: skip
+        support_screen(DeskView(support=support), translate)
     for detail in Detail:
         detail_text(detail, sample_args(detail), translate)
     for reason in EndReason:
