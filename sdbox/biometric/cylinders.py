@@ -44,7 +44,7 @@ MAX_TURN = np.pi / 2  # two minutiae further apart in direction are not compared
 MIN_BEST, MAX_BEST, BEST_MU, BEST_TAU = 4, 12, 20.0, 0.4
 _BLOCK_FLOPS = 200_000  # keep each product below OpenBLAS's threading size (see _products)
 
-Cylinders = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Cylinders = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _hull(points: np.ndarray) -> np.ndarray:
@@ -93,7 +93,10 @@ def _wrap(angle: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=256)
 def cylinders(points_key: bytes, angles_key: bytes) -> Cylinders:
-    """(values, validity, usable, directions) of every minutia's cylinder.
+    """(values, cell validity, squares per cell, usable, directions) of every minutia's cylinder.
+
+    Validity is per cell of space (the same for all its sections), so the
+    products that involve it are over cells, not over values (see agreement).
 
     ``points_key``/``angles_key``: the float64 points (0.1 mm, y up) and the
     directions (radians) as bytes, so that a template's cylinders are built
@@ -124,19 +127,21 @@ def cylinders(points_key: bytes, angles_key: bytes) -> Cylinders:
     )
     summed = np.einsum("icn,ink->ick", space, direction)
     saturated = 1.0 / (1.0 + np.exp(-SATURATION_TAU * (summed - SATURATION_MU)))
-    valid_cells = np.repeat(valid[:, :, None], SECTIONS, axis=2)
-    values = np.where(valid_cells, saturated, 0.0).reshape(n, -1)
-    validity = valid_cells.reshape(n, -1).astype(np.float64)
+    # only the disc's cells are kept: the corners of the square grid never count
+    values = np.where(valid[:, :, None], saturated, 0.0)[:, in_disc].reshape(n, -1)
+    values = values.astype(np.float32)  # the one large product runs in single precision
+    validity = valid[:, in_disc].astype(np.float64)
+    squares = (values.astype(np.float64) ** 2).reshape(n, -1, SECTIONS).sum(axis=2)
     usable = valid.sum(axis=1) >= MIN_VALID * in_disc.sum()
-    for array in (values, validity, usable, theta):
+    for array in (values, validity, squares, usable, theta):
         array.setflags(write=False)
-    return values, validity, usable, theta
+    return values, validity, squares, usable, theta
 
 
 def _products(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """``left @ right.T`` in row blocks small enough for OpenBLAS to run on one thread.
 
-    These products are tiny (60 x 60 x 288); OpenBLAS would still split each over
+    These products are tiny (60 x 60 x 312); OpenBLAS would still split each over
     every core, and on a busy box (or the shared benchmark machine) waking the
     threads costs ten times the arithmetic.
     """
@@ -149,20 +154,21 @@ def _products(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 def agreement(probe: Cylinders, reference: Cylinders) -> float:
     """The templates' local agreement in [0, 1]: the mean of their best cylinder agreements."""
-    a, valid_a, usable_a, theta_a = probe
-    b, valid_b, usable_b, theta_b = reference
+    a, valid_a, squares_a, usable_a, theta_a = probe
+    b, valid_b, squares_b, usable_b, theta_b = reference
     if len(a) == 0 or len(b) == 0:
         return 0.0
-    # over the cells valid on both sides: a is zero outside its own valid cells, b too
-    norm_a2 = _products(a * a, valid_b)
-    norm_b2 = _products(valid_a, b * b)
-    cross = _products(a, b)
+    # norms over the cells valid on both sides (a is zero outside its own valid cells, b
+    # too): validity is per cell of space, so these products are over 52 cells, not 312 values
+    norm_a2 = squares_a @ valid_b.T
+    norm_b2 = valid_a @ squares_b.T
+    common = (valid_a @ valid_b.T) * SECTIONS
+    cross = _products(a, b).astype(np.float64)
     norm_a, norm_b = np.sqrt(norm_a2), np.sqrt(norm_b2)
     distance = np.sqrt(np.maximum(norm_a2 + norm_b2 - 2 * cross, 0.0))
     total = norm_a + norm_b
     similar = np.where(total > 0, 1.0 - distance / np.where(total > 0, total, 1.0), 0.0)
     turn = np.abs(_wrap(theta_a[:, None] - theta_b[None, :]))
-    common = _products(valid_a, valid_b)
     comparable = (turn <= MAX_TURN) & usable_a[:, None] & usable_b[None, :]
     comparable &= common >= MIN_COMMON * a.shape[1]
     similar = np.where(comparable, similar, 0.0)
