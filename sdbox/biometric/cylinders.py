@@ -108,12 +108,14 @@ def cylinders(points_key: bytes, angles_key: bytes) -> Cylinders:
     size = 2 * RADIUS / CELLS
     offsets = (np.arange(CELLS) - (CELLS - 1) / 2) * size
     gx, gy = (grid.ravel() for grid in np.meshgrid(offsets, offsets, indexing="ij"))
+    # only the disc's cells: the corners of the square grid never count
     in_disc = np.hypot(gx, gy) <= RADIUS
+    gx, gy = gx[in_disc], gy[in_disc]
     c, s = np.cos(theta), np.sin(theta)
     cx = points[:, 0, None] + c[:, None] * gx[None] - s[:, None] * gy[None]
     cy = points[:, 1, None] + s[:, None] * gx[None] + c[:, None] * gy[None]
     inside = _inside(_hull(points), np.stack([cx.ravel(), cy.ravel()], axis=1), HULL_MARGIN)
-    valid = inside.reshape(n, -1) & in_disc[None]
+    valid = inside.reshape(n, -1)
     dx = cx[:, :, None] - points[None, None, :, 0]
     dy = cy[:, :, None] - points[None, None, :, 1]
     space = np.exp(-(dx * dx + dy * dy) / (2 * SIGMA_SPACE**2))  # (minutia, cell, neighbour)
@@ -125,14 +127,13 @@ def cylinders(points_key: bytes, angles_key: bytes) -> Cylinders:
     direction = np.exp(-gap * gap / (2 * SIGMA_DIRECTION**2)) * (
         (2 * np.pi / SECTIONS) / (np.sqrt(2 * np.pi) * SIGMA_DIRECTION)
     )
-    summed = np.einsum("icn,ink->ick", space, direction)
+    summed = np.matmul(space, direction)  # per minutia, (cell, neighbour) @ (neighbour, section)
     saturated = 1.0 / (1.0 + np.exp(-SATURATION_TAU * (summed - SATURATION_MU)))
-    # only the disc's cells are kept: the corners of the square grid never count
-    values = np.where(valid[:, :, None], saturated, 0.0)[:, in_disc].reshape(n, -1)
+    values = np.where(valid[:, :, None], saturated, 0.0).reshape(n, -1)
     values = values.astype(np.float32)  # the one large product runs in single precision
-    validity = valid[:, in_disc].astype(np.float64)
+    validity = valid.astype(np.float64)
     squares = (values.astype(np.float64) ** 2).reshape(n, -1, SECTIONS).sum(axis=2)
-    usable = valid.sum(axis=1) >= MIN_VALID * in_disc.sum()
+    usable = valid.sum(axis=1) >= MIN_VALID * len(gx)
     for array in (values, validity, squares, usable, theta):
         array.setflags(write=False)
     return values, validity, squares, usable, theta
@@ -175,5 +176,9 @@ def agreement(probe: Cylinders, reference: Cylinders) -> float:
     smaller = min(similar.shape)
     share = 1.0 / (1.0 + np.exp(-BEST_TAU * (smaller - BEST_MU)))
     best = MIN_BEST + round(float(share) * (MAX_BEST - MIN_BEST))
-    top = np.partition(similar.ravel(), -best)[-best:] if similar.size > best else similar.ravel()
-    return float(np.clip(top.mean(), 0.0, 1.0))
+    # most entries are zero (not comparable): select among the others, which is also
+    # much faster than a partition over many equal values
+    count = min(best, similar.size)
+    positive = similar[similar > 0]
+    top = np.sort(positive)[-count:] if len(positive) > count else positive
+    return float(np.clip(top.sum() / count, 0.0, 1.0))
