@@ -343,6 +343,10 @@ def _check_possession(exchange: _Exchange, transcript: Transcript, proof: bytes)
 class _Handler(BaseHTTPRequestHandler):
     broker: Broker
     server_version = "sdbox-broker"
+    # keep-alive: a box's challenge and credential requests share one TLS connection;
+    # an idle one is closed after this many seconds (StreamRequestHandler's timeout)
+    protocol_version = "HTTP/1.1"
+    timeout = 30
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("http: " + format, *args)
@@ -384,6 +388,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        if status >= 400:
+            # a refused request's body may be unread (unknown path, too large): the
+            # connection is not reused after it
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 

@@ -9,10 +9,10 @@ management (:mod:`sdbox.centre.cards`).
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import ssl
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,39 +70,100 @@ def tls_context(anchors: list[x509.Certificate]) -> ssl.SSLContext:
     return context
 
 
+class CentreConnection:
+    """One kept-alive HTTP(S) connection to the centre, for the requests of one exchange.
+
+    The credential exchange is two requests; on one connection the second pays
+    no TCP and TLS handshake again (two round trips saved, 0.3 s for a box at
+    150 ms from its centre). A connection the server closed while idle is
+    opened again once, before anything was sent on it.
+    """
+
+    def __init__(self, base_url: str, context: ssl.SSLContext | None, timeout_s: float) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ProtocolError(f"not an http(s) URL: {base_url!r}")
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._context, self._timeout_s = context, timeout_s
+        self._connection: http.client.HTTPConnection | None = None
+
+    def __enter__(self) -> CentreConnection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (the next request opens one)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _open(self) -> http.client.HTTPConnection:
+        if self._connection is None:
+            if self._https:
+                self._connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout_s, context=self._context
+                )
+            else:
+                self._connection = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self._timeout_s
+                )
+        return self._connection
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` as JSON to ``path``; the answer object, or a typed centre error."""
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        for attempt in (1, 2):
+            reused = self._connection is not None
+            connection = self._open()
+            try:
+                connection.request("POST", self._prefix + path, data, headers)
+                response = connection.getresponse()
+                raw = response.read(64 * 1024)
+                status, reason = response.status, response.reason
+                if response.will_close:
+                    self.close()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self.close()
+                if reused and attempt == 1:
+                    continue  # the server closed the idle connection: once more on a new one
+                raise CentreUnreachable(
+                    f"the centre cannot be reached ({exc}); check the network and try again"
+                ) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                reason_text = getattr(exc, "reason", exc)
+                raise CentreUnreachable(
+                    f"the centre cannot be reached ({reason_text}); check the network and try again"
+                ) from exc
+        try:
+            answer = json.loads(raw)
+        except ValueError as exc:
+            if status >= 400:
+                raise CentreRefused(str(status), str(reason)) from exc
+            raise ProtocolError("the centre's answer is not JSON") from exc
+        if status >= 400:
+            detail = answer if isinstance(answer, dict) else {}
+            raise CentreRefused(
+                str(detail.get("error", status)), str(detail.get("message", reason)), detail
+            )
+        if not isinstance(answer, dict):
+            raise ProtocolError("the centre's answer is not a JSON object")
+        return answer
+
+
 def post_json(
     url: str, body: dict[str, Any], context: ssl.SSLContext | None, timeout_s: float
 ) -> dict[str, Any]:
-    """POST ``body`` as JSON; the answer object, or a typed centre error."""
-    # https only (checked in request_credential): S310's file:/custom schemes cannot occur
-    request = urllib.request.Request(  # noqa: S310
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=timeout_s) as response:  # noqa: S310
-            answer = json.loads(response.read(64 * 1024))
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read(64 * 1024))
-        except ValueError:
-            detail = {}
-        raise CentreRefused(
-            str(detail.get("error", exc.code)), str(detail.get("message", exc.reason)),
-            detail if isinstance(detail, dict) else {},
-        ) from exc
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise CentreUnreachable(
-            f"the centre cannot be reached ({reason}); check the network and try again"
-        ) from exc
-    except ValueError as exc:
-        raise ProtocolError("the centre's answer is not JSON") from exc
-    if not isinstance(answer, dict):
-        raise ProtocolError("the centre's answer is not a JSON object")
-    return answer
+    """POST ``body`` as JSON to ``url`` on a connection of its own (see :class:`CentreConnection`)."""
+    parts = urllib.parse.urlsplit(url)
+    with CentreConnection(f"{parts.scheme}://{parts.netloc}", context, timeout_s) as connection:
+        return connection.post(parts.path or "/", body)
 
 
 def ephemeral_key(certificate: x509.Certificate, point: bytes) -> ec.EllipticCurvePublicKey:
@@ -148,15 +209,34 @@ async def request_credential(
         "box_certificate": b64(box_der),
         "project_certificate": b64(project_der),
     }
-    challenge = await asyncio.to_thread(
-        post_json, f"{url}/v1/challenge", opening, context, timeout_s
-    )
+    with CentreConnection(url, context, timeout_s) as centre:  # both requests on one connection
+        return await _exchange(
+            centre, opening, project_id=project_id, endpoint=endpoint, box_der=box_der,
+            project_der=project_der, project_certificate=project_certificate,
+            card_ecdh=card_ecdh, card_sign=card_sign if signs else None, identity=identity,
+        )  # fmt: skip
+
+
+async def _exchange(
+    centre: CentreConnection,
+    opening: dict[str, Any],
+    *,
+    project_id: str,
+    endpoint: str,
+    box_der: bytes,
+    project_der: bytes,
+    project_certificate: x509.Certificate,
+    card_ecdh: CardEcdh,
+    card_sign: CardSign | None,
+    identity: BoxKey,
+) -> IssuedCredential:
+    """The challenge, the card's proof, the credential: the exchange's two requests."""
+    challenge = await asyncio.to_thread(centre.post, "/v1/challenge", opening)
     exchange = challenge.get("exchange")
     if not isinstance(exchange, str):
         raise ProtocolError("the challenge has no exchange id")
     nonce = unb64(challenge.get("nonce"), "nonce")
-    if signs:
-        assert card_sign is not None
+    if card_sign is not None:
         if challenge.get("possession") != POSSESSION_SIGNATURE:
             raise ProtocolError("the centre did not ask for the signature an RSA key gives")
         transcript = Transcript(exchange, nonce, project_id, endpoint, box_der, project_der, b"")
@@ -173,7 +253,7 @@ async def request_credential(
         "proof": b64(proof),
         "box_signature": b64(await asyncio.to_thread(identity.sign, transcript.encode())),
     }
-    answer = await asyncio.to_thread(post_json, f"{url}/v1/credential", body, context, timeout_s)
+    answer = await asyncio.to_thread(centre.post, "/v1/credential", body)
     try:
         kind = answer["kind"]
         if kind not in ("password", "spice-ticket"):
