@@ -117,7 +117,6 @@ def run(site_path: Path, config_path: Path) -> None:
     import threading  # noqa: PLC0415
 
     from sdbox.agent.config import load  # noqa: PLC0415
-    from sdbox.agent.service import notify  # noqa: PLC0415
     from sdbox.identity.tpm import read_pin  # noqa: PLC0415
     from sdbox.network import boot  # noqa: PLC0415
     from sdbox.network import site as site_profile  # noqa: PLC0415
@@ -133,4 +132,4 @@ def run(site_path: Path, config_path: Path) -> None:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    boot.run(profile, material, read_pin(identity), notify=notify, stopping=stopping)
+    boot.run(profile, material, read_pin(identity), notify=boot.sd_notify, stopping=stopping)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -62,6 +63,22 @@ BOX_KEY = strongswan.TokenKey(key_id=b"\x01")
 
 class BootTunnelError(SdboxError):
     """The tunnel cannot be set up at boot (a missing certificate, trust or profile)."""
+
+
+def sd_notify(state: str) -> bool:
+    """sd_notify(3) over ``NOTIFY_SOCKET``; False when not run by systemd.
+
+    A datagram of its own rather than the agent's helper: the tunnel's service
+    should not import the agent (and its card stack) to say it is ready.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), address)
+    return True
 
 
 def networkd_config(profile: SiteProfile) -> str:

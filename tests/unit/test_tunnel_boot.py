@@ -52,10 +52,13 @@ def test_an_enrolled_box_has_no_opening_and_no_profile_endpoint_means_none() -> 
 def test_the_outer_network_is_configured_from_the_profile() -> None:
     static = boot.networkd_config(load_bytes(SITE.encode(), "site.toml"))
     assert "Name=enp0s4" in static
-    assert "Address=192.0.2.10/24" in static and "Gateway=192.0.2.1" in static
+    assert "Address=192.0.2.10/24" in static
+    assert "Gateway=192.0.2.1" in static
     assert "DHCP" not in static
-    dhcp = boot.networkd_config(load_bytes(SITE.split("[box]")[0].encode(), "site.toml"))
-    assert "Name=eth0" in dhcp and "DHCP=yes" in dhcp and "Address=" not in dhcp
+    dhcp = boot.networkd_config(load_bytes(SITE.split("[box]", maxsplit=1)[0].encode(), "site.toml"))
+    assert "Name=eth0" in dhcp
+    assert "DHCP=yes" in dhcp
+    assert "Address=" not in dhcp
 
 
 def test_a_clock_behind_the_floor_is_set_forward_and_never_back(
@@ -75,3 +78,18 @@ def test_a_box_without_a_certificate_is_told_it_is_not_enrolled(tmp_path: Path) 
     with pytest.raises(boot.BootTunnelError, match="it is not enrolled, so there is no tunnel"):
         boot.read_material(profile, anchors=tmp_path / "roots.pem",
                            certificate=tmp_path / "box.pem", crl_dirs=[])  # fmt: skip
+
+
+def test_readiness_reaches_systemds_notify_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert boot.sd_notify("READY=1")
+        assert server.recv(64) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not boot.sd_notify("READY=1")
