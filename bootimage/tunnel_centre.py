@@ -27,7 +27,6 @@ namespace (which takes the tap, the addresses and the counter with it).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
@@ -35,14 +34,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sdbox.bootimage import tools
 from sdbox.bootimage.errors import BootImageError
@@ -253,24 +249,9 @@ class TunnelCentre:
         key_file.touch(mode=0o600)
         key_file.write_bytes(tls_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                    serialization.NoEncryption()))  # fmt: skip
-        # one certificate for both of the broker's addresses (Pki.issue_server takes one name)
+        # one certificate for both of the broker's addresses
+        tls_cert = self.pki.issue_server(ENROLMENT, tls_key.public_key(), also=[BROKER])
         server_ca = self.pki.server_ca
-        assert server_ca.key is not None
-        now = datetime.now(server_ca.cert.not_valid_before_utc.tzinfo)
-        tls_cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "test broker")]))
-            .issuer_name(server_ca.cert.subject).public_key(tls_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(a)) for a in (ENROLMENT, BROKER)]), critical=False)
-            .sign(server_ca.key,  # type: ignore[arg-type]
-                  hashes.SHA384() if isinstance(server_ca.key, ec.EllipticCurvePrivateKey)
-                  and server_ca.key.curve.key_size >= 384 else hashes.SHA256())
-        )  # fmt: skip
         (work / "broker.pem").write_bytes(tls_cert.public_bytes(pem) + server_ca.cert.public_bytes(pem))
         (work / "intermediates.pem").write_bytes(
             b"".join(self.pki.authority(ca).cert.public_bytes(pem) for ca in CA_NAMES[1:])
