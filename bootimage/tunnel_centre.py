@@ -310,13 +310,14 @@ def tunnel_checks(
     except Exception as exc:  # a gateway that died is a finding, not a crash
         sas = [f"the gateway did not answer: {exc}"]
     mine = [sa for sa in sas if f"sdbox box {box_id}" in sa]
+    up = state.get("first_up_gateway") == GATEWAY and state.get("gateway_identity") == GATEWAY_ID
     return [
         (f"{which}: the site profile was read from the config area and the firewall loaded",
          bool(tunnel.get("site_profile")) and bool(tunnel.get("firewall_loaded")),
          " / ".join(tunnel.get("site_journal") or [])[-300:]),
         (f"{which}: the tunnel came up at boot through {GATEWAY_ID} ({GATEWAY})",
-         state.get("first_up_gateway") == GATEWAY and state.get("gateway_identity") == GATEWAY_ID,
-         f"{state.get('description')}; {said}"),
+         up, f"{state.get('description')}; {said}" + ("" if up else " | charon: " + " / ".join(
+             (tunnel.get("charon_journal") or [])[-8:] + (tunnel.get("p11_kit_journal") or [])[-3:]))),
         (f"{which}: ... before the agent was ready",
          0 < up_at * 1e6 < agent_ready,
          f"tunnel up at {up_at:.1f} s ({took} s after sdbox-tunnel started), agent ready at "
