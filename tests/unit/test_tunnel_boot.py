@@ -65,7 +65,7 @@ def test_a_clock_behind_the_floor_is_set_forward_and_never_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     set_to: list[float] = []
-    monkeypatch.setattr(boot.time, "clock_settime", lambda _clock, value: set_to.append(value))
+    monkeypatch.setattr("sdbox.network.boot.time.clock_settime", lambda _clock, value: set_to.append(value))
     floor = datetime(2026, 12, 1, tzinfo=UTC)
     assert boot.apply_time_floor(floor, now=floor + timedelta(days=3)) is None
     assert set_to == []
