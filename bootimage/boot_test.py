@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import centre  # noqa: E402  (bootimage/centre.py: the first-boot test's broker)
+import tunnel_centre  # noqa: E402  (bootimage/tunnel_centre.py: gateway + broker behind a tap)
 
 from sdbox.bootimage import checks as image_checks  # noqa: E402
 from sdbox.bootimage import disk, tools  # noqa: E402
@@ -81,6 +82,7 @@ class Vm:
         self.keep_vars = keep_vars
         self.extra_disk: Path | None = None
         self.netdev: list[str] | None = None  # a NIC (the first-boot test's centre), else none
+        self.prefix: list[str] = []  # e.g. ip netns exec NAME: QEMU inside the centre's namespace
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start_tpm(self) -> Path:
@@ -135,7 +137,7 @@ class Vm:
     ) -> Boot:
         """Boot and read the console until a line contains one of ``until`` (or QEMU exits)."""
         tpm = self.start_tpm()
-        argv = self.argv(tpm)
+        argv = self.prefix + self.argv(tpm)
         record = Boot(time.monotonic())
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=dict(tools.BASE_ENV))  # fmt: skip
@@ -371,6 +373,20 @@ def print_checks(checks: list[Check]) -> None:
         print(f"  [{mark:7}] {check.name}: {check.detail}")
 
 
+def print_tunnel(report: dict[str, Any]) -> None:
+    """The tunnel's figures from the guest (its monotonic clock, as the agent's)."""
+    state = (report.get("tunnel") or {}).get("state") or {}
+    agent = (report.get("units") or {}).get("sdbox-agent.service") or {}
+    ready = int(agent.get("ActiveEnterTimestampMonotonic") or 0) / 1e6
+    if state.get("first_up_monotonic_s"):
+        print(f"tunnel: up through {state.get('first_up_gateway')} ({state.get('gateway_identity')}) "
+              f"at {state['first_up_monotonic_s']:.1f} s, {state.get('first_up_after_s')} s after "
+              f"sdbox-tunnel started; agent ready at {ready:.1f} s; inner address "
+              f"{state.get('inner_address')}")  # fmt: skip
+    else:
+        print(f"tunnel: not up ({state.get('description') or 'no state recorded'})")
+
+
 def timeline(report: dict[str, Any], report_after_s: float) -> tuple[float, float]:
     """Firmware + loader time and boot-to-ready (QEMU start to the agent's READY), in s.
 
@@ -498,25 +514,42 @@ def data_checks(report: dict[str, Any], *, second: bool) -> list[Check]:
     return checks
 
 
+def tunnel_checks(report: dict[str, Any], ctr: tunnel_centre.TunnelCentre, which: str) -> list[Check]:
+    """The boot-time tunnel as the report and the gateway see it (bootimage/tunnel_centre.py)."""
+    return [Check(name, ok, detail)
+            for name, ok, detail in tunnel_centre.tunnel_checks(report, ctr, centre.BOX_ID, which)]  # fmt: skip
+
+
 def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo: bool) -> int:
-    """First boot enrols with the host's broker; a second boot finds it enrolled."""
+    """First boot enrols outside the tunnel and brings the tunnel up; a second boot finds it
+    enrolled and brings the tunnel up again (the centre behind a tap device in a namespace)."""
     figures = json.loads(image.with_suffix(".json").read_text())
     broker_url = str(figures.get("broker_url") or "")
-    ctr = centre.start_centre(work / "centre", image.parent / "pki", broker_url)
+    why_not = tunnel_centre.missing()
+    if why_not:
+        print(f"image-test: the centre behind a tap device cannot run here: {why_not}")
+        return 1
+    ctr = tunnel_centre.start(work / "centre", image.parent / "pki")
     vm: Vm | None = None
+    checks: list[Check] = []
     try:
-        flashed = centre.flash_with_token(image, work, figures["generation"], ctr)
+        flashed = centre.flash_with_token(image, work, figures["generation"], ctr,
+                                          site=tunnel_centre.SITE.encode())  # fmt: skip
         with flashed.open("rb") as stream:
             area = disk.find_partition(disk.read_gpt(stream), disk.CONFIG_PARTITION)
         flashed_id = disk.ConfigArea(flashed, area).read(disk.MACHINE_ID_FILE).decode().strip()
-        print(f"first boot: a one-time token for {centre.BOX_ID} in the config area; the broker "
-              f"on 127.0.0.1:{ctr.server.httpd.server_address[1]} is {broker_url} for the guest")
+        print(f"first boot: a one-time token for {centre.BOX_ID} and the site profile in the config "
+              f"area; namespace {ctr.name}: gateway {tunnel_centre.GATEWAY_ID} on "
+              f"{tunnel_centre.GATEWAY}, enrolment at {tunnel_centre.ENROLMENT}:"
+              f"{tunnel_centre.BROKER_PORT}, the broker {broker_url} behind the tunnel")  # fmt: skip
         vm = Vm(work, overlay(flashed, work), accel, keep_vars=True)
         vm.netdev = ctr.netdev()
+        vm.prefix = ctr.qemu_prefix()
         boot = vm.boot((END,), timeout, sys.stdout if echo else None, "first")
         vm.stop()
         status, report = first_boot(boot, work, accel, timeout)
         if not report:
+            print(f"gateway log:\n{ctr.gateway_log()}")
             return 1
         token_left = disk.TOKEN_FILE in centre.config_area_names(work / "disk.qcow2", flashed, work)
         used = [entry for entry in ctr.tokens().values() if entry.get("used")]
@@ -524,7 +557,9 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
             report, ctr.pki, connections=ctr.connection_count(), token_left=token_left,
             registered=len(used) == 1, second=False)  # fmt: skip
         checks += data_checks(report, second=False)
+        checks += tunnel_checks(report, ctr, "first boot")
         print_checks(checks)
+        print_tunnel(report)
         # the second boot: same disk, TPM and EFI variables; it stops at the report
         before = ctr.connection_count()
         started = time.monotonic()
@@ -539,6 +574,7 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
             second, ctr.pki, connections=ctr.connection_count() - before,
             registered=used_again == used, token_left=False, second=True)  # fmt: skip
         more += data_checks(second, second=True)
+        more += tunnel_checks(second, ctr, "second boot")
         first_id = (report.get("data_partition") or {}).get("machine_id")
         second_id = (second.get("data_partition") or {}).get("machine_id")
         more.append(Check("both boots: the machine ID is the one flashed into the config area",
@@ -549,6 +585,7 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
         more.append(Check("second boot: no failed units", not second["failed"],
                           ", ".join(second["failed"]) or "none"))  # fmt: skip
         print_checks(more)
+        print_tunnel(second)
         arrived = boot.find(REPORT)
         _, second_ready = timeline(second, (arrived[0] if arrived else boot.started) - boot.started)
         print(f"second boot: report after {time.monotonic() - started:.1f} s; "
@@ -566,6 +603,8 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
     finally:
         if vm is not None:
             vm.stop()
+        if any(not c.ok for c in checks):
+            print(f"gateway log:\n{ctr.gateway_log()}")
         ctr.stop()
         centre.cleanup(work)
 

@@ -32,6 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+
 from sdbox import __version__  # noqa: E402
 from sdbox.bootimage import bundle, checks, disk, generations, pe, tools  # noqa: E402
 from sdbox.bootimage.errors import BootImageError  # noqa: E402
@@ -59,6 +62,23 @@ PACKAGES = [
     # A/B updates: RAUC (its D-Bus service installs bundles), bootctl is systemd's
     "rauc", "rauc-service",
 ]  # fmt: skip
+# The boot-time tunnel (docs/tunnel.md, "At boot"): charon-systemd and VICI (swanctl's
+# package holds the vici plugin), the openssl plugin (standard), pkcs11 (extra),
+# error-notify (charon extra), p11-kit's server and client module, nftables.
+TUNNEL_PACKAGES = [
+    "charon-systemd", "strongswan-swanctl", "libstrongswan-standard-plugins",
+    "libstrongswan-extra-plugins", "libcharon-extra-plugins", "p11-kit", "p11-kit-modules",
+    "nftables",
+]  # fmt: skip
+# sdbox's own units for it (bootimage/rootfs/usr/lib/systemd/system); each is skipped
+# by its condition on a box without a site profile
+TUNNEL_UNITS = [
+    "sdbox-site.service", "sdbox-time-floor.service", "sdbox-p11-kit.service",
+    "sdbox-charon.service", "sdbox-tunnel.service",
+]  # fmt: skip
+# Debian's own: charon with /etc/swanctl (sdbox runs its own), and nftables.service,
+# whose /etc/nftables.conf starts with "flush ruleset" (it would drop sdbox's firewall)
+TUNNEL_MASKED = ["strongswan.service", "strongswan-starter.service", "nftables.service"]
 # an image sensor through libfprint (its NBIS mindtct extracts the minutiae); python3-gi is above
 LIBFPRINT_PACKAGES = ["libfprint-2-2", "gir1.2-fprint-2.0"]
 # dpkg drops documentation and foreign translations (the greeter speaks fr and en)
@@ -123,7 +143,10 @@ SNAKEOIL_CERT = Path("/usr/share/ovmf/PkKek-1-snakeoil.pem")
 # SDBOX_BROKER_URL in a real build's environment; otherwise the broker that
 # `make image-test` runs on the host, reached from the guest through QEMU's
 # user network (a guestfwd address: the guest reaches nothing else).
-TEST_BROKER_URL = "https://10.0.2.100:8443"
+# With a site profile the first boot enrols at the profile's [enrolment] url
+# instead, outside the tunnel, and this broker lies behind the tunnel: the
+# boot test's centre namespace has it on 10.20.0.1, its tunnel network.
+TEST_BROKER_URL = "https://10.20.0.1:8443"
 
 
 @dataclass
@@ -209,6 +232,11 @@ def overlay(build: Build) -> Path:
 
         Pki.init(pki)
     shutil.copy(pki / "root.pem", sdbox_etc / "trust" / "roots.pem")
+    # the tunnel: the CA that certifies the centre's gateways (the site profile's
+    # default [tunnel] gateway_ca; the test PKI's server CA), and the CRLs the first
+    # tunnel is checked with before fresher ones can come through it
+    shutil.copy(pki / "server-ca.pem", sdbox_etc / "trust" / "gateway-ca.pem")
+    shutil.copytree(crl_seeds(pki), sdbox_etc / "trust" / "crls", dirs_exist_ok=True)
     # A/B updates: RAUC's slots, the keyring bundles must chain to, our handler and backend
     rauc_etc = target / "etc/rauc"
     rauc_etc.mkdir(parents=True, exist_ok=True)
@@ -221,6 +249,30 @@ def overlay(build: Build) -> Path:
     for path in target.rglob("*"):
         os.utime(path, (build.epoch, build.epoch), follow_symlinks=False)
     return target
+
+
+def crl_seeds(pki: Path) -> Path:
+    """The root's and the gateway CA's CRLs for the image, kept in the PKI directory.
+
+    Made once and reused while more than half their lifetime is left: a CRL
+    carries a signing time, a new number and a randomised ECDSA signature, and
+    two builds of the same sources must give the same root (make image-repro).
+    """
+    from sdbox.trust.pki import Pki  # noqa: PLC0415
+
+    seeds = pki / "crl-seed"
+    now = datetime.now(UTC)
+    held = [x509.load_pem_x509_crl(f.read_bytes()) for f in sorted(seeds.glob("*.pem"))]
+    if len(held) == 2 and all(
+        c.next_update_utc and c.next_update_utc - now > (c.next_update_utc - c.last_update_utc) / 2
+        for c in held
+    ):
+        return seeds
+    seeds.mkdir(exist_ok=True)
+    authority = Pki.open(pki)
+    for ca in ("root", "server-ca"):
+        (seeds / f"{ca}.pem").write_bytes(authority.crl(ca).public_bytes(serialization.Encoding.PEM))
+    return seeds
 
 
 def customize_script() -> str:
@@ -238,6 +290,9 @@ def customize_script() -> str:
         "systemctl enable sdbox-agent.service sdbox-greeter.service"
         " sdbox-renewal-due.timer sdbox-crl-refresh.timer",
         "systemctl set-default multi-user.target",
+        # the boot-time tunnel: sdbox's units, not Debian's
+        f"systemctl enable {' '.join(TUNNEL_UNITS)}",
+        f"systemctl mask {' '.join(TUNNEL_MASKED)}",
         # RAUC keeps its slot status on the data partition (/etc/rauc/system.conf)
         "mkdir -p /var/lib/rauc",
         # chrony: only the authenticated (NTS) sources of sources.d
@@ -253,7 +308,7 @@ def customize_script() -> str:
 def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
     started = time.monotonic()
     shutil.rmtree(build.rootdir, ignore_errors=True)
-    packages = PACKAGES + build.generation.firmware.packages
+    packages = PACKAGES + TUNNEL_PACKAGES + build.generation.firmware.packages
     if build.generation.sensor.kind == "libfprint":
         packages = packages + LIBFPRINT_PACKAGES
     early = build.work / "overlay-early"

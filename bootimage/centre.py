@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -121,15 +121,24 @@ def start_centre(work: Path, pki_dir: Path, broker_url: str) -> Centre:
     return Centre(server, pki, register, work / "connections.log", where.hostname, where.port)
 
 
-def flash_with_token(image: Path, work: Path, generation: str, centre: Centre) -> Path:
-    """A copy of the image personalised as `sdbox flash` does, with a fresh one-time token."""
+class TokenRegister(Protocol):
+    """A centre whose broker keeps its enrolment tokens in ``register``."""
+
+    register: Path
+
+
+def flash_with_token(
+    image: Path, work: Path, generation: str, centre: TokenRegister, site: bytes | None = None
+) -> Path:
+    """A copy of the image personalised as `sdbox flash` does, with a fresh one-time token
+    (and ``site``, the site profile, as `sdbox flash --site` writes it)."""
     target = work / "flashed.raw"
     tools.run(["cp", "--sparse=always", image, target], what="copying the image", timeout=600)
     profile = generations.load(generation)
     info = flash.check_image(image, profile)
     token = EnrolmentTokens(centre.register).add(BOX_ID).encode()
     sha256 = (image.with_name(image.name + ".sha256").read_text().split() or [""])[0]
-    names = flash.personalise(flash.check_target(target, image), profile, token, info, sha256)
+    names = flash.personalise(flash.check_target(target, image), profile, token, info, sha256, site)
     if disk.TOKEN_FILE not in names:
         raise BootImageError("the enrolment token is not in the flashed config area")
     return target

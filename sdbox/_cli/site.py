@@ -48,11 +48,28 @@ def config_reference() -> None:
     show_default=True,
     help="Where ESP runs: the kernel (a box), or charon's TUN device (kernels without ESP).",
 )
-def firewall_command(path: Path, data_plane: str) -> None:
+@click.option(
+    "--enrolment",
+    is_flag=True,
+    help="Also let the box reach the profile's [enrolment] url (a box not enrolled yet).",
+)
+def firewall_command(path: Path, data_plane: str, enrolment: bool) -> None:
     """Print the box's nftables ruleset for this site profile (for `nft -f`)."""
     from sdbox.network import firewall  # noqa: PLC0415
     from sdbox.network import site as site_profile  # noqa: PLC0415
 
     profile = site_profile.load(path)
-    rules = firewall.ruleset(profile, "libipsec" if data_plane == "libipsec" else "kernel")
+    rules = firewall.ruleset(
+        profile, "libipsec" if data_plane == "libipsec" else "kernel", enrolment=enrolment
+    )
     click.echo(rules, nl=False)
+
+
+@site.command("networkd")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def networkd_command(path: Path) -> None:
+    """Print the systemd-networkd .network file of the box's outer interface."""
+    from sdbox.network import boot  # noqa: PLC0415
+    from sdbox.network import site as site_profile  # noqa: PLC0415
+
+    click.echo(boot.networkd_config(site_profile.load(path)), nl=False)

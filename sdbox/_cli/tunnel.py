@@ -82,3 +82,76 @@ def load_crls(config_path: Path | None, vici_socket: Path, as_json: bool) -> Non
         click.echo(describe_push(outcome))
     if "error" in outcome:
         click.get_current_context().exit(1)
+
+
+# --- the box at boot (the image's units, docs/tunnel.md "At boot") ----------------------
+
+_agent_config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("/etc/sdbox/agent.toml"), show_default=True,
+    help="The agent configuration (its [trust] and [identity] sections are used).",
+)  # fmt: skip
+
+
+@tunnel.command("charon-conf")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write strongswan.conf (charon-systemd's STRONGSWAN_CONF).")  # fmt: skip
+def charon_conf(out: Path) -> None:
+    """Write the box's strongswan.conf: kernel data plane, the TPM token through p11-kit."""
+    from sdbox.network import boot, strongswan  # noqa: PLC0415
+
+    text = strongswan.charon_conf(
+        boot.CHARON_PATHS, pkcs11_modules={boot.P11_MODULE_NAME: strongswan.P11_KIT_CLIENT}
+    )
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+@tunnel.command("clock-floor")
+@_agent_config_option
+def clock_floor(config_path: Path) -> None:
+    """Set a clock that is behind the trust floor (build time, newest CRL) forward to it."""
+    from datetime import datetime  # noqa: PLC0415
+
+    from sdbox.agent.config import load  # noqa: PLC0415
+    from sdbox.network import boot  # noqa: PLC0415
+    from sdbox.trust.store import RevocationStore  # noqa: PLC0415
+
+    trust = load(config_path).trust
+    store = RevocationStore(trust.crl_dir, build_time=datetime.fromisoformat(trust.build_time))
+    floor = store.time_floor
+    moved = boot.apply_time_floor(floor)
+    if moved is None:
+        click.echo(f"clock at or past the trust floor {floor.isoformat()}")
+    else:
+        click.echo(f"clock was behind the trust floor: set to {moved.isoformat()}")
+
+
+@tunnel.command("run")
+@click.option("--site", "site_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("/run/sdbox/site/site.toml"), show_default=True,
+              help="The site profile (copied from the config area at boot).")  # fmt: skip
+@_agent_config_option
+def run(site_path: Path, config_path: Path) -> None:
+    """Configure charon over VICI and keep the tunnel up (the image's sdbox-tunnel.service)."""
+    import logging  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from sdbox.agent.config import load  # noqa: PLC0415
+    from sdbox.identity.tpm import read_pin  # noqa: PLC0415
+    from sdbox.network import boot  # noqa: PLC0415
+    from sdbox.network import site as site_profile  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    profile = site_profile.load(site_path)
+    config = load(config_path)
+    identity = config.identity.identity_config()
+    material = boot.read_material(
+        profile, anchors=config.trust.anchors, certificate=identity.certificate,
+        crl_dirs=[boot.SEED_CRL_DIR, config.trust.crl_dir],
+    )  # fmt: skip
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    boot.run(profile, material, read_pin(identity), notify=boot.sd_notify, stopping=stopping)

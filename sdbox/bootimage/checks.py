@@ -21,9 +21,11 @@ WORLD_WRITABLE_ALLOWED = ("tmp", "var/tmp")
 # build excludes their contents from the squashfs), and /boot (in the UKI).
 NOT_SHIPPED = ("proc", "sys", "dev", "run", "boot")
 
-# Sockets a box may listen on: none. DHCP's client ports appear only with a
-# network card (systemd-networkd's client; qemu-q35 has none).
-ALLOWED_LISTENERS = frozenset({"udp:68", "udp6:546"})
+# Sockets a box may listen on: none of its own. DHCP's client ports appear only
+# with a network card (systemd-networkd's client), IKE's (charon: UDP 500 and
+# 4500, which also carries ESP) only with a site profile; the firewall admits
+# nothing on them but the DHCP server's answers and the site's gateways.
+ALLOWED_LISTENERS = frozenset({"udp:68", "udp6:546", "udp:500", "udp:4500", "udp6:500", "udp6:4500"})
 
 
 def world_writable(root: Path) -> list[str]:

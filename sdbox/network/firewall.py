@@ -10,7 +10,11 @@ replaces the ``inet sdbox`` table as a whole). On the outer interface only:
 - IKE (UDP 500 and 4500, which also carries ESP-in-UDP behind NAT) and ESP,
   to and from the gateways only (gateways given as names are added to the
   ``gateways4``/``gateways6`` sets once resolved);
-- replies to what the box sent (conntrack), nothing new from outside.
+- replies to what the box sent (conntrack), nothing new from outside;
+- until the box is enrolled, and only when asked for (``enrolment=True``): TCP
+  to the site's enrolment endpoint (``[enrolment] url``), in a chain of its
+  own (:data:`ENROLMENT_CHAIN`) that is flushed once enrolment is over, so the
+  opening closes without reloading the rest (docs/tunnel.md, "Enrolment").
 
 Inner traffic (before encryption / after decryption) is allowed to and from
 the site's tunnel networks only, and only when it is IPsec-protected
@@ -28,6 +32,8 @@ from sdbox.network.site import IpAddress, IpNetwork, SiteProfile, parse_address
 from sdbox.network.strongswan import LIBIPSEC_INTERFACE, DataPlane
 
 TABLE = "sdbox"
+# emptied (`nft flush chain inet sdbox enrolment`) as soon as the box is enrolled
+ENROLMENT_CHAIN = "enrolment"
 IKE_PORTS = "{ 500, 4500 }"
 
 
@@ -41,9 +47,11 @@ def _set(name: str, kind: str, values: Iterable[IpAddress | IpNetwork], interval
     return f"    set {name} {{ {' '.join(parts)} }}"
 
 
-def ruleset(profile: SiteProfile, data_plane: DataPlane = "kernel") -> str:
+def ruleset(profile: SiteProfile, data_plane: DataPlane = "kernel", *, enrolment: bool = False) -> str:
     """The ruleset file for ``nft -f``.
 
+    ``enrolment``: also let the box reach the profile's enrolment endpoint (a box
+    without a certificate; nothing is added when the profile names none).
     With charon's own data plane (``libipsec``: machines whose kernel lacks ESP)
     protected traffic is what goes into and comes out of its TUN device.
     """
@@ -75,7 +83,12 @@ def ruleset(profile: SiteProfile, data_plane: DataPlane = "kernel") -> str:
     ]
     # output is stateless on purpose: an established inner connection must not keep
     # flowing in the clear once its SA is gone
-    out_rules = ['oifname "lo" accept']
+    out_rules = ['oifname "lo" accept', f"jump {ENROLMENT_CHAIN}"]
+    enrol_rules = []
+    endpoint, port = profile.enrolment.address, profile.enrolment.port
+    if enrolment and endpoint is not None and port is not None:
+        family = "ip" if endpoint.version == 4 else "ip6"
+        enrol_rules.append(f'oifname "{outer}" {family} daddr {endpoint} tcp dport {port} accept')
     in_rules = [
         'iifname "lo" accept',
         # what claims to come from the centre must have come out of the tunnel
@@ -114,6 +127,11 @@ def ruleset(profile: SiteProfile, data_plane: DataPlane = "kernel") -> str:
         f"delete table inet {TABLE}",
         f"table inet {TABLE} {{",
         *sets,
+        "",
+        # declared before the output chain that jumps to it
+        f"    chain {ENROLMENT_CHAIN} {{",
+        *(f"        {rule}" for rule in enrol_rules),
+        "    }",
         "",
         "    chain input {",
         "        type filter hook input priority filter; policy drop;",

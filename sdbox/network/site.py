@@ -19,6 +19,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from sdbox.config import ConfigError, load_section, setting
 
@@ -184,6 +185,43 @@ class TunnelSettings:
     )
 
 
+def _enrolment_url(value: str) -> str | None:
+    if not value:
+        return None
+    where = urlsplit(value)
+    try:
+        port = where.port
+    except ValueError:
+        port = None
+    if where.scheme != "https" or where.hostname is None or port is None or where.path not in ("", "/"):
+        return f"{value!r} is not https://ADDRESS:PORT"
+    if parse_address(where.hostname) is None:
+        return f"{where.hostname} is not an IP address (nothing is resolved before enrolment)"
+    return None
+
+
+@dataclass(frozen=True)
+class EnrolmentEndpoint:
+    """Where an unenrolled box reaches the centre's enrolment service, outside the tunnel."""
+
+    url: str = setting(
+        "",
+        help="https://ADDRESS:PORT of the broker's enrolment service on the outer network; the "
+        "firewall lets the box reach it only until the box is enrolled (\"\": the image's broker)",
+        check=_enrolment_url,
+    )
+
+    @property
+    def address(self) -> IpAddress | None:
+        """The endpoint's address, or None when the profile names none."""
+        return parse_address(urlsplit(self.url).hostname or "") if self.url else None
+
+    @property
+    def port(self) -> int | None:
+        """The endpoint's TCP port, or None when the profile names none."""
+        return urlsplit(self.url).port if self.url else None
+
+
 def _non_empty(values: list[object]) -> str | None:
     return None if values else "the list is empty: name at least one"
 
@@ -200,6 +238,9 @@ class SiteProfile:
     )
     box: BoxNetwork = setting(BoxNetwork(), help="the box's own network")
     tunnel: TunnelSettings = setting(TunnelSettings(), help="tunnel settings")
+    enrolment: EnrolmentEndpoint = setting(
+        EnrolmentEndpoint(), help="first boot: the enrolment service outside the tunnel"
+    )
 
     @property
     def tunnel_networks(self) -> list[IpNetwork]:
@@ -241,6 +282,13 @@ def check_profile(profile: SiteProfile, where: str) -> SiteProfile:
                     f"{where}: [networks[{j}]] cidr: {network.cidr} overlaps [networks[{k}]] "
                     f"{other.cidr}: list each centre network once"
                 )
+    enrolment = profile.enrolment.address
+    for j, network in enumerate(networks, start=1):
+        if enrolment is not None and enrolment in network.network:
+            raise ConfigError(
+                f"{where}: [enrolment] url: {enrolment} is inside the tunnel network "
+                f"[networks[{j}]] {network.cidr}: a box enrols before it has a tunnel"
+            )
     box = profile.box
     if box.mode == "static":
         if not box.address or not box.gateway:

@@ -23,7 +23,7 @@ import ipaddress
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -397,12 +397,16 @@ class Pki:
         *,
         not_before: datetime | None = None,
         not_after: datetime | None = None,
+        also: Sequence[str] = (),
     ) -> x509.Certificate:
-        """A bubble server's TLS certificate for ``hostname`` (a DNS name or an IP)."""
-        try:
-            name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(hostname))
-        except ValueError:
-            name = x509.DNSName(hostname)
+        """A bubble server's TLS certificate for ``hostname`` (a DNS name or an IP),
+        and for the names in ``also`` (a server reached at several addresses)."""
+        names: list[x509.GeneralName] = []
+        for each in (hostname, *also):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(each)))
+            except ValueError:
+                names.append(x509.DNSName(each))
         # RSA TLS servers may still use key transport; EC keys only sign.
         rsa_like = hasattr(public_key, "key_size") and not isinstance(
             public_key, ec.EllipticCurvePublicKey
@@ -415,7 +419,7 @@ class Pki:
             not_after=not_after,
             key_usage=_key_usage(digital_signature=True, key_encipherment=rsa_like),
             eku=[ExtendedKeyUsageOID.SERVER_AUTH],
-            san=[name],
+            san=names,
         )
 
     def issue_box(

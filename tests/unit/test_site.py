@@ -63,7 +63,13 @@ def test_a_static_box_network_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (GOOD + "[tunel]\n", r"site.toml: unknown key 'tunel' \(known: box, gateways, networks, tunnel\)"),
+        (GOOD + "[tunel]\n", r"site.toml: unknown key 'tunel' \(known: box, enrolment, gateways, networks, tunnel\)"),
+        (GOOD + '[enrolment]\nurl = "http://192.0.2.5:8443"\n',
+         r"\[enrolment\] url: 'http://192.0.2.5:8443' is not https://ADDRESS:PORT"),
+        (GOOD + '[enrolment]\nurl = "https://enrol.centre.example:8443"\n',
+         r"\[enrolment\] url: enrol.centre.example is not an IP address \(nothing is resolved before enrolment\)"),
+        (GOOD + '[enrolment]\nurl = "https://10.20.3.4:8443"\n',
+         r"\[enrolment\] url: 10.20.3.4 is inside the tunnel network \[networks\[1\]\] 10.20.0.0/16: a box enrols before it has a tunnel"),
         (GOOD.replace('"198.51.100.1"', '"198.51.100.300"'),
          r"site.toml: \[gateways\[1\]\] address: '198.51.100.300' is neither an IP address nor a fully qualified DNS name"),
         (GOOD.replace('identity = "gw1.centre.example"', 'identity = "CN=gw1"'),

@@ -123,6 +123,11 @@ def test_server_certificate_names_host_or_ip(pki: Pki) -> None:
     assert [str(a) for a in san_ip.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert list(_ext(by_name, x509.ExtendedKeyUsage)) == [ExtendedKeyUsageOID.SERVER_AUTH]
     assert by_name.issuer == pki.server_ca.cert.subject
+    # a server reached at two addresses (the boot test's broker: outside and inside the tunnel)
+    both = _ext(pki.issue_server("192.0.2.5", key.public_key(), also=["10.20.0.1"]),
+                x509.SubjectAlternativeName)  # fmt: skip
+    assert isinstance(both, x509.SubjectAlternativeName)
+    assert [str(a) for a in both.get_values_for_type(x509.IPAddress)] == ["192.0.2.5", "10.20.0.1"]
 
 
 def test_holder_and_box_certificates(pki: Pki) -> None:
