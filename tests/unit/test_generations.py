@@ -74,3 +74,13 @@ def test_a_generation_needs_a_reader(tmp_path: Path) -> None:
 def test_a_libfprint_sensor_needs_its_usb_id(tmp_path: Path) -> None:
     text = GOOD.replace('usb_id = "05ba:000a"\n', "")
     assert "[sensor] usb_id: a libfprint sensor needs its USB id" in _error(text, tmp_path)
+
+
+def test_a_generation_renders_without_its_gpu_unless_it_says_so(tmp_path: Path) -> None:
+    # off by default: the image leaves Mesa's drivers and LLVM out (bootimage/build.py)
+    assert all(not generations.load(name, DIRECTORY).display.gpu_rendering
+               for name in generations.available(DIRECTORY))  # fmt: skip
+    (tmp_path / "nuc-g1.toml").write_text(GOOD.replace("[display]", "[display]\ngpu_rendering = true"))
+    assert generations.load("nuc-g1", tmp_path).display.gpu_rendering is True
+    message = _error(GOOD.replace("[display]", '[display]\ngpu_rendering = "yes"'), tmp_path)
+    assert "[display] gpu_rendering" in message
