@@ -61,6 +61,12 @@ PACKAGES = [
 ]  # fmt: skip
 # an image sensor through libfprint (its NBIS mindtct extracts the minutiae); python3-gi is above
 LIBFPRINT_PACKAGES = ["libfprint-2-2", "gir1.2-fprint-2.0"]
+# Leaner root (issue 26, docs/image.md "Leaner"): mmdebstrap lays out the merged /usr itself
+# (its merged-usr hook, as debootstrap does) and usr-is-merged meets init-system-helpers'
+# `usrmerge | usr-is-merged`: without the hook apt takes usrmerge, which converts the tree at
+# install time and brings perl (about 45 MB) that nothing on the box runs.
+LEAN_MMDEBSTRAP_OPTIONS = ["--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr"]
+LEAN_PACKAGES = ["usr-is-merged"]
 # Files of installed packages the box never uses; `make image` refuses a root where a kept
 # program or library links to one of them (checks.missing_shared_libraries).
 LEAN_DPKG_OPTIONS = [
@@ -295,7 +301,7 @@ def customize_script() -> str:
 def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
     started = time.monotonic()
     shutil.rmtree(build.rootdir, ignore_errors=True)
-    packages = PACKAGES + build.generation.firmware.packages
+    packages = PACKAGES + build.generation.firmware.packages + LEAN_PACKAGES
     if build.generation.sensor.kind == "libfprint":
         packages = packages + LIBFPRINT_PACKAGES
     early = build.work / "overlay-early"
@@ -308,6 +314,7 @@ def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
         "--components=main,non-free-firmware",
         "--aptopt=APT::Install-Recommends \"false\"",
         "--aptopt=Acquire::Retries \"3\"",
+        *LEAN_MMDEBSTRAP_OPTIONS,
         *[f"--dpkgopt={option}" for option in DPKG_OPTIONS + lean_dpkg_options(build.generation)],
         f"--include={','.join(packages)}",
         # the initramfs hooks must be there before the kernel's postinst builds the initramfs
