@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     print(f"root installed: {found['root_installed_mib']} MiB")
     packages = found["packages_kib"]
     if packages:
-        print("largest packages (installed, dpkg's figure):")
+        print("largest packages (their files on disk in the root):")
         for name, kib in list(packages.items())[:15]:
             print(f"  {kib / 1024:8.1f} MiB  {name}")
     python = found["python_kib"]

@@ -472,6 +472,11 @@ def identity_checks(
                             and any("the box is enrolled" in line
                                     for line in ident.get("enrol_journal") or []),
                             f"{connections} connection(s) to the centre; {said}"))  # fmt: skip
+        # the enrolled box's shortcut: a shell reads the marker of the finished enrolment,
+        # no Python and no TPM before the agent (rootfs/usr/libexec/sdbox/enrol-if-needed)
+        checks.append(Check("second boot: sdbox-enrol had nothing to do (no Python, no TPM)",
+                            any("nothing to do at this boot" in line
+                                for line in ident.get("enrol_journal") or []), said))  # fmt: skip
     else:
         checks.append(Check("first boot: the token is spent at the centre and gone from the box",
                             registered and not token_left and connections >= 1,

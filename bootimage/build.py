@@ -81,6 +81,53 @@ TUNNEL_UNITS = [
 TUNNEL_MASKED = ["strongswan.service", "strongswan-starter.service", "nftables.service"]
 # an image sensor through libfprint (its NBIS mindtct extracts the minutiae); python3-gi is above
 LIBFPRINT_PACKAGES = ["libfprint-2-2", "gir1.2-fprint-2.0"]
+# Leaner root (issue 26, docs/image.md "Leaner"): mmdebstrap lays out the merged /usr itself
+# (its merged-usr hook, as debootstrap does) and usr-is-merged meets init-system-helpers'
+# `usrmerge | usr-is-merged`: without the hook apt takes usrmerge, which converts the tree at
+# install time and brings perl (about 45 MB) that nothing on the box runs.
+LEAN_MMDEBSTRAP_OPTIONS = ["--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr"]
+LEAN_PACKAGES = ["usr-is-merged"]
+# Files of installed packages the box never uses; `make image` refuses a root where a kept
+# program or library links to one of them (checks.missing_shared_libraries).
+LEAN_DPKG_OPTIONS = [
+    "path-include=/usr/share/locale/de/*",  # the greeter speaks en, fr and de
+    # development files and static libraries
+    "path-exclude=/usr/include/*",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/*.a",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/pkgconfig/*",
+    "path-exclude=/usr/share/pkgconfig/*",
+    "path-exclude=/usr/share/aclocal/*",
+    "path-exclude=/usr/share/gir-1.0/*",  # GObject introspection's sources; the typelibs stay
+    "path-exclude=/usr/share/gtk-doc/*",
+    "path-exclude=/usr/share/help/*",  # desktop help (virt-viewer's), shown by nothing here
+    "path-exclude=/usr/share/lintian/*",
+    "path-exclude=/usr/share/bug/*",
+    # Intel Media SDK's hardware library and plugins (libavcodec's QSV path, behind its
+    # dispatcher's dlopen): FreeRDP decodes with libavcodec's software decoders
+    "path-exclude=/usr/lib/x86_64-linux-gnu/libmfxhw64.so*",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/mfx/*",
+    # tc's ATM queueing plugin: its libatm is a Recommends, not installed
+    "path-exclude=/usr/lib/x86_64-linux-gnu/tc/q_atm.so",
+]
+# Mesa's DRI drivers and the LLVM (and z3) they alone need, about 160 MB installed: out
+# unless the generation renders with its GPU ([display] gpu_rendering). cage then draws with
+# wlroots' pixman renderer, GTK 4 with cairo, Xwayland without glamor, SDL and GTK 3
+# clients with their software paths; libEGL/libGL/libgbm stay (linked), finding no driver.
+GPU_STACK_EXCLUDES = [
+    "path-exclude=/usr/lib/x86_64-linux-gnu/dri/*",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/libLLVM-15.so*",
+    "path-exclude=/usr/lib/x86_64-linux-gnu/libz3.so*",
+    "path-exclude=/usr/share/drirc.d/*",
+]
+SOFTWARE_RENDERING_DROPIN = """\
+# written by bootimage/build.py: this generation renders without its GPU ([display]
+# gpu_rendering = false) and the image has no Mesa DRI driver (docs/image.md "Leaner")
+[Service]
+Environment=WLR_RENDERER=pixman GSK_RENDERER=cairo
+"""
+# Early microcode goes into the initramfs (its hooks read these at build time); the kernel
+# has no late loading (CONFIG_MICROCODE_LATE_LOADING unset), so the root's copy is never read.
+PRUNED_AFTER_INITRAMFS = ["usr/lib/firmware/intel-ucode", "usr/lib/firmware/amd-ucode"]
 # dpkg drops documentation and foreign translations (the greeter speaks fr and en)
 DPKG_OPTIONS = [
     "path-exclude=/usr/share/man/*",
@@ -246,6 +293,7 @@ def overlay(build: Build) -> Path:
     shutil.copy(ROOT / "sdbox/bootimage/slots.py", libexec / "rauc-bootloader")
     (libexec / "rauc-bootloader").chmod(0o755)
     (libexec / "rauc-pre-install").symlink_to("rauc-bootloader")
+    software_rendering(gen, target)
     for path in target.rglob("*"):
         os.utime(path, (build.epoch, build.epoch), follow_symlinks=False)
     return target
@@ -308,7 +356,7 @@ def customize_script() -> str:
 def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
     started = time.monotonic()
     shutil.rmtree(build.rootdir, ignore_errors=True)
-    packages = PACKAGES + TUNNEL_PACKAGES + build.generation.firmware.packages
+    packages = PACKAGES + TUNNEL_PACKAGES + build.generation.firmware.packages + LEAN_PACKAGES
     if build.generation.sensor.kind == "libfprint":
         packages = packages + LIBFPRINT_PACKAGES
     early = build.work / "overlay-early"
@@ -321,7 +369,8 @@ def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
         "--components=main,non-free-firmware",
         "--aptopt=APT::Install-Recommends \"false\"",
         "--aptopt=Acquire::Retries \"3\"",
-        *[f"--dpkgopt={option}" for option in DPKG_OPTIONS],
+        *LEAN_MMDEBSTRAP_OPTIONS,
+        *[f"--dpkgopt={option}" for option in DPKG_OPTIONS + lean_dpkg_options(build.generation)],
         f"--include={','.join(packages)}",
         # the initramfs hooks must be there before the kernel's postinst builds the initramfs
         f"--essential-hook=sync-in {early} /",
@@ -355,16 +404,23 @@ def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
 
 
 def package_sizes(root: Path) -> dict[str, int]:
-    """Debian packages in the root by installed size (KiB, as dpkg records it), largest first."""
-    listing = tools.run(
-        ["chroot", root, "dpkg-query", "-W", "-f", "${Installed-Size}\t${Package}\n"],
-        what="listing the root's packages", timeout=120,
-    )  # fmt: skip
+    """Debian packages in the root by the size of their files on disk (KiB), largest first.
+
+    Not dpkg's Installed-Size: that is the whole package, including what the
+    image's path-excludes left out and what the build pruned afterwards.
+    """
     sizes = {}
-    for line in listing.splitlines():
-        size, _, name = line.partition("\t")
-        if size.strip().isdigit():
-            sizes[name] = int(size)
+    seen: set[tuple[int, int]] = set()  # hard links (Mesa's DRI drivers are one file) count once
+    for listing in sorted((root / "var/lib/dpkg/info").glob("*.list")):
+        total = 0
+        for line in listing.read_text(errors="replace").splitlines():
+            path = root / line.lstrip("/")
+            if line and path.is_file() and not path.is_symlink():
+                info = path.lstat()
+                if (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_size
+        sizes[listing.name.removesuffix(".list").split(":", 1)[0]] = total // 1024
     return dict(sorted(sizes.items(), key=lambda item: -item[1]))
 
 
@@ -379,6 +435,39 @@ def python_sizes(root: Path) -> dict[str, int]:
     return dict(sorted(sizes.items(), key=lambda item: -item[1]))
 
 
+def lean_dpkg_options(generation: generations.Generation) -> list[str]:
+    """What the generation's root leaves out beyond DPKG_OPTIONS."""
+    return LEAN_DPKG_OPTIONS + ([] if generation.display.gpu_rendering else GPU_STACK_EXCLUDES)
+
+
+def software_rendering(generation: generations.Generation, overlay_dir: Path) -> None:
+    """The greeter's renderers, for a generation without GPU rendering (no Mesa drivers)."""
+    if generation.display.gpu_rendering:
+        return
+    dropin = overlay_dir / "etc/systemd/system/sdbox-greeter.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "renderer.conf").write_text(SOFTWARE_RENDERING_DROPIN)
+
+
+def prune_after_initramfs(build: Build) -> None:
+    """Remove from the root what only the initramfs build reads (the microcode)."""
+    for rel in PRUNED_AFTER_INITRAMFS:
+        shutil.rmtree(build.rootdir / rel, ignore_errors=True)
+
+
+def check_shared_libraries(build: Build) -> None:
+    """Refuse a root where a program or library links to a library that is not there."""
+    started = time.monotonic()
+    missing = checks.missing_shared_libraries(build.rootdir)
+    if missing:
+        raise BootImageError(
+            f"{len(missing)} program(s) or librar(ies) in the root link to libraries the image "
+            "leaves out: narrow the path-exclude lists in bootimage/build.py",
+            detail="\n".join(f"{f}: needs {', '.join(libs)}" for f, libs in list(missing.items())[:50]),
+        )
+    build.step("root checks (every linked library present)", started)
+
+
 def check_root(build: Build) -> None:
     """Refuse to seal a root where anyone may write outside /tmp and /var/tmp."""
     started = time.monotonic()
@@ -390,6 +479,7 @@ def check_root(build: Build) -> None:
             detail="\n".join(loose[:50]),
         )
     build.step("root checks (no world-writable file)", started)
+    check_shared_libraries(build)
 
 
 def kernel_and_initrd(build: Build) -> tuple[Path, Path]:
@@ -653,6 +743,7 @@ def main() -> int:
             bootstrap(build, deb, overlay_dir)
         check_root(build)
         kernel, initrd = kernel_and_initrd(build)
+        prune_after_initramfs(build)
         factory_var(build)
         squashfs, verity, roothash = squash_and_seal(build)
         started = time.monotonic()

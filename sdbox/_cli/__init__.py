@@ -11,14 +11,17 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import click
 
 from sdbox import __version__
 from sdbox._cli.errors import run_guarded
 
-# module name -> attribute holding its click command. Adding a command family
-# is one line here; the module is imported when the CLI starts.
+# module name -> attribute holding its click command (the command's own name).
+# Adding a command family is one line here; the module is imported when the
+# command is first looked up (`_Commands`), not when the CLI starts.
 _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sdbox._cli.card", "card"),
     ("sdbox._cli.emulate", "emulate"),
@@ -40,7 +43,48 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(MutableMapping[str, click.Command]):
+    """The top-level commands, each module imported when its command is first asked for.
+
+    The agent's unit starts `sdbox agent run`: importing every command family
+    (the card emulator, the PKI tools, ...) before it would delay the box's
+    READY by seconds under emulation, for commands it never runs.
+    """
+
+    def __init__(self, table: tuple[tuple[str, str], ...]) -> None:
+        self._modules = {name: module for module, name in table}
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded:
+            command = getattr(importlib.import_module(self._modules[name]), name)
+            if not isinstance(command, click.Command) or command.name != name:
+                raise LookupError(f"{self._modules[name]}.{name} is not the command {name!r}")
+            self._loaded[name] = command
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._loaded[name] = command  # click's add_command: loaded already, no module to import
+        self._modules.setdefault(name, "")
+
+    def __delitem__(self, name: str) -> None:
+        self._loaded.pop(name, None)
+        del self._modules[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._modules))
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+
+class _Cli(click.Group):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _Commands(_COMMAND_MODULES)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sdbox")
 @click.option(
     "-v", "--verbose", count=True, help="More log output (-v info, -vv debug, -vvv APDU trace)."
@@ -54,9 +98,6 @@ def cli(verbose: int) -> None:
         level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
 
-
-for _module, _attr in _COMMAND_MODULES:
-    cli.add_command(getattr(importlib.import_module(_module), _attr))
 
 
 def main() -> None:

@@ -28,11 +28,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from sdbox.biometric.errors import PlaceFingerAgain
-from sdbox.biometric.ridges import GreyImage
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sdbox.biometric.ridges import GreyImage
 
 BLOCK_MM = 0.8
 FOREGROUND_STDDEV = 12.0  # grey levels: below this a block shows no ridges
@@ -96,6 +99,10 @@ _REASONS = {
 
 def measure(image: GreyImage) -> Quality:
     """The quality measures of an image (see the module docstring)."""
+    # numpy here, not at the top: the agent imports PoorCapture (its problem codes) before
+    # it is ready, and numpy's import is a second of a box's start under emulation
+    import numpy as np  # noqa: PLC0415
+
     side = max(8, round(BLOCK_MM * image.ppmm))
     grey = np.frombuffer(image.pixels, dtype=np.uint8).reshape(image.height, image.width)
     rows, cols = image.height // side, image.width // side

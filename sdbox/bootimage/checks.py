@@ -162,3 +162,160 @@ def missing_module_dependencies(modules_dir: Path) -> dict[str, list[str]]:
         if absent:
             missing[name] = absent
     return missing
+
+
+# ELF64 little-endian (x86-64): what the dynamic linker reads to load a program.
+_ELF_MAGIC = b"\x7fELF\x02\x01"
+_PT_LOAD, _PT_DYNAMIC = 1, 2
+_DT_NULL, _DT_NEEDED, _DT_STRTAB, _DT_RPATH, _DT_RUNPATH = 0, 1, 5, 15, 29
+# where ld.so looks on Debian amd64 when no RPATH/RUNPATH names a library (besides ld.so.conf.d)
+_DEFAULT_LIBRARY_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib",
+                         "lib64", "usr/lib64")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DynamicLinks:
+    """What one ELF file asks the dynamic linker for: libraries, and where else to look."""
+
+    needed: tuple[str, ...]
+    search_path: tuple[str, ...]
+
+
+def dynamic_links(path: Path) -> DynamicLinks | None:
+    """``DT_NEEDED`` and ``DT_RPATH``/``DT_RUNPATH`` of an ELF64 x86-64 file, or None.
+
+    None for anything else: not ELF, another class, or no dynamic section (static
+    programs, kernel modules). Only the program headers are read: the dynamic
+    section and its string table are located through the loadable segments, as
+    the dynamic linker does, so stripped files are read correctly.
+    """
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(64)
+            if len(head) < 64 or not head.startswith(_ELF_MAGIC):
+                return None
+            phoff = int.from_bytes(head[0x20:0x28], "little")
+            phentsize = int.from_bytes(head[0x36:0x38], "little")
+            phnum = int.from_bytes(head[0x38:0x3A], "little")
+            if phentsize < 56 or phnum == 0:
+                return None
+            stream.seek(phoff)
+            table = stream.read(phentsize * phnum)
+            loads: list[tuple[int, int, int]] = []  # vaddr, filesz, offset
+            dynamic: tuple[int, int] | None = None  # offset, size
+            for i in range(phnum):
+                entry = table[i * phentsize : i * phentsize + 56]
+                if len(entry) < 56:
+                    return None
+                kind = int.from_bytes(entry[0:4], "little")
+                offset = int.from_bytes(entry[8:16], "little")
+                vaddr = int.from_bytes(entry[16:24], "little")
+                filesz = int.from_bytes(entry[32:40], "little")
+                if kind == _PT_LOAD:
+                    loads.append((vaddr, filesz, offset))
+                elif kind == _PT_DYNAMIC:
+                    dynamic = (offset, filesz)
+            if dynamic is None:
+                return None
+            stream.seek(dynamic[0])
+            raw = stream.read(dynamic[1])
+            entries: list[tuple[int, int]] = []
+            for at in range(0, len(raw) - 15, 16):
+                tag = int.from_bytes(raw[at : at + 8], "little", signed=True)
+                if tag == _DT_NULL:
+                    break
+                entries.append((tag, int.from_bytes(raw[at + 8 : at + 16], "little")))
+            strtab = next((value for tag, value in entries if tag == _DT_STRTAB), None)
+            if strtab is None:
+                return None
+            base = next((off + strtab - va for va, size, off in loads if va <= strtab < va + size), None)
+            if base is None:
+                return None
+
+            def string(index: int) -> str:
+                stream.seek(base + index)
+                data = stream.read(4096)
+                return data.split(b"\x00", 1)[0].decode("utf-8", "replace")
+
+            needed = tuple(string(v) for t, v in entries if t == _DT_NEEDED)
+            search = tuple(
+                part for t, v in entries if t in (_DT_RPATH, _DT_RUNPATH)
+                for part in string(v).split(":") if part
+            )  # fmt: skip
+            return DynamicLinks(needed, search)
+    except OSError:
+        return None
+
+
+def _exists_in(root: Path, rel: str) -> bool:
+    """Whether ``rel`` names something under ``root``, following symbolic links inside it."""
+    current = rel.strip("/")
+    for _ in range(16):
+        candidate = root / current
+        if not candidate.is_symlink():
+            # a parent directory may itself be a link (/lib -> usr/lib): os resolves
+            # those, which is right as long as they are relative (Debian's are)
+            return candidate.exists()
+        target = os.readlink(candidate)
+        parent = os.path.dirname(current)
+        current = os.path.normpath(target.lstrip("/") if target.startswith("/")
+                                   else os.path.join(parent, target))  # fmt: skip
+        if current.startswith(".."):
+            return False
+    return False
+
+
+def _library_dirs(root: Path) -> list[str]:
+    dirs = list(_DEFAULT_LIBRARY_DIRS)
+    for conf in sorted((root / "etc/ld.so.conf.d").glob("*.conf")):
+        for raw in conf.read_text(errors="replace").splitlines():
+            line = raw.split("#", 1)[0].strip()
+            if line and not line.startswith("include"):
+                dirs.append(line.strip("/"))
+    return dirs
+
+
+def missing_shared_libraries(root: Path, skip: tuple[str, ...] = NOT_SHIPPED) -> dict[str, list[str]]:
+    """ELF files under ``root`` (relative path) whose needed shared libraries are not there.
+
+    The image leaves files of installed packages out (dpkg path-exclude in
+    bootimage/build.py: Mesa's DRI drivers, LLVM, ...): a kept program or
+    library that links to one would fail to start on the box, with nothing said
+    at build time. A need is met by a file of that name in the object's own
+    RPATH/RUNPATH (``$ORIGIN`` is its directory) or in the linker's default and
+    ld.so.conf.d directories. Libraries only opened at run time (dlopen: DRI
+    drivers, plugins) are not needs here: their users cope with their absence.
+    """
+    dirs = _library_dirs(root)
+    # A library loaded by a program that names the library's directory in its own
+    # RUNPATH (systemd's private libraries) finds its siblings there too, since they
+    # are loaded already: the runpaths of all objects count for every one.
+    runpaths: set[str] = set()
+    unresolved: dict[str, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        if rel_dir == "":
+            dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in filenames:
+            path = Path(dirpath, name)
+            if path.is_symlink() or not path.is_file():
+                continue
+            links = dynamic_links(path)
+            if links is None or not links.needed:
+                continue
+            own = [p.replace("${ORIGIN}", "$ORIGIN").replace("$ORIGIN", "/" + rel_dir)
+                   for p in links.search_path]  # fmt: skip
+            runpaths.update(own)
+            absent = [
+                lib for lib in links.needed
+                if "/" not in lib and not any(_exists_in(root, f"{d.strip('/')}/{lib}") for d in [*own, *dirs])
+            ]  # fmt: skip
+            if absent:
+                unresolved[f"{rel_dir}/{name}" if rel_dir else name] = absent
+    missing: dict[str, list[str]] = {}
+    for rel, absent in sorted(unresolved.items()):
+        still = [lib for lib in absent if not any(_exists_in(root, f"{d.strip('/')}/{lib}") for d in runpaths)]
+        if still:
+            missing[rel] = still
+    return missing

@@ -108,6 +108,11 @@ class Display:
 
     connector: str = setting("auto", help="DRM connector (e.g. HDMI-A-1), or auto")
     resolution: str = setting("auto", help="WIDTHxHEIGHT or auto", check=_resolution)
+    gpu_rendering: bool = setting(
+        False,
+        help="render with the GPU (Mesa's DRI drivers and LLVM in the image, about 160 MB); "
+        "off: cage on wlroots' pixman renderer and GTK on cairo, with Mesa's drivers left out",
+    )
 
     def kernel_args(self) -> list[str]:
         """``video=CONNECTOR:WIDTHxHEIGHT`` when both are named: the kernel's mode for it.

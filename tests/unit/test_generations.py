@@ -92,3 +92,13 @@ def test_the_generations_resolution_is_the_kernels_mode_for_its_connector() -> N
         "video=HDMI-A-1:1920x1080"
     ]
     assert generations.Display().kernel_args() == []  # auto: the monitor's preferred mode
+
+
+def test_a_generation_renders_without_its_gpu_unless_it_says_so(tmp_path: Path) -> None:
+    # off by default: the image leaves Mesa's drivers and LLVM out (bootimage/build.py)
+    assert all(not generations.load(name, DIRECTORY).display.gpu_rendering
+               for name in generations.available(DIRECTORY))  # fmt: skip
+    (tmp_path / "nuc-g1.toml").write_text(GOOD.replace("[display]", "[display]\ngpu_rendering = true"))
+    assert generations.load("nuc-g1", tmp_path).display.gpu_rendering is True
+    message = _error(GOOD.replace("[display]", '[display]\ngpu_rendering = "yes"'), tmp_path)
+    assert "[display] gpu_rendering" in message

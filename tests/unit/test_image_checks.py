@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from sdbox.bootimage import checks
 from sdbox.bootimage.checks import Listener
@@ -112,3 +116,68 @@ def test_a_kept_module_that_needs_a_left_out_one_is_named(tmp_path: Path) -> Non
     assert missing_module_dependencies(tmp_path) == {"cec": ["rc_core"]}
     _module(tmp_path, "drivers/media/rc/rc-core.ko", "")
     assert missing_module_dependencies(tmp_path) == {}
+
+
+def _compile(tmp: Path, name: str, source: str, *flags: str) -> Path:
+    """A real ELF object from gcc (the check reads what the dynamic linker reads)."""
+    src = tmp / f"{name}.c"
+    src.write_text(source)
+    out = tmp / name
+    subprocess.run(["gcc", "-o", str(out), str(src), *flags], check=True, capture_output=True,
+                   timeout=120)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def elves(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    tmp = tmp_path_factory.mktemp("elf")
+    foo = _compile(tmp, "libfoo.so.1", "int foo(void) { return 1; }\n",
+                   "-shared", "-fPIC", "-Wl,-soname,libfoo.so.1")  # fmt: skip
+    # a private library that needs its sibling but names no directory: the program that
+    # loads both names their directory (as systemd and its libsystemd-core/-shared do)
+    bar = _compile(tmp, "libbar.so.1", "int foo(void); int bar(void) { return foo(); }\n",
+                   "-shared", "-fPIC", "-Wl,-soname,libbar.so.1", str(foo))  # fmt: skip
+    prog = _compile(tmp, "prog", "int bar(void); int main(void) { return bar(); }\n",
+                    "-Wl,--no-as-needed", str(bar), str(foo),
+                    "-Wl,--enable-new-dtags,-rpath,$ORIGIN/../lib/private")  # fmt: skip
+    return {"foo": foo, "bar": bar, "prog": prog}
+
+
+def _root_with(root: Path, elves: dict[str, Path]) -> Path:
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/lib/private").mkdir(parents=True)
+    (root / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    shutil.copy(elves["prog"], root / "usr/bin/prog")
+    shutil.copy(elves["bar"], root / "usr/lib/private/libbar.so.1")
+    shutil.copy(elves["foo"], root / "usr/lib/private/libfoo.so.1")
+    # libc through a relative link, as Debian ships its libraries; /lib is usr/lib (merged /usr)
+    (root / "usr/lib/x86_64-linux-gnu/libc.so.6.real").write_text("x")
+    (root / "usr/lib/x86_64-linux-gnu/libc.so.6").symlink_to("libc.so.6.real")
+    (root / "lib").symlink_to("usr/lib")
+    (root / "usr/share/doc").mkdir(parents=True)
+    (root / "usr/share/doc/readme").write_text("not an ELF file")
+    return root
+
+
+def test_the_linked_libraries_of_a_program_are_read_from_the_file(elves: dict[str, Path]) -> None:
+    links = checks.dynamic_links(elves["prog"])
+    assert links is not None
+    assert {"libbar.so.1", "libfoo.so.1", "libc.so.6"} <= set(links.needed)
+    assert links.search_path == ("$ORIGIN/../lib/private",)
+    assert checks.dynamic_links(Path(__file__)) is None
+
+
+def test_a_root_where_every_linked_library_is_present_passes(tmp_path: Path, elves: dict[str, Path]) -> None:
+    assert checks.missing_shared_libraries(_root_with(tmp_path, elves)) == {}
+
+
+def test_a_library_the_image_left_out_is_named_with_its_users(tmp_path: Path, elves: dict[str, Path]) -> None:
+    root = _root_with(tmp_path, elves)
+    (root / "usr/lib/private/libfoo.so.1").unlink()
+    (root / "usr/lib/x86_64-linux-gnu/libc.so.6.real").unlink()  # the link now leads nowhere
+    assert checks.missing_shared_libraries(root) == {
+        "usr/bin/prog": ["libfoo.so.1", "libc.so.6"],
+        "usr/lib/private/libbar.so.1": ["libfoo.so.1"],
+    }
