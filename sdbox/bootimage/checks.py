@@ -167,6 +167,7 @@ E2E_TEST_FILES = (
     "usr/lib/systemd/system/sdbox-e2e-relay.service",
     "usr/libexec/sdbox/e2e-relay",
     "etc/systemd/system/sdbox-agent.service.d/e2e-test.conf",
+    "etc/systemd/system/sdbox-greeter.service.d/e2e-test.conf",
 )
 # where systemd takes unit files and drop-ins from (an environment set anywhere here reaches a unit)
 UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system", "etc/systemd/system.conf.d")
