@@ -31,7 +31,8 @@ from tests.integration.session_servers import parse_ppm, pattern_in
 # screens are 60 % and more apart, the same screen rendered on the box and on the
 # host (fonts, renderer) a few per cent.
 NEAR = 0.3
-SCREEN_W, SCREEN_H = 1280, 720  # the greeter references' size: the guest's display is set to it
+SCREEN_W, SCREEN_H = 1280, 720
+GPU = "gpu0"  # the virtio GPU's QEMU id: the box's one display  # the greeter references' size: the guest's display is set to it
 
 
 class QmpError(RuntimeError):
@@ -83,7 +84,7 @@ class Qmp:
     def screendump(self, path: Path) -> np.ndarray:
         """The guest's display as an (h, w, 3) array (QEMU writes a PPM)."""
         path.unlink(missing_ok=True)
-        self.execute("screendump", filename=str(path))
+        self.execute("screendump", filename=str(path), device=GPU)
         width, height, data = parse_ppm(path.read_bytes())
         return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
 

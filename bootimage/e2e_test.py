@@ -80,10 +80,14 @@ class E2eVm(boot_test.Vm):
 
     def argv(self, tpm_sock: Path) -> list[str]:
         argv = super().argv(tpm_sock)
-        # the references' size, so that the greeter's screens compare 1:1
+        # One display, as a box has: without -vga none, q35 adds its standard VGA beside the
+        # virtio GPU, the firmware and the kernel console stay on it, cage takes the other
+        # (the first run's screendumps showed only the console). At the references' size, so
+        # that the greeter's screens compare 1:1.
         argv[argv.index("virtio-gpu-pci")] = (
-            f"virtio-gpu-pci,xres={e2e_screen.SCREEN_W},yres={e2e_screen.SCREEN_H}"
+            f"virtio-gpu-pci,id={e2e_screen.GPU},xres={e2e_screen.SCREEN_W},yres={e2e_screen.SCREEN_H}"
         )
+        argv += ["-vga", "none"]
         ports = []
         for chardev, path, name in (("finger", self.finger, FINGER_PORT),
                                     ("control", self.control, CONTROL_PORT)):  # fmt: skip
