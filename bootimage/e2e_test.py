@@ -466,6 +466,10 @@ def main() -> int:
                "apdus": bridge.apdus, "total_s": round(time.monotonic() - run.started, 1)}  # fmt: skip
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     ok = sum(1 for s in run.steps if s["ok"])
+    print("\nsummary:")
+    for step in run.steps:
+        timing = "" if step["seconds"] is None else f"{step['seconds']:7.2f} s"
+        print(f"  [{'ok' if step['ok'] else 'FAIL':4}] {timing:>9} {step['step']}")
     print(f"\nimage-e2e: {ok}/{len(run.steps)} steps ok in {summary['total_s']:.0f} s ({accel}); "
           f"{bridge.apdus} APDUs through the USB reader; screenshots and summary in {OUT}")  # fmt: skip
     return status
