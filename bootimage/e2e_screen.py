@@ -110,8 +110,9 @@ class Seen:
     blank: bool  # one colour (cage not up yet, or a session's black screen)
 
     def shows(self, name: str) -> bool:
-        """Whether the screen shows the greeter screen ``name`` (the nearest, and closer than any other)."""
-        return self.nearest == name and self.score < self.runner_up_score
+        """Whether the screen shows the greeter screen ``name``: the nearest reference, within
+        NEAR of it and nearer than any other (a screen the greeter never drew is far from all)."""
+        return self.nearest == name and self.score <= NEAR and self.score < self.runner_up_score
 
     def __str__(self) -> str:
         if self.pattern:
