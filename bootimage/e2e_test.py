@@ -315,6 +315,12 @@ def flow(box: Box, prints: Prints, boot_started: float, timeout: float, attached
     run.step("the card reader is attached (QEMU's usb-ccid, VSCard bridge)", attached.wait(60), None,
              f"QEMU speaks VSCard {box.bridge.peer_version}")  # fmt: skip
     if not shown or not attached.is_set():
+        # what the guest says about itself: is the greeter up and building screens at all?
+        try:
+            said = {"status": box.command("status"), "greeter_words": box.words()}
+        except (OSError, RuntimeError, ValueError) as exc:
+            said = {"relay": f"no answer: {exc}"}
+        run.step("the guest's own account (the test relay)", False, None, json.dumps(said)[:600])
         return
     # 2. insert -> picker
     box.bridge.insert()
