@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck locale unit integration hwtest hwtest-variants demo bench bench-image nbis soak fuzz clean deb lock image image-test image-repro bundle update-bundle image-update-test
+.PHONY: setup setup-system venv test lint typecheck locale unit integration hwtest hwtest-variants demo bench bench-image nbis soak fuzz clean deb lock image image-test image-repro bundle update-bundle image-update-test image-e2e
 
 setup: setup-system venv
 
@@ -153,3 +153,15 @@ lock: venv
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache
+
+# The researcher's flow inside the booted TEST build of the image (docs/image.md, "make image-e2e"):
+# its own image (build.py --test-build, into build/image-e2e-build/: the virtual sensor's relay
+# exists only there), one boot, the card through QEMU's USB CCID reader, the finger through
+# libfprint's virtual_image, the screen through QMP. E2E_ARGS=--reuse-image skips the build.
+image-e2e: venv
+	bash scripts/setup-system.sh image
+	if [ "$(filter --reuse-image,$(E2E_ARGS))" = "" ]; then \
+		bash scripts/build-deb.sh && \
+		$(PY) bootimage/build.py --generation $(GENERATION) --test-build; \
+	fi
+	$(PY) bootimage/e2e_test.py --generation $(GENERATION) $(filter-out --reuse-image,$(E2E_ARGS))

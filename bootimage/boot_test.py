@@ -662,6 +662,30 @@ def unsigned_boot(image: Path, work: Path, accel: str, timeout: float) -> bool:
     return ok
 
 
+def no_test_hooks(image: Path, work: Path) -> Check:
+    """The image has no way to turn on libfprint's virtual sensor or make image-e2e's relay.
+
+    Read from the image's own root (slot a's squashfs, on the disk as built):
+    no e2e relay unit or program, no unit or drop-in that sets FP_VIRTUAL_*.
+    """
+    with image.open("rb") as stream:
+        root = disk.find_partition(disk.read_gpt(stream), "root-a")
+    target = work / "root-extract"
+    shutil.rmtree(target, ignore_errors=True)
+    wanted = [*image_checks.UNIT_DIRS, "etc/sdbox", "etc/environment", "usr/libexec/sdbox"]
+    # unsquashfs exits 2 for paths a root lacks (etc/environment, lib/...): the listing decides
+    subprocess.run(["unsquashfs", "-q", "-n", "-no-xattrs", "-o", str(root.offset), "-d", str(target),
+                    str(image), *wanted],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False)  # fmt: skip
+    if not (target / "usr/lib/systemd/system").is_dir():
+        return Check("production image: no e2e relay, no FP_VIRTUAL_* setting", False,
+                     "the root's unit directories could not be read from the image")  # fmt: skip
+    found = image_checks.test_build_hooks(target)
+    shutil.rmtree(target, ignore_errors=True)
+    return Check("production image: no e2e relay, no FP_VIRTUAL_* setting (libfprint's virtual "
+                 "sensor cannot be turned on)", not found, "; ".join(found) or "none found")  # fmt: skip
+
+
 def update_disk(work: Path, name: str, bundles: dict[str, Path]) -> Path:
     """An ext4 disk labelled SDBOXUPD holding ``bundles`` (name on the disk -> file).
     Not FAT: its boot sector looks like a partition table to the kernel."""
@@ -829,7 +853,10 @@ def main() -> int:
             print(f"image-update-test: {'passed' if status == 0 else 'FAILED'} "
                   f"(consoles: {work}/console-update-*.log)")  # fmt: skip
             return status
+        hooks = no_test_hooks(image, work)
+        print_checks([hooks])
         status = enrolment_scenario(image, work, accel, args.timeout, args.echo)
+        status = status or (0 if hooks.ok else 1)
         if args.negative:
             ok = tampered_boot(image, work, accel, min(args.timeout, 300))
             ok &= unsigned_boot(image, work, accel, min(args.timeout, 120))

@@ -204,6 +204,9 @@ class Build:
     out: Path
     epoch: int
     version: str
+    # make image-e2e's test build (--test-build): bootimage/rootfs-e2e/ and libfprint's
+    # virtual_image sensor fed from the host; never a production image
+    test_build: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -260,15 +263,22 @@ def overlay(build: Build) -> Path:
     (sdbox_etc / "generation.toml").write_text(gen.source.read_text())
     (sdbox_etc / "image-version").write_text(f"{build.version}\n")
     build_time = datetime.fromtimestamp(build.epoch, UTC).isoformat()
-    sensor = gen.sensor.kind  # libfprint, emulated or none: the agent's [sensor] kinds
+    sensor_lines = f'kind = "{gen.sensor.kind}"\n'  # libfprint, emulated or none: [sensor] kinds
+    if build.test_build:
+        # the guest's real capture path (libfprint, NBIS mindtct) on the host's images
+        shutil.copytree(ROOT / "bootimage" / "rootfs-e2e", target, symlinks=True, dirs_exist_ok=True)
+        sensor_lines = ('# TEST BUILD: libfprint\'s virtual_image device (FP_VIRTUAL_IMAGE)\n'
+                        'kind = "libfprint"\ndriver = "virtual_image"\nhotplug = false\n'
+                        # the test centre's bubbles (make image-e2e: guestfwd addresses)
+                        '[policy]\nallowed_endpoints = ["10.0.2.*:*"]\n')  # fmt: skip
     (sdbox_etc / "agent.toml").write_text(
         f"# sdbox agent on a {gen.name} box; written by bootimage/build.py\n"
         "[trust]\n"
         f'build_time = "{build_time}"\n'
         "[sensor]\n"
         f"# generation sensor: {gen.sensor.kind}\n"
-        f'kind = "{sensor}"\n'
-        "[credentials]\n"
+        + sensor_lines
+        + "[credentials]\n"
         'provider = "broker"\n'
         f'broker_url = "{build.broker_url}"\n'
     )
@@ -323,9 +333,10 @@ def crl_seeds(pki: Path) -> Path:
     return seeds
 
 
-def customize_script() -> str:
+def customize_script(test_build: bool = False) -> str:
     """Runs inside the root after every package is installed."""
     return "\n".join([
+        *(["systemctl enable sdbox-e2e-relay.service"] if test_build else []),
         "set -eu",
         # no getty, no login, no emergency shell: the researcher gets the greeter only
         "systemctl mask getty@.service serial-getty@.service autovt@.service"
@@ -357,13 +368,13 @@ def bootstrap(build: Build, deb: Path, overlay_dir: Path) -> None:
     started = time.monotonic()
     shutil.rmtree(build.rootdir, ignore_errors=True)
     packages = PACKAGES + TUNNEL_PACKAGES + build.generation.firmware.packages + LEAN_PACKAGES
-    if build.generation.sensor.kind == "libfprint":
+    if build.generation.sensor.kind == "libfprint" or build.test_build:
         packages = packages + LIBFPRINT_PACKAGES
     early = build.work / "overlay-early"
     shutil.rmtree(early, ignore_errors=True)
     shutil.copytree(overlay_dir / "usr/share/initramfs-tools", early / "usr/share/initramfs-tools")
     script = build.work / "customize.sh"
-    script.write_text(customize_script() + "\n")
+    script.write_text(customize_script(build.test_build) + "\n")
     argv: list[str | Path] = [
         "mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
         "--components=main,non-free-firmware",
@@ -675,15 +686,20 @@ def compress(build: Build) -> Path:
     return packed
 
 
-def slot_cmdline(generation: generations.Generation, slot: str, roothash: str) -> str:
+def slot_cmdline(
+    generation: generations.Generation, slot: str, roothash: str, test_build: bool = False
+) -> str:
     """The signed command line of a slot's UKI: its partitions, the root hash, RAUC's slot name."""
     data, hash_tree = slot_partuuids(generation.name, slot)
+    extra = generation.firmware.kernel_args
+    if test_build:  # the e2e flow must not find its agent frozen by the boot test's watchdog check
+        extra = [arg for arg in extra if not arg.startswith("sdbox.boot_test=")]
     return " ".join([
         f"roothash={roothash}",
         f"systemd.verity_root_data=PARTUUID={data}",
         f"systemd.verity_root_hash=PARTUUID={hash_tree}",
         f"rauc.slot={slot}",
-        *KERNEL_ARGS, *generation.firmware.kernel_args, *generation.power.kernel_args(),
+        *KERNEL_ARGS, *extra, *generation.power.kernel_args(),
         *generation.display.kernel_args(),
     ])  # fmt: skip
 
@@ -716,7 +732,12 @@ def main() -> int:
                         help="also make the signed RAUC update bundle of this build")
     parser.add_argument("--no-disk", action="store_true",
                         help="no disk image (with --bundle: the bundle only)")
+    parser.add_argument("--test-build", action="store_true",
+                        help="make image-e2e's test build (into build/image-e2e-build unless --out): "
+                        "libfprint's virtual_image sensor fed from the host (bootimage/rootfs-e2e/)")
     args = parser.parse_args()
+    if args.test_build and args.out == ROOT / "build" / "image":
+        args.out = ROOT / "build" / "image-e2e-build"
     if os.geteuid() != 0:
         print("image: mmdebstrap --mode=root needs root", file=sys.stderr)
         return 2
@@ -727,7 +748,7 @@ def main() -> int:
             ["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True,
             timeout=30, check=True).stdout.strip())  # fmt: skip
         version = bundle.image_version(__version__, epoch, os.environ.get("SDBOX_IMAGE_VERSION"))
-        build = Build(generation, args.out, epoch, version)
+        build = Build(generation, args.out, epoch, version, test_build=args.test_build)
         build.work.mkdir(parents=True, exist_ok=True)
         deb = find_deb()
         overlay_dir = overlay(build)
@@ -736,7 +757,7 @@ def main() -> int:
             for link in (p for p in overlay_dir.rglob("*") if p.is_symlink()):
                 (build.rootdir / link.relative_to(overlay_dir)).unlink(missing_ok=True)
             shutil.copytree(overlay_dir, build.rootdir, symlinks=True, dirs_exist_ok=True)
-            (build.rootdir / "tmp/customize.sh").write_text(customize_script() + "\n")
+            (build.rootdir / "tmp/customize.sh").write_text(customize_script(build.test_build) + "\n")
             tools.run(["chroot", build.rootdir, "sh", "/tmp/customize.sh"],  # noqa: S108 (inside the root)
                       what="customizing the reused root", timeout=300)  # fmt: skip
         else:
@@ -749,7 +770,7 @@ def main() -> int:
         started = time.monotonic()
         key, cert, key_source = signing_keys(build)
         # one UKI per slot (same kernel, initrd and root hash; the slot's partitions)
-        cmdlines = {slot: slot_cmdline(generation, slot, roothash) for slot in ("a", "b")}
+        cmdlines = {slot: slot_cmdline(generation, slot, roothash, build.test_build) for slot in ("a", "b")}
         ukis = {slot: sign(build, make_uki(build, kernel, initrd, cmdlines[slot], f"sdbox-{slot}"),
                            build.work / f"sdbox-{slot}.efi", key, cert)
                 for slot in ("a", "b")}  # fmt: skip
@@ -769,6 +790,7 @@ def main() -> int:
             "slots": {"a": version, "b": None},
             "secure_boot_key": key_source,
             "broker_url": build.broker_url,
+            "test_build": build.test_build,
         }
         raucb = make_update_bundle(build, squashfs, verity, ukis) if args.bundle else None
         if args.no_disk:

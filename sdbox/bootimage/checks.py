@@ -319,3 +319,38 @@ def missing_shared_libraries(root: Path, skip: tuple[str, ...] = NOT_SHIPPED) ->
         if still:
             missing[rel] = still
     return missing
+
+
+# make image-e2e's test build only (bootimage/rootfs-e2e/): a production image has none of these
+E2E_TEST_FILES = (
+    "usr/lib/systemd/system/sdbox-e2e-relay.service",
+    "usr/libexec/sdbox/e2e-relay",
+    "etc/systemd/system/sdbox-agent.service.d/e2e-test.conf",
+    "etc/systemd/system/sdbox-greeter.service.d/e2e-test.conf",
+)
+# where systemd takes unit files and drop-ins from (an environment set anywhere here reaches a unit)
+UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system", "etc/systemd/system.conf.d")
+VIRTUAL_SENSOR = re.compile(r"FP_VIRTUAL_[A-Z_]*|FP_DEVICE_EMULATION")
+
+
+def test_build_hooks(root: Path) -> list[str]:
+    """What in a root could turn on libfprint's virtual devices or the e2e relay (empty: none).
+
+    ``root`` holds at least the root's unit directories and /etc/sdbox
+    (extracted from the image). libfprint enables its virtual_image,
+    virtual_device and emulation drivers only from environment variables
+    (FP_VIRTUAL_IMAGE, FP_VIRTUAL_DEVICE, ..., FP_DEVICE_EMULATION); on the box
+    only units could set them.
+    """
+    found = [f"/{name}" for name in E2E_TEST_FILES if (root / name).exists() or (root / name).is_symlink()]
+    for directory in (*UNIT_DIRS, "etc/sdbox", "etc/environment"):
+        base = root / directory
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in files:
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            for match in sorted(set(VIRTUAL_SENSOR.findall(text))):
+                found.append(f"/{path.relative_to(root)}: {match}")
+    return found

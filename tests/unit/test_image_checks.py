@@ -181,3 +181,32 @@ def test_a_library_the_image_left_out_is_named_with_its_users(tmp_path: Path, el
         "usr/bin/prog": ["libfoo.so.1", "libc.so.6"],
         "usr/lib/private/libbar.so.1": ["libfoo.so.1"],
     }
+
+
+def test_a_production_root_has_no_way_to_turn_the_virtual_sensor_on(tmp_path: Path) -> None:
+    (tmp_path / "usr/lib/systemd/system").mkdir(parents=True)
+    (tmp_path / "usr/lib/systemd/system/sdbox-agent.service").write_text("[Service]\nExecStart=x\n")
+    (tmp_path / "etc/sdbox").mkdir(parents=True)
+    (tmp_path / "etc/sdbox/agent.toml").write_text('[sensor]\nkind = "libfprint"\n')
+    assert checks.test_build_hooks(tmp_path) == []
+
+
+def test_the_e2e_relay_and_any_fp_virtual_setting_are_found(tmp_path: Path) -> None:
+    drop_in = tmp_path / "etc/systemd/system/sdbox-agent.service.d/zz.conf"
+    drop_in.parent.mkdir(parents=True)
+    drop_in.write_text("[Service]\nEnvironment=FP_VIRTUAL_DEVICE=/run/x\n")
+    relay = tmp_path / "usr/libexec/sdbox/e2e-relay"
+    relay.parent.mkdir(parents=True)
+    relay.write_text("")
+    found = checks.test_build_hooks(tmp_path)
+    assert "/usr/libexec/sdbox/e2e-relay" in found
+    assert "/etc/systemd/system/sdbox-agent.service.d/zz.conf: FP_VIRTUAL_DEVICE" in found
+
+
+def test_the_test_build_overlay_is_what_the_check_finds(tmp_path: Path) -> None:
+    # the check and bootimage/rootfs-e2e/ must not drift apart: every file of it is caught
+    overlay = Path(__file__).resolve().parents[2] / "bootimage" / "rootfs-e2e"
+    found = checks.test_build_hooks(overlay)
+    for name in checks.E2E_TEST_FILES:
+        assert f"/{name}" in found
+    assert any("FP_VIRTUAL_IMAGE" in line for line in found)
