@@ -268,8 +268,15 @@ def test_the_screen_blanks_when_idle_and_wakes_on_a_key_or_a_card(tmp_path: Path
                     screen = X11Screen(process=None, runtime=report, display=display)  # type: ignore[arg-type]
                     await _until(lambda: _kind(report) == "insert")
                     await _until(lambda: _kind(report) == "blank", timeout=20)
-                    pixels = await asyncio.to_thread(screen.pixels)
-                    black = (pixels[:-1, :-1] == 0).all(axis=2).mean()
+                    # the screen file is written as the blank window is made: the X server
+                    # shows it a frame or more later, so the pixels are polled
+                    black = 0.0
+                    for _ in range(50):
+                        pixels = await asyncio.to_thread(screen.pixels)
+                        black = float((pixels[:-1, :-1] == 0).all(axis=2).mean())
+                        if black > 0.999:
+                            break
+                        await asyncio.sleep(0.2)
                     assert black > 0.999, f"the blank screen is {black:.1%} black"
                     # a key wakes it (and does nothing else)
                     await asyncio.to_thread(_keys, display, "Escape")
