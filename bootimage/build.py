@@ -269,8 +269,9 @@ def overlay(build: Build) -> Path:
         shutil.copytree(ROOT / "bootimage" / "rootfs-e2e", target, symlinks=True, dirs_exist_ok=True)
         sensor_lines = ('# TEST BUILD: libfprint\'s virtual_image device (FP_VIRTUAL_IMAGE)\n'
                         'kind = "libfprint"\ndriver = "virtual_image"\nhotplug = false\n'
-                        # the test centre's bubbles (make image-e2e: guestfwd addresses)
-                        '[policy]\nallowed_endpoints = ["10.0.2.*:*"]\n')  # fmt: skip
+                        # the test centre's bubbles, behind the tunnel on the centre network
+                        # (make image-e2e: bootimage/tunnel_centre.py's 10.20.0.0/16)
+                        '[policy]\nallowed_endpoints = ["10.20.0.*:*"]\n')  # fmt: skip
     (sdbox_etc / "agent.toml").write_text(
         f"# sdbox agent on a {gen.name} box; written by bootimage/build.py\n"
         "[trust]\n"
@@ -294,6 +295,7 @@ def overlay(build: Build) -> Path:
     # tunnel is checked with before fresher ones can come through it
     shutil.copy(pki / "server-ca.pem", sdbox_etc / "trust" / "gateway-ca.pem")
     shutil.copytree(crl_seeds(pki), sdbox_etc / "trust" / "crls", dirs_exist_ok=True)
+    agent_trust(pki, build, sdbox_etc / "trust", target / "var/lib/sdbox/crl")
     # A/B updates: RAUC's slots, the keyring bundles must chain to, our handler and backend
     rauc_etc = target / "etc/rauc"
     rauc_etc.mkdir(parents=True, exist_ok=True)
@@ -309,26 +311,46 @@ def overlay(build: Build) -> Path:
     return target
 
 
+def agent_trust(pki: Path, build: Build, trust: Path, crl_cache: Path) -> None:
+    """What the agent validates a card's and a bubble's certificates with, besides the roots.
+
+    The centre's issuing CAs (public: any box may hold them) and a first CRL cache
+    in the factory /var, from the same seeds as the tunnel's: a box refuses every
+    session while it holds no current CRL for each authority (check_revocation),
+    and fresher lists come through the tunnel (sdbox-crl-refresh.timer).
+    """
+    from sdbox.trust.pki import Pki  # noqa: PLC0415
+    from sdbox.trust.store import RevocationStore  # noqa: PLC0415
+
+    authority = Pki.open(pki)
+    (trust / "intermediates.pem").write_bytes(
+        b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in authority.intermediates))
+    crl_cache.mkdir(parents=True, exist_ok=True)
+    store = RevocationStore(crl_cache, build_time=datetime.fromtimestamp(build.epoch, UTC))
+    for seed in sorted((pki / "crl-seed").glob("*.pem")):
+        store.accept(seed.read_bytes(), authority.authority(seed.stem).cert)
+
+
 def crl_seeds(pki: Path) -> Path:
-    """The root's and the gateway CA's CRLs for the image, kept in the PKI directory.
+    """Every authority's CRL for the image (CA_NAMES), kept in the PKI directory.
 
     Made once and reused while more than half their lifetime is left: a CRL
     carries a signing time, a new number and a randomised ECDSA signature, and
     two builds of the same sources must give the same root (make image-repro).
     """
-    from sdbox.trust.pki import Pki  # noqa: PLC0415
+    from sdbox.trust.pki import CA_NAMES, Pki  # noqa: PLC0415
 
     seeds = pki / "crl-seed"
     now = datetime.now(UTC)
     held = [x509.load_pem_x509_crl(f.read_bytes()) for f in sorted(seeds.glob("*.pem"))]
-    if len(held) == 2 and all(
+    if len(held) == len(CA_NAMES) and all(
         c.next_update_utc and c.next_update_utc - now > (c.next_update_utc - c.last_update_utc) / 2
         for c in held
     ):
         return seeds
     seeds.mkdir(exist_ok=True)
     authority = Pki.open(pki)
-    for ca in ("root", "server-ca"):
+    for ca in CA_NAMES:
         (seeds / f"{ca}.pem").write_bytes(authority.crl(ca).public_bytes(serialization.Encoding.PEM))
     return seeds
 
@@ -336,8 +358,8 @@ def crl_seeds(pki: Path) -> Path:
 def customize_script(test_build: bool = False) -> str:
     """Runs inside the root after every package is installed."""
     return "\n".join([
-        *(["systemctl enable sdbox-e2e-relay.service"] if test_build else []),
         "set -eu",
+        *(["systemctl enable sdbox-e2e-relay.service"] if test_build else []),
         # no getty, no login, no emergency shell: the researcher gets the greeter only
         "systemctl mask getty@.service serial-getty@.service autovt@.service"
         " console-getty.service debug-shell.service emergency.service rescue.service"
@@ -690,21 +712,28 @@ def compress(build: Build) -> Path:
     return packed
 
 
+E2E_SCREEN = "1280x720"  # tests/integration/greeter-references/ (e2e_screen.SCREEN_W, SCREEN_H)
+
+
 def slot_cmdline(
     generation: generations.Generation, slot: str, roothash: str, test_build: bool = False
 ) -> str:
     """The signed command line of a slot's UKI: its partitions, the root hash, RAUC's slot name."""
     data, hash_tree = slot_partuuids(generation.name, slot)
     extra = generation.firmware.kernel_args
+    display = generation.display.kernel_args()
     if test_build:  # the e2e flow must not find its agent frozen by the boot test's watchdog check
         extra = [arg for arg in extra if not arg.startswith("sdbox.boot_test=")]
+        # the screen at the greeter references' size, which make image-e2e compares it with
+        # (bootimage/e2e_screen.py): the generation's own mode is image-test's to check
+        if generation.display.connector != "auto":
+            display = [f"video={generation.display.connector}:{E2E_SCREEN}"]
     return " ".join([
         f"roothash={roothash}",
         f"systemd.verity_root_data=PARTUUID={data}",
         f"systemd.verity_root_hash=PARTUUID={hash_tree}",
         f"rauc.slot={slot}",
-        *KERNEL_ARGS, *extra, *generation.power.kernel_args(),
-        *generation.display.kernel_args(),
+        *KERNEL_ARGS, *extra, *generation.power.kernel_args(), *display,
     ])  # fmt: skip
 
 

@@ -28,6 +28,7 @@ result; build/image-e2e/summary.json holds the steps and the screenshots.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import socket
@@ -45,14 +46,16 @@ sys.path.insert(0, str(ROOT / "bootimage"))
 
 import boot_test  # noqa: E402  (bootimage/boot_test.py: the VM, as make image-test boots it)
 import centre  # noqa: E402
+import e2e_bubbles  # noqa: E402
 import e2e_screen  # noqa: E402
 import numpy as np  # noqa: E402
+import tunnel_centre  # noqa: E402  (the gateway and the broker in a namespace, as image-test has them)
 
 from sdbox.biometric import extract, images, matcher, realprints  # noqa: E402
 from sdbox.biometric.errors import CaptureError  # noqa: E402
 from sdbox.biometric.ridges import GreyImage  # noqa: E402
 from sdbox.smartcard.emulator.applet import PivApplet  # noqa: E402
-from sdbox.smartcard.emulator.profiles import issue_card, load_profile  # noqa: E402
+from sdbox.smartcard.emulator.profiles import CardProfile, issue_card  # noqa: E402
 from sdbox.smartcard.emulator.state import CardState, Counter  # noqa: E402
 from sdbox.smartcard.emulator.vscard import CardBridge  # noqa: E402
 from sdbox.trust.pki import Pki  # noqa: E402
@@ -181,10 +184,10 @@ def choose_prints() -> Prints:
     raise RuntimeError(f"no finger of {PRINTS} matches its own second impression on the host")
 
 
-def issue_e2e_card(pki: Pki, prints: Prints) -> CardState:
-    """The demo card under the image build's PKI, its primary finger enrolled from a real print
-    (with FINGER_TRIES tries)."""
-    state = issue_card(load_profile("demo"), pki)
+def issue_e2e_card(pki: Pki, prints: Prints, profile: CardProfile) -> CardState:
+    """The demo card under the image build's PKI, its bubbles on the centre network, its
+    primary finger enrolled from a real print (with FINGER_TRIES tries)."""
+    state = issue_card(profile, pki)
     state.fingers[PRIMARY_FINGER] = Counter(prints.template, FINGER_TRIES, FINGER_TRIES)
     return state
 
@@ -317,10 +320,13 @@ def flow(box: Box, prints: Prints, boot_started: float, timeout: float, attached
     if not shown or not attached.is_set():
         # what the guest says about itself: is the greeter up and building screens at all?
         try:
-            said = {"status": box.command("status"), "greeter_words": box.words()}
+            said = {"status": box.command("status"), "greeter_words": box.words(),
+                    "logs": box.command("logs")}  # fmt: skip
         except (OSError, RuntimeError, ValueError) as exc:
             said = {"relay": f"no answer: {exc}"}
-        run.step("the guest's own account (the test relay)", False, None, json.dumps(said)[:600])
+        (run.out / "guest.json").write_text(json.dumps(said, indent=1) + "\n")
+        run.step("the guest's own account (the test relay; all of it in guest.json)", False, None,
+                 json.dumps(said)[:600])  # fmt: skip
         return
     # 2. insert -> picker
     box.bridge.insert()
@@ -428,16 +434,31 @@ def main() -> int:
           f"(host score {prints.host_score:.3f}, threshold {matcher.THRESHOLD}), "
           f"{prints.impostor_name} as the wrong finger")  # fmt: skip
     pki = Pki.open(IMAGE_DIR / "pki")
-    card = issue_e2e_card(pki, prints)
-    # TUNNEL: the centre through guestfwd, as make image-test reaches it; the tunnel replaces this
-    ctr = centre.start_centre(work / "centre", IMAGE_DIR / "pki", str(figures["broker_url"]))
+    profile = e2e_bubbles.profile(tunnel_centre.BROKER)
+    card = issue_e2e_card(pki, prints, profile)
+    why_not = tunnel_centre.missing()
+    if why_not:
+        print(f"image-e2e: the centre behind a tap device cannot run here: {why_not}", file=sys.stderr)
+        return 2
+    # the centre as image-test has it: gateway and broker in a namespace, QEMU's tap there
+    ctr = tunnel_centre.start(work / "centre", IMAGE_DIR / "pki",
+                              broker_extra=e2e_bubbles.broker_lines(profile, work / "bubbles"))  # fmt: skip
     vm: E2eVm | None = None
     bridge = CardBridge(PivApplet(card), work / "vscard.sock")
     status = 1
+    stack = contextlib.ExitStack()
     try:
-        flashed = centre.flash_with_token(image, work, figures["generation"], ctr)
+        bubbles = stack.enter_context(e2e_bubbles.run(ctr.name, profile, pki, work / "bubbles"))
+        print(f"centre: namespace {ctr.name}, gateway {tunnel_centre.GATEWAY_ID} on "
+              f"{tunnel_centre.GATEWAY}; behind the tunnel the broker on "
+              f"{tunnel_centre.BROKER}:{tunnel_centre.BROKER_PORT} and the bubbles "
+              + ", ".join(f"{p.id} ({p.protocol.name}) on {p.endpoint}" for p in profile.projects)
+              + f" ({len(bubbles)} up)")  # fmt: skip
+        flashed = centre.flash_with_token(image, work, figures["generation"], ctr,
+                                          site=tunnel_centre.SITE.encode())  # fmt: skip
         vm = E2eVm(work, boot_test.overlay(flashed, work), accel)
         vm.netdev = ctr.netdev()
+        vm.prefix = ctr.qemu_prefix()
         bridge.start()
         boot_started = time.monotonic()
         attached = threading.Event()
@@ -466,6 +487,7 @@ def main() -> int:
         bridge.close()
         if vm is not None:
             vm.stop()
+        stack.close()
         ctr.stop()
         centre.cleanup(work)
     summary = {"accel": accel, "image": str(image), "steps": run.steps, "screenshots": run.screenshots,

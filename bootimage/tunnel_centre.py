@@ -105,6 +105,7 @@ class TunnelCentre:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     charon_paths: strongswan.CharonPaths | None = None
     made: bool = False
+    broker_extra: str = ""  # more of the broker's configuration (make image-e2e: its bubbles)
 
     # -- what the boot test uses --------------------------------------------------
 
@@ -267,7 +268,7 @@ class TunnelCentre:
             f'build_time = "{self.pki.root.cert.not_valid_before_utc.isoformat()}"',
             f'enrolment_tokens = "{self.register}"',
             f'box_ca = "{self.pki.path}"',
-        ]) + "\n")  # fmt: skip
+        ]) + "\n" + self.broker_extra)  # fmt: skip
         env = {**tools.BASE_ENV, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         proc = self._spawn([sys.executable, "-m", "sdbox", "broker", "run", "--config",
                             str(work / "broker.toml")], work / "broker.log", env)  # fmt: skip
@@ -282,11 +283,13 @@ class TunnelCentre:
             time.sleep(0.3)
 
 
-def start(work: Path, pki_dir: Path) -> TunnelCentre:
-    """A running centre in a namespace of its own (call :meth:`TunnelCentre.stop` when done)."""
+def start(work: Path, pki_dir: Path, broker_extra: str = "") -> TunnelCentre:
+    """A running centre in a namespace of its own (call :meth:`TunnelCentre.stop` when done);
+    ``broker_extra``: TOML appended to the broker's configuration."""
     work.mkdir(parents=True, exist_ok=True)
     register = work / "enrolment-tokens.json"
-    centre = TunnelCentre(f"sdbox-imgtun-{os.getpid()}", work, Pki.open(pki_dir), register)
+    centre = TunnelCentre(f"sdbox-imgtun-{os.getpid()}", work, Pki.open(pki_dir), register,
+                          broker_extra=broker_extra)  # fmt: skip
     centre.start()
     return centre
 
