@@ -194,6 +194,8 @@ SNAKEOIL_CERT = Path("/usr/share/ovmf/PkKek-1-snakeoil.pem")
 # instead, outside the tunnel, and this broker lies behind the tunnel: the
 # boot test's centre namespace has it on 10.20.0.1, its tunnel network.
 TEST_BROKER_URL = "https://10.20.0.1:8443"
+# Where sdbox-site (usr/libexec/sdbox/site-setup) puts the config area's project catalogue.
+FLASHED_CATALOGUE = "/run/sdbox/site/project-catalogue.json"
 
 
 @dataclass
@@ -282,6 +284,10 @@ def overlay(build: Build) -> Path:
         + "[credentials]\n"
         'provider = "broker"\n'
         f'broker_url = "{build.broker_url}"\n'
+        # the site's signed catalogue for one-project cards: `sdbox flash --project-catalogue`
+        # writes it into the config area, sdbox-site copies it here (docs/card-variants.md)
+        "[card]\n"
+        f'project_catalogue = "{FLASHED_CATALOGUE}"\n'
     )
     # trust anchors: the test PKI generated for this build (never committed)
     pki = build.out / "pki"

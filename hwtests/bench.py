@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 from cryptography import x509
@@ -21,6 +21,10 @@ from cryptography import x509
 from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import BioSsoSession, SignerValidator
 from sdbox.smartcard.variants import Capabilities
+
+if TYPE_CHECKING:
+    from sdbox.smartcard.emulator.profiles import CardProfile
+    from sdbox.trust.pki import Pki
 
 EMULATED = "emulated"
 PCSC_PREFIX = "pcsc:"
@@ -91,6 +95,9 @@ class EmulatedCard:
     state: object  # sdbox.smartcard.emulator.state.CardState
     virtual: object  # sdbox.smartcard.emulator.vpcd.VirtualCard
     anchors: list[x509.Certificate]
+    # a one-project card's site catalogue, signed by the bench PKI's directory signer as
+    # the centre signs it (sdbox broker project-catalogue); None for a directory card
+    catalogue: bytes | None = None
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def insert(self) -> None:
@@ -146,6 +153,7 @@ def start_emulated(workdir: Path, profile_name: str = "demo") -> EmulatedCard:
         if not wait_for_card(reader, present=True):
             raise BenchError(f"pcscd did not see the emulated card in {reader}")
         anchors = x509.load_pem_x509_certificates((pki.path / "root.pem").read_bytes())
+        catalogue = _site_catalogue(profile, pki) if profile.chip.layout == "one-project" else None
         return EmulatedCard(
             reader=reader,
             pki_path=pki.path,
@@ -154,11 +162,38 @@ def start_emulated(workdir: Path, profile_name: str = "demo") -> EmulatedCard:
             state=state,
             virtual=virtual,
             anchors=anchors,
+            catalogue=catalogue,
             _stack=stack,
         )
     except BaseException:
         stack.close()
         raise
+
+
+def _site_catalogue(profile: CardProfile, pki: Pki) -> bytes:
+    """The signed project catalogue of the emulated site: the profile's projects at their bubbles."""
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sdbox.certificates import load_certificate
+    from sdbox.smartcard.catalogue import CatalogueEntry, ProjectCatalogue, sign_catalogue
+    from sdbox.smartcard.emulator.profiles import bubble_dir
+
+    entries = []
+    for spec in profile.projects:
+        server = load_certificate((bubble_dir(pki.path, spec.id) / "server.pem").read_bytes())
+        entries.append(CatalogueEntry(
+            spec.id, spec.name, spec.protocol, spec.endpoint,
+            server.public_bytes(serialization.Encoding.DER), spec.second_factor, spec.audio,
+        ))  # fmt: skip
+    signer = pki.directory_signer
+    assert isinstance(signer.key, ec.EllipticCurvePrivateKey)
+    return sign_catalogue(
+        ProjectCatalogue(1, datetime.now(UTC), tuple(entries)), signer.key, signer.cert,
+        [pki.project_ca.cert],
+    )  # fmt: skip
 
 
 @dataclass
@@ -173,6 +208,7 @@ class Bench:
     template: Path | None = None
     bubble: str | None = None
     renewal_config: Path | None = None  # real bench: a test CA and the card's centre
+    project_catalogue: Path | None = None  # real bench: the site's, for a one-project card
     interactive: bool = False
     operator_timeout_s: float = 30.0
     emulated: EmulatedCard | None = None

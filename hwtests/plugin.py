@@ -9,7 +9,8 @@ other card); ``--allow-write`` for destructive steps; ``--template FILE``
 template, for OCC on a real card); ``--anchors FILE`` (roots that must
 validate the directory signer); ``--bubble URL`` (a test bubble for a real
 bench); ``--renewal-config FILE`` (a test CA and the card's development
-centre, for renewal on a real card); ``--operator`` (someone at the bench
+centre, for renewal on a real card); ``--project-catalogue FILE`` (the site's
+signed catalogue, for a session on a one-project card); ``--operator`` (someone at the bench
 pulls and inserts the card when asked).
 
 Scenarios name themselves with ``@pytest.mark.scenario("...")`` and record
@@ -71,6 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--renewal-config", type=Path, default=None,
                     help="agent configuration naming a test CA and the card's development centre, "
                          "for renewal on a real card")  # fmt: skip
+    group.addoption("--project-catalogue", type=Path, default=None,
+                    help="the site's signed project catalogue, for the session scenario on a "
+                         "one-project card (real bench)")  # fmt: skip
     group.addoption("--operator", action="store_true", default=False,
                     help="someone at the bench pulls and inserts the card when asked (use -s)")  # fmt: skip
     group.addoption("--card-profile", default="demo",
@@ -171,6 +175,7 @@ def bench(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory)
         "template": config.getoption("--template"),
         "bubble": config.getoption("--bubble"),
         "renewal_config": config.getoption("--renewal-config"),
+        "project_catalogue": config.getoption("--project-catalogue"),
         "interactive": config.getoption("--operator"),
         "operator_timeout_s": config.getoption("--operator-timeout"),
     }

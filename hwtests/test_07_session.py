@@ -4,6 +4,13 @@ Emulated target: freerdp-shadow-cli3 serves the project's bubble on
 loopback with the certificate the card's directory pins, through the
 repository's test harness (tests/integration). Real bench: ``--bubble URL``
 of one of the card's projects, the credential typed by the operator.
+
+A one-project card has no directory: its 9A certificate names its project,
+and the site's signed project catalogue says where that project's bubble is
+and which certificate it presents (docs/card-variants.md), as on a box. The
+emulated bench signs one with its PKI's directory signer, as the centre
+does; a real bench gives ``--project-catalogue FILE``. The catalogue's
+signer is checked against ``--anchors`` (the emulated bench's own roots).
 """
 
 from __future__ import annotations
@@ -26,18 +33,47 @@ from hwtests.plugin import RecordProperty, milliseconds, operator
 CONNECT_TIMEOUT_S = 60.0
 
 
-def _rdp_project(bench: Bench) -> Any:
+def _rdp_project(bench: Bench, record_property: RecordProperty) -> Any:
     from sdbox.smartcard.directory import Protocol
 
-    with bench.session() as card:
-        directory = card.read_signed_directory().directory
-    for project in directory.projects:
+    caps = bench.capabilities()
+    projects: tuple[Any, ...]
+    if caps is not None and not caps.multi_project:
+        projects = (_catalogue_project(bench, record_property),)
+    else:
+        with bench.session() as card:
+            projects = card.read_signed_directory().directory.projects
+    for project in projects:
         if project.protocol == Protocol.RDP and (
             bench.bubble is None or bench.bubble.endswith(project.endpoint)
         ):
             return project
-    pytest.skip("the card's directory has no RDP project" + (
+    pytest.skip("the card has no RDP project" + (
         f" at {bench.bubble}" if bench.bubble else ""))  # fmt: skip
+
+
+def _catalogue_project(bench: Bench, record_property: RecordProperty) -> Any:
+    """A one-project card's project: named by its 9A certificate, placed by the site's catalogue."""
+    from sdbox.smartcard.catalogue import verify_catalogue
+    from sdbox.smartcard.variants import one_project_certificate
+
+    with bench.session() as card:
+        facts = one_project_certificate(card)
+    if facts is None or facts.project_id is None:
+        pytest.skip("the card's 9A certificate names no project")
+    if bench.project_catalogue is not None:
+        data = bench.project_catalogue.read_bytes()
+    elif bench.emulated is not None and bench.emulated.catalogue is not None:
+        data = bench.emulated.catalogue
+    else:
+        pytest.skip("one-project card: give --project-catalogue FILE, the site's signed "
+                    "catalogue that says where its project's bubble is")  # fmt: skip
+    validate = bench.validate_signer()
+    # what a box refuses (an altered file, an untrusted signer, the project not listed)
+    # fails the scenario with the same words
+    catalogue = verify_catalogue(data, validate or (lambda _signer, _chain: None))
+    record_property("catalogue", "verified" if validate else "signer not checked (no --anchors)")
+    return catalogue.entry(facts.project_id).card_project(facts)
 
 
 @contextlib.contextmanager
@@ -77,12 +113,9 @@ def test_session_to_the_projects_bubble_connects(
         open_session,
     )
 
-    bench.require(lambda c: c.multi_project, "one-project card: its endpoint comes from the "
-                  "site's signed catalogue, not the card (the agent's flow on it: "
-                  "tests/integration/test_agent_variants.py, docs/card-variants.md)")  # fmt: skip
     if bench.emulated is None and bench.bubble is None:
         pytest.skip("real bench: give --bubble rdp://HOST:PORT of a test bubble")
-    project = _rdp_project(bench)
+    project = _rdp_project(bench, record_property)
     with contextlib.ExitStack() as stack:
         if bench.emulated is not None:
             url, user, secret, display = stack.enter_context(_emulated_bubble(bench, project, tmp_path))

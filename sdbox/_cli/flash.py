@@ -28,6 +28,13 @@ import click
     help="The site profile (gateways and centre networks, docs/tunnel.md); checked before anything is written.",
 )
 @click.option(
+    "--project-catalogue",
+    "catalogue_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The site's signed project catalogue (`sdbox broker project-catalogue`): without it "
+    "the box refuses one-project cards (docs/card-variants.md); checked before anything is written.",
+)
+@click.option(
     "--generations-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Where the generation profiles are (default: bootimage/generations of this tree).",
@@ -39,6 +46,7 @@ def flash(
     yes: bool,
     enrolment_token_file: BinaryIO | None,
     site_file: Path | None,
+    catalogue_file: Path | None,
     generations_dir: Path | None,
 ) -> None:
     """Write IMAGE to the box disk DEVICE, verify it, and personalise the box."""
@@ -52,6 +60,7 @@ def flash(
     if enrolment_token_file is not None:
         token = flashing.check_token(enrolment_token_file.read())
     site = flashing.check_site(site_file) if site_file is not None else None
+    catalogue = flashing.check_catalogue(catalogue_file) if catalogue_file is not None else None
     info = flashing.check_image(image, generation)
     target = flashing.check_target(
         device, image, min_size=int(generation.storage.min_size_gib * 2**30)
@@ -71,6 +80,8 @@ def flash(
             bar.label = "verifying"
             bar.update(done)
 
-        report = flashing.flash(info, target, generation, token, bar.update, verifying, site)
+        report = flashing.flash(
+            info, target, generation, token, bar.update, verifying, site, catalogue
+        )
     for line in report.lines():
         click.echo(line)

@@ -63,6 +63,7 @@ def pytest_argv(
     operator: bool,
     extra: tuple[str, ...],
     renewal_config: Path | None = None,
+    project_catalogue: Path | None = None,
 ) -> list[str]:
     """The pytest command line for these options (tested: tests/unit/test_hwtest_cli.py)."""
     argv = [str(directory), "-p", "no:cacheprovider", "--target", target, "-rs"]
@@ -83,6 +84,8 @@ def pytest_argv(
         argv += ["--bubble", bubble]
     if renewal_config is not None:
         argv += ["--renewal-config", str(renewal_config)]
+    if project_catalogue is not None:
+        argv += ["--project-catalogue", str(project_catalogue)]
     if operator:
         argv += ["--operator", "-s"]
     return argv + list(extra)
@@ -104,6 +107,8 @@ def pytest_argv(
 @click.option("--bubble", metavar="URL", help="rdp://HOST:PORT of a test bubble (real bench).")
 @click.option("--renewal-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Agent configuration naming a test CA and the card's centre (renewal, real card).")  # fmt: skip
+@click.option("--project-catalogue", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The site's signed project catalogue (session on a one-project card, real card).")  # fmt: skip
 @click.option("--operator", is_flag=True,
               help="Someone is at the bench to pull and insert the card, and type a credential.")  # fmt: skip
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
@@ -116,6 +121,7 @@ def hwtest(
     anchors: Path | None,
     bubble: str | None,
     renewal_config: Path | None,
+    project_catalogue: Path | None,
     operator: bool,
     pytest_args: tuple[str, ...],
 ) -> int:
@@ -138,7 +144,7 @@ def hwtest(
     argv = pytest_argv(
         directory, target=target, card_serial=card_serial, allow_write=allow_write, junit=junit,
         template=template, anchors=anchors, bubble=bubble, operator=operator, extra=pytest_args,
-        renewal_config=renewal_config,
+        renewal_config=renewal_config, project_catalogue=project_catalogue,
     )  # fmt: skip
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     return int(pytest.main(argv))

@@ -26,6 +26,8 @@ def mark_due(config_path: Path, as_json: bool) -> None:
 
     Writes due.json beside the agent's seen.json and one renewal_due audit
     event per certificate; the agent renews them at the holder's next insertion.
+    A card whose capabilities do not allow renewal on the box (RSA project
+    keys, one project per card) is listed with the reason, not marked due.
     """
     from sdbox.agent.config import load  # noqa: PLC0415  (keeps `--help` fast)
     from sdbox.renewal.due import mark_due as run  # noqa: PLC0415
@@ -33,14 +35,14 @@ def mark_due(config_path: Path, as_json: bool) -> None:
     config = load(config_path)
     due = run(config.state_dir / "renewal", config.policy.renewal_window_days)
     if as_json:
-        emit_json([
-            {"card": d.card, "project": d.project, "not_after": d.not_after.isoformat(),
-             "days_left": d.days_left}
-            for d in due
-        ])  # fmt: skip
+        emit_json([d.to_json() for d in due])
         return
     if not due:
         click.echo("nothing due")
     for d in due:
         when = "expired" if d.days_left < 0 else f"expires in {d.days_left} days"
-        click.echo(f"{d.project}: {when} (card {d.card[:8]}…)")
+        if d.refusal is not None:  # the card's capabilities: the card office re-issues it
+            click.echo(f"{d.project}: {when}, not renewed on this box: {d.refusal} "
+                       f"(card {d.card[:8]}…)")  # fmt: skip
+        else:
+            click.echo(f"{d.project}: {when} (card {d.card[:8]}…)")

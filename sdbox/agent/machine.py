@@ -65,7 +65,8 @@ from sdbox.agent.support import SupportRecord
 from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
 from sdbox.network.events import TunnelEvent, TunnelPort
-from sdbox.renewal.due import record_seen
+from sdbox.renewal.capability import renewal_refusal
+from sdbox.renewal.due import record_renewability, record_seen, renewability_known
 from sdbox.session.outcome import SessionEnded
 from sdbox.smartcard.directory import Directory, Project
 from sdbox.smartcard.errors import CardAccessError, DirectoryMissing
@@ -461,21 +462,54 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin):
     # -- renewal in the background of a running session ---------------------------------
 
     def _start_renewal(self, card: Insertion) -> None:
-        """Renew what is due, once per card, while the researcher works (card thread)."""
+        """Renew what is due, once per card, while the researcher works (card thread).
+
+        Before that, once per card on this box, the card is asked whether the
+        box may renew it at all, for the renewal timer (:meth:`_note_renewability`).
+        """
         due = [p.id for p in self.snapshot.projects if p.status.startswith("certificate expires")]
-        if self.renewal is None or self._renewing or card.renewal_tried or not card.verified:
+        if self._renewing or card.renewal_tried or not card.verified:
             return
         if self.snapshot.card_layout != CardLayout.DIRECTORY:
             return  # a one-project card: no directory to switch, no free slot (docs/renewal.md)
-        if not due:
+        if (self.renewal is None or not due) and self.seen_dir is None:
             return
         card.renewal_tried = True
         self._renewing = True
-        task = asyncio.ensure_future(self._renew(card, due))
+        task = asyncio.ensure_future(self._renew(card, due if self.renewal is not None else []))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _note_renewability(self, card: Insertion) -> None:
+        """Note whether the box may renew this card, once per card, for `renewal mark-due`.
+
+        The renewal job's own question (:func:`renewal_refusal` over the card's
+        capabilities: public reads, about 11 APDUs), asked while the session
+        runs, so that the daily timer does not mark due what renewal refuses
+        (an RSA card, docs/renewal.md). The timer's view only: a failure here
+        never touches the card's session.
+        """
+        if self.seen_dir is None:
+            return
+        seen, guid = self.seen_dir, card.guid.hex()
+        try:
+            if await asyncio.to_thread(renewability_known, seen, guid):
+                return
+            asked = await card.handle.run(lambda s: (renewal_refusal(s, s.atr),) if s.atr else None)
+            if asked is not None:  # without the ATR the capabilities are not the card's
+                await asyncio.to_thread(record_renewability, seen, guid, asked[0])
+        except (OSError, SdboxError) as exc:
+            _log.warning("cannot note whether the box may renew this card: %s", exc)
+
     async def _renew(self, card: Insertion, due: list[str]) -> None:
+        try:
+            await self._note_renewability(card)
+        except BaseException:
+            self._renewing = False
+            raise
+        if not due:
+            self._renewing = False
+            return
         assert self.renewal is not None
         guid = card.guid.hex()
         audit(AuditEvent.RENEWAL_STARTED, "renewal started", card=guid, projects=",".join(due))

@@ -29,8 +29,7 @@ from sdbox.agent.problems import Refusal, detail_for
 from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import SignerValidator
 from sdbox.smartcard.catalogue import CatalogueError, ProjectCatalogue, verify_catalogue
-from sdbox.smartcard.directory import Directory, Project
-from sdbox.smartcard.profile import Slot
+from sdbox.smartcard.directory import Directory
 from sdbox.smartcard.variants import CertificateFacts, one_project_certificate
 
 
@@ -94,21 +93,7 @@ def _load(
 
 def _directory(guid: bytes, facts: CertificateFacts, catalogue: ProjectCatalogue) -> Directory:
     assert facts.project_id is not None
-    entry = catalogue.entry(facts.project_id)
-    project = Project(
-        id=entry.id,
-        name=entry.name,
-        slot=Slot.AUTHENTICATION,  # the card's key is the project's
-        # the flow checks the certificate it reads again against this digest
-        certificate_sha256=bytes.fromhex(facts.sha256),
-        subject=facts.subject,
-        not_after=facts.not_after,
-        protocol=entry.protocol,
-        endpoint=entry.endpoint,
-        server_certificate=entry.server_certificate,
-        second_factor=entry.second_factor,
-        audio=entry.audio,
-    )
+    project = catalogue.entry(facts.project_id).card_project(facts)
     return Directory(
         sequence=catalogue.sequence, issued=catalogue.issued, card_guid=guid, projects=(project,)
     )

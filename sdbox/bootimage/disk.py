@@ -30,6 +30,9 @@ TOKEN_FILE = "enrolment-token"  # noqa: S105  (a file name, not a secret)
 FLASH_RECORD = "flash.json"
 # The site profile (sdbox.network.site): the centre's gateways and networks.
 SITE_FILE = "site.toml"
+# The site's signed project catalogue (sdbox.smartcard.catalogue): where the
+# earlier one-project cards' projects are; sdbox-site copies it to /run at boot.
+CATALOGUE_FILE = "project-catalogue.json"
 # The box's systemd machine ID (machine-id(5)): the root is read-only, so the
 # initramfs binds this over its empty /etc/machine-id (scripts/local-bottom/
 # sdbox-machine-id); without it systemd makes a new one at every boot.

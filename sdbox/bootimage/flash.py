@@ -12,8 +12,9 @@
    cached copy and reads everything back, comparing SHA-256 digests;
 4. :func:`personalise` writes the generation profile, a fresh machine ID, the
    box's one-time enrolment token, the site profile (checked first by
-   :func:`check_site`) and a flash record into the config area, and reads them
-   back.
+   :func:`check_site`), the site's signed project catalogue (checked first by
+   :func:`check_catalogue`) and a flash record into the config area, and reads
+   them back.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from sdbox import __version__
 from sdbox.bootimage import disk
 from sdbox.bootimage.errors import BootImageError, UnsafeTarget, VerificationFailed
 from sdbox.bootimage.generations import Generation
+from sdbox.smartcard.catalogue import MAX_BYTES as MAX_CATALOGUE
+from sdbox.smartcard.catalogue import CatalogueError, verify_catalogue
 
 CHUNK = 4 * 1024 * 1024
 _BLKFLSBUF = 0x1261  # linux/fs.h: flush the block device's buffer cache
@@ -71,6 +74,22 @@ class ImageInfo:
     published_sha256: str | None  # from IMAGE.sha256, when the build left one
 
 
+@dataclass(frozen=True)
+class Catalogue:
+    """The site's signed project catalogue, checked, as it will be written."""
+
+    data: bytes
+    sequence: int
+    projects: tuple[str, ...]
+
+    def describe(self) -> str:
+        """One line for the report."""
+        return (
+            f"project catalogue written (sequence {self.sequence}, "
+            f"{len(self.projects)} project(s): {', '.join(self.projects)})"
+        )
+
+
 @dataclass
 class FlashReport:
     """What was done; printed by the CLI."""
@@ -83,6 +102,7 @@ class FlashReport:
     verified: bool = False
     token_written: bool = False
     site_written: bool = False
+    catalogue: Catalogue | None = None
     config_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -102,6 +122,12 @@ class FlashReport:
             ),
             "site:         "
             + ("profile written" if self.site_written else "none: the box has no tunnel to a centre"),
+            "catalogue:    "
+            + (
+                self.catalogue.describe()
+                if self.catalogue is not None
+                else "none: the box refuses one-project cards"
+            ),
             f"config area:  {', '.join(self.config_files)}",
         ]
 
@@ -252,6 +278,30 @@ def check_site(path: Path) -> bytes:
     return data
 
 
+def check_catalogue(path: Path) -> Catalogue:
+    """The site's project catalogue, if it is one and its signature verifies.
+
+    Flashing checks what it can without the box's trust: the file parses and
+    its content is what its signer signed (an altered or truncated file is
+    refused before anything is written). Whether the signer is the centre's
+    directory signer (chain to the image's roots, purpose, revocation) is
+    checked on the box at every use, with the box's own anchors, CRLs and clock.
+    """
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_CATALOGUE + 1)
+    except FileNotFoundError as exc:
+        raise BootImageError(f"{path}: the project catalogue does not exist") from exc
+    except OSError as exc:
+        raise BootImageError(f"{path}: the project catalogue cannot be read: {exc.strerror}") from exc
+    try:
+        # the signer's trust is the box's to judge (above): accept any signer here
+        catalogue = verify_catalogue(data, lambda _signer, _intermediates: None)
+    except CatalogueError as exc:
+        raise BootImageError(f"{path}: {exc.message}") from exc
+    return Catalogue(data, catalogue.sequence, tuple(p.id for p in catalogue.projects))
+
+
 # --- writing -----------------------------------------------------------------
 
 
@@ -341,8 +391,10 @@ def personalise(
     image: ImageInfo,
     sha256: str,
     site: bytes | None = None,
+    catalogue: bytes | None = None,
 ) -> list[str]:
-    """Write profile, machine ID, token, site and flash record into the config area; read back."""
+    """Write profile, machine ID, token, site, catalogue and flash record into the config area;
+    read them back."""
     with target.path.open("rb") as stream:
         partitions = disk.read_gpt(stream)
     area = disk.ConfigArea(target.path, disk.find_partition(partitions, disk.CONFIG_PARTITION))
@@ -364,6 +416,8 @@ def personalise(
         files[disk.TOKEN_FILE] = token
     if site is not None:
         files[disk.SITE_FILE] = site
+    if catalogue is not None:
+        files[disk.CATALOGUE_FILE] = catalogue
     with tempfile.TemporaryDirectory(prefix="sdbox-flash-") as scratch:
         for name, data in files.items():
             area.write(name, data, Path(scratch))
@@ -383,14 +437,19 @@ def flash(
     on_write: Progress | None = None,
     on_verify: Progress | None = None,
     site: bytes | None = None,
+    catalogue: Catalogue | None = None,
 ) -> FlashReport:
     """Write, verify and personalise; the report of what was done."""
     report = FlashReport(target, image, generation.name)
     start = time.monotonic()
     report.sha256, report.written = write_and_verify(image, target, on_write, on_verify)
     report.verified = True
-    report.config_files = personalise(target, generation, token, image, report.sha256, site)
+    report.config_files = personalise(
+        target, generation, token, image, report.sha256, site,
+        catalogue.data if catalogue is not None else None,
+    )  # fmt: skip
     report.token_written = token is not None
     report.site_written = site is not None
+    report.catalogue = catalogue
     report.seconds = time.monotonic() - start
     return report

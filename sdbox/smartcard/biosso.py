@@ -1,9 +1,9 @@
 """The BIO SSO session: what the box does with a card, on top of PIV.
 
 :meth:`BioSsoSession.read_summary` is the project picker's listing: SELECT,
-discovery, CHUID (the card's identity), the signed directory and the
-primary finger's counter, five APDUs with extended length, independent of the
-number of projects. Holder verification, signatures and ECDH go through the
+CHUID (the card's identity), the signed directory and the primary finger's
+counter (which also says whether the card compares a finger), four APDUs
+with extended length, independent of the number of projects. Holder verification, signatures and ECDH go through the
 PIV session.
 """
 
@@ -18,10 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sdbox.certificates import UnreadableCertificate, load_certificate
 from sdbox.errors import SdboxError
+from sdbox.smartcard.apdu import Sw
 from sdbox.smartcard.atr import uses_extended_length
 from sdbox.smartcard.connection import ApduStack, SmartCardConnection
 from sdbox.smartcard.directory import Directory, SignedDirectory, parse_signed_directory
 from sdbox.smartcard.errors import (
+    ApduError,
     CardProtocolError,
     DirectoryError,
     DirectoryMissing,
@@ -31,7 +33,6 @@ from sdbox.smartcard.errors import (
 from sdbox.smartcard.piv import FileNotFoundOnCard, PivSession, public_key_digest_algorithm
 from sdbox.smartcard.profile import (
     Algorithm,
-    Discovery,
     FingerBit,
     KeyRef,
     ObjectTag,
@@ -116,8 +117,7 @@ class BioSsoSession:
         directory, and a cached directory of the same card, length and head
         stands for the rest (:meth:`_directory_object`).
         """
-        self.piv.select()
-        discovery = Discovery.parse(self.piv.get_object(ObjectTag.DISCOVERY))
+        self.piv.select(properties=False)  # the label is not listed
         guid = self.guid
         directory: Directory | None = None
         error: SdboxError | None = None
@@ -126,13 +126,32 @@ class BioSsoSession:
             raw, directory = self._directory_object(validate_signer, cached)
         except SdboxError as exc:  # a bad directory is reported, the card is still listed
             error = exc
-        tries: int | None = None
-        if discovery.occ:
-            try:
-                tries = self.piv.finger_tries_left(KeyRef.FINGER_PRIMARY)
-            except FingerNotEnrolled:
-                tries = None
-        return CardSummary(guid, discovery.occ, directory, error, tries, raw)
+        tries = self._primary_finger_tries()
+        return CardSummary(guid, tries is not None, directory, error, tries, raw)
+
+    def _primary_finger_tries(self) -> int | None:
+        """The primary finger's counter; None when the card has no finger the box can ask.
+
+        This is what tells the listing whether the card compares a finger
+        (``occ``), instead of the discovery object: the box only ever
+        verifies the primary finger (96), and a card answers that reference's
+        status (VERIFY without data, spending nothing) only when it compares
+        it; one object read fewer at every insertion (two on a T=0 chip).
+        Nothing is believed on it: the finger is compared by the card, and
+        whether the PIN may replace it stays the project's policy. A card
+        without the reference (``6A88``), or that does not know it or the
+        command, is a PIN-only card, as its discovery object would say
+        (``sdbox card identify`` still reads that object and refuses a card
+        whose discovery contradicts its fingers).
+        """
+        try:
+            return self.piv.finger_tries_left(KeyRef.FINGER_PRIMARY)
+        except (FingerNotEnrolled, NotSupported):
+            return None
+        except ApduError as exc:
+            if exc.sw in (Sw.INCORRECT_P1P2, Sw.WRONG_P1P2):
+                return None
+            raise
 
     def _directory_object(
         self, validate_signer: SignerValidator, cached: DirectoryCache | None

@@ -42,8 +42,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.certificates import UnreadableCertificate, load_certificate, load_certificates
-from sdbox.smartcard.directory import _ENDPOINT, _PROJECT_ID, Protocol, SecondFactor
+from sdbox.smartcard.directory import _ENDPOINT, _PROJECT_ID, Project, Protocol, SecondFactor
 from sdbox.smartcard.errors import DirectoryError
+from sdbox.smartcard.profile import Slot
+from sdbox.smartcard.variants import CertificateFacts
 
 VERSION = 1
 CONTEXT = b"sdbox project catalogue v1\x00"
@@ -77,6 +79,35 @@ class CatalogueEntry:
             "server_certificate": base64.b64encode(self.server_certificate).decode(),
             "second_factor": self.second_factor.name.lower(), "audio": self.audio,
         }  # fmt: skip
+
+
+    def card_project(self, certificate: CertificateFacts) -> Project:
+        """The project of a one-project card whose 9A certificate is ``certificate``.
+
+        What the card says (its certificate's digest, subject and expiry) and
+        what the catalogue says (the bubble, its certificate, the policy), as
+        a directory would list it, so that the connection flow runs
+        unchanged: it checks the certificate it reads against this digest,
+        validates it as this project's and proves the 9A key on the card.
+        """
+        if certificate.project_id != self.id:
+            raise CatalogueError(
+                f"the card's certificate names project '{certificate.project_id}', "
+                f"not '{self.id}'"
+            )
+        return Project(
+            id=self.id,
+            name=self.name,
+            slot=Slot.AUTHENTICATION,  # the card's key is the project's
+            certificate_sha256=bytes.fromhex(certificate.sha256),
+            subject=certificate.subject,
+            not_after=certificate.not_after,
+            protocol=self.protocol,
+            endpoint=self.endpoint,
+            server_certificate=self.server_certificate,
+            second_factor=self.second_factor,
+            audio=self.audio,
+        )
 
 
 @dataclass(frozen=True)

@@ -146,9 +146,24 @@ class PivSession:
 
     # -- SELECT, GET DATA, PUT DATA ----------------------------------------
 
-    def select(self) -> SelectResult:
-        """Select the PIV application."""
-        data, sw = self._send(Apdu(0x00, Ins.SELECT, 0x04, 0x00, PIV_AID, le=256))
+    def select(self, *, properties: bool = True) -> SelectResult:
+        """Select the PIV application.
+
+        ``properties=False``: the caller does not need the application
+        property template (the label). A card that gives its answers only
+        through ``61XX`` (a T=0 chip) is then not asked for it by GET
+        RESPONSE: ``61XX`` is a successful SELECT (ISO/IEC 7816-4, "normal
+        processing"), and the card drops the unread answer at the next
+        command. One APDU fewer at every insertion on such a chip; a card that
+        answers at once (``9000``) is read as before.
+        """
+        apdu = Apdu(0x00, Ins.SELECT, 0x04, 0x00, PIV_AID, le=256)
+        if properties:
+            data, sw = self._send(apdu)
+        else:
+            data, sw = self.stack.send_head(apdu, 0)
+            if sw & 0xFF00 == Sw.BYTES_REMAINING_00:
+                data, sw = b"", Sw.OK  # selected; its properties left unread
         if sw == Sw.FILE_NOT_FOUND:
             raise NotSupported("this card has no PIV application: it is not a BIO SSO card")
         if sw != Sw.OK:

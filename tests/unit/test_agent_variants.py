@@ -23,6 +23,7 @@ from sdbox.agent.card import CardHandle
 from sdbox.agent.events import Transition
 from sdbox.agent.machine import Agent
 from sdbox.certificates import load_certificate
+from sdbox.renewal.due import RENEWABILITY, mark_due
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.catalogue import CatalogueEntry, ProjectCatalogue, sign_catalogue
 from sdbox.smartcard.directory import Protocol, SecondFactor
@@ -270,3 +271,33 @@ def test_a_pin_only_card_asks_for_the_pin_and_refuses_finger_only_projects(pki: 
         assert state_of(agent) == State.PICKER
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [("biosso-rsa2048", "RSA project keys are not renewed on the box"), ("biosso-p256", None)],
+)
+def test_the_renewal_timer_does_not_mark_due_what_the_box_cannot_renew(
+    pki: Pki, tmp_path: Path, name: str, refused: str | None
+) -> None:
+    """The agent asks a verified card once whether the box may renew it; mark-due follows."""
+    applet = PivApplet(issue_card(load_profile(name), pki, keygen_seed=b"variants"))
+
+    async def scenario() -> None:
+        agent, _sessions = agent_with(applet, pki)
+        agent.seen_dir = tmp_path
+        await agent.card_inserted("reader")
+        await until(lambda: agent.snapshot.state in (State.PICKER, State.BLOCKED))
+        await agent.choose_project("census-2021")
+        await until(lambda: state_of(agent) == State.RUNNING)
+        await until((tmp_path / RENEWABILITY).exists)
+        await agent.card_removed("reader")
+
+    asyncio.run(scenario())
+    # every project of the card inside a window as wide as its certificates' lifetime
+    due = mark_due(tmp_path, window_days=100_000)
+    assert {d.project for d in due} == {"census-2021", "health-cohort", "genomics-lab"}
+    if refused is None:
+        assert all(d.refusal is None for d in due)
+    else:
+        assert all(d.refusal is not None and refused in d.refusal for d in due), due

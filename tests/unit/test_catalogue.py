@@ -20,6 +20,7 @@ from sdbox.smartcard.catalogue import (
     verify_catalogue,
 )
 from sdbox.smartcard.directory import Protocol, SecondFactor
+from sdbox.smartcard.variants import CertificateFacts
 from sdbox.trust import validate_directory_signer
 from sdbox.trust.errors import TrustError
 from sdbox.trust.pki import Pki
@@ -164,3 +165,25 @@ def test_the_centre_signs_a_catalogue_the_box_accepts(pki: Pki, tmp_path: Path) 
     assert result.exit_code != 0
     assert "invalid endpoint" in str(result.exception)  # ConfigError: the CLI maps it to its exit code
     assert not (tmp_path / "bad.json").exists()
+
+
+def _facts(project: str | None) -> CertificateFacts:
+    return CertificateFacts(
+        slot=0x9A, subject="CN=Ada Lovelace", not_after=datetime(2030, 1, 1, tzinfo=UTC),
+        algorithm=None, compressed=False, project_id=project, sha256="ab" * 32,
+    )  # fmt: skip
+
+
+def test_a_one_project_cards_project_joins_the_card_and_the_catalogue(pki: Pki) -> None:
+    entry = _entry(pki)
+    project = entry.card_project(_facts("census-2021"))
+    # the card's key and certificate (the flow checks the certificate it reads against this)
+    assert (project.slot, project.certificate_sha256) == (0x9A, bytes.fromhex("ab" * 32))
+    # the catalogue's bubble and policy
+    assert (project.endpoint, project.second_factor) == (entry.endpoint, SecondFactor.FINGER_OR_PIN)
+    assert project.server_certificate == entry.server_certificate
+
+
+def test_a_card_naming_another_project_does_not_take_this_entry(pki: Pki) -> None:
+    with pytest.raises(CatalogueError, match="names project 'genomics-lab', not 'census-2021'"):
+        _entry(pki).card_project(_facts("genomics-lab"))

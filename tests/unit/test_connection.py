@@ -172,3 +172,53 @@ def test_a_head_read_on_a_t0_chip_asks_for_the_first_answer() -> None:
     head, size, _rest = PivSession(ApduStack(conn, extended=False)).get_object_head(0x5FFF40, 200)
     assert (head, size) == (b"\xab" * 16, 16)
     assert conn.sent == ["00CB3FFF055C035FFF4000", "00C0000000"]
+
+
+def test_a_select_that_needs_no_label_is_not_followed_by_get_response_on_a_t0_chip() -> None:
+    """61XX is a successful SELECT: the listing does not fetch the properties it does not use."""
+    from sdbox.smartcard.piv import PivSession
+
+    conn = Recorded([("", 0x611C)])
+    assert PivSession(ApduStack(conn, extended=False)).select(properties=False).label == ""
+    assert conn.sent == ["00A404000BA00000030800001000010000"]
+
+
+def test_a_select_that_wants_the_label_still_reads_it_on_a_t0_chip() -> None:
+    from sdbox.smartcard.piv import PivSession
+
+    apt = "61174F0BA000000308000010000100" + "5008" + "5049562043617264"  # label "PIV Card"
+    conn = Recorded([("", 0x6100 | len(bytes.fromhex(apt))), (apt, 0x9000)])
+    label = PivSession(ApduStack(conn, extended=False)).select().label
+    assert conn.sent[1].startswith("00C00000")  # the GET RESPONSE the label needs
+    assert label == "PIV Card"
+
+
+def test_the_listing_on_a_t0_chip_is_six_apdus_with_the_cached_directory() -> None:
+    """SELECT (no GET RESPONSE), CHUID (2), the directory's head (2), the finger's counter."""
+    chuid = "531C" + "3410" + "11" * 16 + "3508" + "3230333031323331"
+    conn = Recorded([
+        ("", 0x611C),  # SELECT: selected, properties left unread
+        ("", 0x6100 | len(bytes.fromhex(chuid))), (chuid, 0x9000),  # CHUID
+        ("", 0x6A82),  # no directory: the head read stops at once
+        ("", 0x63C4),  # the primary finger: 4 tries left
+    ])  # fmt: skip
+    session = BioSsoSession(conn, extended=False)
+    summary = session.read_summary(lambda _s, _i: None, lambda _guid: None)
+    assert summary.guid == b"\x11" * 16
+    assert (summary.occ, summary.finger_primary_tries) == (True, 4)
+    assert conn.sent == [
+        "00A404000BA00000030800001000010000",
+        "00CB3FFF055C035FC10200", "00C000001E",
+        "00CB3FFF055C035FFF4000",
+        "00200096",
+    ]
+
+
+@pytest.mark.parametrize("sw", [0x6A88, 0x6A86, 0x6D00])
+def test_a_card_without_the_primary_finger_is_listed_as_pin_only(sw: int) -> None:
+    """No discovery read: the finger's own status says whether the card compares it."""
+    chuid = "531C" + "3410" + "22" * 16 + "3508" + "3230333031323331"
+    conn = Recorded([("", 0x9000), (chuid, 0x9000), ("", 0x6A82), ("", sw)])
+    summary = BioSsoSession(conn).read_summary(lambda _s, _i: None)
+    assert (summary.occ, summary.finger_primary_tries) == (False, None)
+    assert len(conn.sent) == 4

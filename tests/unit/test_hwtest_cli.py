@@ -64,6 +64,7 @@ def test_options_become_the_suites_pytest_options(tmp_path: Path) -> None:
         tmp_path, target="pcsc:ACME Reader 0", card_serial="00" * 16, allow_write=True,
         junit=tmp_path / "out.xml", template=None, anchors=None, bubble=None, operator=True,
         extra=("-k", "listing"), renewal_config=tmp_path / "agent.toml",
+        project_catalogue=tmp_path / "project-catalogue.json",
     )  # fmt: skip
     assert argv[0] == str(tmp_path)
     assert argv[argv.index("--target") + 1] == "pcsc:ACME Reader 0"  # one argument, spaces kept
@@ -72,6 +73,7 @@ def test_options_become_the_suites_pytest_options(tmp_path: Path) -> None:
     assert argv[argv.index("--junitxml") + 1] == str(tmp_path / "out.xml")
     assert "junit_family=xunit1" in argv  # scenario figures are per-test-case properties
     assert argv[argv.index("--renewal-config") + 1] == str(tmp_path / "agent.toml")
+    assert argv[argv.index("--project-catalogue") + 1] == str(tmp_path / "project-catalogue.json")
     assert "-s" in argv  # the operator must see the prompts
     assert argv[-2:] == ["-k", "listing"]
     assert "no:cacheprovider" in argv  # nothing written next to the suite on a read-only root

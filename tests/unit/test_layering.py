@@ -75,7 +75,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sdbox.broker": FOUNDATION | PURE | {"sdbox.centre.protocol"},
     "sdbox.fleet": FOUNDATION | PURE | {"sdbox.centre.protocol", "sdbox.centre.fleet"},
     # R&D tooling (image, flashing; slots.py runs on the box with the standard library only)
-    "sdbox.bootimage": FOUNDATION | {"sdbox.network.site"},
+    # (flashing checks the site profile and the project catalogue before writing them)
+    "sdbox.bootimage": FOUNDATION | {"sdbox.network.site", "sdbox.smartcard.catalogue"},
 }
 
 # third-party module -> the only sdbox modules that may import it (the transports)
