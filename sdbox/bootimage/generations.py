@@ -56,6 +56,13 @@ def _resolution(value: str) -> str | None:
     return "expected WIDTHxHEIGHT (e.g. 1920x1080) or 'auto'"
 
 
+def _scale(value: int) -> str | None:
+    # RDP's desktop scale factor is 100-500 %; steps of 25 are what desktops offer
+    if 100 <= value <= 500 and value % 25 == 0:
+        return None
+    return f"{value} is not a percentage from 100 to 500 in steps of 25"
+
+
 def _device(value: str) -> str | None:
     if value.startswith("/dev/") and len(value) > 5:
         return None
@@ -108,6 +115,11 @@ class Display:
 
     connector: str = setting("auto", help="DRM connector (e.g. HDMI-A-1), or auto")
     resolution: str = setting("auto", help="WIDTHxHEIGHT or auto", check=_resolution)
+    scale: int = setting(
+        100, help="the screen's density in percent (100 ordinary, 150 a 27-inch 4K, 200 a "
+        "small 4K panel): the remote desktop renders at this scale (RDP's desktop scale "
+        "factor); 100 to 500", check=_scale,
+    )  # fmt: skip
     gpu_rendering: bool = setting(
         False,
         help="render with the GPU (Mesa's DRI drivers and LLVM in the image, about 160 MB); "
