@@ -108,3 +108,13 @@ def test_a_generation_renders_without_its_gpu_unless_it_says_so(tmp_path: Path) 
 def test_a_generation_states_its_screens_density() -> None:
     assert generations.load("nuc-g1", DIRECTORY).display.scale == 100
     assert generations.Display().scale == 100  # an ordinary screen unless the profile says
+
+
+def test_force_mode_gives_the_connector_the_kernels_edid_for_the_resolution(tmp_path: Path) -> None:
+    # wlroots sets the preferred mode; video= only adds a user-defined one
+    (tmp_path / "nuc-g1.toml").write_text(GOOD.replace("[display]", "[display]\nforce_mode = true"))
+    assert generations.load("nuc-g1", tmp_path).display.kernel_args() == [
+        "video=HDMI-A-1:1920x1080", "drm.edid_firmware=HDMI-A-1:edid/1920x1080.bin"
+    ]
+    odd = GOOD.replace("[display]", "[display]\nforce_mode = true").replace("1920x1080", "1920x1200")
+    assert "[display] force_mode: needs a named connector and one of" in _error(odd, tmp_path)
