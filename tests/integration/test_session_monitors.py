@@ -135,14 +135,22 @@ def _monitors_told(lines: list[str]) -> list[tuple[int, int, int, int]]:
 
 
 def _session_on(
-    server: ShadowServer, kiosk: Cage, monitors: int, keep_as: str
+    server: ShadowServer, kiosk: Cage, monitors: int, keep_as: str, *, native: bool = False,
+    scale: int = 100,
 ) -> tuple[set[str], list[tuple[int, int, int, int]]]:
+    """A session on ``kiosk``: xfreerdp3 through Xwayland, or sdl-freerdp3 (``native``)."""
+    display = (
+        Display(wayland=kiosk.wayland, runtime_dir=kiosk.runtime_dir, monitors=monitors, scale=scale)
+        if native
+        else Display(x11=kiosk.xwayland, xwayland=True, monitors=monitors, scale=scale)
+    )
+
     async def scenario() -> tuple[set[str], list[str], EndReason]:
         spec = SessionSpec(
             endpoint=Endpoint.parse(f"rdp://localhost:{server.port}"),
             user=RDP_USER,
             credential=Credential(RDP_PASSWORD),
-            display=Display(x11=kiosk.xwayland, xwayland=True, monitors=monitors),
+            display=display,
             server_fingerprint=server.certificate.fingerprint,
             connect_timeout=60.0,
         )
@@ -180,5 +188,17 @@ def test_without_multimon_the_bubble_sees_one_wide_screen(
     # the launcher before this change, and a box with one screen: cage still stretches
     # the window over both outputs, but the bubble is told of no monitors at all
     shown, told = _session_on(wide_bubble, two_screens, 1, "rdp-one-screen-told.png")
+    assert shown == {"left", "right"}
+    assert told == []
+
+
+@pytest.mark.skipif(tool_missing("sdl-freerdp3") is not None, reason="sdl-freerdp3 missing")
+def test_the_native_client_on_two_dense_screens_spans_both(
+    wide_bubble: ShadowServer, two_screens: Cage
+) -> None:
+    # the image's client: no /multimon (it fails its pre-connect here), the scale factors
+    # asked for; cage's one window over both outputs still shows the whole desktop
+    shown, told = _session_on(wide_bubble, two_screens, 2, "rdp-native-two-outputs.png",
+                              native=True, scale=150)  # fmt: skip
     assert shown == {"left", "right"}
     assert told == []
