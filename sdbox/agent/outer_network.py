@@ -35,6 +35,7 @@ from pathlib import Path
 from sdbox.agent.api import NetworkStatus
 from sdbox.network.events import REFUSALS, Reason, TunnelEvent, TunnelState
 from sdbox.network.outer import (
+    Mode,
     NetworkSettingsError,
     OuterSettings,
     check,
@@ -64,6 +65,18 @@ class NetworkStore:
         self.site = site
         self.interface = site.box.interface if site is not None else "eth0"
         self.settings = self._load()
+
+    def link_interface(self, sys_net: Path | None = None) -> str:
+        """The link the box reaches its network by: the wired one, or with Wi-Fi chosen, the radio.
+
+        The wireless interface is whichever the kernel says is one (a ``wireless``
+        directory in sysfs): udev names the NUC's ``wlp0s20f3``, QEMU's none.
+        """
+        if self.settings.mode is not Mode.WIFI:
+            return self.interface
+        root = sys_net or SYS_NET
+        radios = sorted(p.name for p in root.glob("*") if (p / "wireless").is_dir())
+        return radios[0] if radios else "wlan0"
 
     def set(self, values: Mapping[str, str]) -> OuterSettings:
         """Check ``values`` (the greeter's fields) and keep them; nothing kept when refused."""

@@ -311,3 +311,13 @@ def test_the_apply_jobs_sandbox_can_be_set_up_on_a_read_only_root_at_boot() -> N
     # PrivateTmp= needs /var/tmp, which tmpfiles makes on the first boot
     assert _unit_values("PrivateTmp") == ["yes"]
     assert "systemd-tmpfiles-setup.service" in _unit_values("After")
+
+
+def test_with_wifi_chosen_the_status_looks_at_the_radio(tmp_path: Path, site: SiteProfile) -> None:
+    sys_net = tmp_path / "sys"
+    (sys_net / "enp1s0").mkdir(parents=True)
+    (sys_net / "wlp0s20f3" / "wireless").mkdir(parents=True)
+    store = NetworkStore(tmp_path / "state", site)
+    assert store.link_interface(sys_net) == "eth0"  # the site's wired link
+    store.set(WIFI)
+    assert store.link_interface(sys_net) == "wlp0s20f3"
