@@ -37,7 +37,7 @@ def apply(state_dir: Path, no_reload: bool) -> None:
     for path in written:
         click.echo(f"installed {path}")
     if not written:
-        click.echo("the image's wired DHCP applies")
+        click.echo("no settings of the researcher's: the site profile's (or the image's) network applies")
     if not no_reload:
         interface = site.load().box.interface if site.DEFAULT_PATH.exists() else "eth0"
         reload_networkd(interface)
@@ -49,8 +49,11 @@ def apply(state_dir: Path, no_reload: bool) -> None:
     show_default=True, help="the agent's state directory (on the data partition)",
 )  # fmt: skip
 def reset(state_dir: Path) -> None:
-    """Forget the researcher's network settings (part of a factory reset); apply restores DHCP."""
+    """Forget the researcher's network settings (factory reset); apply restores the site's or image's."""
     from sdbox.agent.outer_network import NetworkStore  # noqa: PLC0415
 
     NetworkStore(state_dir, None).reset()
-    click.echo("network settings cleared: the image's wired DHCP applies after `sdbox network apply`")
+    click.echo(
+        "network settings cleared: the site profile's (or the image's) network applies after "
+        "`sdbox network apply`"
+    )

@@ -24,6 +24,7 @@ from sdbox.certificates import UnreadableCertificate, load_certificates
 from sdbox.errors import SdboxError
 from sdbox.session import Credential, Display, Endpoint, Policy, SessionSpec, open_session
 from sdbox.session import Protocol as SessionProtocol
+from sdbox.session.displays import connected_outputs, generation_scale
 from sdbox.smartcard.directory import Project, Protocol
 from sdbox.trust import Purpose, validate, validate_directory_signer
 from sdbox.trust.store import RevocationStore
@@ -163,12 +164,18 @@ class SessionService:
         self.keyboard_layout = keyboard_layout  # the researcher's current layout (Preferences)
 
     def display(self) -> Display:
-        """Where the clients draw."""
+        """Where the clients draw: the display, and the screens as they are now."""
+        monitors = self.config.monitors or connected_outputs()
+        scale = self.config.scale or generation_scale()
         if self.config.x11_display:
-            return Display(x11=self.config.x11_display, xwayland=self.config.xwayland)
+            return Display(
+                x11=self.config.x11_display, xwayland=self.config.xwayland,
+                monitors=monitors, scale=scale,
+            )  # fmt: skip
         return Display(
-            wayland=self.config.wayland_display, runtime_dir=Path(self.config.runtime_dir)
-        )
+            wayland=self.config.wayland_display, runtime_dir=Path(self.config.runtime_dir),
+            monitors=monitors, scale=scale,
+        )  # fmt: skip
 
     def open(
         self, project: Project, user: str, credential: Any, server: x509.Certificate

@@ -110,6 +110,16 @@ class SensorConfig:
     )
 
 
+def _monitors(value: int) -> str | None:
+    return None if 0 <= value <= 4 else f"{value} is not 0 (count them) or 1 to 4 screens"
+
+
+def _scale(value: int) -> str | None:
+    if value == 0 or 100 <= value <= 500:
+        return None
+    return f"{value} is not 0 (the generation's) or 100 to 500 percent"
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """Where and as whom session clients run."""
@@ -131,6 +141,14 @@ class SessionConfig:
     connect_timeout_s: float = setting(
         20.0, help="how long a session may take to connect", check=_positive
     )
+    monitors: int = setting(
+        0, help="screens a session spans (0: count the connected DRM outputs at each start; "
+        "cage extends over all of them)", check=_monitors,
+    )  # fmt: skip
+    scale: int = setting(
+        0, help="the screen's density in percent, asked of the remote desktop (0: the "
+        "generation's [display] scale in /etc/sdbox/generation.toml)", check=_scale,
+    )  # fmt: skip
 
 
 def _layouts(values: list[str]) -> str | None:

@@ -74,7 +74,7 @@ class DeskMixin:
         """The outer interface, looked at again when the last look is older than LINK_TTL_S."""
         now = time.monotonic()
         if self._link is None or now - self._link[0] > LINK_TTL_S:
-            self._link = (now, self.read_link(self.network.interface))
+            self._link = (now, self.read_link(self.network.link_interface()))
         return self._link[1]
 
     def network_status(self) -> NetworkStatus:
@@ -85,5 +85,5 @@ class DeskMixin:
         """What the support screen shows (D-Bus ``Support``)."""
         link = self.link()
         return self.support.values(
-            self.network.interface, link.addresses, diagnose(link, self.tunnel_state())
+            self.network.link_interface(), link.addresses, diagnose(link, self.tunnel_state())
         )

@@ -35,6 +35,7 @@ from pathlib import Path
 from sdbox.agent.api import NetworkStatus
 from sdbox.network.events import REFUSALS, Reason, TunnelEvent, TunnelState
 from sdbox.network.outer import (
+    Mode,
     NetworkSettingsError,
     OuterSettings,
     check,
@@ -65,6 +66,18 @@ class NetworkStore:
         self.interface = site.box.interface if site is not None else "eth0"
         self.settings = self._load()
 
+    def link_interface(self, sys_net: Path | None = None) -> str:
+        """The link the box reaches its network by: the wired one, or with Wi-Fi chosen, the radio.
+
+        The wireless interface is whichever the kernel says is one (a ``wireless``
+        directory in sysfs): udev names the NUC's ``wlp0s20f3``, QEMU's none.
+        """
+        if self.settings.mode is not Mode.WIFI:
+            return self.interface
+        root = sys_net or SYS_NET
+        radios = sorted(p.name for p in root.glob("*") if (p / "wireless").is_dir())
+        return radios[0] if radios else "wlan0"
+
     def set(self, values: Mapping[str, str]) -> OuterSettings:
         """Check ``values`` (the greeter's fields) and keep them; nothing kept when refused."""
         settings = check(from_fields(dict(values), self.settings), self.site)
@@ -75,11 +88,11 @@ class NetworkStore:
         return settings
 
     def reset(self) -> None:
-        """Forget the settings (factory reset): the image's wired DHCP applies again."""
+        """Forget the settings (factory reset): the site's (or the image's) network applies again."""
         self.settings = OuterSettings()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
-            self._render(self.settings)
+            self._render(None)
 
     def _load(self) -> OuterSettings:
         if self.directory is None:
@@ -104,14 +117,15 @@ class NetworkStore:
         _atomic_write(self.directory / SETTINGS_FILE, json.dumps(settings.stored()) + "\n", 0o600)
         self._render(settings)
 
-    def _render(self, settings: OuterSettings) -> None:
+    def _render(self, settings: OuterSettings | None) -> None:
+        """Stage the files for ``settings`` (None: none of ours, after a reset)."""
         assert self.directory is not None
         pending = self.directory / PENDING
         staged = self.directory / (PENDING + ".new")
         shutil.rmtree(staged, ignore_errors=True)
         for sub, files in (
-            ("networkd", networkd_files(settings, self.interface)),
-            ("iwd", iwd_files(settings)),
+            ("networkd", networkd_files(settings, self.interface) if settings else {}),
+            ("iwd", iwd_files(settings) if settings else {}),
         ):
             (staged / sub).mkdir(parents=True, mode=0o700)
             for name, text in files.items():
@@ -137,10 +151,14 @@ def install(pending: Path, networkd_dir: Path = NETWORKD_DIR, iwd_dir: Path = IW
     """
     written: list[Path] = []
     for sub, target in (("networkd", networkd_dir), ("iwd", iwd_dir)):
-        target.mkdir(parents=True, exist_ok=True, mode=0o755 if sub == "networkd" else 0o700)
         ours = target / _OURS
         before = set(ours.read_text(encoding="utf-8").split()) if ours.exists() else set()
         names = sorted(p.name for p in (pending / sub).glob("*")) if (pending / sub).is_dir() else []
+        if not names and not before:
+            # nothing to put there and nothing of ours to take away: leave the directory
+            # alone (a box without iwd has no /var/lib/iwd, and /var is read-only here)
+            continue
+        target.mkdir(parents=True, exist_ok=True, mode=0o755 if sub == "networkd" else 0o700)
         for name in before - set(names):
             (target / name).unlink(missing_ok=True)
         for name in names:

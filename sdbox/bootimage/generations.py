@@ -50,10 +50,22 @@ def _kernel_args(values: list[str]) -> str | None:
     return None
 
 
+# the EDIDs Debian 12's kernel (6.1) carries in drm.ko for drm.edid_firmware= (Linux
+# dropped them in 6.10: a later kernel needs the file under /lib/firmware/edid)
+BUILTIN_EDID_MODES = ("800x600", "1024x768", "1280x1024", "1600x1200", "1680x1050", "1920x1080")
+
+
 def _resolution(value: str) -> str | None:
     if value == "auto" or re.match(r"^\d{3,5}x\d{3,5}$", value):
         return None
     return "expected WIDTHxHEIGHT (e.g. 1920x1080) or 'auto'"
+
+
+def _scale(value: int) -> str | None:
+    # RDP's desktop scale factor is 100-500 %; steps of 25 are what desktops offer
+    if 100 <= value <= 500 and value % 25 == 0:
+        return None
+    return f"{value} is not a percentage from 100 to 500 in steps of 25"
 
 
 def _device(value: str) -> str | None:
@@ -108,6 +120,17 @@ class Display:
 
     connector: str = setting("auto", help="DRM connector (e.g. HDMI-A-1), or auto")
     resolution: str = setting("auto", help="WIDTHxHEIGHT or auto", check=_resolution)
+    scale: int = setting(
+        100, help="the screen's density in percent (100 ordinary, 150 a 27-inch 4K, 200 a "
+        "small 4K panel): the remote desktop renders at this scale (RDP's desktop scale "
+        "factor); 100 to 500", check=_scale,
+    )  # fmt: skip
+    force_mode: bool = setting(
+        False, help="make the resolution the monitor's preferred mode (the kernel's built-in "
+        "EDID for it replaces the monitor's own: cage takes the preferred mode and has no "
+        "option for another); only for the sizes the kernel carries: "
+        + ", ".join(BUILTIN_EDID_MODES),
+    )  # fmt: skip
     gpu_rendering: bool = setting(
         False,
         help="render with the GPU (Mesa's DRI drivers and LLVM in the image, about 160 MB); "
@@ -117,13 +140,18 @@ class Display:
     def kernel_args(self) -> list[str]:
         """``video=CONNECTOR:WIDTHxHEIGHT`` when both are named: the kernel's mode for it.
 
-        The DRM core adds the command line's mode to that connector's modes (as
-        a user-defined one), which is how a box whose monitor prefers another
-        mode gets the generation's; "auto" leaves the monitor's preferred mode.
+        The DRM core adds the command line's mode to that connector's modes as
+        a user-defined one: the console uses it, but wlroots (cage) sets the
+        monitor's *preferred* mode. ``force_mode`` also gives the connector the
+        kernel's built-in EDID for that size (``drm.edid_firmware=``), whose
+        preferred mode it is. "auto" leaves the monitor's preferred mode.
         """
         if self.connector == "auto" or self.resolution == "auto":
             return []
-        return [f"video={self.connector}:{self.resolution}"]
+        args = [f"video={self.connector}:{self.resolution}"]
+        if self.force_mode:
+            args.append(f"drm.edid_firmware={self.connector}:edid/{self.resolution}.bin")
+        return args
 
 
 @dataclass(frozen=True)
@@ -274,6 +302,15 @@ def parse(text: str, source: Path) -> Generation:
     if source.suffix == ".toml" and source.stem != name:
         raise ConfigError(
             f"{where}: [generation] name: {name!r} differs from the file name {source.stem!r}"
+        )
+    display = profile.display
+    if display.force_mode and (
+        display.connector == "auto" or display.resolution not in BUILTIN_EDID_MODES
+    ):
+        raise ConfigError(
+            f"{where}: [display] force_mode: needs a named connector and one of the kernel's "
+            f"built-in modes ({', '.join(BUILTIN_EDID_MODES)}), not "
+            f"{display.connector}:{display.resolution}"
         )
     if profile.sensor.kind == "libfprint" and _usb_id(profile.sensor.usb_id):
         raise ConfigError(

@@ -40,6 +40,7 @@ from sdbox.certificates import load_certificate, load_certificates, load_crl
 from sdbox.errors import SdboxError
 from sdbox.network import strongswan
 from sdbox.network.events import TunnelEvent, TunnelState
+from sdbox.network.outer import LINK_HARDENING
 from sdbox.network.site import SiteProfile
 from sdbox.network.tunnel import BoxTrust, Tunnel, Vici, gateway_targets, load_box
 
@@ -84,7 +85,8 @@ def sd_notify(state: str) -> bool:
 def networkd_config(profile: SiteProfile) -> str:
     """systemd-networkd's ``.network`` for the box's outer interface, from the profile.
 
-    It sorts before the image's catch-all DHCP file, so it wins for that interface.
+    It sorts before the image's catch-all DHCP file, so it wins for that interface;
+    the researcher's own setting (sdbox.network.outer, 05-) sorts before it.
     """
     box = profile.box
     lines = [
@@ -93,9 +95,7 @@ def networkd_config(profile: SiteProfile) -> str:
         f"Name={box.interface}",
         "",
         "[Network]",
-        "LLMNR=no",
-        "MulticastDNS=no",
-        "LinkLocalAddressing=no",
+        *LINK_HARDENING,
     ]
     if box.mode == "static":
         lines += [f"Address={box.address}", f"Gateway={box.gateway}", "IPv6AcceptRA=no"]

@@ -1,9 +1,12 @@
 """The box's nftables ruleset: nothing but what the tunnel needs on the outer interface.
 
 Generated from the site profile, loaded atomically with ``nft -f`` (the file
-replaces the ``inet sdbox`` table as a whole). On the outer interface only:
+replaces the ``inet sdbox`` table as a whole). On the outer links only (the
+profile's interface, and a wireless one: the researcher may choose Wi-Fi on
+the greeter):
 
-- DHCP (with ``[box] mode = "dhcp"``);
+- DHCP (whatever the profile's ``[box] mode``: the researcher may choose DHCP
+  where the profile fixes an address);
 - DNS to the resolvers, only when a gateway is a DNS name (static resolvers
   from the profile; with DHCP the lease's resolvers are added to the
   ``resolvers4``/``resolvers6`` sets at run time);
@@ -37,6 +40,16 @@ ENROLMENT_CHAIN = "enrolment"
 IKE_PORTS = "{ 500, 4500 }"
 
 
+# Wireless links: systemd's predictable names (wlp…) and the kernel's own (wlan0) both
+# start so. A Wi-Fi network the researcher sets (docs/desk.md) is an outer link too.
+WIRELESS_LINKS = "wl*"
+
+
+def outer_links(profile: SiteProfile) -> str:
+    """nft's match for the outer links: the profile's interface and any wireless one."""
+    return f'{{ "{profile.box.interface}", "{WIRELESS_LINKS}" }}'
+
+
 def _set(name: str, kind: str, values: Iterable[IpAddress | IpNetwork], interval: bool) -> str:
     parts = [f"type {kind};"]
     if interval:
@@ -61,7 +74,7 @@ def ruleset(profile: SiteProfile, data_plane: DataPlane = "kernel", *, enrolment
         protected_out = f'oifname "{LIBIPSEC_INTERFACE}"'
         unprotected_in = f'iifname != "{LIBIPSEC_INTERFACE}"'
 
-    outer = profile.box.interface
+    outer = outer_links(profile)
     gateways = [a for g in profile.gateways if (a := parse_address(g.address)) is not None]
     networks = profile.tunnel_networks
     resolvers = [ipaddress.ip_address(r) for r in profile.box.dns]
@@ -88,7 +101,7 @@ def ruleset(profile: SiteProfile, data_plane: DataPlane = "kernel", *, enrolment
     endpoint, port = profile.enrolment.address, profile.enrolment.port
     if enrolment and endpoint is not None and port is not None:
         family = "ip" if endpoint.version == 4 else "ip6"
-        enrol_rules.append(f'oifname "{outer}" {family} daddr {endpoint} tcp dport {port} accept')
+        enrol_rules.append(f'oifname {outer} {family} daddr {endpoint} tcp dport {port} accept')
     in_rules = [
         'iifname "lo" accept',
         # what claims to come from the centre must have come out of the tunnel
@@ -96,27 +109,28 @@ def ruleset(profile: SiteProfile, data_plane: DataPlane = "kernel", *, enrolment
         f"ip6 saddr @tunnel6 {unprotected_in} drop",
         "ct state established,related accept",
         # IPv6 needs neighbour discovery and router adverts to work at all
-        f'iifname "{outer}" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert }} ip6 hoplimit 255 accept',
+        f'iifname {outer} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert }} ip6 hoplimit 255 accept',
     ]
     out_rules.append(
-        f'oifname "{outer}" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} accept'
+        f'oifname {outer} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} accept'
     )
-    if profile.box.mode == "dhcp":
-        out_rules.append(f'oifname "{outer}" udp sport 68 udp dport 67 accept')
-        in_rules.append(f'iifname "{outer}" udp sport 67 udp dport 68 accept')
-        out_rules.append(f'oifname "{outer}" udp sport 546 udp dport 547 accept')
-        in_rules.append(f'iifname "{outer}" udp sport 547 udp dport 546 accept')
+    # DHCP whatever the profile's own mode: the researcher may choose it on the greeter
+    # (a box fixed at the institute, at home behind a DHCP router: docs/desk.md)
+    out_rules.append(f"oifname {outer} udp sport 68 udp dport 67 accept")
+    in_rules.append(f"iifname {outer} udp sport 67 udp dport 68 accept")
+    out_rules.append(f"oifname {outer} udp sport 546 udp dport 547 accept")
+    in_rules.append(f"iifname {outer} udp sport 547 udp dport 546 accept")
     if need_dns:
         for family, name in (("ip", "resolvers4"), ("ip6", "resolvers6")):
-            out_rules.append(f'oifname "{outer}" {family} daddr @{name} udp dport 53 accept')
-            out_rules.append(f'oifname "{outer}" {family} daddr @{name} tcp dport 53 accept')
+            out_rules.append(f'oifname {outer} {family} daddr @{name} udp dport 53 accept')
+            out_rules.append(f'oifname {outer} {family} daddr @{name} tcp dport 53 accept')
     for family, name in (("ip", "gateways4"), ("ip6", "gateways6")):
-        out_rules.append(f'oifname "{outer}" {family} daddr @{name} udp dport {IKE_PORTS} accept')
-        out_rules.append(f'oifname "{outer}" {family} daddr @{name} meta l4proto esp accept')
+        out_rules.append(f'oifname {outer} {family} daddr @{name} udp dport {IKE_PORTS} accept')
+        out_rules.append(f'oifname {outer} {family} daddr @{name} meta l4proto esp accept')
         in_rules.append(
-            f'iifname "{outer}" {family} saddr @{name} udp sport {IKE_PORTS} udp dport {IKE_PORTS} accept'
+            f'iifname {outer} {family} saddr @{name} udp sport {IKE_PORTS} udp dport {IKE_PORTS} accept'
         )
-        in_rules.append(f'iifname "{outer}" {family} saddr @{name} meta l4proto esp accept')
+        in_rules.append(f'iifname {outer} {family} saddr @{name} meta l4proto esp accept')
     for family, name in (("ip", "tunnel4"), ("ip6", "tunnel6")):
         # plaintext for the centre leaves only into an IPsec SA (replies come back
         # through the input chain's conntrack rule, new connections from it do not)

@@ -224,35 +224,53 @@ def check(settings: OuterSettings, site: SiteProfile | None) -> OuterSettings:
 
 # -- the files ---------------------------------------------------------------------
 
-# networkd reads /run/systemd/network before the image's /usr/lib and /etc files of a
-# later name: 70 sorts before the image's 80-sdbox-wired.network, so ours match first.
-WIRED_FILE = "70-sdbox-outer.network"
-WIFI_FILE = "70-sdbox-wifi.network"
-# DHCP from the image for wired links (the default) stays the 80- file: with DHCP chosen
-# nothing is written and the image's file applies.
-WIRELESS_MATCH = "wlan*"
+# Which file wins: networkd applies to a link the first .network file, in lexical order
+# over /etc, /run and /usr/lib, whose [Match] fits it. sdbox-site writes the site
+# profile's file for the outer interface as 10-sdbox-site.network; the researcher's
+# setting must win for that link, so its files sort before it (05-). The site profile
+# still governs what is the box's and not the researcher's (docs/desk.md, "Which
+# setting wins"): which interface is outer, the firewall (sdbox-site), that no
+# centre network is routed outside the tunnel (:func:`check`), and the link's
+# hardening below, which every file of ours carries as the site's does.
+WIRED_FILE = "05-sdbox-outer.network"
+WIFI_FILE = "05-sdbox-wifi.network"
+# what the site profile's networkd file sets on the outer link (sdbox.network.boot):
+# no name resolution broadcast on the local network, no IPv4 link-local address
+LINK_HARDENING = ("LLMNR=no", "MulticastDNS=no", "LinkLocalAddressing=no")
 
 
 def networkd_files(settings: OuterSettings, interface: str) -> dict[str, str]:
-    """systemd-networkd's files for ``settings`` (name -> text); {} means the image's default."""
+    """systemd-networkd's file for ``settings`` (name -> text).
+
+    DHCP too is written: a researcher who chooses it at home must get it even
+    where the site profile gives the box a fixed address (its file would
+    apply otherwise). Forgetting the settings (:meth:`NetworkStore.reset`)
+    writes nothing, and the site's or the image's file applies again.
+    """
     if settings.mode is Mode.STATIC:
         lines = [
             "# sdbox: the outer network as set on the greeter (static)",
             "[Match]", f"Name={interface}", "",
             "[Network]", f"Address={settings.address}", f"Gateway={settings.gateway}",
             *(f"DNS={server}" for server in settings.dns),
-            "LinkLocalAddressing=no", "IPv6AcceptRA=no",
+            *LINK_HARDENING, "IPv6AcceptRA=no",
         ]  # fmt: skip
         return {WIRED_FILE: "\n".join(lines) + "\n"}
     if settings.mode is Mode.WIFI:
-        # iwd authenticates; networkd gives the address (iwd's own DHCP stays off)
+        # iwd authenticates; networkd gives the address (iwd's own DHCP stays off). The
+        # match is the link's type, not a name: predictable names are wlp…, not wlan0.
         lines = [
             "# sdbox: the outer network as set on the greeter (Wi-Fi, address by DHCP)",
-            "[Match]", f"Name={WIRELESS_MATCH}", "WLANInterfaceType=station", "",
-            "[Network]", "DHCP=yes", "", "[DHCPv4]", "RouteMetric=600",
+            "[Match]", "Type=wlan", "WLANInterfaceType=station", "",
+            "[Network]", "DHCP=yes", *LINK_HARDENING, "", "[DHCPv4]", "RouteMetric=600",
         ]  # fmt: skip
         return {WIFI_FILE: "\n".join(lines) + "\n"}
-    return {}
+    lines = [
+        "# sdbox: the outer network as set on the greeter (DHCP)",
+        "[Match]", f"Name={interface}", "",
+        "[Network]", "DHCP=yes", *LINK_HARDENING, "IPv6AcceptRA=yes",
+    ]  # fmt: skip
+    return {WIRED_FILE: "\n".join(lines) + "\n"}
 
 
 _PLAIN_SSID = re.compile(r"[A-Za-z0-9_-]+")

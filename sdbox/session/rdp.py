@@ -16,6 +16,9 @@ Hardening, and why (docs/ARCHITECTURE.md, "Sessions"):
   channel on its own are off: without audio, neither cliprdr nor rdpdr is
   loaded at all; audio output only where the project's policy allows it;
 - full screen, no Ctrl+Alt+Enter toggle, no decorations, keyboard grabbed;
+- on two screens, ``/multimon`` with the monitors named (the server learns the
+  layout); on a dense screen, the server's own desktop scale (``/scale-desktop``,
+  ``/scale-device``), not the client stretching pixels;
 - the credential is always given, and stdin is at EOF once the arguments are
   read, so FreeRDP never prompts.
 
@@ -43,6 +46,15 @@ STATE_TAG = "com.freerdp.core.rdp"
 _CONNECTED = re.compile(r"rdp_client_transition_to_state\].*--> CONNECTION_STATE_ACTIVE\s*$")
 _ERRCONNECT = re.compile(r"\b(ERRCONNECT_[A-Z_]+)\b")
 _CERT_REFUSED = re.compile(r"certificate not trusted|Host key verification failed")
+
+
+# /scale-device takes only these (MS-RDPBCGR's DeviceScaleFactor)
+DEVICE_SCALES = (100, 140, 180)
+
+
+def device_scale(scale: int) -> int:
+    """The device scale factor nearest ``scale`` percent (a tie goes to the larger one)."""
+    return min(DEVICE_SCALES, key=lambda device: (abs(device - scale), -device))
 
 
 class RdpSession(Session):
@@ -91,6 +103,7 @@ class RdpSession(Session):
             "-heartbeat",
             "-multitransport",
             *self._window_arguments(),
+            *self._scale_arguments(),
             "-toggle-fullscreen",
             "-decorations",
             "+grab-keyboard",
@@ -122,17 +135,40 @@ class RdpSession(Session):
         return [rdp_layout_argument(layout)] if layout is not None else []
 
     def _window_arguments(self) -> list[str]:
-        if self.spec.display.x11 is not None:
-            if self.spec.display.xwayland:
+        display = self.spec.display
+        if display.x11 is not None:
+            args = ["/f", *self._monitor_arguments()]
+            if display.xwayland:
                 # Seen with FreeRDP 3.10.3 under cage's Xwayland (pixman
                 # renderer): the GFX pipeline leaves the window black, while
                 # plain bitmap updates draw. Re-check on the box's GPU.
-                return ["/f", "-gfx"]
-            return ["/f"]
+                args.append("-gfx")
+            return args
         # Under cage the compositor sizes the one window to the output itself;
         # sdl-freerdp3 3.10's own full-screen mode fails its pre-connect on a
-        # headless wlroots output (no DPI, no renderer).
+        # headless wlroots output (no DPI, no renderer), and so does its
+        # /multimon (seen here with two headless outputs). On two screens the SDL
+        # client gets one window spanning both (cage's layout): a desktop the
+        # server sees as one wide monitor. Not tried on a real DRM output.
         return []
+
+    def _monitor_arguments(self) -> list[str]:
+        # Two screens: the server is told of each monitor (MS-RDPBCGR's monitor
+        # layout), so that a Windows desktop maximises windows to one screen and
+        # puts its taskbar on the first; the window covers every monitor named.
+        # Xwayland numbers cage's outputs 0..n-1, as /list:monitor shows.
+        count = self.spec.display.monitors
+        if count < 2:
+            return []
+        return ["/multimon", "/monitors:" + ",".join(str(i) for i in range(count))]
+
+    def _scale_arguments(self) -> list[str]:
+        # A dense screen: the server renders its desktop at this scale (text and
+        # controls of a readable size) instead of the client magnifying pixels.
+        scale = self.spec.display.scale
+        if scale == 100:
+            return []
+        return [f"/scale-desktop:{scale}", f"/scale-device:{device_scale(scale)}"]
 
     def launch(self, home: Path) -> Launch:
         """``xfreerdp3 /args-from:stdin`` with an empty trust store in the private home."""

@@ -21,6 +21,10 @@ _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _FORBIDDEN_CHARS = frozenset("\n\r\0")
+# FreeRDP's desktop scale factor is 100-500 % (MS-RDPBCGR's DesktopScaleFactor); a
+# box drives at most a few screens (cage extends one layout over them)
+MIN_SCALE, MAX_SCALE = 100, 500
+MAX_MONITORS = 4
 
 
 class Protocol(Enum):
@@ -104,18 +108,33 @@ class Display:
 
     ``xwayland``: the X11 display is a Wayland compositor's Xwayland (the box's
     kiosk under cage), where some client paths behave differently.
+    ``monitors``: how many screens the box drives (cage extends its layout
+    across all of them); two or more make the session use each one.
+    ``scale``: the screen's density as a percentage (100: an ordinary screen,
+    200: a 4K panel of office size), which the remote desktop is asked to
+    apply to its own rendering.
     """
 
     x11: str | None = None
     wayland: str | None = None
     runtime_dir: Path | None = None
     xwayland: bool = False
+    monitors: int = 1
+    scale: int = 100
 
     def __post_init__(self) -> None:
         if (self.x11 is None) == (self.wayland is None):
             raise SessionConfigError("A session needs exactly one display (X11 or Wayland).")
         if self.wayland is not None and self.runtime_dir is None:
             raise SessionConfigError("A Wayland display needs its XDG_RUNTIME_DIR.")
+        if not 1 <= self.monitors <= MAX_MONITORS:
+            raise SessionConfigError(
+                f"A session draws on 1 to {MAX_MONITORS} monitors, not {self.monitors}."
+            )
+        if not MIN_SCALE <= self.scale <= MAX_SCALE:
+            raise SessionConfigError(
+                f"The display scale is {MIN_SCALE} to {MAX_SCALE} percent, not {self.scale}."
+            )
 
     def environ(self) -> dict[str, str]:
         """The variables a client needs to reach this display."""

@@ -13,6 +13,10 @@
   off unless the policy allows it.
 - ``--kiosk --kiosk-quit=on-disconnect``: full screen, no menus, and the
   viewer exits when the server goes away.
+- two screens: guest display N full screen on monitor N (``monitor-mapping``).
+  A dense screen is the guest's to honour (its own DPI setting): the viewer
+  shows the guest's pixels 1:1, and GTK 3's ``GDK_SCALE`` does nothing on
+  Wayland, where the viewer runs under cage.
 
 remote-viewer does not exit after a TLS or authentication failure in kiosk
 mode (it shows a dialog nobody may dismiss): the launcher recognises those
@@ -84,12 +88,29 @@ class SpiceSession(Session):
             lines.append(f"username={_vv_value(spec.user)}")
         return "\n".join(lines) + "\n"
 
+    def settings_file(self) -> str:
+        """remote-viewer's settings: no clipboard; on two screens, one guest display on each.
+
+        ``monitor-mapping`` in the ``[fallback]`` group (every guest) puts guest
+        display N full screen on client monitor N; a guest with one display
+        still gets one window, and a guest with two (two heads, or two video
+        devices) fills both screens.
+        """
+        lines = ["[virt-viewer]", "share-clipboard=false"]
+        count = self.spec.display.monitors
+        if count > 1:
+            mapping = ";".join(f"{n}:{n}" for n in range(1, count + 1))
+            lines += ["", "[fallback]", f"monitor-mapping={mapping}"]
+        return "\n".join(lines) + "\n"
+
     def launch(self, home: Path) -> Launch:
         """``remote-viewer --kiosk … -`` with the settings file in the private config dir."""
         argv = [
             CLIENT,
             "--kiosk",
             "--kiosk-quit=on-disconnect",
+            # monitor-mapping (below) only applies with --full-screen (remote-viewer(1))
+            "--full-screen",
             "--debug",  # the connection events the supervisor reads (no secrets in them)
             "--spice-disable-usbredir",
         ]
@@ -100,7 +121,7 @@ class SpiceSession(Session):
             argv=argv,
             stdin_data=self.connection_file().encode(),
             home_files={
-                ".config/virt-viewer/settings": "[virt-viewer]\nshare-clipboard=false\n",
+                ".config/virt-viewer/settings": self.settings_file(),
                 "empty-ca.pem": "",
                 "empty-ca.d/.keep": "",
             },

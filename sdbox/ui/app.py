@@ -44,7 +44,7 @@ from sdbox.agent.api import (  # noqa: E402
 from sdbox.ui import SCREEN_FILE_VARIABLE  # noqa: E402
 from sdbox.ui.catalogue import translator  # noqa: E402
 from sdbox.ui.desk import DeskScreen, DeskView, network_screen, support_screen  # noqa: E402
-from sdbox.ui.panels import REFRESH_S, DeskPanels  # noqa: E402
+from sdbox.ui.panels import REFRESH_S, DeskPanels, display_scale, scaled_css  # noqa: E402
 from sdbox.ui.view import AgentView, Screen, screen_for  # noqa: E402
 
 _log = logging.getLogger("sdbox.ui")
@@ -159,10 +159,11 @@ class Greeter(DeskPanels):
     def __init__(self, app: Gtk.Application, bus_address: str | None, language: str) -> None:
         self._ = translator(language)
         self.app = app
+        self.scale = display_scale()  # before any widget: lengths are multiplied by it
         self.screen: Screen | DeskScreen | None = None
         self.window = self._new_window()
         provider = Gtk.CssProvider()
-        provider.load_from_data(CSS)
+        provider.load_from_data(scaled_css(CSS, self.scale))
         Gtk.StyleContext.add_provider_for_display(
             Gdk.Display.get_default(), provider, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION
         )
@@ -336,10 +337,10 @@ class Greeter(DeskPanels):
             return
         self.screen = screen
         _ = self._
-        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=18)
-        box.set_margin_top(64)
-        box.set_margin_start(96)
-        box.set_margin_end(96)
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=self.px(18))
+        box.set_margin_top(self.px(64))
+        box.set_margin_start(self.px(96))
+        box.set_margin_end(self.px(96))
         box.append(self._label(_("Secure data access"), "brand"))
         title = self._label(screen.title, "title")
         if screen.alert:
@@ -369,7 +370,7 @@ class Greeter(DeskPanels):
             spacer.set_vexpand(True)
             box.append(spacer)
             footer = self._label(screen.footer, "footer")
-            footer.set_margin_bottom(32)
+            footer.set_margin_bottom(self.px(32))
             box.append(footer)
         self._show(box, screen.kind)
 

@@ -10,6 +10,7 @@ it is never a label, so it never reaches the tests' screen file.
 from __future__ import annotations
 
 import os
+import re
 import time
 import tomllib
 from collections.abc import Callable
@@ -22,7 +23,7 @@ gi.require_version("Gtk", "4.0")
 from gi.repository import GLib, Gtk  # noqa: E402  (after require_version)
 
 from sdbox.agent.api import State  # noqa: E402
-from sdbox.ui import BLANK_VARIABLE  # noqa: E402
+from sdbox.ui import BLANK_VARIABLE, SCALE_VARIABLE  # noqa: E402
 from sdbox.ui.desk import DeskScreen  # noqa: E402
 
 # The idle blank: the generation's [power] blank_after_s (the image writes the profile to
@@ -45,6 +46,37 @@ def blank_after(generation: Path = GENERATION_FILE) -> int:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
         return DEFAULT_BLANK_AFTER_S
     return seconds if isinstance(seconds, int) and seconds >= 0 else DEFAULT_BLANK_AFTER_S
+
+
+def display_scale(generation: Path = GENERATION_FILE) -> int:
+    """The screen's density in percent: the generation's ``[display] scale`` (100 if none).
+
+    cage 0.1.4 cannot give its output a scale (no option, no output-management
+    protocol) and GTK 4 reads ``GDK_SCALE`` on X11 only, so the greeter sizes
+    itself: its CSS and margins are multiplied by this (:func:`scaled_css`).
+    """
+    value = os.environ.get(SCALE_VARIABLE)
+    if value is None:
+        try:
+            display = tomllib.loads(generation.read_text(encoding="utf-8")).get("display", {})
+            scale = display.get("scale", 100) if isinstance(display, dict) else 100
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return 100
+    else:
+        scale = int(value) if value.strip().isdigit() else 100
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 100 <= scale <= 500:
+        return 100
+    return scale
+
+
+_PIXELS = re.compile(rb"(\d+)px")
+
+
+def scaled_css(css: bytes, scale: int) -> bytes:
+    """``css`` with every length in pixels multiplied by ``scale`` percent."""
+    if scale == 100:
+        return css
+    return _PIXELS.sub(lambda m: b"%dpx" % round(int(m[1]) * scale / 100), css)
 
 
 def label(text: str, css: str) -> Any:
@@ -82,6 +114,11 @@ class DeskPanels:
     saved: bool
     choosing_layout: bool
     entries: dict[str, Any]
+    scale: int  # the screen's density in percent (display_scale)
+
+    def px(self, pixels: int) -> int:
+        """A length in pixels at the screen's density (margins, spacing, widths)."""
+        return round(pixels * self.scale / 100)
     last_field: str
     properties: dict[str, Any]
     tick_source: int
@@ -144,12 +181,12 @@ class DeskPanels:
         raise NotImplementedError
 
     def _desk_box(self, screen: DeskScreen) -> Any:
-        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=14)
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=self.px(14))
         if screen.kind == "blank":
             return box  # nothing but the window's black (CSS: window.blank)
-        box.set_margin_top(48)
-        box.set_margin_start(96)
-        box.set_margin_end(96)
+        box.set_margin_top(self.px(48))
+        box.set_margin_start(self.px(96))
+        box.set_margin_end(self.px(96))
         box.append(label(self._("Secure data access"), "brand"))
         box.append(label(screen.title, "title"))
         if screen.body:
@@ -183,9 +220,9 @@ class DeskPanels:
             if first is not None:
                 focus_once(first)
         for key, value in screen.lines:
-            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=24)
+            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=self.px(24))
             name = label(key, "support-key")
-            name.set_size_request(220, -1)
+            name.set_size_request(self.px(220), -1)
             row.append(name)
             row.append(label(value, "support-value"))
             box.append(row)

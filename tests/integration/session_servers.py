@@ -47,6 +47,15 @@ _QUADRANT_CENTRES = {
     "bottom_left": (SCREEN_W // 4, 3 * SCREEN_H // 4),
     "bottom_right": (3 * SCREEN_W // 4, 3 * SCREEN_H // 4),
 }
+# The two-monitor desktop: two headless outputs of wlroots' default size side by
+# side; its right half has colours of its own, so that each monitor's half is known.
+WIDE_W, WIDE_H = 2560, 720
+PATTERN_RIGHT = {
+    "top_left": (255, 0, 255),
+    "top_right": (0, 255, 255),
+    "bottom_left": (255, 255, 255),
+    "bottom_right": (255, 128, 0),
+}
 RDP_USER = "researcher"
 RDP_PASSWORD = "Corr3ct-horse-battery-staple"
 SPICE_PASSWORD = "spice-ticket-4711"
@@ -204,16 +213,53 @@ def parse_ppm(ppm: bytes) -> tuple[int, int, bytes]:
     return width, height, fields[4][: width * height * 3]
 
 
-def paint_pattern(display: str, workdir: Path) -> None:
-    """Make ``display``'s root window show the test pattern."""
-    image = workdir / "pattern.ppm"
-    w, h = SCREEN_W // 2, SCREEN_H // 2
+def pattern_rows(pattern: dict[str, tuple[int, int, int]], width: int, height: int) -> list[bytes]:
+    """The RGB rows of ``pattern``'s four quadrants over ``width`` x ``height``."""
+    w, h = width // 2, height // 2
     rows = []
-    for y in range(SCREEN_H):
-        left = PATTERN["top_left" if y < h else "bottom_left"]
-        right = PATTERN["top_right" if y < h else "bottom_right"]
-        rows.append(bytes(left) * w + bytes(right) * w)
-    image.write_bytes(f"P6 {SCREEN_W} {SCREEN_H} 255\n".encode() + b"".join(rows))
+    for y in range(height):
+        left = pattern["top_left" if y < h else "bottom_left"]
+        right = pattern["top_right" if y < h else "bottom_right"]
+        rows.append(bytes(left) * w + bytes(right) * (width - w))
+    return rows
+
+
+def quadrants_in(
+    width: int, height: int, pixels: bytes, pattern: dict[str, tuple[int, int, int]],
+    tolerance: int = 60,
+) -> bool:  # fmt: skip
+    """Whether an RGB image is ``pattern``'s four quadrants, filling it (no offset, no scaling)."""
+    centres = {
+        "top_left": (width // 4, height // 4), "top_right": (3 * width // 4, height // 4),
+        "bottom_left": (width // 4, 3 * height // 4),
+        "bottom_right": (3 * width // 4, 3 * height // 4),
+    }  # fmt: skip
+    for quadrant, (x, y) in centres.items():
+        got = pixels[(y * width + x) * 3 : (y * width + x) * 3 + 3]
+        if len(got) != 3 or any(
+            abs(a - b) > tolerance for a, b in zip(got, pattern[quadrant], strict=True)
+        ):
+            return False
+    return True
+
+
+def paint_pattern(display: str, workdir: Path, halves: int = 1) -> None:
+    """Make ``display``'s root window show the test pattern.
+
+    ``halves=2``: a screen twice :data:`SCREEN_W` wide (or wider) shows
+    :data:`PATTERN` on its left half and :data:`PATTERN_RIGHT` on its right
+    half: a desktop meant to span two monitors, each half told apart.
+    """
+    image = workdir / "pattern.ppm"
+    if halves == 1:
+        width, height = SCREEN_W, SCREEN_H
+        rows = pattern_rows(PATTERN, SCREEN_W, SCREEN_H)
+    else:
+        width, height = WIDE_W, WIDE_H
+        left = pattern_rows(PATTERN, WIDE_W // 2, WIDE_H)
+        right = pattern_rows(PATTERN_RIGHT, WIDE_W // 2, WIDE_H)
+        rows = [a + b for a, b in zip(left, right, strict=True)]
+    image.write_bytes(f"P6 {width} {height} 255\n".encode() + b"".join(rows))
     # ImageMagick's display sets the root background and exits (status 1
     # even on success); the screenshot below is the real check.
     subprocess.run(
@@ -223,8 +269,21 @@ def paint_pattern(display: str, workdir: Path) -> None:
         timeout=30,
         check=False,
     )
-    if not shows_pattern(display):
+    shot = screenshot(display)
+    painted = shows_pattern(display) if halves == 1 else wide_pattern_in(*shot)
+    if not painted:
         raise RuntimeError(f"could not paint the test pattern on {display}")
+
+
+def wide_pattern_in(width: int, height: int, pixels: bytes) -> bool:
+    """Whether an RGB image is the two-monitor desktop (:func:`paint_pattern`, ``halves=2``)."""
+    half = width // 2
+    rows = [pixels[y * width * 3 : (y + 1) * width * 3] for y in range(height)]
+    left = b"".join(row[: half * 3] for row in rows)
+    right = b"".join(row[half * 3 :] for row in rows)
+    return quadrants_in(half, height, left, PATTERN) and quadrants_in(
+        width - half, height, right, PATTERN_RIGHT
+    )
 
 
 # -- certificates -----------------------------------------------------------------
@@ -371,12 +430,15 @@ def shadow_server(
     *,
     own_logon: bool = False,
     interact: bool = False,
+    log_filters: tuple[str, ...] = (),
 ) -> Iterator[ShadowServer]:
     """``freerdp-shadow-cli3`` on 127.0.0.1 sharing ``display``, with ``certificate``.
 
     ``own_logon``: the server asks for no credential at connection (no NLA),
     as a bubble that runs its own logon screen does. ``interact``: the
     client's keys and pointer reach ``display`` (XTest), as in a bubble.
+    ``log_filters``: FreeRDP log filters (``TAG:LEVEL``) for what a test reads
+    in the server's log (``com.freerdp.core.gcc:DEBUG``: the client's monitors).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config"
@@ -405,6 +467,7 @@ def shadow_server(
                 *(["-auth", "/sec:tls"] if own_logon else [f"/sam-file:{sam}"]),
                 "+may-interact" if interact else "-may-interact",
                 "/log-level:INFO",
+                *([f"/log-filters:{','.join(log_filters)}"] if log_filters else []),
             ],
             env={
                 "DISPLAY": display,
@@ -496,10 +559,10 @@ class Cage:
     uid: int | None
     gid: int | None
 
-    def screenshot(self) -> tuple[int, int, bytes]:
-        """The compositor's output, through grim."""
+    def screenshot(self, output: str | None = None) -> tuple[int, int, bytes]:
+        """The compositor's whole layout, or one ``output`` (``HEADLESS-2``), through grim."""
         ppm = subprocess.run(
-            ["grim", "-t", "ppm", "-"],
+            ["grim", *(["-o", output] if output else []), "-t", "ppm", "-"],
             env={
                 "XDG_RUNTIME_DIR": str(self.runtime_dir),
                 "WAYLAND_DISPLAY": self.wayland,
@@ -516,10 +579,12 @@ class Cage:
 
 
 @contextlib.contextmanager
-def cage(workdir: Path, user: str | None) -> Iterator[Cage]:
+def cage(workdir: Path, user: str | None, outputs: int = 1) -> Iterator[Cage]:
     """cage on the headless wlroots backend, run as ``user`` (cage refuses root).
 
     Its child only records the Xwayland display cage gives it, then waits.
+    ``outputs``: headless outputs (``HEADLESS-1``, ...; 1280x720 each), which
+    cage lays out side by side as it does a box's monitors.
     """
     import pwd
 
@@ -539,6 +604,7 @@ def cage(workdir: Path, user: str | None) -> Iterator[Cage]:
         "WLR_BACKENDS": "headless",
         "WLR_RENDERER": "pixman",
         "WLR_LIBINPUT_NO_DEVICES": "1",
+        "WLR_HEADLESS_OUTPUTS": str(outputs),
     }
     child = 'echo "$DISPLAY" > "$XDG_RUNTIME_DIR/xdisplay"; exec sleep 100000'
     log = (workdir / "cage.log").open("wb")

@@ -35,7 +35,7 @@ from sdbox.agent.support import SupportRecord, SupportSources
 from sdbox.network.events import Reason, TunnelEvent, TunnelState
 from sdbox.network.outer import Mode
 from sdbox.network.site import load_bytes
-from sdbox.ui import BLANK_VARIABLE, SCREEN_FILE_VARIABLE
+from sdbox.ui import BLANK_VARIABLE, SCALE_VARIABLE, SCREEN_FILE_VARIABLE
 from tests.integration.agent_env import dbus_daemon
 from tests.integration.greeter_env import (
     GREETER_USER,
@@ -296,3 +296,53 @@ def test_the_screen_blanks_when_idle_and_wakes_on_a_key_or_a_card(tmp_path: Path
         asyncio.run(scenario())
     finally:
         shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+def _ink(pixels: np.ndarray) -> tuple[int, int, int]:
+    """(first row, height of the first line of text, first column) of what is drawn."""
+    pixels = pixels[:-8]  # the X screen's last row is the window's edge, not the greeter's
+    colours, counts = np.unique(pixels.reshape(-1, 3), axis=0, return_counts=True)
+    background = colours[counts.argmax()].astype(int)
+    ink = np.abs(pixels.astype(int) - background).max(axis=2) > 60
+    rows = np.flatnonzero(ink.any(axis=1))
+    first = int(rows[0])
+    height = 1
+    while first + height in set(rows.tolist()):
+        height += 1
+    return first, height, int(np.flatnonzero(ink.any(axis=0))[0])
+
+
+def test_a_dense_screen_gets_the_greeter_at_its_scale(tmp_path: Path) -> None:
+    """The generation's [display] scale (200 here) doubles the greeter's text and margins."""
+    bus_dir = Path(tempfile.mkdtemp(prefix="sdbox-desk-bus-"))
+    bus_dir.chmod(0o755)
+    agent = _agent(tmp_path)
+    (OUT / DESK).mkdir(parents=True, exist_ok=True)
+    shots: dict[int, np.ndarray] = {}
+
+    async def scenario() -> None:
+        with dbus_daemon(bus_dir) as address:
+            bus = await export(agent, address)
+            try:
+                for scale in (100, 200):
+                    with _report_dir() as report:
+                        env = {SCREEN_FILE_VARIABLE: str(report / "screen.json"),
+                               SCALE_VARIABLE: str(scale)}  # fmt: skip
+                        with xvfb(SIZE) as display, greeter_on_x11(address, display, "en", env):
+                            screen = X11Screen(process=None, runtime=report, display=display)  # type: ignore[arg-type]
+                            await _until(lambda: window_shown(display) and _kind(report) == "insert")
+                            shots[scale] = await asyncio.to_thread(screen.settled)
+                            screen.save(shots[scale], OUT / DESK / f"scale-{scale}.png")
+            finally:
+                bus.disconnect()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(bus_dir, ignore_errors=True)
+    top, line, left = _ink(shots[100])
+    top2, line2, left2 = _ink(shots[200])
+    # the first line ("Secure data access") twice as tall, twice as far from the edges
+    assert 1.7 <= line2 / line <= 2.3, (line, line2)
+    assert 1.8 <= left2 / left <= 2.2, (left, left2)
+    assert 1.8 <= top2 / top <= 2.2, (top, top2)

@@ -33,6 +33,7 @@ import pytest
 
 from sdbox.agent.api import NetworkStatus
 from sdbox.agent.outer_network import DIRECTORY, PENDING, LinkFacts, NetworkStore, diagnose, install
+from sdbox.network.boot import NETWORKD_FILE, networkd_config
 from sdbox.network.outer import NetworkSettingsError
 from sdbox.network.site import load_bytes
 from tests.cli import REPO_ROOT
@@ -185,11 +186,11 @@ def test_wired_dhcp_then_static_then_back(tmp_path: Path) -> None:
         # a static address whose router is not on its network: refused, the box unchanged
         with pytest.raises(NetworkSettingsError, match="not another address"):
             store.set({"mode": "static", "address": "192.0.2.50/24", "gateway": "198.51.100.1"})
-        assert sorted(p.name for p in box.run_dir.glob("*.network")) == ["70-sdbox-outer.network"]
+        assert sorted(p.name for p in box.run_dir.glob("*.network")) == ["05-sdbox-outer.network"]
         # a reboot (the agent again, the same data partition) keeps the static address
         assert NetworkStore(tmp_path / "state", SITE).settings.address == "192.0.2.50/24"
-        # back to DHCP: our file goes, the image's applies again
-        store.set({"mode": "dhcp"})
+        # the settings forgotten (a factory reset): our file goes, the image's applies again
+        store.reset()
         install(tmp_path / "state" / DIRECTORY / PENDING, box.run_dir, tmp_path / "iwd")
         assert not list(box.run_dir.glob("*.network"))
         box.stop()
@@ -200,3 +201,60 @@ def test_wired_dhcp_then_static_then_back(tmp_path: Path) -> None:
         # the local router vanishes: an address, no route out
         _run("ip", "-n", box.ns, "route", "del", "default")
         assert diagnose(box.link(), None) is NetworkStatus.NO_ROUTE
+
+
+SITE_STATIC = load_bytes(
+    b'[[gateways]]\naddress = "198.51.100.7"\nidentity = "gw1.centre.example"\n'
+    b'[[networks]]\ncidr = "10.20.0.0/16"\n'
+    b'[box]\ninterface = "eth0"\nmode = "static"\naddress = "192.0.2.60/24"\ngateway = "192.0.2.1"\n',
+    "site.toml",
+)
+
+
+def _restart(box: Side) -> None:
+    """What `networkctl reload` + `reconfigure` do on the box (no system bus here)."""
+    box.stop()
+    _run("ip", "-n", box.ns, "addr", "flush", "dev", "eth0")
+    box.start()
+
+
+def _until_address(box: Side, wanted: str, timeout: float = 15.0) -> tuple[str, ...]:
+    deadline = time.monotonic() + timeout
+    while True:
+        addresses = box.link().addresses
+        if any(a.startswith(wanted) for a in addresses) or time.monotonic() > deadline:
+            assert any(a.startswith(wanted) for a in addresses), (
+                f"{addresses} after {timeout:.0f} s: {box.log.read_text()[-1500:]}"
+            )
+            return addresses
+        time.sleep(0.3)
+
+
+def test_the_researchers_setting_wins_over_the_site_profile_on_the_outer_link(tmp_path: Path) -> None:
+    """The site profile fixes 192.0.2.60 (sdbox-site's 10- file); the greeter's choice wins."""
+    state = tmp_path / "state"
+    store = NetworkStore(state, SITE_STATIC)
+    with lan(tmp_path) as (box, local):
+        # what sdbox-site writes at boot, next to the image's DHCP file
+        (box.run_dir / NETWORKD_FILE.name).write_text(networkd_config(SITE_STATIC))
+        _run("ip", "-n", local.ns, "link", "set", "lan0", "up")
+        local.start()
+        box.start()
+        assert _until_address(box, "192.0.2.60/") == ("192.0.2.60/24",)
+        # a fixed address typed on the greeter: the site's no longer applies to eth0
+        store.set({"mode": "static", "address": "192.0.2.50/24", "gateway": "192.0.2.1"})
+        install(state / DIRECTORY / PENDING, box.run_dir, tmp_path / "iwd")
+        _restart(box)
+        assert _until_address(box, "192.0.2.50/") == ("192.0.2.50/24",)
+        # DHCP chosen (at home, where the site's fixed address means nothing): a lease
+        store.set({"mode": "dhcp"})
+        install(state / DIRECTORY / PENDING, box.run_dir, tmp_path / "iwd")
+        _restart(box)
+        addresses = _until_address(box, "192.0.2.1")  # .100 and up: the DHCP server's pool
+        assert not any(a.startswith(("192.0.2.60/", "192.0.2.50/")) for a in addresses)
+        # forgotten (factory reset): the site profile's fixed address again
+        store.reset()
+        install(state / DIRECTORY / PENDING, box.run_dir, tmp_path / "iwd")
+        _restart(box)
+        assert _until_address(box, "192.0.2.60/") == ("192.0.2.60/24",)
+        assert sorted(p.name for p in box.run_dir.glob("*.network")) == [NETWORKD_FILE.name]

@@ -53,6 +53,7 @@ def _error(text: str, tmp_path: Path, name: str = "nuc-g1") -> str:
         ("blank_after_s = 300", "blank_after_s = 5", "[power] blank_after_s: 5 is neither 0 (never) nor 30"),
         ('cpu_governor = "schedutil"', 'cpu_governor = "turbo"', "[power] cpu_governor: 'turbo' is not one of"),
         ("usb_autosuspend_s = 2", "usb_autosuspend_s = -5", "[power] usb_autosuspend_s: -5 is not -1"),
+        ("scale = 100", "scale = 110", "[display] scale: 110 is not a percentage from 100 to 500"),
     ],
 )  # fmt: skip
 def test_mistakes_name_file_key_and_problem(
@@ -102,3 +103,18 @@ def test_a_generation_renders_without_its_gpu_unless_it_says_so(tmp_path: Path) 
     assert generations.load("nuc-g1", tmp_path).display.gpu_rendering is True
     message = _error(GOOD.replace("[display]", '[display]\ngpu_rendering = "yes"'), tmp_path)
     assert "[display] gpu_rendering" in message
+
+
+def test_a_generation_states_its_screens_density() -> None:
+    assert generations.load("nuc-g1", DIRECTORY).display.scale == 100
+    assert generations.Display().scale == 100  # an ordinary screen unless the profile says
+
+
+def test_force_mode_gives_the_connector_the_kernels_edid_for_the_resolution(tmp_path: Path) -> None:
+    # wlroots sets the preferred mode; video= only adds a user-defined one
+    (tmp_path / "nuc-g1.toml").write_text(GOOD.replace("[display]", "[display]\nforce_mode = true"))
+    assert generations.load("nuc-g1", tmp_path).display.kernel_args() == [
+        "video=HDMI-A-1:1920x1080", "drm.edid_firmware=HDMI-A-1:edid/1920x1080.bin"
+    ]
+    odd = GOOD.replace("[display]", "[display]\nforce_mode = true").replace("1920x1080", "1920x1200")
+    assert "[display] force_mode: needs a named connector and one of" in _error(odd, tmp_path)

@@ -22,7 +22,16 @@ from sdbox.agent.outer_network import (
 )
 from sdbox.agent.problems import Refusal
 from sdbox.network.events import Reason, TunnelEvent, TunnelState
-from sdbox.network.outer import Field, Mode, NetworkSettingsError, Why, iwd_file_name
+from sdbox.network.outer import (
+    Field,
+    Mode,
+    NetworkSettingsError,
+    Why,
+    check,
+    from_fields,
+    iwd_file_name,
+    networkd_files,
+)
 from sdbox.network.site import SiteProfile, load_bytes
 from tests.cli import sdbox_argv
 
@@ -127,23 +136,48 @@ def test_rendered_files_are_installed_and_stale_ones_removed(tmp_path: Path, sit
     (networkd / "99-someone-else.network").write_text("[Match]\n")
     store.set(STATIC)
     install(tmp_path / DIRECTORY / PENDING, networkd, iwd)
-    text = (networkd / "70-sdbox-outer.network").read_text()
+    text = (networkd / "05-sdbox-outer.network").read_text()
     assert "Name=eth0" in text
     assert "Address=192.168.1.20/24" in text
     assert "Gateway=192.168.1.1" in text
     store.set(WIFI)
     install(tmp_path / DIRECTORY / PENDING, networkd, iwd)
-    assert not (networkd / "70-sdbox-outer.network").exists()
+    assert not (networkd / "05-sdbox-outer.network").exists()
     assert (networkd / "99-someone-else.network").exists()
-    assert "DHCP=yes" in (networkd / "70-sdbox-wifi.network").read_text()
+    wifi = (networkd / "05-sdbox-wifi.network").read_text()
+    assert "DHCP=yes" in wifi
+    # the link's type, not a name: the NUC's Wi-Fi is wlp0s20f3, not wlan0
+    assert "Type=wlan" in wifi.splitlines()
     psk = iwd / iwd_file_name("Maison 5G")
     assert psk.name == "=4d6169736f6e203547.psk"  # iwd's name for an SSID with a space
     assert "Passphrase=correct horse battery" in psk.read_text()
     assert stat.S_IMODE(psk.stat().st_mode) == 0o600
-    store.set({"mode": "dhcp"})  # back to the image's wired DHCP: nothing of ours is left
+    store.set({"mode": "dhcp"})  # DHCP chosen: written, so that it wins over the site's file
+    install(tmp_path / DIRECTORY / PENDING, networkd, iwd)
+    assert sorted(p.name for p in networkd.glob("*.network")) == [
+        "05-sdbox-outer.network", "99-someone-else.network"
+    ]
+    assert "DHCP=yes" in (networkd / "05-sdbox-outer.network").read_text().splitlines()
+    assert not list(iwd.glob("*.psk"))
+    store.reset()  # forgotten: nothing of ours is left, the site's or the image's file applies
     install(tmp_path / DIRECTORY / PENDING, networkd, iwd)
     assert sorted(p.name for p in networkd.glob("*.network")) == ["99-someone-else.network"]
-    assert not list(iwd.glob("*.psk"))
+
+
+def test_the_researchers_file_sorts_before_the_sites_and_keeps_its_hardening(
+    tmp_path: Path, site: SiteProfile
+) -> None:
+    # networkd applies the first file in lexical order that matches a link: the site
+    # profile's 10-sdbox-site.network would otherwise win over the researcher's choice
+    from sdbox.network.boot import NETWORKD_FILE, networkd_config
+
+    for values in (STATIC, WIFI, {"mode": "dhcp"}):
+        files = networkd_files(check(from_fields(dict(values)), site), site.box.interface)
+        for name, text in files.items():
+            assert name < NETWORKD_FILE.name
+            for line in ("LLMNR=no", "MulticastDNS=no", "LinkLocalAddressing=no"):
+                assert line in text.splitlines()
+                assert line in networkd_config(site).splitlines()  # the site's own
 
 
 UP = LinkFacts(True, True, ("192.168.1.20/24",), True)
@@ -227,7 +261,7 @@ def test_without_a_hook_the_machines_own_tunnel_is_followed(tmp_path: Path, site
 
 
 def test_sdbox_network_reset_forgets_the_settings(tmp_path: Path, site: SiteProfile) -> None:
-    """The factory reset's step for the network: after it, the image's wired DHCP applies."""
+    """The factory reset's step for the network: after it, the site's (or image's) network applies."""
     NetworkStore(tmp_path, site).set(WIFI)
     done = subprocess.run(
         [*sdbox_argv(), "network", "reset", "--state-dir", str(tmp_path)],
@@ -240,3 +274,50 @@ def test_sdbox_network_reset_forgets_the_settings(tmp_path: Path, site: SiteProf
     # what `sdbox network apply` then installs: nothing of ours
     networkd, iwd = tmp_path / "networkd", tmp_path / "iwd"
     assert install(tmp_path / DIRECTORY / PENDING, networkd, iwd) == []
+
+
+def test_nothing_is_made_for_iwd_when_there_is_nothing_for_it(tmp_path: Path, site: SiteProfile) -> None:
+    # a box without iwd has no /var/lib/iwd, and /var is read-only in the apply job's sandbox:
+    # making it there failed the job at boot
+    store = NetworkStore(tmp_path, site)
+    store.set(STATIC)
+    iwd = tmp_path / "absent" / "iwd"
+    install(tmp_path / DIRECTORY / PENDING, tmp_path / "networkd", iwd)
+    assert not iwd.parent.exists()
+    assert (tmp_path / "networkd" / "05-sdbox-outer.network").exists()
+
+
+UNIT = Path(__file__).resolve().parents[2] / "debian" / "sdbox.sdbox-outer-network.service"
+
+
+def _unit_values(key: str) -> list[str]:
+    return [
+        value for line in UNIT.read_text().splitlines() if line.startswith(f"{key}=")
+        for value in line.split("=", 1)[1].split()
+    ]  # fmt: skip
+
+
+def test_the_apply_jobs_sandbox_can_be_set_up_on_a_read_only_root_at_boot() -> None:
+    # systemd refuses to start a unit whose ReadWritePaths=/ReadOnlyPaths= name a
+    # directory that is absent (without "-"): each must be made before, unsandboxed
+    made = {
+        line.split()[-1] for line in UNIT.read_text().splitlines()
+        if line.startswith("ExecStartPre=+/bin/mkdir -p")
+    }  # fmt: skip
+    required = [p for p in _unit_values("ReadWritePaths") + _unit_values("ReadOnlyPaths")
+                if not p.startswith("-")]  # fmt: skip
+    assert required
+    assert set(required) <= made
+    # PrivateTmp= needs /var/tmp, which tmpfiles makes on the first boot
+    assert _unit_values("PrivateTmp") == ["yes"]
+    assert "systemd-tmpfiles-setup.service" in _unit_values("After")
+
+
+def test_with_wifi_chosen_the_status_looks_at_the_radio(tmp_path: Path, site: SiteProfile) -> None:
+    sys_net = tmp_path / "sys"
+    (sys_net / "enp1s0").mkdir(parents=True)
+    (sys_net / "wlp0s20f3" / "wireless").mkdir(parents=True)
+    store = NetworkStore(tmp_path / "state", site)
+    assert store.link_interface(sys_net) == "eth0"  # the site's wired link
+    store.set(WIFI)
+    assert store.link_interface(sys_net) == "wlp0s20f3"

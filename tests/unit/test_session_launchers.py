@@ -266,3 +266,56 @@ def test_fingerprints_are_normalised() -> None:
     assert rdp_spec(server_fingerprint=colons).server_fingerprint == FINGERPRINT
     with pytest.raises(SessionConfigError):
         rdp_spec(server_fingerprint="sha1:" + "ab" * 20)
+
+
+# -- screens: two monitors, a dense screen -----------------------------------------------
+
+
+def test_one_screen_asks_for_no_monitor_layout_and_no_scale() -> None:
+    args = RdpSession(rdp_spec(), run_as=None).arguments()
+    assert "/f" in args
+    assert not any(a.startswith(("/multimon", "/monitors", "/scale")) for a in args)
+
+
+def test_two_screens_tell_the_rdp_server_of_each_monitor() -> None:
+    spec = rdp_spec(display=Display(x11=":0", xwayland=True, monitors=2))
+    args = RdpSession(spec, run_as=None).arguments()
+    assert args[args.index("/f") : args.index("/f") + 4] == ["/f", "/multimon", "/monitors:0,1", "-gfx"]
+
+
+def test_the_wayland_client_spans_the_screens_without_multimon(tmp_path: Path) -> None:
+    # sdl-freerdp3's /multimon fails its pre-connect under cage (as /f does): cage's one
+    # window over every output is what it gets
+    display = Display(wayland="wayland-0", runtime_dir=tmp_path, monitors=2)
+    args = RdpSession(rdp_spec(display=display), run_as=None).arguments()
+    assert not any(a.startswith(("/multimon", "/monitors", "/f")) for a in args)
+
+
+@pytest.mark.parametrize(
+    ("scale", "expected"),
+    [(125, ["/scale-desktop:125", "/scale-device:140"]),
+     (150, ["/scale-desktop:150", "/scale-device:140"]),
+     (200, ["/scale-desktop:200", "/scale-device:180"]),
+     (160, ["/scale-desktop:160", "/scale-device:180"])],
+)  # fmt: skip
+def test_a_dense_screen_asks_the_server_to_scale_its_desktop(scale: int, expected: list[str]) -> None:
+    args = RdpSession(rdp_spec(display=Display(x11=":5", scale=scale)), run_as=None).arguments()
+    assert [a for a in args if a.startswith("/scale")] == expected
+
+
+@pytest.mark.parametrize("changes", [{"monitors": 0}, {"monitors": 5}, {"scale": 99}, {"scale": 501}])
+def test_impossible_screens_are_refused(changes: dict[str, int]) -> None:
+    with pytest.raises(SessionConfigError):
+        Display(x11=":5", **changes)  # type: ignore[arg-type]
+
+
+def test_spice_maps_guest_displays_to_the_screens_full_screen(tmp_path: Path) -> None:
+    one = SpiceSession(spice_spec(), run_as=None).launch(tmp_path)
+    assert "monitor-mapping" not in one.home_files[".config/virt-viewer/settings"]
+    spec = spice_spec(display=Display(x11=":5", monitors=2))
+    two = SpiceSession(spec, run_as=None).launch(tmp_path)
+    settings = two.home_files[".config/virt-viewer/settings"].splitlines()
+    # [fallback]: every guest; monitor-mapping applies only with --full-screen
+    assert settings[settings.index("[fallback]") + 1] == "monitor-mapping=1:1;2:2"
+    assert "share-clipboard=false" in settings
+    assert "--full-screen" in two.argv

@@ -135,7 +135,8 @@ def test_the_firewall_names_only_the_gateways_and_tunnel_networks(tmp_path: Path
     assert "set gateways4 { type ipv4_addr; elements = { 192.0.2.1, 192.0.2.3 }; }" in rules
     assert "elements = { 10.20.0.0/16, 10.30.0.0/24 }" in rules
     assert rules.count("policy drop;") == 3
-    assert 'oifname "eth0" udp sport 68 udp dport 67 accept' in rules  # DHCP by default
+    # the profile's interface and any wireless link (the researcher's Wi-Fi) are outer links
+    assert 'oifname { "eth0", "wl*" } udp sport 68 udp dport 67 accept' in rules  # DHCP
     assert "dport 53" not in rules  # gateways are addresses: no DNS before the tunnel
     assert "ip daddr @tunnel4 rt ipsec exists accept" in rules
     assert "ct state established" not in rules.split("chain output")[1]
@@ -167,3 +168,13 @@ def test_a_centre_operator_gets_the_gateways_swanctl_conf(tmp_path: Path, pki: P
     assert "            certs = gw1.pem" in result.output
     assert "            cacerts = box-ca.pem" in result.output
     assert "        proposals = aes256gcm16-prfsha384-ecp384" in result.output
+
+
+def test_dhcp_is_allowed_where_the_profile_fixes_the_address(tmp_path: Path) -> None:
+    # a box fixed at the institute may be set to DHCP on the greeter at home (docs/desk.md)
+    static = SITE + '[box]\nmode = "static"\naddress = "198.51.100.10/24"\ngateway = "198.51.100.1"\n'
+    (tmp_path / "site.toml").write_text(static)
+    profile = load(tmp_path / "site.toml")
+    assert profile.box.mode == "static"
+    rules = firewall.ruleset(profile)
+    assert 'iifname { "eth0", "wl*" } udp sport 67 udp dport 68 accept' in rules

@@ -29,14 +29,14 @@ ENROLMENT = '[enrolment]\nurl = "https://192.0.2.5:8443"\n'
 
 
 def _chain(rules: str, name: str) -> list[str]:
-    body = rules.split(f"chain {name} {{", 1)[1].split("}", 1)[0]
+    body = rules.split(f"chain {name} {{", 1)[1].split("\n    }", 1)[0]
     return [line.strip() for line in body.splitlines() if line.strip()]
 
 
 def test_an_unenrolled_box_may_reach_the_enrolment_endpoint_and_nothing_more() -> None:
     rules = firewall.ruleset(load_bytes((SITE + ENROLMENT).encode(), "site.toml"), enrolment=True)
     assert _chain(rules, "enrolment") == [
-        'oifname "enp0s4" ip daddr 192.0.2.5 tcp dport 8443 accept'
+        'oifname { "enp0s4", "wl*" } ip daddr 192.0.2.5 tcp dport 8443 accept'
     ]
     assert "jump enrolment" in _chain(rules, "output")
 
