@@ -156,7 +156,7 @@ _WORDS = {
         "support": ("Informations pour l", "CN=box-0042", "0.1.0+1765101600, emplacement B",
                     "nuc-g1", "eth0: 192.0.2.100/24", "centre injoignable (broker_unreachable)",
                     "Entrée : envoyer le diagnostic"),
-        "not-sent": ("Diagnostic non envoyé : ce boîtier ne dépend d’aucun service de parc.",),
+        "not-sent": ("Diagnostic non envoyé : ce boîtier ne dépend",),
     },
 }  # fmt: skip
 
