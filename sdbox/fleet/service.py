@@ -65,6 +65,7 @@ _CHAIN_CACHE_SIZE = 50_000
 # The CRL files are looked at (a glob and a stat per file) when their directory changes, else at
 # most this often rather than on every request (it was a tenth of a check-in's cost).
 CRL_LOOK_S = 1.0
+CONNECTION_TIMEOUT_S = 30.0  # a connection's idle limit, the TLS handshake's included
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,9 @@ class Fleet:
 class _Handler(BaseHTTPRequestHandler):
     fleet: Fleet
     server_version = "sdbox-fleet"
+    # a worker serves one connection at a time: one that sends nothing (or stalls mid-request)
+    # gives its worker back after this long rather than never
+    timeout = CONNECTION_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("http: " + format, *args)
@@ -399,6 +403,9 @@ class _Server(HTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], workers: int) -> None:
         super().__init__(address, handler)
+        # TLS: each connection's handshake runs in its worker (not in the accepting thread, where
+        # a slow or silent client would hold up every other box's connection)
+        self.tls: ssl.SSLContext | None = None
         self._accepted: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._workers = [
             threading.Thread(target=self._work, name=f"fleet-worker-{n}", daemon=True)
@@ -413,6 +420,14 @@ class _Server(HTTPServer):
     def _work(self) -> None:
         while (accepted := self._accepted.get()) is not None:
             request, client_address = accepted
+            if self.tls is not None:
+                try:
+                    request.settimeout(CONNECTION_TIMEOUT_S)
+                    request = self.tls.wrap_socket(request, server_side=True)
+                except OSError as exc:  # ssl.SSLError too: a scanner, a client that went quiet
+                    _log.info("no TLS with %s: %s", client_address[0], exc)
+                    self.shutdown_request(request)
+                    continue
             try:
                 self.finish_request(request, client_address)
             except Exception:  # one connection's failure (a reset, a bug) never ends the worker
@@ -441,7 +456,7 @@ class FleetServer:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(config.tls_certificate, config.tls_key or None)
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.httpd.tls = context
         self._thread: threading.Thread | None = None
 
     @property
