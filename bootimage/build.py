@@ -253,6 +253,22 @@ def find_deb() -> Path:
     return debs[-1]
 
 
+def fleet_config(build: Build, sdbox_etc: Path) -> None:
+    """/etc/sdbox/fleet.toml for sdbox-fleet.service (docs/fleet.md), and the generation's plain
+    name the reporter sends (the R&D view: a flashed box shows its generation at first check-in)."""
+    url = build.fleet_url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise BootImageError(f"the fleet URL {url!r} is not http(s)://HOST[:PORT]")
+    (sdbox_etc / "generation").write_text(f"{build.generation.name}\n")
+    tls = 'ca_bundle = "/etc/sdbox/trust/roots.pem"\n' if url.startswith("https://") else ""
+    (sdbox_etc / "fleet.toml").write_text(
+        f"# sdbox fleet run on a {build.generation.name} box; written by bootimage/build.py\n"
+        f'url = "{url}"\n{tls}'
+        'generation_file = "/etc/sdbox/generation"\n'
+        'image_version_file = "/etc/sdbox/image-version"\n'
+    )
+
+
 def overlay(build: Build) -> Path:
     """bootimage/rootfs plus what depends on the generation and the build."""
     target = build.work / "overlay"
@@ -312,22 +328,6 @@ def overlay(build: Build) -> Path:
     for path in target.rglob("*"):
         os.utime(path, (build.epoch, build.epoch), follow_symlinks=False)
     return target
-
-
-def fleet_config(build: Build, sdbox_etc: Path) -> None:
-    """/etc/sdbox/fleet.toml for sdbox-fleet.service (docs/fleet.md), and the generation's plain
-    name the reporter sends (the R&D view: a flashed box shows its generation at first check-in)."""
-    url = build.fleet_url.rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise BootImageError(f"the fleet URL {url!r} is not http(s)://HOST[:PORT]")
-    (sdbox_etc / "generation").write_text(f"{build.generation.name}\n")
-    tls = 'ca_bundle = "/etc/sdbox/trust/roots.pem"\n' if url.startswith("https://") else ""
-    (sdbox_etc / "fleet.toml").write_text(
-        f"# sdbox fleet run on a {build.generation.name} box; written by bootimage/build.py\n"
-        f'url = "{url}"\n{tls}'
-        'generation_file = "/etc/sdbox/generation"\n'
-        'image_version_file = "/etc/sdbox/image-version"\n'
-    )
 
 
 def crl_seeds(pki: Path) -> Path:
