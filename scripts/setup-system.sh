@@ -79,6 +79,15 @@ for t in "${tiers[@]}"; do
     fi
 done
 
+# The fleet dashboard's browser test fetches its headless Chromium with npm
+# (scripts/fetch-browser.sh): Debian's nodejs and npm, unless a Node.js with
+# npm is already there (NodeSource's bundles npm and conflicts with Debian's).
+for t in "${tiers[@]}"; do
+    if [ "$t" = fleet ] && ! command -v npm >/dev/null; then
+        wanted+=(nodejs npm)
+    fi
+done
+
 missing=()
 for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

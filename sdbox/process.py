@@ -30,6 +30,7 @@ class CommandFailed(SdboxError):
     def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.detail = detail
+        self.returncode: int | None = None  # its exit code, when it ran and failed
 
 
 class FailureType(Protocol):
@@ -76,8 +77,11 @@ def run(
     except OSError as exc:
         raise failure(f"{what}: {argv[0]} could not be started ({exc.strerror})") from exc
     if done.returncode != 0:
-        raise failure(
+        error = failure(
             f"{what}: {argv[0]} failed (exit {done.returncode})",
             detail=tail(done.stderr) or tail(done.stdout),
         )
+        if isinstance(error, CommandFailed):
+            error.returncode = done.returncode  # a caller may act on a program's documented codes
+        raise error
     return done.stdout.decode(errors="replace")

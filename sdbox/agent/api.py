@@ -26,6 +26,7 @@ __all__ = [
     "CardLayout",
     "CentreState",
     "Detail",
+    "DiagnosticsOutcome",
     "EndReason",
     "NetworkRefusal",
     "NetworkStatus",
@@ -369,3 +370,19 @@ class NetworkRefusal(StrEnum):
     SSID_CHARACTERS = "ssid_characters"
     PASSPHRASE_LENGTH = "passphrase_length"  # noqa: S105  (a code, not a secret)
     PASSPHRASE_CHARACTERS = "passphrase_characters"  # noqa: S105
+
+
+class DiagnosticsOutcome(StrEnum):
+    """What became of the support screen's "send diagnostics" (D-Bus ``SendDiagnostics``).
+
+    The method answers ``(outcome, text)``: with ``sent`` the text is the
+    request's number, which the service desk finds on the box's page; otherwise
+    it is why, in the agent's English words (the greeter says the code in its
+    language and shows the words as data).
+    """
+
+    SENT = "sent"
+    NOT_CONFIGURED = "not_configured"  # no fleet configuration on this box (lab, demo)
+    UNREACHABLE = "unreachable"  # the fleet service cannot be reached (tunnel down, centre away)
+    FAILED = "failed"  # refused by the service (an unknown or revoked box) or failed on the box
+    BUSY = "busy"  # an upload is already under way

@@ -312,6 +312,11 @@ class AgentConfig:
     renewal: RenewalConfig = setting(RenewalConfig(), help="certificate renewal")
     tunnel: TunnelConfig = setting(TunnelConfig(), help="the tunnel to the centre")
     state_dir: Path = setting(Path("/var/lib/sdbox"), help="the agent's state directory")
+    fleet_config: Path = setting(
+        Path("/etc/sdbox/fleet.toml"),
+        help="the box's fleet configuration (sdbox fleet): the support screen's 'send diagnostics' "
+        "uploads through it; a box without the file says it is not configured",
+    )
     watchdog: bool = setting(True, help="send watchdog keep-alives when systemd asks for them")
 
 

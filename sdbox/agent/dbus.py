@@ -192,6 +192,15 @@ class AgentInterface(ServiceInterface):
             raise _refused(refusal) from refusal
 
     @method()
+    async def SendDiagnostics(self) -> Annotated[tuple[str, str], DBusSignature("(ss)")]:
+        """Upload the box's diagnostics to the fleet service (the support screen's key).
+
+        Answers ``(outcome, text)`` (agent.api.DiagnosticsOutcome): ``sent`` and the
+        request's number, or why not; never a D-Bus error.
+        """
+        return (await self.agent.send_diagnostics()).to_wire()
+
+    @method()
     async def Cancel(self) -> None:
         """Abandon the current step or end the session; back to the picker."""
         await self.agent.cancel()

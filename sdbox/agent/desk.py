@@ -9,11 +9,14 @@ does not run the tunnel; by default the machine's own ``tunnel`` port.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
-from sdbox.agent.api import NetworkStatus, Problem
+from sdbox.agent import diagnostics
+from sdbox.agent.api import DiagnosticsOutcome, NetworkStatus, Problem
 from sdbox.agent.events import AgentEvent, NetworkChanged
 from sdbox.agent.outer_network import LinkFacts, NetworkStore, diagnose, read_link
 from sdbox.agent.problems import Refusal
@@ -37,6 +40,8 @@ class DeskMixin:
     tunnel_state: Callable[[], TunnelEvent | None]
     read_link: Callable[[str], LinkFacts]
     _link: tuple[float, LinkFacts] | None
+    fleet_config: Path | None  # the box's fleet configuration (None: not on this box)
+    _sending: bool
 
     def _desk_init(
         self,
@@ -44,12 +49,15 @@ class DeskMixin:
         support: SupportRecord | None,
         tunnel_state: Callable[[], TunnelEvent | None] | None,
         link_reader: Callable[[str], LinkFacts] | None = None,
+        fleet_config: Path | None = None,
     ) -> None:
         self.network = network or NetworkStore(None, None)
         self.support = support or SupportRecord()
         self.tunnel_state = tunnel_state or self._followed_tunnel
         self.read_link = link_reader or read_link
         self._link = None
+        self.fleet_config = fleet_config
+        self._sending = False
 
     def _followed_tunnel(self) -> TunnelEvent | None:
         """The tunnel the machine follows (``Agent(tunnel=...)``; None: no tunnel, the link alone)."""
@@ -87,3 +95,17 @@ class DeskMixin:
         return self.support.values(
             self.network.link_interface(), link.addresses, diagnose(link, self.tunnel_state())
         )
+
+    async def send_diagnostics(self) -> diagnostics.DiagnosticsResult:
+        """The support screen's "send diagnostics": one upload at a time, off the agent's loop."""
+        if self.fleet_config is None:
+            return diagnostics.DiagnosticsResult(
+                DiagnosticsOutcome.NOT_CONFIGURED, "this box does not report to a fleet service"
+            )
+        if self._sending:
+            return diagnostics.DiagnosticsResult(DiagnosticsOutcome.BUSY, "an upload is under way")
+        self._sending = True
+        try:
+            return await asyncio.to_thread(diagnostics.send, self.fleet_config)
+        finally:
+            self._sending = False

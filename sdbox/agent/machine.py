@@ -97,6 +97,7 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin):
         support: SupportRecord | None = None,
         tunnel_state: Callable[[], TunnelEvent | None] | None = None,
         link_reader: Callable[[str], LinkFacts] | None = None,
+        fleet_config: Path | None = None,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -112,7 +113,7 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin):
         self.grace_s = grace_s  # how long a session waits for a lost tunnel (agent/link.py)
         self.catalogue = catalogue  # one-project cards' projects (sdbox.agent.oneproject)
         self.directories = DirectoryCache(directory_cache)  # for chips without extended length
-        self._desk_init(network, support, tunnel_state, link_reader)
+        self._desk_init(network, support, tunnel_state, link_reader, fleet_config)
         self._renewing = False
         self.snapshot = Snapshot()
         self.listeners: list[Callable[[AgentEvent], None]] = []

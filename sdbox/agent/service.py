@@ -156,6 +156,7 @@ def build_agent(
         "grace_s": config.tunnel.grace_s,
         "catalogue": config.card.project_catalogue,
         "directory_cache": config.state_dir / "directories",
+        "fleet_config": config.fleet_config,
     }
     if "tunnel" not in overrides:
         ports["tunnel"] = make_tunnel(config)

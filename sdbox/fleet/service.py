@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import shutil
 import ssl
@@ -25,7 +26,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,23 @@ _log = logging.getLogger("sdbox.fleet")
 # kept result, so a revocation takes effect with the list that carries it.
 VALIDATION_TTL_S = 60.0
 _CHAIN_CACHE_SIZE = 50_000
+# The CRL files are looked at (a glob and a stat per file) when their directory changes, else at
+# most this often rather than on every request (it was a tenth of a check-in's cost).
+CRL_LOOK_S = 1.0
+CONNECTION_TIMEOUT_S = 30.0  # a connection's idle limit, the TLS handshake's included
+
+
+@dataclass(frozen=True)
+class _Validated:
+    """What a box certificate's validation found, kept until ``deadline`` (monotonic)."""
+
+    box_id: str
+    key: ec.EllipticCurvePublicKey
+    deadline: float
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be at least 1"
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,12 @@ class FleetConfig:
         "'' = the SQLite file",
     )
     listen: str = setting("127.0.0.1:8480", help="HOST:PORT (the centre's side of the tunnel)")
+    workers: int = setting(
+        32,
+        help="threads serving requests, each with its own database connection; a bundle download "
+        "holds one for its length, so keep this above the downloads expected at once",
+        check=_at_least_one,
+    )
     tls_certificate: str = setting("", help="the service's certificate (PEM chain); '' = plain HTTP")
     tls_key: str = setting("", help="its private key (PEM)")
     build_time: str = setting("2026-01-01T00:00:00+00:00", help="time floor for validation")
@@ -123,9 +147,11 @@ class Fleet:
         self.crls = RevocationStore(
             config.crl_dir, build_time=datetime.fromisoformat(config.build_time)
         )
-        # box certificate (DER) -> (validated certificate, monotonic deadline)
-        self._chains: dict[bytes, tuple[x509.Certificate, float]] = {}
+        # box certificate (DER) -> what its validation found, until its deadline
+        self._chains: dict[bytes, _Validated] = {}
         self._chains_crls: tuple[tuple[str, int, int], ...] = ()
+        self._crls_looked = -CRL_LOOK_S  # monotonic time the CRL files were last looked at
+        self._crl_dir_mtime = -1
 
     def _crl_state(self) -> tuple[tuple[str, int, int], ...]:
         """The CRL files held (name, mtime, size): any change drops the validated chains."""
@@ -138,16 +164,24 @@ class Fleet:
             found.append((path.name, stat.st_mtime_ns, stat.st_size))
         return tuple(found)
 
-    def _validated(self, der: bytes) -> x509.Certificate:
+    def _validated(self, der: bytes) -> _Validated:
         """The box certificate, validated (the result kept for :data:`VALIDATION_TTL_S`)."""
         now = time.monotonic()
-        crls = self._crl_state()
-        if crls != self._chains_crls:  # a new list arrived: every box is checked against it
-            self._chains.clear()
-            self._chains_crls = crls
+        # the directory's own mtime (one stat) moves with every list the RevocationStore
+        # accepts (it writes by rename); a list rewritten in place is seen within CRL_LOOK_S
+        try:
+            directory = self.config.crl_dir.stat().st_mtime_ns
+        except OSError:
+            directory = -1
+        if directory != self._crl_dir_mtime or now - self._crls_looked >= CRL_LOOK_S:
+            self._crls_looked, self._crl_dir_mtime = now, directory
+            crls = self._crl_state()
+            if crls != self._chains_crls:  # a new list arrived: every box is checked against it
+                self._chains.clear()
+                self._chains_crls = crls
         cached = self._chains.get(der)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None and cached.deadline > now:
+            return cached
         try:
             certificate = load_certificate(der, "box certificate")
         except UnreadableCertificate as exc:
@@ -159,23 +193,24 @@ class Fleet:
             )  # fmt: skip
         except SdboxError as exc:
             raise Refused(403, "box_identity", f"this box is not recognised: {exc.message}") from exc
-        left = (certificate.not_valid_after_utc - datetime.now(UTC)).total_seconds()
-        if len(self._chains) > _CHAIN_CACHE_SIZE:
-            self._chains.clear()  # a crude bound: the cache refills at one validation per box
-        self._chains[der] = (certificate, now + min(VALIDATION_TTL_S, left))
-        return certificate
-
-    def authenticate(self, envelope: Envelope) -> str:
-        """The box id, once the certificate and the signature hold; :class:`Refused` otherwise."""
-        certificate = self._validated(envelope.box_certificate)
         key = certificate.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise Refused(403, "box_identity", "the box key is not an EC key")
+        left = (certificate.not_valid_after_utc - datetime.now(UTC)).total_seconds()
+        if len(self._chains) > _CHAIN_CACHE_SIZE:
+            self._chains.clear()  # a crude bound: the cache refills at one validation per box
+        found = _Validated(box_id_of(certificate), key, now + min(VALIDATION_TTL_S, left))
+        self._chains[der] = found
+        return found
+
+    def authenticate(self, envelope: Envelope) -> str:
+        """The box id, once the certificate and the signature hold; :class:`Refused` otherwise."""
+        box = self._validated(envelope.box_certificate)
         try:
-            key.verify(envelope.signature, envelope.signed_bytes(), ec.ECDSA(hashes.SHA256()))
+            box.key.verify(envelope.signature, envelope.signed_bytes(), ec.ECDSA(hashes.SHA256()))
         except InvalidSignature as exc:
             raise Refused(403, "signature", "the request is not signed by the box's key") from exc
-        return box_id_of(certificate)
+        return box.box_id
 
     def handle(self, raw: object) -> dict[str, Any]:
         """One box request: authenticate, admit its sequence, store, answer."""
@@ -196,40 +231,45 @@ class Fleet:
         digest = envelope.digest()
         with self.store.transaction(lock=box_id, durable=envelope.kind == "audit") as db:
             try:
-                earlier = self.store.admit(db, box_id, envelope.sequence, digest)
+                admission = self.store.admit(db, box_id, envelope.sequence, digest)
             except Replayed as exc:
                 raise Refused(409, "replayed", exc.message, last_sequence=exc.last_sequence) from exc
-            if earlier is not None:
-                return earlier  # a retry whose answer was lost: the same answer
-            self.store.remember(db, box_id, envelope.sequence, digest, {})
+            if admission.earlier is not None:
+                return admission.earlier  # a retry whose answer was lost: the same answer
             if envelope.kind == "checkin":
-                self.store.record_checkin(db, box_id, envelope.sequence, report)
                 # how far the centre holds the box's audit trail: a box whose state was
                 # reset continues the numbering from there
                 answer: dict[str, Any] = {
                     "accepted": envelope.sequence,
-                    "audit_through": self.store.audit_through(db, box_id),
+                    "audit_through": admission.audit_through,
                 }
                 offer = rollouts.on_checkin(db, box_id, report.image_version, report.problems)
                 if offer is not None:
                     answer["update"] = offer
+                self.store.record_checkin(
+                    db, box_id, envelope.sequence, digest, report, answer, admission
+                )
                 _log.info("check-in %d of box %s (%s)", envelope.sequence, box_id, report.trigger)
             elif envelope.kind == "diagnostics":
                 self.store.record_diagnostics(db, box_id, envelope.sequence, diagnostics)
                 answer = {"accepted": envelope.sequence}
+                self.store.remember(db, box_id, envelope.sequence, digest, answer)
                 _log.info("box %s sent diagnostics (%d sections)", box_id, len(diagnostics.sections))
             else:
                 through = self.store.record_audit(db, box_id, records)
                 answer = {"accepted": envelope.sequence, "audit_through": through}
+                self.store.remember(db, box_id, envelope.sequence, digest, answer, through)
                 _log.info("box %s: audit events %d-%d (held through %d)",
                           box_id, records[0].number, records[-1].number, through)  # fmt: skip
-            self.store.remember(db, box_id, envelope.sequence, digest, answer)
         return answer
 
 
 class _Handler(BaseHTTPRequestHandler):
     fleet: Fleet
     server_version = "sdbox-fleet"
+    # a worker serves one connection at a time: one that sends nothing (or stalls mid-request)
+    # gives its worker back after this long rather than never
+    timeout = CONNECTION_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("http: " + format, *args)
@@ -346,10 +386,61 @@ def load_config(path: Path) -> FleetConfig:
     return load_file(FleetConfig, path)
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(HTTPServer):
+    """Connections served by a fixed pool of worker threads.
+
+    Not a thread per connection (``ThreadingHTTPServer``): every box opens a
+    connection for each request, so a new thread per request also meant a new
+    database connection per request (they are per thread) -- a SQLite open,
+    or a PostgreSQL backend forked and authenticated, for each check-in: most
+    of a check-in's cost, measured. The pool keeps its threads and so their
+    connections.
+    """
+
     # thousands of boxes connect at once after a centre outage: the default listen
     # backlog (5) drops their SYNs and each waits a second to retransmit
     request_queue_size = 512
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], workers: int) -> None:
+        super().__init__(address, handler)
+        # TLS: each connection's handshake runs in its worker (not in the accepting thread, where
+        # a slow or silent client would hold up every other box's connection)
+        self.tls: ssl.SSLContext | None = None
+        self._accepted: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"fleet-worker-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._accepted.put((request, client_address))
+
+    def _work(self) -> None:
+        while (accepted := self._accepted.get()) is not None:
+            request, client_address = accepted
+            if self.tls is not None:
+                try:
+                    request.settimeout(CONNECTION_TIMEOUT_S)
+                    request = self.tls.wrap_socket(request, server_side=True)
+                except OSError as exc:  # ssl.SSLError too: a scanner, a client that went quiet
+                    _log.info("no TLS with %s: %s", client_address[0], exc)
+                    self.shutdown_request(request)
+                    continue
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # one connection's failure (a reset, a bug) never ends the worker
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _worker in self._workers:
+            self._accepted.put(None)
+        for worker in self._workers:
+            worker.join(5)
 
 
 class FleetServer:
@@ -359,13 +450,13 @@ class FleetServer:
         self.fleet = Fleet(config)
         host, _, port = config.listen.rpartition(":")
         handler = type("Handler", (_Handler,), {"fleet": self.fleet})
-        self.httpd = _Server((host, int(port)), handler)
+        self.httpd = _Server((host, int(port)), handler, config.workers)
         self.tls = bool(config.tls_certificate)
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(config.tls_certificate, config.tls_key or None)
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.httpd.tls = context
         self._thread: threading.Thread | None = None
 
     @property

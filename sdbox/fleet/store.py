@@ -88,6 +88,15 @@ class Replayed(SdboxError):
 
 
 @dataclass(frozen=True)
+class Admission:
+    """What :meth:`FleetStore.admit` found in the box's row."""
+
+    earlier: dict[str, Any] | None  # a retried request: the answer it was given
+    audit_through: int  # the highest audit event number held for the box
+    certificates: list[dict[str, str]] | None  # those of its last report (None: none yet)
+
+
+@dataclass(frozen=True)
 class BoxRow:
     """What the dashboard lists for one box."""
 
@@ -160,65 +169,88 @@ class FleetStore:
     # -- writes (inside one transaction) ---------------------------------------
 
     @staticmethod
-    def admit(
-        db: Tx, box_id: str, sequence: int, digest: str
-    ) -> dict[str, Any] | None:
-        """Check the request's sequence: None for a new request, the earlier answer for a retry.
+    def admit(db: Tx, box_id: str, sequence: int, digest: str) -> Admission:
+        """Check the request's sequence; what the box's row says (a retry's earlier answer).
 
         Raises :class:`Replayed` for an older request, or a different one under
         the same number.
         """
         rows = db.execute(
-            "SELECT last_sequence, last_digest, last_answer FROM boxes WHERE box_id = ?", (box_id,)
+            "SELECT last_sequence, last_digest, last_answer, audit_through, report FROM boxes"
+            " WHERE box_id = ?",
+            (box_id,),
         )
         if not rows:
-            return None
-        last_sequence, last_digest, last_answer = rows[0]
+            return Admission(None, 0, None)
+        last_sequence, last_digest, last_answer, through, report = rows[0]
         if sequence == last_sequence and digest == last_digest:
-            answer: dict[str, Any] = json.loads(last_answer)
-            return answer
+            return Admission(json.loads(last_answer), int(through), None)
         if sequence <= last_sequence:
             raise Replayed(
                 f"request {sequence} of box {box_id} is not newer than {last_sequence}, "
                 "the last one accepted",
                 last_sequence,
             )
-        return None
+        return Admission(None, int(through), json.loads(report).get("certificates"))
 
     @staticmethod
     def remember(
-        db: Tx, box_id: str, sequence: int, digest: str, answer: dict[str, Any]
+        db: Tx, box_id: str, sequence: int, digest: str, answer: dict[str, Any],
+        audit_through: int | None = None,
     ) -> None:
         """Record the accepted request and its answer (for an idempotent retry)."""
         now = _now()
         db.execute(
-            "INSERT INTO boxes (box_id, first_seen, last_seen, last_sequence, last_digest, last_answer)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (box_id) DO UPDATE SET last_seen = excluded.last_seen,"
-            " last_sequence = excluded.last_sequence, last_digest = excluded.last_digest,"
-            " last_answer = excluded.last_answer",
-            (box_id, now, now, sequence, digest, json.dumps(answer)),
-        )
+            "INSERT INTO boxes (box_id, first_seen, last_seen, last_sequence, last_digest, last_answer,"
+            " audit_through) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (box_id) DO UPDATE SET"
+            " last_seen = excluded.last_seen, last_sequence = excluded.last_sequence,"
+            " last_digest = excluded.last_digest, last_answer = excluded.last_answer,"
+            " audit_through = CASE WHEN ? THEN excluded.audit_through ELSE boxes.audit_through END",
+            (box_id, now, now, sequence, digest, json.dumps(answer), audit_through or 0,
+             audit_through is not None),
+        )  # fmt: skip
 
     @staticmethod
-    def record_checkin(db: Tx, box_id: str, sequence: int, report: Report) -> None:
-        """The box's latest state, one row of history, its certificates' expiries."""
-        data = json.dumps(report.to_json(), sort_keys=True)
+    def record_checkin(
+        db: Tx, box_id: str, sequence: int, digest: str, report: Report,
+        answer: dict[str, Any], admission: Admission,
+    ) -> None:
+        """The accepted check-in: the box's latest state and the answer in one statement, a row
+        of history, and its certificates' expiries when they changed.
+
+        Few statements on purpose: each is a round trip to PostgreSQL, and the
+        check-in is the request every box sends every few minutes.
+        """
+        body = report.to_json()
+        data = json.dumps(body, sort_keys=True)
+        now = _now()
         db.execute(
-            "UPDATE boxes SET version = ?, image_version = ?, slot = ?, generation = ?,"
-            " tunnel_state = ?, problems = ?, report = ? WHERE box_id = ?",
-            (report.version, report.image_version, report.slot, report.generation,
-             report.tunnel_state, json.dumps(list(report.problems)), data, box_id),
+            "INSERT INTO boxes (box_id, first_seen, last_seen, last_sequence, last_digest, last_answer,"
+            " version, image_version, slot, generation, tunnel_state, problems, report)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (box_id) DO UPDATE SET"
+            " last_seen = excluded.last_seen, last_sequence = excluded.last_sequence,"
+            " last_digest = excluded.last_digest, last_answer = excluded.last_answer,"
+            " version = excluded.version, image_version = excluded.image_version,"
+            " slot = excluded.slot, generation = excluded.generation,"
+            " tunnel_state = excluded.tunnel_state, problems = excluded.problems,"
+            " report = excluded.report",
+            (box_id, now, now, sequence, digest, json.dumps(answer), report.version,
+             report.image_version, report.slot, report.generation, report.tunnel_state,
+             json.dumps(list(report.problems)), data),
         )  # fmt: skip
         db.execute(
             "INSERT INTO checkins (box_id, received, sequence, report) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (box_id, sequence) DO NOTHING",
-            (box_id, _now(), sequence, data),
+            (box_id, now, sequence, data),
         )
+        # one in, the oldest beyond HISTORY_KEPT out: a walk of the primary key's index
         db.execute(
-            "DELETE FROM checkins WHERE box_id = ? AND sequence NOT IN (SELECT sequence FROM"
-            " checkins WHERE box_id = ? ORDER BY sequence DESC LIMIT ?)",
+            "DELETE FROM checkins WHERE box_id = ? AND sequence <= (SELECT sequence FROM checkins"
+            " WHERE box_id = ? ORDER BY sequence DESC LIMIT 1 OFFSET ?)",
             (box_id, box_id, HISTORY_KEPT),
         )
+        if body["certificates"] == admission.certificates:
+            return  # the same certificates as last time: nothing to rewrite
         db.execute("DELETE FROM certificates WHERE box_id = ?", (box_id,))
         for cert in report.certificates:
             db.execute(
@@ -239,16 +271,14 @@ class FleetStore:
     def record_audit(db: Tx, box_id: str, records: list[AuditRecord]) -> int:
         """Store each event number once; return how far the centre holds the box's events."""
         received = _now()
-        for record in records:
-            db.execute(
-                "INSERT INTO audit_events (box_id, number, realtime_us, event, fields, received)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (box_id, number) DO NOTHING",
-                (box_id, record.number, record.realtime_us, record.event,
-                 json.dumps(record.fields, sort_keys=True), received),
-            )  # fmt: skip
-        through = FleetStore.audit_through(db, box_id)
-        db.execute("UPDATE boxes SET audit_through = ? WHERE box_id = ?", (through, box_id))
-        return through
+        db.executemany(
+            "INSERT INTO audit_events (box_id, number, realtime_us, event, fields, received)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (box_id, number) DO NOTHING",
+            [(box_id, record.number, record.realtime_us, record.event,
+              json.dumps(record.fields, sort_keys=True), received) for record in records],
+        )  # fmt: skip
+        # the box's row records it with the answer (remember), where check-ins read it
+        return FleetStore.audit_through(db, box_id)
 
     @staticmethod
     def record_diagnostics(db: Tx, box_id: str, sequence: int, upload: Diagnostics) -> None:

@@ -176,6 +176,8 @@ class Greeter(DeskPanels):
         self.secret = ""  # the passphrase as typed: sent once, never shown or reported
         self.refusal = ""  # the agent's last SetNetwork refusal ("FIELD CODE: words")
         self.saved = False
+        # the support screen's "send diagnostics": '' , sending, or the agent's outcome and text
+        self.diagnostics, self.diagnostics_text = "", ""
         self.entries: dict[str, Any] = {}
         self.last_field = ""  # the network form's field typed in last
         self.idle_init()  # the idle blank (sdbox.ui.panels)
@@ -307,6 +309,7 @@ class Greeter(DeskPanels):
             status=self.properties.get("NetworkStatus", NetworkStatus.UNKNOWN),
             support=dict(self.properties.get("Support", {})),
             mode=self.net_mode, typed=dict(self.typed), refusal=self.refusal, saved=self.saved,
+            diagnostics=self.diagnostics, diagnostics_text=self.diagnostics_text,
         )  # fmt: skip
 
     def _desk_screen(self) -> DeskScreen | None:
@@ -510,6 +513,9 @@ class Greeter(DeskPanels):
             return True
         if self.panel == "network" and keyval in (Gdk.KEY_Return, Gdk.KEY_KP_Enter):
             self._save_network()  # no field has the focus (DHCP): Enter still saves
+            return True
+        if self.panel == "support" and keyval in (Gdk.KEY_Return, Gdk.KEY_KP_Enter):
+            self.send_diagnostics()
             return True
         if self.panel:
             return False  # the form's own keys (Tab, typing; Enter in a field saves)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sdbox.agent.api import NetworkRefusal, NetworkStatus, Problem, SupportField
+from sdbox.agent.api import DiagnosticsOutcome, NetworkRefusal, NetworkStatus, Problem, SupportField
 
 Translate = Callable[[str], str]
 
@@ -62,6 +62,13 @@ class DeskView:
     typed: Mapping[str, str] = field(default_factory=dict)  # what was typed (no passphrase)
     refusal: str = ""  # the last SetNetwork error message: "FIELD CODE: English words"
     saved: bool = False  # the last SetNetwork was kept
+    # the support screen's "send diagnostics": '' (not asked), SENDING, or SendDiagnostics's
+    # outcome (a DiagnosticsOutcome value) with its text (the request's number, or why not)
+    diagnostics: str = ""
+    diagnostics_text: str = ""
+
+
+SENDING = "sending"  # DeskView.diagnostics while SendDiagnostics has not answered
 
 
 def status_text(status: str, _: Translate) -> str:
@@ -227,10 +234,31 @@ def support_screen(view: DeskView, _: Translate) -> DeskScreen:
         (_("Last card"), card or _("none since the box started")),
         (_("Last problems"), said or _("none")),
     )
+    body, alert = _diagnostics_text(view, _)
     return DeskScreen(
         "support",
         _("Support information"),
-        _("Read this to the service desk: it holds nothing personal."),
-        _("Escape: back"),
+        body or _("Read this to the service desk: it holds nothing personal."),
+        _("Enter: send diagnostics to the service desk · Escape: back"),
+        alert=alert,
         lines=lines,
     )
+
+
+def _diagnostics_text(view: DeskView, _: Translate) -> tuple[str, bool]:
+    """What became of "send diagnostics" (its outcome code, never the agent's wording), and
+    whether it is bad news; ('', False) before it was asked."""
+    outcome, text = view.diagnostics, view.diagnostics_text
+    if outcome in (SENDING, DiagnosticsOutcome.BUSY):
+        return _("Sending diagnostics to the service desk…"), False
+    if outcome == DiagnosticsOutcome.SENT:
+        return _("Diagnostics sent: tell the service desk reference {number}.").format(number=text), False
+    if outcome == DiagnosticsOutcome.NOT_CONFIGURED:
+        return _("Diagnostics not sent: this box does not report to a fleet service."), True
+    if outcome == DiagnosticsOutcome.UNREACHABLE:
+        return _(
+            "Diagnostics not sent: the centre cannot be reached. Read this screen to the service desk."
+        ), True
+    if outcome:
+        return _("Diagnostics not sent: {reason}").format(reason=text), True
+    return "", False

@@ -9,6 +9,7 @@ it is never a label, so it never reaches the tests' screen file.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -20,11 +21,13 @@ from typing import Any
 import gi
 
 gi.require_version("Gtk", "4.0")
-from gi.repository import GLib, Gtk  # noqa: E402  (after require_version)
+from gi.repository import Gio, GLib, Gtk  # noqa: E402  (after require_version)
 
-from sdbox.agent.api import State  # noqa: E402
+from sdbox.agent.api import DiagnosticsOutcome, State  # noqa: E402
 from sdbox.ui import BLANK_VARIABLE, SCALE_VARIABLE  # noqa: E402
-from sdbox.ui.desk import DeskScreen  # noqa: E402
+from sdbox.ui.desk import SENDING, DeskScreen  # noqa: E402
+
+_log = logging.getLogger("sdbox.ui")
 
 # The idle blank: the generation's [power] blank_after_s (the image writes the profile to
 # /etc/sdbox/generation.toml), or BLANK_VARIABLE (tests, the benchmark); 0 never blanks.
@@ -32,6 +35,8 @@ GENERATION_FILE = Path("/etc/sdbox/generation.toml")
 DEFAULT_BLANK_AFTER_S = 300
 REFRESH_S = 2  # the safety-net refresh (sdbox.ui.app), and while blank:
 BLANK_REFRESH_S = 60  # signals still wake the greeter; the net is for missed ones
+# SendDiagnostics runs `sdbox fleet diagnostics` (up to 60 s: two HTTP tries and `ip`)
+DIAGNOSTICS_TIMEOUT_MS = 90_000
 _BLANK_STATES = frozenset({State.IDLE, State.PICKER})  # never over a prompt or a session
 
 
@@ -126,6 +131,9 @@ class DeskPanels:
     blank_after_s: int
     last_activity: float
     state_seen: str
+    diagnostics: str
+    diagnostics_text: str
+    proxy: Any
 
     def _tick(self) -> bool:  # the greeter's
         raise NotImplementedError
@@ -295,9 +303,31 @@ class DeskPanels:
                 widget.set_text("")
         values.clear()
 
+    def send_diagnostics(self) -> None:
+        """The support screen's Enter: the agent uploads the box's diagnostics; the screen says
+        "sending", then what became of it (the agent's outcome code)."""
+        if self.diagnostics == SENDING:
+            return
+        self.diagnostics, self.diagnostics_text = SENDING, ""
+        self.render()
+
+        def done(proxy: Any, result: Any) -> None:
+            try:
+                ((outcome, text),) = proxy.call_finish(result).unpack()
+            except GLib.Error as exc:  # an agent without the method, or one that went away
+                _log.info("SendDiagnostics failed: %s", exc.message)
+                outcome, text = DiagnosticsOutcome.FAILED.value, str(exc.message)
+            self.diagnostics, self.diagnostics_text = str(outcome), str(text)
+            self.render()
+
+        self.proxy.call(
+            "SendDiagnostics", None, Gio.DBusCallFlags.NONE, DIAGNOSTICS_TIMEOUT_MS, None, done
+        )
+
     def _open_panel(self, panel: str) -> None:
         self.panel = "" if self.panel == panel else panel
         self.net_mode, self.typed, self.secret, self.refusal, self.saved = "", {}, "", "", False
+        self.diagnostics, self.diagnostics_text = "", ""
         self.choosing_layout = False
         self.render()
 

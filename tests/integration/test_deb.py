@@ -44,6 +44,7 @@ def test_package_ships_units_policy_rules_and_the_command(package: Path) -> None
         "lib/systemd/system/sdbox-greeter.service",
         "lib/systemd/system/sdbox-renewal-due.timer",
         "lib/systemd/system/sdbox-crl-refresh.timer",
+        "lib/systemd/system/sdbox-fleet.service",
         "lib/systemd/system/pcscd.socket.d/sdbox.conf",
         "usr/share/dbus-1/system.d/org.sdbox.Agent1.conf",
         "lib/udev/rules.d/70-sdbox.rules",

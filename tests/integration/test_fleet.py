@@ -18,11 +18,15 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from sdbox.fleet.service import FleetServer
 from sdbox.fleet.store import FleetStore
 from tests.cli import sdbox_argv
 from tests.fleet_env import FleetPki, SoftwareBox
@@ -342,3 +346,35 @@ def test_diagnostics_reach_the_box_page_with_sdbox_lines_only(
     assert "greeter connected" in page
     assert "unrelated unit" not in page
     assert "qemu-q35" in page  # the versions section
+
+
+def test_over_tls_a_silent_connection_does_not_hold_up_the_boxes(
+    centre: FleetPki, tmp_path: Path
+) -> None:
+    """The TLS handshake runs in a worker, with a time limit: a client that connects and says
+    nothing (a scanner, a stalled box) cannot stop the others checking in."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    chain, key_file = tmp_path / "tls.pem", tmp_path / "tls-key.pem"
+    chain.write_bytes(
+        centre.pki.issue_server("127.0.0.1", key.public_key()).public_bytes(serialization.Encoding.PEM)
+        + centre.pki.server_ca.cert.public_bytes(serialization.Encoding.PEM)
+    )
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    config = replace(centre.config(tmp_path / "fleet.db"), tls_certificate=str(chain),
+                     tls_key=str(key_file), workers=2)  # fmt: skip
+    server = FleetServer(config)
+    server.start()
+    try:
+        host, port = server.httpd.server_address[:2]
+        with socket.create_connection((str(host), int(port)), timeout=5):  # connects, never says hello
+            box = Box(centre.box("box-0080"), tmp_path / "box", server.url)
+            with box.config.open("a") as config_file:
+                config_file.write(f'ca_bundle = "{centre.anchors}"\n')
+            rc, outcome = box.report()
+        assert rc == 0, outcome
+        assert outcome["checkins_sent"] == 1
+        assert server.url.startswith("https://")
+    finally:
+        server.stop()

@@ -145,14 +145,18 @@ _WORDS = {
         "refused": ("Not saved: check the marked field.", "overlaps the centre's networks"),
         "saved": ("Saved. The box uses these settings now",),
         "support": ("Support information", "CN=box-0042", "0.1.0+1765101600, slot B", "nuc-g1",
-                    "eth0: 192.0.2.100/24", "centre unreachable (broker_unreachable)"),
+                    "eth0: 192.0.2.100/24", "centre unreachable (broker_unreachable)",
+                    "Enter: send diagnostics"),
+        "not-sent": ("Diagnostics not sent: this box does not report to a fleet service.",),
     },
     "fr": {
         "network": ("Réseau", "Filaire, adresse automatique (DHCP)", "ports UDP 500 et 4500"),
         "refused": ("Non enregistré : vérifiez le champ signalé.", "chevauche les réseaux du centre"),
         "saved": ("Enregistré. Le boîtier utilise ces réglages",),
         "support": ("Informations pour l", "CN=box-0042", "0.1.0+1765101600, emplacement B",
-                    "nuc-g1", "eth0: 192.0.2.100/24", "centre injoignable (broker_unreachable)"),
+                    "nuc-g1", "eth0: 192.0.2.100/24", "centre injoignable (broker_unreachable)",
+                    "Entrée : envoyer le diagnostic"),
+        "not-sent": ("Diagnostic non envoyé : ce boîtier ne dépend",),
     },
 }  # fmt: skip
 
@@ -211,6 +215,11 @@ def test_network_and_support_screens(tmp_path: Path, language: str) -> None:
                         expect, screen, f"desk/support-{language}", OUT, words["support"]
                     )
                     assert agent.network_status() is NetworkStatus.UDP_BLOCKED
+                    # Enter sends diagnostics: this agent has no fleet configuration, and says so
+                    await asyncio.to_thread(_keys, display, "Return")
+                    await asyncio.to_thread(
+                        expect, screen, f"desk/support-not-sent-{language}", OUT, words["not-sent"]
+                    )
             finally:
                 bus.disconnect()
 
@@ -233,7 +242,7 @@ async def _until(condition: object, timeout: float = 30.0) -> None:
 def test_desk_references_tell_screens_apart() -> None:
     """No reference of these screens passes for another, for the start screen or a blank one."""
     names = sorted((REFERENCES / DESK).glob("*.png"))
-    assert len(names) == 8
+    assert len(names) == 10
     images = {p.stem: load(p) for p in [*names, REFERENCES / "insert-card.png"]}
     pictures = {name: Picture.of(pixels) for name, pixels in images.items()}
     for name, pixels in images.items():

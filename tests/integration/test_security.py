@@ -49,6 +49,12 @@ EXPOSURE_CEILING: dict[str, tuple[float, str]] = {
         "root (it writes networkd's and iwd's directories, and networkctl reloads networkd "
         "over the system bus), file capabilities only, no network of its own beyond the bus",
     ),
+    "sdbox-fleet.service": (
+        1.6,
+        "root without capabilities (the TPM key store, the journal, rauc install and the reboot "
+        "into an update go through files and D-Bus), network to the fleet service through the "
+        "tunnel only, no PrivateUsers= (root's files)",
+    ),
     "pcscd.service": (
         4.5,
         "Debian's pcscd with sdbox's drop-in: root with its capabilities, host network "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from sdbox.centre.fleet import (
     parse_envelope,
     parse_report,
 )
+from sdbox.fleet import store
 from sdbox.fleet.service import Fleet, Refused
 from sdbox.fleet.store import BoxFilter
 from tests.fleet_env import FleetPki, SoftwareBox
@@ -187,3 +189,26 @@ def test_backoff_grows_with_failures_and_stays_under_the_interval() -> None:
     waits = [backoff_s(n, 300, rng=lambda: 1.0) for n in range(6)]
     assert waits == [300, 15, 30, 60, 120, 240]
     assert backoff_s(20, 300, rng=lambda: 0.0) == 150  # capped at the interval, jitter from half
+
+
+def test_the_report_as_sent_has_every_field_of_the_report() -> None:
+    # to_json is written by hand for speed: a field added to Report must not be left out
+    assert REPORT.to_json() == json.loads(json.dumps(asdict(REPORT)))
+
+
+def test_a_renewed_certificate_leaves_the_expiring_list_and_history_is_bounded(
+    fleet: Fleet, centre: FleetPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "HISTORY_KEPT", 3)
+    box = centre.box()
+    soon = replace(REPORT, certificates=(CertificateExpiry("box-identity", "2026-01-02T00:00:00+00:00"),))
+    fleet.handle(request(box, 1, "checkin", soon.to_json()))
+    assert [role for b, role, _ in fleet.store.expiring(30) if b == box.box_id] == ["box-identity"]
+    fleet.handle(request(box, 2, "checkin", REPORT.to_json()))  # renewed: expires in 2027
+    fleet.handle(request(box, 3, "checkin", REPORT.to_json()))  # the same again: nothing rewritten
+    assert [b for b, _, _ in fleet.store.expiring(30)].count(box.box_id) == 0
+    for sequence in (4, 5, 6):
+        fleet.handle(request(box, sequence, "checkin", REPORT.to_json()))
+    found = fleet.store.box(box.box_id)
+    assert found is not None
+    assert [h["sequence"] for h in found[1]] == [6, 5, 4]  # the newest HISTORY_KEPT

@@ -29,6 +29,7 @@ from sdbox.agent.api import (
     CardLayout,
     CentreState,
     Detail,
+    DiagnosticsOutcome,
     EndReason,
     NetworkRefusal,
     NetworkStatus,
@@ -194,6 +195,9 @@ def rendered_msgids() -> frozenset[str]:
                    "card": "BIO SSO", "card_seen": "2026-12-07T14:00:00+00:00",
                    "problems": problems} if full else {}  # fmt: skip
         support_screen(DeskView(support=support), translate)
+    # the support screen's "send diagnostics": sending, then each outcome the agent answers
+    for outcome in ["sending", *DiagnosticsOutcome]:
+        support_screen(DeskView(diagnostics=outcome, diagnostics_text="7"), translate)
     for detail in Detail:
         detail_text(detail, sample_args(detail), translate)
     for reason in EndReason:

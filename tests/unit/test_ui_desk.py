@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sdbox.agent.api import NetworkStatus
+from sdbox.agent.api import DiagnosticsOutcome, NetworkStatus
 from sdbox.ui.catalogue import translator
-from sdbox.ui.desk import DeskView, network_screen, parse_refusal, support_screen
+from sdbox.ui.desk import SENDING, DeskView, network_screen, parse_refusal, support_screen
 
 EN, FR = translator("en"), translator("fr")
 
@@ -73,3 +73,23 @@ def test_the_support_screen_reads_out_what_the_helpdesk_asks() -> None:
     ]
     empty = dict(support_screen(DeskView(), FR).lines)
     assert empty["Dernière carte"] == "aucune depuis le démarrage du boîtier"
+
+
+def test_the_support_screen_says_what_became_of_the_diagnostics() -> None:
+    before = support_screen(DeskView(), EN)
+    assert "Enter: send diagnostics" in before.hint
+    assert not before.alert
+    sending = support_screen(DeskView(diagnostics=SENDING), EN)
+    assert sending.body == "Sending diagnostics to the service desk…"
+    sent = support_screen(DeskView(diagnostics=DiagnosticsOutcome.SENT, diagnostics_text="12"), EN)
+    assert "reference 12" in sent.body
+    assert not sent.alert
+    away = support_screen(DeskView(diagnostics=DiagnosticsOutcome.UNREACHABLE, diagnostics_text="x"), EN)
+    assert "the centre cannot be reached" in away.body
+    assert away.alert
+    refused = support_screen(
+        DeskView(diagnostics=DiagnosticsOutcome.FAILED, diagnostics_text="this box is not recognised"),
+        translator("fr"),
+    )
+    assert refused.body == "Diagnostic non envoyé : this box is not recognised"  # the reason as data
+    assert refused.alert
