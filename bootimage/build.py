@@ -55,6 +55,10 @@ PACKAGES = [
     "intel-microcode", "amd64-microcode",
     "pcscd", "libccid", "opensc", "opensc-pkcs11",
     "tpm-udev", "libtpm2-pkcs11-1",
+    # polkitd: logind asks it whether cage (the greeter's user) may activate its session
+    # (libseat calls Session.Activate and gives up without it); rootfs's rules allow that
+    # one action to that one user and refuse every other to the box's service users
+    "polkitd",
     "cage", "xwayland", "python3", "python3-gi", "gir1.2-gtk-4.0", "fonts-dejavu-core",
     "freerdp3-sdl", "virt-viewer",
     "chrony", "ca-certificates",

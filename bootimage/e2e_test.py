@@ -321,7 +321,7 @@ def flow(box: Box, prints: Prints, boot_started: float, timeout: float, attached
         # what the guest says about itself: is the greeter up and building screens at all?
         try:
             said = {"status": box.command("status"), "greeter_words": box.words(),
-                    "logs": box.command("logs")}  # fmt: skip
+                    "logs": box.command("logs"), "probe_gtk": box.command("probe-gtk")}  # fmt: skip
         except (OSError, RuntimeError, ValueError) as exc:
             said = {"relay": f"no answer: {exc}"}
         (run.out / "guest.json").write_text(json.dumps(said, indent=1) + "\n")
