@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NoReturn
 
+from cryptography import x509
+
 from sdbox.audit import AuditEvent, audit
 from sdbox.biometric.enrolment import EnrolmentPolicy, enrol
 from sdbox.biometric.errors import PlaceFingerAgain
@@ -55,6 +57,8 @@ from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.errors import WrongFinger
 from sdbox.smartcard.profile import FINGER_REFERENCE_OBJECT, KeyRef
+from sdbox.trust import Purpose, validate
+from sdbox.trust.store import RevocationStore
 
 CONFIRM_TRIES = 3  # fresh captures verified on the card before the enrolment is called failed
 
@@ -240,6 +244,21 @@ class RemoteEnrolment:
     def _refused(reason: str, message: str, guid: bytes) -> NoReturn:
         audit(AuditEvent.ENROLMENT_REFUSED, message, side="box", reason=reason, card=guid.hex())
         raise EnrolmentNotAuthorised(reason, message)
+
+
+def operator_check(
+    anchors: list[x509.Certificate],
+    intermediates: list[x509.Certificate],
+    crls: RevocationStore,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> OperatorCheck:
+    """The box's check of an authorisation's signer: an enrolment operator under its roots."""
+
+    def check(certificate: x509.Certificate, chain: list[x509.Certificate]) -> None:
+        validate(certificate, [*chain, *intermediates], anchors, at=now(),
+                 purpose=Purpose.ENROLMENT_OPERATOR, crls=crls)  # fmt: skip
+
+    return check
 
 
 def _reference(finger: str) -> int:
