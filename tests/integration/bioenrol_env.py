@@ -26,9 +26,9 @@ from sdbox.smartcard import pcsc
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import CardProfile, issue_card
+from sdbox.smartcard.emulator.stack import wait_for_card
 from sdbox.smartcard.emulator.state import CardState
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT
-from sdbox.smartcard.emulator.stack import wait_for_card
 from sdbox.smartcard.errors import CardBusy, WrongFinger
 from sdbox.smartcard.profile import KeyRef, Slot, certificate_object, decode_certificate
 from sdbox.trust.pki import Pki
@@ -41,6 +41,7 @@ OLD = {"primary": 1001, "secondary": 1002}  # the demo profile's fingers (identi
 NEW = {"primary": 2001, "secondary": 2002}  # the fingers enrolled remotely
 OPERATOR = "alice"
 OPERATOR_NAME = "Alice Martin (card office)"
+BOX_ID = "test-box-1"  # the box id reference_broker's development box certificate names
 
 
 @dataclass
@@ -84,6 +85,8 @@ class EnrolBench:
         self.card.apdus = 0
         self.card.on_apdu = None
         (self.bio_dir / "register.json").unlink(missing_ok=True)
+        shutil.rmtree(self.bio_dir / "operators")  # a test may have replaced an operator's key
+        shutil.copytree(self.work / "operators.issued", self.bio_dir / "operators")
 
     def reinsert(self) -> None:
         """Put the card back after a pull."""
@@ -213,6 +216,7 @@ def make_bench(work: Path, pki: Pki, profile: CardProfile, reader_index: int, re
         key = ec.generate_private_key(ec.SECP256R1())
         write_operator(bio_dir / "operators", OPERATOR, key,
                        pki.issue_enrolment_operator(key.public_key(), operator=OPERATOR_NAME))  # fmt: skip
+        shutil.copytree(bio_dir / "operators", work / "operators.issued")
         card = HookedCard(PivApplet(state), port=VPCD_BASE_PORT + reader_index)
         with reference_broker(work / "broker", pki, {}, {}, card_register=register,
                               bio_enrolment=bio_dir) as env:  # fmt: skip
