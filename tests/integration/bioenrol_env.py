@@ -44,6 +44,18 @@ OPERATOR_NAME = "Alice Martin (card office)"
 BOX_ID = "test-box-1"  # the box id reference_broker's development box certificate names
 
 
+class TracedCard(HookedCard):
+    """A hooked card that also keeps each command's INS P1 P2 (the matrix names its points)."""
+
+    trace: list[str]
+
+    def _command(self, command: bytes) -> bytes | None:
+        if not hasattr(self, "trace"):
+            self.trace = []
+        self.trace.append(command[1:4].hex(" ").upper())
+        return super()._command(command)
+
+
 @dataclass
 class EnrolBench:
     """Everything a remote enrolment test needs, in ``work``."""
@@ -51,7 +63,7 @@ class EnrolBench:
     work: Path
     pki: Pki
     reader: str
-    card: HookedCard
+    card: TracedCard
     state_path: Path
     snapshot: Path
     broker: BrokerEnv
@@ -83,6 +95,7 @@ class EnrolBench:
         shutil.copyfile(self.snapshot, self.state_path)
         self.card.applet = PivApplet(CardState.load(self.state_path))
         self.card.apdus = 0
+        self.card.trace = []
         self.card.on_apdu = None
         (self.bio_dir / "register.json").unlink(missing_ok=True)
         shutil.rmtree(self.bio_dir / "operators")  # a test may have replaced an operator's key
@@ -217,7 +230,7 @@ def make_bench(work: Path, pki: Pki, profile: CardProfile, reader_index: int, re
         write_operator(bio_dir / "operators", OPERATOR, key,
                        pki.issue_enrolment_operator(key.public_key(), operator=OPERATOR_NAME))  # fmt: skip
         shutil.copytree(bio_dir / "operators", work / "operators.issued")
-        card = HookedCard(PivApplet(state), port=VPCD_BASE_PORT + reader_index)
+        card = TracedCard(PivApplet(state), port=VPCD_BASE_PORT + reader_index)
         with reference_broker(work / "broker", pki, {}, {}, card_register=register,
                               bio_enrolment=bio_dir) as env:  # fmt: skip
             card.insert()

@@ -14,6 +14,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,7 +26,9 @@ from sdbox.biometric.sensor import EmulatedSensor
 from sdbox.broker.bioenrol import EnrolmentAuthorisationError, write_operator
 from sdbox.centre.bioauth import SignedAuthorisation
 from sdbox.centre.bioenrol import BioEnrolmentCentre
+from sdbox.centre.client import CentreConnection
 from sdbox.centre.errors import CentreUnreachable
+from sdbox.errors import SdboxError
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import CardProfile, issue_card, load_profile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
@@ -366,3 +369,82 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# -- the interruption matrix -------------------------------------------------------------------
+
+BOTH = ("primary", "secondary")
+
+
+def _full_run_apdus(bench: EnrolBench) -> int:
+    bench.reset()
+    bench.open(BOTH)
+    bench.run(BOTH)
+    total = bench.card.apdus
+    assert len(bench.card.trace) == total
+    print(f"\nremote enrolment of two fingers: {total} APDUs: {', '.join(bench.card.trace)}")
+    return total
+
+
+def _after_interruption(bench: EnrolBench, label: str) -> None:
+    """Each finger has its old or its new reference; the next attempt completes."""
+    if not bench.card.inserted:
+        bench.reinsert()
+    for finger in BOTH:
+        assert bench.which(finger) in ("old", "new"), (label, finger)
+    bench.run(BOTH)
+    for finger in BOTH:
+        assert bench.which(finger) == "new", (label, finger)
+    assert [r["state"] for r in bench.register.values()] == ["done"], label
+
+
+def test_card_pulled_after_every_apdu(module_bench: EnrolBench) -> None:
+    bench = module_bench
+    total = _full_run_apdus(bench)
+    for i in range(1, total + 1):
+        bench.reset()
+        bench.open(BOTH)
+
+        def pull(n: int, i: int = i) -> bool:
+            return n == i
+
+        bench.card.on_apdu = pull
+        with pytest.raises(SdboxError):
+            bench.run(BOTH)
+        bench.card.on_apdu = None
+        bench.reinsert()
+        _after_interruption(bench, f"card pulled after APDU {i}/{total}")
+    print(f"\ncard pulled: {total} interruption points")
+
+
+def test_centre_gone_after_every_apdu(
+    module_bench: EnrolBench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench = module_bench
+    total = _full_run_apdus(bench)
+    gone = False
+    post = CentreConnection.post
+
+    def unreachable(self: CentreConnection, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if gone:
+            raise CentreUnreachable("the centre cannot be reached (test: gone)")
+        return post(self, path, body)
+
+    monkeypatch.setattr(CentreConnection, "post", unreachable)
+    for i in range(1, total + 1):
+        bench.reset()
+        bench.open(BOTH)
+        gone = False
+
+        def leave(n: int, i: int = i) -> bool:
+            nonlocal gone
+            gone = gone or n == i
+            return False
+
+        bench.card.on_apdu = leave
+        with pytest.raises(CentreUnreachable):
+            bench.run(BOTH)
+        bench.card.on_apdu = None
+        gone = False
+        _after_interruption(bench, f"centre gone after APDU {i}/{total}")
+    print(f"\ncentre gone: {total} interruption points")
