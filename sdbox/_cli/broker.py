@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from sdbox._cli.output import emit_json, json_option
+
 if TYPE_CHECKING:
     from sdbox.broker.bioenrol import BioEnrolment
 
@@ -169,10 +171,8 @@ def _bio(config_path: Path) -> BioEnrolment:
 
 
 def _show(record: dict[str, object], as_json: bool) -> None:
-    import json  # noqa: PLC0415
-
     if as_json:
-        click.echo(json.dumps(record, indent=1, sort_keys=True))
+        emit_json(record)
         return
     for key in ("id", "state", "card_guid", "box_id", "fingers", "operator", "not_after", "code"):
         if key in record:
@@ -190,7 +190,7 @@ def _show(record: dict[str, object], as_json: bool) -> None:
 )  # fmt: skip
 @click.option("--minutes", default=15, show_default=True, help="How long the box may use it.")
 @click.option("--operator", required=True, help="The operator (their key in enrolment_operators).")
-@click.option("--json", "as_json", is_flag=True, help="The record as JSON.")
+@json_option("The authorisation's record.")
 def enrol_open(config_path: Path, card_guid: str, box_id: str, fingers: tuple[str, ...],
                minutes: int, operator: str, as_json: bool) -> None:  # fmt: skip
     """Authorise one remote enrolment of FINGERs of one card at one box."""
@@ -207,17 +207,20 @@ def enrol_open(config_path: Path, card_guid: str, box_id: str, fingers: tuple[st
 @enrol.command("show")
 @_CONFIG
 @click.argument("auth_id", required=False)
-@click.option("--json", "as_json", is_flag=True, help="The record(s) as JSON.")
+@json_option("The record (or the list of records).")
 def enrol_show(config_path: Path, auth_id: str | None, as_json: bool) -> None:
     """One authorisation (with the code the box shows, once it asked), or all of them."""
     bio = _bio(config_path)
     if auth_id is not None:
         _show(bio.show(auth_id), as_json)
         return
-    for record in bio.records():
-        _show(record, as_json)
-        if not as_json:
-            click.echo("")
+    records = bio.records()
+    if as_json:
+        emit_json(records)
+        return
+    for record in records:
+        _show(record, False)
+        click.echo("")
 
 
 @enrol.command("confirm")
