@@ -191,8 +191,8 @@ class BioEnrolment:
     def records(self) -> list[dict[str, Any]]:
         """Every authorisation, newest first."""
         with self._records() as records:
-            return sorted((_shown(r) for r in records.values()),
-                          key=lambda r: str(r["created"]), reverse=True)  # fmt: skip
+            ordered = sorted(records.values(), key=lambda r: str(r["created"]), reverse=True)
+            return [_shown(r) for r in ordered]
 
     def confirm(self, auth_id: str, code: str) -> dict[str, Any]:
         """The operator types the code the researcher reads from the box's screen."""
