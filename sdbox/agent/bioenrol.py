@@ -30,17 +30,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from cryptography import x509
 
 from sdbox.audit import AuditEvent, audit
-from sdbox.biometric.enrolment import EnrolmentPolicy, enrol
 from sdbox.biometric.errors import PlaceFingerAgain
-from sdbox.biometric.sensor import Sensor
 from sdbox.centre.bioauth import (
     CHALLENGE_BYTES,
     FINGERS,
@@ -59,6 +57,10 @@ from sdbox.smartcard.errors import WrongFinger
 from sdbox.smartcard.profile import FINGER_REFERENCE_OBJECT, KeyRef
 from sdbox.trust import Purpose, validate
 from sdbox.trust.store import RevocationStore
+
+if TYPE_CHECKING:  # numpy (the matcher, the capture measure) only when enrolment runs
+    from sdbox.biometric.enrolment import EnrolmentPolicy
+    from sdbox.biometric.sensor import Sensor
 
 CONFIRM_TRIES = 3  # fresh captures verified on the card before the enrolment is called failed
 
@@ -110,8 +112,17 @@ class RemoteEnrolment:
     ) -> None:
         self.session, self.centre = session, centre
         self.validate_operator, self.now = validate_operator, now
-        self.policy = policy or EnrolmentPolicy()
+        self._policy = policy
         self.written: tuple[str, ...] = ()  # fingers whose PUT DATA the card answered
+
+    @property
+    def policy(self) -> EnrolmentPolicy:
+        """How the captures are taken (the enrolment station's policy by default)."""
+        if self._policy is None:
+            from sdbox.biometric.enrolment import EnrolmentPolicy  # noqa: PLC0415
+
+            self._policy = EnrolmentPolicy()
+        return self._policy
 
     # -- 1, 2: the card and the authorisation -------------------------------------------
 
@@ -142,29 +153,26 @@ class RemoteEnrolment:
               **self._fields(pending))  # fmt: skip
         return pending
 
-    def wait_for_operator(
-        self, pending: Pending, *, poll_s: float = 1.0, timeout_s: float | None = None
-    ) -> None:
+    def operator_confirmed(self, pending: Pending) -> bool:
+        """One look at the centre: has the operator confirmed the code (False: not yet)?"""
+        guid = pending.authorisation.card_guid
+        try:
+            state = self.centre.status(pending.signed, pending.authorisation.id)
+        except CentreError as exc:
+            if not exc.code:
+                raise
+            self._refused(exc.code, exc.message, guid)
+        if state in ("confirmed", "writing"):
+            return True
+        if state != "bound":
+            self._refused(state, f"the authorisation is {state}", guid)
+        if self.now() > pending.authorisation.not_after:
+            self._refused("expired", "the operator did not confirm the code in time", guid)
+        return False
+
+    def wait_for_operator(self, pending: Pending, *, poll_s: float = 1.0) -> None:
         """Until the operator has confirmed the code (or the authorisation is over)."""
-        deadline = time.monotonic() + (
-            timeout_s
-            if timeout_s is not None
-            else max(0.0, (pending.authorisation.not_after - self.now()).total_seconds())
-        )
-        while True:
-            try:
-                state = self.centre.status(pending.signed, pending.authorisation.id)
-            except CentreError as exc:
-                if not exc.code:
-                    raise
-                self._refused(exc.code, exc.message, pending.authorisation.card_guid)
-            if state in ("confirmed", "writing"):
-                return
-            if state != "bound":
-                self._refused(state, f"the authorisation is {state}", pending.authorisation.card_guid)
-            if time.monotonic() >= deadline:
-                self._refused("expired", "the operator did not confirm the code in time",
-                              pending.authorisation.card_guid)  # fmt: skip
+        while not self.operator_confirmed(pending):
             time.sleep(poll_s)
 
     # -- 3, 4: the holder and the captures ------------------------------------------------
@@ -174,11 +182,22 @@ class RemoteEnrolment:
         self.session.piv.verify_pin(pin)
 
     async def capture(
-        self, pending: Pending, sensor: Sensor, prompt: Callable[[str], None] = lambda _t: None
+        self,
+        pending: Pending,
+        sensor: Sensor,
+        prompt: Callable[[str], None] = lambda _t: None,
+        *,
+        fingers: tuple[str, ...] | None = None,
     ) -> dict[str, bytes]:
-        """One reference per authorised finger: captures through the quality gate, consistent."""
+        """One reference per authorised finger (or ``fingers`` of them): captures through the
+        quality gate, consistent with one another."""
+        from sdbox.biometric.enrolment import enrol  # noqa: PLC0415
+
+        wanted = pending.authorisation.fingers if fingers is None else fingers
+        if not set(wanted) <= set(pending.authorisation.fingers):
+            raise EnrolmentNotAuthorised("finger", "only the authorised fingers are captured")
         references: dict[str, bytes] = {}
-        for finger in pending.authorisation.fingers:
+        for finger in wanted:
             prompt(f"{finger} finger")
             references[finger] = (await enrol(sensor, self.policy, prompt)).reference
         return references
@@ -209,15 +228,27 @@ class RemoteEnrolment:
         pending: Pending,
         sensor: Sensor,
         session_id: str,
-        verify_on_card: Callable[[int, bytes], None] | None = None,
+        verify_on_card: Callable[[int, bytes], Awaitable[None]] | None = None,
+        finish: Callable[[Callable[[], None]], Awaitable[None]] | None = None,
     ) -> None:
-        """Each new reference verified on the card with a fresh capture; then ``finish``."""
-        check = verify_on_card or self.session.piv.verify_finger
+        """Each new reference verified on the card with a fresh capture; then ``finish``.
+
+        ``verify_on_card``: the VERIFY, awaited (the agent runs it on its card thread);
+        ``finish``: runs the centre's request (the agent: in a thread). Both default to here.
+        """
+
+        async def here(ref: int, probe: bytes) -> None:
+            self.session.piv.verify_finger(ref, probe)
+
+        async def inline(call: Callable[[], None]) -> None:
+            call()
+
+        check = verify_on_card or here
         for finger in pending.authorisation.fingers:
             for attempt in range(1, CONFIRM_TRIES + 1):
                 try:
                     probe = await asyncio.wait_for(sensor.capture(), self.policy.capture_timeout_s)
-                    check(_reference(finger), probe)
+                    await check(_reference(finger), probe)
                     break
                 except (PlaceFingerAgain, WrongFinger):
                     if attempt == CONFIRM_TRIES:
@@ -227,8 +258,10 @@ class RemoteEnrolment:
                             f"the new {finger} reference did not verify on the card: "
                             "enrol again with the operator"
                         ) from None
-        self.centre.finish(pending.signed, pending.authorisation.id, session_id,
-                           pending.authorisation.fingers)  # fmt: skip
+        auth = pending.authorisation
+        await (finish or inline)(
+            lambda: self.centre.finish(pending.signed, auth.id, session_id, auth.fingers)
+        )
         audit(AuditEvent.ENROLMENT_COMPLETED, "remote enrolment completed and verified",
               side="box", **self._fields(pending))  # fmt: skip
 

@@ -192,6 +192,14 @@ class AgentInterface(ServiceInterface):
             raise _refused(refusal) from refusal
 
     @method()
+    async def StartEnrolment(self) -> None:
+        """Remote fingerprint enrolment of the inserted card (from the picker; the centre decides)."""
+        try:
+            await self.agent.start_enrolment()
+        except Refusal as refusal:
+            raise _refused(refusal) from refusal
+
+    @method()
     async def Cancel(self) -> None:
         """Abandon the current step or end the session; back to the picker."""
         await self.agent.cancel()

@@ -38,6 +38,7 @@ from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.connect import ConnectionFlow, Insertion
 from sdbox.agent.desk import DeskMixin
 from sdbox.agent.dircache import DirectoryCache
+from sdbox.agent.enrolmode import EnrolmentFactory, EnrolmentMode
 from sdbox.agent.events import (
     AgentEvent,
     PreferencesChanged,
@@ -72,7 +73,7 @@ from sdbox.smartcard.errors import CardAccessError, DirectoryMissing
 
 _log = logging.getLogger("sdbox.agent")
 
-class Agent(CentreLink, ConnectionFlow, DeskMixin):
+class Agent(CentreLink, ConnectionFlow, DeskMixin, EnrolmentMode):
     """The state machine (see the module docstring)."""
 
     def __init__(
@@ -96,6 +97,8 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin):
         support: SupportRecord | None = None,
         tunnel_state: Callable[[], TunnelEvent | None] | None = None,
         link_reader: Callable[[str], LinkFacts] | None = None,
+        enrolment: EnrolmentFactory | None = None,
+        enrolment_poll_s: float = 1.0,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -111,6 +114,8 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin):
         self.grace_s = grace_s  # how long a session waits for a lost tunnel (agent/link.py)
         self.catalogue = catalogue  # one-project cards' projects (sdbox.agent.oneproject)
         self.directories = DirectoryCache(directory_cache)  # for chips without extended length
+        self.enrolment = enrolment  # remote fingerprint enrolment (agent/enrolmode.py), if offered
+        self.enrolment_poll_s = enrolment_poll_s  # how often the code's confirmation is asked
         self._desk_init(network, support, tunnel_state, link_reader)
         self._renewing = False
         self.snapshot = Snapshot()
