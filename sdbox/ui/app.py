@@ -528,6 +528,10 @@ class Greeter(DeskPanels):
             # kept by the agent; its PropertiesChanged brings the new look
             self._call("SetPreference", GLib.Variant("(ss)", (key.value, "0" if now else "1")))
             return True
+        if keyval == Gdk.KEY_F6 and self.screen is not None:
+            if self.screen.kind in ("picker", "enrolled"):  # remote fingerprint enrolment
+                self._call("StartEnrolment")
+            return True
         if keyval == Gdk.KEY_F2 and self.screen is not None:
             if self.screen.kind not in ("connecting", "running"):
                 self.choosing_layout = True
