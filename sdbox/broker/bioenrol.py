@@ -134,12 +134,10 @@ class BioEnrolment:
             os.close(lock)  # releases the lock
 
     def _operator(self, name: str) -> Operator:
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key  # noqa: PLC0415
-
         if not name or "/" in name or name.startswith("."):
             raise EnrolmentAuthorisationError(f"no enrolment operator named {name!r}")
         try:
-            key = load_pem_private_key((self.operators / f"{name}.key").read_bytes(), None)
+            key = serialization.load_pem_private_key((self.operators / f"{name}.key").read_bytes(), None)
             certificate = load_certificate((self.operators / f"{name}.pem").read_bytes())
         except (OSError, ValueError, UnreadableCertificate) as exc:
             raise EnrolmentAuthorisationError(

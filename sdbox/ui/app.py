@@ -349,11 +349,11 @@ class Greeter(DeskPanels):
             box.append(self._label(screen.body, "body"))
         if screen.hint:
             box.append(self._label(screen.hint, "hint"))
-        if screen.kind == "connecting":
+        if screen.kind in ("connecting", "enrolling"):  # the centre or the card is working
             spinner = Gtk.Spinner()
             spinner.start()
             box.append(spinner)
-        if screen.projects and screen.kind in ("picker", "ended", "running"):
+        if screen.projects and screen.kind in ("picker", "ended", "running", "enrolled"):
             box.append(self._picker(screen))
         if screen.options:
             box.append(self._options(screen))
