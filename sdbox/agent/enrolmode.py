@@ -126,10 +126,12 @@ class EnrolmentMode:
     async def _enrolment_pin(self, card: Insertion, flow: RemoteEnrolment, pending: Pending) -> None:
         """The holder's PIN, typed in the greeter (the normal counter; blocked ends it)."""
         retry: Problem | None = None
+        # the PIN's own counter on the screen (the picker's is the finger's)
+        tries = await card.handle.run(lambda session: session.piv.pin_tries_left())
         while True:
             self._set(
                 State.ENROLLING, message="the operator confirmed: enter your PIN", problem=retry,
-                detail=Detail.ENROLMENT_PIN, args={"operator": pending.operator},
+                detail=Detail.ENROLMENT_PIN, args={"operator": pending.operator}, tries_left=tries,
             )  # fmt: skip
             self._pin = asyncio.get_running_loop().create_future()
             try:
@@ -140,8 +142,7 @@ class EnrolmentMode:
                 await card.handle.run(_verify_pin(flow, typed))
                 return
             except WrongPin as exc:
-                self.snapshot.tries_left = exc.tries_left
-                retry = problem_for(exc, Step.HOLDER)
+                tries, retry = exc.tries_left, problem_for(exc, Step.HOLDER)
             except PinBlocked as exc:
                 raise refusal_for(exc, Step.HOLDER) from exc
 
