@@ -226,9 +226,13 @@ def enrol_show(config_path: Path, auth_id: str | None, as_json: bool) -> None:
 @enrol.command("confirm")
 @_CONFIG
 @click.argument("auth_id")
-@click.option("--code", required=True, help="The 6 digits the researcher reads from the box.")
-def enrol_confirm(config_path: Path, auth_id: str, code: str) -> None:
-    """The code read back matches: the box may write the fingers now."""
+def enrol_confirm(config_path: Path, auth_id: str) -> None:
+    """Type the code the researcher reads from the box: if it matches, the box may write.
+
+    The code is read from standard input (never the command line: it binds the
+    authorisation to that box's screen). Three wrong codes revoke the authorisation.
+    """
+    code = click.prompt("code read from the box", err=True).strip()
     _show(_bio(config_path).confirm(auth_id, code), False)
 
 

@@ -90,11 +90,11 @@ def test_a_finger_is_enrolled_remotely_and_verified_on_the_card(bench: EnrolBenc
 # -- the operator's commands -----------------------------------------------------------------
 
 
-def _cli(bench: EnrolBench, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(bench: EnrolBench, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     config = bench.work / "broker" / "broker.toml"
     return subprocess.run(
         [*sdbox_argv(), "broker", "enrol", args[0], "--config", str(config), *args[1:]],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, input=stdin,
     )  # fmt: skip
 
 
@@ -112,10 +112,10 @@ def test_the_operator_opens_reads_the_code_back_and_the_box_enrols(bench: EnrolB
         shown = json.loads(_cli(bench, "show", auth_id, "--json").stdout)
         assert shown["state"] == "bound"
         assert shown["code"] == pending.code
-        wrong = _cli(bench, "confirm", auth_id, "--code", _other(pending.code))
+        wrong = _cli(bench, "confirm", auth_id, stdin=_other(pending.code) + "\n")
         assert wrong.returncode != 0
         assert "does not match" in wrong.stderr
-        confirmed = _cli(bench, "confirm", auth_id, "--code", pending.code)
+        confirmed = _cli(bench, "confirm", auth_id, stdin=pending.code + "\n")
         assert confirmed.returncode == 0, confirmed.stderr
         flow.wait_for_operator(pending, poll_s=0.05)
         flow.verify_holder(PIN)
