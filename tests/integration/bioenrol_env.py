@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -25,8 +26,13 @@ from sdbox.identity import DevelopmentIdentity
 from sdbox.smartcard import pcsc
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.emulator.applet import PivApplet
-from sdbox.smartcard.emulator.profiles import CardProfile, issue_card
-from sdbox.smartcard.emulator.stack import wait_for_card
+from sdbox.smartcard.emulator.profiles import CardProfile, issue_card, load_profile
+from sdbox.smartcard.emulator.stack import (
+    PcscDaemon,
+    reader_name,
+    reserve_reader,
+    wait_for_card,
+)
 from sdbox.smartcard.emulator.state import CardState
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT
 from sdbox.smartcard.errors import CardBusy, WrongFinger
@@ -242,3 +248,31 @@ def make_bench(work: Path, pki: Pki, profile: CardProfile, reader_index: int, re
                 card.remove()
 
     return bench()
+
+
+@pytest.fixture(scope="module")
+def module_bench(
+    pcscd: PcscDaemon, pki: Pki, demo_profile: CardProfile, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EnrolBench]:
+    """One card, one reader, one broker for the module."""
+    with reserve_reader() as index:
+        reader = reader_name(index)
+        assert wait_for_card(reader, present=False), "the reader still holds another card"
+        with make_bench(tmp_path_factory.mktemp("bioenrol"), pki, demo_profile, index,
+                        reader) as bench:  # fmt: skip
+            yield bench
+
+
+@pytest.fixture
+def bench(module_bench: EnrolBench) -> EnrolBench:
+    """The card as issued, inserted; no authorisation."""
+    module_bench.reset()
+    return module_bench
+
+
+def swap_card(bench: EnrolBench, profile: str) -> None:
+    """Put a freshly issued card of another variant (a built-in profile) in the reader."""
+    state = issue_card(load_profile(profile), bench.pki, state_path=bench.work / f"{profile}.json")
+    bench.card.remove()
+    bench.card.applet = PivApplet(state)
+    bench.reinsert()

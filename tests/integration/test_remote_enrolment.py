@@ -10,19 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import socket
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.agent.api import Detail, Problem, State
 from sdbox.agent.bioenrol import EnrolmentNotAuthorised, NoFingerprint
-from sdbox.agent.machine import Agent
 from sdbox.biometric.enrolment import EnrolmentRefused
 from sdbox.biometric.errors import PlaceFingerAgain
 from sdbox.biometric.sensor import EmulatedSensor
@@ -32,9 +28,6 @@ from sdbox.centre.bioenrol import BioEnrolmentCentre
 from sdbox.centre.client import CentreConnection
 from sdbox.centre.errors import CentreUnreachable
 from sdbox.errors import SdboxError
-from sdbox.smartcard.emulator.applet import PivApplet
-from sdbox.smartcard.emulator.profiles import CardProfile, issue_card, load_profile
-from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.errors import (
     FingerBlocked,
     SecurityStatusNotSatisfied,
@@ -42,7 +35,6 @@ from sdbox.smartcard.errors import (
     WrongPin,
 )
 from sdbox.smartcard.profile import KeyRef
-from sdbox.trust.pki import Pki
 from tests.cli import sdbox_argv
 from tests.integration.bioenrol_env import (
     BOX_ID,
@@ -51,28 +43,12 @@ from tests.integration.bioenrol_env import (
     PIN,
     EnrolBench,
     _sensor,
-    make_bench,
+    bench,
+    module_bench,
+    swap_card,
 )
 
-
-@pytest.fixture(scope="module")
-def module_bench(
-    pcscd: PcscDaemon, pki: Pki, demo_profile: CardProfile, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EnrolBench]:
-    """One card, one reader, one broker for the module."""
-    with reserve_reader() as index:
-        reader = reader_name(index)
-        assert wait_for_card(reader, present=False), "the reader still holds another card"
-        with make_bench(tmp_path_factory.mktemp("bioenrol"), pki, demo_profile, index,
-                        reader) as bench:  # fmt: skip
-            yield bench
-
-
-@pytest.fixture
-def bench(module_bench: EnrolBench) -> EnrolBench:
-    """The card as issued, inserted; no authorisation."""
-    module_bench.reset()
-    return module_bench
+__all__ = ["bench", "module_bench"]  # the bench's fixtures
 
 
 def test_a_finger_is_enrolled_remotely_and_verified_on_the_card(bench: EnrolBench) -> None:
@@ -85,7 +61,6 @@ def test_a_finger_is_enrolled_remotely_and_verified_on_the_card(bench: EnrolBenc
     record = bench.register[opened["id"]]
     assert record["state"] == "done"
     assert record["operator"] == OPERATOR_NAME
-
 
 # -- the operator's commands -----------------------------------------------------------------
 
@@ -322,15 +297,8 @@ def test_a_blocked_finger_is_re_enrolled_and_its_counter_reset(bench: EnrolBench
 # -- card variants -----------------------------------------------------------------------------
 
 
-def _swap_card(bench: EnrolBench, profile: str) -> None:
-    state = issue_card(load_profile(profile), bench.pki, state_path=bench.work / f"{profile}.json")
-    bench.card.remove()
-    bench.card.applet = PivApplet(state)
-    bench.reinsert()
-
-
 def test_a_finger_the_card_does_not_have_is_refused(bench: EnrolBench) -> None:
-    _swap_card(bench, "biosso-one-finger")
+    swap_card(bench, "biosso-one-finger")
     bench.open(("primary", "secondary"))
     with bench.session() as session, pytest.raises(EnrolmentNotAuthorised) as refused:
         bench.enrolment(session).authorise()
@@ -339,7 +307,7 @@ def test_a_finger_the_card_does_not_have_is_refused(bench: EnrolBench) -> None:
 
 
 def test_a_card_without_on_card_comparison_cannot_be_enrolled(bench: EnrolBench) -> None:
-    _swap_card(bench, "biosso-pin-only")
+    swap_card(bench, "biosso-pin-only")
     auth_id = bench.open()["id"]
     with bench.session() as session, pytest.raises(NoFingerprint) as refused:
         bench.enrolment(session).authorise()
@@ -451,114 +419,3 @@ def test_centre_gone_after_every_apdu(
         gone = False
         _after_interruption(bench, f"centre gone after APDU {i}/{total}")
     print(f"\ncentre gone: {total} interruption points")
-
-
-# -- the agent's enrolment mode ------------------------------------------------------------------
-
-
-def _agent_scenario(bench: EnrolBench, caplog: pytest.LogCaptureFixture,
-                    scenario: Callable[[Agent], Awaitable[None]]) -> list[logging.LogRecord]:  # fmt: skip
-    """``scenario`` against the agent's machine holding the bench's card in process."""
-    from tests.unit.test_agent_machine import Credentials, InProcessCard, Sessions, Trust, until
-
-    def open_card(reader: str) -> InProcessCard:
-        handle = InProcessCard(reader)
-        handle.applet = bench.card.applet
-        return handle
-
-    async def run() -> None:
-        agent = Agent(
-            trust=Trust(bench.pki), sensor=_sensor(("primary",)), credentials=Credentials(),
-            sessions=Sessions(), endpoint_allowed=lambda _e: True, open_card=open_card,
-            enrolment=bench.enrolment, enrolment_poll_s=0.05,
-        )  # fmt: skip
-        await agent.card_inserted("in-process")
-        await until(lambda: agent.snapshot.state == State.PICKER)
-        await scenario(agent)
-        await agent.card_removed("in-process")
-
-    # out of the reader while the machine speaks to it in process: pcscd would power the
-    # idle card down under the agent's feet
-    bench.card.remove()
-    try:
-        with caplog.at_level("INFO", logger="sdbox.audit"):
-            asyncio.run(run())
-    finally:
-        bench.reinsert()
-    return [r for r in caplog.records if hasattr(r, "SDBOX_EVENT")]
-
-
-def test_the_agent_enrols_a_finger_in_its_enrolment_mode(
-    bench: EnrolBench, caplog: pytest.LogCaptureFixture
-) -> None:
-    from tests.unit.test_agent_machine import until
-
-    auth_id = bench.open(("primary",))["id"]
-    seen: list[str] = []
-
-    async def scenario(agent: Agent) -> None:
-        agent.listeners.append(lambda _event: seen.append(agent.snapshot.detail.value))
-        await agent.start_enrolment()
-        await until(lambda: agent.snapshot.detail == Detail.ENROLMENT_CODE)
-        assert agent.snapshot.state.value == "enrolling"  # (.value: no narrowing for mypy)
-        assert agent.snapshot.detail_args["operator"] == OPERATOR_NAME
-        bench.centre.confirm(auth_id, agent.snapshot.detail_args["code"])  # read back
-        await until(lambda: agent.snapshot.detail == Detail.ENROLMENT_PIN)
-        await agent.submit_pin("000000")
-        await until(lambda: agent.snapshot.problem == Problem.WRONG_PIN)
-        assert agent.snapshot.tries_left == 2  # the normal PIN counter
-        await agent.submit_pin(PIN)
-        await until(lambda: agent.snapshot.detail == Detail.ENROLMENT_DONE)
-        assert agent.snapshot.state == State.PICKER
-        assert agent.snapshot.detail_args == {"fingers": "primary", "operator": OPERATOR_NAME}
-
-    events = _agent_scenario(bench, caplog, scenario)
-    for step in (Detail.ENROLMENT_AUTHORISING, Detail.ENROLMENT_CAPTURE, Detail.ENROLMENT_WRITING,
-                 Detail.ENROLMENT_CONFIRM):  # fmt: skip
-        assert step.value in seen
-    assert bench.which("primary") == "new"
-    assert bench.register[auth_id]["state"] == "done"
-    named = {(r.SDBOX_EVENT, r.SDBOX_SIDE) for r in events  # type: ignore[attr-defined]
-             if getattr(r, "SDBOX_OPERATOR", "") == OPERATOR_NAME}  # fmt: skip
-    for event in ("enrolment_authorised", "enrolment_written", "enrolment_completed"):
-        assert (event, "box") in named
-    for event in ("enrolment_authorised", "enrolment_confirmed", "enrolment_writing",
-                  "enrolment_completed"):  # fmt: skip
-        assert (event, "centre") in named
-
-
-def test_the_agent_shows_why_an_authorisation_was_refused(
-    bench: EnrolBench, caplog: pytest.LogCaptureFixture
-) -> None:
-    from tests.unit.test_agent_machine import until
-
-    bench.open(box_id="another-box")
-
-    async def scenario(agent: Agent) -> None:
-        await agent.start_enrolment()
-        await until(lambda: agent.snapshot.problem == Problem.ENROLMENT_REFUSED)
-        assert agent.snapshot.state == State.PICKER
-        assert agent.snapshot.detail == Detail.ENROLMENT_REFUSED
-        assert agent.snapshot.detail_args == {"reason": "other_box"}
-
-    events = _agent_scenario(bench, caplog, scenario)
-    refused = [r for r in events if r.SDBOX_EVENT == "enrolment_refused"]  # type: ignore[attr-defined]
-    assert {r.SDBOX_SIDE for r in refused} == {"box"}  # type: ignore[attr-defined]
-    assert bench.which("primary") == "old"
-
-
-def test_the_agent_says_a_card_without_fingerprint_cannot_be_enrolled(
-    bench: EnrolBench, caplog: pytest.LogCaptureFixture
-) -> None:
-    from tests.unit.test_agent_machine import until
-
-    _swap_card(bench, "biosso-pin-only")
-    bench.open()
-
-    async def scenario(agent: Agent) -> None:
-        await agent.start_enrolment()
-        await until(lambda: agent.snapshot.problem == Problem.NO_FINGERPRINT)
-        assert agent.snapshot.message == "this card has no fingerprint; enrolment is not possible"
-        assert agent.snapshot.detail == Detail.NO_FINGERPRINT
-
-    _agent_scenario(bench, caplog, scenario)
