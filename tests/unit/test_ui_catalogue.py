@@ -169,8 +169,8 @@ def rendered_msgids() -> frozenset[str]:
                              detail_args=sample_args(detail)), translate)  # fmt: skip
     screen_for(AgentView(state=State.PICKER, detail=Detail.ENROLMENT_DONE,
                          detail_args=sample_args(Detail.ENROLMENT_DONE)), translate)  # fmt: skip
-    for reason in [*refusal_reasons(str), "a reason this greeter does not know"]:
-        detail_text(Detail.ENROLMENT_REFUSED, {"reason": reason}, translate)
+    for why in [*refusal_reasons(str), "a reason this greeter does not know"]:
+        detail_text(Detail.ENROLMENT_REFUSED, {"reason": why}, translate)
     layouts = tuple(RDP_LAYOUTS)
     for choosing, state in itertools.product((True, False), (State.IDLE, State.PICKER)):
         screen_for(
