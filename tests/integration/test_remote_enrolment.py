@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
+import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +40,7 @@ from sdbox.smartcard.errors import (
 )
 from sdbox.smartcard.profile import KeyRef
 from tests.cli import sdbox_argv
+from tests.integration.agent_env import publish_crls, write_config
 from tests.integration.bioenrol_env import (
     BOX_ID,
     NEW,
@@ -357,14 +362,16 @@ def _full_run_apdus(bench: EnrolBench) -> int:
     return total
 
 
-def _after_interruption(bench: EnrolBench, label: str) -> None:
+def _after_interruption(
+    bench: EnrolBench, label: str, fingers: tuple[str, ...] = BOTH
+) -> None:
     """Each finger has its old or its new reference; the next attempt completes."""
     if not bench.card.inserted:
         bench.reinsert()
-    for finger in BOTH:
+    for finger in fingers:
         assert bench.which(finger) in ("old", "new"), (label, finger)
-    bench.run(BOTH)
-    for finger in BOTH:
+    bench.run(fingers)
+    for finger in fingers:
         assert bench.which(finger) == "new", (label, finger)
     assert [r["state"] for r in bench.register.values()] == ["done"], label
 
@@ -419,3 +426,66 @@ def test_centre_gone_after_every_apdu(
         gone = False
         _after_interruption(bench, f"centre gone after APDU {i}/{total}")
     print(f"\ncentre gone: {total} interruption points")
+
+
+def _operator_confirms(bench: EnrolBench, auth_id: str, stop: threading.Event) -> threading.Thread:
+    """The operator, on the phone: confirms the code once the box has asked (a thread)."""
+
+    def confirm() -> None:
+        while not stop.is_set():
+            record = bench.centre.show(auth_id)
+            if record["state"] == "bound":
+                bench.centre.confirm(auth_id, record["code"])
+                return
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=confirm, daemon=True)
+    thread.start()
+    return thread
+
+
+def _enrol_in_a_process(bench: EnrolBench, config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*sdbox_argv(), "bio", "remote-enrol", "--config", str(config), "--reader", bench.reader],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def test_process_killed_after_every_apdu(module_bench: EnrolBench) -> None:
+    """The box powered off: `sdbox bio remote-enrol` killed after each APDU of the flow."""
+    bench = module_bench
+    bench.reset()
+    publish_crls(bench.pki, bench.work / "crl")
+    write_config(bench.work, bench.pki, display=":0", broker=bench.broker,
+                 sensor=f'kind = "emulated"\nseed = {NEW["primary"]}')  # fmt: skip
+    config = bench.work / "agent.toml"  # what write_config wrote
+    auth_id = bench.open()["id"]
+    stop = threading.Event()
+    _operator_confirms(bench, auth_id, stop)
+    proc = _enrol_in_a_process(bench, config)
+    out, err = proc.communicate(PIN.encode() + b"\n", timeout=120)
+    stop.set()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == f"enrolled: primary (authorised by {OPERATOR_NAME})"
+    assert f"read this code to {OPERATOR_NAME}: " in err.decode()
+    total = bench.card.apdus
+    for i in range(1, total + 1):
+        bench.reset()
+        auth_id = bench.open()["id"]
+        stop = threading.Event()
+        _operator_confirms(bench, auth_id, stop)
+        proc = _enrol_in_a_process(bench, config)
+
+        def kill(n: int, i: int = i, proc: subprocess.Popen[bytes] = proc) -> bool:
+            if n == i:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            return False
+
+        bench.card.on_apdu = kill
+        proc.communicate(PIN.encode() + b"\n", timeout=120)
+        bench.card.on_apdu = None
+        stop.set()
+        assert proc.returncode == -signal.SIGKILL, f"not killed at APDU {i}"
+        _after_interruption(bench, f"process killed after APDU {i}/{total}", ("primary",))
+    print(f"\nprocess killed: {total} interruption points")
