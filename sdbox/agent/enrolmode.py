@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sdbox.agent.api import Detail, Problem, State
 from sdbox.agent.bioenrol import Pending, RemoteEnrolment
 from sdbox.agent.problems import Refusal, Step, problem_for, refusal_for
+from sdbox.audit import AuditEvent, audit
 from sdbox.errors import SdboxError
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.errors import CardAccessError, PinBlocked, WrongPin
@@ -138,13 +139,18 @@ class EnrolmentMode:
                 typed = await self._pin
             finally:
                 self._pin = None
+            guid = pending.authorisation.card_guid.hex()
             try:
                 await card.handle.run(_verify_pin(flow, typed))
-                return
             except WrongPin as exc:
+                audit(AuditEvent.HOLDER_FAILED, "holder verification failed (enrolment)",
+                      method="pin", tries_left=exc.tries_left, card=guid)  # fmt: skip
                 tries, retry = exc.tries_left, problem_for(exc, Step.HOLDER)
+                continue
             except PinBlocked as exc:
                 raise refusal_for(exc, Step.HOLDER) from exc
+            audit(AuditEvent.HOLDER_VERIFIED, "holder verified (enrolment)", method="pin", card=guid)
+            return
 
 
 def _verify_pin(flow: RemoteEnrolment, pin: str) -> Callable[[BioSsoSession], None]:
