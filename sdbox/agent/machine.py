@@ -87,6 +87,8 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin, EnrolmentMode):
         open_card: Callable[[str], CardHandle] = CardHandle,
         renewal_window_days: int = 30,
         renewal: RenewalPort | None = None,
+        enrolment: EnrolmentFactory | None = None,
+        enrolment_poll_s: float = 1.0,
         seen_dir: Path | None = None,
         preferences: Preferences | None = None,
         tunnel: TunnelPort | None = None,
@@ -97,8 +99,6 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin, EnrolmentMode):
         support: SupportRecord | None = None,
         tunnel_state: Callable[[], TunnelEvent | None] | None = None,
         link_reader: Callable[[str], LinkFacts] | None = None,
-        enrolment: EnrolmentFactory | None = None,
-        enrolment_poll_s: float = 1.0,
     ) -> None:
         self.trust = trust
         self.sensor = sensor
@@ -108,14 +108,14 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin, EnrolmentMode):
         self.open_card = open_card
         self.renewal_window_days = renewal_window_days
         self.renewal = renewal
+        self.enrolment = enrolment  # remote fingerprint enrolment (agent/enrolmode.py), if offered
+        self.enrolment_poll_s = enrolment_poll_s  # how often the code's confirmation is asked
         self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
         self.preferences = preferences or Preferences(None, layout="us", choices=("us",))
         self.tunnel = tunnel  # None: no tunnel on this site, the centre is taken as reachable
         self.grace_s = grace_s  # how long a session waits for a lost tunnel (agent/link.py)
         self.catalogue = catalogue  # one-project cards' projects (sdbox.agent.oneproject)
         self.directories = DirectoryCache(directory_cache)  # for chips without extended length
-        self.enrolment = enrolment  # remote fingerprint enrolment (agent/enrolmode.py), if offered
-        self.enrolment_poll_s = enrolment_poll_s  # how often the code's confirmation is asked
         self._desk_init(network, support, tunnel_state, link_reader)
         self._renewing = False
         self.snapshot = Snapshot()
