@@ -83,7 +83,7 @@ class EnrolmentMode:
             auth = pending.authorisation
             self._set(
                 State.ENROLLING,
-                message=f"read this code to {pending.operator}: {pending.code}",
+                message=f"read the code on the screen to {pending.operator}",  # not in the log
                 detail=Detail.ENROLMENT_CODE,
                 args={"code": pending.code, "operator": pending.operator},
             )
