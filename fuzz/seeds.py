@@ -23,7 +23,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from pyasn1_modules import rfc2459, rfc4210
 
 from fuzz.targets import TARGETS, encode_answers, encode_variant_input
 from sdbox.biometric import compact, synth
+from sdbox.centre.bioauth import Authorisation
 from sdbox.centre.protocol import b64
 from sdbox.renewal import cmp
 from sdbox.smartcard.biosso import BioSsoSession
@@ -291,6 +292,7 @@ def build() -> dict[str, dict[str, bytes]]:
         seeds["project-catalogue"] = _catalogue_seeds(pki)
         seeds["certificates"] = _certificate_seeds(pki, holder)
         seeds["cmp-answer"] = _cmp_seeds(pki, holder)
+        seeds["remote-enrolment"] = _remote_enrolment_seeds(pki)
         project = decode_certificate(state.objects[ObjectTag.RETIRED_CERT_1])
         seeds["trust-chain"] = _trust_chain_seeds(pki, x509.load_der_x509_certificate(project))
     profiles = _REPO / "sdbox/smartcard/emulator"
@@ -307,6 +309,30 @@ def build() -> dict[str, dict[str, bytes]]:
     if missing:
         raise RuntimeError(f"no seeds for {', '.join(sorted(missing))}")
     return {name: files for name, files in seeds.items() if name in TARGETS}
+
+
+def _remote_enrolment_seeds(pki: Pki) -> dict[str, bytes]:
+    """An authorisation's bytes as the operator signs them, and the box's three requests."""
+    der = serialization.Encoding.DER
+    box = pki.issue_box(ec.generate_private_key(ec.SECP256R1()).public_key(), box_id="fuzz-box")
+    start = datetime(2026, 12, 7, 14, 0, tzinfo=UTC)
+    tbs = Authorisation(
+        id="a" * 16, card_guid=bytes(16), box_id="fuzz-box", box_certificate_sha256=bytes(32),
+        fingers=("primary", "secondary"), not_before=start,
+        not_after=start + timedelta(minutes=15), operator="Fuzz Operator", box_challenge=bytes(32),
+    ).encode()  # fmt: skip
+
+    def encode(request: dict[str, Any]) -> bytes:
+        return json.dumps(request, separators=(",", ":")).encode()
+
+    return {
+        "authorisation": tbs,
+        "begin": encode({"card_guid": GUID_OF_ZEROS, "box_certificate": b64(box.public_bytes(der)),
+                         "challenge": b64(bytes(32))}),
+        "status": encode({"authorisation": "a" * 16, "tbs_sha256": "00" * 32}),
+        "finish": encode({"authorisation": "a" * 16, "session": "s" * 22,
+                          "fingers": ["primary"], "box_signature": b64(bytes(72))}),
+    }
 
 
 def write(seeds: dict[str, dict[str, bytes]], corpus: Path = CORPUS) -> None:

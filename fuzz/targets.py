@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
@@ -30,8 +30,10 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from sdbox.agent.config import AgentConfig
 from sdbox.biometric import compact, matcher, record
 from sdbox.biometric.sensor import to_probe
+from sdbox.broker.bioenrol import BioEnrolment
 from sdbox.broker.cards import CardManagement
 from sdbox.broker.server import Broker
+from sdbox.centre.bioauth import Authorisation
 from sdbox.config import load_section
 from sdbox.errors import SdboxError
 from sdbox.renewal import cmp
@@ -402,6 +404,42 @@ def card_management(data: bytes) -> None:
             pass
 
 
+def remote_enrolment(data: bytes) -> None:
+    """Remote enrolment: the authorisation's bytes as the box decodes them (after the
+    operator's signature), and the centre's requests (begin, status, finish) on arbitrary JSON."""
+    try:
+        Authorisation.decode(data)
+    except SdboxError:
+        pass
+    try:
+        request = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return
+    if not isinstance(request, dict):
+        return
+    bio = _STATE.get("bio")
+    if bio is None:
+        work = Path(tempfile.mkdtemp(prefix="sdbox-fuzz-bio-"))
+        # one live authorisation for the GUID of zeros, bound, so that requests reach its checks
+        (work / "register.json").write_text(json.dumps({"a" * 16: {
+            "id": "a" * 16, "card_guid": "00" * 16, "box_id": "fuzz-box", "fingers": ["primary"],
+            "not_before": "2026-01-01T00:00:00+00:00", "not_after": "2099-01-01T00:00:00+00:00",
+            "operator_key": "nobody", "operator": "Fuzz", "state": "writing",
+            "created": "2026-01-01T00:00:00+00:00", "wrong_codes": 0, "code": "000000",
+            "tbs_sha256": "00" * 32, "box_certificate": _cmp_signer().public_bytes(
+                serialization.Encoding.DER).hex(),
+        }}))  # fmt: skip
+        bio = BioEnrolment(register=work / "register.json", operators=work, anchors=[_cmp_signer()],
+                           intermediates=[], store=None)  # type: ignore[arg-type]  # fmt: skip
+        _STATE["bio"] = bio
+    assert isinstance(bio, BioEnrolment)
+    for step in (bio.begin, bio.status, bio.finish):
+        try:
+            step(request)
+        except SdboxError:
+            pass
+
+
 @functools.cache
 def _cmp_signer() -> x509.Certificate:
     """Some CA certificate to check an answer's protection against (never matches)."""
@@ -437,6 +475,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "trust-chain": trust_chain,
     "broker-request": broker_request,
     "card-management": card_management,
+    "remote-enrolment": remote_enrolment,
     "cmp-answer": cmp_answer,
 }
 

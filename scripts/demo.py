@@ -43,19 +43,24 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from dbus_fast.aio import MessageBus
 
-from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, State
+from sdbox.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH, Detail, State
 from sdbox.agent.card import ReaderWatcher
 from sdbox.agent.dbus import export
 from sdbox.agent.events import SessionEndedEvent
 from sdbox.agent.service import build_agent
+from sdbox.broker.bioenrol import write_operator
+from sdbox.broker.cards import register_entry
 from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.identity.enrol import enrol
 from sdbox.smartcard.emulator.applet import PivApplet
 from sdbox.smartcard.emulator.profiles import CardProfile, issue_card, load_profile
 from sdbox.smartcard.emulator.stack import PcscDaemon, reader_name, reserve_reader, wait_for_card
 from sdbox.smartcard.emulator.vpcd import VPCD_BASE_PORT, VirtualCard
+from sdbox.smartcard.profile import Slot, certificate_object, decode_certificate
 from sdbox.trust.pki import Pki
 from tests.integration.agent_env import (
     BrokerEnv,
@@ -149,8 +154,13 @@ async def flow(
     profile: CardProfile,
     host: HostNetns | None,
     interactive: bool = False,
+    enrolment: Path | None = None,
 ) -> None:
-    """The researcher's flow; ``host``: the card's namespace when this thread is the box's."""
+    """The researcher's flow; ``host``: the card's namespace when this thread is the box's.
+
+    ``enrolment``: the broker's remote enrolment directory (``--enrolment``): the card is
+    registered at the centre and an operator authorises a remote enrolment first.
+    """
     publish_crls(pki, work / "crl")
     endpoint_host = profile.projects[0].endpoint.rsplit(":", 1)[0]
     config = write_config(work, pki, display=box_display, broker=broker,
@@ -159,6 +169,8 @@ async def flow(
     ended: list[SessionEndedEvent] = []
     agent.listeners.append(lambda e: ended.append(e) if isinstance(e, SessionEndedEvent) else None)
     state = issue_card(profile, pki, state_path=OUT / "card.json")
+    if enrolment is not None:
+        _register_for_enrolment(work, pki, state, enrolment)
     card = VirtualCard(PivApplet(state), port=VPCD_BASE_PORT + index, latency_ms=20.0)
     # the greeter runs as its own user: the bus socket must be reachable for it
     bus_dir = Path(tempfile.mkdtemp(prefix="sdbox-demo-bus-"))
@@ -186,7 +198,8 @@ async def flow(
             if interactive:
                 await _interactive(demo, card, agent, host)
             else:
-                await _scripted(demo, api, agent, card, screen, box_display, ended, host)
+                await _scripted(demo, api, agent, card, screen, box_display, ended, host,
+                                broker if enrolment is not None else None)  # fmt: skip
         finally:
             await agent.shutdown()
             await asyncio.to_thread(watcher.stop)
@@ -204,6 +217,7 @@ async def _scripted(
     box_display: str,
     ended: list[SessionEndedEvent],
     host: HostNetns | None,
+    enrolling: BrokerEnv | None = None,
 ) -> None:
     """The researcher's flow, driven through the agent's D-Bus API."""
     await demo.greeter_shot(screen, "insert-card")
@@ -212,6 +226,8 @@ async def _scripted(
         lambda: _insert(card, agent, host),
     )
     await demo.greeter_shot(screen, "picker")
+    if enrolling is not None:
+        await _enrolment_scene(demo, api, agent, screen, enrolling)
     projects = await api.get_projects()
     for p in projects:
         print(f"         {p[0]:15} {p[1]:24} {p[2]:5} {p[5]}")
@@ -238,6 +254,65 @@ async def _scripted(
     )
     await demo.greeter_shot(screen, "after-removal")
     demo.outcomes = [f"{e.project}: {e.reason} ({e.message})" for e in ended]
+
+
+OPERATOR = "Alice Martin (card office)"
+
+
+def _register_for_enrolment(work: Path, pki: Pki, state: Any, bio_dir: Path) -> None:
+    """The centre knows the card (its 9B key, its holder) and has an enrolment operator."""
+    holder = x509.load_der_x509_certificate(
+        decode_certificate(state.objects[certificate_object(Slot.AUTHENTICATION)])
+    )
+    register = work / "cards.json"
+    register.write_text(
+        json.dumps({state.guid.hex(): register_entry(state.management_key, holder)})
+    )
+    register.chmod(0o600)
+    key = ec.generate_private_key(ec.SECP256R1())
+    write_operator(bio_dir / "operators", "alice", key,
+                   pki.issue_enrolment_operator(key.public_key(), operator=OPERATOR))  # fmt: skip
+
+
+async def _enrolment_scene(
+    demo: Demo, api: Any, agent: Any, screen: Kiosk | None, broker: BrokerEnv
+) -> None:
+    """Remote enrolment: the operator authorises, the researcher reads the code back, enrols."""
+    bio = broker.server.broker.bio
+    box_id = "demo-box-1" if broker.identity is not None else "test-box-1"
+    card_guid = agent._card.guid if agent._card else b""
+    record = await demo.step(
+        "the card office authorises a remote enrolment of the primary finger (15 min)",
+        lambda: asyncio.to_thread(
+            bio.open, card_guid=card_guid, box_id=box_id, fingers=("primary",), minutes=15,
+            operator="alice",
+        ),
+    )  # fmt: skip
+
+    async def code_shown() -> None:
+        await api.call_start_enrolment()
+        await until(lambda: agent.snapshot.detail == Detail.ENROLMENT_CODE)
+
+    await demo.step("F6: the box asks for it and shows the code to read back", code_shown)
+    await demo.greeter_shot(screen, "enrolment-code")
+    code = agent.snapshot.detail_args["code"]
+
+    async def confirmed() -> None:
+        await asyncio.to_thread(bio.confirm, record["id"], code)
+        await until(lambda: agent.snapshot.detail == Detail.ENROLMENT_PIN)
+
+    await demo.step(f"the operator types the code the researcher reads ({code})", confirmed)
+    await demo.greeter_shot(screen, "enrolment-pin")
+
+    async def enrolled() -> None:
+        await api.call_submit_pin("123456")
+        await until(lambda: agent.snapshot.detail == Detail.ENROLMENT_DONE)
+
+    await demo.step(
+        "PIN, three captures, written with 9B answered by the centre, checked on the card",
+        enrolled,
+    )
+    await demo.greeter_shot(screen, "enrolment-done")
 
 
 @contextlib.contextmanager
@@ -364,6 +439,8 @@ def main() -> int:
     interactive = (
         "--headless" not in sys.argv and sys.stdin.isatty() and bool(os.environ.get("DISPLAY"))
     )
+    # --enrolment: a remote fingerprint enrolment scene after the picker (docs/remote-enrolment.md)
+    enrolment_scene = "--enrolment" in sys.argv
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     demo = Demo()
@@ -423,9 +500,13 @@ def main() -> int:
                         servers[p.id] = stack.enter_context(
                             spice_bubble(work / p.id, pki, p.id, ports[p.id], host)
                         )
+                bio_dir = (work / "bio").resolve() if enrolment_scene else None
                 broker = stack.enter_context(
                     reference_broker(work / "broker", pki, servers, ports,
-                                     enrolment_tokens=register, host=host)
+                                     enrolment_tokens=register, host=host,
+                                     card_register=(work / "cards.json").resolve()
+                                     if bio_dir else None,
+                                     bio_enrolment=bio_dir)
                 )  # fmt: skip
             print(
                 f"bubbles up: {', '.join(f'{k} on {host}:{v}' for k, v in ports.items())}",
@@ -465,7 +546,7 @@ def main() -> int:
             with thread_in_netns(box_netns) if box_netns else contextlib.nullcontext():
                 asyncio.run(
                     flow(demo, work, pki, bubble_display, box_display, broker, index, profile,
-                         card_side, interactive)
+                         card_side, interactive, bio_dir)
                 )  # fmt: skip
             wait_for_card(reader_name(index), present=False)
     except Exception as exc:

@@ -1,6 +1,7 @@
 """The audit trail: one event name per step, fixed fields (docs/agent.md lists them).
 
-Shared by the agent and renewal (and the renewal timer), below both. Never a
+Shared by the agent, renewal (and the renewal timer) and the reference centre's
+remote enrolment, below all of them. Never a
 PIN, a template, a key or a credential in a field.
 """
 
@@ -42,6 +43,16 @@ class AuditEvent(StrEnum):
     TUNNEL_DOWN = "tunnel_down"
     TUNNEL_REFUSED = "tunnel_refused"
     SESSION_RECONNECTING = "session_reconnecting"
+    # remote biometric enrolment (docs/remote-enrolment.md), on the box and the centre
+    ENROLMENT_OPENED = "enrolment_opened"
+    ENROLMENT_AUTHORISED = "enrolment_authorised"
+    ENROLMENT_CONFIRMED = "enrolment_confirmed"
+    ENROLMENT_REFUSED = "enrolment_refused"
+    ENROLMENT_REVOKED = "enrolment_revoked"
+    ENROLMENT_WRITING = "enrolment_writing"
+    ENROLMENT_WRITTEN = "enrolment_written"
+    ENROLMENT_COMPLETED = "enrolment_completed"
+    ENROLMENT_FAILED = "enrolment_failed"
 
 
 def audit(event: AuditEvent, message: str, **fields: str | int | None) -> None:

@@ -1,4 +1,4 @@
-"""``sdbox bio``: enrolment (an enrolment station's job, never the box's) and the matcher benchmark."""
+"""``sdbox bio``: enrolment (a station's job; remotely, under the card office's authorisation), the matcher benchmark."""
 
 from __future__ import annotations
 
@@ -233,3 +233,56 @@ def _cell(value: object) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
     return str(value)
+
+
+@bio.command("remote-enrol")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True, help="The agent's configuration ([credentials] broker_url, [identity], "
+    "[trust], [sensor]).",
+)  # fmt: skip
+@click.option("--reader", default=None, help="The PC/SC reader (default: the first with a card).")
+def remote_enrol(config_path: Path, reader: str | None) -> None:
+    """Enrol the card's fingers under the card office's authorisation (docs/remote-enrolment.md).
+
+    What the agent's enrolment mode does, at a workstation or a bench: the code
+    to read to the operator (standard error), the PIN (first line of standard
+    input), the captures from the configured sensor, the write with the card's
+    9B answered by the centre, the check on the card.
+    """
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from sdbox.agent.adapters import TrustService, make_sensor  # noqa: PLC0415
+    from sdbox.agent.config import load  # noqa: PLC0415
+    from sdbox.agent.service import make_enrolment  # noqa: PLC0415
+    from sdbox.config import ConfigError  # noqa: PLC0415
+    from sdbox.smartcard import pcsc  # noqa: PLC0415
+    from sdbox.smartcard.biosso import BioSsoSession  # noqa: PLC0415
+
+    config = load(config_path)
+    factory = make_enrolment(config, TrustService(config))
+    if factory is None:
+        raise ConfigError(f"{config_path}: [credentials] broker_url is not set")
+    sensor = make_sensor(config.sensor)
+    conn = pcsc.connect(reader, exclusive=True)
+    try:
+        session = BioSsoSession.for_atr(conn, conn.atr)
+        session.piv.select()
+        flow = factory(session)
+        pending = flow.authorise()
+        click.echo(f"read this code to {pending.operator}: {pending.code}", err=True)
+        while not flow.operator_confirmed(pending):
+            time.sleep(1.0)
+        click.echo("the operator confirmed the code: PIN on standard input", err=True)
+        flow.verify_holder(sys.stdin.readline().strip())  # never echoed, never logged
+        for finger in pending.authorisation.fingers:
+            click.echo(f"{finger} finger: place it on the sensor, several times", err=True)
+        references = asyncio.run(flow.capture(pending, sensor))
+        session_id = flow.write(pending, references)
+        click.echo("written; place the finger once more: the card checks it", err=True)
+        asyncio.run(flow.confirm(pending, sensor, session_id))
+    finally:
+        conn.close()
+    fingers = ", ".join(pending.authorisation.fingers)
+    click.echo(f"enrolled: {fingers} (authorised by {pending.operator})")

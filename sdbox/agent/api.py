@@ -62,6 +62,7 @@ class State(StrEnum):
     CONNECTING = "connecting"  # credential obtained: session client starting
     RUNNING = "running"  # session connected
     BLOCKED = "blocked"  # the card cannot be used (untrusted, unreadable): remove it
+    ENROLLING = "enrolling"  # remote fingerprint enrolment under an operator's authorisation
 
 
 class Problem(StrEnum):
@@ -98,6 +99,10 @@ class Problem(StrEnum):
     BUSY = "busy"
     INVALID_PREFERENCE = "invalid_preference"  # SetPreference refused (never a screen)
     INVALID_NETWORK = "invalid_network"  # SetNetwork refused: the error's message names the field
+    # remote fingerprint enrolment (docs/remote-enrolment.md)
+    NO_FINGERPRINT = "no_fingerprint"  # the card has no on-card comparison: nothing to enrol
+    ENROLMENT_REFUSED = "enrolment_refused"  # the authorisation was refused (DetailArgs reason)
+    ENROLMENT_FAILED = "enrolment_failed"  # the captures or the new reference's check failed
 
 
 class CentreState(StrEnum):
@@ -245,6 +250,16 @@ class Detail(StrEnum):
     CENTRE_CONNECTING = "centre_connecting"  # not up yet, no failure known
     TUNNEL_DOWN = "tunnel_down"  # reason (a TunnelReason value), gateway (may be "")
     SESSION_RECONNECTING = "session_reconnecting"  # the tunnel dropped: waiting for it (grace)
+    # remote fingerprint enrolment (state ``enrolling``, docs/remote-enrolment.md)
+    ENROLMENT_AUTHORISING = "enrolment_authorising"  # asking the centre for the authorisation
+    ENROLMENT_CODE = "enrolment_code"  # code, operator: read the code to the operator
+    ENROLMENT_PIN = "enrolment_pin"  # operator: the code is confirmed, enter your PIN
+    ENROLMENT_CAPTURE = "enrolment_capture"  # finger: place that finger (several times)
+    ENROLMENT_WRITING = "enrolment_writing"  # writing the new reference(s) on the card
+    ENROLMENT_CONFIRM = "enrolment_confirm"  # finger: once more, checked on the card
+    ENROLMENT_DONE = "enrolment_done"  # fingers, operator: enrolled and verified
+    ENROLMENT_REFUSED = "enrolment_refused"  # reason (sdbox.centre.bioauth.REASONS, centre codes)
+    NO_FINGERPRINT = "no_fingerprint"  # this card has no fingerprint: enrolment is not possible
 
 
 # The parameters each detail comes with (the keys of DetailArgs): dates are ISO 8601 in
@@ -265,6 +280,12 @@ DETAIL_ARGS: dict[Detail, frozenset[str]] = {
     Detail.CENTRE_REFUSED: frozenset({"code"}),
     Detail.SESSION_ENDED: frozenset({"reason"}),
     Detail.TUNNEL_DOWN: frozenset({"reason", "gateway"}),
+    Detail.ENROLMENT_CODE: frozenset({"code", "operator"}),
+    Detail.ENROLMENT_PIN: frozenset({"operator"}),
+    Detail.ENROLMENT_CAPTURE: frozenset({"finger"}),
+    Detail.ENROLMENT_CONFIRM: frozenset({"finger"}),
+    Detail.ENROLMENT_DONE: frozenset({"fingers", "operator"}),
+    Detail.ENROLMENT_REFUSED: frozenset({"reason"}),
 }
 
 

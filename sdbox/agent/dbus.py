@@ -173,6 +173,14 @@ class AgentInterface(ServiceInterface):
             raise _refused(refusal) from refusal
 
     @method()
+    async def StartEnrolment(self) -> None:
+        """Remote fingerprint enrolment of the inserted card (from the picker; the centre decides)."""
+        try:
+            await self.agent.start_enrolment()
+        except Refusal as refusal:
+            raise _refused(refusal) from refusal
+
+    @method()
     def SetPreference(self, key: DBusStr, value: DBusStr) -> None:
         """Keep a choice of the researcher's (validated; refused with invalid_preference)."""
         try:

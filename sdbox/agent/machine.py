@@ -38,6 +38,7 @@ from sdbox.agent.card import CardHandle, ReaderEvent
 from sdbox.agent.connect import ConnectionFlow, Insertion
 from sdbox.agent.desk import DeskMixin
 from sdbox.agent.dircache import DirectoryCache
+from sdbox.agent.enrolmode import EnrolmentFactory, EnrolmentMode
 from sdbox.agent.events import (
     AgentEvent,
     PreferencesChanged,
@@ -73,7 +74,7 @@ from sdbox.smartcard.errors import CardAccessError, DirectoryMissing
 
 _log = logging.getLogger("sdbox.agent")
 
-class Agent(CentreLink, ConnectionFlow, DeskMixin):
+class Agent(CentreLink, ConnectionFlow, DeskMixin, EnrolmentMode):
     """The state machine (see the module docstring)."""
 
     def __init__(
@@ -87,6 +88,8 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin):
         open_card: Callable[[str], CardHandle] = CardHandle,
         renewal_window_days: int = 30,
         renewal: RenewalPort | None = None,
+        enrolment: EnrolmentFactory | None = None,
+        enrolment_poll_s: float = 1.0,
         seen_dir: Path | None = None,
         preferences: Preferences | None = None,
         tunnel: TunnelPort | None = None,
@@ -107,6 +110,8 @@ class Agent(CentreLink, ConnectionFlow, DeskMixin):
         self.open_card = open_card
         self.renewal_window_days = renewal_window_days
         self.renewal = renewal
+        self.enrolment = enrolment  # remote fingerprint enrolment (agent/enrolmode.py), if offered
+        self.enrolment_poll_s = enrolment_poll_s  # how often the code's confirmation is asked
         self.seen_dir = seen_dir  # where the renewal timer learns what is due (renewal/due.py)
         self.preferences = preferences or Preferences(None, layout="us", choices=("us",))
         self.tunnel = tunnel  # None: no tunnel on this site, the centre is taken as reachable

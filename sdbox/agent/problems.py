@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from sdbox.agent.api import Detail, Problem
+from sdbox.agent.bioenrol import EnrolmentNotAuthorised, NoFingerprint
 from sdbox.biometric.errors import BiometricError, SensorUnavailable
 from sdbox.biometric.quality import PoorCapture
 from sdbox.centre.errors import CentreError, CentreRefused, CentreUnreachable
@@ -85,6 +86,7 @@ class Step(Enum):
     PROJECT = "project"  # the project certificate and the possession proof of its key
     SERVER = "server"  # the bubble's server certificate
     CREDENTIAL = "credential"  # the session credential from the centre
+    ENROLMENT = "enrolment"  # remote fingerprint enrolment (docs/remote-enrolment.md)
 
 
 # Per step: (exception type, problem), the first match wins; else the step's default.
@@ -108,6 +110,12 @@ _BY_TYPE: dict[Step, tuple[tuple[type[BaseException], Problem], ...]] = {
     ),
     Step.SERVER: (),  # whatever is wrong with the bubble's certificate, it is not trusted
     Step.CREDENTIAL: ((CentreUnreachable, Problem.BROKER_UNREACHABLE),),
+    Step.ENROLMENT: (
+        (NoFingerprint, Problem.NO_FINGERPRINT),
+        (EnrolmentNotAuthorised, Problem.ENROLMENT_REFUSED),
+        (CentreUnreachable, Problem.CENTRE_UNREACHABLE),
+        (CentreError, Problem.ENROLMENT_REFUSED),
+    ),
 }
 _DEFAULT: dict[Step, Problem] = {
     Step.READING: Problem.CARD_NOT_RECOGNISED,
@@ -116,6 +124,7 @@ _DEFAULT: dict[Step, Problem] = {
     Step.PROJECT: Problem.CERTIFICATE_INVALID,
     Step.SERVER: Problem.SERVER_UNTRUSTED,
     Step.CREDENTIAL: Problem.CREDENTIAL_REFUSED,
+    Step.ENROLMENT: Problem.ENROLMENT_FAILED,  # captures refused, the new reference not verified
 }
 
 
@@ -147,6 +156,8 @@ _DETAILS: tuple[
     ],
     ...,
 ] = (
+    (NoFingerprint, Detail.NO_FINGERPRINT, lambda e: {}),
+    (EnrolmentNotAuthorised, Detail.ENROLMENT_REFUSED, lambda e: {"reason": e.reason}),
     (CardRemoved, Detail.CARD_REMOVED, lambda e: {}),
     (CardNotResponding, Detail.CARD_NOT_RESPONDING, lambda e: {}),
     (CardBusy, Detail.CARD_BUSY, lambda e: {}),

@@ -28,6 +28,7 @@ from sdbox.agent.machine import Agent
 from sdbox.agent.outer_network import NetworkStore
 from sdbox.agent.preferences import Preferences
 from sdbox.audit import AuditEvent, audit
+from sdbox.certificates import UnreadableCertificate, load_certificates
 from sdbox.config import ConfigError
 from sdbox.errors import SdboxError
 from sdbox.identity import IdentitySource, probe
@@ -109,6 +110,33 @@ def make_renewal(config: AgentConfig, trust: Any, identity: IdentitySource | Non
     )
 
 
+def make_enrolment(config: AgentConfig, trust: Any, identity: IdentitySource | None = None) -> Any:
+    """Remote fingerprint enrolment's flow factory, or None without a centre ([credentials] broker_url).
+
+    Whether the centre offers it is the centre's answer (``enrolment``, 404): the box asks.
+    """
+    if not config.credentials.broker_url:
+        return None
+    from sdbox.agent.bioenrol import RemoteEnrolment, operator_check  # noqa: PLC0415
+    from sdbox.centre.bioenrol import BioEnrolmentCentre  # noqa: PLC0415
+
+    source = identity or IdentitySource(config.identity.identity_config())
+
+    def factory(session: Any) -> RemoteEnrolment:
+        try:
+            anchors = load_certificates(config.credentials.broker_anchors.read_bytes())
+        except (OSError, UnreadableCertificate) as exc:
+            raise ConfigError(
+                f"[credentials] broker_anchors {config.credentials.broker_anchors}: {exc}"
+            ) from exc
+        centre = BioEnrolmentCentre(config.credentials.broker_url, anchors=anchors,
+                                    identity=source())  # fmt: skip
+        check = operator_check(trust.anchors, trust.intermediates, trust.store)
+        return RemoteEnrolment(session, centre, check)
+
+    return factory
+
+
 def make_tunnel(config: AgentConfig) -> Any:
     """The tunnel port ([tunnel] watch), or None on a site without a tunnel."""
     if not config.tunnel.watch:
@@ -152,6 +180,7 @@ def build_agent(
         "endpoint_allowed": config.policy.endpoint_allowed,
         "renewal_window_days": config.policy.renewal_window_days,
         "renewal": make_renewal(config, trust, identity),
+        "enrolment": make_enrolment(config, trust, identity),
         "seen_dir": config.state_dir / "renewal",
         "grace_s": config.tunnel.grace_s,
         "catalogue": config.card.project_catalogue,

@@ -27,6 +27,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,6 +163,7 @@ class _CardSession:
     challenge: bytes | None = None
     authentications: int = 0
     key: _KeyExchange | None = None
+    enrolment: str = ""  # a remote enrolment's authorisation id: 9B only, no directory
 
 
 class CardManagement:
@@ -185,6 +187,9 @@ class CardManagement:
         self._sessions: dict[str, _CardSession] = {}
         self._lock = threading.Lock()
         self.directories_signed = 0
+        # remote biometric enrolment (sdbox.broker.bioenrol) admits its sessions: raises
+        # Refused unless the authorisation is confirmed for this card and box
+        self.admit_enrolment: Callable[[str, bytes, bytes], None] | None = None
 
     # -- the requests ----------------------------------------------------------------
 
@@ -209,7 +214,15 @@ class CardManagement:
             )
         self._validate(holder, Purpose.HOLDER, "holder_certificate", "the holder certificate", now)
         signed = self._current_directory(directory_der, guid)
-        if not any(p.not_after - now <= self.window for p in signed.directory.projects):
+        enrolment = ""
+        if request.get("purpose", "renewal") == "enrolment":
+            # the card's 9B for writing finger references, under an operator's authorisation
+            # (docs/remote-enrolment.md) instead of a project due for renewal
+            if self.admit_enrolment is None:
+                raise Refused("enrolment", "this centre does not enrol fingers remotely", 404)
+            enrolment = text_field(request, "authorisation")
+            self.admit_enrolment(enrolment, guid, box_der)
+        elif not any(p.not_after - now <= self.window for p in signed.directory.projects):
             raise Refused("not_due", "no project on this card is due for renewal")
         exchange, nonce = secrets.token_urlsafe(16), secrets.token_bytes(NONCE_BYTES)
         transcript = CardTranscript(exchange, nonce, guid, box_der, holder_der, directory_der)
@@ -217,7 +230,7 @@ class CardManagement:
             self._expire()
             self._sessions[exchange] = _CardSession(
                 guid, record, box, holder, signed, transcript,
-                time.monotonic() + self.lifetime_s,
+                time.monotonic() + self.lifetime_s, enrolment=enrolment,
             )  # fmt: skip
         return {"exchange": exchange, "nonce": b64(nonce), "expires_in": self.lifetime_s}
 
@@ -280,9 +293,18 @@ class CardManagement:
         session.card_proven = True
         return {"card": "authenticated"}
 
+    def proven(self, session_id: str, guid: bytes) -> bool:
+        """Whether card session ``session_id`` is for ``guid`` and the card proved its 9B key."""
+        with self._lock:
+            self._expire()
+            session = self._sessions.get(session_id)
+        return session is not None and session.guid == guid and session.card_proven
+
     def prove(self, request: dict[str, Any]) -> dict[str, Any]:
         """Before a directory: the new certificate, answered with an ephemeral key for ECDH."""
         session = self._session(request)
+        if session.enrolment:
+            raise Refused("directory", "an enrolment session does not change the directory")
         project = text_field(request, "project")
         slot = request.get("slot")
         if not isinstance(slot, int) or slot not in RETIRED_SLOTS:

@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from sdbox.broker.bioenrol import BioEnrolment
 from sdbox.broker.cards import CardManagement
 from sdbox.broker.enrolment import MAX_TOKEN, EnrolmentTokens
 from sdbox.broker.errors import BrokerError
@@ -103,6 +104,14 @@ class BrokerConfig:
     card_session_lifetime_s: int = setting(
         300, help="renewal: how long a card management session lasts"
     )
+    bio_enrolment_register: str = setting(
+        "",
+        help="remote enrolment: the operators' authorisations (JSON, mode 0600; needs "
+        "card_register); '' = no remote enrolment",
+    )
+    enrolment_operators: str = setting(
+        "", help="remote enrolment: directory of operators' <name>.key and <name>.pem"
+    )
 
 
 def load_config(path: Path) -> BrokerConfig:
@@ -148,6 +157,25 @@ class Broker:
             if config.card_register and config.directory_pki
             else None
         )  # fmt: skip
+        self.bio: BioEnrolment | None = None
+        if self.cards is not None and config.bio_enrolment_register:
+            self.bio = BioEnrolment(
+                register=Path(config.bio_enrolment_register),
+                operators=Path(config.enrolment_operators), anchors=self.anchors,
+                intermediates=self.intermediates, store=self.store, card_proven=self.cards.proven,
+            )  # fmt: skip
+            self.cards.admit_enrolment = self.bio.admit
+
+    def bio_step(self, step: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """Remote enrolment's step ``step``, or a refusal when not offered here."""
+
+        def handle(request: dict[str, Any]) -> dict[str, Any]:
+            if self.bio is None:
+                raise Refused("enrolment", "this centre does not enrol fingers remotely", 404)
+            method: Callable[[dict[str, Any]], dict[str, Any]] = getattr(self.bio, step)
+            return method(request)
+
+        return handle
 
     def card(self, step: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """The card management step ``step`` (renewal), or a refusal when not offered here."""
@@ -360,6 +388,7 @@ class _Handler(BaseHTTPRequestHandler):
                 f"/v1/card/{step}": self.broker.card(step)
                 for step in ("open", "authenticate", "witness", "response", "prove", "directory")
             },
+            **{f"/v1/bio/{step}": self.broker.bio_step(step) for step in ("begin", "status", "finish")},
         }
         handler = routes.get(self.path)
         if handler is None:

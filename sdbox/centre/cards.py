@@ -50,6 +50,7 @@ class BrokerCentre:
         identity: BoxKey,
         session: BioSsoSession,
         timeout_s: float = 10.0,
+        enrolment: str = "",
     ) -> None:
         if not url.startswith("https://"):
             raise CentreError("the centre's URL must be https://")
@@ -59,6 +60,14 @@ class BrokerCentre:
         self._session = session
         self._timeout_s = timeout_s
         self._id: str | None = None
+        # a remote enrolment's authorisation id (docs/remote-enrolment.md): the centre answers
+        # the card's 9B for writing finger references instead of for a due renewal
+        self._enrolment = enrolment
+
+    @property
+    def session_id(self) -> str:
+        """The open card management session (after :meth:`management_key` was used)."""
+        return self._require_session()
 
     # -- Centre ---------------------------------------------------------------------
 
@@ -111,11 +120,11 @@ class BrokerCentre:
         box_der = self._identity.certificate.public_bytes(der)
         holder_der = self._session.certificate(Slot.AUTHENTICATION).public_bytes(der)
         directory = self._session.read_signed_directory().encode()
-        answer = self._post(
-            "open",
-            {"card_guid": card_guid.hex(), "box_certificate": b64(box_der),
-             "holder_certificate": b64(holder_der), "directory": b64(directory)},
-        )  # fmt: skip
+        request = {"card_guid": card_guid.hex(), "box_certificate": b64(box_der),
+                   "holder_certificate": b64(holder_der), "directory": b64(directory)}  # fmt: skip
+        if self._enrolment:
+            request.update(purpose="enrolment", authorisation=self._enrolment)
+        answer = self._post("open", request)
         exchange = _text(answer, "exchange")
         transcript = CardTranscript(
             exchange, _bytes(answer, "nonce"), card_guid, box_der, holder_der, directory

@@ -16,6 +16,9 @@ SDBOX_ARC = "2.25.62369838210459661955865901654231296628"
 # Extended key usages (arc .1)
 EKU_DIRECTORY_SIGNING = ObjectIdentifier(f"{SDBOX_ARC}.1.1")
 """Signs the project directory stored on the card."""
+EKU_ENROLMENT_OPERATOR = ObjectIdentifier(f"{SDBOX_ARC}.1.2")
+"""Signs remote biometric enrolment authorisations (docs/remote-enrolment.md): an
+operator of the card office, certified by the project CA under the project policy."""
 
 # Certificate policies (arc .2). Each issuing CA carries the policy of its role
 # and certifies leaves under that same policy, so that the box can tell the

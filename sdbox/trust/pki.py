@@ -442,6 +442,26 @@ class Pki:
             san=[x509.UniformResourceIdentifier(oids.BOX_URN_PREFIX + box_id)],
         )
 
+    def issue_enrolment_operator(
+        self,
+        public_key: CertificatePublicKeyTypes,
+        *,
+        operator: str,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> x509.Certificate:
+        """A card-office operator's key for remote enrolment authorisations (names the operator)."""
+        return self._issue(
+            "project-ca",
+            public_key,
+            subject_cn=operator,
+            not_before=not_before,
+            not_after=not_after,
+            key_usage=_key_usage(digital_signature=True),
+            eku=[oids.EKU_ENROLMENT_OPERATOR],
+            san=None,
+        )
+
     # -- revocation ----------------------------------------------------------
 
     def _issuer_of(self, cert: x509.Certificate) -> str:

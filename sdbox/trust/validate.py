@@ -59,6 +59,8 @@ class Purpose(enum.Enum):
     """A box identity certificate."""
     DIRECTORY_SIGNING = "directory-signing"
     """The key that signs the card's project directory."""
+    ENROLMENT_OPERATOR = "enrolment-operator"
+    """A card-office operator who authorises a remote biometric enrolment."""
     CLIENT = "client"
     """Any TLS client certificate (clientAuth), no sdbox role rules: foreign PKIs, tests."""
     TLS_SERVER = "tls-server"
@@ -90,6 +92,9 @@ _RULES = {
     Purpose.BOX: _Rules(ExtendedKeyUsageOID.CLIENT_AUTH, ("digital_signature",), oids.POLICY_BOX),
     Purpose.DIRECTORY_SIGNING: _Rules(
         oids.EKU_DIRECTORY_SIGNING, ("digital_signature",), oids.POLICY_PROJECT
+    ),
+    Purpose.ENROLMENT_OPERATOR: _Rules(
+        oids.EKU_ENROLMENT_OPERATOR, ("digital_signature",), oids.POLICY_PROJECT
     ),
     Purpose.CLIENT: _Rules(
         ExtendedKeyUsageOID.CLIENT_AUTH, ("digital_signature", "key_agreement"), None

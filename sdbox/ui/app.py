@@ -353,11 +353,11 @@ class Greeter(DeskPanels):
             box.append(self._label(screen.body, "body"))
         if screen.hint:
             box.append(self._label(screen.hint, "hint"))
-        if screen.kind == "connecting":
+        if screen.kind in ("connecting", "enrolling"):  # the centre or the card is working
             spinner = Gtk.Spinner()
             spinner.start()
             box.append(spinner)
-        if screen.projects and screen.kind in ("picker", "ended", "running"):
+        if screen.projects and screen.kind in ("picker", "ended", "running", "enrolled"):
             box.append(self._picker(screen))
         if screen.options:
             box.append(self._options(screen))
@@ -534,6 +534,10 @@ class Greeter(DeskPanels):
             )
             # kept by the agent; its PropertiesChanged brings the new look
             self._call("SetPreference", GLib.Variant("(ss)", (key.value, "0" if now else "1")))
+            return True
+        if keyval == Gdk.KEY_F6 and self.screen is not None:
+            if self.screen.kind in ("picker", "enrolled"):  # remote fingerprint enrolment
+                self._call("StartEnrolment")
             return True
         if keyval == Gdk.KEY_F2 and self.screen is not None:
             if self.screen.kind not in ("connecting", "running"):

@@ -31,6 +31,7 @@ from sdbox.agent.api import (
     TunnelReason,
     parse_project_status,
 )
+from sdbox.ui.enrolment import enrolling_screen, enrolment_detail, enrolment_problems
 
 Translate = Callable[[str], str]
 
@@ -371,6 +372,9 @@ def detail_text(detail: str, args: Mapping[str, str], _: Translate) -> str:
     The parameters are data: a subject or host name stays as it is; a date is
     written the same way in every language.
     """
+    enrolment = enrolment_detail(detail, args, _)
+    if enrolment is not None:
+        return enrolment
     if detail == Detail.SESSION_ENDED:
         try:
             return _(END_MESSAGES[EndReason(args.get("reason", ""))])
@@ -474,7 +478,7 @@ def screen_for(view: AgentView, _: Translate) -> Screen:
 def _screen_for(view: AgentView, _: Translate) -> Screen:
     if view.choosing_layout and view.state not in _IN_SESSION:
         return _keyboard_screen(view, _)
-    problems = _problem_texts(_)
+    problems = {**_problem_texts(_), **enrolment_problems(_)}
     records = [ProjectView.from_wire(p) for p in view.projects]
     projects = tuple(ProjectItem(p.id, p.name, _project_detail(p, _), p.usable) for p in records)
     said = detail_text(view.detail, view.detail_args, _)
@@ -513,6 +517,9 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
             if view.card_layout == CardLayout.ONE_PROJECT
             else ""
         )
+        if view.detail == Detail.ENROLMENT_DONE:  # back from a remote enrolment
+            return Screen("enrolled", _("Your fingerprint is enrolled"), said,
+                          _("Choose a project to start."), projects)  # fmt: skip
         if view.detail == Detail.SESSION_ENDED:  # a session ended: say why
             return Screen(
                 "ended",
@@ -532,6 +539,9 @@ def _screen_for(view: AgentView, _: Translate) -> Screen:
             projects=projects,
             alert=centre_down,
         )
+    if view.state == State.ENROLLING:
+        return enrolling_screen(view.detail, view.detail_args, view.problem, view.tries_left,
+                                said, problems, _, Screen)  # fmt: skip
     if view.state == State.VERIFYING and view.problem == Problem.SENSOR_UNPLUGGED:
         # no try was spent; the finger prompt comes back by itself once it is plugged in
         tries = view.tries_left

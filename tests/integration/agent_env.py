@@ -349,6 +349,7 @@ def reference_broker(
     enrolment_tokens: Path | None = None,
     card_register: Path | None = None,
     renewal_window_days: int = 30,
+    bio_enrolment: Path | None = None,
     host: str = "127.0.0.1",
     construct: Callable[[Callable[[], Any]], Any] | None = None,
 ) -> Iterator[BrokerEnv]:
@@ -397,6 +398,11 @@ def reference_broker(
             f'card_register = "{card_register}"', f'directory_pki = "{pki.path}"',
             f"renewal_window_days = {renewal_window_days}",
         ]  # fmt: skip
+    if bio_enrolment is not None:  # remote enrolment: the register and the operators' keys
+        lines += [
+            f'bio_enrolment_register = "{bio_enrolment / "register.json"}"',
+            f'enrolment_operators = "{bio_enrolment / "operators"}"',
+        ]
     for project, bubble in bubbles.items():
         lines.append(f'[bubbles."{project}"]')
         lines.append(f'endpoint = "{host}:{ports[project]}"')

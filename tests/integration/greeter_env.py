@@ -61,6 +61,8 @@ VOLATILE: dict[str, tuple[tuple[int, int, int, int], ...]] = {
     "pin-fr": ((236, 262, 100, 112),),
     "pin-de": ((236, 262, 100, 112),),
     "pin-only": ((236, 262, 100, 112),),
+    "enrolment-pin": ((236, 262, 100, 112),),
+    "enrolment-code": ((150, 180, 90, 190),),  # the code: drawn anew for each request
 }
 
 

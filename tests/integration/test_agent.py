@@ -118,6 +118,7 @@ async def running_agent(
     bus_dir: Path | None = None,
     extra_config: str = "",
     keygen_seed: bytes | None = None,
+    enrolment: Any = None,
 ) -> AsyncIterator[Running]:
     from sdbox.smartcard.emulator.stack import reader_name
 
@@ -150,6 +151,8 @@ async def running_agent(
     )
     if sensor_port is not None:
         overrides["sensor"] = sensor_port
+    if enrolment is not None:  # remote enrolment's flow factory (tests/integration/bioenrol_env.py)
+        overrides["enrolment"] = enrolment
     agent = build_agent(config, **overrides)
     events: list[Transition] = []
     agent.listeners.append(lambda e: events.append(e) if isinstance(e, Transition) else None)

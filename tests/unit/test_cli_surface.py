@@ -232,6 +232,8 @@ WITH_HARDWARE: dict[tuple[str, ...], str] = {
     ("fleet", "report"): "test_fleet.py::test_a_box_checks_in_and_ships_its_audit_trail",
     ("fleet", "diagnostics"): "test_fleet.py::test_diagnostics_reach_the_box_page_with_sdbox_lines_only",
     ("fleet", "rollout", "status"): "test_fleet.py::test_a_rollout_reaches_its_first_ring_and_pauses_on_a_failed_update",
+    ("broker", "enrol", "open"): "test_remote_enrolment.py::test_the_operator_opens_reads_the_code_back_and_the_box_enrols",
+    ("broker", "enrol", "show"): "test_remote_enrolment.py::test_the_operator_opens_reads_the_code_back_and_the_box_enrols",
 }
 
 

@@ -72,7 +72,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     },
     "sdbox.__main__": frozenset({"sdbox._cli"}),
     # the centre side: the pure libraries and the protocol's definitions, never the box's runtime
-    "sdbox.broker": FOUNDATION | PURE | {"sdbox.centre.protocol"},
+    "sdbox.broker": FOUNDATION | PURE | {"sdbox.centre.protocol", "sdbox.centre.bioauth"},
     "sdbox.fleet": FOUNDATION | PURE | {"sdbox.centre.protocol", "sdbox.centre.fleet"},
     # R&D tooling (image, flashing; slots.py runs on the box with the standard library only)
     # (flashing checks the site profile and the project catalogue before writing them)

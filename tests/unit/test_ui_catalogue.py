@@ -43,6 +43,7 @@ from sdbox.agent.api import (
 from sdbox.session.keyboard import RDP_LAYOUTS
 from sdbox.ui.catalogue import languages, locale_dir, translator
 from sdbox.ui.desk import MODES, DeskView, network_screen, support_screen
+from sdbox.ui.enrolment import refusal_reasons
 from sdbox.ui.view import AgentView, detail_text, layout_name, screen_for
 
 UI = Path(__file__).resolve().parents[2] / "sdbox" / "ui"
@@ -160,6 +161,17 @@ def rendered_msgids() -> frozenset[str]:
                               detail_args={"reason": "closed"}, card_layout=layout),
                     translate,
                 )  # fmt: skip
+    # remote fingerprint enrolment: each step, with the problems it shows, and each refusal
+    for detail, problem in itertools.product(
+        [d for d in Detail if d.value.startswith("enrolment_")],
+        ["", Problem.WRONG_PIN, Problem.CAPTURE_FAINT],
+    ):
+        screen_for(AgentView(state=State.ENROLLING, detail=detail, problem=problem, tries_left=2,
+                             detail_args=sample_args(detail)), translate)  # fmt: skip
+    screen_for(AgentView(state=State.PICKER, detail=Detail.ENROLMENT_DONE,
+                         detail_args=sample_args(Detail.ENROLMENT_DONE)), translate)  # fmt: skip
+    for why in [*refusal_reasons(str), "a reason this greeter does not know"]:
+        detail_text(Detail.ENROLMENT_REFUSED, {"reason": why}, translate)
     layouts = tuple(RDP_LAYOUTS)
     for choosing, state in itertools.product((True, False), (State.IDLE, State.PICKER)):
         screen_for(
