@@ -37,12 +37,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import centre  # noqa: E402  (bootimage/centre.py: the first-boot test's broker)
+import e2e_screen  # noqa: E402  (bootimage/e2e_screen.py: QMP screendumps)
+import numpy as np  # noqa: E402
 import tunnel_centre  # noqa: E402  (bootimage/tunnel_centre.py: gateway + broker behind a tap)
 
 from sdbox.bootimage import checks as image_checks  # noqa: E402
 from sdbox.bootimage import disk, tools  # noqa: E402
 from sdbox.bootimage.errors import BootImageError  # noqa: E402
 from sdbox.bootimage.slots import ImageVersion  # noqa: E402
+from tests.integration.greeter_env import REFERENCES, load  # noqa: E402
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
@@ -83,6 +86,9 @@ class Vm:
         self.extra_disk: Path | None = None
         self.netdev: list[str] | None = None  # a NIC (the first-boot test's centre), else none
         self.prefix: list[str] = []  # e.g. ip netns exec NAME: QEMU inside the centre's namespace
+        # the box's one display (no q35 standard VGA beside it: the console and cage share it)
+        self.gpu = f"virtio-gpu-pci,id={e2e_screen.GPU}"
+        self.qmp: Path | None = None  # QEMU's monitor (screendumps, keys), when set
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start_tpm(self) -> Path:
@@ -127,8 +133,9 @@ class Vm:
             "-device", "virtio-blk-pci,drive=disk0",
             "-chardev", f"socket,id=chrtpm,path={tpm_sock}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0",
-            "-device", "virtio-gpu-pci", "-display", "none",
+            "-device", self.gpu, "-vga", "none", "-display", "none",
             *(self.netdev or ["-nic", "none"]), "-serial", "stdio", "-monitor", "none", "-no-reboot",
+            *(["-qmp", f"unix:{self.qmp},server=on,wait=off"] if self.qmp else []),
             *extra,
         ]  # fmt: skip
 
@@ -401,6 +408,43 @@ def timeline(report: dict[str, Any], report_after_s: float) -> tuple[float, floa
     return before_kernel, before_kernel + kernel_to_ready
 
 
+def greeter_screen(vm: Vm, keep: Path, timeout_s: float = 120.0) -> Check:
+    """The box's display shows the greeter (a QMP screendump): most of the screen is the
+    greeter's background colour, as on its host-rendered start screen; a black screen (cage
+    without a client), the kernel console or the firmware's are not."""
+    assert vm.qmp is not None
+    reference = load(REFERENCES / "insert-card.png")
+    background = dominant(reference)[0]
+    qmp = e2e_screen.Qmp(vm.qmp)
+    started = time.monotonic()
+    try:
+        while True:
+            pixels = qmp.screendump(vm.work / "greeter.ppm")
+            colour, share = dominant(pixels)
+            ok = share > 0.5 and int(np.abs(colour.astype(int) - background.astype(int)).max()) <= 8
+            if ok or time.monotonic() - started > timeout_s:
+                break
+            time.sleep(2)
+    finally:
+        qmp.close()
+    e2e_screen.save_png(pixels, keep)
+    height, width, _ = pixels.shape
+    return Check("the greeter is on the box's display (QMP screendump: its background, not a black "
+                 "screen or the console)", ok,
+                 f"{width}x{height}, {share:.0%} of it {tuple(int(c) for c in colour)}, the greeter's "
+                 f"background {tuple(int(c) for c in background)}; screenshot {keep}")  # fmt: skip
+
+
+def dominant(pixels: np.ndarray) -> tuple[np.ndarray, float]:
+    """The most common colour of an (h, w, 3) picture and its share of the pixels."""
+    flat = pixels.reshape(-1, 3).astype(np.uint32)
+    packed = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+    values, counts = np.unique(packed, return_counts=True)
+    top = int(values[counts.argmax()])
+    colour = np.array([(top >> 16) & 255, (top >> 8) & 255, top & 255], dtype=np.uint8)
+    return colour, float(counts.max()) / len(packed)
+
+
 def first_boot(boot: Boot, work: Path, accel: str, timeout: float) -> tuple[int, dict[str, Any]]:
     """The checks of the first boot's report (the image's own, before the identity's)."""
     found = boot.find(REPORT)
@@ -550,7 +594,9 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
         vm = Vm(work, overlay(flashed, work), accel, keep_vars=True)
         vm.netdev = ctr.netdev()
         vm.prefix = ctr.qemu_prefix()
+        vm.qmp = work / "qmp.sock"
         boot = vm.boot((END,), timeout, sys.stdout if echo else None, "first")
+        screen = greeter_screen(vm, work / "greeter.png") if boot.find(END) else None
         vm.stop()
         status, report = first_boot(boot, work, accel, timeout)
         if not report:
@@ -563,6 +609,8 @@ def enrolment_scenario(image: Path, work: Path, accel: str, timeout: float, echo
             registered=len(used) == 1, second=False)  # fmt: skip
         checks += data_checks(report, second=False)
         checks += tunnel_checks(report, ctr, "first boot")
+        checks.append(screen or Check("the greeter is on the box's display", False,
+                                      "the first boot did not get to its report's end"))  # fmt: skip
         print_checks(checks)
         print_tunnel(report)
         # the second boot: same disk, TPM and EFI variables; it stops at the report

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.integration.greeter_env import REFERENCES, Picture, compare, load
+from tests.integration.greeter_env import REFERENCES, Picture, _far, _lines, load
 from tests.integration.session_servers import parse_ppm, pattern_in
 
 # A quick look compares a screenshot with one reference only (classifying against all 21 takes
@@ -132,22 +132,50 @@ class Screens:
             paths = [p for p in paths if p.stem in names]
         self.references = {path.stem: Picture.of(load(path)) for path in paths}
 
-    def near(self, pixels: np.ndarray | Picture, name: str) -> bool:
+    def near(self, pixels: np.ndarray, name: str) -> bool:
         """A quick look: whether ``pixels`` is within NEAR of reference ``name`` (then classify)."""
-        return compare(pixels, self.references[name]).worst <= NEAR
+        return worst_line(placed(pixels), self.references[name]) <= NEAR
 
     def classify(self, pixels: np.ndarray) -> Seen:
         """The nearest reference (and the next), the test pattern, a blank screen."""
         height, width, _ = pixels.shape
         pattern = pattern_in(width, height, pixels.tobytes())
         blank = bool((pixels == pixels[0, 0]).all())
-        shot = Picture.of(pixels)
-        scored = sorted((compare(shot, ref).worst, name) for name, ref in self.references.items())
+        shots = placed(pixels)
+        scored = sorted((worst_line(shots, ref), name) for name, ref in self.references.items())
         finite = [(s, n) for s, n in scored if s != float("inf")]
         if not finite:
             return Seen("", float("inf"), "", float("inf"), pattern, blank)
         second = finite[1] if len(finite) > 1 else (float("inf"), "")
         return Seen(finite[0][1], finite[0][0], second[1], second[0], pattern, blank)
+
+
+def placed(pixels: np.ndarray) -> list[Picture]:
+    """``pixels`` as shot, and moved one row up and down, prepared for comparison.
+
+    The greeter's window is one row shorter than the output (app.fit_monitor), and
+    its last lines are anchored to the window's bottom: on the box's DRM output they
+    come one row lower than on the headless output the references were taken on, while
+    the lines above do not move. Each line is compared where it fits best.
+    """
+    return [Picture.of(pixels), Picture.of(np.vstack([pixels[1:], pixels[-1:]])),
+            Picture.of(np.vstack([pixels[:1], pixels[:-1]]))]  # fmt: skip
+
+
+def worst_line(shots: list[Picture], reference: Picture) -> float:
+    """greeter_env.compare's worst line, each line taken from the placing that fits it best."""
+    if shots[0].pixels.shape != reference.pixels.shape:
+        return float("inf")
+    placings = []
+    for shot in shots:
+        different = _far(shot.pixels, reference.pixels, shot.packed, reference.packed)
+        placings.append((different, shot.strokes | reference.strokes))
+    worst = 0.0
+    for top, bottom in _lines((shots[0].strokes | reference.strokes).any(axis=1)):
+        share = min(different[top:bottom].sum() / max(int(strokes[top:bottom].sum()), 1)
+                    for different, strokes in placings)  # fmt: skip
+        worst = max(worst, float(share))
+    return worst
 
 
 def save_png(pixels: np.ndarray, path: Path) -> None:

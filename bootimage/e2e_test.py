@@ -80,17 +80,11 @@ class E2eVm(boot_test.Vm):
         self.finger = work / "finger.sock"
         self.control = work / "control.sock"
         self.qmp = work / "qmp.sock"
+        # the display at the greeter references' size, so that its screens compare 1:1
+        self.gpu += f",xres={e2e_screen.SCREEN_W},yres={e2e_screen.SCREEN_H}"
 
     def argv(self, tpm_sock: Path) -> list[str]:
         argv = super().argv(tpm_sock)
-        # One display, as a box has: without -vga none, q35 adds its standard VGA beside the
-        # virtio GPU, the firmware and the kernel console stay on it, cage takes the other
-        # (the first run's screendumps showed only the console). At the references' size, so
-        # that the greeter's screens compare 1:1.
-        argv[argv.index("virtio-gpu-pci")] = (
-            f"virtio-gpu-pci,id={e2e_screen.GPU},xres={e2e_screen.SCREEN_W},yres={e2e_screen.SCREEN_H}"
-        )
-        argv += ["-vga", "none"]
         ports = []
         for chardev, path, name in (("finger", self.finger, FINGER_PORT),
                                     ("control", self.control, CONTROL_PORT)):  # fmt: skip
@@ -105,7 +99,6 @@ class E2eVm(boot_test.Vm):
             "-device", "ccid-card-passthru,chardev=vscard",
             "-device", "virtio-serial-pci,id=vser",
             *ports,
-            "-qmp", f"unix:{self.qmp},server=on,wait=off",
         ]  # fmt: skip
 
 
@@ -222,6 +215,7 @@ class Box:
         self.bridge = bridge
         self.run = run
         self.screens = e2e_screen.Screens()
+        assert vm.qmp is not None  # E2eVm always has its monitor
         self.qmp = e2e_screen.Qmp(vm.qmp)
         self.finger: Port | None = None
         self.control: Port | None = None
