@@ -1,4 +1,4 @@
-"""make image-e2e's bubbles: the demo card's projects on the test centre's network.
+"""make image-e2e's bubbles: the e2e card's projects on the test centre's network.
 
 The booted box reaches its bubbles as a box in the field does: through its
 tunnel, on the centre network of bootimage/tunnel_centre.py (10.20.0.0/16,
@@ -30,13 +30,14 @@ from tests.integration.centre_env import thread_in_netns
 from tests.integration.session_servers import paint_pattern, xvfb
 
 
-def profile(host: str) -> CardProfile:
-    """The demo card, its projects' bubbles on ``host`` (the centre network), same ports."""
+def profile(host: str, name: str) -> CardProfile:
+    """Card profile ``name``, its projects' bubbles on ``host`` (the centre network), same ports."""
+    base = load_profile(name)
     projects = tuple(
         dataclasses.replace(p, endpoint=f"{host}:{p.endpoint.rsplit(':', 1)[1]}")
-        for p in load_profile("demo").projects
+        for p in base.projects
     )
-    return dataclasses.replace(load_profile("demo"), projects=projects)
+    return dataclasses.replace(base, projects=projects)
 
 
 def _port(endpoint: str) -> int:

@@ -68,6 +68,10 @@ FINGER_PORT = "org.sdbox.e2e.finger"
 CONTROL_PORT = "org.sdbox.e2e.control"
 # the e2e card's finger counter: three wrong fingers block it (the issue's fault scenario)
 FINGER_TRIES = 3
+# QEMU's usb-ccid (7.2) is a T=0 reader exchanging TPDUs: a T=1 card's extended-length APDUs
+# fail there ("Transaction failed"), as they would in any T=0-only reader. The e2e card is the
+# T=0 chip variant, which the box drives with short APDUs and GET RESPONSE (docs/card-variants.md)
+CARD_PROFILE = "biosso-t0"
 PRINTS = "DB1_B"  # FVC2002 set at 500 ppi, the agent's configured sensor resolution
 
 
@@ -178,7 +182,7 @@ def choose_prints() -> Prints:
 
 
 def issue_e2e_card(pki: Pki, prints: Prints, profile: CardProfile) -> CardState:
-    """The demo card under the image build's PKI, its bubbles on the centre network, its
+    """The e2e card under the image build's PKI, its bubbles on the centre network, its
     primary finger enrolled from a real print (with FINGER_TRIES tries)."""
     state = issue_card(profile, pki)
     state.fingers[PRIMARY_FINGER] = Counter(prints.template, FINGER_TRIES, FINGER_TRIES)
@@ -249,6 +253,46 @@ class Box:
                 if shown or time.monotonic() - started > timeout_s:
                     return shown, taken - started, seen
             time.sleep(every)
+
+    def kind(self) -> str:
+        """The kind of screen the greeter last built (its screen file, through the relay)."""
+        try:
+            return str((self.command("screen").get("screen") or {}).get("kind", ""))
+        except (OSError, RuntimeError, ValueError):
+            return ""
+
+    def wait_kind(self, kinds: tuple[str, ...], timeout_s: float) -> tuple[bool, float, e2e_screen.Seen]:
+        """Poll until the greeter has built one of ``kinds`` and the screenshot shows the greeter
+        (no bubble's pattern, not blank, near one of its references)."""
+        started = time.monotonic()
+        while True:
+            taken, pixels = self.shot()
+            kind = self.kind()
+            seen = self.screens.classify(pixels) if kind in kinds else None
+            if seen is not None and not seen.pattern and not seen.blank and seen.score <= e2e_screen.NEAR:
+                self.last = (pixels, seen)
+                return True, taken - started, seen
+            if time.monotonic() - started > timeout_s:
+                seen = seen or self.screens.classify(pixels)
+                self.last = (pixels, seen)
+                return False, taken - started, seen
+            time.sleep(0.3)
+
+    def wait_other_bubble(self, timeout_s: float) -> tuple[bool, float, e2e_screen.Seen]:
+        """Poll until a session runs (the greeter's kind) and the screen shows neither the
+        greeter, nor the RDP bubble's pattern, nor a blank screen: the SPICE viewer's window."""
+        started = time.monotonic()
+        while True:
+            taken, pixels = self.shot()
+            running = self.kind() == "running"
+            seen = self.screens.classify(pixels)
+            if running and not seen.pattern and not seen.blank and seen.score > e2e_screen.NEAR:
+                self.last = (pixels, seen)
+                return True, taken - started, seen
+            if time.monotonic() - started > timeout_s:
+                self.last = (pixels, seen)
+                return False, taken - started, seen
+            time.sleep(0.5)
 
     def wait_pattern(self, timeout_s: float) -> tuple[bool, float, e2e_screen.Seen]:
         """Poll until the bubble's test pattern is on the screen."""
@@ -331,24 +375,36 @@ def flow(box: Box, prints: Prints, boot_started: float, timeout: float, attached
     shown, took, seen = box.wait_for("place-finger", 60)
     run.step("Enter on the first project -> 'place your finger' visible", shown, took,
              f"{seen}; screenshot {box.keep('03-place-finger')}")  # fmt: skip
-    # 4. the genuine finger -> the holder verified: the finger prompt goes away
+    # 4. the genuine finger -> the holder verified -> the RDP bubble's test pattern on the screen
     started = time.monotonic()
     sent = box.place(prints.genuine)
-    shown, took, seen = box.wait_for("", 120, away_from=("place-finger", "wrong-finger"))
+    pattern, _, seen = box.wait_pattern(120)
     sent.join(30)
-    words = box.words()
-    run.step(f"finger ({prints.genuine_name}, enrolled {prints.enrolled}) -> next screen", shown,
-             time.monotonic() - started,
-             f"{seen}; the greeter says {words[:3]}; screenshot {box.keep('04-after-finger')}")  # fmt: skip
-    pattern, took, seen = box.wait_pattern(20)
-    run.step("-> the bubble's session pattern visible", pattern, None,
-             f"{seen}; screenshot {box.keep('05-session')}; the greeter says {box.words()[:3]}")  # fmt: skip
-    # 5. remove -> "insert your card"
+    run.step(f"finger ({prints.genuine_name}, enrolled {prints.enrolled}) -> the RDP bubble's "
+             "session pattern visible", pattern, time.monotonic() - started,
+             f"{seen}; the greeter says {box.words()[:3]}; screenshot {box.keep('04-session-rdp')}")  # fmt: skip
+    # 5. switch: Ctrl+Alt+D leaves the RDP session for the projects (sdl-freerdp3's disconnect
+    #    key; the card stays in and its holder verified), then the SPICE project: no finger
+    started = time.monotonic()
+    box.qmp.key("ctrl", "alt", "d")
+    back, took, seen = box.wait_kind(("picker",), 60)
+    run.step("Ctrl+Alt+D -> the projects visible again (the session left, the card still in)", back,
+             took, f"{seen}; the greeter says {box.words()[:3]}; screenshot {box.keep('05-projects')}")  # fmt: skip
+    box.qmp.key("down")
+    box.qmp.key("down")
+    box.qmp.key("ret")
+    spice, took, seen = box.wait_other_bubble(90)
+    run.step("down, down, Enter on the SPICE project -> its viewer on the screen, no finger asked",
+             spice, time.monotonic() - started,
+             f"{seen}; the greeter says {box.words()[:3]}; screenshot {box.keep('06-session-spice')}")  # fmt: skip
+    # 6. the card pulled during the session -> the client gone, "insert your card"
     started = time.monotonic()
     box.bridge.remove()
     shown, took, seen = box.wait_for("insert-card", 60)
-    run.step("remove -> 'insert your card' visible", shown, took,
-             f"{seen}; screenshot {box.keep('06-removed')}")  # fmt: skip
+    left = box.command("status").get("session_processes")
+    run.step("card pulled during the session -> 'insert your card' visible, no session process left",
+             shown and not left, took,
+             f"{seen}; session user's processes: {left}; screenshot {box.keep('07-removed')}")  # fmt: skip
     # fault: the agent killed -> systemd restarts it, the greeter reconnects, no orphan
     before = box.command("status")
     killed = box.command("kill-agent")
@@ -370,7 +426,7 @@ def flow(box: Box, prints: Prints, boot_started: float, timeout: float, attached
     orphans = box.command("status").get("session_processes")
     run.step("after the restart the greeter reconnects: insert -> picker visible; no session process left",
              shown and not orphans, took,
-             f"{seen}; session user's processes: {orphans}; screenshot {box.keep('07-picker-after-restart')}")  # fmt: skip
+             f"{seen}; session user's processes: {orphans}; screenshot {box.keep('08-picker-after-restart')}")  # fmt: skip
     # fault: the wrong finger three times -> tries left, then blocked
     box.qmp.key("ret")
     box.wait_for("place-finger", 60)
@@ -389,7 +445,7 @@ def flow(box: Box, prints: Prints, boot_started: float, timeout: float, attached
         else:
             shown = shown and any("tries left" in w for w in words)
         run.step(f"wrong finger ({prints.impostor_name}) #{attempt} -> {want} visible", shown, took,
-                 f"{seen}; the greeter says {words[:3]}; screenshot {box.keep(f'08-wrong-finger-{attempt}')}")  # fmt: skip
+                 f"{seen}; the greeter says {words[:3]}; screenshot {box.keep(f'09-wrong-finger-{attempt}')}")  # fmt: skip
         if attempt < 3:
             box.wait_for("place-finger", 30)
     box.bridge.remove()
@@ -428,7 +484,7 @@ def main() -> int:
           f"(host score {prints.host_score:.3f}, threshold {matcher.THRESHOLD}), "
           f"{prints.impostor_name} as the wrong finger")  # fmt: skip
     pki = Pki.open(IMAGE_DIR / "pki")
-    profile = e2e_bubbles.profile(tunnel_centre.BROKER)
+    profile = e2e_bubbles.profile(tunnel_centre.BROKER, CARD_PROFILE)
     card = issue_e2e_card(pki, prints, profile)
     why_not = tunnel_centre.missing()
     if why_not:
