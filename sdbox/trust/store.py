@@ -34,8 +34,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sdbox.trust.errors import BadSignature, CrlRollback, MalformedCertificate
 from sdbox.time_floor import FLOOR_FILE, floor_document, read_floor
+from sdbox.trust.errors import BadSignature, CrlRollback, MalformedCertificate
 from sdbox.trust.loaders import load_crl
 from sdbox.trust.names import describe
 from sdbox.trust.revocation import IndexedCrl
