@@ -4,12 +4,14 @@ The units (bootimage/rootfs/usr/lib/systemd/system/sdbox-*.service) run, in orde
 
 1. ``sdbox-site``: the site profile copied from the config area to
    :data:`SITE_COPY`, the firewall loaded (with the enrolment opening only for
-   a box without a certificate) and the outer network's systemd-networkd file
-   (:func:`networkd_config`), all before ``network-pre.target``;
+   a box without a certificate), the outer network's systemd-networkd file
+   (:func:`networkd_config`) and charon's :data:`CHARON_CONF`, all before
+   ``network-pre.target``, in one process (the script imports these functions);
 2. ``sdbox-time-floor``: a clock behind the trust floor is set forward to it
    (:func:`apply_time_floor`) before charon judges any certificate;
 3. ``sdbox-p11-kit`` and ``sdbox-charon``: p11-kit's server for the box's TPM
-   token, and charon-systemd with :func:`sdbox.network.strongswan.charon_conf`;
+   token, and charon-systemd with :func:`sdbox.network.strongswan.charon_conf`
+   (written by step 1);
 4. ``sdbox-tunnel``: :func:`run` gives charon the box's trust, key and
    connections over VICI, keeps the tunnel up (:class:`sdbox.network.tunnel.Tunnel`)
    and records each change in :data:`STATE_FILE` for the boot report; it tells
