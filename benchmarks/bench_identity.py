@@ -32,10 +32,10 @@ from pkcs11 import Mechanism
 
 from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.centre.client import request_credential
-from sdbox.identity import BoxIdentity, DevelopmentIdentity, open_identity
+from sdbox.identity import BoxIdentity, DevelopmentIdentity, open_identity, read_pin
 from sdbox.identity.enrol import enrol
 from sdbox.identity.provision import provision_tpm
-from sdbox.identity.tpm import find_private_key, get_token, load_module, read_pin
+from sdbox.identity.tpm import find_private_key, get_token, load_module
 from sdbox.smartcard import pcsc
 from sdbox.smartcard.biosso import BioSsoSession
 from sdbox.smartcard.directory import parse_signed_directory

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 # modules first imported there get coverage feedback (a module imported
 # later, inside a target, runs blind; tests/unit/test_fuzz_corpus.py checks).
 from sdbox.agent.config import AgentConfig
-from sdbox.biometric import compact, matcher, record
+from sdbox.biometric import compact, matcher, record, synth  # noqa: F401  (synth: in issue_card)
 from sdbox.biometric.sensor import to_probe
 from sdbox.broker.bioenrol import BioEnrolment
 from sdbox.broker.cards import CardManagement

@@ -30,18 +30,20 @@ def gateway_config(identity: str, certificate: Path, box_ca: Path, networks: tup
                    pool: str, listen: tuple[str, ...]) -> None:  # fmt: skip
     """Print the reference gateway's swanctl.conf (certificates by file name)."""
 
+    from cryptography.hazmat.primitives.hashes import SHA256  # noqa: PLC0415
+
     from sdbox.certificates import load_certificate  # noqa: PLC0415
     from sdbox.network import strongswan  # noqa: PLC0415
 
     gateway_cert = load_certificate(certificate.read_bytes(), f"certificate {certificate}")
     box_ca_cert = load_certificate(box_ca.read_bytes(), f"certificate {box_ca}")
-    names = {gateway_cert.fingerprint(strongswan.SHA256): certificate.name,
-             box_ca_cert.fingerprint(strongswan.SHA256): box_ca.name}  # fmt: skip
+    names = {gateway_cert.fingerprint(SHA256()): certificate.name,
+             box_ca_cert.fingerprint(SHA256()): box_ca.name}  # fmt: skip
     spec = strongswan.GatewaySpec(identity=identity, certificate=gateway_cert, box_ca=box_ca_cert,
                                   networks=list(networks), pool=pool, local_addrs=list(listen))  # fmt: skip
     click.echo(strongswan.swanctl_conf(
         {"sdbox-boxes": strongswan.gateway_connection(
-            spec, cert_ref=lambda c: names[c.fingerprint(strongswan.SHA256)])},
+            spec, cert_ref=lambda c: names[c.fingerprint(SHA256())])},
         pools=strongswan.gateway_pool(spec),
     ), nl=False)  # fmt: skip
 
@@ -111,15 +113,15 @@ def charon_conf(out: Path) -> None:
 @_agent_config_option
 def clock_floor(config_path: Path) -> None:
     """Set a clock that is behind the trust floor (build time, newest CRL) forward to it."""
-    from datetime import datetime  # noqa: PLC0415
+    from datetime import UTC, datetime  # noqa: PLC0415
 
     from sdbox.agent.config import load  # noqa: PLC0415
     from sdbox.network import boot  # noqa: PLC0415
-    from sdbox.trust.store import RevocationStore  # noqa: PLC0415
+    from sdbox.time_floor import read_floor  # noqa: PLC0415
 
     trust = load(config_path).trust
-    store = RevocationStore(trust.crl_dir, build_time=datetime.fromisoformat(trust.build_time))
-    floor = store.time_floor
+    # the floor alone (as RevocationStore.time_floor reads it), without the CRL store
+    floor = read_floor(trust.crl_dir, datetime.fromisoformat(trust.build_time).astimezone(UTC))
     moved = boot.apply_time_floor(floor)
     if moved is None:
         click.echo(f"clock at or past the trust floor {floor.isoformat()}")
@@ -139,7 +141,7 @@ def run(site_path: Path, config_path: Path) -> None:
     import threading  # noqa: PLC0415
 
     from sdbox.agent.config import load  # noqa: PLC0415
-    from sdbox.identity.tpm import read_pin  # noqa: PLC0415
+    from sdbox.identity import read_pin  # noqa: PLC0415
     from sdbox.network import boot  # noqa: PLC0415
     from sdbox.network import site as site_profile  # noqa: PLC0415
 

@@ -22,7 +22,7 @@ from sdbox.agent.config import AgentConfig, SensorConfig, SessionConfig
 from sdbox.agent.ports import SessionHandle
 from sdbox.certificates import UnreadableCertificate, load_certificates
 from sdbox.errors import SdboxError
-from sdbox.session import Credential, Display, Endpoint, Policy, SessionSpec, open_session
+from sdbox.session import Credential, Display, Endpoint, Policy, SessionSpec
 from sdbox.session import Protocol as SessionProtocol
 from sdbox.session.displays import connected_outputs, generation_scale
 from sdbox.smartcard.directory import Project, Protocol
@@ -204,5 +204,9 @@ class SessionService:
             connect_timeout=self.config.connect_timeout_s,
             keyboard_layout=self.keyboard_layout() if self.keyboard_layout else None,
         )
+        # the launchers (supervisor, reaper, both clients) load with the first session, not
+        # before the agent's READY: a researcher is not waiting for them at boot
+        from sdbox.session import open_session  # noqa: PLC0415
+
         session: SessionHandle = open_session(spec, run_as=self.config.user or None)
         return session

@@ -10,11 +10,13 @@ import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sdbox.config import load_file, setting
-from sdbox.identity import IdentityConfig
 from sdbox.session.keyboard import layout_problem
+
+if TYPE_CHECKING:
+    from sdbox.identity import IdentityConfig
 
 DEFAULT_PATH = Path("/etc/sdbox/agent.toml")
 
@@ -222,6 +224,10 @@ class IdentityConfigSection:
 
     def identity_config(self) -> IdentityConfig:
         """The library's view of this section (sdbox.identity)."""
+        # imported here: sdbox.identity loads cryptography's X.509 stack, which the
+        # boot-time commands that only read this file (`sdbox tunnel clock-floor`) never use
+        from sdbox.identity import IdentityConfig  # noqa: PLC0415
+
         return IdentityConfig(
             kind=self.kind, certificate=self.certificate, key_file=self.key_file,
             pkcs11_module=self.pkcs11_module, token_label=self.token_label,

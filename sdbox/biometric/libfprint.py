@@ -40,15 +40,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sdbox.biometric import compact, quality, record
 from sdbox.biometric.compact import MinutiaType
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable, TemplateError
-from sdbox.biometric.images import MM_PER_INCH
 from sdbox.biometric.quality import Quality
-from sdbox.biometric.ridges import GreyImage
 from sdbox.biometric.sensor import MAX_PROBE_MINUTIAE, MIN_PROBE_MINUTIAE
+
+if TYPE_CHECKING:
+    from sdbox.biometric.ridges import GreyImage
 
 DEFAULT_PPI = 500
 NBIS_DEGREES_PER_UNIT = 11.25  # 180 / NUM_DIRECTIONS (16)
@@ -157,7 +158,12 @@ class LibfprintSensor:
                 minutiae = _read_minutiae(image)
                 seconds = time.perf_counter() - started
                 width, height = image.get_width(), image.get_height()
-                # a poor capture is refused here, before the card: it costs the researcher no try
+                # a poor capture is refused here, before the card: it costs the researcher no try.
+                # numpy (images, ridges) is loaded at the first capture, not at the agent's start:
+                # under emulation it is a second of the box's boot, before any finger is there
+                from sdbox.biometric.images import MM_PER_INCH  # noqa: PLC0415
+                from sdbox.biometric.ridges import GreyImage  # noqa: PLC0415
+
                 grey = GreyImage(width, height, bytes(image.get_data()), self.ppi / MM_PER_INCH)
                 found = quality.gate(grey)
                 return Capture(width, height, minutiae, seconds, found)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from sdbox.biometric import compact, record, synth
+from sdbox.biometric import compact, record
 from sdbox.biometric.errors import PlaceFingerAgain, SensorUnavailable, TemplateError
+
+if TYPE_CHECKING:
+    from sdbox.biometric.synth import DistortionProfile
 
 MIN_PROBE_MINUTIAE = 12
 MAX_PROBE_MINUTIAE = 60
@@ -33,11 +36,15 @@ class EmulatedSensor:
     def __init__(
         self,
         identity_seed: int,
-        profile: synth.DistortionProfile = synth.DEFAULT,
+        profile: DistortionProfile | None = None,
         delay_s: float = 0.0,
     ) -> None:
+        # synth (numpy) is loaded by the emulated sensor alone: the agent imports this
+        # module whatever its sensor, and numpy is a second of a box's boot under emulation
+        from sdbox.biometric import synth  # noqa: PLC0415
+
         self.identity_seed = identity_seed
-        self.profile = profile
+        self.profile = synth.DEFAULT if profile is None else profile
         self.delay_s = delay_s
         self.captures = 0
 
@@ -46,6 +53,8 @@ class EmulatedSensor:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         self.captures += 1
+        from sdbox.biometric import synth  # noqa: PLC0415  (loaded by __init__ already)
+
         minutiae = synth.impression_minutiae(
             self.identity_seed, self.captures, self.profile, MAX_PROBE_MINUTIAE
         )

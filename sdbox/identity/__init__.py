@@ -57,6 +57,26 @@ class IdentityConfig:
     tcti: str = ""  # tpm: how to reach the TPM (TPM2_PKCS11_TCTI), "" = the module's default
 
 
+def read_pin(config: IdentityConfig) -> str:
+    """The TPM token's user PIN, from its root-only file.
+
+    Here rather than in :mod:`sdbox.identity.tpm`: the tunnel daemon hands the PIN to
+    charon over VICI and has no use for python-pkcs11, which that module loads.
+    """
+    if config.pin_file is None:
+        raise IdentityError("the TPM identity needs [identity] pin_file")
+    try:
+        pin = config.pin_file.read_text().strip()
+    except OSError as exc:
+        raise IdentityError(
+            f"the TPM token PIN file {config.pin_file} cannot be read ({exc.strerror}): "
+            "is the sealed data partition unlocked?"
+        ) from exc
+    if not pin:
+        raise IdentityError(f"the TPM token PIN file {config.pin_file} is empty")
+    return pin
+
+
 def _load_certificate(path: Path) -> x509.Certificate:
     try:
         return load_certificate(path.read_bytes())

@@ -38,7 +38,7 @@ from pkcs11.attributes import AttributeMapper
 from pkcs11.types import SignMixin
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from sdbox.identity import IdentityConfig, IdentityError
+from sdbox.identity import IdentityConfig, IdentityError, read_pin
 from sdbox.identity.csr import build_csr
 from sdbox.identity.tpm import (
     find_private_key,
@@ -47,7 +47,6 @@ from sdbox.identity.tpm import (
     pkcs11_failure,
     public_key_of,
     raw_to_der,
-    read_pin,
 )
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11err
 from pkcs11.util.ec import encode_ec_public_key
 
-from sdbox.identity import IdentityConfig, IdentityError, _box_id, _load_certificate
+from sdbox.identity import IdentityConfig, IdentityError, _box_id, _load_certificate, read_pin
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Pkcs11Lib
@@ -76,22 +76,6 @@ def load_module(config: IdentityConfig) -> Pkcs11Lib:
             ) from exc
         _loaded.update(wanted)
         return lib
-
-
-def read_pin(config: IdentityConfig) -> str:
-    """The token's user PIN, from its root-only file."""
-    if config.pin_file is None:
-        raise IdentityError("the TPM identity needs [identity] pin_file")
-    try:
-        pin = config.pin_file.read_text().strip()
-    except OSError as exc:
-        raise IdentityError(
-            f"the TPM token PIN file {config.pin_file} cannot be read ({exc.strerror}): "
-            "is the sealed data partition unlocked?"
-        ) from exc
-    if not pin:
-        raise IdentityError(f"the TPM token PIN file {config.pin_file} is empty")
-    return pin
 
 
 def get_token(lib: Pkcs11Lib, config: IdentityConfig) -> pkcs11.Token:

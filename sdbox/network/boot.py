@@ -4,12 +4,14 @@ The units (bootimage/rootfs/usr/lib/systemd/system/sdbox-*.service) run, in orde
 
 1. ``sdbox-site``: the site profile copied from the config area to
    :data:`SITE_COPY`, the firewall loaded (with the enrolment opening only for
-   a box without a certificate) and the outer network's systemd-networkd file
-   (:func:`networkd_config`), all before ``network-pre.target``;
+   a box without a certificate), the outer network's systemd-networkd file
+   (:func:`networkd_config`) and charon's :data:`CHARON_CONF`, all before
+   ``network-pre.target``, in one process (the script imports these functions);
 2. ``sdbox-time-floor``: a clock behind the trust floor is set forward to it
    (:func:`apply_time_floor`) before charon judges any certificate;
 3. ``sdbox-p11-kit`` and ``sdbox-charon``: p11-kit's server for the box's TPM
-   token, and charon-systemd with :func:`sdbox.network.strongswan.charon_conf`;
+   token, and charon-systemd with :func:`sdbox.network.strongswan.charon_conf`
+   (written by step 1);
 4. ``sdbox-tunnel``: :func:`run` gives charon the box's trust, key and
    connections over VICI, keeps the tunnel up (:class:`sdbox.network.tunnel.Tunnel`)
    and records each change in :data:`STATE_FILE` for the boot report; it tells
@@ -18,6 +20,11 @@ The units (bootimage/rootfs/usr/lib/systemd/system/sdbox-*.service) run, in orde
 
 Without a site profile in the config area only the first runs (and finds
 nothing to do): a lab image has neither firewall nor tunnel.
+
+Each unit is its own Python process, and under emulation a module costs
+tenths of a second to import: the certificate loaders and the VICI client
+(cryptography, the vici package) are imported by the functions of step 4
+that use them, so that steps 1 to 3 load only the site profile and text.
 """
 
 from __future__ import annotations
@@ -32,17 +39,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-
-from sdbox.certificates import load_certificate, load_certificates, load_crl
 from sdbox.errors import SdboxError
 from sdbox.network import strongswan
 from sdbox.network.events import TunnelEvent, TunnelState
 from sdbox.network.outer import LINK_HARDENING
 from sdbox.network.site import SiteProfile
-from sdbox.network.tunnel import BoxTrust, Tunnel, Vici, gateway_targets, load_box
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from sdbox.network.tunnel import BoxTrust
 
 _log = logging.getLogger("sdbox.network.boot")
 
@@ -135,6 +143,9 @@ def read_material(
     profile: SiteProfile, *, anchors: Path, certificate: Path, crl_dirs: Iterable[Path]
 ) -> BoxMaterial:
     """The box's certificate and trust from its files (a clear error naming what is missing)."""
+    from sdbox.certificates import load_certificate, load_certificates, load_crl  # noqa: PLC0415
+    from sdbox.network.tunnel import BoxTrust  # noqa: PLC0415
+
     try:
         box_certificate = load_certificate(certificate.read_bytes(), "the box certificate")
     except FileNotFoundError as exc:
@@ -200,6 +211,8 @@ class StateRecorder:
 
 def wait_for_charon(paths: strongswan.CharonPaths, timeout_s: float = 30.0) -> None:
     """Until charon answers on VICI (its unit is ready before its sockets may be)."""
+    from sdbox.network.tunnel import Vici  # noqa: PLC0415
+
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -230,6 +243,8 @@ def run(
     ``notify`` receives sd_notify strings: READY=1 once the first attempt has an
     outcome (up, refused or down), or after ``first_round_s`` at the latest.
     """
+    from sdbox.network.tunnel import Tunnel, Vici, gateway_targets, load_box  # noqa: PLC0415
+
     started = time.monotonic()
     wait_for_charon(paths)
     connections = strongswan.box_connections(

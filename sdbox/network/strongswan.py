@@ -36,13 +36,15 @@ import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-
 from sdbox.network.site import Gateway, SiteProfile
+
+if TYPE_CHECKING:
+    # certificates are only passed through here: cryptography is loaded by whoever
+    # made them, not by the firewall and charon.conf writers that share this module
+    from cryptography import x509
 
 # One proposal each: the box and the reference gateway agree on exactly this.
 IKE_PROPOSALS: tuple[str, ...] = ("aes256gcm16-prfsha384-ecp384",)
@@ -78,12 +80,11 @@ POOL_NAME = "boxes"
 Section = dict[str, Any]
 
 
-SHA256 = hashes.SHA256()
-
-
 def pem(cert: x509.Certificate | x509.CertificateRevocationList) -> bytes:
     """PEM bytes, as VICI's ``load-cert`` and ``certs``/``cacerts`` take them."""
-    return cert.public_bytes(serialization.Encoding.PEM)
+    from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
+
+    return cert.public_bytes(Encoding.PEM)
 
 
 def connection_name(index: int) -> str:
@@ -214,7 +215,7 @@ charon-systemd {{
 # --- the box ------------------------------------------------------------------
 
 
-CertRef = Callable[[x509.Certificate], "str | bytes"]
+CertRef = Callable[["x509.Certificate"], "str | bytes"]
 
 
 def _inline(cert: x509.Certificate) -> bytes:

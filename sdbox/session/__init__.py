@@ -4,19 +4,55 @@
 >>> await session.start()
 >>> await session.wait_connected()        # or SessionFailed(ended)
 >>> ended = await session.wait_ended()    # or session.kill() / session.close()
+
+The names below are loaded when first used (PEP 562): importing one small
+module of the package (``sdbox.session.keyboard`` for the agent's
+configuration, ``sdbox.session.outcome`` for the D-Bus API the greeter and
+``sdbox network apply`` share) runs this file first, and the launchers behind
+it (asyncio, the supervisor, both clients) cost the boot-time commands that
+never open a session tenths of a second each under emulation.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from sdbox.session.base import Session
-from sdbox.session.errors import SessionConfigError, SessionError, SessionFailed, SessionStartError
-from sdbox.session.outcome import EndReason, SessionEnded
-from sdbox.session.rdp import RdpSession
-from sdbox.session.spec import Credential, Display, Endpoint, Policy, Protocol, SessionSpec
-from sdbox.session.spice import SpiceSession
-from sdbox.session.supervisor import DEFAULT_SESSION_USER
+if TYPE_CHECKING:
+    from sdbox.session.base import Session
+    from sdbox.session.errors import (
+        SessionConfigError,
+        SessionError,
+        SessionFailed,
+        SessionStartError,
+    )
+    from sdbox.session.launch import open_session
+    from sdbox.session.outcome import EndReason, SessionEnded
+    from sdbox.session.rdp import RdpSession
+    from sdbox.session.spec import Credential, Display, Endpoint, Policy, Protocol, SessionSpec
+    from sdbox.session.spice import SpiceSession
+    from sdbox.session.supervisor import DEFAULT_SESSION_USER
+
+# exported name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "Session": "sdbox.session.base",
+    "SessionConfigError": "sdbox.session.errors",
+    "SessionError": "sdbox.session.errors",
+    "SessionFailed": "sdbox.session.errors",
+    "SessionStartError": "sdbox.session.errors",
+    "EndReason": "sdbox.session.outcome",
+    "SessionEnded": "sdbox.session.outcome",
+    "RdpSession": "sdbox.session.rdp",
+    "Credential": "sdbox.session.spec",
+    "Display": "sdbox.session.spec",
+    "Endpoint": "sdbox.session.spec",
+    "Policy": "sdbox.session.spec",
+    "Protocol": "sdbox.session.spec",
+    "SessionSpec": "sdbox.session.spec",
+    "SpiceSession": "sdbox.session.spice",
+    "DEFAULT_SESSION_USER": "sdbox.session.supervisor",
+    "open_session": "sdbox.session.launch",
+}
 
 __all__ = [
     "DEFAULT_SESSION_USER",
@@ -39,10 +75,11 @@ __all__ = [
 ]
 
 
-def open_session(
-    spec: SessionSpec, *, run_as: str | None = DEFAULT_SESSION_USER, home_base: Path | None = None
-) -> Session:
-    """The launcher for ``spec``'s protocol (not started yet)."""
-    if spec.endpoint.protocol is Protocol.RDP:
-        return RdpSession(spec, run_as=run_as, home_base=home_base)
-    return SpiceSession(spec, run_as=run_as, home_base=home_base)
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, an ordinary module attribute
+    return value
+

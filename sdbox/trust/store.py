@@ -34,12 +34,12 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from sdbox.time_floor import FLOOR_FILE, floor_document, read_floor
 from sdbox.trust.errors import BadSignature, CrlRollback, MalformedCertificate
 from sdbox.trust.loaders import load_crl
 from sdbox.trust.names import describe
 from sdbox.trust.revocation import IndexedCrl
 
-_FLOOR_FILE = "time-floor.json"
 _LEDGER_FILE = "crl-numbers.json"
 
 log = logging.getLogger(__name__)
@@ -81,19 +81,11 @@ class RevocationStore:
     @property
     def time_floor(self) -> datetime:
         """Validation below this time is refused (the clock is wrong)."""
-        floor = self.build_time
-        try:
-            saved = json.loads((self.path / _FLOOR_FILE).read_text())
-            floor = max(floor, datetime.fromisoformat(saved["floor"]))
-        except (FileNotFoundError, KeyError, ValueError, TypeError):
-            pass  # a missing or damaged floor file falls back to the build time
-        return floor
+        return read_floor(self.path, self.build_time)
 
     def _raise_floor(self, moment: datetime) -> None:
         if moment > self.time_floor:
-            _atomic_write(
-                self.path / _FLOOR_FILE, json.dumps({"floor": moment.isoformat()}).encode()
-            )
+            _atomic_write(self.path / FLOOR_FILE, floor_document(moment))
 
     # -- accepting and reading lists -----------------------------------------
 

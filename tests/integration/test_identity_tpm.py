@@ -23,7 +23,14 @@ from pkcs11 import exceptions as p11err
 from sdbox.agent.api import State
 from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.centre.errors import CentreRefused
-from sdbox.identity import IdentityConfig, IdentityError, IdentitySource, open_identity, probe
+from sdbox.identity import (
+    IdentityConfig,
+    IdentityError,
+    IdentitySource,
+    open_identity,
+    probe,
+    read_pin,
+)
 from sdbox.identity.enrol import enrol
 from sdbox.identity.provision import _init_token, provision_tpm, so_pin_file, tpm_csr
 from sdbox.identity.tpm import (
@@ -32,7 +39,6 @@ from sdbox.identity.tpm import (
     key_properties,
     key_status,
     load_module,
-    read_pin,
 )
 from sdbox.trust import Purpose, validate
 from sdbox.trust.pki import Pki

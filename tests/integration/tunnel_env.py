@@ -43,8 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sdbox.identity import IdentityConfig
-from sdbox.identity.tpm import read_pin
+from sdbox.identity import IdentityConfig, read_pin
 from sdbox.network import firewall, strongswan
 from sdbox.network.events import TunnelEvent
 from sdbox.network.site import SiteProfile, load_bytes

@@ -21,10 +21,10 @@ SDBOX = ROOT / "sdbox"
 # What every part may use (foundation, pure libraries), then what each part may import.
 FOUNDATION = frozenset(
     {"sdbox", "sdbox.errors", "sdbox.logging", "sdbox.config", "sdbox.audit", "sdbox.process",
-     "sdbox.certificates"}
+     "sdbox.certificates", "sdbox.time_floor"}
 )  # fmt: skip
 # what the pure libraries may use
-BASE = frozenset({"sdbox", "sdbox.errors", "sdbox.logging", "sdbox.certificates"})
+BASE = frozenset({"sdbox", "sdbox.errors", "sdbox.logging", "sdbox.certificates", "sdbox.time_floor"})
 PURE = frozenset({"sdbox.smartcard", "sdbox.biometric", "sdbox.trust"})
 
 # part -> the parts it may import (besides itself). A module belongs to the longest
@@ -39,6 +39,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sdbox.audit": frozenset(),
     "sdbox.process": frozenset({"sdbox.errors"}),  # the one runner of external programs
     "sdbox.certificates": frozenset({"sdbox.errors"}),  # the one certificate and CRL loader
+    "sdbox.time_floor": frozenset(),  # the trust store's floor file, read at boot without it
     # pure libraries: no D-Bus, no CLI, no printing, nothing of the box
     "sdbox.smartcard": BASE,
     "sdbox.biometric": BASE,
