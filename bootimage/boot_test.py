@@ -414,13 +414,13 @@ def greeter_screen(vm: Vm, keep: Path, timeout_s: float = 120.0) -> Check:
     without a client), the kernel console or the firmware's are not."""
     assert vm.qmp is not None
     reference = load(REFERENCES / "insert-card.png")
-    background = dominant(reference)[0]
+    background = e2e_screen.dominant(reference)[0]
     qmp = e2e_screen.Qmp(vm.qmp)
     started = time.monotonic()
     try:
         while True:
             pixels = qmp.screendump(vm.work / "greeter.ppm")
-            colour, share = dominant(pixels)
+            colour, share = e2e_screen.dominant(pixels)
             ok = share > 0.5 and int(np.abs(colour.astype(int) - background.astype(int)).max()) <= 8
             if ok or time.monotonic() - started > timeout_s:
                 break
@@ -433,16 +433,6 @@ def greeter_screen(vm: Vm, keep: Path, timeout_s: float = 120.0) -> Check:
                  "screen or the console)", ok,
                  f"{width}x{height}, {share:.0%} of it {tuple(int(c) for c in colour)}, the greeter's "
                  f"background {tuple(int(c) for c in background)}; screenshot {keep}")  # fmt: skip
-
-
-def dominant(pixels: np.ndarray) -> tuple[np.ndarray, float]:
-    """The most common colour of an (h, w, 3) picture and its share of the pixels."""
-    flat = pixels.reshape(-1, 3).astype(np.uint32)
-    packed = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
-    values, counts = np.unique(packed, return_counts=True)
-    top = int(values[counts.argmax()])
-    colour = np.array([(top >> 16) & 255, (top >> 8) & 255, top & 255], dtype=np.uint8)
-    return colour, float(counts.max()) / len(packed)
 
 
 def first_boot(boot: Boot, work: Path, accel: str, timeout: float) -> tuple[int, dict[str, Any]]:

@@ -31,6 +31,7 @@ from tests.integration.session_servers import parse_ppm, pattern_in
 # screens are 60 % and more apart, the same screen rendered on the box and on the
 # host (fonts, renderer) a few per cent.
 NEAR = 0.3
+TITLE_ROWS = 185  # the greeter's heading and first sentence, above any list (1280x720 layout)
 SCREEN_W, SCREEN_H = 1280, 720
 GPU = "gpu0"  # the virtio GPU's QEMU id: the box's one display  # the greeter references' size: the guest's display is set to it
 
@@ -130,11 +131,26 @@ class Screens:
         paths = sorted(REFERENCES.glob("*.png"))
         if names is not None:
             paths = [p for p in paths if p.stem in names]
-        self.references = {path.stem: Picture.of(load(path)) for path in paths}
+        self.raw = {path.stem: load(path) for path in paths}
+        self.references = {name: Picture.of(image) for name, image in self.raw.items()}
+        self.background = dominant(self.raw["insert-card"])[0] if "insert-card" in self.raw else None
 
     def near(self, pixels: np.ndarray, name: str) -> bool:
         """A quick look: whether ``pixels`` is within NEAR of reference ``name`` (then classify)."""
         return worst_line(placed(pixels), self.references[name]) <= NEAR
+
+    def near_top(self, pixels: np.ndarray, name: str, rows: int = TITLE_ROWS) -> bool:
+        """Whether the screen's first ``rows`` rows (the greeter's title block) are reference
+        ``name``'s: the same screen whatever its list holds (the references' card has two
+        projects, the e2e card three)."""
+        return worst_line(placed(pixels[:rows]), Picture.of(self.raw[name][:rows])) <= NEAR
+
+    def greeter_shown(self, pixels: np.ndarray) -> bool:
+        """Whether most of the screen is the greeter's background (not a bubble, not blank)."""
+        if self.background is None:
+            return False
+        colour, share = dominant(pixels)
+        return share > 0.5 and int(np.abs(colour.astype(int) - self.background.astype(int)).max()) <= 8
 
     def classify(self, pixels: np.ndarray) -> Seen:
         """The nearest reference (and the next), the test pattern, a blank screen."""
@@ -176,6 +192,16 @@ def worst_line(shots: list[Picture], reference: Picture) -> float:
                     for different, strokes in placings)  # fmt: skip
         worst = max(worst, float(share))
     return worst
+
+
+def dominant(pixels: np.ndarray) -> tuple[np.ndarray, float]:
+    """The most common colour of an (h, w, 3) picture and its share of the pixels."""
+    flat = pixels.reshape(-1, 3).astype(np.uint32)
+    packed = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+    values, counts = np.unique(packed, return_counts=True)
+    top = int(values[counts.argmax()])
+    colour = np.array([(top >> 16) & 255, (top >> 8) & 255, top & 255], dtype=np.uint8)
+    return colour, float(counts.max()) / len(packed)
 
 
 def save_png(pixels: np.ndarray, path: Path) -> None:
