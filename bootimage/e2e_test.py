@@ -395,6 +395,9 @@ def flow(box: Box, prints: Prints, boot_started: float, timeout: float, attached
     run.step(f"finger ({prints.genuine_name}, enrolled {prints.enrolled}) -> the RDP bubble's "
              "session pattern visible", pattern, time.monotonic() - started,
              f"{seen}; the greeter says {box.words()[:3]}; screenshot {box.keep('04-session-rdp')}")  # fmt: skip
+    if not pattern:  # the guest's account now, while it is fresh (the run goes on)
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            (run.out / "guest-no-session.json").write_text(json.dumps(box.command("logs"), indent=1))
     # 5. switch: Ctrl+Alt+D leaves the RDP session for the projects (sdl-freerdp3's disconnect
     #    key; the card stays in and its holder verified), then the SPICE project: no finger
     started = time.monotonic()

@@ -111,7 +111,7 @@ def test_one_interpreter_loads_the_firewall_and_writes_what_the_commands_print(
     assert charon.read_text() == (tmp_path / "cli" / "strongswan.conf").read_text()
     assert charon.stat().st_mode & 0o777 == 0o600
     assert sorted(_Systemctl.calls) == [
-        ["systemctl", "set-property", "--runtime", unit, "IPAddressAllow=10.20.0.0/16"]
+        ["systemctl", "set-property", "--runtime", unit, "IPAddressAllow=10.20.0.0/16 192.0.2.1"]
         for unit in ("sdbox-agent.service", "sdbox-fleet.service")
     ]
     said = capsys.readouterr().out
