@@ -15,6 +15,9 @@ from sdbox.agent.config import DEFAULT_PATH, AgentConfig, load
 from sdbox.config import ConfigError
 
 _log = logging.getLogger("sdbox.renewal")
+# `sdbox trust refresh-crls`: no distribution point reached, nothing else wrong (sysexits'
+# EX_TEMPFAIL); sdbox-crl-refresh.service counts it as success (SuccessExitStatus=)
+UNREACHABLE_ONLY = 75
 
 
 def _config(path: Path) -> AgentConfig:
@@ -154,7 +157,7 @@ def renew(
 def refresh(config_path: Path, urls: tuple[str, ...], charon_vici: Path | None,
             as_json: bool) -> None:  # fmt: skip
     """Fetch each CA's CRL from its distribution point; keep the old copy on any doubt."""
-    from sdbox.renewal.crls import distribution_points  # noqa: PLC0415
+    from sdbox.renewal.crls import RefreshStatus, distribution_points  # noqa: PLC0415
     from sdbox.renewal.crls import refresh as do_refresh  # noqa: PLC0415
 
     config = _config(config_path)
@@ -183,8 +186,15 @@ def refresh(config_path: Path, urls: tuple[str, ...], charon_vici: Path | None,
             click.echo(f"{result.url}: {result.status.value} {result.detail}".rstrip())
         if charon is not None:
             click.echo(describe_push(charon))
-    if any(not r.ok for r in results) or (charon is not None and "error" in charon):
+    failed = [r for r in results if not r.ok]
+    if any(r.status is not RefreshStatus.UNREACHABLE for r in failed) or (
+        charon is not None and "error" in charon
+    ):
         click.get_current_context().exit(1)
+    if failed:
+        # only distribution points not reached, every cached list kept: a temporary state
+        # (EX_TEMPFAIL) the timer retries; the agent refuses a session once a list is stale
+        click.get_current_context().exit(UNREACHABLE_ONLY)
 
 
 def push_to_charon(vici_socket: Path, store: Any) -> dict[str, object]:

@@ -160,7 +160,8 @@ def read_material(
     crls: list[bytes] = []
     for directory in crl_dirs:
         for path in sorted(directory.glob("*")) if directory.is_dir() else []:
-            if not path.is_file() or path.name.startswith("."):
+            # CRLs only: the agent's store keeps its ledger and time floor (JSON) beside them
+            if not path.is_file() or path.name.startswith(".") or path.suffix not in (".crl", ".pem"):
                 continue
             try:
                 crls.append(_pem(load_crl(path.read_bytes(), str(path))))
