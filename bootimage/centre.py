@@ -33,6 +33,7 @@ from sdbox.broker.enrolment import EnrolmentTokens
 from sdbox.broker.server import BrokerServer, load_config
 from sdbox.trust import Purpose, validate
 from sdbox.trust.pki import CA_NAMES, Pki
+from sdbox.trust.store import RevocationStore
 
 RELAY = Path(__file__).resolve().parent / "guestfwd_relay.py"
 BOX_ID = "qemu-box-1"
@@ -103,7 +104,7 @@ def start_centre(work: Path, pki_dir: Path, broker_url: str) -> Centre:
     (work / "intermediates.pem").write_bytes(
         b"".join(pki.authority(ca).cert.public_bytes(pem) for ca in CA_NAMES[1:])
     )
-    pki.publish(work / "crl")
+    publish_crls(pki, work / "crl")
     register = work / "enrolment-tokens.json"
     (work / "broker.toml").write_text("\n".join([
         'listen = "127.0.0.1:0"',
@@ -189,6 +190,16 @@ def judge_certificate(pem: str | None, pki: Pki) -> BoxCertificate:
     issuer = certificate.issuer.rfc4514_string()
     return BoxCertificate(pem, certificate.serial_number, box_id, True,
                           f"{box_id}, issued by {issuer}, serial {certificate.serial_number:x}")  # fmt: skip
+
+
+def publish_crls(pki: Pki, crl_dir: Path) -> None:
+    """Every authority's current CRL in the broker's revocation store (its own file layout,
+    which ``Pki.publish``'s distribution-point files are not: the broker read none from those
+    and refused every box identity as unrevocable)."""
+    store = RevocationStore(crl_dir, build_time=pki.root.cert.not_valid_before_utc)
+    for ca in CA_NAMES:
+        crl = pki.crl(ca).public_bytes(serialization.Encoding.DER)
+        store.accept(crl, pki.authority(ca).cert)
 
 
 def cleanup(work: Path) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from centre import publish_crls  # bootimage/centre.py
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -257,7 +258,7 @@ class TunnelCentre:
         (work / "intermediates.pem").write_bytes(
             b"".join(self.pki.authority(ca).cert.public_bytes(pem) for ca in CA_NAMES[1:])
         )
-        self.pki.publish(work / "crl")
+        publish_crls(self.pki, work / "crl")
         (work / "broker.toml").write_text("\n".join([
             f'listen = "0.0.0.0:{BROKER_PORT}"',
             f'tls_certificate = "{work / "broker.pem"}"',
