@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from sdbox.agent.events import AgentEvent, Snapshot
     from sdbox.agent.ports import CredentialPort, SensorPort, SessionHandle, SessionPort, TrustPort
     from sdbox.agent.presence import SensorPresence
+
+_log = logging.getLogger("sdbox.agent")
 
 
 @dataclass
@@ -316,6 +319,10 @@ class ConnectionFlow:
             ended = getattr(exc, "ended", None)
             self._session = None
             reason = getattr(getattr(ended, "reason", None), "value", "client_failed")
+            # the client's own account (exit status, its last lines, secrets masked): the
+            # researcher's message says what to do, the log must say what happened
+            _log.warning("session to %s did not connect: %s (%s)", project.endpoint, reason,
+                         getattr(ended, "detail", "") or getattr(exc, "detail", "") or exc.message)  # fmt: skip
             audit(AuditEvent.SESSION_ENDED, exc.message, project=project.id, reason=reason)
             self._emit(SessionEndedEvent(project.id, reason, exc.message))
             detail, args = detail_for(exc)
