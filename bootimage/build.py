@@ -826,6 +826,12 @@ def main() -> int:
             # what the customize hooks would do, for a changed overlay
             for link in (p for p in overlay_dir.rglob("*") if p.is_symlink()):
                 (build.rootdir / link.relative_to(overlay_dir)).unlink(missing_ok=True)
+            # this build's package over the kept root's (the agent's code changes more often
+            # than the package set), then the overlay over both, as the hooks order them
+            shutil.copy(deb, build.rootdir / "tmp" / deb.name)
+            tools.run(["chroot", build.rootdir, "dpkg", "-i", f"/tmp/{deb.name}"],  # noqa: S108
+                      what="installing this build's package into the reused root", timeout=300)  # fmt: skip
+            (build.rootdir / "tmp" / deb.name).unlink()
             shutil.copytree(overlay_dir, build.rootdir, symlinks=True, dirs_exist_ok=True)
             (build.rootdir / "tmp/customize.sh").write_text(customize_script(build.test_build) + "\n")
             tools.run(["chroot", build.rootdir, "sh", "/tmp/customize.sh"],  # noqa: S108 (inside the root)
