@@ -65,6 +65,17 @@ FIELDS = {
     "tunnel_down": {"reason"},
     "tunnel_refused": {"gateway", "reason"},
     "session_reconnecting": {"project", "card"},
+    # remote enrolment, on the box (side=box) and at the centre (side=centre): checked with the
+    # reference broker in test_remote_enrolment*.py (the centre's also name the box)
+    "enrolment_opened": {"side", "authorisation", "operator", "card", "box", "fingers"},
+    "enrolment_authorised": {"side", "authorisation", "operator", "card", "fingers"},
+    "enrolment_confirmed": {"side", "authorisation", "operator", "card", "box", "fingers"},
+    "enrolment_refused": {"side", "reason", "card"},
+    "enrolment_revoked": {"side", "authorisation", "operator", "card", "box", "fingers"},
+    "enrolment_writing": {"side", "authorisation", "operator", "card", "box", "fingers"},
+    "enrolment_written": {"side", "authorisation", "operator", "card", "fingers"},
+    "enrolment_completed": {"side", "authorisation", "operator", "card", "fingers"},
+    "enrolment_failed": {"side", "authorisation", "operator", "card", "fingers"},
 }
 
 

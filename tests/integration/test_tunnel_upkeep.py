@@ -155,8 +155,10 @@ def test_a_refreshed_crl_reaches_charon_and_a_gateway_revoked_since_is_refused(
     assert status[f"{base_url}/root.crl"] == "updated", doc
     assert status[f"{base_url}/server-ca.crl"] == "updated", doc
     # the test PKI's certificates also name distribution points nobody serves here: the
-    # refresh reports them and fails, and charon gets the newest lists held all the same
-    assert code == (0 if set(status.values()) == {"updated"} else 1)
+    # refresh reports them unreached (75: temporary, every cached list kept), and charon gets
+    # the newest lists held all the same
+    unreached = set(status.values()) - {"updated"}
+    assert code == (0 if not unreached else 75 if unreached == {"unreachable"} else 1), doc
     charon = doc["charon"]
     assert isinstance(charon, dict)
     assert charon["loaded"] == 2

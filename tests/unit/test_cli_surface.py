@@ -256,7 +256,8 @@ def test_json_stdout_is_one_document(path: tuple[str, ...], tmp_path: Path) -> N
         [*sdbox_argv(), *path, *args, "--json"],
         cwd=tmp_path, capture_output=True, text=True, timeout=110, check=False,
     )  # fmt: skip
-    assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: a refresh that failed, as asked
+    # 1: a refresh that failed, as asked; 75: the only trouble an unreached distribution point
+    assert done.returncode in (0, 1, 75), done.stderr[-2000:]
     json.loads(done.stdout)  # exactly one document: text before or after it fails here
     assert done.stdout.strip().startswith(("{", "["))
 
